@@ -1,0 +1,37 @@
+# Two entry points: `make run` (gateway) and `make test` (whole suite). Both build .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_DEV  := $(VENV)/.installed-dev
+
+.PHONY: run test lint venv mosquitto clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(STAMP_DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(STAMP_RUN)
+
+venv: $(STAMP_DEV)
+
+run: $(STAMP_RUN)
+	$(BIN)/parcelbox run
+
+mosquitto:
+	@sh tools/ensure_mosquitto.sh
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check .
+
+test: $(STAMP_DEV) mosquitto lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
