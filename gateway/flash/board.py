@@ -1,0 +1,281 @@
+"""One MicroPython board on a serial port, driven through mpremote's `SerialTransport`.
+
+Every failure leaves here as a `FlashError` naming the step and what to do, so the command
+layer never has to understand pyserial or raw-REPL details.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from types import SimpleNamespace
+
+from gateway.flash.errors import FlashError
+from gateway.flash.serialports import esp32_ports, why_unopenable
+
+# Runs on the board in the raw REPL: sha256 of each path, or "-" when it does not exist.
+# One script for all files, so comparing 20 files costs one round trip, not 20.
+_HASH_SCRIPT = """\
+import hashlib, binascii
+_b = bytearray(512)
+_m = memoryview(_b)
+for _p in {paths!r}:
+    try:
+        _f = open(_p, 'rb')
+    except OSError:
+        print(_p, '-')
+        continue
+    _h = hashlib.sha256()
+    while True:
+        _n = _f.readinto(_b)
+        if not _n:
+            break
+        _h.update(_m[:_n])
+    _f.close()
+    print(_p, binascii.hexlify(_h.digest()).decode())
+"""
+
+_INFO_SCRIPT = """\
+import sys, os
+try:
+    _u = os.uname()
+    _m = _u.machine
+    _r = _u.release
+except Exception:
+    _m = '?'
+    _r = '?'
+print(repr((sys.implementation.name, _r, _m, sys.platform)))
+"""
+
+
+def resolve_port(port: str | None) -> str:
+    """The port to use: the one given, else the only ESP32-looking port connected."""
+    if port:
+        return port
+    candidates = esp32_ports()
+    if not candidates:
+        raise FlashError(
+            "connect",
+            "no board found: no USB serial port that looks like an ESP32 (CP210x, CH340, FTDI, Espressif)",
+            "plug the ESP32-CAM in through its programmer board with a data USB cable, or pass --port",
+        )
+    if len(candidates) > 1:
+        names = ", ".join(p.device for p in candidates)
+        raise FlashError("connect", f"several boards found ({names})", "choose one with --port")
+    return candidates[0].device
+
+
+class Board:
+    """A connected board. Use `Board.connect(port)`; close with `.close()` or a `with` block."""
+
+    def __init__(self, transport, port: str) -> None:
+        self.transport = transport
+        self.port = port
+
+    @classmethod
+    def connect(cls, port: str) -> Board:
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        try:
+            transport = SerialTransport(port, baudrate=115200)
+        except TransportError:
+            kind, message, hint = why_unopenable(port)
+            raise FlashError("connect", message, hint) from None
+        return cls(transport, port)
+
+    def __enter__(self) -> Board:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            if self.transport.in_raw_repl:
+                self.transport.exit_raw_repl()
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            self.transport.close()
+
+    # -- raw REPL ---------------------------------------------------------------------------
+
+    def enter_raw_repl(self, timeout: float = 10.0) -> None:
+        """Interrupt whatever runs and enter the raw REPL with a soft reset, like mpremote does."""
+        from mpremote.transport import TransportError
+
+        seen = io.StringIO()
+        try:
+            # mpremote prints what it received when the handshake fails; keep it for our message.
+            with contextlib.redirect_stdout(seen):
+                self.transport.enter_raw_repl(soft_reset=True, timeout_overall=timeout)
+        except TransportError:
+            got = seen.getvalue().strip()
+            if got in ("", "b''"):
+                raise FlashError(
+                    "handshake",
+                    f"the board on {self.port} does not answer (no MicroPython raw REPL)",
+                    "it may be asleep (battery mode: press RST), held in the bootloader (remove the IO0-GND "
+                    "jumper and press RST), or have no MicroPython yet: "
+                    "parcelbox flash install-micropython --firmware FILE.bin",
+                ) from None
+            raise FlashError(
+                "handshake",
+                f"the board on {self.port} is not running MicroPython (raw REPL handshake failed; it said {got[:120]})",
+                "flash MicroPython first: parcelbox flash install-micropython --firmware FILE.bin",
+            ) from None
+        except OSError as e:
+            raise FlashError(
+                "handshake", f"lost the board on {self.port}: {e}", "re-plug it and retry"
+            ) from None
+
+    def exec(self, code: str, step: str) -> str:
+        """Run code in the raw REPL; a device traceback becomes a FlashError for `step`."""
+        from mpremote.transport import TransportError, TransportExecError
+
+        try:
+            return self.transport.exec(code).decode("utf-8", "replace")
+        except TransportExecError as e:
+            raise FlashError(step, f"the board raised: {_last_line(e.error_output)}") from None
+        except (TransportError, OSError) as e:
+            raise FlashError(
+                step, f"lost contact with the board: {e}", "press RST or re-plug, then rerun"
+            ) from None
+
+    def info(self) -> SimpleNamespace:
+        """implementation, release, machine and platform of the running firmware."""
+        import ast
+
+        out = self.exec(_INFO_SCRIPT, "handshake").strip()
+        impl, release, machine, platform = ast.literal_eval(out)
+        return SimpleNamespace(implementation=impl, release=release, machine=machine, platform=platform)
+
+    def camera_error(self) -> str | None:
+        """None when `import camera` works on the board, else the board's error line."""
+        from mpremote.transport import TransportExecError
+
+        try:
+            self.transport.exec("import camera")
+        except TransportExecError as e:
+            return _last_line(e.error_output)
+        return None
+
+    # -- files --------------------------------------------------------------------------------
+
+    def sha256(self, paths: Iterable[str]) -> dict[str, str | None]:
+        """sha256 (hex) of each path, computed on the board; None where the file is missing."""
+        paths = list(paths)
+        if not paths:
+            return {}
+        out = self.exec(_HASH_SCRIPT.format(paths=paths), "compare")
+        result: dict[str, str | None] = {}
+        for line in out.splitlines():
+            path, _, digest = line.strip().rpartition(" ")
+            if path:
+                result[path] = None if digest == "-" else digest
+        missing = [p for p in paths if p not in result]
+        if missing:
+            raise FlashError("compare", f"the board did not report hashes for {missing}")
+        return result
+
+    def read_text(self, path: str) -> str | None:
+        """A small text file from the board, or None when it is missing."""
+        from mpremote.transport import TransportExecError
+
+        try:
+            data = self.transport.fs_readfile(path)
+        except (OSError, TransportExecError):
+            return None
+        return bytes(data).decode("utf-8", "replace")
+
+    def makedirs(self, path: str) -> None:
+        parts = [p for p in path.split("/") if p]
+        current = ""
+        for part in parts:
+            current += "/" + part
+            if not self.transport.fs_exists(current):
+                self.transport.fs_mkdir(current)
+
+    def write_file(
+        self, path: str, data: bytes, on_progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """Write via a temporary name, then rename: a reset mid-copy never leaves half a module."""
+        from mpremote.transport import TransportError
+
+        parent = path.rsplit("/", 1)[0]
+        tmp = path + ".tmp"
+        try:
+            if parent:
+                self.makedirs(parent)
+            self.transport.fs_writefile(tmp, data, progress_callback=on_progress)
+            self.exec(f"import os\nos.rename({tmp!r}, {path!r})", "copy")
+        except (TransportError, OSError) as e:
+            raise FlashError(
+                "copy", f"writing {path} failed: {e}", "rerun: files already copied are skipped"
+            ) from None
+
+    def remove(self, path: str) -> None:
+        self.exec(f"import os\nos.remove({path!r})", "copy")
+
+    # -- packages, reset, console -------------------------------------------------------------
+
+    def mip_install(self, package: str, index: str, target: str = "/lib") -> None:
+        """Install a micropython-lib package with mpremote's own `mip` (downloads on the host)."""
+        from mpremote.commands import CommandError
+        from mpremote.main import State
+        from mpremote.mip import do_mip
+
+        state = State()
+        state.transport = self.transport
+        state._auto_soft_reset = False  # already in the raw REPL; a soft reset here gains nothing
+        args = SimpleNamespace(command=["install"], packages=[package], index=index, target=target, mpy=True)
+        try:
+            do_mip(state, args)
+        except CommandError as e:
+            raise FlashError(
+                "libraries",
+                f"installing {package} failed: {e}",
+                "check this computer's internet connection, or pass --mip-index with a local copy of the index",
+            ) from None
+
+    def hard_reset(self) -> None:
+        """machine.reset() without waiting for an answer (the board reboots mid-reply)."""
+        from mpremote.transport import TransportError
+
+        try:
+            self.transport.exec_raw_no_follow("import time, machine\ntime.sleep_ms(100)\nmachine.reset()")
+        except (TransportError, OSError) as e:
+            raise FlashError("reset", f"could not reset the board: {e}", "press its RST button") from None
+        self.transport.in_raw_repl = False
+
+    def console_lines(self, deadline: float) -> Iterator[str]:
+        """Lines the board prints, until `deadline` (time.monotonic()); yields "" when idle."""
+        serial = self.transport.serial
+        pending = b""
+        while time.monotonic() < deadline:
+            try:
+                n = serial.in_waiting
+                chunk = serial.read(n) if n else b""
+            except OSError:
+                return
+            if not chunk:
+                yield ""
+                time.sleep(0.05)
+                continue
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text.strip()
+
+
+def json_line(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))

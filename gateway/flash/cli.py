@@ -1,0 +1,468 @@
+"""Command table for `parcelbox flash` / `python tools/flash.py`.
+
+Each subcommand is a `do_<name>(args) -> int` function; `register(subparsers)` adds them all
+under `flash` in the gateway CLI, `main(argv)` runs them stand-alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from pathlib import Path
+
+from gateway.flash import image as image_mod
+from gateway.flash.board import Board, resolve_port
+from gateway.flash.bundle import BoardFile, build_bundle, mpy_cross_version, planned_bundle
+from gateway.flash.devconfig import (
+    BoxSettings,
+    build_config,
+    config_bytes,
+    key_path,
+    lan_address,
+    load_template,
+    masked,
+    read_path,
+    valid_device_id,
+)
+from gateway.flash.errors import FlashError
+from gateway.flash.online import BrokerAddress, check_broker, wait_online
+from gateway.flash.progress import Progress
+from gateway.flash.serialports import list_ports
+from gateway.flash.settings import box_credentials, gateway_view
+
+FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
+MIP_PACKAGES = ("umqtt.simple",)
+MIP_TARGET = "/lib"
+DEFAULT_MIP_INDEX = "https://micropython.org/pi/v2"  # mpremote's own default, named so --dry-run can show it
+
+
+# -- ports --------------------------------------------------------------------------------------
+
+
+def do_ports(args: argparse.Namespace) -> int:
+    ports = list_ports()
+    if not ports:
+        print("no USB serial ports found (is the board plugged in with a data-capable cable?)")
+        return 1
+    for p in ports:
+        mark = "*" if p.looks_like_esp32 else " "
+        print(f"{mark} {p.label()}")
+    print("* = looks like an ESP32 board (USB-serial chip used by ESP32-CAM programmers)")
+    return 0
+
+
+# -- install-micropython ------------------------------------------------------------------------
+
+
+def do_install_micropython(args: argparse.Namespace) -> int:
+    firmware = Path(args.firmware)
+    progress = Progress(3)
+    progress.step(f"check image {firmware}")
+    size = image_mod.check_image(firmware)
+    progress.detail(f"{size} bytes, ESP32 image, written at {hex(image_mod.ESP32_IMAGE_OFFSET)}")
+    port = args.port or (None if args.dry_run else resolve_port(None))
+    commands = image_mod.esptool_commands(port or "<auto-detected port>", firmware, args.baud)
+    if args.dry_run:
+        progress.step("erase flash (dry run: not done)")
+        progress.detail("esptool " + " ".join(commands[0]))
+        progress.step(f"write {firmware.name} at {hex(image_mod.ESP32_IMAGE_OFFSET)} (dry run: not done)")
+        progress.detail("esptool " + " ".join(commands[1]))
+        progress.done("dry run: the board was not touched")
+        return 0
+    progress.step(f"erase flash on {port} (all files on the board are lost)")
+    image_mod.run_esptool(commands[0])
+    progress.step(f"write {firmware.name} at {hex(image_mod.ESP32_IMAGE_OFFSET)}")
+    image_mod.run_esptool(commands[1])
+    progress.done(
+        "MicroPython written. Next: parcelbox flash provision --device NAME "
+        f"{'--port ' + port if args.port else ''}".rstrip()
+    )
+    return 0
+
+
+# -- provision ------------------------------------------------------------------------------------
+
+PROVISION_STEPS = (
+    "settings",
+    "broker",
+    "compile",
+    "connect",
+    "camera",
+    "libraries",
+    "copy",
+    "reset",
+    "online",
+)
+
+
+def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSettings, BrokerAddress]:
+    if not valid_device_id(args.device):
+        raise FlashError(
+            "settings", f"bad device name {args.device!r}", "use a-z, 0-9 and '-', at most 32 characters"
+        )
+    view = gateway_view(args.config, args.data_dir)
+    if args.mqtt_user is not None:
+        user, password = args.mqtt_user, args.mqtt_password or ""
+        progress.detail(f"MQTT user {user} (from --mqtt-user)")
+    else:
+        creds = box_credentials(args.device, view.data_dir)
+        if creds is None:
+            user = password = None
+            progress.detail("no device registry and no --mqtt-user: the box connects without a login")
+        else:
+            user, password = creds
+            progress.detail(f"MQTT user {user} (from the device registry in {view.data_dir})")
+    host = args.broker_host
+    if host:
+        progress.detail(f"broker {host} (from --broker-host)")
+    else:
+        host = lan_address()
+        if host is None:
+            raise FlashError(
+                "settings",
+                "could not find this computer's LAN address for the box to reach the broker",
+                "pass --broker-host with the gateway's address on your Wi-Fi network",
+            )
+        progress.detail(f"broker {host} (this computer's LAN address; override with --broker-host)")
+    port = args.broker_port or view.broker_port
+    settings = BoxSettings(
+        device=args.device,
+        prefix=args.prefix or view.prefix,
+        wifi_ssid=args.wifi_ssid or "",
+        wifi_password=args.wifi_password or "",
+        broker_host=host,
+        broker_port=port,
+        mqtt_user=user,
+        mqtt_password=password,
+    )
+    watch = BrokerAddress(host, port, view.username or user, view.password if view.username else password)
+    return settings, watch
+
+
+def _wifi_from_board_or_prompt(
+    board: Board, template: dict, settings: BoxSettings, progress: Progress, interactive: bool
+) -> None:
+    if settings.wifi_ssid and settings.wifi_password:
+        return
+    current = board.read_text("/config.json")
+    if current:
+        try:
+            old = json.loads(current)
+        except ValueError:
+            old = None
+        if isinstance(old, dict):
+            ssid = read_path(old, template, "wifi_ssid")
+            pw = read_path(old, template, "wifi_password")
+            if not settings.wifi_ssid and ssid:
+                settings.wifi_ssid = ssid
+                progress.detail(f"Wi-Fi {ssid} (kept from the board's config.json)")
+            if not settings.wifi_password and pw and settings.wifi_ssid == ssid:
+                settings.wifi_password = pw
+    if not settings.wifi_ssid:
+        if not interactive:
+            raise FlashError("settings", "no Wi-Fi network given", "pass --wifi-ssid and --wifi-password")
+        settings.wifi_ssid = input("Wi-Fi network name (2.4 GHz): ").strip()
+    if not settings.wifi_password:
+        if not interactive:
+            raise FlashError(
+                "settings", f"no Wi-Fi password given for {settings.wifi_ssid}", "pass --wifi-password"
+            )
+        settings.wifi_password = getpass.getpass(f"Wi-Fi password for {settings.wifi_ssid}: ")
+
+
+def _dry_run(
+    args: argparse.Namespace, firmware_dir: Path, settings: BoxSettings, watch: BrokerAddress
+) -> int:
+    template = load_template(firmware_dir)
+    progress = Progress(len(PROVISION_STEPS))
+    progress.step("settings")
+    progress.detail(f"device {settings.device}, prefix {settings.prefix}")
+    progress.step(f"broker: would check {settings.broker_host}:{settings.broker_port} with the box's login")
+    progress.step(
+        "compile: " + ("mpy-cross " + mpy_cross_version() if not args.no_compile else "off (--no-compile)")
+    )
+    for source, remote in planned_bundle(firmware_dir, compile=not args.no_compile):
+        progress.detail(f"{source.relative_to(firmware_dir)} -> {remote}")
+    progress.step(f"connect: {args.port or 'auto-detect an ESP32 serial port'}, raw REPL handshake")
+    progress.step(
+        "camera: " + ("skipped (--no-camera-check)" if args.no_camera_check else "check `import camera`")
+    )
+    index = args.mip_index or DEFAULT_MIP_INDEX
+    progress.step(
+        f"libraries: mip install {', '.join(MIP_PACKAGES)} from {index} to {MIP_TARGET} unless present"
+    )
+    progress.step("copy: only files whose sha256 on the board differs, then config.json:")
+    shown = masked(build_config(template, settings), template)
+    if not settings.wifi_ssid:
+        shown_path = key_path(template, "wifi_ssid")
+        progress.detail(f"({shown_path} from the board's current config.json, else asked)")
+    for line in json.dumps(shown, indent=2).splitlines():
+        progress.detail(line)
+    progress.step("reset: machine.reset()")
+    topic = f"{settings.prefix}/{settings.device}/status"
+    progress.step(
+        "online: skipped (--no-wait)"
+        if args.no_wait
+        else f"online: wait up to {args.online_timeout:.0f} s for {topic}"
+    )
+    progress.done("dry run: the board was not touched")
+    return 0
+
+
+def do_provision(args: argparse.Namespace) -> int:
+    firmware_dir = Path(args.firmware_dir) if args.firmware_dir else FIRMWARE_DIR
+    interactive = sys.stdin.isatty() and not args.dry_run
+    if args.dry_run:
+        progress = Progress(1)
+        progress.step("settings (dry run)")
+        settings, watch = _box_settings(args, progress)
+        return _dry_run(args, firmware_dir, settings, watch)
+
+    progress = Progress(len(PROVISION_STEPS))
+    progress.step(f"settings for {args.device}")
+    settings, watch = _box_settings(args, progress)
+    template = load_template(firmware_dir)
+    key_path(template, "device")  # fail on a config mismatch before touching the board
+
+    box_login = BrokerAddress(
+        settings.broker_host, settings.broker_port, settings.mqtt_user, settings.mqtt_password
+    )
+    if args.no_wait:
+        progress.step("broker: not checked (--no-wait)")
+    else:
+        progress.step(f"broker: check {settings.broker_host}:{settings.broker_port} with the box's login")
+        check_broker(box_login)
+        progress.detail("reachable, credentials accepted")
+
+    progress.step("compile firmware" + (" (off: copying sources)" if args.no_compile else " with mpy-cross"))
+    files = build_bundle(firmware_dir, compile=not args.no_compile)
+    progress.detail(f"{len(files)} files, {sum(len(f.data) for f in files)} bytes")
+
+    port = resolve_port(args.port)
+    progress.step(f"connect to {port}")
+    with Board.connect(port) as board:
+        board.enter_raw_repl(timeout=args.handshake_timeout)
+        info = board.info()
+        if info.implementation != "micropython":
+            raise FlashError("handshake", f"the board runs {info.implementation}, not MicroPython")
+        progress.detail(f"MicroPython {info.release} on {info.machine}")
+
+        if args.no_camera_check:
+            progress.step("camera: not checked (--no-camera-check)")
+        else:
+            progress.step("camera: check the firmware has camera support")
+            error = board.camera_error()
+            if error:
+                raise FlashError(
+                    "camera",
+                    f"this MicroPython build has no camera support ({error})",
+                    "flash an ESP32-CAM build that includes the camera module (see hardware/README.md), "
+                    "or pass --no-camera-check for a test board without a camera",
+                )
+            progress.detail("import camera: ok")
+
+        progress.step(f"libraries: {', '.join(MIP_PACKAGES)}")
+        _install_libraries(board, args, progress)
+
+        progress.step("copy changed files")
+        _wifi_from_board_or_prompt(board, template, settings, progress, interactive)
+        config = build_config(template, settings)
+        files.append(BoardFile(None, "/config.json", config_bytes(config)))
+        _copy_changed(board, files, progress)
+
+        progress.step("reset the board")
+        board.hard_reset()
+        reset_at = time.monotonic()
+        progress.detail("machine.reset() sent")
+
+        if args.no_wait:
+            progress.step("online: not waiting (--no-wait)")
+            progress.done(f"provisioned {args.device}")
+            return 0
+        topic = f"{settings.prefix}/{settings.device}/status"
+        progress.step(f"online: waiting up to {args.online_timeout:.0f} s for {topic}")
+        console = board.console_lines(time.monotonic() + args.online_timeout)
+        status = wait_online(
+            watch,
+            topic,
+            reset_at,
+            args.online_timeout,
+            console,
+            on_console=lambda s: progress.detail("box | " + s),
+        )
+    fw = status.get("fw", "?")
+    rssi = status.get("rssi")
+    progress.done(
+        f"{args.device} is online (firmware {fw}"
+        + (f", Wi-Fi signal {rssi} dBm" if rssi is not None else "")
+        + ")"
+    )
+    return 0
+
+
+def _install_libraries(board: Board, args: argparse.Namespace, progress: Progress) -> None:
+    for package in MIP_PACKAGES:
+        module_path = MIP_TARGET + "/" + package.replace(".", "/")
+        present = board.sha256([module_path + ".mpy", module_path + ".py"])
+        if any(present.values()) and not args.reinstall_libs:
+            progress.detail(f"{package}: already on the board (--reinstall-libs to update)")
+            continue
+        index = args.mip_index or DEFAULT_MIP_INDEX
+        progress.detail(f"{package}: mip install from {index}")
+        board.mip_install(package, index, MIP_TARGET)
+
+
+def _copy_changed(board: Board, files: list[BoardFile], progress: Progress) -> None:
+    twins = [f.stale_twin for f in files if f.stale_twin]
+    on_board = board.sha256([f.remote for f in files] + twins)
+    copied = 0
+    for f in files:
+        if on_board.get(f.remote) == f.sha256:
+            progress.detail(f"unchanged {f.remote}")
+            continue
+        progress.detail(f"copy {f.remote} ({len(f.data)} bytes)")
+        board.write_file(f.remote, f.data)
+        copied += 1
+    for twin in twins:
+        if on_board.get(twin):
+            progress.detail(f"remove stale {twin}")
+            board.remove(twin)
+    after = board.sha256([f.remote for f in files])
+    wrong = [f.remote for f in files if after.get(f.remote) != f.sha256]
+    if wrong:
+        raise FlashError("copy", f"verification failed for {', '.join(wrong)}", "rerun provision")
+    progress.detail(f"{copied} copied, {len(files) - copied} unchanged, all verified by sha256")
+
+
+# -- logs / shell -----------------------------------------------------------------------------
+
+
+def do_logs(args: argparse.Namespace) -> int:
+    port = resolve_port(args.port)
+    with Board.connect(port) as board:
+        print(f"following {port} (Ctrl-C to stop)", flush=True)
+        if args.reset:
+            board.enter_raw_repl(timeout=args.handshake_timeout)
+            board.hard_reset()
+        deadline = time.monotonic() + (args.seconds if args.seconds else 10 * 365 * 86400)
+        try:
+            for line in board.console_lines(deadline):
+                if line:
+                    print(line, flush=True)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def do_shell(args: argparse.Namespace) -> int:
+    if not sys.stdin.isatty():
+        raise FlashError(
+            "shell", "the shell needs an interactive terminal", "use `logs` to only read the console"
+        )
+    from mpremote.main import State
+    from mpremote.repl import do_repl
+
+    port = resolve_port(args.port)
+    board = Board.connect(port)
+    state = State()
+    state.transport = board.transport
+    try:
+        do_repl(
+            state,
+            argparse.Namespace(escape_non_printable=False, capture=None, inject_code=None, inject_file=None),
+        )
+    finally:
+        board.close()
+    return 0
+
+
+# -- argument parsing -------------------------------------------------------------------------
+
+
+def _add_port(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", help="serial port of the board (default: the only ESP32-looking USB port)")
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub = parser.add_subparsers(dest="flash_command", required=True)
+
+    p = sub.add_parser("ports", help="list serial ports that look like an ESP32 board")
+    p.set_defaults(flash_func=do_ports)
+
+    p = sub.add_parser("install-micropython", help="erase the board and write a MicroPython image (esptool)")
+    _add_port(p)
+    p.add_argument(
+        "--firmware", required=True, help="MicroPython .bin for the ESP32-CAM (with camera support)"
+    )
+    p.add_argument("--baud", type=int, default=460800, help="esptool baud rate (default 460800)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan without touching the board")
+    p.set_defaults(flash_func=do_install_micropython)
+
+    p = sub.add_parser(
+        "provision", help="copy the firmware and this box's config.json, reset, wait until online"
+    )
+    _add_port(p)
+    p.add_argument("--device", required=True, help="box name, as created with `parcelbox device add NAME`")
+    p.add_argument(
+        "--wifi-ssid", help="Wi-Fi network (2.4 GHz); default: the board's current one, else asked"
+    )
+    p.add_argument("--wifi-password", help="Wi-Fi password; default: the board's current one, else asked")
+    p.add_argument("--broker-host", help="broker address the box uses (default: this computer's LAN address)")
+    p.add_argument("--broker-port", type=int, help="broker port (default: the gateway's, else 1883)")
+    p.add_argument("--mqtt-user", help="box MQTT username (default: from the device registry)")
+    p.add_argument("--mqtt-password", help="box MQTT password (default: from the device registry)")
+    p.add_argument("--prefix", help="topic prefix (default: the gateway's, else parcelbox)")
+    p.add_argument("--config", help="gateway config file (default: the gateway's default)")
+    p.add_argument("--data-dir", help="gateway data folder holding the device registry")
+    p.add_argument("--firmware-dir", help="firmware sources (default: firmware/ of this checkout)")
+    p.add_argument("--no-compile", action="store_true", help="copy .py sources instead of mpy-cross output")
+    p.add_argument("--mip-index", help="micropython-lib index URL or local folder (default: micropython.org)")
+    p.add_argument("--reinstall-libs", action="store_true", help="run mip even if the libraries are present")
+    p.add_argument("--no-camera-check", action="store_true", help="do not require `import camera` to work")
+    p.add_argument("--no-wait", action="store_true", help="do not check the broker or wait for the box")
+    p.add_argument(
+        "--online-timeout", type=float, default=90.0, help="seconds to wait for online (default 90)"
+    )
+    p.add_argument("--handshake-timeout", type=float, default=10.0, help="seconds to wait for the raw REPL")
+    p.add_argument("--dry-run", action="store_true", help="print the plan without touching the board")
+    p.set_defaults(flash_func=do_provision)
+
+    p = sub.add_parser("logs", help="follow the board's serial console")
+    _add_port(p)
+    p.add_argument("--reset", action="store_true", help="reset the board first, to see it boot")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--handshake-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    p.set_defaults(flash_func=do_logs)
+
+    p = sub.add_parser("shell", help="MicroPython REPL on the board (Ctrl-] or Ctrl-X to leave)")
+    _add_port(p)
+    p.set_defaults(flash_func=do_shell)
+    return parser
+
+
+def register(subparsers) -> None:
+    """Add `flash` to the gateway CLI's command table."""
+    p = subparsers.add_parser("flash", help="install MicroPython and the firmware on a box")
+    build_parser(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed flash subcommand; FlashErrors become a message and exit code 1."""
+    try:
+        return args.flash_func(args)
+    except FlashError as e:
+        sys.stdout.flush()
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(argparse.ArgumentParser(prog="flash.py", description=__doc__.splitlines()[0]))
+    return run(parser.parse_args(argv))

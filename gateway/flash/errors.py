@@ -1,0 +1,17 @@
+"""One error type for the flash tool: which step failed, why, and what to do about it."""
+
+from __future__ import annotations
+
+
+class FlashError(Exception):
+    """A failure the user can act on. `step` names the step, `hint` says what to try next."""
+
+    def __init__(self, step: str, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.step = step
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"{self.step}: {self.message}"
+        return f"{text}\n  hint: {self.hint}" if self.hint else text

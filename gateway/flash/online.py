@@ -1,0 +1,180 @@
+"""Broker checks from this computer, and waiting for the box's retained `online` status.
+
+While waiting, the board's serial console is read too: the firmware prints what goes wrong
+(Wi-Fi refused, broker unreachable, a crash) long before a status would time out.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+
+from gateway.flash.errors import FlashError
+
+# Console lines that end the wait early, with the step that failed and a hint.
+CONSOLE_FAILURES: list[tuple[re.Pattern[str], str, str, str]] = [
+    (
+        re.compile(
+            r"(?i)wi-?fi.*(wrong.?password|auth\w*.?fail|STAT_WRONG_PASSWORD|handshake.?timeout|bad.?password)"
+        ),
+        "wifi",
+        "the box reports the Wi-Fi password is wrong",
+        "rerun provision with the right --wifi-password",
+    ),
+    (
+        re.compile(r"(?i)wi-?fi.*(no.?ap.?found|STAT_NO_AP_FOUND|not.?found|no such network)"),
+        "wifi",
+        "the box cannot find the Wi-Fi network",
+        "check --wifi-ssid (2.4 GHz networks only; the ESP32 has no 5 GHz radio) and the box's distance to the router",
+    ),
+    (
+        re.compile(r"(?i)mqtt.*(not.?authori[sz]ed|bad user|auth\w* fail|refused.*(5|4)\b)"),
+        "broker",
+        "the broker refused the box's MQTT username/password",
+        "re-create the credentials with `parcelbox device add NAME` and provision again",
+    ),
+    (
+        re.compile(r"(?i)mqtt.*(ECONNREFUSED|EHOSTUNREACH|ETIMEDOUT|ECONNABORTED|unreachable|connect.*fail)"),
+        "broker",
+        "the box cannot reach the broker",
+        "check --broker-host is this computer's LAN address and the broker listens on it (not only 127.0.0.1); "
+        "check the firewall allows the MQTT port",
+    ),
+    (
+        re.compile(r"^\w*(Error|Exception): "),
+        "firmware",
+        "the firmware stopped with an error on the board",
+        "run `parcelbox flash logs` to see the whole traceback",
+    ),
+]
+
+
+def classify_console_line(line: str) -> FlashError | None:
+    for pattern, step, message, hint in CONSOLE_FAILURES:
+        if pattern.search(line):
+            return FlashError(step, f"{message}: {line.strip()}", hint)
+    return None
+
+
+@dataclass
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+
+def _client(addr: BrokerAddress, on_message=None) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"parcelbox-flash-{uuid.uuid4().hex[:8]}")
+    if addr.username:
+        c.username_pw_set(addr.username, addr.password)
+    c.on_message = on_message
+    return c
+
+
+def connect(addr: BrokerAddress, timeout: float = 5.0, on_message=None) -> mqtt.Client:
+    """A connected client with its loop running, or a FlashError saying why not."""
+    result: queue.Queue[tuple[bool, str]] = queue.Queue()
+    c = _client(addr, on_message)
+    c.on_connect = lambda _c, _u, _f, rc, _p=None: result.put((rc.is_failure, str(rc)))
+    try:
+        c.connect(addr.host, addr.port, keepalive=30)
+    except OSError as e:
+        raise FlashError(
+            "broker",
+            f"broker unreachable at {addr.host}:{addr.port}: {e.strerror or e}",
+            "start the gateway (`parcelbox run`) or your broker, and check --broker-host/--broker-port",
+        ) from None
+    c.loop_start()
+    try:
+        failed, reason = result.get(timeout=timeout)
+    except queue.Empty:
+        c.loop_stop()
+        raise FlashError(
+            "broker",
+            f"broker at {addr.host}:{addr.port} did not answer the MQTT handshake in {timeout:.0f} s",
+            "is that port really an MQTT broker?",
+        ) from None
+    if failed:
+        c.loop_stop()
+        raise FlashError(
+            "broker",
+            f"broker at {addr.host}:{addr.port} refused the box's credentials ({reason})",
+            "re-create them with `parcelbox device add NAME`, or check --mqtt-user/--mqtt-password",
+        )
+    return c
+
+
+def check_broker(addr: BrokerAddress, timeout: float = 5.0) -> None:
+    """Connect and disconnect once: the broker is reachable at the box's address with its credentials."""
+    c = connect(addr, timeout)
+    c.disconnect()
+    c.loop_stop()
+
+
+def status_is_fresh(payload: bytes, retained: bool, seconds_since_reset: float) -> bool:
+    """An `online: true` status that the box published after our reset.
+
+    A retained status from before the reset would fool us: accept a retained one only if its
+    uptime fits inside the time since the reset. Live (non-retained) ones are always new.
+    """
+    try:
+        status = json.loads(payload)
+    except ValueError:
+        return False
+    if not isinstance(status, dict) or status.get("online") is not True:
+        return False
+    if not retained:
+        return True
+    uptime = status.get("uptime_s")
+    return isinstance(uptime, int | float) and uptime <= seconds_since_reset + 5
+
+
+def wait_online(
+    watch: BrokerAddress,
+    topic: str,
+    reset_at: float,
+    timeout: float,
+    console: Iterator[str] | None = None,
+    on_console: Callable[[str], None] | None = None,
+) -> dict:
+    """Block until a fresh online status arrives on `topic`; returns it. Fails early on console errors."""
+    messages: queue.Queue[tuple[bytes, bool]] = queue.Queue()
+    c = connect(watch, on_message=lambda _c, _u, m: messages.put((bytes(m.payload), bool(m.retain))))
+    try:
+        c.subscribe(topic, 1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                payload, retained = messages.get(timeout=0.05)
+            except queue.Empty:
+                pass
+            else:
+                if status_is_fresh(payload, retained, time.monotonic() - reset_at):
+                    return json.loads(payload)
+                continue
+            if console is not None:
+                line = next(console, None)
+                if line is None:
+                    console = None
+                elif line:
+                    if on_console:
+                        on_console(line)
+                    failure = classify_console_line(line)
+                    if failure:
+                        raise failure
+        raise FlashError(
+            "online",
+            f"no online status on {topic} within {timeout:.0f} s",
+            "watch the box with `parcelbox flash logs`; check Wi-Fi reach and that --broker-host is reachable from the box",
+        )
+    finally:
+        c.disconnect()
+        c.loop_stop()

@@ -1,0 +1,425 @@
+"""A simulated ESP32 running MicroPython, on the far end of a pseudo-terminal.
+
+mpremote opens the pty's slave side like a USB serial port. A thread serves the master side and
+speaks the MicroPython REPL protocols the way `pyexec.c` does: the friendly REPL, the raw REPL
+(Ctrl-A; code ends with Ctrl-D; reply "OK" + stdout + \\x04 + stderr + \\x04 + ">"), raw-paste mode
+(\\x05A\\x01 with flow-control windows, or "R\\x00" = unsupported, so mpremote falls back), soft reset
+(Ctrl-D on an empty raw line) and `machine.reset()`.
+
+Code that arrives is executed by CPython in a namespace whose `open`, `os`, `sys`, `machine`,
+`time` and `camera` stand in for the board's: file calls land in a temporary folder that plays the
+board's flash, so tests can look at exactly what a provisioning run wrote.
+
+This is the edge of the system (real hardware); everything on the host side, mpremote included,
+runs for real.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import os
+import select
+import struct
+import threading
+import time
+import traceback
+import tty
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+FRIENDLY_BANNER = b'MicroPython v1.25.0 on 2025-04-15; ESP32 CAM module with ESP32\r\nType "help()" for more information.\r\n>>> '
+ROM_BOOT = b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+MPY_ABI = 6 | (3 << 8) | (10 << 10)  # .mpy v6.3, xtensawin: what sys.implementation._mpy says on an ESP32
+
+# Modules the board has; anything else raises ImportError like a missing module on the board.
+_REAL_MODULES = {"hashlib", "binascii", "json", "gc", "struct", "errno", "micropython"}
+
+
+class _HardReset(BaseException):
+    """machine.reset(): abandons the running code, like the chip rebooting."""
+
+
+class FakeBoard:
+    """One simulated board. `port` is the path to give to mpremote / the flash tool.
+
+    mode: "micropython" (normal), "silent" (answers nothing: asleep or no firmware), or
+    "garbage" (prints something that is not a MicroPython REPL, like another firmware).
+    camera: whether `import camera` works. raw_paste: whether raw-paste mode is offered.
+    on_boot(board): called in a thread after machine.reset(), as the firmware's main.py would run;
+    it may call board.console() to print and publish MQTT like a real box.
+    """
+
+    def __init__(
+        self,
+        flash: Path,
+        *,
+        mode: str = "micropython",
+        camera: bool = True,
+        raw_paste: bool = True,
+        on_boot: Callable[[FakeBoard], None] | None = None,
+    ) -> None:
+        self.flash = Path(flash)
+        self.flash.mkdir(parents=True, exist_ok=True)
+        self.mode = mode
+        self.camera = camera
+        self.raw_paste = raw_paste
+        self.on_boot = on_boot
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        # Never block the serving thread on a full pty buffer when the host has stopped reading.
+        os.set_blocking(self.master, False)
+        self.port = os.ttyname(self.slave)
+        self.executed: list[str] = []  # every code block received, for tests that look at the protocol
+        self.resets = 0
+        self.soft_resets = 0
+        self._state = "friendly"
+        self._buf = bytearray()
+        self._paste_window = 128
+        self._paste_seen = 0
+        self._cwd = "/"
+        self._globals: dict = {}
+        self._stop = threading.Event()
+        self._write_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name="fakeboard", daemon=True)
+        self._boot_threads: list[threading.Thread] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> FakeBoard:
+        self._new_namespace()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for t in self._boot_threads:
+            t.join(5)
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> FakeBoard:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def console(self, text: str) -> None:
+        """Print a line on the board's serial console (what the firmware prints)."""
+        self._write(text.encode() + b"\r\n")
+
+    def path(self, board_path: str) -> Path:
+        return self._host_path(board_path)
+
+    # -- serial side --------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        with self._write_lock:
+            view = memoryview(data)
+            give_up = time.monotonic() + 2.0
+            while view:
+                try:
+                    n = os.write(self.master, view)
+                except BlockingIOError:
+                    if time.monotonic() > give_up:
+                        return  # nobody reads the port: drop it, as a UART does
+                    time.sleep(0.001)
+                    continue
+                except OSError:
+                    return
+                view = view[n:]
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self.master], [], [], 0.05)
+            except (OSError, ValueError):
+                return
+            if not ready:
+                continue
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                # EIO: nobody has the port open right now; wait for the next open.
+                time.sleep(0.02)
+                continue
+            if self.mode == "silent":
+                continue
+            if self.mode == "garbage":
+                self._write(b"\x00\xff garbage at 115200 baud: rst:0x10 (RTCWDT_RTC_RESET)\r\n")
+                continue
+            for byte in data:
+                self._feed(bytes([byte]))
+
+    def _feed(self, c: bytes) -> None:
+        state = self._state
+        if state == "friendly":
+            if c == b"\x01":
+                self._buf.clear()
+                self._state = "raw"
+                self._write(b"\r\n" + RAW_BANNER)
+            elif c == b"\x03":
+                self._buf.clear()
+                self._write(b"\r\nKeyboardInterrupt: \r\n>>> ")
+            elif c == b"\x04":
+                self._soft_reset(friendly=True)
+            elif c == b"\r":
+                line = self._buf.decode()
+                self._buf.clear()
+                self._write(b"\r\n")
+                if line.strip():
+                    out, err = self._run(line, echo_value=True)
+                    self._write(out.replace(b"\n", b"\r\n") + err.replace(b"\n", b"\r\n"))
+                self._write(b">>> ")
+            elif c in (b"\x02", b"\n"):
+                pass
+            else:
+                self._buf += c
+                self._write(c)
+        elif state == "raw":
+            if c == b"\x01":
+                self._buf.clear()
+                self._write(b"\r\n" + RAW_BANNER)
+            elif c == b"\x02":
+                self._buf.clear()
+                self._state = "friendly"
+                self._write(b"\r\n" + FRIENDLY_BANNER)
+            elif c == b"\x03":
+                self._buf.clear()
+            elif c == b"\x05" and not self._buf:
+                self._state = "paste-request"
+            elif c == b"\x04":
+                if not self._buf:
+                    self._write(b"OK\r\n")
+                    self._soft_reset(friendly=False)
+                    return
+                code = bytes(self._buf)
+                self._buf.clear()
+                self._write(b"OK")
+                self._execute_and_reply(code)
+            else:
+                self._buf += c
+        elif state == "paste-request":
+            self._buf += c
+            if len(self._buf) == 2:
+                if bytes(self._buf) == b"A\x01" and self.raw_paste:
+                    self._buf.clear()
+                    self._paste_seen = 0
+                    self._state = "paste"
+                    self._write(b"R\x01" + struct.pack("<H", self._paste_window))
+                else:
+                    self._buf.clear()
+                    self._state = "raw"
+                    # What MicroPython before raw-paste support does: treat it as input, then
+                    # answer with the raw REPL prompt again. mpremote then uses plain raw mode.
+                    self._write(b"R\x00")
+        elif state == "paste":
+            if c == b"\x04":
+                code = bytes(self._buf)
+                self._buf.clear()
+                self._state = "raw"
+                self._write(b"\x04")
+                self._execute_and_reply(code)
+                return
+            self._buf += c
+            self._paste_seen += 1
+            if self._paste_seen % self._paste_window == 0:
+                self._write(b"\x01")  # the next window may be sent
+
+    def _execute_and_reply(self, code: bytes) -> None:
+        text = code.decode("utf-8", "replace")
+        self.executed.append(text)
+        try:
+            out, err = self._run(text)
+        except _HardReset:
+            self._hard_reset()
+            return
+        self._write(out + b"\x04" + err + b"\x04>")
+
+    # -- resets -------------------------------------------------------------------------------
+
+    def _soft_reset(self, friendly: bool) -> None:
+        self.soft_resets += 1
+        self._new_namespace()
+        self._write(b"MPY: soft reboot\r\n")
+        if friendly:
+            self._write(FRIENDLY_BANNER)
+        else:
+            self._write(RAW_BANNER)
+
+    def _hard_reset(self) -> None:
+        self.resets += 1
+        self._new_namespace()
+        self._state = "friendly"
+        self._buf.clear()
+        self._write(ROM_BOOT)
+        if self.on_boot is not None:
+            t = threading.Thread(target=self.on_boot, args=(self,), name="fakeboard-main", daemon=True)
+            self._boot_threads.append(t)
+            t.start()
+
+    # -- execution ----------------------------------------------------------------------------
+
+    def _new_namespace(self) -> None:
+        self._globals = {"__name__": "__main__", "__builtins__": self._builtins()}
+
+    def _run(self, code: str, echo_value: bool = False) -> tuple[bytes, bytes]:
+        out = io.StringIO()
+        self._out = out
+        try:
+            if echo_value:
+                try:
+                    value = eval(compile(code, "<stdin>", "eval"), self._globals)
+                    if value is not None:
+                        out.write(repr(value) + "\n")
+                    return out.getvalue().encode(), b""
+                except SyntaxError:
+                    pass
+            exec(compile(code, "<stdin>", "exec"), self._globals)
+        except _HardReset:
+            raise
+        except BaseException as e:  # everything the board would print as a traceback
+            return out.getvalue().encode(), _mp_traceback(e).encode()
+        return out.getvalue().encode(), b""
+
+    def _builtins(self) -> dict:
+        b = dict(vars(builtins))
+        b["print"] = self._print
+        b["open"] = self._open
+        b["__import__"] = self._import
+        return b
+
+    def _print(self, *args, sep=" ", end="\n", file=None) -> None:
+        self._out.write(sep.join(str(a) for a in args) + end)
+
+    def _host_path(self, board_path: str) -> Path:
+        if not board_path.startswith("/"):
+            board_path = self._cwd.rstrip("/") + "/" + board_path
+        parts = []
+        for part in board_path.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if parts:
+                    parts.pop()
+                continue
+            parts.append(part)
+        return self.flash.joinpath(*parts) if parts else self.flash
+
+    def _open(self, path, mode="r", *args, **kwargs):
+        return _board_errors(lambda: open(self._host_path(path), mode))
+
+    def _import(self, name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "os":
+            return self._os_module()
+        if name == "sys":
+            return self._sys_module()
+        if name == "machine":
+            return self._machine_module()
+        if name == "time":
+            return self._time_module()
+        if name == "camera":
+            if not self.camera:
+                raise ImportError("no module named 'camera'")
+            return types.SimpleNamespace(init=lambda *a, **k: True, capture=lambda: b"\xff\xd8\xff\xd9")
+        if name == "micropython":
+            return types.SimpleNamespace(const=lambda x: x, kbd_intr=lambda x: None)
+        if name in _REAL_MODULES:
+            return __import__(name, globals, locals, fromlist, level)
+        raise ImportError(f"no module named '{name}'")
+
+    def _os_module(self):
+        board = self
+
+        def ilistdir(path="."):
+            host = board._host_path(path)
+            entries = _board_errors(lambda: sorted(os.listdir(host)))
+            for name in entries:
+                st = os.stat(host / name)
+                kind = 0x4000 if (host / name).is_dir() else 0x8000
+                yield (name, kind, 0, st.st_size)
+
+        def stat(path):
+            st = _board_errors(lambda: os.stat(board._host_path(path)))
+            mode = 0x4000 if os.path.isdir(board._host_path(path)) else 0x8000
+            return (mode, 0, 0, 0, 0, 0, st.st_size, int(st.st_mtime), int(st.st_mtime), int(st.st_mtime))
+
+        def chdir(path):
+            if not board._host_path(path).is_dir():
+                raise OSError(errno.ENOENT, "ENOENT")
+            board._cwd = "/" + str(board._host_path(path).relative_to(board.flash)).strip(".")
+
+        return types.SimpleNamespace(
+            listdir=lambda path=".": _board_errors(lambda: sorted(os.listdir(board._host_path(path)))),
+            ilistdir=ilistdir,
+            stat=stat,
+            remove=lambda p: _board_errors(lambda: os.remove(board._host_path(p))),
+            mkdir=lambda p: _board_errors(lambda: os.mkdir(board._host_path(p))),
+            rmdir=lambda p: _board_errors(lambda: os.rmdir(board._host_path(p))),
+            rename=lambda a, b: _board_errors(lambda: os.replace(board._host_path(a), board._host_path(b))),
+            getcwd=lambda: board._cwd,
+            chdir=chdir,
+            uname=lambda: types.SimpleNamespace(
+                sysname="esp32",
+                nodename="esp32",
+                release="1.25.0",
+                version="v1.25.0",
+                machine="ESP32 CAM module with ESP32",
+            ),
+            statvfs=lambda p: (4096, 4096, 512, 400, 400, 0, 0, 0, 0, 255),
+        )
+
+    def _sys_module(self):
+        return types.SimpleNamespace(
+            implementation=types.SimpleNamespace(name="micropython", version=(1, 25, 0, ""), _mpy=MPY_ABI),
+            platform="esp32",
+            path=["", ".frozen", "/lib"],
+            version="3.4.0; MicroPython v1.25.0",
+            byteorder="little",
+            maxsize=2**31 - 1,
+            modules={},
+            stdout=types.SimpleNamespace(write=lambda s: self._out.write(s)),
+        )
+
+    def _machine_module(self):
+        def reset():
+            raise _HardReset()
+
+        return types.SimpleNamespace(reset=reset, soft_reset=reset, freq=lambda *a: 240_000_000)
+
+    def _time_module(self):
+        return types.SimpleNamespace(
+            sleep_ms=lambda ms: None,
+            sleep=lambda s: None,
+            ticks_ms=lambda: int(time.monotonic() * 1000) & 0x3FFFFFFF,
+            time=lambda: int(time.time()),
+        )
+
+
+def _board_errors(fn):
+    """Run a host file operation; OSErrors come out the way MicroPython words them."""
+    try:
+        return fn()
+    except OSError as e:
+        code = e.errno if e.errno is not None else errno.EIO
+        raise OSError(code, errno.errorcode.get(code, "EIO")) from None
+
+
+def _mp_traceback(e: BaseException) -> str:
+    """A MicroPython-style traceback: mpremote matches on 'OSError: [Errno 2] ENOENT' and such."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == "<stdin>"]
+    lines = ["Traceback (most recent call last):"]
+    for f in frames[-3:]:
+        lines.append(f'  File "<stdin>", line {f.lineno}, in {f.name}')
+    if isinstance(e, OSError) and e.errno is not None:
+        lines.append(f"OSError: [Errno {e.errno}] {errno.errorcode.get(e.errno, e.strerror)}")
+    else:
+        lines.append(f"{type(e).__name__}: {e}")
+    return "\r\n".join(lines) + "\r\n"
