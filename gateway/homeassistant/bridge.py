@@ -1,0 +1,554 @@
+"""The Home Assistant bridge: keeps Home Assistant's view of every box current over MQTT.
+
+It has its own MQTT connection, whose last will marks the gateway `offline` for Home Assistant.
+Bus handlers (called on the publisher's thread) and paho callbacks (on paho's network thread) only
+record what needs doing; one worker thread does every read from the gateway and every publish.
+Pending work is coalesced (latest state per box, latest photo per box and kind), so a burst of
+status messages costs one publish and memory stays bounded by the number of boxes.
+
+What it publishes and why is in `gateway.homeassistant.discovery` and docs/homeassistant.md.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as mqtt
+
+from gateway.bus import DEVICE_CHANGED, EVENT_STORED
+from gateway.homeassistant import discovery as d
+from gateway.homeassistant.discovery import HAConfig
+from gateway.ports import GatewayPort
+from gateway.protocol import valid_device_id, valid_msg_id
+
+log = logging.getLogger(__name__)
+
+# Published on the bus (by the gateway or the CLI path inside the gateway) when a box is removed.
+DEVICE_REMOVED = "device_removed"
+
+_MAX_BACKOFF_S = 30.0
+
+
+# --- MQTT connection helpers ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None = field(repr=False)
+
+
+def parse_broker_url(url: str, username: str | None = None, password: str | None = None) -> BrokerAddress:
+    """`mqtt://[user[:pass]@]host[:port]` or `mqtts://...`; explicit credentials win over the URL's."""
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {u.scheme or 'no scheme'}")
+    tls = u.scheme in ("mqtts", "ssl")
+    return BrokerAddress(
+        host=u.hostname or "127.0.0.1",
+        port=u.port or (8883 if tls else 1883),
+        tls=tls,
+        username=username if username is not None else (unquote(u.username) if u.username else None),
+        password=password if password is not None else (unquote(u.password) if u.password else None),
+    )
+
+
+def make_client(addr: BrokerAddress, client_id: str) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    if addr.username is not None:
+        c.username_pw_set(addr.username, addr.password)
+    if addr.tls:
+        c.tls_set()
+    return c
+
+
+def clear_device(
+    target: mqtt.Client | str,
+    device: str,
+    cfg: HAConfig,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    timeout: float = 10.0,
+) -> int:
+    """Remove a box from Home Assistant: empty retained payloads on all its discovery configs, then on
+    its state, availability and image topics. Returns how many topics were cleared.
+
+    `target` is a connected paho client or a broker URL (a short-lived connection is made). Used by
+    `parcelbox device remove`; safe to call for a box that was never announced.
+    """
+    if not valid_device_id(device):
+        raise ValueError(f"invalid device id {device!r}")
+    topics = d.box_config_topics(cfg, device) + d.retained_box_topics(cfg, device)
+    own = isinstance(target, str)
+    client = target if isinstance(target, mqtt.Client) else None
+    if client is None:
+        addr = parse_broker_url(str(target), username, password)
+        client = make_client(addr, f"parcelbox-ha-clear-{uuid.uuid4().hex[:8]}")
+        client.connect(addr.host, addr.port, keepalive=30)
+        client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not client.is_connected():
+            if time.monotonic() > deadline:
+                raise TimeoutError("could not connect to the broker to clear Home Assistant configs")
+            time.sleep(0.02)
+        infos = [client.publish(t, b"", qos=1, retain=True) for t in topics]
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise TimeoutError("the broker did not confirm clearing the Home Assistant configs")
+    finally:
+        if own:
+            client.disconnect()
+            client.loop_stop()
+    log.info("homeassistant: cleared %d topics of box %s", len(topics), device)
+    return len(topics)
+
+
+# --- the bridge ---------------------------------------------------------------------------------------
+
+
+class HomeAssistantBridge:
+    """Publishes discovery configs, states and photos for every box; turns button presses into commands.
+
+    `start()` connects (paho's own reconnect backoff takes over from then on) and starts the worker;
+    `stop()` marks the gateway offline and disconnects. Never raises into the bus or paho.
+    """
+
+    name = "homeassistant"
+
+    def __init__(
+        self,
+        port: GatewayPort,
+        broker_url: str,
+        cfg: HAConfig | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str | None = None,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.port = port
+        self.cfg = cfg or HAConfig()
+        self.log = logger or log
+        self._clock = clock
+        self._addr = parse_broker_url(broker_url, username, password)
+        # A stable client id: a restarted gateway takes over its old session, so the old connection's
+        # last will ("offline") fires before the new "online", never after it.
+        self._client = make_client(self._addr, client_id or f"parcelbox-ha-{self.cfg.gateway_id}")
+        self._client.will_set(d.gateway_availability_topic(self.cfg), d.PAYLOAD_OFFLINE, qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._busy = False
+        # Pending work, coalesced; guarded by _lock.
+        self._full_resync = False  # configs + states + photos (after each connect)
+        self._discovery_resync = False  # configs + states (Home Assistant came back)
+        self._devices: dict[str, dict[str, Any] | None] = {}  # None: read it from the port
+        self._images: dict[tuple[str, str], str] = {}  # (device, kind) -> event id
+        self._presses: dict[str, bytes] = {}
+        self._removals: set[str] = set()
+        # Worker-only state.
+        self._published: dict[str, bytes] = {}  # topic -> payload last published this session
+        self._image_sent: dict[tuple[str, str], str] = {}
+        self._battery_seen: set[str] = set()
+        self._known: set[str] = set()
+        self._last_press: dict[str, float] = {}
+        self._retry_at = 0.0
+        self._backoff = 1.0
+
+        self.counters: Counter[str] = Counter()
+        self._counters_lock = threading.Lock()  # bumped from the bus, paho and worker threads
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._worker: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe to the bus, connect, start the worker. A broker that is down is retried in the background."""
+        if self._worker is not None:
+            return
+        bus = self.port.bus
+        self._unsubscribe = [
+            bus.subscribe(self._on_device_changed, DEVICE_CHANGED),
+            bus.subscribe(self._on_event_stored, EVENT_STORED),
+            bus.subscribe(self._on_device_removed, DEVICE_REMOVED),
+        ]
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._run, name="homeassistant-bridge", daemon=True)
+        self._worker.start()
+        try:
+            self._client.connect_async(self._addr.host, self._addr.port, keepalive=30)
+        except (OSError, ValueError) as exc:
+            self.log.warning(
+                "homeassistant: cannot reach broker %s:%s yet (%s)", self._addr.host, self._addr.port, exc
+            )
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Mark the gateway offline (a clean disconnect sends no last will) and disconnect."""
+        for unsub in self._unsubscribe:
+            unsub()
+        self._unsubscribe = []
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+            self._worker = None
+        if self._client.is_connected():
+            info = self._client.publish(
+                d.gateway_availability_topic(self.cfg), d.PAYLOAD_OFFLINE, qos=1, retain=True
+            )
+            info.wait_for_publish(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    close = stop
+
+    @property
+    def connected(self) -> bool:
+        return self._client.is_connected()
+
+    def health(self) -> dict[str, Any]:
+        """Counters (published, presses.*, press_rejected.<reason>, errors) and the connection state."""
+        with self._counters_lock:
+            out: dict[str, Any] = dict(self.counters)
+        out["connected"] = self.connected
+        return out
+
+    def _count(self, key: str) -> None:
+        with self._counters_lock:
+            self.counters[key] += 1
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once connected with no work pending or in progress (for tests and orderly shutdowns)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while True:
+                if self.connected and not self._busy and not self._has_work():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.1))
+
+    def remove_device(self, device: str) -> None:
+        """Forget a box and clear it from Home Assistant (done by the worker)."""
+        if valid_device_id(device):
+            self._mark(lambda: self._removals.add(device))
+
+    # --- producers: bus and paho threads (record only, never block) -----------------------------------------
+
+    def _mark(self, change: Callable[[], object]) -> None:
+        with self._lock:
+            change()
+        self._wake.set()
+
+    def _on_device_changed(self, _topic: str, data: dict[str, Any]) -> None:
+        device = data.get("device") if isinstance(data, dict) else None
+        if not valid_device_id(device):
+            self._count("bus_rejected.bad_device")
+            return
+        self._mark(lambda: self._devices.__setitem__(device, dict(data)))
+
+    def _on_event_stored(self, _topic: str, data: dict[str, Any]) -> None:
+        device = data.get("device") if isinstance(data, dict) else None
+        eid = data.get("id") if isinstance(data, dict) else None
+        if not valid_device_id(device) or not valid_msg_id(eid):
+            self._count("bus_rejected.bad_event")
+            return
+        kind = data.get("type")
+
+        def change() -> None:
+            # Waiting count and last delivery change with the event: read the fresh record from the port.
+            self._devices[device] = None
+            if kind in d.IMAGE_KINDS and data.get("photo"):
+                self._images[(device, kind)] = eid
+
+        self._mark(change)
+
+    def _on_device_removed(self, _topic: str, data: dict[str, Any]) -> None:
+        device = data.get("device") if isinstance(data, dict) else None
+        if valid_device_id(device):
+            self.remove_device(device)
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            self.log.warning("homeassistant: broker refused the connection: %s", reason)
+            return
+        client.publish(d.gateway_availability_topic(self.cfg), d.PAYLOAD_ONLINE, qos=1, retain=True)
+        client.subscribe([(self.cfg.birth_topic, 1), (d.press_subscription(self.cfg), 1)])
+        self.log.info("homeassistant: connected to %s:%s", self._addr.host, self._addr.port)
+
+        def change() -> None:
+            # The broker may have restarted without its retained messages: publish everything again.
+            self._full_resync = True
+
+        self._mark(change)
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if not self._stop.is_set():
+            self.log.warning("homeassistant: disconnected from broker (%s); paho reconnects", reason)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        topic, payload = msg.topic, bytes(msg.payload)
+        if topic == self.cfg.birth_topic:
+            if payload.strip() == d.PAYLOAD_ONLINE.encode():
+                self._mark(lambda: setattr(self, "_discovery_resync", True))
+            return
+        device = d.device_from_press_topic(self.cfg, topic)
+        if device is None:
+            self._count("press_rejected.bad_topic")
+            self.log.warning("homeassistant: ignored message on %r", topic[:120])
+            return
+        self._mark(lambda: self._presses.__setitem__(device, payload[:64]))
+
+    # --- worker ---------------------------------------------------------------------------------------------
+
+    def _has_work(self) -> bool:
+        return bool(
+            self._full_resync
+            or self._discovery_resync
+            or self._devices
+            or self._images
+            or self._presses
+            or self._removals
+        )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            if not self._client.is_connected() or self._clock() < self._retry_at:
+                continue
+            with self._lock:
+                work = (
+                    self._full_resync,
+                    self._discovery_resync,
+                    self._devices,
+                    self._images,
+                    self._presses,
+                    self._removals,
+                )
+                self._full_resync = self._discovery_resync = False
+                self._devices, self._images, self._presses, self._removals = {}, {}, {}, set()
+                self._busy = True
+            try:
+                self._process(*work)
+                self._backoff = 1.0
+            except Exception as exc:  # a failing port or disk must not kill the worker
+                self._count("errors")
+                presses = work[4]
+                self.log.exception(
+                    "homeassistant: update failed (%s); retrying everything in %.0f s", exc, self._backoff
+                )
+                self._retry_at = self._clock() + self._backoff
+                self._backoff = min(self._backoff * 2, _MAX_BACKOFF_S)
+                with self._lock:
+                    self._full_resync = True  # states and photos are rebuilt from the port
+                    for device, payload in presses.items():  # presses are not: keep them
+                        self._presses.setdefault(device, payload)
+            finally:
+                with self._idle:
+                    self._busy = False
+                    self._idle.notify_all()
+        with self._idle:
+            self._idle.notify_all()
+
+    def _process(
+        self,
+        full: bool,
+        discovery: bool,
+        devices: dict[str, dict[str, Any] | None],
+        images: dict[tuple[str, str], str],
+        presses: dict[str, bytes],
+        removals: set[str],
+    ) -> None:
+        for device in sorted(removals):
+            self._clear(device)
+            devices.pop(device, None)
+            presses.pop(device, None)
+            for key in [k for k in images if k[0] == device]:
+                del images[key]
+        if full or discovery:
+            records = self._list_devices()
+            self._publish_gateway(force=True)
+            current = {r["device"] for r in records}
+            for gone in sorted(self._known - current):
+                # Removed from the gateway while we were running: take it out of Home Assistant too.
+                self._clear(gone)
+            for rec in records:
+                self._publish_box(rec, force=True)
+                devices.pop(rec["device"], None)
+            if full:
+                self._image_sent.clear()
+                for rec in records:
+                    for kind in d.IMAGE_KINDS:
+                        if (rec["device"], kind) not in images:
+                            eid = self._latest_event_with_photo(rec["device"], kind)
+                            if eid:
+                                images[(rec["device"], kind)] = eid
+        if devices:
+            fresh: dict[str, dict[str, Any]] | None = None
+            for device, rec in sorted(devices.items()):
+                if rec is None:
+                    if fresh is None:
+                        fresh = {r["device"]: dict(r) for r in self._list_devices()}
+                    rec = fresh.get(device)
+                    if rec is None:
+                        self._count("skipped.unknown_device")
+                        continue
+                self._publish_box(rec, force=False)
+        for (device, kind), eid in sorted(images.items()):
+            if device in self._known:
+                self._publish_image(device, kind, eid)
+        for device, payload in presses.items():
+            self._press(device, payload)
+
+    # --- worker helpers -----------------------------------------------------------------------------------------
+
+    def _list_devices(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.port.list_devices() if valid_device_id(r.get("device"))]
+
+    def _publish(self, topic: str, payload: bytes, *, force: bool, retain: bool = True) -> None:
+        if not force and self._published.get(topic) == payload:
+            return
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            # Lost connection: on_connect schedules a full resync, which repeats this.
+            self._count("publish_failed")
+            self._published.pop(topic, None)
+            return
+        self._published[topic] = payload
+        self._count("published")
+
+    def _publish_gateway(self, *, force: bool) -> None:
+        for ent in d.gateway_entities(self.cfg):
+            self._publish(ent.topic(self.cfg), ent.payload(), force=force)
+
+    def _publish_box(self, rec: dict[str, Any], *, force: bool) -> None:
+        device = rec["device"]
+        if rec.get("battery_mv") is not None:
+            self._battery_seen.add(device)
+        # Configs first, so Home Assistant has the entity before its state arrives.
+        for ent in d.box_entities(self.cfg, rec, with_battery=device in self._battery_seen):
+            self._publish(ent.topic(self.cfg), ent.payload(), force=force)
+        self._publish(d.availability_topic(self.cfg, device), d.availability_payload(rec), force=force)
+        self._publish(d.state_topic(self.cfg, device), d.state_payload(rec), force=force)
+        self._known.add(device)
+
+    def _latest_event_with_photo(self, device: str, kind: str) -> str | None:
+        for ev in self.port.list_events(device=device, type=kind, limit=5):
+            if ev.get("photo"):
+                return ev["id"]
+        return None
+
+    def _publish_image(self, device: str, kind: str, eid: str) -> None:
+        if self._image_sent.get((device, kind)) == eid:
+            return
+        data = self._image_bytes(device, eid)
+        if data is None:
+            self._count("image_missing")
+            self.log.warning("homeassistant: no photo file for %s event %s; image not updated", device, eid)
+            return
+        self._publish(d.image_topic(self.cfg, device, kind), data, force=True)
+        self._published.pop(d.image_topic(self.cfg, device, kind), None)  # keep big payloads out of memory
+        self._image_sent[(device, kind)] = eid
+        self._count(f"images.{kind}")
+
+    def _image_bytes(self, device: str, eid: str) -> bytes | None:
+        """The alert copy as is (already compressed); from the original, a copy no larger than an alert copy."""
+        alert = self.port.photo_path(device, eid, "alert")
+        if alert is not None:
+            try:
+                return Path(alert).read_bytes()
+            except OSError as exc:
+                self.log.warning("homeassistant: cannot read %s: %s", alert, exc)
+        original = self.port.photo_path(device, eid, "original")
+        if original is None:
+            return None
+        try:
+            return shrink_jpeg(Path(original).read_bytes(), self.cfg.image_max_px)
+        except (OSError, ValueError) as exc:
+            self.log.warning("homeassistant: cannot make an image from %s: %s", original, exc)
+            return None
+
+    def _press(self, device: str, payload: bytes) -> None:
+        if payload.strip() != d.PAYLOAD_PRESS.encode():
+            self._reject_press(device, "bad_payload", repr(payload[:32]))
+            return
+        if device not in {r["device"] for r in self._list_devices()}:
+            self._reject_press(device, "unknown_device", device)
+            return
+        now = self._clock()
+        last = self._last_press.get(device)
+        if last is not None and now - last < self.cfg.snapshot_min_interval_s:
+            self._reject_press(device, "too_soon", f"{now - last:.1f} s after the previous one")
+            return
+        self._last_press[device] = now
+        try:
+            cmd_id = self.port.send_command(device, "snapshot")
+        except Exception as exc:
+            self._count("presses.failed")
+            self.log.warning("homeassistant: snapshot command for %s failed: %s", device, exc)
+            return
+        self._count("presses.sent")
+        self.log.info("homeassistant: snapshot requested for %s (command %s)", device, cmd_id)
+
+    def _reject_press(self, device: str, reason: str, detail: str) -> None:
+        self._count(f"press_rejected.{reason}")
+        self.log.warning("homeassistant: snapshot button for %s ignored: %s (%s)", device, reason, detail)
+
+    def _clear(self, device: str) -> None:
+        for topic in d.box_config_topics(self.cfg, device) + d.retained_box_topics(self.cfg, device):
+            self._publish(topic, b"", force=True)
+            self._published.pop(topic, None)
+        self._known.discard(device)
+        self._battery_seen.discard(device)
+        for key in [k for k in self._image_sent if k[0] == device]:
+            del self._image_sent[key]
+        self._count("removed")
+
+
+def shrink_jpeg(data: bytes, max_px: int, quality: int = 80) -> bytes:
+    """A JPEG whose long edge is at most `max_px`, decoded at a DCT-reduced scale when possible."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG":
+                raise ValueError(f"not a JPEG ({im.format})")
+            im.draft("RGB", (max_px, max_px))
+            im = ImageOps.exif_transpose(im).convert("RGB")
+            im.thumbnail((max_px, max_px))
+            out = io.BytesIO()
+            im.save(out, "JPEG", quality=quality, optimize=True)
+            return out.getvalue()
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(str(exc)) from None

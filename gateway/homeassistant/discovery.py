@@ -1,0 +1,488 @@
+"""Home Assistant MQTT discovery payloads for parcelbox boxes: pure functions, no I/O.
+
+Follows Home Assistant's MQTT discovery documentation
+(https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery and the per-platform pages
+binary_sensor.mqtt, sensor.mqtt, image.mqtt, button.mqtt):
+
+- one retained config per entity on ``<discovery prefix>/<component>/<node_id>/<object_id>/config``;
+- every entity has a ``unique_id`` and a ``device`` block, so the entities of one box are grouped as
+  one device, linked by ``via_device`` to the gateway's own device;
+- full key names, never the abbreviations (``stat_t``...): payloads stay readable and the gateway has
+  memory to spare;
+- an empty retained payload on a config topic deletes the entity.
+
+The states come from topics the gateway writes (never the boxes), under ``state_prefix``
+(``parcelbox/_ha`` by default). ``_`` is not allowed in a device id, so no box can ever be granted
+this namespace by a per-box ACL, and no topic here matches the gateway's own ingest subscriptions:
+
+| topic | retained | payload |
+|---|---|---|
+| ``<state_prefix>/gateway/availability`` | yes | ``online`` / ``offline`` (the bridge's last will) |
+| ``<state_prefix>/box/<device>/availability`` | yes | ``online`` / ``offline`` (the box's status) |
+| ``<state_prefix>/box/<device>/state`` | yes | state JSON, see `box_state` |
+| ``<state_prefix>/box/<device>/image/delivery`` | yes | raw JPEG: the last delivery's alert copy |
+| ``<state_prefix>/box/<device>/image/snapshot`` | yes | raw JPEG: the last snapshot's alert copy |
+| ``<state_prefix>/box/<device>/snapshot/press`` | no | ``PRESS`` from Home Assistant's button |
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway import __version__
+from gateway.protocol import DEFAULT_PREFIX, PREFIX_RE, valid_device_id
+
+MODEL = "parcelbox ESP32-CAM"
+GATEWAY_MODEL = "parcelbox gateway"
+MANUFACTURER = "parcelbox"
+PAYLOAD_ONLINE = "online"
+PAYLOAD_OFFLINE = "offline"
+PAYLOAD_PRESS = "PRESS"
+IMAGE_KINDS: tuple[str, ...] = ("delivery", "snapshot")
+
+GATEWAY_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+@dataclass(frozen=True)
+class HAConfig:
+    """Settings of the Home Assistant bridge (`[homeassistant]` in the gateway config)."""
+
+    enabled: bool = True
+    prefix: str = "homeassistant"  # Home Assistant's discovery prefix
+    # Where Home Assistant announces itself (birth `online`, will `offline`); default `<prefix>/status`.
+    status_topic: str | None = None
+    # Root of the topics the gateway writes for Home Assistant; default `<protocol prefix>/_ha`.
+    state_prefix: str | None = None
+    protocol_prefix: str = DEFAULT_PREFIX
+    # Tells several gateways on one Home Assistant apart: part of every unique_id and device identifier.
+    gateway_id: str = "parcelbox"
+    gateway_name: str = "parcelbox gateway"
+    dashboard_url: str | None = None  # shown as the devices' configuration_url when http(s)
+    # A button press arriving sooner than this after the previous one for the same box is dropped (counted).
+    snapshot_min_interval_s: float = 5.0
+    image_max_px: int = 1280  # long edge when an image must be made from the original
+
+    def __post_init__(self) -> None:
+        for name in ("prefix", "protocol_prefix"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or PREFIX_RE.fullmatch(value) is None:
+                raise ValueError(
+                    f"homeassistant.{name} must be a topic prefix like 'homeassistant', got {value!r}"
+                )
+        for name in ("status_topic", "state_prefix"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or PREFIX_RE.fullmatch(value) is None):
+                raise ValueError(
+                    f"homeassistant.{name} must be a plain topic without wildcards, got {value!r}"
+                )
+        if not isinstance(self.gateway_id, str) or GATEWAY_ID_RE.fullmatch(self.gateway_id) is None:
+            raise ValueError(
+                f"homeassistant.gateway_id must match {GATEWAY_ID_RE.pattern}, got {self.gateway_id!r}"
+            )
+
+    @property
+    def birth_topic(self) -> str:
+        return self.status_topic or f"{self.prefix}/status"
+
+    @property
+    def base(self) -> str:
+        return self.state_prefix or f"{self.protocol_prefix}/_ha"
+
+    @classmethod
+    def from_mapping(cls, section: Mapping[str, Any] | None, **overrides: Any) -> HAConfig:
+        """Build from a `[homeassistant]` TOML table; unknown keys are refused so typos do not pass silently."""
+        data = dict(section or {})
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown [homeassistant] setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+# --- topics -------------------------------------------------------------------------
+
+
+def gateway_availability_topic(cfg: HAConfig) -> str:
+    return f"{cfg.base}/gateway/availability"
+
+
+def box_topic(cfg: HAConfig, device: str, leaf: str) -> str:
+    return f"{cfg.base}/box/{device}/{leaf}"
+
+
+def availability_topic(cfg: HAConfig, device: str) -> str:
+    return box_topic(cfg, device, "availability")
+
+
+def state_topic(cfg: HAConfig, device: str) -> str:
+    return box_topic(cfg, device, "state")
+
+
+def image_topic(cfg: HAConfig, device: str, kind: str) -> str:
+    if kind not in IMAGE_KINDS:
+        raise ValueError(f"unknown image kind {kind!r}")
+    return box_topic(cfg, device, f"image/{kind}")
+
+
+def press_topic(cfg: HAConfig, device: str) -> str:
+    return box_topic(cfg, device, "snapshot/press")
+
+
+def press_subscription(cfg: HAConfig) -> str:
+    return f"{cfg.base}/box/+/snapshot/press"
+
+
+def device_from_press_topic(cfg: HAConfig, topic: str) -> str | None:
+    """The box id in a button command topic, or None when the topic is not one (or the id is invalid)."""
+    head, tail = f"{cfg.base}/box/", "/snapshot/press"
+    if not (topic.startswith(head) and topic.endswith(tail)):
+        return None
+    device = topic[len(head) : -len(tail)]
+    return device if valid_device_id(device) else None
+
+
+def retained_box_topics(cfg: HAConfig, device: str) -> list[str]:
+    """Every retained non-discovery topic the bridge may have written for a box."""
+    return [
+        state_topic(cfg, device),
+        availability_topic(cfg, device),
+        *(image_topic(cfg, device, k) for k in IMAGE_KINDS),
+    ]
+
+
+def config_topic(cfg: HAConfig, component: str, node_id: str, object_id: str) -> str:
+    return f"{cfg.prefix}/{component}/{node_id}/{object_id}/config"
+
+
+def gateway_identifier(cfg: HAConfig) -> str:
+    return f"{cfg.gateway_id}_gateway"
+
+
+def box_identifier(cfg: HAConfig, device: str) -> str:
+    # Device ids never contain "_", so "<gw>_box_<device>" can never equal "<gw>_gateway".
+    return f"{cfg.gateway_id}_box_{device}"
+
+
+# --- payloads -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One discovery config: where it goes and what it says."""
+
+    component: str  # Home Assistant platform: binary_sensor, sensor, image, button
+    node_id: str
+    object_id: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def topic(self, cfg: HAConfig) -> str:
+        return config_topic(cfg, self.component, self.node_id, self.object_id)
+
+    def payload(self) -> bytes:
+        return json.dumps(self.config, separators=(",", ":"), sort_keys=True).encode()
+
+
+# (object_id, component) of every entity a box can have; `battery` only once a battery is reported.
+BOX_ENTITY_KEYS: tuple[tuple[str, str], ...] = (
+    ("online", "binary_sensor"),
+    ("lid", "binary_sensor"),
+    ("package", "binary_sensor"),
+    ("waiting", "sensor"),
+    ("last_delivery", "sensor"),
+    ("battery", "sensor"),
+    ("rssi", "sensor"),
+    ("delivery_photo", "image"),
+    ("snapshot_photo", "image"),
+    ("snapshot", "button"),
+)
+
+
+def _origin() -> dict[str, Any]:
+    return {"name": "parcelbox", "sw_version": __version__}
+
+
+def _configuration_url(cfg: HAConfig) -> dict[str, str]:
+    url = cfg.dashboard_url
+    if url and (url.startswith("http://") or url.startswith("https://")):
+        return {"configuration_url": url}
+    return {}
+
+
+def _availability(topic: str) -> dict[str, str]:
+    return {"topic": topic, "payload_available": PAYLOAD_ONLINE, "payload_not_available": PAYLOAD_OFFLINE}
+
+
+def gateway_device_block(cfg: HAConfig) -> dict[str, Any]:
+    return {
+        "identifiers": [gateway_identifier(cfg)],
+        "name": cfg.gateway_name,
+        "model": GATEWAY_MODEL,
+        "manufacturer": MANUFACTURER,
+        "sw_version": __version__,
+        **_configuration_url(cfg),
+    }
+
+
+def box_device_block(cfg: HAConfig, record: Mapping[str, Any]) -> dict[str, Any]:
+    device = record["device"]
+    block: dict[str, Any] = {
+        "identifiers": [box_identifier(cfg, device)],
+        "name": record.get("name") or device,
+        "model": MODEL,
+        "manufacturer": MANUFACTURER,
+        "via_device": gateway_identifier(cfg),
+        **_configuration_url(cfg),
+    }
+    if record.get("fw"):
+        block["sw_version"] = str(record["fw"])
+    return block
+
+
+def gateway_entities(cfg: HAConfig) -> list[Entity]:
+    """The gateway's own device: HA creates a device only together with an entity, so it gets one."""
+    node = gateway_identifier(cfg)
+    return [
+        Entity(
+            "binary_sensor",
+            node,
+            "status",
+            {
+                "name": "Status",
+                "unique_id": f"{node}_status",
+                "device_class": "connectivity",
+                "entity_category": "diagnostic",
+                "state_topic": gateway_availability_topic(cfg),
+                "payload_on": PAYLOAD_ONLINE,
+                "payload_off": PAYLOAD_OFFLINE,
+                "qos": 1,
+                "device": gateway_device_block(cfg),
+                "origin": _origin(),
+            },
+        )
+    ]
+
+
+def box_entities(
+    cfg: HAConfig, record: Mapping[str, Any], *, with_battery: bool | None = None
+) -> list[Entity]:
+    """Discovery configs for one box (a `DeviceRecord`).
+
+    The battery sensor is only announced once the box reports a battery (`battery_mv` not null),
+    unless `with_battery` says otherwise (the bridge keeps it once seen).
+    """
+    device = record["device"]
+    if not valid_device_id(device):
+        raise ValueError(f"invalid device id {device!r}")
+    node = box_identifier(cfg, device)
+    st = state_topic(cfg, device)
+    dev = box_device_block(cfg, record)
+    # The box's entities are unavailable when the box or the gateway is offline: no stale "closed lid"
+    # shown as current. The connectivity sensor itself only follows the gateway, so an offline box shows
+    # as "Disconnected" rather than "Unavailable".
+    both = {
+        "availability": [
+            _availability(availability_topic(cfg, device)),
+            _availability(gateway_availability_topic(cfg)),
+        ],
+        "availability_mode": "all",
+    }
+    gateway_only = {
+        "availability": [_availability(gateway_availability_topic(cfg))],
+        "availability_mode": "all",
+    }
+
+    def common(key: str, name: str, avail: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "unique_id": f"{node}_{key}",
+            "device": dev,
+            "origin": _origin(),
+            "qos": 1,
+            **avail,
+        }
+
+    if with_battery is None:
+        with_battery = record.get("battery_mv") is not None
+
+    def flag(key: str) -> str:
+        # "None" is Home Assistant's payload for "unknown" (e.g. no lid reading yet).
+        return f"{{% if value_json.{key} is none %}}None{{% elif value_json.{key} %}}ON{{% else %}}OFF{{% endif %}}"
+
+    def value(key: str) -> str:
+        # A JSON null renders as "None", Home Assistant's payload for "unknown".
+        return f"{{{{ value_json.{key} }}}}"
+
+    out = [
+        Entity(
+            "binary_sensor",
+            node,
+            "online",
+            {
+                **common("online", "Online", gateway_only),
+                "device_class": "connectivity",
+                "state_topic": st,
+                "value_template": flag("online"),
+            },
+        ),
+        Entity(
+            "binary_sensor",
+            node,
+            "lid",
+            {
+                **common("lid", "Lid", both),
+                "device_class": "opening",
+                "state_topic": st,
+                "value_template": flag("lid_open"),
+            },
+        ),
+        Entity(
+            "binary_sensor",
+            node,
+            "package",
+            {
+                **common("package", "Package waiting", both),
+                "device_class": "occupancy",
+                "state_topic": st,
+                "value_template": flag("package"),
+            },
+        ),
+        Entity(
+            "sensor",
+            node,
+            "waiting",
+            {
+                **common("waiting", "Deliveries waiting", both),
+                "state_topic": st,
+                "value_template": value("waiting"),
+                "state_class": "measurement",
+                "icon": "mdi:package-variant-closed",
+            },
+        ),
+        Entity(
+            "sensor",
+            node,
+            "last_delivery",
+            {
+                **common("last_delivery", "Last delivery", both),
+                "device_class": "timestamp",
+                "state_topic": st,
+                "value_template": value("last_delivery"),
+            },
+        ),
+    ]
+    if with_battery:
+        out.append(
+            Entity(
+                "sensor",
+                node,
+                "battery",
+                {
+                    **common("battery", "Battery", both),
+                    "device_class": "voltage",
+                    "unit_of_measurement": "V",
+                    "state_class": "measurement",
+                    "suggested_display_precision": 2,
+                    "entity_category": "diagnostic",
+                    "state_topic": st,
+                    "value_template": value("battery_v"),
+                },
+            )
+        )
+    out += [
+        Entity(
+            "sensor",
+            node,
+            "rssi",
+            {
+                **common("rssi", "Signal strength", both),
+                "device_class": "signal_strength",
+                "unit_of_measurement": "dBm",
+                "state_class": "measurement",
+                "entity_category": "diagnostic",
+                "state_topic": st,
+                "value_template": value("rssi"),
+            },
+        ),
+        Entity(
+            "image",
+            node,
+            "delivery_photo",
+            {
+                # The photo stays meaningful while the box is offline: follow the gateway only.
+                **common("delivery_photo", "Last delivery photo", gateway_only),
+                "image_topic": image_topic(cfg, device, "delivery"),
+                "content_type": "image/jpeg",
+            },
+        ),
+        Entity(
+            "image",
+            node,
+            "snapshot_photo",
+            {
+                **common("snapshot_photo", "Last snapshot", gateway_only),
+                "image_topic": image_topic(cfg, device, "snapshot"),
+                "content_type": "image/jpeg",
+            },
+        ),
+        Entity(
+            "button",
+            node,
+            "snapshot",
+            {
+                **common("snapshot", "Take snapshot", both),
+                "command_topic": press_topic(cfg, device),
+                "payload_press": PAYLOAD_PRESS,
+                "retain": False,
+                "icon": "mdi:camera",
+            },
+        ),
+    ]
+    return out
+
+
+def box_config_topics(cfg: HAConfig, device: str) -> list[str]:
+    """Every discovery topic a box may have, announced or not (removal clears them all)."""
+    node = box_identifier(cfg, device)
+    return [config_topic(cfg, component, node, key) for key, component in BOX_ENTITY_KEYS]
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """ISO 8601 with an explicit UTC offset, as the `timestamp` sensor device class requires."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(float(ts), UTC).isoformat(timespec="seconds")
+
+
+def box_state(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The state JSON for one box, from its `DeviceRecord`.
+
+    `null` means "not known" (rendered as Home Assistant's `None` payload, shown as unknown).
+    """
+    waiting = record.get("waiting")
+    waiting = waiting if isinstance(waiting, int) and not isinstance(waiting, bool) and waiting >= 0 else 0
+    mv = record.get("battery_mv")
+    lid = record.get("lid_open")
+    return {
+        "online": bool(record.get("online")),
+        "lid_open": None if lid is None else bool(lid),
+        "package": waiting > 0,
+        "waiting": waiting,
+        "last_delivery": iso_utc(record.get("last_delivery_ts")),
+        "battery_v": None if mv is None else round(mv / 1000.0, 3),
+        "rssi": record.get("rssi"),
+        "fw": record.get("fw"),
+    }
+
+
+def state_payload(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(box_state(record), separators=(",", ":"), sort_keys=True).encode()
+
+
+def availability_payload(record: Mapping[str, Any]) -> bytes:
+    return (PAYLOAD_ONLINE if record.get("online") else PAYLOAD_OFFLINE).encode()
