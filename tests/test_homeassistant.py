@@ -578,7 +578,9 @@ def test_bridge_announces_gateway_and_boxes(mosquitto, port, cfg, mirror, bridge
         fresh.close()
     gw_avail = d.gateway_availability_topic(cfg)
     mirror.wait(lambda: mirror.payload(gw_avail) == b"online", what="gateway online")
-    mirror.wait(lambda: mirror.payload(d.availability_topic(cfg, "front-door")) == b"online", what="box online")
+    mirror.wait(
+        lambda: mirror.payload(d.availability_topic(cfg, "front-door")) == b"online", what="box online"
+    )
     mirror.wait(lambda: d.state_topic(cfg, "gate-2") in mirror.latest, what="state")
     st = mirror.json(d.state_topic(cfg, "gate-2"))
     assert st["battery_v"] == 3.91 and st["rssi"] == -80 and st["waiting"] == 0 and st["package"] is False
