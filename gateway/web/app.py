@@ -1,0 +1,581 @@
+"""The dashboard as a Starlette app: pages, JSON API, live stream, login.
+
+Everything it knows comes from a `GatewayPort`; it never opens the store or a
+photo path of its own making. Port calls can block (disk), so they run in the
+thread pool (sync endpoints, or `run_in_threadpool`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import logging
+import math
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gateway import bus as busmod
+from gateway.ports import GatewayPort
+from gateway.protocol import valid_device_id, valid_msg_id
+from gateway.web.auth import (
+    LoginLimiter,
+    SessionSigner,
+    load_or_create_secret,
+    password_fingerprint,
+    read_password_hash,
+    verify_password,
+)
+from gateway.web.guard import CSRF_COOKIE, SESSION_COOKIE, Guard, cookie_header, parse_cookies
+from gateway.web.live import Broadcaster
+from gateway.web.openapi import OPENAPI
+from gateway.web.qr import qr_svg, qr_version
+from gateway.web.settings import WebSettings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+PAGES = ("/", "/boxes", "/whatsapp", "/alerts")
+EVENT_TYPES = ("delivery", "pickup", "lid_closed", "lid_left_open", "snapshot")
+VARIANTS = ("original", "alert", "thumb")
+WEB_COMMANDS = ("snapshot", "reboot", "ping")
+OUTBOX_STATES = ("pending", "sent", "failed", "dead")
+MAX_PAGE = 200
+MAX_BODY = 8 * 1024
+PHONE_RE = re.compile(r"\+?[0-9]{7,15}")
+NO_STORE = {"cache-control": "no-store"}
+# Private but cacheable until revalidated: the browser asks again (and is refused after logout).
+PRIVATE_REVALIDATE = {"cache-control": "private, no-cache"}
+
+
+class ApiError(HTTPException):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(status, detail)
+        self.error = error
+
+
+# --- record shaping ------------------------------------------------------------
+
+
+def event_out(e: dict[str, Any]) -> dict[str, Any]:
+    """An EventRecord plus the URLs of its photos (served by id, never by path)."""
+    out = dict(e)
+    if e.get("photo"):
+        base = f"/api/photos/{e['device']}/{e['id']}"
+        out["photos"] = {v: f"{base}/{v}" for v in VARIANTS}
+    else:
+        out["photos"] = None
+    return out
+
+
+def whatsapp_out(state: dict[str, Any]) -> dict[str, Any]:
+    """WhatsApp state for the browser: the QR payload becomes a versioned image URL."""
+    out = {k: v for k, v in state.items() if k != "qr"}
+    ver = qr_version(state.get("qr"))
+    out["qr_version"] = ver
+    out["qr_url"] = f"/api/whatsapp/qr.svg?v={ver}" if ver else None
+    out.setdefault("state", "unknown")
+    return out
+
+
+def live_transform(topic: str, data: dict[str, Any]) -> Any:
+    if topic == busmod.EVENT_STORED:
+        return event_out(data)
+    if topic == busmod.WHATSAPP_STATE:
+        return whatsapp_out(data)
+    return data
+
+
+# --- parameter checks ----------------------------------------------------------
+
+
+def _device(v: str) -> str:
+    if not valid_device_id(v):
+        raise ApiError(400, "bad_device_id", "device id must match [a-z0-9][a-z0-9-]{0,31}")
+    return v
+
+
+def _msg_id(v: str, what: str = "id") -> str:
+    if not valid_msg_id(v):
+        raise ApiError(400, f"bad_{what}", f"{what} must match [A-Za-z0-9_-]{{8,40}}")
+    return v
+
+
+def _float(q: dict[str, str], name: str) -> float | None:
+    raw = q.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ApiError(400, f"bad_{name}", f"{name} must be a number (seconds since 1970)") from None
+    if not math.isfinite(v):
+        raise ApiError(400, f"bad_{name}", f"{name} must be finite")
+    return v
+
+
+def _limit(q: dict[str, str], default: int) -> int:
+    raw = q.get("limit")
+    if raw in (None, ""):
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise ApiError(400, "bad_limit", f"limit must be 1..{MAX_PAGE}")
+    return int(raw)
+
+
+def parse_cursor(raw: str) -> tuple[float, str]:
+    """`<ts>:<event id>` -> (ts, id); the colon never occurs in ids."""
+    ts_s, sep, eid = raw.partition(":")
+    try:
+        ts = float(ts_s)
+    except ValueError:
+        ts = math.nan
+    if not sep or not math.isfinite(ts) or not valid_msg_id(eid):
+        raise ApiError(400, "bad_before", "before must be a cursor from a previous page")
+    return ts, eid
+
+
+def make_cursor(e: dict[str, Any]) -> str:
+    return f"{e['ts']!r}:{e['id']}"
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise ApiError(413, "too_large", "request body too large")
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ApiError(400, "bad_json", "body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "body must be a JSON object")
+    return data
+
+
+def _port(request: Request) -> GatewayPort:
+    return request.app.state.port
+
+
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers=NO_STORE)
+
+
+# --- API endpoints -------------------------------------------------------------
+
+
+def api_events(request: Request) -> JSONResponse:
+    q = dict(request.query_params)
+    device = q.get("device") or None
+    if device is not None:
+        _device(device)
+    etype = q.get("type") or None
+    if etype is not None and etype not in EVENT_TYPES:
+        raise ApiError(400, "bad_type", f"type must be one of {', '.join(EVENT_TYPES)}")
+    before = parse_cursor(q["before"]) if q.get("before") else None
+    limit = _limit(q, 50)
+    rows = _port(request).list_events(
+        device=device,
+        type=etype,
+        since=_float(q, "since"),
+        until=_float(q, "until"),
+        before=before,
+        limit=limit,
+    )
+    events = [event_out(e) for e in rows]
+    nxt = make_cursor(rows[-1]) if len(rows) == limit else None
+    return _json({"events": events, "next": nxt})
+
+
+def api_event(request: Request) -> JSONResponse:
+    device = _device(request.path_params["device"])
+    eid = _msg_id(request.path_params["event_id"], "event_id")
+    e = _port(request).get_event(device, eid)
+    if e is None:
+        raise ApiError(404, "not_found", "no such event")
+    return _json(event_out(e))
+
+
+def api_photo(request: Request) -> Response:
+    device = _device(request.path_params["device"])
+    eid = _msg_id(request.path_params["event_id"], "event_id")
+    variant = request.path_params["variant"]
+    if variant not in VARIANTS:
+        raise ApiError(400, "bad_variant", f"variant must be one of {', '.join(VARIANTS)}")
+    path = _port(request).photo_path(device, eid, variant)  # type: ignore[arg-type]
+    if path is None or not path.is_file():
+        raise ApiError(404, "not_found", "no such photo")
+    return FileResponse(path, media_type="image/jpeg", headers=PRIVATE_REVALIDATE)
+
+
+def api_devices(request: Request) -> JSONResponse:
+    return _json({"devices": _port(request).list_devices()})
+
+
+async def api_command(request: Request) -> JSONResponse:
+    device = _device(request.path_params["device"])
+    body = await _json_body(request)
+    cmd = body.get("cmd")
+    if cmd not in WEB_COMMANDS:
+        raise ApiError(400, "bad_cmd", f"cmd must be one of {', '.join(WEB_COMMANDS)}")
+    port = _port(request)
+    devices = await run_in_threadpool(port.list_devices)
+    if not any(d["device"] == device for d in devices):
+        raise ApiError(404, "not_found", "no such box")
+    cmd_id = await run_in_threadpool(port.send_command, device, cmd, None)
+    log.info("web: sent %s to %s (command %s)", cmd, device, cmd_id)
+    return _json({"id": cmd_id, "device": device, "cmd": cmd}, 202)
+
+
+def api_command_result(request: Request) -> JSONResponse:
+    cmd_id = _msg_id(request.path_params["cmd_id"], "cmd_id")
+    res = _port(request).command_result(cmd_id)
+    if res is None:
+        return _json({"id": cmd_id, "pending": True})
+    return _json({**res, "pending": False})
+
+
+def api_health(request: Request) -> JSONResponse:
+    h = dict(_port(request).health())
+    bc: Broadcaster = request.app.state.broadcaster
+    guard: Guard | None = request.app.state.guard_holder.get("guard")
+    h["web"] = {
+        "live_clients": bc.clients,
+        "live_dropped": bc.dropped,
+        "login_required": request.app.state.settings.login_required,
+        "refused": dict(guard.counters) if guard else {},
+        "login_rate_limited": request.app.state.limiter.refused,
+    }
+    return _json(h)
+
+
+def api_outbox(request: Request) -> JSONResponse:
+    q = dict(request.query_params)
+    state = q.get("state") or None
+    if state is not None and state not in OUTBOX_STATES:
+        raise ApiError(400, "bad_state", f"state must be one of {', '.join(OUTBOX_STATES)}")
+    return _json({"alerts": _port(request).list_outbox(state=state, limit=_limit(q, 100))})  # type: ignore[arg-type]
+
+
+def api_outbox_retry(request: Request) -> JSONResponse:
+    alert_id = _msg_id(request.path_params["alert_id"], "alert_id")
+    if not _port(request).retry_alert(alert_id):
+        raise ApiError(409, "not_retryable", "no failed or dead alert with this id")
+    log.info("web: alert %s queued for retry", alert_id)
+    return _json({"ok": True, "id": alert_id})
+
+
+def api_whatsapp(request: Request) -> JSONResponse:
+    port = _port(request)
+    out = whatsapp_out(dict(port.whatsapp_state()))
+    out["actions"] = {
+        "pair_code": callable(getattr(port, "whatsapp_pair_code", None)),
+        "test_message": callable(getattr(port, "whatsapp_test_message", None)),
+        "unlink": callable(getattr(port, "whatsapp_unlink", None)),
+    }
+    return _json(out)
+
+
+def api_whatsapp_qr(request: Request) -> Response:
+    payload = _port(request).whatsapp_state().get("qr")
+    if not payload:
+        raise ApiError(404, "no_qr", "no pairing QR right now")
+    return Response(qr_svg(payload), media_type="image/svg+xml", headers=NO_STORE)
+
+
+async def _whatsapp_action(request: Request, name: str, *args: Any) -> JSONResponse:
+    fn = getattr(_port(request), name, None)
+    if not callable(fn):
+        raise ApiError(501, "not_available", "this gateway's WhatsApp link does not offer this action")
+    result = await run_in_threadpool(fn, *args)
+    return _json(result if isinstance(result, dict) else {"ok": bool(result)})
+
+
+async def api_whatsapp_pair_code(request: Request) -> JSONResponse:
+    body = await _json_body(request)
+    phone = re.sub(r"[\s()-]", "", str(body.get("phone", "")))
+    if not PHONE_RE.fullmatch(phone):
+        raise ApiError(400, "bad_phone", "phone must be a full international number, e.g. +628123456789")
+    return await _whatsapp_action(request, "whatsapp_pair_code", phone.lstrip("+"))
+
+
+async def api_whatsapp_test(request: Request) -> JSONResponse:
+    body = await _json_body(request)
+    recipient = body.get("recipient")
+    if recipient is not None and (not isinstance(recipient, str) or len(recipient) > 100):
+        raise ApiError(400, "bad_recipient", "recipient must be a phone number or group id")
+    return await _whatsapp_action(request, "whatsapp_test_message", recipient or None)
+
+
+async def api_whatsapp_unlink(request: Request) -> JSONResponse:
+    return await _whatsapp_action(request, "whatsapp_unlink")
+
+
+async def api_stream(request: Request) -> Response:
+    bc: Broadcaster = request.app.state.broadcaster
+    if bc.closed:
+        raise ApiError(503, "stopping", "server is stopping")
+    return StreamingResponse(
+        bc.stream({"login_required": request.app.state.settings.login_required}),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+def api_openapi(request: Request) -> JSONResponse:
+    return JSONResponse(OPENAPI)
+
+
+# --- pages and static files ----------------------------------------------------
+
+
+def page(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PRIVATE_REVALIDATE)
+
+
+def service_worker(request: Request) -> Response:
+    # Served from the root so its scope covers every page; never cached by HTTP so updates apply.
+    return FileResponse(
+        STATIC_DIR / "sw.js",
+        media_type="text/javascript",
+        headers={"cache-control": "no-cache", "service-worker-allowed": "/"},
+    )
+
+
+def manifest(request: Request) -> Response:
+    return FileResponse(
+        STATIC_DIR / "manifest.webmanifest",
+        media_type="application/manifest+json",
+        headers={"cache-control": "no-cache"},
+    )
+
+
+class NoCacheStatic(StaticFiles):
+    async def get_response(self, path: str, scope: Any) -> Response:
+        resp = await super().get_response(path, scope)
+        resp.headers["cache-control"] = "no-cache"
+        return resp
+
+
+# --- login ---------------------------------------------------------------------
+
+LOGIN_HTML = (STATIC_DIR / "login.html").read_text(encoding="utf-8")
+
+
+def _safe_next(raw: str | None) -> str:
+    if raw and raw.startswith("/") and not raw.startswith("//") and "\\" not in raw and raw.isprintable():
+        return raw
+    return "/"
+
+
+def login_page(
+    message: str, csrf: str, nxt: str, status: int = 200, headers: dict[str, str] | None = None
+) -> HTMLResponse:
+    body = (
+        LOGIN_HTML.replace("{{message}}", html.escape(message))
+        .replace("{{csrf}}", html.escape(csrf))
+        .replace("{{next}}", html.escape(nxt))
+    )
+    return HTMLResponse(body, status_code=status, headers={**NO_STORE, **(headers or {})})
+
+
+async def login(request: Request) -> Response:
+    settings: WebSettings = request.app.state.settings
+    csrf: str = request.state.csrf
+    if not settings.login_required:
+        return RedirectResponse("/", 303)
+    if request.method == "GET":
+        nxt = _safe_next(request.query_params.get("next"))
+        stored = await run_in_threadpool(read_password_hash, settings.password_file)
+        msg = "" if stored else "No password is set yet. On the gateway run: parcelbox web set-password"
+        return login_page(msg, csrf, nxt)
+
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "too_large", "request body too large")
+    form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+    nxt = _safe_next(form.get("next"))
+    cookie_csrf = parse_cookies(request.headers).get(CSRF_COOKIE, "")
+    if not cookie_csrf or form.get("csrf") != cookie_csrf:
+        return login_page("The form expired; please try again.", csrf, nxt, 403)
+    limiter: LoginLimiter = request.app.state.limiter
+    addr = request.client.host if request.client else "?"
+    wait = limiter.retry_after(addr)
+    if wait > 0:
+        log.warning("web: login from %s refused: too many failed attempts", addr)
+        return login_page(
+            f"Too many failed attempts. Try again in {math.ceil(wait)} s.",
+            csrf,
+            nxt,
+            429,
+            {"retry-after": str(math.ceil(wait))},
+        )
+    stored = await run_in_threadpool(read_password_hash, settings.password_file)
+    ok = bool(stored) and await run_in_threadpool(verify_password, form.get("password", ""), stored or "")
+    if not ok:
+        limiter.failed(addr)
+        log.warning("web: failed login from %s", addr)
+        msg = (
+            "Wrong password."
+            if stored
+            else "No password is set yet. On the gateway run: parcelbox web set-password"
+        )
+        return login_page(msg, csrf, nxt, 401)
+    limiter.succeeded(addr)
+    signer: SessionSigner = request.app.state.signer
+    lifetime = int(settings.session_hours * 3600)
+    session = signer.new_session(lifetime, password_fingerprint(stored or ""))
+    secure = settings.cookie_secure or request.url.scheme == "https"
+    resp = RedirectResponse(nxt, 303, headers=NO_STORE)
+    resp.raw_headers.append(
+        (
+            b"set-cookie",
+            cookie_header(
+                SESSION_COOKIE, signer.dumps(session), max_age=lifetime, http_only=True, secure=secure
+            ),
+        )
+    )
+    resp.raw_headers.append(
+        (
+            b"set-cookie",
+            cookie_header(CSRF_COOKIE, session["csrf"], max_age=None, http_only=False, secure=secure),
+        )
+    )
+    log.info("web: login from %s", addr)
+    return resp
+
+
+async def logout(request: Request) -> Response:
+    session = request.state.session
+    if session:
+        request.app.state.signer.revoke(session)
+    settings: WebSettings = request.app.state.settings
+    secure = settings.cookie_secure or request.url.scheme == "https"
+    resp = _json({"ok": True, "login_required": settings.login_required})
+    # Forget the session and anything the browser kept from it (HTTP cache, Cache Storage).
+    resp.headers["clear-site-data"] = '"cache", "storage"'
+    resp.raw_headers.append(
+        (b"set-cookie", cookie_header(SESSION_COOKIE, "", max_age=0, http_only=True, secure=secure))
+    )
+    resp.raw_headers.append(
+        (b"set-cookie", cookie_header(CSRF_COOKIE, "", max_age=0, http_only=False, secure=secure))
+    )
+    return resp
+
+
+# --- errors --------------------------------------------------------------------
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = getattr(exc, "error", None) or {404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "error"
+    )
+    if request.url.path.startswith("/api/") or exc.status_code != 404:
+        return JSONResponse(
+            {"error": error, "detail": exc.detail}, status_code=exc.status_code, headers=NO_STORE
+        )
+    return HTMLResponse("<h1>Not found</h1><p><a href='/'>parcelbox</a></p>", status_code=404)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("web: %s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        {"error": "internal", "detail": "the gateway could not answer; see its log"}, status_code=500
+    )
+
+
+# --- assembly ------------------------------------------------------------------
+
+API_ROUTES = [
+    Route("/api/events", api_events, methods=["GET"]),
+    Route("/api/events/{device}/{event_id}", api_event, methods=["GET"]),
+    Route("/api/photos/{device}/{event_id}/{variant}", api_photo, methods=["GET"]),
+    Route("/api/devices", api_devices, methods=["GET"]),
+    Route("/api/devices/{device}/command", api_command, methods=["POST"]),
+    Route("/api/commands/{cmd_id}", api_command_result, methods=["GET"]),
+    Route("/api/health", api_health, methods=["GET"]),
+    Route("/api/outbox", api_outbox, methods=["GET"]),
+    Route("/api/outbox/{alert_id}/retry", api_outbox_retry, methods=["POST"]),
+    Route("/api/whatsapp", api_whatsapp, methods=["GET"]),
+    Route("/api/whatsapp/qr.svg", api_whatsapp_qr, methods=["GET"]),
+    Route("/api/whatsapp/pair-code", api_whatsapp_pair_code, methods=["POST"]),
+    Route("/api/whatsapp/test", api_whatsapp_test, methods=["POST"]),
+    Route("/api/whatsapp/unlink", api_whatsapp_unlink, methods=["POST"]),
+    Route("/api/stream", api_stream, methods=["GET"]),
+    Route("/api/openapi.json", api_openapi, methods=["GET"]),
+]
+
+
+def create_app(
+    port: GatewayPort,
+    settings: WebSettings | None = None,
+    *,
+    signer: SessionSigner | None = None,
+    limiter: LoginLimiter | None = None,
+) -> Starlette:
+    """The dashboard app for `port`. Live updates start when the app's lifespan starts."""
+    settings = settings or WebSettings()
+    signer = signer or SessionSigner(load_or_create_secret(settings.secret_file))
+    limiter = limiter or LoginLimiter(settings.login_max_failures, settings.login_window_s)
+    broadcaster = Broadcaster(port.bus, live_transform)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        broadcaster.attach(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            broadcaster.close()
+            broadcaster.detach()
+
+    routes = [
+        *API_ROUTES,
+        *(Route(p, page, methods=["GET"]) for p in PAGES),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/sw.js", service_worker, methods=["GET"]),
+        Route("/manifest.webmanifest", manifest, methods=["GET"]),
+        Mount("/static", NoCacheStatic(directory=STATIC_DIR), name="static"),
+    ]
+    guard_holder: dict[str, Guard] = {}
+
+    def make_guard(app: Any) -> Guard:
+        g = Guard(app, settings, signer)
+        guard_holder["guard"] = g
+        return g
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(make_guard)],  # type: ignore[arg-type]
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )
+    app.state.port = port
+    app.state.settings = settings
+    app.state.signer = signer
+    app.state.limiter = limiter
+    app.state.broadcaster = broadcaster
+    app.state.guard_holder = guard_holder  # filled when Starlette builds the middleware stack
+    return app

@@ -1,0 +1,45 @@
+"""`parcelbox web ...` commands (registered by the gateway CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from gateway.web.auth import MAX_PASSWORD_BYTES, set_password
+
+MIN_PASSWORD_LEN = 8
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """Add `web set-password` to the `parcelbox` argument parser."""
+    web = sub.add_parser("web", help="dashboard settings")
+    wsub = web.add_subparsers(dest="web_command", required=True)
+    sp = wsub.add_parser(
+        "set-password", help="set the dashboard login password (needed when not on loopback)"
+    )
+    sp.add_argument(
+        "--password-file", type=Path, help="where to store the hash (default: <data>/web/password)"
+    )
+    sp.add_argument(
+        "--stdin", action="store_true", help="read the password from standard input (for scripts)"
+    )
+    return web
+
+
+def set_password_command(password_file: Path, *, from_stdin: bool = False) -> int:
+    """Ask for a password twice (or read one line from stdin) and store its scrypt hash."""
+    if from_stdin:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    else:
+        pw = getpass.getpass("New dashboard password: ")
+        if getpass.getpass("Again: ") != pw:
+            print("The two passwords differ; nothing changed.", file=sys.stderr)
+            return 1
+    if len(pw) < MIN_PASSWORD_LEN or len(pw.encode()) > MAX_PASSWORD_BYTES:
+        print(f"Use at least {MIN_PASSWORD_LEN} characters; nothing changed.", file=sys.stderr)
+        return 1
+    set_password(password_file, pw)
+    print(f"Password saved (scrypt hash) in {password_file}. Existing dashboard sessions are logged out.")
+    return 0

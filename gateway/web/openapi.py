@@ -1,0 +1,367 @@
+"""Hand-written OpenAPI 3.1 description of the dashboard's JSON API, served at /api/openapi.json.
+
+`tests/test_web_api.py` checks that every /api route of the app appears here with its methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERR = _json(_ref("Error"), "Error: {error, detail}")
+DEVICE = {
+    "name": "device",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"},
+}
+MSG_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,40}$"}
+EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": MSG_ID}
+CSRF = {
+    "name": "X-CSRF-Token",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Value of the pb_csrf cookie (double submit).",
+}
+
+
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "parcelbox dashboard API",
+        "version": "1",
+        "description": (
+            "JSON API behind the parcelbox dashboard. On a non-loopback bind every call needs the session "
+            "cookie from POST /login. Every POST needs the X-CSRF-Token header equal to the pb_csrf cookie."
+        ),
+    },
+    "paths": {
+        "/api/events": {
+            "get": {
+                "summary": "Events, newest first, keyset-paginated",
+                "parameters": [
+                    _q("device", {"type": "string"}, "only this box"),
+                    _q(
+                        "type",
+                        {"enum": ["delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]},
+                        "only this type",
+                    ),
+                    _q("since", {"type": "number"}, "event time >= (seconds since 1970)"),
+                    _q("until", {"type": "number"}, "event time < (seconds since 1970)"),
+                    _q("before", {"type": "string"}, "cursor: the `next` value of the previous page"),
+                    _q(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, "page size"
+                    ),
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "events": {"type": "array", "items": _ref("Event")},
+                                "next": {
+                                    "type": ["string", "null"],
+                                    "description": "cursor for the next page, null at the end",
+                                },
+                            },
+                        }
+                    ),
+                    "400": ERR,
+                },
+            }
+        },
+        "/api/events/{device}/{event_id}": {
+            "get": {
+                "summary": "One event",
+                "parameters": [DEVICE, EVENT_ID],
+                "responses": {"200": _json(_ref("Event")), "400": ERR, "404": ERR},
+            }
+        },
+        "/api/photos/{device}/{event_id}/{variant}": {
+            "get": {
+                "summary": "A photo of an event (JPEG), looked up by id in the data folder",
+                "parameters": [
+                    DEVICE,
+                    EVENT_ID,
+                    {
+                        "name": "variant",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": ["original", "alert", "thumb"]},
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
+                    "400": ERR,
+                    "404": ERR,
+                },
+            }
+        },
+        "/api/devices": {
+            "get": {
+                "summary": "Boxes and their health",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"devices": {"type": "array", "items": _ref("Device")}},
+                        }
+                    )
+                },
+            }
+        },
+        "/api/devices/{device}/command": {
+            "post": {
+                "summary": "Send a command to a box; the result arrives on /api/stream (command) and /api/commands/{id}",
+                "parameters": [DEVICE, CSRF],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["cmd"],
+                                "properties": {"cmd": {"enum": ["snapshot", "reboot", "ping"]}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "id": MSG_ID,
+                                "device": {"type": "string"},
+                                "cmd": {"type": "string"},
+                            },
+                        },
+                        "Sent",
+                    ),
+                    "400": ERR,
+                    "403": ERR,
+                    "404": ERR,
+                },
+            }
+        },
+        "/api/commands/{cmd_id}": {
+            "get": {
+                "summary": "Result of a command, or pending",
+                "parameters": [{"name": "cmd_id", "in": "path", "required": True, "schema": MSG_ID}],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "id": MSG_ID,
+                                "pending": {"type": "boolean"},
+                                "ok": {"type": "boolean"},
+                                "error": {"type": ["string", "null"]},
+                                "event": {"type": "string"},
+                            },
+                        }
+                    ),
+                    "400": ERR,
+                },
+            }
+        },
+        "/api/health": {
+            "get": {
+                "summary": "Gateway counters (received, stored, duplicates, rejected.*, alerts, uptime) and web counters",
+                "responses": {"200": _json({"type": "object"})},
+            }
+        },
+        "/api/outbox": {
+            "get": {
+                "summary": "Alerts in the outbox",
+                "parameters": [
+                    _q("state", {"enum": ["pending", "sent", "failed", "dead"]}, "only this state"),
+                    _q("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 100}, "at most"),
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"alerts": {"type": "array", "items": _ref("Alert")}},
+                        }
+                    ),
+                    "400": ERR,
+                },
+            }
+        },
+        "/api/outbox/{alert_id}/retry": {
+            "post": {
+                "summary": "Make a failed or dead alert pending again, due now",
+                "parameters": [{"name": "alert_id", "in": "path", "required": True, "schema": MSG_ID}, CSRF],
+                "responses": {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "409": ERR},
+            }
+        },
+        "/api/whatsapp": {
+            "get": {
+                "summary": "WhatsApp link state; `qr_url` while pairing; which actions this gateway offers",
+                "responses": {"200": _json(_ref("WhatsApp"))},
+            }
+        },
+        "/api/whatsapp/qr.svg": {
+            "get": {
+                "summary": "The current pairing QR as SVG (it rotates; follow qr_version)",
+                "responses": {"200": {"description": "SVG", "content": {"image/svg+xml": {}}}, "404": ERR},
+            }
+        },
+        "/api/whatsapp/pair-code": {
+            "post": {
+                "summary": "Ask for a phone-number pairing code (enter it in WhatsApp > Linked devices)",
+                "parameters": [CSRF],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["phone"],
+                                "properties": {"phone": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "501": ERR},
+            }
+        },
+        "/api/whatsapp/test": {
+            "post": {
+                "summary": "Send a test message (to the configured recipients, or to `recipient`)",
+                "parameters": [CSRF],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "properties": {"recipient": {"type": "string"}}}
+                        }
+                    },
+                },
+                "responses": {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "501": ERR},
+            }
+        },
+        "/api/whatsapp/unlink": {
+            "post": {
+                "summary": "Log this gateway out of WhatsApp (pair again afterwards)",
+                "parameters": [CSRF],
+                "responses": {"200": _json({"type": "object"}), "403": ERR, "501": ERR},
+            }
+        },
+        "/api/stream": {
+            "get": {
+                "summary": "Server-Sent Events: hello, event, device, outbox, command, whatsapp, resync",
+                "responses": {
+                    "200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}
+                },
+            }
+        },
+        "/api/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
+        },
+    },
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+            },
+            "Event": {
+                "type": "object",
+                "properties": {
+                    "device": {"type": "string"},
+                    "id": MSG_ID,
+                    "type": {"enum": ["delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]},
+                    "ts": {"type": "number"},
+                    "received_at": {"type": "number"},
+                    "seq": {"type": "integer"},
+                    "sensors": {"type": "object"},
+                    "photo": {
+                        "type": ["object", "null"],
+                        "properties": {
+                            "size": {"type": "integer"},
+                            "sha256": {"type": "string"},
+                            "width": {"type": ["integer", "null"]},
+                            "height": {"type": ["integer", "null"]},
+                        },
+                    },
+                    "photos": {
+                        "type": ["object", "null"],
+                        "description": "URLs of original, alert and thumb",
+                    },
+                    "cmd": {"type": ["string", "null"]},
+                },
+            },
+            "Device": {
+                "type": "object",
+                "properties": {
+                    "device": {"type": "string"},
+                    "name": {"type": "string"},
+                    "online": {"type": "boolean"},
+                    "last_seen": {"type": ["number", "null"]},
+                    "fw": {"type": ["string", "null"]},
+                    "rssi": {"type": ["integer", "null"]},
+                    "battery_mv": {"type": ["integer", "null"]},
+                    "heap_free": {"type": ["integer", "null"]},
+                    "uptime_s": {"type": ["integer", "null"]},
+                    "spooled": {"type": ["integer", "null"]},
+                    "waiting": {"type": "integer"},
+                    "lid_open": {"type": ["boolean", "null"]},
+                    "last_delivery_ts": {"type": ["number", "null"]},
+                    "last_event_id": {"type": ["string", "null"]},
+                },
+            },
+            "Alert": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "device": {"type": "string"},
+                    "event_ids": {"type": "array", "items": {"type": "string"}},
+                    "notifier": {"type": "string"},
+                    "recipient": {"type": "string"},
+                    "state": {"enum": ["pending", "sent", "failed", "dead"]},
+                    "attempts": {"type": "integer"},
+                    "created_at": {"type": "number"},
+                    "next_attempt_at": {"type": ["number", "null"]},
+                    "sent_at": {"type": ["number", "null"]},
+                    "last_error": {"type": ["string", "null"]},
+                },
+            },
+            "WhatsApp": {
+                "type": "object",
+                "properties": {
+                    "state": {"type": "string"},
+                    "detail": {"type": "string"},
+                    "paired_as": {"type": ["string", "null"]},
+                    "pair_code": {"type": ["string", "null"]},
+                    "qr_version": {"type": ["string", "null"]},
+                    "qr_url": {"type": ["string", "null"]},
+                    "updated_at": {"type": "number"},
+                    "actions": {
+                        "type": "object",
+                        "properties": {
+                            "pair_code": {"type": "boolean"},
+                            "test_message": {"type": "boolean"},
+                            "unlink": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}

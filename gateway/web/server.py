@@ -1,0 +1,117 @@
+"""`WebServer`: the dashboard as a gateway component (uvicorn on its own thread and event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from gateway.ports import GatewayPort
+from gateway.web.app import create_app
+from gateway.web.auth import read_password_hash
+from gateway.web.settings import WebSettings
+
+log = logging.getLogger(__name__)
+
+
+class WebServer:
+    """Serves the dashboard for `port`. `start()` returns once the socket is bound (or raises)."""
+
+    def __init__(
+        self, port: GatewayPort, web_config: Any = None, *, data_dir: Path | str | None = None
+    ) -> None:
+        self.settings = (
+            web_config
+            if isinstance(web_config, WebSettings)
+            else WebSettings.from_config(web_config, data_dir)
+        )
+        self.gateway = port
+        self.app = create_app(port, self.settings)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.bound_port: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.bound_port}"
+
+    def start(self) -> None:
+        if not self.settings.enabled:
+            log.info("web: dashboard disabled in config")
+            return
+        s = self.settings
+        if s.login_required and not read_password_hash(s.password_file):
+            log.warning(
+                "web: dashboard on %s needs a login but no password is set; run `parcelbox web set-password`",
+                s.host,
+            )
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((s.host, s.port))
+        except OSError as e:
+            sock.close()
+            raise OSError(e.errno, f"dashboard cannot listen on {s.host}:{s.port}: {e.strerror}") from e
+        sock.listen(128)
+        self.bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=3,
+            proxy_headers=False,
+        )
+        self._server = uvicorn.Server(config)
+        started = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            started.set()
+            try:
+                loop.run_until_complete(self._server.serve(sockets=[sock]))  # type: ignore[union-attr]
+            except Exception:
+                log.exception("web: dashboard server stopped with an error")
+            finally:
+                sock.close()
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="web", daemon=True)
+        self._thread.start()
+        started.wait(10)
+        for _ in range(1000):  # bounded: at most ~10 s
+            if self._server.started or not self._thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        if not self._server.started:
+            raise RuntimeError("dashboard server did not start; see the log")
+        log.info("web: dashboard on %s%s", self.url, " (login required)" if s.login_required else "")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        server, loop, thread = self._server, self._loop, self._thread
+        if server is None or thread is None:
+            return
+        # End the live streams first: uvicorn waits for open responses before it exits.
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self.app.state.broadcaster.close)
+            except RuntimeError:
+                pass
+        server.should_exit = True
+        thread.join(timeout)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout)
+        self._server = self._thread = self._loop = None

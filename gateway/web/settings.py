@@ -1,0 +1,73 @@
+"""Settings of the dashboard web server, read from the `[web]` section of the gateway config."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False  # a name or "" (all interfaces): assume reachable from outside
+
+
+@dataclass
+class WebSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    enabled: bool = True
+    # None: a login is required exactly when `host` is not a loopback address.
+    require_login: bool | None = None
+    password_file: Path | None = None  # scrypt hash written by `parcelbox web set-password`
+    secret_file: Path | None = None  # key that signs session cookies; created on first start
+    cookie_secure: bool = False  # set when served behind https (a reverse proxy)
+    session_hours: float = 24 * 7
+    # Extra Host header names accepted (e.g. "parcelbox.lan"); loopback names are always accepted
+    # on a loopback bind, which stops DNS-rebinding pages from reading the API.
+    allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
+    login_max_failures: int = 5  # per client address within login_window_s
+    login_window_s: float = 300.0
+
+    @property
+    def login_required(self) -> bool:
+        if self.require_login is not None:
+            return self.require_login
+        return not is_loopback(self.host)
+
+    @classmethod
+    def from_config(cls, cfg: Any = None, data_dir: Path | str | None = None) -> WebSettings:
+        """Build from a config object or mapping with any of these field names; unknown keys are ignored.
+
+        File locations default to `<data_dir>/web/`.
+        """
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if cfg is None:
+                break
+            v = cfg.get(f.name) if isinstance(cfg, dict) else getattr(cfg, f.name, None)
+            if v is not None:
+                values[f.name] = v
+        s = cls(**values)
+        if s.password_file is not None:
+            s.password_file = Path(s.password_file)
+        if s.secret_file is not None:
+            s.secret_file = Path(s.secret_file)
+        if data_dir is None and cfg is not None:
+            data_dir = cfg.get("data_dir") if isinstance(cfg, dict) else getattr(cfg, "data_dir", None)
+        if data_dir is not None:
+            web_dir = Path(data_dir) / "web"
+            s.password_file = s.password_file or web_dir / "password"
+            s.secret_file = s.secret_file or web_dir / "secret"
+        s.allowed_hosts = tuple(s.allowed_hosts)
+        s.port = int(s.port)
+        return s

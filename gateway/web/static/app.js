@@ -1,0 +1,580 @@
+// parcelbox dashboard: plain JavaScript, no build step. Pages are rendered from the JSON API;
+// live changes arrive over Server-Sent Events (/api/stream). Text from records is always set with
+// textContent (never innerHTML), so nothing a box sends can run as script here.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v == null || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function cookie(name) {
+  const m = document.cookie.match(new RegExp("(?:^|; )" + name + "=([^;]*)"));
+  return m ? decodeURIComponent(m[1]) : "";
+}
+
+async function api(path, opts = {}) {
+  const init = { credentials: "same-origin", headers: { Accept: "application/json" }, ...opts };
+  if (opts.method && opts.method !== "GET") {
+    init.headers["X-CSRF-Token"] = cookie("pb_csrf");
+    if (opts.body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(opts.body);
+    }
+  }
+  const r = await fetch(path, init);
+  if (r.status === 401) {
+    location.href = "/login?next=" + encodeURIComponent(location.pathname);
+    throw new Error("login required");
+  }
+  let data = null;
+  try { data = await r.json(); } catch { data = null; }
+  if (!r.ok) {
+    const err = new Error((data && data.detail) || r.statusText || "request failed");
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+// --- formatting ----------------------------------------------------------------
+
+const TYPE_LABEL = {
+  delivery: "Delivery", pickup: "Pickup", lid_closed: "Lid closed",
+  lid_left_open: "Lid left open", snapshot: "Snapshot",
+};
+
+function ago(ts) {
+  if (ts == null) return "never";
+  const s = Math.max(0, Date.now() / 1000 - ts);
+  if (s < 45) return "just now";
+  if (s < 3600) return Math.round(s / 60) + " min ago";
+  if (s < 86400) return Math.round(s / 3600) + " h ago";
+  return Math.round(s / 86400) + " d ago";
+}
+
+function when(ts) {
+  if (ts == null) return "—";
+  const d = new Date(ts * 1000);
+  const today = new Date();
+  const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (d.toDateString() === today.toDateString()) return "Today " + time;
+  return d.toLocaleDateString([], { day: "numeric", month: "short", year: d.getFullYear() === today.getFullYear() ? undefined : "numeric" }) + " " + time;
+}
+
+function signal(rssi) {
+  if (rssi == null) return "—";
+  const q = rssi >= -60 ? "good" : rssi >= -72 ? "fair" : "weak";
+  return `${rssi} dBm (${q})`;
+}
+
+function battery(mv) {
+  if (mv == null) return "mains / —";
+  return (mv / 1000).toFixed(2) + " V";
+}
+
+function toast(msg, bad = false) {
+  const t = $("#toast");
+  t.textContent = msg;
+  t.className = "toast" + (bad ? " bad" : "");
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
+}
+
+// --- state ---------------------------------------------------------------------
+
+const state = {
+  page: null,
+  devices: new Map(),
+  events: [],
+  next: null,
+  filters: { device: "", type: "", from: "", to: "" },
+  alertState: "",
+  alerts: new Map(),
+  wa: null,
+  pendingCmds: new Map(), // command id -> {device, cmd}
+};
+
+const PAGES = { "/": "deliveries", "/boxes": "boxes", "/whatsapp": "whatsapp", "/alerts": "alerts" };
+
+function show(path, push) {
+  const page = PAGES[path] || "deliveries";
+  if (push) history.pushState({}, "", path);
+  state.page = page;
+  for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + page;
+  for (const a of document.querySelectorAll("[data-page]")) a.classList.toggle("on", a.dataset.page === page);
+  document.title = ({ deliveries: "Deliveries", boxes: "Boxes", whatsapp: "WhatsApp", alerts: "Alerts" })[page] + " · parcelbox";
+  load(page);
+}
+
+function load(page) {
+  const jobs = { deliveries: loadEvents, boxes: loadDevices, whatsapp: loadWhatsApp, alerts: loadAlerts };
+  loadDevices().catch(() => {});
+  if (page !== "boxes") jobs[page]().catch((e) => toast(e.message, true));
+}
+
+// --- deliveries ------------------------------------------------------------------
+
+function dateToTs(value, endOfDay) {
+  if (!value) return null;
+  const [y, m, d] = value.split("-").map(Number);
+  const t = new Date(y, m - 1, d + (endOfDay ? 1 : 0));
+  return t.getTime() / 1000;
+}
+
+function eventQuery(before) {
+  const f = state.filters;
+  const q = new URLSearchParams({ limit: "30" });
+  if (f.device) q.set("device", f.device);
+  if (f.type) q.set("type", f.type);
+  const since = dateToTs(f.from, false), until = dateToTs(f.to, true);
+  if (since != null) q.set("since", since);
+  if (until != null) q.set("until", until);
+  if (before) q.set("before", before);
+  return q;
+}
+
+function matchesFilters(e) {
+  const f = state.filters;
+  if (f.device && e.device !== f.device) return false;
+  if (f.type && e.type !== f.type) return false;
+  const since = dateToTs(f.from, false), until = dateToTs(f.to, true);
+  if (since != null && e.ts < since) return false;
+  if (until != null && e.ts >= until) return false;
+  return true;
+}
+
+async function loadEvents() {
+  const data = await api("/api/events?" + eventQuery(null));
+  state.events = data.events;
+  state.next = data.next;
+  renderEvents();
+}
+
+async function loadMore() {
+  if (!state.next) return;
+  const data = await api("/api/events?" + eventQuery(state.next));
+  state.events.push(...data.events);
+  state.next = data.next;
+  renderEvents();
+}
+
+function boxName(id) {
+  const d = state.devices.get(id);
+  return d ? d.name || id : id;
+}
+
+function eventItem(e, fresh) {
+  const thumb = e.photos
+    ? h("img", { class: "thumb", src: e.photos.thumb, alt: TYPE_LABEL[e.type] || e.type, loading: "lazy", width: 160, height: 120 })
+    : h("div", { class: "thumb none" }, "no photo");
+  const sensors = e.sensors || {};
+  const extra = [];
+  if (sensors.distance_mm != null) extra.push(sensors.distance_mm + " mm");
+  if (sensors.weight_g != null) extra.push(sensors.weight_g + " g");
+  if (e.cmd) extra.push("requested");
+  return h("li", {
+    class: "event t-" + e.type + (fresh ? " fresh" : ""),
+    "data-id": e.id, "data-device": e.device, tabindex: 0, role: "button",
+    onclick: () => openEvent(e),
+    onkeydown: (ev) => { if (ev.key === "Enter") openEvent(e); },
+  },
+    thumb,
+    h("div", { class: "ev-body" },
+      h("div", { class: "ev-top" }, h("span", { class: "tag t-" + e.type }, TYPE_LABEL[e.type] || e.type),
+        h("time", { datetime: new Date(e.ts * 1000).toISOString(), title: new Date(e.ts * 1000).toLocaleString() }, when(e.ts))),
+      h("div", { class: "ev-box" }, boxName(e.device)),
+      extra.length ? h("div", { class: "muted small" }, extra.join(" · ")) : null,
+    ),
+  );
+}
+
+function renderEvents() {
+  const list = $("#events");
+  list.replaceChildren(...state.events.map((e) => eventItem(e, false)));
+  $("#events-empty").hidden = state.events.length > 0;
+  $("#more").hidden = !state.next;
+}
+
+function onEvent(e) {
+  if (state.events.some((x) => x.id === e.id && x.device === e.device)) return;
+  if (!matchesFilters(e)) return;
+  // Newest first: insert before the first older row (events from a spool can arrive late).
+  let i = state.events.findIndex((x) => x.ts < e.ts || (x.ts === e.ts && x.id < e.id));
+  if (i < 0) {
+    if (state.next) return; // older than everything loaded: it belongs on a later page
+    i = state.events.length;
+  }
+  state.events.splice(i, 0, e);
+  if (state.page === "deliveries") {
+    const list = $("#events");
+    list.insertBefore(eventItem(e, true), list.children[i] || null);
+    $("#events-empty").hidden = true;
+  }
+}
+
+function openEvent(e) {
+  const dlg = $("#viewer");
+  $("#viewer-title").textContent = (TYPE_LABEL[e.type] || e.type) + " · " + boxName(e.device);
+  $("#viewer-sub").textContent = new Date(e.ts * 1000).toLocaleString();
+  const img = $("#viewer-img");
+  const orig = $("#viewer-orig");
+  if (e.photos) {
+    img.src = e.photos.alert;
+    img.alt = "Photo of the " + (TYPE_LABEL[e.type] || e.type).toLowerCase();
+    img.hidden = false;
+    orig.href = e.photos.original;
+    orig.hidden = false;
+    const p = e.photo || {};
+    $("#viewer-meta").textContent = [p.width && p.height ? `${p.width}×${p.height}` : "", p.size ? Math.round(p.size / 1024) + " KB" : ""].filter(Boolean).join(" · ");
+  } else {
+    img.removeAttribute("src");
+    img.hidden = true;
+    orig.hidden = true;
+    $("#viewer-meta").textContent = "This event has no photo.";
+  }
+  dlg.showModal();
+}
+
+// --- boxes -------------------------------------------------------------------------
+
+async function loadDevices() {
+  const data = await api("/api/devices");
+  state.devices = new Map(data.devices.map((d) => [d.device, d]));
+  fillBoxFilter();
+  if (state.page === "boxes") renderBoxes();
+}
+
+function fillBoxFilter() {
+  const sel = $("#filters [name=device]");
+  const cur = sel.value;
+  sel.replaceChildren(h("option", { value: "" }, "All boxes"),
+    ...[...state.devices.values()].map((d) => h("option", { value: d.device }, d.name || d.device)));
+  sel.value = cur;
+}
+
+function fact(label, value) {
+  return h("div", { class: "fact" }, h("dt", {}, label), h("dd", {}, value));
+}
+
+function boxCard(d) {
+  const waiting = d.waiting || 0;
+  return h("article", { class: "card box" + (d.online ? "" : " off"), "data-device": d.device },
+    h("div", { class: "box-head" },
+      h("div", {}, h("h2", {}, d.name || d.device), h("div", { class: "muted small" }, d.device)),
+      h("span", { class: "badge " + (d.online ? "ok" : "bad") }, d.online ? "online" : "offline"),
+    ),
+    h("div", { class: "waiting" + (waiting ? " has" : "") },
+      h("b", {}, String(waiting)), waiting === 1 ? " package waiting" : " packages waiting",
+      d.last_delivery_ts ? h("span", { class: "muted small" }, " · last delivery " + ago(d.last_delivery_ts)) : null),
+    h("dl", { class: "facts" },
+      fact("Last seen", ago(d.last_seen)),
+      fact("Lid", d.lid_open == null ? "—" : d.lid_open ? "open" : "closed"),
+      fact("Signal", signal(d.rssi)),
+      fact("Battery", battery(d.battery_mv)),
+      fact("Spooled", d.spooled == null ? "—" : String(d.spooled)),
+      fact("Firmware", d.fw || "—"),
+    ),
+    h("div", { class: "actions" },
+      h("button", { class: "cmd", "data-cmd": "snapshot", onclick: () => command(d, "snapshot") }, "Take snapshot"),
+      h("button", { class: "ghost cmd", "data-cmd": "reboot", onclick: () => command(d, "reboot") }, "Reboot"),
+    ),
+    h("p", { class: "result", role: "status" }),
+  );
+}
+
+function renderBoxes() {
+  const list = [...state.devices.values()];
+  $("#boxes").replaceChildren(...list.map(boxCard));
+  $("#boxes-empty").hidden = list.length > 0;
+  for (const [id, p] of state.pendingCmds) showCmd(p.device, p.text, p.cls, id);
+}
+
+function showCmd(device, text, cls, cmdId, link) {
+  const card = document.querySelector(`.box[data-device="${CSS.escape(device)}"]`);
+  if (!card) return;
+  const r = $(".result", card);
+  r.className = "result " + (cls || "");
+  r.replaceChildren(text, link || "");
+  if (cmdId) r.dataset.cmd = cmdId;
+}
+
+async function command(d, cmd) {
+  if (cmd === "reboot" && !confirm(`Reboot ${d.name || d.device}?`)) return;
+  try {
+    showCmd(d.device, cmd === "snapshot" ? "Asking the box for a photo…" : "Sending reboot…", "wait");
+    const r = await api(`/api/devices/${encodeURIComponent(d.device)}/command`, { method: "POST", body: { cmd } });
+    const text = cmd === "snapshot" ? "Snapshot requested; waiting for the box…" : "Reboot sent; waiting for the box…";
+    state.pendingCmds.set(r.id, { device: d.device, cmd, text, cls: "wait" });
+    showCmd(d.device, text, "wait", r.id);
+    // The result normally arrives on the live stream; ask once more later in case it was missed.
+    setTimeout(() => pollCmd(r.id), 15000);
+  } catch (e) {
+    showCmd(d.device, "Could not send: " + e.message, "bad");
+  }
+}
+
+async function pollCmd(id) {
+  if (!state.pendingCmds.has(id)) return;
+  try {
+    const r = await api("/api/commands/" + encodeURIComponent(id));
+    if (!r.pending) onCommand(r);
+    else {
+      const p = state.pendingCmds.get(id);
+      showCmd(p.device, "No answer yet. A sleeping box answers when it next wakes.", "wait", id);
+    }
+  } catch { /* the live stream may still deliver it */ }
+}
+
+function onCommand(res) {
+  const p = state.pendingCmds.get(res.id);
+  if (!p) return;
+  state.pendingCmds.delete(res.id);
+  if (!res.ok) {
+    showCmd(p.device, `${p.cmd} failed: ${res.error || "unknown error"}`, "bad", res.id);
+    return;
+  }
+  if (p.cmd === "snapshot" && res.event) {
+    const link = h("a", { href: "#", class: "view-snap", onclick: async (ev) => {
+      ev.preventDefault();
+      try { openEvent(await api(`/api/events/${encodeURIComponent(p.device)}/${encodeURIComponent(res.event)}`)); }
+      catch (e) { toast(e.message, true); }
+    } }, "View photo");
+    showCmd(p.device, "Snapshot taken ✓ ", "ok", res.id, link);
+  } else {
+    showCmd(p.device, `${p.cmd} done ✓`, "ok", res.id);
+  }
+}
+
+function onDevice(d) {
+  state.devices.set(d.device, d);
+  if (state.page === "boxes") {
+    const old = document.querySelector(`.box[data-device="${CSS.escape(d.device)}"]`);
+    const keep = old ? $(".result", old) : null;
+    const card = boxCard(d);
+    if (keep) $(".result", card).replaceWith(keep);
+    if (old) old.replaceWith(card);
+    else renderBoxes();
+  }
+  if (![...$("#filters [name=device]").options].some((o) => o.value === d.device)) fillBoxFilter();
+}
+
+// --- WhatsApp ----------------------------------------------------------------------
+
+const WA_LABEL = {
+  connected: ["Connected", "ok"], pairing: ["Waiting for pairing", "warn"], not_paired: ["Not linked", "warn"],
+  starting: ["Starting", "warn"], disconnected: ["Disconnected", "bad"], stream_replaced: ["Replaced by another session", "bad"],
+  logged_out: ["Logged out", "bad"], banned: ["Banned", "bad"], outdated: ["Client outdated", "bad"],
+  locked: ["Session locked", "bad"], error: ["Error", "bad"], disabled: ["Disabled", "muted"],
+  not_installed: ["Not installed", "muted"], unknown: ["Unknown", "muted"],
+};
+
+async function loadWhatsApp() {
+  renderWhatsApp(await api("/api/whatsapp"));
+}
+
+function renderWhatsApp(wa) {
+  const prev = state.wa || {};
+  state.wa = { ...prev, ...wa, actions: wa.actions || prev.actions };
+  wa = state.wa;
+  const [label, cls] = WA_LABEL[wa.state] || [wa.state, "muted"];
+  const badge = $("#wa-badge");
+  badge.textContent = label;
+  badge.className = "badge " + cls;
+  $("#wa-as").textContent = wa.paired_as ? "as +" + String(wa.paired_as).replace(/^\+/, "") : "";
+  $("#wa-detail").textContent = wa.detail || "";
+  const pairing = ["pairing", "not_paired", "logged_out"].includes(wa.state);
+  $("#wa-pair").hidden = !pairing;
+  $("#wa-linked").hidden = wa.state !== "connected";
+  const qr = $("#wa-qr");
+  if (pairing && wa.qr_url) {
+    if (qr.dataset.v !== wa.qr_version) { qr.src = wa.qr_url; qr.dataset.v = wa.qr_version; }
+    qr.hidden = false;
+    $("#wa-noqr").hidden = true;
+  } else {
+    qr.hidden = true;
+    qr.removeAttribute("src");
+    qr.dataset.v = "";
+    $("#wa-noqr").hidden = false;
+    $("#wa-noqr").textContent = wa.pair_code ? "Use the pairing code below." : "Waiting for a QR code from WhatsApp…";
+  }
+  const code = $("#wa-code");
+  code.hidden = !wa.pair_code;
+  code.textContent = wa.pair_code ? "Code: " + wa.pair_code : "";
+  const acts = wa.actions || {};
+  $("#wa-code-form").hidden = acts.pair_code === false;
+  $("#wa-test-form").hidden = acts.test_message === false;
+  $("#wa-unlink").hidden = acts.unlink === false;
+}
+
+async function waAction(path, body, okText) {
+  const out = $("#wa-result");
+  out.className = "result wait";
+  out.textContent = "Working…";
+  try {
+    const r = await api(path, { method: "POST", body });
+    out.className = "result ok";
+    out.textContent = okText(r);
+    return r;
+  } catch (e) {
+    out.className = "result bad";
+    out.textContent = e.message;
+    return null;
+  }
+}
+
+// --- alerts ------------------------------------------------------------------------
+
+async function loadAlerts() {
+  const q = state.alertState ? "?state=" + state.alertState : "";
+  const data = await api("/api/outbox" + q);
+  state.alerts = new Map(data.alerts.map((a) => [a.id, a]));
+  renderAlerts();
+}
+
+function alertRow(a) {
+  const retry = a.state === "failed" || a.state === "dead"
+    ? h("button", { class: "small-btn retry", onclick: () => retryAlert(a) }, "Retry now") : null;
+  return h("article", { class: "alert card s-" + a.state, "data-id": a.id },
+    h("div", { class: "al-top" },
+      h("span", { class: "badge " + ({ sent: "ok", pending: "warn", failed: "bad", dead: "bad" })[a.state] }, a.state),
+      h("b", {}, (TYPE_LABEL[a.kind] || a.kind) + " · " + boxName(a.device)),
+      h("span", { class: "muted small grow" }, when(a.created_at)),
+      retry),
+    h("div", { class: "muted small" },
+      `${a.notifier} → ${a.recipient} · ${a.attempts} attempt${a.attempts === 1 ? "" : "s"}`,
+      a.state === "sent" && a.sent_at ? " · sent " + when(a.sent_at) : "",
+      (a.state === "pending" || a.state === "failed") && a.next_attempt_at ? " · next try " + when(a.next_attempt_at) : ""),
+    a.last_error ? h("div", { class: "err" }, a.last_error) : null,
+  );
+}
+
+function renderAlerts() {
+  const rows = [...state.alerts.values()].sort((x, y) => y.created_at - x.created_at);
+  $("#alerts").replaceChildren(...rows.map(alertRow));
+  $("#alerts-empty").hidden = rows.length > 0;
+}
+
+async function retryAlert(a) {
+  try {
+    await api(`/api/outbox/${encodeURIComponent(a.id)}/retry`, { method: "POST" });
+    toast("Alert queued to send again");
+  } catch (e) {
+    toast(e.message, true);
+  }
+}
+
+function onOutbox(a) {
+  if (state.alertState && a.state !== state.alertState) state.alerts.delete(a.id);
+  else state.alerts.set(a.id, a);
+  if (state.page === "alerts") renderAlerts();
+}
+
+// --- live --------------------------------------------------------------------------
+
+function setLive(on, text) {
+  const el = $("#live");
+  el.classList.toggle("on", on);
+  $("span", el).textContent = text;
+}
+
+function connectLive() {
+  const es = new EventSource("/api/stream");
+  let opened = false;
+  es.addEventListener("hello", (m) => {
+    const hello = JSON.parse(m.data);
+    $("#logout").hidden = !hello.login_required;
+    // After a reconnect, reload what is on screen: anything missed while away is picked up.
+    if (opened) load(state.page);
+    opened = true;
+    setLive(true, "live");
+  });
+  es.addEventListener("event", (m) => onEvent(JSON.parse(m.data)));
+  es.addEventListener("device", (m) => onDevice(JSON.parse(m.data)));
+  es.addEventListener("outbox", (m) => onOutbox(JSON.parse(m.data)));
+  es.addEventListener("command", (m) => onCommand(JSON.parse(m.data)));
+  es.addEventListener("whatsapp", (m) => { if (state.wa || state.page === "whatsapp") renderWhatsApp(JSON.parse(m.data)); });
+  es.addEventListener("resync", () => load(state.page));
+  es.onerror = async () => {
+    setLive(false, "reconnecting");
+    if (es.readyState === EventSource.CLOSED) {
+      // Closed for good (e.g. 401 after the session ended): check the login, then retry.
+      try { await api("/api/health"); } catch { return; }
+      setTimeout(connectLive, 3000);
+    }
+  };
+}
+
+// --- wiring ------------------------------------------------------------------------
+
+function init() {
+  document.addEventListener("click", (ev) => {
+    const a = ev.target.closest("a[data-nav]");
+    if (!a || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.button !== 0) return;
+    ev.preventDefault();
+    show(new URL(a.href).pathname, true);
+  });
+  window.addEventListener("popstate", () => show(location.pathname, false));
+
+  const filters = $("#filters");
+  filters.addEventListener("change", () => {
+    const f = new FormData(filters);
+    state.filters = { device: f.get("device"), type: f.get("type"), from: f.get("from"), to: f.get("to") };
+    loadEvents().catch((e) => toast(e.message, true));
+  });
+  filters.addEventListener("reset", () => setTimeout(() => filters.dispatchEvent(new Event("change")), 0));
+  $("#more").addEventListener("click", () => loadMore().catch((e) => toast(e.message, true)));
+  $("#viewer").addEventListener("click", (ev) => { if (ev.target.id === "viewer") ev.target.close(); });
+
+  for (const b of document.querySelectorAll("#alert-states button")) {
+    b.addEventListener("click", () => {
+      for (const o of document.querySelectorAll("#alert-states button")) o.classList.toggle("on", o === b);
+      state.alertState = b.dataset.state;
+      loadAlerts().catch((e) => toast(e.message, true));
+    });
+  }
+
+  $("#wa-code-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const r = await waAction("/api/whatsapp/pair-code", { phone: $("#wa-phone").value },
+      (r) => r.pair_code ? "Enter this code in WhatsApp → Linked devices → Link with phone number." : "Code requested.");
+    if (r && r.pair_code) renderWhatsApp({ pair_code: r.pair_code });
+  });
+  $("#wa-test-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    await waAction("/api/whatsapp/test", { recipient: $("#wa-recipient").value || null }, () => "Test message sent.");
+  });
+  $("#wa-unlink").addEventListener("click", async () => {
+    if (!confirm("Unlink this gateway from WhatsApp? Alerts stop until you pair again.")) return;
+    await waAction("/api/whatsapp/unlink", undefined, () => "Unlinked.");
+    loadWhatsApp().catch(() => {});
+  });
+
+  $("#logout").addEventListener("click", async () => {
+    try { await api("/logout", { method: "POST" }); } catch { /* going to the login page anyway */ }
+    if ("caches" in window) for (const k of await caches.keys()) await caches.delete(k);
+    location.href = "/login";
+  });
+
+  // Relative times ("3 min ago") age while the page stays open.
+  setInterval(() => { if (state.page === "boxes") renderBoxes(); }, 60000);
+
+  if ("serviceWorker" in navigator) navigator.serviceWorker.register("/sw.js").catch(() => {});
+  show(location.pathname, false);
+  connectLive();
+}
+
+document.addEventListener("DOMContentLoaded", init);
