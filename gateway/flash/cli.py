@@ -19,6 +19,7 @@ from gateway.flash.bundle import BoardFile, build_bundle, mpy_cross_version, pla
 from gateway.flash.devconfig import (
     BoxSettings,
     build_config,
+    check_template,
     config_bytes,
     key_path,
     lan_address,
@@ -108,16 +109,13 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
         user, password = args.mqtt_user, args.mqtt_password or ""
         progress.detail(f"MQTT user {user} (from --mqtt-user)")
     else:
-        creds = box_credentials(args.device, view.data_dir)
-        if creds is None:
-            user = password = None
-            progress.detail("no device registry and no --mqtt-user: the box connects without a login")
-        else:
-            user, password = creds
-            progress.detail(f"MQTT user {user} (from the device registry in {view.data_dir})")
-    host = args.broker_host
-    if host:
+        user, password = box_credentials(args.device, view.data_dir)
+        progress.detail(f"MQTT user {user} (from the device registry in {view.data_dir})")
+    host = args.broker_host or view.broker_host
+    if args.broker_host:
         progress.detail(f"broker {host} (from --broker-host)")
+    elif host:
+        progress.detail(f"broker {host} (the gateway's broker.url)")
     else:
         host = lan_address()
         if host is None:
@@ -127,6 +125,11 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
                 "pass --broker-host with the gateway's address on your Wi-Fi network",
             )
         progress.detail(f"broker {host} (this computer's LAN address; override with --broker-host)")
+        if view.managed_listen_host and view.managed_listen_host not in ("0.0.0.0", "::", host):
+            progress.detail(
+                f"warning: the gateway's broker listens on {view.managed_listen_host} only; "
+                'set broker.listen_host = "0.0.0.0" so the box can reach it'
+            )
     port = args.broker_port or view.broker_port
     settings = BoxSettings(
         device=args.device,
@@ -138,7 +141,9 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
         mqtt_user=user,
         mqtt_password=password,
     )
-    watch = BrokerAddress(host, port, view.username or user, view.password if view.username else password)
+    # The broker's ACL lets a box read its own topics, so its login can watch for its status
+    # (with another client id, so the box is never kicked off).
+    watch = BrokerAddress(host, port, user, password)
     return settings, watch
 
 
@@ -225,7 +230,7 @@ def do_provision(args: argparse.Namespace) -> int:
     progress.step(f"settings for {args.device}")
     settings, watch = _box_settings(args, progress)
     template = load_template(firmware_dir)
-    key_path(template, "device")  # fail on a config mismatch before touching the board
+    check_template(template)  # a firmware/tool key mismatch fails before the board is touched
 
     box_login = BrokerAddress(
         settings.broker_host, settings.broker_port, settings.mqtt_user, settings.mqtt_password

@@ -91,6 +91,12 @@ def key_path(template: dict[str, Any], setting: str) -> str:
     )
 
 
+def check_template(template: dict[str, Any]) -> None:
+    """Every setting the tool fills has a place in the example config (else a FlashError)."""
+    for name in KEY_PATHS:
+        key_path(template, name)
+
+
 def build_config(template: dict[str, Any], settings: BoxSettings) -> dict[str, Any]:
     """A copy of the example config with this box's settings filled in."""
     config = copy.deepcopy(template)

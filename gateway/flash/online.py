@@ -148,28 +148,35 @@ def wait_online(
     """Block until a fresh online status arrives on `topic`; returns it. Fails early on console errors."""
     messages: queue.Queue[tuple[bytes, bool]] = queue.Queue()
     c = connect(watch, on_message=lambda _c, _u, m: messages.put((bytes(m.payload), bool(m.retain))))
+
+    def drain_console() -> None:
+        """Show (and judge) every console line that has arrived, without waiting for more."""
+        nonlocal console
+        while console is not None:
+            line = next(console, None)
+            if line is None:
+                console = None
+            elif not line:
+                return
+            else:
+                if on_console:
+                    on_console(line)
+                failure = classify_console_line(line)
+                if failure:
+                    raise failure
+
     try:
         c.subscribe(topic, 1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            drain_console()
             try:
                 payload, retained = messages.get(timeout=0.05)
             except queue.Empty:
-                pass
-            else:
-                if status_is_fresh(payload, retained, time.monotonic() - reset_at):
-                    return json.loads(payload)
                 continue
-            if console is not None:
-                line = next(console, None)
-                if line is None:
-                    console = None
-                elif line:
-                    if on_console:
-                        on_console(line)
-                    failure = classify_console_line(line)
-                    if failure:
-                        raise failure
+            if status_is_fresh(payload, retained, time.monotonic() - reset_at):
+                drain_console()  # what the box printed on its way up belongs to the story
+                return json.loads(payload)
         raise FlashError(
             "online",
             f"no online status on {topic} within {timeout:.0f} s",

@@ -1,85 +1,80 @@
-"""What the gateway already knows that the box needs: broker port, topic prefix, data folder,
-and the box's MQTT credentials from the device registry (`parcelbox device add NAME`).
+"""What the gateway already knows that the box needs: the broker's port, the topic prefix, the
+data folder, and the box's MQTT credentials from the device registry (`parcelbox device add NAME`).
 
-The gateway's config and registry modules are optional here: the flash tool also works with
-only command-line flags (an external broker, or a checkout without a configured gateway).
+Read from the gateway's own config (`gateway.config.load_config`: TOML file, then environment), so
+a box provisioned with defaults talks to the broker `parcelbox run` starts.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlparse
 
+from gateway.config import ConfigError, load_config
+from gateway.devices import DeviceRegistry
 from gateway.flash.errors import FlashError
 
-DEFAULT_PREFIX = "parcelbox"
 DEFAULT_MQTT_PORT = 1883
 
 
 @dataclass
 class GatewayView:
-    data_dir: Path | None
+    data_dir: Path
+    broker_host: str | None  # None: the managed broker on this computer (the box needs our LAN address)
     broker_port: int
     prefix: str
-    username: str | None  # the gateway's own broker login, used to watch for the box's status
-    password: str | None
-
-
-def _first(obj: Any, paths: tuple[str, ...]) -> Any:
-    for dotted in paths:
-        node = obj
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
-            if node is None:
-                break
-        if node is not None:
-            return node
-    return None
+    managed_listen_host: str | None  # where the managed broker listens; None for an external broker
 
 
 def gateway_view(config_path: str | None, data_dir: str | None) -> GatewayView:
-    """The gateway's settings, or defaults when the gateway has no config module/file yet."""
-    cfg = None
+    """The gateway's settings that matter for a box."""
     try:
-        from gateway.config import load_config
-    except ImportError:
-        load_config = None
-    if load_config is not None:
-        try:
-            cfg = load_config(config_path) if config_path else load_config()
-        except FileNotFoundError as e:
-            raise FlashError("settings", f"gateway config not found: {e}") from None
-        except Exception as e:  # the gateway's own validation errors: show them as they are
-            raise FlashError("settings", f"cannot read the gateway config: {e}") from None
-    port = _first(cfg, ("broker.port", "broker_port", "mqtt.port", "mqtt_port"))
-    # A managed broker may report its port as 0 ("pick one"); the box needs a real one.
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        raise FlashError(
+            "settings", f"cannot read the gateway config: {e}", "fix it, or pass --config"
+        ) from None
+    broker = cfg.broker
+    host: str | None = None
+    listen: str | None = broker.listen_host
+    port = broker.listen_port
+    if broker.url:
+        u = urlparse(broker.url if "://" in broker.url else "mqtt://" + broker.url)
+        port = u.port or DEFAULT_MQTT_PORT
+        listen = None
+        # An external broker on this computer is reached by the box through our LAN address.
+        if u.hostname and not _is_local(u.hostname):
+            host = u.hostname
     return GatewayView(
-        data_dir=Path(data_dir) if data_dir else _path_or_none(_first(cfg, ("data_dir",))),
-        broker_port=int(port) if isinstance(port, int) and port > 0 else DEFAULT_MQTT_PORT,
-        prefix=str(_first(cfg, ("prefix", "broker.prefix", "mqtt.prefix", "topic_prefix")) or DEFAULT_PREFIX),
-        username=_first(cfg, ("broker.username", "broker.user", "mqtt.username", "broker_username")),
-        password=_first(cfg, ("broker.password", "mqtt.password", "broker_password")),
+        data_dir=Path(data_dir).expanduser() if data_dir else cfg.data_dir,
+        broker_host=host,
+        broker_port=port,
+        prefix=broker.prefix,
+        managed_listen_host=listen,
     )
 
 
-def _path_or_none(value: Any) -> Path | None:
-    return Path(value) if value else None
-
-
-def box_credentials(device: str, data_dir: Path | None) -> tuple[str, str] | None:
-    """(username, password) from the registry; None when no registry exists to ask."""
+def _is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        from gateway.devices import DeviceRegistry
-    except ImportError:
-        return None
-    if data_dir is None:
-        raise FlashError("settings", "no gateway data folder known", "pass --data-dir or --config")
-    creds = DeviceRegistry(data_dir).get(device)
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def box_credentials(device: str, data_dir: Path) -> tuple[str, str]:
+    """(username, password) from the device registry, or a FlashError saying how to create them."""
+    try:
+        creds = DeviceRegistry(data_dir).get(device)
+    except (OSError, ValueError) as e:
+        raise FlashError("settings", f"cannot read the device registry in {data_dir}: {e}") from None
     if creds is None:
         raise FlashError(
             "settings",
-            f"unknown device {device!r}: it has no MQTT credentials yet",
-            f"create them first: parcelbox device add {device}",
+            f"unknown device {device!r}: it has no MQTT credentials in {data_dir} yet",
+            f"create them first: parcelbox device add {device}  (or pass --mqtt-user/--mqtt-password)",
         )
     return creds.username, creds.password

@@ -423,3 +423,81 @@ def _mp_traceback(e: BaseException) -> str:
     else:
         lines.append(f"{type(e).__name__}: {e}")
     return "\r\n".join(lines) + "\r\n"
+
+
+# -- the other edges a provisioning run touches ------------------------------------------------
+
+
+class MipIndex:
+    """A micropython-lib package index (the layout mip reads) served over HTTP on 127.0.0.1.
+
+    mpremote's `mip` fetches `<index>/package/<mpy>/<name>/latest.json`, then each file by its
+    short sha256 from `<index>/file/<xx>/<hash>`; this serves exactly that from a temp folder,
+    so the real download-and-copy code runs without the internet.
+    """
+
+    def __init__(self, root: Path, packages: dict[str, dict[str, bytes]], mpy: int = MPY_ABI & 0xFF) -> None:
+        import hashlib
+        import json
+
+        self.root = Path(root)
+        self.requests: list[str] = []
+        for name, files in packages.items():
+            hashes = []
+            for target, data in files.items():
+                short = hashlib.sha256(data).hexdigest()[:8]
+                blob = self.root / "file" / short[:2] / short
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                blob.write_bytes(data)
+                hashes.append([target, short])
+            meta = self.root / "package" / str(mpy) / name / "latest.json"
+            meta.parent.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps({"hashes": hashes, "version": "1.6.0", "deps": []}))
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> MipIndex:
+        import functools
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        index = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                index.requests.append(self.path)
+
+        self._server = ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(self.root))
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="mip-index", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def write_firmware_tree(root: Path, config_example: dict) -> Path:
+    """A small firmware folder shaped like firmware/: entry points, modules, a package, host-only files."""
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "main.py").write_text("import app\napp.run()\n")
+    (root / "boot.py").write_text("# boot\n")
+    (root / "app.py").write_text("def run():\n    print('parcelbox up')\n")
+    (root / "detector.py").write_text("THRESHOLD = 3\n\ndef settle(x):\n    return x * 2\n")
+    (root / "drivers").mkdir(exist_ok=True)
+    (root / "drivers" / "__init__.py").write_text("")
+    (root / "drivers" / "reed.py").write_text(
+        "class Reed:\n    def __init__(self, pin):\n        self.pin = pin\n"
+    )
+    (root / "sim_board.py").write_text("# CPython simulator: never copied to the board\n")
+    (root / "config.example.json").write_text(json.dumps(config_example, indent=2))
+    return root
