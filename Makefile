@@ -31,6 +31,7 @@ lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
 
 test: $(STAMP_DEV) mosquitto lint
+	@sh tools/ensure_chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -308,3 +308,36 @@ def prime(client: Any) -> None:
     """Load a page once so the server sets the CSRF cookie, as a browser visit would."""
     r = client.get("/api/health")
     assert r.status_code == 200, r.text
+
+
+class SSEReader:
+    """Read Server-Sent Events from a streaming httpx response, with a bounded wait per event."""
+
+    def __init__(self, response: Any) -> None:
+        self._lines = response.iter_lines()
+
+    def next_event(self, want: str | None = None, max_events: int = 200) -> tuple[str, Any]:
+        import json
+
+        name, data = "message", []
+        seen = 0
+        for line in self._lines:
+            if line.startswith(":"):
+                continue
+            if line == "":
+                if data:
+                    seen += 1
+                    ev = (name, json.loads("\n".join(data)))
+                    if want is None or ev[0] == want:
+                        return ev
+                    if seen >= max_events:
+                        break
+                name, data = "message", []
+                continue
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+        raise AssertionError(f"stream ended before a {want or 'any'} event")
