@@ -1,23 +1,266 @@
-"""`parcelbox` command line."""
+"""`parcelbox` command line: a table of subcommands.
+
+Core commands live here (`run`, `status`, `device`). Other parts plug theirs in
+by adding a module name to `COMMAND_MODULES`; each such module exposes
+`register(subparsers)`, adding parsers whose `func(args) -> int` runs the command.
+A plug-in that fails to import is reported and skipped, so one broken extra
+never takes the whole CLI down.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import logging
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 
+# Modules exposing `register(subparsers)`; e.g. "gateway.web.cli" (web set-password), "gateway.whatsapp.cli".
+COMMAND_MODULES: tuple[str, ...] = ("gateway.flash.cli",)
 
-def main(argv: list[str] | None = None) -> int:
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML config (default: $PARCELBOX_CONFIG, then the user config dir)"
+    )
+
+
+def _load(args: argparse.Namespace):
+    from gateway.config import load_config
+
+    return load_config(getattr(args, "config", None))
+
+
+# --- run ----------------------------------------------------------------------------
+
+
+def do_run(args: argparse.Namespace) -> int:
+    from gateway.app import run
+    from gateway.datalock import DataDirLocked
+
+    config = _load(args)
+    try:
+        return run(config)
+    except DataDirLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- status -------------------------------------------------------------------------
+
+
+def _status_data(config: Any) -> dict[str, Any]:
+    from gateway.datalock import DataDirLock, DataDirLocked
+    from gateway.service import STATUS_FILE
+    from gateway.store import Store
+
+    data_dir = Path(config.data_dir)
+    snap_path = data_dir / STATUS_FILE
+    snap: dict[str, Any] = {}
+    if snap_path.is_file():
+        try:
+            snap = json.loads(snap_path.read_text())
+        except (OSError, ValueError):
+            snap = {}
+    lock = DataDirLock(data_dir)
+    owner = lock.is_held_elsewhere()
+    out: dict[str, Any] = {"running": owner is not None, "pid": owner or None, "data_dir": str(data_dir)}
+    if owner is not None or not (data_dir / "db").is_dir():
+        # The running gateway owns the database; its snapshot is at most a few seconds old.
+        out.update(
+            {k: snap.get(k, [] if k != "health" else {}) for k in ("health", "devices", "events", "outbox")}
+        )
+        return out
+    try:
+        lock.acquire()
+    except DataDirLocked as exc:  # started between our check and now
+        out.update({"running": True, "pid": exc.pid})
+        out.update(
+            {k: snap.get(k, [] if k != "health" else {}) for k in ("health", "devices", "events", "outbox")}
+        )
+        return out
+    try:
+        store = Store(data_dir, partition=config.store.partition)
+        try:
+            keys = ("device", "name", "online", "last_seen", "fw", "rssi", "battery_mv", "spooled", "waiting")
+            out["devices"] = [{k: d.get(k) for k in keys} for d in store.list_devices()]
+            out["events"] = store.list_events(limit=10)
+            out["outbox"] = store.list_outbox(limit=20)
+            health = dict(snap.get("health", {}))
+            health["events_total"] = store.event_count()
+            health["alerts"] = store.outbox_counts()
+            out["health"] = health
+        finally:
+            store.close()
+    finally:
+        lock.release()
+    return out
+
+
+def _fmt_ts(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def do_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    data = _status_data(config)
+    if args.json:
+        print(json.dumps(data, indent=1, default=str))
+        return 0
+    h = data.get("health") or {}
+    state = f"running (pid {data['pid']})" if data["running"] else "not running"
+    print(f"gateway: {state}; data folder {data['data_dir']}")
+    if h:
+        rej = h.get("rejected") or {}
+        print(
+            f"counters (since {_fmt_ts(h.get('started_at'))}): received {h.get('received', 0)}, "
+            f"stored {h.get('stored', 0)}, duplicates {h.get('duplicates', 0)}, rejected {sum(rej.values())}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in sorted(rej.items()))})" if rej else "")
+        )
+        al = h.get("alerts") or {}
+        print("alerts: " + ", ".join(f"{k} {al.get(k, 0)}" for k in ("pending", "failed", "sent", "dead")))
+        b = h.get("broker") or {}
+        if b:
+            print(
+                f"broker: {b.get('url')} ({b.get('managed') or 'external'}), connected: {b.get('connected')}"
+            )
+    print("\nboxes:")
+    for d in data.get("devices") or []:
+        batt = f"{d['battery_mv']} mV" if d.get("battery_mv") else "mains"
+        print(
+            f"  {d['device']:<20} {'online ' if d.get('online') else 'offline'}  last seen {_fmt_ts(d.get('last_seen'))}"
+            f"  fw {d.get('fw') or '-'}  rssi {d.get('rssi') if d.get('rssi') is not None else '-'}  {batt}"
+            f"  waiting {d.get('waiting', 0)}"
+        )
+    if not data.get("devices"):
+        print("  (none yet)")
+    print("\nrecent events:")
+    for e in data.get("events") or []:
+        print(
+            f"  {_fmt_ts(e['ts'])}  {e['device']:<16} {e['type']:<14} {e['id']}{'  +photo' if e.get('photo') else ''}"
+        )
+    if not data.get("events"):
+        print("  (none yet)")
+    bad = [o for o in data.get("outbox") or [] if o["state"] in ("failed", "dead")]
+    if bad:
+        print("\nalerts needing attention:")
+        for o in bad:
+            print(
+                f"  {o['id']}  {o['notifier']}  {o['state']}  attempts {o['attempts']}  {o.get('last_error')}"
+            )
+    return 0
+
+
+# --- device -------------------------------------------------------------------------
+
+
+def _broker_hint(config: Any) -> str:
+    if config.broker.url:
+        return config.broker.url
+    try:
+        from gateway.flash.devconfig import lan_address
+
+        host = lan_address() or "<this machine's LAN address>"
+    except Exception:
+        host = "<this machine's LAN address>"
+    return f"mqtt://{host}:{config.broker.listen_port}"
+
+
+def do_device(args: argparse.Namespace) -> int:
+    from gateway.devices import DeviceError, DeviceRegistry
+
+    config = _load(args)
+    reg = DeviceRegistry(config.data_dir)
+    if args.device_cmd == "add":
+        try:
+            existed = reg.get(args.name) is not None
+            cred = reg.add(args.name, name=args.label)
+        except DeviceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"box {cred.device!r} {'already registered' if existed else 'registered'}.")
+        print("settings to flash onto it (parcelbox flash reads them from the registry):")
+        print(f"  device id      {cred.device}")
+        print(f"  broker         {_broker_hint(config)}")
+        print(f"  mqtt username  {cred.username}")
+        print(f"  mqtt password  {cred.password}")
+        print(f"  topic prefix   {config.broker.prefix}")
+        print("a running gateway picks the new credentials up within a few seconds.")
+        return 0
+    if args.device_cmd == "remove":
+        if reg.remove(args.name):
+            print(f"box {args.name!r} removed; its broker login stops working within a few seconds.")
+            return 0
+        print(f"error: no box named {args.name!r}", file=sys.stderr)
+        return 1
+    creds = reg.list()
+    if args.json:
+        print(
+            json.dumps(
+                [{"device": c.device, "name": c.name, "created_at": c.created_at} for c in creds], indent=1
+            )
+        )
+        return 0
+    for c in creds:
+        print(f"{c.device:<24} {c.name:<24} registered {_fmt_ts(c.created_at)}")
+    if not creds:
+        print("no boxes registered (parcelbox device add <name>)")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """The core commands."""
+    p = subparsers.add_parser("run", help="run the gateway (Ctrl-C / SIGTERM stops it cleanly)")
+    _add_config(p)
+    p.set_defaults(func=do_run)
+
+    p = subparsers.add_parser("status", help="boxes, recent events, alert outbox and counters")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=do_status)
+
+    p = subparsers.add_parser("device", help="register boxes (broker credentials)")
+    _add_config(p)
+    dsub = p.add_subparsers(dest="device_cmd", required=True)
+    a = dsub.add_parser("add", help="register a box and print the settings to flash")
+    a.add_argument("name", help="device id: 1-32 of a-z 0-9 -")
+    a.add_argument("--label", help="human name used in alerts (default: the id)")
+    r = dsub.add_parser("remove", help="forget a box and revoke its broker login")
+    r.add_argument("name")
+    g = dsub.add_parser("list", help="registered boxes")
+    g.add_argument("--json", action="store_true")
+    p.set_defaults(func=do_device)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parcelbox", description="parcelbox gateway")
     parser.add_argument("--version", action="version", version=f"parcelbox {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the gateway")
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        print("parcelbox run: the gateway core is not built yet (see the gateway issue)", file=sys.stderr)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register(sub)
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(name).register(sub)
+        except Exception as exc:  # a broken plug-in must not break run/status
+            logging.getLogger("gateway.cli").warning("commands from %s unavailable: %s", name, exc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gateway.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,141 @@
+"""Wiring: which notifiers and components run with the gateway, and `parcelbox run` itself.
+
+To plug a component in (web server, WhatsApp supervisor, Home Assistant bridge),
+add a few lines to `build_components`: anything with `start()` / `stop()` works;
+it gets the running `GatewayService` (a `gateway.ports.GatewayPort`) and the config.
+Components start after the gateway core and stop before it. A component may set
+`summary` (a line for the startup summary, e.g. "dashboard: http://127.0.0.1:8080").
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Config, default_config_path
+from gateway.notify.base import Notifier
+from gateway.service import Component, GatewayService
+
+log = logging.getLogger("gateway")
+
+
+def build_notifiers(config: Config) -> list[Notifier]:
+    """The alert sinks the config turns on."""
+    out: list[Notifier] = []
+    folder = config.folder_sink_path
+    if folder is not None:
+        from gateway.notify.folder import FolderNotifier
+
+        out.append(FolderNotifier(folder))
+    if config.notify.webhook.url:
+        from gateway.notify.webhook import WebhookNotifier
+
+        w = config.notify.webhook
+        out.append(
+            WebhookNotifier(
+                w.url,
+                fmt=w.format,
+                timeout_s=w.timeout_s,
+                headers=w.headers,
+                rate_per_minute=w.rate_per_minute,
+            )
+        )
+    return out
+
+
+def build_components(service: GatewayService, config: Config) -> list[Component]:
+    """Everything else that runs inside `parcelbox run`. Other engineers add theirs here."""
+    components: list[Component] = []
+    return components
+
+
+def build_service(config: Config) -> GatewayService:
+    service = GatewayService(config, notifiers=build_notifiers(config))
+    for c in build_components(service, config):
+        service.add_component(c)
+    return service
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("gateway.mqtt").setLevel(logging.WARNING)
+
+
+def summary(service: GatewayService, config: Config) -> str:
+    """What is where and what to do next, printed once the gateway is up."""
+    h: dict[str, Any] = service.health()
+    broker = h["broker"]
+    lines = ["", "parcelbox gateway is running", ""]
+    lines.append(f"  data folder   {service.data_dir}")
+    if config.source:
+        lines.append(f"  config        {config.source}")
+    else:
+        lines.append(
+            f"  config        none (all defaults); to change settings create {default_config_path()}"
+        )
+    if service.broker is not None:
+        listen = service.broker.listen
+        lines.append(
+            f"  broker        managed {service.broker.kind} on {listen} (gateway connects to {broker['url']})"
+        )
+        if service.broker.kind == "amqtt":
+            lines.append("                WARNING: pure-Python amqtt fallback, for trying things out only")
+        elif config.broker.allow_anonymous:
+            lines.append(
+                "                anonymous clients allowed (trying-out mode); set broker.allow_anonymous = false"
+            )
+            lines.append("                after registering your boxes with `parcelbox device add <name>`")
+    else:
+        lines.append(f"  broker        external {broker['url']}")
+    folder = config.folder_sink_path
+    if folder is not None:
+        lines.append(f"  folder sink   {folder}  (one <alert id>.json + .jpg per alert)")
+    if config.notify.webhook.url:
+        lines.append("  webhook sink  on")
+    for c in service.components:
+        line = getattr(c, "summary", None)
+        if line:
+            lines.append(f"  {line}")
+    lines += [
+        "",
+        "  next:",
+        "    parcelbox device add <name>      register a box and print the settings to flash",
+        "    parcelbox status                 boxes, recent events, alerts",
+    ]
+    if Path("tools/simulate.py").is_file():
+        lines.append(f"    python tools/simulate.py --broker {broker['url']}   a simulated box")
+    lines += ["    Ctrl-C (or SIGTERM) stops the gateway cleanly", ""]
+    return "\n".join(lines)
+
+
+def run(config: Config) -> int:
+    """Run until SIGTERM / SIGINT, then drain and stop. Returns the exit code."""
+    setup_logging(config.log_level)
+    log.info("config: %s", config.redacted())
+    service = build_service(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s received: draining and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start()
+    print(summary(service, config), file=sys.stderr, flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        service.stop()
+    return 0

@@ -1,0 +1,335 @@
+"""Gateway configuration: defaults in code, a TOML file, then environment variables.
+
+Where the file comes from: `--config FILE`, else `$PARCELBOX_CONFIG`, else
+`<user config dir>/parcelbox/config.toml` if it exists, else no file (all defaults).
+
+Every key can be overridden from the environment with `PARCELBOX_<SECTION>_<KEY>`
+in upper case, dots in section names becoming underscores:
+`PARCELBOX_DATA_DIR`, `PARCELBOX_BROKER_URL`, `PARCELBOX_NOTIFY_FOLDER_PATH`,
+`PARCELBOX_WEB_PORT`. Values are parsed by the type of the default (bool accepts
+1/0/true/false/yes/no/on/off; lists are comma separated). Secrets (passwords,
+tokens, webhook headers) never appear in logs: use `Config.redacted()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+ENV_PREFIX = "PARCELBOX_"
+SECRET_KEYS = frozenset({"password", "token", "headers", "secret"})
+
+
+class ConfigError(ValueError):
+    """A config file or environment value that cannot be used; the message says which key."""
+
+
+@dataclass
+class BrokerConfig:
+    url: str = ""  # empty: the gateway starts and supervises its own broker
+    username: str = ""
+    password: str = ""
+    prefix: str = "parcelbox"
+    client_id: str = ""  # empty: derived from the data folder, stable across restarts
+    keepalive_s: int = 30
+    # Managed broker only:
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 1883  # if busy, a free port is used and printed
+    allow_anonymous: bool = True
+    prefer: str = "mosquitto"  # mosquitto | amqtt
+
+
+@dataclass
+class WebConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass
+class FolderSinkConfig:
+    enabled: bool = True
+    path: str = ""  # empty: <data_dir>/alerts
+
+
+@dataclass
+class WebhookSinkConfig:
+    url: str = ""  # empty: off
+    format: str = "json"  # json (photo as base64) | multipart
+    timeout_s: float = 10.0
+    headers: dict[str, str] = field(default_factory=dict)
+    rate_per_minute: int = 0  # 0: unlimited
+
+
+@dataclass
+class NotifyConfig:
+    folder: FolderSinkConfig = field(default_factory=FolderSinkConfig)
+    webhook: WebhookSinkConfig = field(default_factory=WebhookSinkConfig)
+
+
+@dataclass
+class WhatsAppConfig:
+    enabled: bool = False
+    language: str = "en"  # en | id
+    recipients: list[str] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)  # numbers allowed to send commands
+    rate_per_minute: int = 10  # per recipient
+    rate_per_minute_overall: int = 20
+
+
+@dataclass
+class HomeAssistantConfig:
+    enabled: bool = False
+    prefix: str = "homeassistant"
+
+
+@dataclass
+class PhotosConfig:
+    alert_long_edge: int = 1280
+    thumb_long_edge: int = 320
+    alert_quality: int = 80
+    thumb_quality: int = 70
+    max_pixels: int = 20_000_000
+    caption_strip: bool = True
+    keep_original: bool = True
+    workers: int = 0  # 0: one per core
+
+
+@dataclass
+class StoreConfig:
+    partition: str = "month"  # month | day: one events file per month (or per day for big fleets)
+    retention_days: int = 0  # event records; 0 keeps them forever
+    photo_retention_days: int = 0  # photo files; 0 keeps them forever
+
+
+@dataclass
+class OutboxConfig:
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 300.0
+    dead_after_s: float = 86_400.0
+    poll_s: float = 0.5
+
+
+@dataclass
+class AlertsConfig:
+    kinds: list[str] = field(default_factory=lambda: ["delivery", "pickup", "lid_left_open"])
+    language: str = "en"  # en | id, for sinks without their own language
+    timezone: str = ""  # empty: the host's local time
+    offline_after_s: float = 600.0
+    online_alert: bool = True
+    low_battery_mv: int = 3400  # 0: off
+    group_window_s: float = 0.0  # >0: deliveries of one box within this window become one alert
+
+
+@dataclass
+class DevicesConfig:
+    registration_required: bool = False
+    names: dict[str, str] = field(default_factory=dict)  # device id -> human name
+
+
+@dataclass
+class IngestConfig:
+    reassembly_timeout_s: float = 60.0
+    reassembly_max_bytes: int = 64 * 1024 * 1024
+    queue_size: int = 10_000
+
+
+@dataclass
+class Config:
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("parcelbox")))
+    log_level: str = "INFO"
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    whatsapp: WhatsAppConfig = field(default_factory=WhatsAppConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    photos: PhotosConfig = field(default_factory=PhotosConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    source: Path | None = None  # the file this came from, if any
+
+    @property
+    def folder_sink_path(self) -> Path | None:
+        f = self.notify.folder
+        if not f.enabled:
+            return None
+        return Path(f.path).expanduser() if f.path else self.data_dir / "alerts"
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a dict with every secret replaced by '***' (for logs and `status`)."""
+        return _redact(_to_dict(self))
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir("parcelbox")) / "config.toml"
+
+
+def _to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, list):
+        return [_to_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _redact(d: Any) -> Any:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            if k in SECRET_KEYS and v:
+                out[k] = "***"
+            elif k == "url" and isinstance(v, str) and "@" in v:
+                out[k] = _redact_url(v)
+            else:
+                out[k] = _redact(v)
+        return out
+    return d
+
+
+def _redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+                return value.strip().lower() in _TRUE
+            raise ValueError(f"not a boolean: {value!r}")
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError("not an integer")
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError("not a number")
+            return float(value)
+        if typ is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError(f"not a string: {value!r}")
+            return str(value)
+        if typ is Path or typ == (Path | None):
+            return Path(str(value)).expanduser()
+        if origin is list:
+            if isinstance(value, str):
+                return [x.strip() for x in value.split(",") if x.strip()]
+            if not isinstance(value, list):
+                raise ValueError("not a list")
+            return [str(x) for x in value]
+        if origin is dict:
+            if isinstance(value, str):
+                pairs = [p.split("=", 1) for p in value.split(",") if "=" in p]
+                return {k.strip(): v.strip() for k, v in pairs}
+            if not isinstance(value, dict):
+                raise ValueError("not a table")
+            return {str(k): str(v) for k, v in value.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], path: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    known = {f.name for f in fields(obj)}
+    for key, value in data.items():
+        full = f"{path}{key}"
+        if key not in known or key == "source":
+            raise ConfigError(f"unknown key {full!r} (see docs/configuration.md)")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full} must be a table")
+            _apply(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def _apply_env(obj: Any, env: dict[str, str], prefix: str, path: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        if f.name == "source":
+            continue
+        name = f"{prefix}{f.name.upper()}"
+        current = getattr(obj, f.name)
+        if dataclasses.is_dataclass(current):
+            _apply_env(current, env, name + "_", f"{path}{f.name}.")
+        elif name in env:
+            setattr(obj, f.name, _coerce(env[name], hints[f.name], f"{path}{f.name} (${name})"))
+
+
+def _validate(cfg: Config) -> None:
+    for lang_key, lang in (
+        ("whatsapp.language", cfg.whatsapp.language),
+        ("alerts.language", cfg.alerts.language),
+    ):
+        if lang not in ("en", "id"):
+            raise ConfigError(f"{lang_key} must be 'en' or 'id', not {lang!r}")
+    if cfg.store.partition not in ("month", "day"):
+        raise ConfigError("store.partition must be 'month' or 'day'")
+    if cfg.notify.webhook.format not in ("json", "multipart"):
+        raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
+    if cfg.broker.prefer not in ("mosquitto", "amqtt"):
+        raise ConfigError("broker.prefer must be 'mosquitto' or 'amqtt'")
+    if cfg.broker.url and not cfg.broker.url.startswith(("mqtt://", "mqtts://")):
+        raise ConfigError("broker.url must start with mqtt:// or mqtts://")
+    if cfg.alerts.timezone:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(cfg.alerts.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"alerts.timezone: unknown time zone {cfg.alerts.timezone!r}") from None
+
+
+def load_config(path: Path | str | None = None, env: dict[str, str] | None = None) -> Config:
+    """Build the config: defaults, then the TOML file (see module doc), then environment overrides."""
+    env = dict(os.environ) if env is None else env
+    cfg = Config()
+    source: Path | None = None
+    if path is not None:
+        source = Path(path).expanduser()
+        if not source.is_file():
+            raise ConfigError(f"config file not found: {source}")
+    elif env.get(ENV_PREFIX + "CONFIG"):
+        source = Path(env[ENV_PREFIX + "CONFIG"]).expanduser()
+        if not source.is_file():
+            raise ConfigError(f"config file not found: {source} (from $PARCELBOX_CONFIG)")
+    elif default_config_path().is_file():
+        source = default_config_path()
+    if source is not None:
+        try:
+            data = tomllib.loads(source.read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        _apply(cfg, data, "")
+        cfg.source = source
+    _apply_env(cfg, env, ENV_PREFIX, "")
+    cfg.data_dir = Path(cfg.data_dir).expanduser()
+    if source is not None and not cfg.data_dir.is_absolute():
+        cfg.data_dir = (source.parent / cfg.data_dir).resolve()
+    _validate(cfg)
+    return cfg

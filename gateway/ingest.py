@@ -1,0 +1,111 @@
+"""The gateway's MQTT link: paho-mqtt 2.x with a persistent session and thin callbacks.
+
+Callbacks never touch disk, Pillow or the network: `on_message` only copies the
+topic and payload onto the service's queue, so the network loop keeps its
+keepalive whatever the workers are doing. Reconnects use paho's own backoff.
+The session is persistent (MQTT 3.1.1, clean_session=False) with a client id that
+is stable per data folder, so QoS 1 messages published while the gateway was
+down are delivered when it comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as mqtt
+
+from gateway.protocol import subscriptions
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[str, bytes, float], None]
+
+
+class MqttLink:
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str,
+        prefix: str,
+        deliver: Deliver,
+        username: str = "",
+        password: str = "",
+        keepalive: int = 30,
+    ) -> None:
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"broker url must be mqtt:// or mqtts://, not {u.scheme!r}")
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+        self.tls = u.scheme == "mqtts"
+        self.username = username or unquote(u.username or "")
+        self.password = password or unquote(u.password or "")
+        self.prefix = prefix
+        self.deliver = deliver
+        self.keepalive = keepalive
+        self.connected = threading.Event()
+        self.connects = 0
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.enable_logger(logging.getLogger("gateway.mqtt"))
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # No client-side limit on QoS 1 messages in flight or queued while offline: acks must not be dropped.
+        self.client.max_queued_messages_set(0)
+        if self.username:
+            self.client.username_pw_set(self.username, self.password or None)
+        if self.tls:
+            self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    @property
+    def endpoint(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def _on_connect(self, client: mqtt.Client, _ud, _flags, reason_code, _props) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s refused the connection: %s", self.endpoint, reason_code)
+            return
+        self.connects += 1
+        client.subscribe([(t, 1) for t in subscriptions(self.prefix)])
+        self.connected.set()
+        log.info("connected to broker %s (session present: %s)", self.endpoint, _flags.session_present)
+
+    def _on_disconnect(self, _client, _ud, _flags, reason_code, _props) -> None:
+        self.connected.clear()
+        if reason_code.is_failure or reason_code.value != 0:
+            log.warning(
+                "disconnected from broker %s: %s; paho reconnects with backoff", self.endpoint, reason_code
+            )
+
+    def _on_message(self, _client, _ud, msg: mqtt.MQTTMessage) -> None:
+        self.deliver(msg.topic, bytes(msg.payload), time.time())
+
+    def start(self, wait_s: float = 0.0) -> None:
+        self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
+        self.client.loop_start()
+        if wait_s:
+            self.connected.wait(wait_s)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+
+    def stop(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+            self.connected.clear()

@@ -1,0 +1,236 @@
+"""The alert outbox dispatcher: sends due entries through their notifier, with retry,
+exponential backoff, rate limits and a dead-letter state.
+
+One sending thread per notifier, so a slow webhook never holds up the folder sink
+or WhatsApp. An entry leaves `pending`/`failed` only when its notifier confirms
+the send (`sent`), or when it has failed for longer than `dead_after_s` or the
+notifier says retrying cannot help (`dead`). Every state change is written to the
+store before the next send, so a crash re-sends at most the one in-flight entry;
+the folder sink writes by alert id, so even that one lands exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.bus import OUTBOX_CHANGED, Bus
+from gateway.notify.base import Alert, Notifier, RateLimit, SendResult
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class RateLimiter:
+    """Sliding-window limits per recipient and overall (`RateLimit`); None means unlimited."""
+
+    def __init__(self, limit: RateLimit | None) -> None:
+        self.limit = limit
+        self._overall: deque[float] = deque()
+        self._per: dict[str, deque[float]] = {}
+
+    @staticmethod
+    def _wait(window: deque[float], count: int, per_s: float, now: float) -> float:
+        while window and window[0] <= now - per_s:
+            window.popleft()
+        return 0.0 if len(window) < count else window[0] + per_s - now
+
+    def wait_s(self, recipient: str, now: float) -> float:
+        """Seconds until a send to `recipient` is allowed (0: now)."""
+        if self.limit is None:
+            return 0.0
+        wait = 0.0
+        if self.limit.overall:
+            wait = max(wait, self._wait(self._overall, *self.limit.overall, now))
+        if self.limit.per_recipient:
+            w = self._per.setdefault(recipient, deque())
+            wait = max(wait, self._wait(w, *self.limit.per_recipient, now))
+        return wait
+
+    def record(self, recipient: str, now: float) -> None:
+        if self.limit is None:
+            return
+        self._overall.append(now)
+        self._per.setdefault(recipient, deque()).append(now)
+
+
+def backoff_s(attempts: int, initial: float, maximum: float) -> float:
+    """Delay before the next try after `attempts` failures: initial * 2^(attempts-1), capped."""
+    return min(maximum, initial * (2 ** max(0, attempts - 1)))
+
+
+class OutboxDispatcher:
+    def __init__(
+        self,
+        store: Store,
+        notifiers: dict[str, Notifier],
+        *,
+        bus: Bus,
+        photo_path: Callable[[str, str], Path | None],
+        backoff_initial_s: float = 2.0,
+        backoff_max_s: float = 300.0,
+        dead_after_s: float = 86_400.0,
+        poll_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.notifiers = notifiers
+        self.bus = bus
+        self.photo_path = photo_path
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.dead_after_s = dead_after_s
+        self.poll_s = poll_s
+        self.clock = clock
+        self._limiters = {name: RateLimiter(getattr(n, "rate_limit", None)) for name, n in notifiers.items()}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._stop.clear()
+        for name in self.notifiers:
+            t = threading.Thread(target=self._run, args=(name,), name=f"outbox-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wake(self) -> None:
+        """New or retried entries: look now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Finish the send in progress (each thread checks the flag between sends), then stop."""
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        self._threads.clear()
+
+    def _run(self, name: str) -> None:
+        while not self._stop.is_set():
+            try:
+                did = self._pass(name)
+            except Exception:
+                log.exception("outbox %s: dispatcher pass failed; retrying", name)
+                did = False
+            if not did:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    def _pass(self, name: str) -> bool:
+        """Send every due entry of notifier `name` once; True if anything was attempted."""
+        notifier = self.notifiers[name]
+        limiter = self._limiters[name]
+        did = False
+        for rec in self.store.open_outbox():
+            if self._stop.is_set():
+                break
+            if rec["notifier"] != name:
+                continue
+            now = self.clock()
+            if (rec.get("next_attempt_at") or 0) > now:
+                continue
+            if limiter.wait_s(rec["recipient"], now) > 0:
+                continue  # rate limited: not a failure, the entry just waits its turn
+            limiter.record(rec["recipient"], now)
+            self._send(notifier, rec)
+            did = True
+        return did
+
+    def _alert(self, rec: dict[str, Any]) -> Alert:
+        photo = None
+        if rec.get("has_photo") and rec.get("event_ids"):
+            photo = self.photo_path(rec["device"], rec["event_ids"][-1])
+        return Alert(
+            id=rec["id"],
+            kind=rec["kind"],
+            device=rec["device"],
+            device_name=rec.get("device_name") or rec["device"],
+            event_ids=tuple(rec.get("event_ids") or ()),
+            ts=rec.get("ts") or rec["created_at"],
+            caption=rec.get("caption") or "",
+            recipient=rec["recipient"],
+            photo_path=photo,
+            state=dict(rec.get("alert_state") or {}),
+        )
+
+    def _send(self, notifier: Notifier, rec: dict[str, Any]) -> None:
+        try:
+            result = notifier.send(self._alert(rec))
+        except Exception as exc:  # the contract says sinks return failures; be safe anyway
+            log.exception("notifier %s raised on %s", notifier.name, rec["id"])
+            result = SendResult(ok=False, error=f"{type(exc).__name__}: {exc}")
+        now = self.clock()
+        attempts = int(rec.get("attempts") or 0) + 1
+        if result.ok:
+            new = self.store.update_outbox(
+                rec["id"], state="sent", attempts=attempts, sent_at=now, next_attempt_at=None
+            )
+            log.info("alert %s sent via %s", rec["id"], notifier.name)
+        else:
+            error = (result.error or "send failed")[:500]
+            age = now - (rec.get("retried_at") or rec["created_at"])
+            if result.permanent or age >= self.dead_after_s:
+                new = self.store.update_outbox(
+                    rec["id"], state="dead", attempts=attempts, last_error=error, next_attempt_at=None
+                )
+                log.error("alert %s dead after %d attempts: %s", rec["id"], attempts, error)
+            else:
+                delay = backoff_s(attempts, self.backoff_initial_s, self.backoff_max_s)
+                if result.retry_after_s:
+                    delay = max(delay, result.retry_after_s)
+                new = self.store.update_outbox(
+                    rec["id"],
+                    state="failed",
+                    attempts=attempts,
+                    last_error=error,
+                    next_attempt_at=now + delay,
+                )
+                log.warning(
+                    "alert %s via %s failed (attempt %d, retry in %.0fs): %s",
+                    rec["id"],
+                    notifier.name,
+                    attempts,
+                    delay,
+                    error,
+                )
+        if new is not None:
+            self.bus.publish(OUTBOX_CHANGED, _public(new))
+
+    def retry(self, alert_id: str) -> bool:
+        rec = self.store.get_outbox(alert_id)
+        if rec is None or rec["state"] not in ("failed", "dead"):
+            return False
+        now = self.clock()
+        # retried_at restarts the dead-letter clock without rewriting when the alert was created.
+        new = self.store.update_outbox(alert_id, state="pending", next_attempt_at=now, retried_at=now)
+        if new is not None:
+            self.bus.publish(OUTBOX_CHANGED, _public(new))
+        self.wake()
+        return True
+
+
+_PUBLIC_KEYS = (
+    "id",
+    "kind",
+    "device",
+    "event_ids",
+    "notifier",
+    "recipient",
+    "state",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+    "sent_at",
+    "last_error",
+)
+
+
+def _public(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: rec.get(k) for k in _PUBLIC_KEYS}

@@ -1,0 +1,815 @@
+"""The running gateway: ingest worker, photo pool, store, alert outbox, box health.
+
+`GatewayService(config)` implements `gateway.ports.GatewayPort` and publishes on
+`gateway.bus.Bus`. Lifecycle: `start()` takes the data-folder lock, opens the
+store, starts the managed broker when no `broker.url` is set, the photo pool, the
+ingest worker, the outbox dispatcher and the MQTT link, then every extra
+component (`gateway.app.build_components`). `stop()` stops the components, drains
+received messages and photos in progress (acking what gets stored), finishes the
+send in flight, writes a last status snapshot and releases everything.
+
+Threads: paho's network thread only enqueues; one ingest worker does all
+decoding, reassembly, store writes and acks (so the store has a single writer for
+events); the photo pool runs `gateway.photos.process_photo`; each notifier has a
+sending thread (`gateway.outbox`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway import __version__
+from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, WHATSAPP_STATE, Bus
+from gateway.captions import caption_strip, render_caption
+from gateway.config import Config
+from gateway.datalock import DataDirLock
+from gateway.devices import GATEWAY_USER, DeviceRegistry
+from gateway.health import Counters
+from gateway.ingest import MqttLink
+from gateway.notify.base import Notifier
+from gateway.outbox import OutboxDispatcher, _public
+from gateway.photos import PhotoError, PhotoSettings, ProcessedPhoto, process_photo
+from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, OutboxState, PhotoVariant, WhatsAppState
+from gateway.protocol import (
+    Event,
+    Limits,
+    ProtocolError,
+    decode_cmd_result,
+    decode_event,
+    decode_status,
+    encode_ack,
+    encode_cmd,
+    encode_nack,
+    parse_topic,
+    topic,
+    valid_device_id,
+    valid_msg_id,
+)
+from gateway.reassembly import Complete, Dropped, Reassembler
+from gateway.storage import atomic_write_bytes
+from gateway.store import Store, blank_device
+
+log = logging.getLogger("gateway")
+
+STATUS_FILE = "status.json"
+_BATTERY_HYSTERESIS_MV = 100
+
+
+class Component(Protocol):
+    """Anything started and stopped with the gateway (web server, WhatsApp supervisor, HA bridge)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class _PhotoJob:
+    device: str
+    event: Event
+    received_at: float
+    photo: bytes
+
+
+def _rhash(recipient: str) -> str:
+    return hashlib.sha256(recipient.encode()).hexdigest()[:8]
+
+
+def _peek_event_id(payload: bytes) -> str | None:
+    """The id of an event we are rejecting, if it has a valid one, so the box can drop it."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    eid = obj.get("id") if isinstance(obj, dict) else None
+    return eid if valid_msg_id(eid) else None
+
+
+class GatewayService:
+    """The gateway core; see the module docstring. Implements `gateway.ports.GatewayPort`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        notifiers: list[Notifier] | None = None,
+        components: list[Component] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.bus = Bus()
+        self.clock = clock
+        self.counters = Counters()
+        self.data_dir = Path(config.data_dir).expanduser().resolve()
+        self.registry = DeviceRegistry(self.data_dir)
+        self.limits = Limits(max_photo_bytes=Limits().max_photo_bytes)
+        self.prefix = config.broker.prefix
+        self.notifiers: dict[str, Notifier] = {}
+        for n in notifiers or []:
+            self.add_notifier(n)
+        self.components: list[Component] = list(components or [])
+        self.store: Store | None = None
+        self.broker: Any = None  # gateway.broker.ManagedBroker when we run our own
+        self.broker_url = config.broker.url
+        self.link: MqttLink | None = None
+        self.dispatcher: OutboxDispatcher | None = None
+        self._lock = DataDirLock(self.data_dir)
+        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=config.ingest.queue_size)
+        self._reasm = Reassembler(
+            timeout_s=config.ingest.reassembly_timeout_s, max_bytes=config.ingest.reassembly_max_bytes
+        )
+        self._in_flight: set[tuple[str, str]] = set()
+        self._pool: concurrent.futures.Executor | None = None
+        self._worker: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._started_at: float | None = None
+        self._commands: dict[str, dict[str, Any]] = {}
+        self._whatsapp: WhatsAppState = {
+            "state": "disabled",
+            "detail": "WhatsApp is not enabled",
+            "updated_at": 0.0,
+        }
+        self._registered: tuple[float, set[str]] = (-1.0, set())
+        self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
+        self.photo_settings = PhotoSettings(
+            alert_long_edge=config.photos.alert_long_edge,
+            thumb_long_edge=config.photos.thumb_long_edge,
+            alert_quality=config.photos.alert_quality,
+            thumb_quality=config.photos.thumb_quality,
+            max_pixels=config.photos.max_pixels,
+            max_bytes=self.limits.max_photo_bytes,
+            caption_strip=config.photos.caption_strip,
+        )
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def add_notifier(self, notifier: Notifier) -> None:
+        """Register an alert sink (before `start()`); its `name` is its outbox key."""
+        self.notifiers[notifier.name] = notifier
+
+    def add_component(self, component: Component) -> None:
+        self.components.append(component)
+
+    @property
+    def client_id(self) -> str:
+        if self.config.broker.client_id:
+            return self.config.broker.client_id
+        return "parcelbox-gw-" + hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
+
+    def start(self) -> None:
+        self._lock.acquire()  # raises DataDirLocked naming the other pid
+        try:
+            self._start()
+        except BaseException:
+            self._teardown()
+            raise
+
+    def _start(self) -> None:
+        self._started_at = self.clock()
+        self.store = Store(self.data_dir, partition=self.config.store.partition)
+        log.info(
+            "data folder %s: %d events, outbox %s",
+            self.data_dir,
+            self.store.event_count(),
+            self.store.outbox_counts(),
+        )
+        username, password = self.config.broker.username, self.config.broker.password
+        if not self.broker_url:
+            from gateway.broker import start_managed_broker
+
+            self.broker = start_managed_broker(self.config, self.registry)
+            self.broker_url = self.broker.url
+            username, password = GATEWAY_USER, self.broker.gateway_password
+        workers = self.config.photos.workers or max(1, os.cpu_count() or 1)
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="photo")
+        self._stopping.clear()
+        self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
+        self._worker.start()
+        self.dispatcher = OutboxDispatcher(
+            self.store,
+            self.notifiers,
+            bus=self.bus,
+            photo_path=lambda d, e: self.photo_path(d, e, "alert"),
+            backoff_initial_s=self.config.outbox.backoff_initial_s,
+            backoff_max_s=self.config.outbox.backoff_max_s,
+            dead_after_s=self.config.outbox.dead_after_s,
+            poll_s=self.config.outbox.poll_s,
+            clock=self.clock,
+        )
+        self.dispatcher.start()
+        self.link = MqttLink(
+            self.broker_url,
+            client_id=self.client_id,
+            prefix=self.prefix,
+            deliver=self._deliver,
+            username=username,
+            password=password,
+            keepalive=self.config.broker.keepalive_s,
+        )
+        self.link.start(wait_s=10.0)
+        if not self.link.connected.is_set():
+            log.warning("broker %s not reachable yet; paho keeps retrying", self.link.endpoint)
+        self._ticker = threading.Thread(target=self._tick_loop, name="ticker", daemon=True)
+        self._ticker.start()
+        for c in self.components:
+            c.start()
+        self.write_status()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Drain and shut down: nothing received is dropped if it can be finished within `timeout`."""
+        if self._stopped.is_set() or self.store is None:
+            return
+        for c in reversed(self.components):
+            try:
+                c.stop()
+            except Exception:
+                log.exception("component %r failed to stop", c)
+        deadline = time.monotonic() + timeout
+        # Let the worker finish what paho already handed us (and photos in the pool), acks included.
+        while time.monotonic() < deadline and (not self._queue.empty() or self._in_flight):
+            time.sleep(0.05)
+        self._stopping.set()
+        if self._worker is not None:
+            self._worker.join(max(0.1, deadline - time.monotonic()))
+        if self.link is not None:
+            self.link.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        self._teardown()
+        log.info("gateway stopped")
+
+    def _teardown(self) -> None:
+        self._stopping.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self.store is not None:
+            try:
+                self.write_status()
+            except Exception:
+                log.exception("could not write the last status snapshot")
+        for n in self.notifiers.values():
+            try:
+                n.close()
+            except Exception:
+                log.exception("notifier %s failed to close", n.name)
+        if self.store is not None:
+            self.store.close()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        self._lock.release()
+        self._stopped.set()
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self.link is not None and self.link.connected.wait(timeout)
+
+    # --- ingest -----------------------------------------------------------------------
+
+    def _deliver(self, topic_name: str, payload: bytes, received_at: float) -> None:
+        """paho's thread: enqueue only."""
+        self._queue.put(("msg", topic_name, payload, received_at))
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                item = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                if item[0] == "msg":
+                    self._handle(item[1], item[2], item[3])
+                elif item[0] == "photo_done":
+                    self._photo_done(item[1], item[2])
+                elif item[0] == "call":
+                    item[1]()
+            except Exception:
+                # Never let one message kill the worker; the box re-sends what was not acked.
+                log.exception("ingest worker: unexpected error; continuing")
+                self.counters.reject("internal_error")
+
+    def _reject(self, reason: str, detail: str, where: str) -> None:
+        self.counters.reject(reason)
+        log.warning("rejected %s: %s (%s)", where, reason, detail)
+
+    def _is_registered(self, device: str) -> bool:
+        mtime = self.registry.mtime()
+        if mtime != self._registered[0]:
+            self._registered = (mtime, {d.device for d in self.registry.list()})
+        return device in self._registered[1]
+
+    def _handle(self, topic_name: str, payload: bytes, received_at: float) -> None:
+        self.counters.inc("received")
+        try:
+            t = parse_topic(self.prefix, topic_name, self.limits)
+        except ProtocolError as exc:
+            self._reject(exc.reason, exc.detail, topic_name[:120])
+            return
+        if self.config.devices.registration_required and not self._is_registered(t.device):
+            # No nack: the box keeps its spool and delivers once it is registered.
+            self._reject("unknown_device", f"{t.device} is not registered (parcelbox device add)", topic_name)
+            return
+        if t.kind == "status":
+            self._on_status(t.device, payload, received_at)
+        elif t.kind == "event":
+            self._on_event(t.device, payload, received_at)
+        elif t.kind == "photo":
+            assert t.event_id is not None and t.index is not None
+            self._on_chunk(t.device, t.event_id, t.index, payload)
+        elif t.kind == "cmd_result":
+            self._on_cmd_result(t.device, payload)
+
+    def _ack(self, device: str, event_id: str) -> None:
+        assert self.link is not None
+        self.link.publish(topic(self.prefix, device, "ack"), encode_ack(event_id))
+        self.counters.inc("acks")
+
+    def _nack(self, device: str, event_id: str, error: str, retry: bool) -> None:
+        assert self.link is not None
+        self.link.publish(topic(self.prefix, device, "ack"), encode_nack(event_id, error, retry))
+        self.counters.inc("nacks")
+
+    def _on_event(self, device: str, payload: bytes, received_at: float) -> None:
+        assert self.store is not None
+        self.counters.inc("events_received")
+        try:
+            event = decode_event(payload, self.limits)
+        except ProtocolError as exc:
+            self._reject(exc.reason, exc.detail, f"event from {device}")
+            eid = _peek_event_id(payload)
+            if eid is not None:
+                self._nack(device, eid, f"{exc.reason}: {exc.detail}"[:200], retry=False)
+            return
+        if self.store.has_event(device, event.id):
+            self.counters.inc("duplicates")
+            self._reasm.discard(device, event.id)
+            self._ack(device, event.id)  # the box may have missed the first ack
+            return
+        if (device, event.id) in self._in_flight:
+            self.counters.inc("duplicates")
+            return
+        self._reassembled(self._reasm.add_event(device, event), received_at)
+
+    def _on_chunk(self, device: str, event_id: str, index: int, payload: bytes) -> None:
+        assert self.store is not None
+        self.counters.inc("chunks")
+        if len(payload) > self.limits.max_chunk_bytes:
+            self._reject("oversize", f"chunk of {len(payload)} bytes", f"{device}/{event_id}/{index}")
+            return
+        if self.store.has_event(device, event_id) or (device, event_id) in self._in_flight:
+            self.counters.inc("duplicate_chunks")
+            return
+        try:
+            done = self._reasm.add_chunk(device, event_id, index, payload)
+        except ProtocolError as exc:
+            self._reject(exc.reason, exc.detail, f"chunk {device}/{event_id}/{index}")
+            self._reasm.discard(device, event_id)
+            self._nack(device, event_id, exc.detail, retry=True)
+            return
+        self._reassembled(done, self.clock())
+        # Chunks are the only thing that grows memory: enforce the cap right away.
+        if self._reasm.held_bytes > self._reasm.max_bytes:
+            self._dropped(self._reasm.expire())
+
+    def _reassembled(self, done: Complete | Dropped | None, received_at: float) -> None:
+        if done is None:
+            return
+        if isinstance(done, Dropped):
+            self._dropped([done])
+            return
+        if done.photo is None:
+            self._store_event(done.device, done.event, received_at, None)
+            return
+        job = _PhotoJob(done.device, done.event, received_at, done.photo)
+        self._in_flight.add((done.device, done.event.id))
+        assert self._pool is not None
+        name = self._device_name(done.device)
+        ts = done.event.ts if done.event.ts is not None else received_at
+        caption = (
+            caption_strip(name, ts, self.config.alerts.timezone) if self.config.photos.caption_strip else None
+        )
+        fut = self._pool.submit(process_photo, done.photo, self.photo_settings, caption)
+        fut.add_done_callback(lambda f, job=job: self._queue.put(("photo_done", job, f)))
+
+    def _dropped(self, drops: list[Dropped]) -> None:
+        for d in drops:
+            self._reject(d.reason, d.detail, f"photo {d.device}/{d.event_id}")
+            self._nack(d.device, d.event_id, f"{d.reason}: {d.detail}"[:200], retry=True)
+
+    def _photo_done(self, job: _PhotoJob, fut: concurrent.futures.Future[ProcessedPhoto]) -> None:
+        key = (job.device, job.event.id)
+        try:
+            try:
+                result = fut.result()
+            except PhotoError as exc:
+                # The bytes matched the box's own hash: sending them again cannot help.
+                self._reject(exc.reason, exc.detail, f"photo {job.device}/{job.event.id}")
+                self._nack(job.device, job.event.id, f"{exc.reason}: {exc.detail}"[:200], retry=False)
+                return
+            except concurrent.futures.CancelledError:
+                return  # shutting down; not acked, so the box sends it again
+            except Exception as exc:
+                log.exception("photo pipeline crashed on %s/%s", job.device, job.event.id)
+                self.counters.reject("photo_error")
+                self._nack(job.device, job.event.id, f"photo_error: {type(exc).__name__}", retry=True)
+                return
+            self._store_event(job.device, job.event, job.received_at, (job.photo, result))
+        finally:
+            self._in_flight.discard(key)
+
+    def _store_event(
+        self, device: str, event: Event, received_at: float, photo: tuple[bytes, ProcessedPhoto] | None
+    ) -> None:
+        assert self.store is not None
+        ts = event.ts if event.ts is not None else received_at
+        photo_info = None
+        if photo is not None and event.photo is not None:
+            original, processed = photo
+            variants = {"alert": processed.alert_jpeg, "thumb": processed.thumb_jpeg}
+            if self.config.photos.keep_original:
+                variants["original"] = original
+            self.store.write_photos(device, event.id, received_at, variants)
+            photo_info = {
+                "size": event.photo.size,
+                "sha256": event.photo.sha256,
+                "width": processed.width,
+                "height": processed.height,
+            }
+        record = EventRecord(
+            device=device,
+            id=event.id,
+            type=event.type,
+            ts=float(ts),
+            received_at=received_at,
+            seq=event.seq,
+            sensors=dict(event.sensors),
+            photo=photo_info,  # type: ignore[typeddict-item]
+            cmd=event.cmd,
+        )
+        dev = self._device(device)
+        dev = self._apply_event_to_device(dev, record)
+        outbox = self._plan_event_alerts(dev, record)
+        if not self.store.add_event(record, outbox):
+            self.counters.inc("duplicates")
+        else:
+            self.counters.inc("stored")
+            self.store.put_device(dev)
+            self.bus.publish(EVENT_STORED, dict(record))
+            self.bus.publish(DEVICE_CHANGED, self._device_out(dev))
+            for o in outbox:
+                self.bus.publish(OUTBOX_CHANGED, _public(dict(o)))
+            if outbox and self.dispatcher is not None:
+                self.dispatcher.wake()
+        self._ack(device, event.id)  # only now: record and photo are on disk
+
+    # --- boxes ------------------------------------------------------------------------
+
+    def _device_name(self, device: str) -> str:
+        name = self.config.devices.names.get(device)
+        if name:
+            return name
+        cred = self.registry.get(device) if self._is_registered(device) else None
+        return cred.name if cred and cred.name else device
+
+    def _device(self, device: str) -> dict[str, Any]:
+        assert self.store is not None
+        rec = self.store.get_device(device)
+        if rec is None:
+            rec = dict(blank_device(device, self._device_name(device)))
+        return rec
+
+    @staticmethod
+    def _device_out(rec: dict[str, Any]) -> DeviceRecord:
+        return DeviceRecord(**{k: rec.get(k) for k in DeviceRecord.__annotations__})  # type: ignore[typeddict-item]
+
+    def _apply_event_to_device(self, dev: dict[str, Any], ev: EventRecord) -> dict[str, Any]:
+        dev = dict(dev)
+        dev["last_event_id"] = ev["id"]
+        dev["last_seen"] = max(dev.get("last_seen") or 0, ev["received_at"])
+        if ev["type"] == "delivery":
+            dev["waiting"] = int(dev.get("waiting") or 0) + 1
+            dev["last_delivery_ts"] = ev["ts"]
+        elif ev["type"] == "pickup":
+            dev["waiting"] = 0
+        lid = ev["sensors"].get("lid") if isinstance(ev["sensors"], dict) else None
+        if lid in ("open", "closed"):
+            dev["lid_open"] = lid == "open"
+        elif ev["type"] == "lid_left_open":
+            dev["lid_open"] = True
+        return dev
+
+    def _on_status(self, device: str, payload: bytes, received_at: float) -> None:
+        assert self.store is not None
+        try:
+            st = decode_status(payload, self.limits)
+        except ProtocolError as exc:
+            self._reject(exc.reason, exc.detail, f"status from {device}")
+            return
+        self.counters.inc("statuses")
+        dev = self._device(device)
+        was_online = bool(dev.get("online"))
+        dev["online"] = st.online
+        dev["last_seen"] = received_at
+        if st.online:
+            for k in ("fw", "rssi", "battery_mv", "heap_free", "uptime_s", "spooled"):
+                dev[k] = getattr(st, k)
+            dev["offline_since"] = None
+        elif was_online or dev.get("offline_since") is None:
+            dev["offline_since"] = received_at
+        alerts: list[OutboxRecord] = []
+        if st.online and dev.get("offline_alerted"):
+            dev["offline_alerted"] = False
+            if self.config.alerts.online_alert:
+                alerts += self._plan_alerts(dev, "online", received_at, [], has_photo=False)
+        low = self.config.alerts.low_battery_mv
+        if st.online and low and st.battery_mv is not None:
+            if st.battery_mv < low and not dev.get("low_battery_alerted"):
+                dev["low_battery_alerted"] = True
+                alerts += self._plan_alerts(dev, "low_battery", received_at, [], has_photo=False)
+            elif st.battery_mv >= low + _BATTERY_HYSTERESIS_MV:
+                dev["low_battery_alerted"] = False
+        self.store.put_device(dev)
+        self._emit_alerts(alerts, received_at)
+        self.bus.publish(DEVICE_CHANGED, self._device_out(dev))
+
+    def _check_offline(self) -> None:
+        """Runs on the ingest worker: boxes offline for longer than alerts.offline_after_s get one alert."""
+        assert self.store is not None
+        now = self.clock()
+        for dev in self.store.list_devices():
+            since = dev.get("offline_since")
+            if dev.get("online") or since is None or dev.get("offline_alerted"):
+                continue
+            if now - since >= self.config.alerts.offline_after_s:
+                dev["offline_alerted"] = True
+                alerts = self._plan_alerts(dev, "offline", since, [], has_photo=False)
+                self.store.put_device(dev)
+                self._emit_alerts(alerts, now)
+
+    def _emit_alerts(self, alerts: list[OutboxRecord], when: float) -> None:
+        if not alerts:
+            return
+        assert self.store is not None
+        self.store.add_outbox(alerts, when)
+        for o in alerts:
+            self.bus.publish(OUTBOX_CHANGED, _public(dict(o)))
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+
+    # --- alerts -----------------------------------------------------------------------
+
+    def _plan_event_alerts(self, dev: dict[str, Any], ev: EventRecord) -> list[OutboxRecord]:
+        if ev["type"] not in self.config.alerts.kinds:
+            return []
+        return self._plan_alerts(dev, ev["type"], ev["ts"], [ev["id"]], has_photo=ev["photo"] is not None)
+
+    def _plan_alerts(
+        self, dev: dict[str, Any], kind: str, ts: float, event_ids: list[str], *, has_photo: bool
+    ) -> list[OutboxRecord]:
+        """One outbox entry per notifier and recipient. Ids are stable, so a retry never duplicates."""
+        now = self.clock()
+        device = dev["device"]
+        stem = f"{device}_{event_ids[0]}" if event_ids else f"{device}_{kind}_{int(ts * 1000)}"
+        out: list[OutboxRecord] = []
+        for name, notifier in self.notifiers.items():
+            language = getattr(notifier, "language", None) or self.config.alerts.language
+            caption = render_caption(
+                kind,
+                dev.get("name") or device,
+                ts,
+                language=language,
+                tz=self.config.alerts.timezone,
+                waiting=dev.get("waiting"),
+                battery_mv=dev.get("battery_mv"),
+                event_ids=event_ids,
+            )
+            try:
+                recipients = notifier.recipients(device)
+            except Exception:
+                log.exception("notifier %s: recipients() failed", name)
+                recipients = []
+            for r in recipients:
+                rec: dict[str, Any] = {
+                    "id": f"{stem}_{name}_{_rhash(r)}",
+                    "kind": kind,
+                    "device": device,
+                    "event_ids": list(event_ids),
+                    "notifier": name,
+                    "recipient": r,
+                    "state": "pending",
+                    "attempts": 0,
+                    "created_at": now,
+                    "next_attempt_at": now + self.config.alerts.group_window_s
+                    if self.config.alerts.group_window_s and kind == "delivery"
+                    else now,
+                    "sent_at": None,
+                    "last_error": None,
+                    # not part of OutboxRecord: what the dispatcher needs to rebuild the Alert
+                    "ts": ts,
+                    "device_name": dev.get("name") or device,
+                    "caption": caption,
+                    "has_photo": has_photo,
+                    "alert_state": {"waiting": dev.get("waiting", 0)},
+                    "language": language,
+                }
+                if self._merge_into_burst(rec):
+                    continue
+                out.append(rec)  # type: ignore[arg-type]
+        return out
+
+    def _merge_into_burst(self, rec: dict[str, Any]) -> bool:
+        """Grouping (alerts.group_window_s > 0): fold a delivery into a not-yet-sent one of the same box."""
+        window = self.config.alerts.group_window_s
+        if window <= 0 or rec["kind"] != "delivery":
+            return False
+        assert self.store is not None
+        for o in self.store.open_outbox():
+            if (
+                o["kind"] == "delivery"
+                and o["device"] == rec["device"]
+                and o["notifier"] == rec["notifier"]
+                and o["recipient"] == rec["recipient"]
+                and o["attempts"] == 0
+                and o["created_at"] >= rec["created_at"] - window
+            ):
+                ids = list(o["event_ids"]) + rec["event_ids"]
+                caption = render_caption(
+                    "delivery",
+                    rec["device_name"],
+                    rec["ts"],
+                    language=rec["language"],
+                    tz=self.config.alerts.timezone,
+                    waiting=rec["alert_state"]["waiting"],
+                    event_ids=ids,
+                )
+                # Separate write from the event's: a crash in between leaves the event stored
+                # without its line in the grouped alert, the price of the (opt-in) grouping.
+                self.store.update_outbox(
+                    o["id"],
+                    event_ids=ids,
+                    caption=caption,
+                    ts=rec["ts"],
+                    alert_state=rec["alert_state"],
+                    has_photo=o.get("has_photo") or rec["has_photo"],
+                )
+                return True
+        return False
+
+    # --- commands ---------------------------------------------------------------------
+
+    def _on_cmd_result(self, device: str, payload: bytes) -> None:
+        try:
+            res = decode_cmd_result(payload, self.limits)
+        except ProtocolError as exc:
+            self._reject(exc.reason, exc.detail, f"command result from {device}")
+            return
+        data = {"device": device, "id": res.id, "ok": res.ok, "error": res.error, **res.extra}
+        self._commands[res.id] = {**self._commands.get(res.id, {}), "result": data}
+        self.bus.publish(COMMAND_RESULT, data)
+
+    def send_command(self, device: str, cmd: str, args: dict[str, Any] | None = None) -> str:
+        if not valid_device_id(device):
+            raise ValueError(f"bad device id {device!r}")
+        if self.link is None:
+            raise RuntimeError("gateway is not running")
+        cmd_id = f"cmd-{uuid.uuid4().hex[:12]}"
+        payload = encode_cmd(cmd_id, cmd, args)  # raises ProtocolError for unknown commands
+        self._commands[cmd_id] = {"device": device, "cmd": cmd, "sent_at": self.clock(), "result": None}
+        if len(self._commands) > 1000:
+            for old in list(self._commands)[:100]:
+                del self._commands[old]
+        self.link.publish(topic(self.prefix, device, "cmd"), payload)
+        return cmd_id
+
+    def command_result(self, cmd_id: str) -> dict[str, Any] | None:
+        entry = self._commands.get(cmd_id)
+        return entry.get("result") if entry else None
+
+    # --- GatewayPort reads ------------------------------------------------------------
+
+    def list_events(
+        self,
+        *,
+        device: str | None = None,
+        type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[EventRecord]:
+        assert self.store is not None
+        return self.store.list_events(
+            device=device, type=type, since=since, until=until, before=before, limit=limit
+        )
+
+    def get_event(self, device: str, event_id: str) -> EventRecord | None:
+        assert self.store is not None
+        return self.store.get_event(device, event_id)
+
+    def photo_path(self, device: str, event_id: str, variant: PhotoVariant) -> Path | None:
+        assert self.store is not None
+        return self.store.photo_path(device, event_id, variant)
+
+    def list_devices(self) -> list[DeviceRecord]:
+        assert self.store is not None
+        return [self._device_out(d) for d in self.store.list_devices()]
+
+    def list_outbox(self, state: OutboxState | None = None, limit: int = 100) -> list[OutboxRecord]:
+        assert self.store is not None
+        return self.store.list_outbox(state, limit)
+
+    def retry_alert(self, alert_id: str) -> bool:
+        return self.dispatcher.retry(alert_id) if self.dispatcher else False
+
+    def whatsapp_state(self) -> WhatsAppState:
+        return dict(self._whatsapp)  # type: ignore[return-value]
+
+    def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
+        self._whatsapp = {**data}  # type: ignore[typeddict-item]
+
+    def health(self) -> dict[str, Any]:
+        assert self.store is not None
+        now = self.clock()
+        out: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self._started_at,
+            "uptime_s": round(now - self._started_at, 1) if self._started_at else 0.0,
+            "updated_at": now,
+            "data_dir": str(self.data_dir),
+            "broker": {
+                "url": self.link.endpoint if self.link else self.broker_url,
+                "managed": self.broker.kind if self.broker else None,
+                "connected": bool(self.link and self.link.connected.is_set()),
+            },
+            "events_total": self.store.event_count(),
+            "alerts": self.store.outbox_counts(),
+            "queue": self._queue.qsize(),
+            "reassembly": {"partials": len(self._reasm), "held_bytes": self._reasm.held_bytes},
+            "photos_in_progress": len(self._in_flight),
+        }
+        for k in (
+            "received",
+            "events_received",
+            "stored",
+            "duplicates",
+            "chunks",
+            "duplicate_chunks",
+            "statuses",
+            "acks",
+            "nacks",
+        ):
+            out[k] = 0
+        out.update(self.counters.snapshot())
+        return out
+
+    def write_status(self) -> None:
+        """`<data>/status.json`: what `parcelbox status` shows (health, boxes, recent events, outbox)."""
+        assert self.store is not None
+        snap = {
+            "health": self.health(),
+            "devices": self.list_devices(),
+            "events": self.list_events(limit=10),
+            "outbox": self.list_outbox(limit=20),
+        }
+        atomic_write_bytes(self.data_dir / STATUS_FILE, json.dumps(snap, indent=1, default=str).encode())
+
+    def _tick_loop(self) -> None:
+        """Once a second: reassembly timeouts and offline checks (on the worker), status snapshot."""
+        last_status = 0.0
+        last_retention = 0.0
+        while not self._stopping.wait(1.0):
+            self._queue.put(("call", self._tick))
+            now = time.monotonic()
+            if now - last_status >= 2.0:
+                last_status = now
+                self._queue.put(("call", self.write_status))
+            if now - last_retention >= 3600.0:
+                last_retention = now
+                self._queue.put(("call", self._retention))
+
+    def _tick(self) -> None:
+        self._dropped(self._reasm.expire())
+        self._check_offline()
+
+    def _retention(self) -> None:
+        assert self.store is not None
+        s = self.config.store
+        if s.retention_days or s.photo_retention_days:
+            removed = self.store.apply_retention(self.clock(), s.retention_days, s.photo_retention_days)
+            if any(removed.values()):
+                log.info("retention removed %s", removed)

@@ -1,0 +1,111 @@
+"""Crash-safe TinyDB storage.
+
+TinyDB's `JSONStorage` truncates and rewrites its file in place, so a crash in the
+middle leaves half a file. `AtomicJSONStorage` writes the whole database to a temp
+file in the same folder, fsyncs it, renames it over the old one and fsyncs the
+folder: after a crash the file is either the old or the new version, never a mix.
+
+It also keeps the parsed data in memory (one process owns the file, so nobody else
+changes it under us) and can group several TinyDB operations into one durable
+write with `batch()`: an event record and its outbox entries become durable
+together or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tinydb.storages import Storage
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class AtomicJSONStorage(Storage):
+    """A TinyDB storage: whole-file atomic replace on every (batched) write, data cached in memory."""
+
+    def __init__(self, path: str | Path, create_dirs: bool = True, **_: Any) -> None:
+        self.path = Path(path)
+        if create_dirs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._data: dict[str, dict[str, Any]] | None = None
+        self._depth = 0
+        self._dirty = False
+        self.writes = 0  # durable writes done (for tests and benches)
+
+    def read(self) -> dict[str, dict[str, Any]] | None:
+        if self._data is None:
+            try:
+                raw = self.path.read_bytes()
+            except FileNotFoundError:
+                return None
+            # A torn file cannot happen with atomic replace; if it is unreadable something
+            # outside us broke it, and refusing to start beats silently starting empty.
+            self._data = json.loads(raw) if raw.strip() else {}
+        return self._data
+
+    def write(self, data: dict[str, dict[str, Any]]) -> None:
+        self._data = data
+        if self._depth:
+            self._dirty = True
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self._data is not None
+        try:
+            atomic_write_bytes(self.path, json.dumps(self._data, separators=(",", ":")).encode())
+        except BaseException:
+            self._data = None  # forget what did not reach the disk; reread the old file
+            raise
+        self._dirty = False
+        self.writes += 1
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group writes: one durable write at the end, or none if the block raises (rolled back)."""
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._data = None
+                self._dirty = False
+            raise
+        self._depth -= 1
+        if self._depth == 0 and self._dirty:
+            self._flush()
+
+    def snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy(self.read() or {})
+
+    def close(self) -> None:
+        pass

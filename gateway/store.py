@@ -1,0 +1,437 @@
+"""The gateway's durable state: event records, box records, the alert outbox, photo files.
+
+Layout under the data folder (one owner process, see `gateway.datalock`):
+
+    db/events-2026-11.json   events + their outbox entries received that month (TinyDB, two tables)
+    db/boxes.json            one record per box (health, waiting count, alert bookkeeping)
+    photos/<device>/<yyyy-mm>/<event id>.jpg | .alert.jpg | .thumb.jpg
+
+Why one file per month: TinyDB rewrites its whole file on every write, so one
+file for all history would make each new event cost more than the last. With a
+file per month (or per day, `store.partition = "day"`) the cost of a write depends
+on this month's traffic, not on history (bench/store_growth.py). Keys seen in
+older files stay in a small in-memory index, so de-duplication by
+(device, event id) still spans all history.
+
+An event and its outbox entries go into the same file in one atomic write
+(`AtomicJSONStorage.batch`): after a crash either both exist or neither does.
+Photo files are written and fsync'd before the record that points at them.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tinydb import TinyDB
+from tinydb.table import Document
+
+from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
+from gateway.protocol import valid_device_id, valid_msg_id
+from gateway.storage import AtomicJSONStorage, atomic_write_bytes, fsync_dir
+
+log = logging.getLogger(__name__)
+
+EVENTS = "events"
+OUTBOX = "outbox"
+_PART_RE = re.compile(r"events-(\d{4})-(\d{2})(?:-(\d{2}))?\.json")
+_PHOTO_SUFFIX: dict[str, str] = {"original": ".jpg", "alert": ".alert.jpg", "thumb": ".thumb.jpg"}
+_OPEN_STATES = ("pending", "failed")
+_CACHED_PARTITIONS = 3
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def event_key(device: str, event_id: str) -> str:
+    return f"{device}/{event_id}"
+
+
+def _partition_end(name: str) -> float:
+    """Unix time just after the last moment a partition covers (UTC)."""
+    m = _PART_RE.fullmatch(name)
+    if not m:
+        return float("inf")
+    y, mo = int(m.group(1)), int(m.group(2))
+    if m.group(3):
+        return calendar.timegm((y, mo, int(m.group(3)), 0, 0, 0)) + 86_400.0
+    y2, mo2 = (y + 1, 1) if mo == 12 else (y, mo + 1)
+    return float(calendar.timegm((y2, mo2, 1, 0, 0, 0)))
+
+
+def blank_device(device: str, name: str | None = None) -> DeviceRecord:
+    return DeviceRecord(
+        device=device,
+        name=name or device,
+        online=False,
+        last_seen=None,
+        fw=None,
+        rssi=None,
+        battery_mv=None,
+        heap_free=None,
+        uptime_s=None,
+        spooled=None,
+        waiting=0,
+        lid_open=None,
+        last_delivery_ts=None,
+        last_event_id=None,
+    )
+
+
+class Store:
+    """Thread-safe (one lock); all methods are quick except the first open of a big history."""
+
+    def __init__(self, data_dir: Path | str, *, partition: str = "month") -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.db_dir = self.data_dir / "db"
+        self.photo_dir = self.data_dir / "photos"
+        self.partition = partition
+        self._lock = threading.RLock()
+        self._dbs: OrderedDict[str, TinyDB] = OrderedDict()
+        self._event_index: dict[str, tuple[str, int]] = {}  # key -> (partition, doc id)
+        self._outbox_index: dict[str, tuple[str, int]] = {}
+        self._open_outbox: dict[str, dict[str, Any]] = {}  # pending/failed entries, by id
+        self._outbox_counts: dict[str, int] = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
+        self._devices: dict[str, dict[str, Any]] = {}
+        self._devices_db: TinyDB | None = None
+        self.db_dir.mkdir(parents=True, exist_ok=True)
+        self.photo_dir.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    # --- opening ------------------------------------------------------------------
+
+    def _partitions(self) -> list[str]:
+        """Partition file names, oldest first."""
+        return sorted(p.name for p in self.db_dir.iterdir() if _PART_RE.fullmatch(p.name))
+
+    def _db(self, part: str) -> TinyDB:
+        db = self._dbs.get(part)
+        if db is None:
+            db = TinyDB(self.db_dir / part, storage=AtomicJSONStorage)
+            self._dbs[part] = db
+            while len(self._dbs) > _CACHED_PARTITIONS:
+                _, old = self._dbs.popitem(last=False)
+                old.close()
+        else:
+            self._dbs.move_to_end(part)
+        return db
+
+    def _load(self) -> None:
+        for part in self._partitions():
+            db = self._db(part)
+            for doc in db.table(EVENTS).all():
+                self._event_index[doc["key"]] = (part, doc.doc_id)
+            for doc in db.table(OUTBOX).all():
+                self._outbox_index[doc["id"]] = (part, doc.doc_id)
+                self._outbox_counts[doc["state"]] = self._outbox_counts.get(doc["state"], 0) + 1
+                if doc["state"] in _OPEN_STATES:
+                    self._open_outbox[doc["id"]] = dict(doc)
+        self._devices_db = TinyDB(self.db_dir / "boxes.json", storage=AtomicJSONStorage)
+        for doc in self._devices_db.table("devices").all():
+            self._devices[doc["device"]] = dict(doc)
+
+    def part_for(self, when: float) -> str:
+        tm = time.gmtime(when)
+        if self.partition == "day":
+            return f"events-{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}.json"
+        return f"events-{tm.tm_year:04d}-{tm.tm_mon:02d}.json"
+
+    # --- events -------------------------------------------------------------------
+
+    def has_event(self, device: str, event_id: str) -> bool:
+        with self._lock:
+            return event_key(device, event_id) in self._event_index
+
+    def event_count(self) -> int:
+        with self._lock:
+            return len(self._event_index)
+
+    def _photo_base(self, device: str, event_id: str, received_at: float) -> Path:
+        if not (valid_device_id(device) and valid_msg_id(event_id)):
+            raise StoreError(f"refusing a path built from bad ids {device!r}/{event_id!r}")
+        tm = time.gmtime(received_at)
+        folder = self.photo_dir / device / f"{tm.tm_year:04d}-{tm.tm_mon:02d}"
+        base = (folder / event_id).resolve()
+        if self.photo_dir not in base.parents:
+            raise StoreError("photo path escapes the data folder")
+        return base
+
+    def write_photos(
+        self, device: str, event_id: str, received_at: float, variants: dict[str, bytes]
+    ) -> None:
+        """Write photo files (variant -> bytes), each fsync'd and renamed into place, before the record."""
+        base = self._photo_base(device, event_id, received_at)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for variant, data in variants.items():
+            atomic_write_bytes(base.with_name(base.name + _PHOTO_SUFFIX[variant]), data)
+        fsync_dir(base.parent)
+
+    def add_event(self, record: EventRecord, outbox: Iterable[OutboxRecord] = ()) -> bool:
+        """Store an event and its outbox entries in one durable write. False if already stored."""
+        key = event_key(record["device"], record["id"])
+        outbox = list(outbox)
+        with self._lock:
+            if key in self._event_index:
+                return False
+            part = self.part_for(record["received_at"])
+            db = self._db(part)
+            storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+            try:
+                with storage.batch():
+                    doc_id = db.table(EVENTS).insert({**record, "key": key})
+                    out_ids = [db.table(OUTBOX).insert(dict(o)) for o in outbox]
+            except BaseException:
+                db.table(EVENTS).clear_cache()
+                db.table(OUTBOX).clear_cache()
+                self._dbs.pop(part, None)  # reopen from disk: the failed batch never happened
+                raise
+            self._event_index[key] = (part, doc_id)
+            for o, oid in zip(outbox, out_ids, strict=True):
+                self._index_outbox(part, oid, dict(o))
+            return True
+
+    def get_event(self, device: str, event_id: str) -> EventRecord | None:
+        with self._lock:
+            loc = self._event_index.get(event_key(device, event_id))
+            if loc is None:
+                return None
+            doc = self._db(loc[0]).table(EVENTS).get(doc_id=loc[1])
+            return _event_out(doc) if doc else None
+
+    def list_events(
+        self,
+        *,
+        device: str | None = None,
+        type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[EventRecord]:
+        """Newest first by (ts, id); scans month files newest first and stops once the page is full."""
+        limit = max(0, min(int(limit), 1000))
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            for part in reversed(self._partitions()):
+                if since is not None and _partition_end(part) < since:
+                    break
+                for doc in self._db(part).table(EVENTS).all():
+                    if device is not None and doc["device"] != device:
+                        continue
+                    if type is not None and doc["type"] != type:
+                        continue
+                    if since is not None and doc["ts"] < since:
+                        continue
+                    if until is not None and doc["ts"] >= until:
+                        continue
+                    if before is not None and (doc["ts"], doc["id"]) >= (before[0], before[1]):
+                        continue
+                    out.append(doc)
+                if len(out) >= limit:
+                    break
+        out.sort(key=lambda d: (d["ts"], d["id"]), reverse=True)
+        return [_event_out(d) for d in out[:limit]]
+
+    def photo_path(self, device: str, event_id: str, variant: PhotoVariant) -> Path | None:
+        if variant not in _PHOTO_SUFFIX or not (valid_device_id(device) and valid_msg_id(event_id)):
+            return None
+        rec = self.get_event(device, event_id)
+        if rec is None or rec.get("photo") is None:
+            return None
+        base = self._photo_base(device, event_id, rec["received_at"])
+        path = base.with_name(base.name + _PHOTO_SUFFIX[variant])
+        return path if path.is_file() else None
+
+    # --- outbox -------------------------------------------------------------------
+
+    def _index_outbox(self, part: str, doc_id: int, rec: dict[str, Any]) -> None:
+        self._outbox_index[rec["id"]] = (part, doc_id)
+        self._outbox_counts[rec["state"]] = self._outbox_counts.get(rec["state"], 0) + 1
+        if rec["state"] in _OPEN_STATES:
+            self._open_outbox[rec["id"]] = rec
+
+    def add_outbox(self, records: Iterable[OutboxRecord], when: float) -> None:
+        """Outbox entries that belong to no event (offline, back online, low battery)."""
+        records = list(records)
+        if not records:
+            return
+        with self._lock:
+            part = self.part_for(when)
+            db = self._db(part)
+            storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+            try:
+                with storage.batch():
+                    ids = [db.table(OUTBOX).insert(dict(r)) for r in records]
+            except BaseException:
+                self._dbs.pop(part, None)
+                raise
+            for r, oid in zip(records, ids, strict=True):
+                self._index_outbox(part, oid, dict(r))
+
+    def update_outbox(self, alert_id: str, **fields: Any) -> dict[str, Any] | None:
+        """Change an outbox entry durably; returns the new record."""
+        with self._lock:
+            loc = self._outbox_index.get(alert_id)
+            if loc is None:
+                return None
+            table = self._db(loc[0]).table(OUTBOX)
+            old = table.get(doc_id=loc[1])
+            if old is None:
+                return None
+            table.update(fields, doc_ids=[loc[1]])
+            new = {**old, **fields}
+            if old["state"] != new["state"]:
+                self._outbox_counts[old["state"]] -= 1
+                self._outbox_counts[new["state"]] = self._outbox_counts.get(new["state"], 0) + 1
+            if new["state"] in _OPEN_STATES:
+                self._open_outbox[alert_id] = new
+            else:
+                self._open_outbox.pop(alert_id, None)
+            return new
+
+    def get_outbox(self, alert_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            if alert_id in self._open_outbox:
+                return dict(self._open_outbox[alert_id])
+            loc = self._outbox_index.get(alert_id)
+            if loc is None:
+                return None
+            doc = self._db(loc[0]).table(OUTBOX).get(doc_id=loc[1])
+            return dict(doc) if doc else None
+
+    def open_outbox(self) -> list[dict[str, Any]]:
+        """Pending and failed entries (the dispatcher's work list), oldest first."""
+        with self._lock:
+            return sorted((dict(r) for r in self._open_outbox.values()), key=lambda r: r["created_at"])
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._outbox_counts)
+
+    def list_outbox(self, state: str | None = None, limit: int = 100) -> list[OutboxRecord]:
+        """Newest first."""
+        limit = max(0, min(int(limit), 1000))
+        with self._lock:
+            if state in _OPEN_STATES:
+                rows = [r for r in self._open_outbox.values() if r["state"] == state]
+            else:
+                rows = []
+                for part in reversed(self._partitions()):
+                    rows += [
+                        dict(d) for d in self._db(part).table(OUTBOX).all() if state in (None, d["state"])
+                    ]
+                    if len(rows) >= limit:
+                        break
+        rows.sort(key=lambda r: r["created_at"], reverse=True)
+        return [_outbox_out(r) for r in rows[:limit]]
+
+    # --- devices ------------------------------------------------------------------
+
+    def get_device(self, device: str) -> dict[str, Any] | None:
+        with self._lock:
+            d = self._devices.get(device)
+            return dict(d) if d else None
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(d) for _, d in sorted(self._devices.items())]
+
+    def put_device(self, record: dict[str, Any]) -> None:
+        """Insert or replace a box record durably (the file holds one small record per box)."""
+        assert self._devices_db is not None
+        with self._lock:
+            table = self._devices_db.table("devices")
+            doc_id = record.get("_doc_id")
+            rec = {k: v for k, v in record.items() if k != "_doc_id"}
+            if doc_id is None:
+                existing = self._devices.get(rec["device"])
+                doc_id = existing.get("_doc_id") if existing else None
+            if doc_id is None:
+                doc_id = table.insert(rec)
+            else:
+                table.upsert(Document(rec, doc_id=doc_id))
+            self._devices[rec["device"]] = {**rec, "_doc_id": doc_id}
+
+    # --- retention ----------------------------------------------------------------
+
+    def apply_retention(self, now: float, retention_days: int, photo_retention_days: int) -> dict[str, int]:
+        """Delete month files and photo folders older than the retention settings (0 = keep)."""
+        removed = {"partitions": 0, "photo_folders": 0}
+        with self._lock:
+            if retention_days > 0:
+                cutoff = now - retention_days * 86_400
+                for part in self._partitions():
+                    if _partition_end(part) > cutoff:
+                        break
+                    if any(
+                        loc[0] == part for aid, loc in self._outbox_index.items() if aid in self._open_outbox
+                    ):
+                        continue  # an alert still waiting to be sent keeps its file alive
+                    db = self._dbs.pop(part, None)
+                    if db is not None:
+                        db.close()
+                    self._event_index = {k: v for k, v in self._event_index.items() if v[0] != part}
+                    for aid in [a for a, loc in self._outbox_index.items() if loc[0] == part]:
+                        del self._outbox_index[aid]
+                    (self.db_dir / part).unlink()
+                    removed["partitions"] += 1
+                if removed["partitions"]:
+                    fsync_dir(self.db_dir)
+                    self._recount_outbox()
+            if photo_retention_days > 0:
+                cutoff = now - photo_retention_days * 86_400
+                for folder in self.photo_dir.glob("*/*"):
+                    if not folder.is_dir():
+                        continue
+                    end = _partition_end(f"events-{folder.name}.json")
+                    if end <= cutoff:
+                        shutil.rmtree(folder, ignore_errors=True)
+                        removed["photo_folders"] += 1
+        return removed
+
+    def _recount_outbox(self) -> None:
+        counts = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
+        for part in self._partitions():
+            for doc in self._db(part).table(OUTBOX).all():
+                counts[doc["state"]] = counts.get(doc["state"], 0) + 1
+        self._outbox_counts = counts
+
+    def disk_usage(self) -> dict[str, int]:
+        total = 0
+        for root, _, files in os.walk(self.data_dir):
+            for f in files:
+                try:
+                    total += os.path.getsize(os.path.join(root, f))
+                except OSError:
+                    pass
+        return {"bytes": total}
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._dbs.values():
+                db.close()
+            self._dbs.clear()
+            if self._devices_db is not None:
+                self._devices_db.close()
+
+
+def _event_out(doc: dict[str, Any]) -> EventRecord:
+    return EventRecord(  # type: ignore[typeddict-item]
+        **{k: doc.get(k) for k in EventRecord.__annotations__}
+    )
+
+
+def _outbox_out(doc: dict[str, Any]) -> OutboxRecord:
+    return OutboxRecord(  # type: ignore[typeddict-item]
+        **{k: doc.get(k) for k in OutboxRecord.__annotations__}
+    )
