@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         variants["simplejpeg+caption"] = pipeline(PhotoSettings(), CAPTION)
         variants["simplejpeg exact 1280"] = pipeline(PhotoSettings(alert_min_fill=1.0))
         variants["simplejpeg progressive"] = pipeline(PhotoSettings(progressive=True))
-        variants["simplejpeg no optimize"] = pipeline(PhotoSettings(optimize=False))
+        variants["simplejpeg optimize alert"] = pipeline(PhotoSettings(optimize_alert=True))
     variants["draft (Pillow only)"] = pipeline(PhotoSettings(decoder="pillow"))
     variants["draft 1/2 (Pillow only)"] = pipeline(PhotoSettings(decoder="pillow", alert_min_fill=0.6))
     variants["floor: decode"] = floor_decode

@@ -104,10 +104,12 @@ class PhotoSettings:
     alert_min_fill: float = 0.9
     # "auto": simplejpeg when installed, else Pillow; "pillow" forces the Pillow path (draft + resize).
     decoder: str = "auto"
-    # Output encoding. Measured on camera photos: progressive is no smaller than optimized baseline
-    # (82.3 vs 82.5 KB) and 2x slower to encode; optimize=True saves ~4 % for ~2 ms.
+    # Output encoding, measured on UXGA camera photos (docs/performance.md): progressive is no smaller
+    # than optimized baseline and 2-3x slower to encode, so baseline it is. Huffman optimisation of the
+    # alert copy saves ~4 % (~3 KB, and WhatsApp re-encodes it anyway) for +2-3 ms, a tenth of the whole
+    # pipeline, so it is off for the alert; the thumbnail, small and kept, is always optimised.
     progressive: bool = False
-    optimize: bool = True
+    optimize_alert: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,15 +270,17 @@ def _shrink(im: Image.Image, size: tuple[int, int]) -> Image.Image:
 def _decode_simplejpeg(data: bytes, header: JpegHeader, m: int) -> Image.Image:
     min_w = math.ceil(header.width * m / 8)
     min_h = math.ceil(header.height * m / 8)
-    colorspace = "GRAY" if header.components == 1 else "RGB"
+    # RGBX, not RGB: Pillow stores RGB as 4 bytes a pixel, so an RGBX array maps into an image without
+    # a copy (RGB would be copied into a new image: measured ~1 ms per UXGA photo).
+    colorspace = "GRAY" if header.components == 1 else "RGBX"
     # strict=False: the structure walk already proved the stream complete; libjpeg's recoverable
     # warnings (extraneous bytes, common from camera modules) must not reject a usable photo.
     pixels = _simplejpeg.decode_jpeg(
         data, colorspace=colorspace, min_width=min_w, min_height=min_h, strict=False
     )
     height, width = pixels.shape[:2]
-    mode = "L" if colorspace == "GRAY" else "RGB"
-    # frombuffer shares the array's memory (no copy); Pillow copies on write if the caption needs it.
+    mode = "L" if colorspace == "GRAY" else "RGBX"
+    # frombuffer shares the array's memory; Pillow copies on write if the caption needs it.
     return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
 
 
@@ -326,11 +330,11 @@ def _draw_caption(im: Image.Image, caption: str) -> Image.Image:
     return im
 
 
-def _encode(im: Image.Image, quality: int, settings: PhotoSettings) -> bytes:
+def _encode(im: Image.Image, quality: int, optimize: bool, progressive: bool) -> bytes:
     out = io.BytesIO()
     # A fresh info dict: Pillow would otherwise carry a JPEG comment from the original into the output.
     im.info = {}
-    im.save(out, "JPEG", quality=quality, optimize=settings.optimize, progressive=settings.progressive)
+    im.save(out, "JPEG", quality=quality, optimize=optimize, progressive=progressive)
     return out.getvalue()
 
 
@@ -384,7 +388,7 @@ def _process_valid(
     else:
         m, _ = _scale_fraction(long_edge, settings, (1, 2, 4, 8))
         decoded = _decode_pillow(im, header, m)
-    if decoded.mode not in ("RGB", "L"):
+    if decoded.mode not in ("RGB", "RGBX", "L"):
         decoded = decoded.convert("RGB")
 
     alert = _shrink(decoded, _fit(*decoded.size, settings.alert_long_edge))
@@ -403,8 +407,8 @@ def _process_valid(
     return ProcessedPhoto(
         width=width,
         height=height,
-        alert_jpeg=_encode(alert, settings.alert_quality, settings),
-        thumb_jpeg=_encode(thumb, settings.thumb_quality, settings),
+        alert_jpeg=_encode(alert, settings.alert_quality, settings.optimize_alert, settings.progressive),
+        thumb_jpeg=_encode(thumb, settings.thumb_quality, True, settings.progressive),
     )
 
 
