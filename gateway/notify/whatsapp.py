@@ -1,0 +1,121 @@
+"""WhatsApp alert sink: forwards each alert to the WhatsApp child and reports how it went.
+
+Implements `gateway.notify.base.Notifier`. The outbox calls `send(alert)` once
+per (alert, recipient); this module turns the alert into a JID plus photo bytes
+and caption (a pure function, `build_message`), applies the global and
+per-recipient rate limits (answering `retry_after_s` when limited), and hands
+the message to the supervisor, which waits for the child's confirmation. It
+never raises: every problem becomes a failed `SendResult` and the outbox retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.notify.base import Alert, RateLimit, SendResult
+from gateway.whatsapp.addresses import BadRecipient, to_jid
+from gateway.whatsapp.ratelimit import SendLimiter
+from gateway.whatsapp.settings import WhatsAppSettings
+from gateway.whatsapp.supervisor import SendOutcome
+from gateway.whatsapp.texts import alert_text
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGE_BYTES = 16 * 1024 * 1024  # WhatsApp's own limit for images
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    to: str  # JID
+    text: str  # caption when `image` is set
+    image: bytes | None
+
+
+def build_message(alert: Alert, language: str = "en") -> OutgoingMessage:
+    """Alert -> what WhatsApp gets: a photo with caption, or text alone when there is no photo.
+
+    Raises `BadRecipient` for an address that can never work and `OSError` when the
+    photo cannot be read (the outbox retries: the photo may be on a slow disk).
+    """
+    jid = to_jid(alert.recipient)
+    text = alert.caption.strip() or alert_text(alert, language)
+    image = None
+    if alert.photo_path is not None:
+        path = Path(alert.photo_path)
+        size = path.stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            log.warning(
+                "alert %s: photo %s is %d bytes, over WhatsApp's limit; sending text only",
+                alert.id,
+                path,
+                size,
+            )
+        else:
+            image = path.read_bytes()
+    return OutgoingMessage(to=jid, text=text, image=image)
+
+
+class WhatsAppNotifier:
+    """The `whatsapp` notifier the outbox sends through."""
+
+    name = "whatsapp"
+
+    def __init__(self, settings: WhatsAppSettings, sender) -> None:
+        """`sender` is the `WhatsAppSupervisor` (anything with `send(to, text, image) -> SendOutcome`)."""
+        self.settings = settings
+        self.sender = sender
+        self.rate_limit = RateLimit(
+            per_recipient=(settings.rate_per_minute, 60.0) if settings.rate_per_minute > 0 else None,
+            overall=(settings.rate_per_minute_overall, 60.0)
+            if settings.rate_per_minute_overall > 0
+            else None,
+        )
+        self.limiter = SendLimiter(self.rate_limit.per_recipient, self.rate_limit.overall)
+        self.language = settings.language  # the outbox renders captions in this language
+        self.counters = {"sent": 0, "failed": 0, "rate_limited": 0, "bad_recipient": 0}
+
+    def recipients(self, device: str) -> list[str]:
+        return self.settings.recipients_for(device)
+
+    def send(self, alert: Alert) -> SendResult:
+        try:
+            return self._send(alert)
+        except Exception as e:  # the contract: never raise into the outbox
+            log.exception("WhatsApp send of alert %s failed unexpectedly", alert.id)
+            self.counters["failed"] += 1
+            return SendResult(ok=False, error=f"{type(e).__name__}: {e}")
+
+    def _send(self, alert: Alert) -> SendResult:
+        try:
+            msg = build_message(alert, self.settings.language)
+        except BadRecipient as e:
+            self.counters["bad_recipient"] += 1
+            return SendResult(ok=False, error=str(e), permanent=True)
+        except OSError as e:
+            self.counters["failed"] += 1
+            return SendResult(ok=False, error=f"cannot read the alert photo: {e}")
+        wait = self.limiter.try_acquire(msg.to)
+        if wait > 0:
+            self.counters["rate_limited"] += 1
+            return SendResult(
+                ok=False,
+                error=f"rate limited: next send to {alert.recipient} in {wait:.0f} s",
+                retry_after_s=wait,
+            )
+        out: SendOutcome = self.sender.send(msg.to, msg.text, msg.image)
+        if out.ok:
+            self.counters["sent"] += 1
+            return SendResult(ok=True)
+        self.counters["failed"] += 1
+        return SendResult(
+            ok=False,
+            error=out.error or "send failed",
+            retry_after_s=out.retry_after_s,
+            permanent=out.permanent,
+        )
+
+    def close(self) -> None:
+        # The supervisor is owned by the WhatsApp component, which stops it.
+        pass

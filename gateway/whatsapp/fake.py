@@ -1,0 +1,194 @@
+"""A file-driven stand-in for WhatsApp's servers, behind the same `Transport` seam as neonize.
+
+Selected with `whatsapp.transport = "fake"` and `whatsapp.fake_dir`. It runs inside
+the real child process, so tests exercise the real spawn, pipe, lock, supervisor
+and restart code; only WhatsApp itself is simulated. The folder is the "server":
+
+- `script.json` (optional): `paired_as`, `connect_error`, `qr_codes`, `qr_interval_s`,
+  `send_error`, `send_error_permanent`.
+- `inbox/*.json`: events to deliver, in file-name order, each `{"kind": ...}`:
+  `message` (`text`, `sender` digits, optional `chat`, `is_group`, `hide_phone`), `scan`
+  (the user scanned the QR), `stream_replaced`, `logged_out`, `temporary_ban`
+  (`expire_s`), `client_outdated`, `disconnected`, `connected`, `connect_failure`
+  (`code`, `detail`), `drop` (connection ends), `crash` (abort the process, as a Go panic does).
+- `hold`: while it exists, sends block (to kill the child mid-send).
+- written by the fake: `sending.jsonl` (a send started), `sent.jsonl` (a send
+  completed, fsync'd), `pair_requests.jsonl`, `logouts.jsonl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.whatsapp.addresses import USER_SERVER
+from gateway.whatsapp.transport import EventSink, IncomingMessage, Transport, TransportError, TransportEvent
+
+SESSION_NAME = "fake-session.json"
+HOLD_MAX_S = 60.0
+
+
+def _append_jsonl(path: Path, rec: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class FakeTransport(Transport):
+    name = "fake"
+
+    def __init__(self, fake_dir: Path | str, session_dir: Path | str) -> None:
+        self.dir = Path(fake_dir)
+        self.inbox = self.dir / "inbox"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.session_file = Path(session_dir) / SESSION_NAME
+        self._stop = threading.Event()
+        self._connected = False
+        self._seq = 0
+
+    def _script(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.dir / "script.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def is_paired(self) -> bool:
+        return self.session_file.exists()
+
+    def _pair(self, sink: EventSink) -> None:
+        jid = f"{self._script().get('paired_as', '6281100000000')}@{USER_SERVER}"
+        tmp = self.session_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"jid": jid}))
+        os.replace(tmp, self.session_file)
+        sink(TransportEvent(kind="paired", jid=jid))
+        self._connected = True
+        sink(TransportEvent(kind="connected", jid=jid))
+
+    def _me(self) -> str:
+        try:
+            return json.loads(self.session_file.read_text())["jid"]
+        except (OSError, ValueError, KeyError):
+            return ""
+
+    def connect(self, sink: EventSink) -> None:
+        self._stop.clear()
+        script = self._script()
+        if script.get("connect_error"):
+            raise TransportError(str(script["connect_error"]))
+        codes = list(script.get("qr_codes") or ["2@fake-qr-1", "2@fake-qr-2", "2@fake-qr-3"])
+        interval = float(script.get("qr_interval_s", 0.3))
+        next_qr = 0.0
+        if self.is_paired():
+            self._connected = True
+            sink(TransportEvent(kind="connected", jid=self._me()))
+        try:
+            while not self._stop.is_set():
+                if not self.is_paired() and codes and time.monotonic() >= next_qr:
+                    sink(TransportEvent(kind="qr", code=codes.pop(0)))
+                    next_qr = time.monotonic() + interval
+                if self._deliver_inbox(sink) == "drop":
+                    return
+                self._stop.wait(0.05)
+        finally:
+            self._connected = False
+
+    def _deliver_inbox(self, sink: EventSink) -> str | None:
+        for path in sorted(self.inbox.glob("*.json")):
+            try:
+                ev = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # still being written (writers rename into place, so this is rare)
+            path.unlink(missing_ok=True)
+            kind = ev.get("kind")
+            if kind == "crash":
+                os.abort()  # what a Go panic does to the process
+            if kind == "drop":
+                return "drop"
+            if kind == "scan":
+                if not self.is_paired():
+                    self._pair(sink)
+                continue
+            if kind == "message":
+                sink(TransportEvent(kind="message", message=self._message(ev)))
+                continue
+            if kind == "connected":
+                self._connected = True
+                sink(TransportEvent(kind="connected", jid=self._me()))
+                continue
+            if kind in ("disconnected", "stream_replaced", "logged_out", "client_outdated"):
+                self._connected = False
+            sink(
+                TransportEvent(
+                    kind=str(kind),
+                    code=str(ev.get("code", "")),
+                    detail=str(ev.get("detail", "")),
+                    expire_s=float(ev.get("expire_s", 0)),
+                )
+            )
+        return None
+
+    def _message(self, ev: dict[str, Any]) -> IncomingMessage:
+        self._seq += 1
+        sender_digits = str(ev.get("sender", ""))
+        hidden = bool(ev.get("hide_phone"))
+        sender = (
+            f"{sender_digits}@{USER_SERVER}"
+            if not hidden
+            else f"{int(hashlib.sha1(sender_digits.encode()).hexdigest()[:11], 16)}@lid"
+        )
+        is_group = bool(ev.get("is_group"))
+        chat = str(ev.get("chat") or (sender if not is_group else "120363000000000000@g.us"))
+        return IncomingMessage(
+            id=str(ev.get("id") or f"FAKEIN{os.getpid()}{self._seq:06d}"),
+            chat=chat,
+            sender=sender,
+            sender_phone="" if hidden else sender_digits,
+            text=str(ev.get("text", "")),
+            ts=float(ev.get("ts") or time.time()),
+            is_group=is_group,
+            push_name=str(ev.get("push_name", "")),
+        )
+
+    def send(self, to: str, text: str, image: bytes | None = None) -> str:
+        if not self._connected:
+            raise TransportError("not connected")
+        rec: dict[str, Any] = {
+            "to": to,
+            "text": text,
+            "image_sha256": hashlib.sha256(image).hexdigest() if image else None,
+            "image_bytes": len(image) if image else 0,
+            "pid": os.getpid(),
+        }
+        _append_jsonl(self.dir / "sending.jsonl", {**rec, "ts": time.time()})
+        deadline = time.monotonic() + HOLD_MAX_S
+        while (self.dir / "hold").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        script = self._script()
+        if script.get("send_error"):
+            raise TransportError(
+                str(script["send_error"]), permanent=bool(script.get("send_error_permanent"))
+            )
+        self._seq += 1
+        mid = f"FAKE{os.getpid()}{self._seq:06d}"
+        _append_jsonl(self.dir / "sent.jsonl", {**rec, "id": mid, "ts": time.time()})
+        return mid
+
+    def pair_phone(self, phone_digits: str) -> str:
+        _append_jsonl(self.dir / "pair_requests.jsonl", {"phone": phone_digits, "ts": time.time()})
+        return "FAKE-C0DE"
+
+    def logout(self) -> None:
+        _append_jsonl(self.dir / "logouts.jsonl", {"jid": self._me(), "ts": time.time()})
+        self.forget_session()
+
+    def forget_session(self) -> None:
+        self.session_file.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,67 @@
+"""Sliding-window send limits, overall and per recipient (WhatsApp bans numbers that send in bursts)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class SlidingWindow:
+    """At most `count` events in any `per_s`-second window."""
+
+    def __init__(self, count: int, per_s: float) -> None:
+        if count < 1 or per_s <= 0:
+            raise ValueError("a rate limit needs count >= 1 and per_s > 0")
+        self.count = count
+        self.per_s = per_s
+        self._times: deque[float] = deque()
+
+    def wait_s(self, now: float) -> float:
+        """0 if an event may happen now, else seconds until one may."""
+        while self._times and now - self._times[0] >= self.per_s:
+            self._times.popleft()
+        if len(self._times) < self.count:
+            return 0.0
+        return self._times[0] + self.per_s - now
+
+    def record(self, now: float) -> None:
+        self._times.append(now)
+
+
+class SendLimiter:
+    """The overall window and one window per recipient; `try_acquire` books a slot in both or neither."""
+
+    def __init__(
+        self,
+        per_recipient: tuple[int, float] | None,
+        overall: tuple[int, float] | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_recipient = per_recipient
+        self._overall = SlidingWindow(*overall) if overall else None
+        self._by_recipient: dict[str, SlidingWindow] = {}
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.limited = 0  # how many sends were held back
+
+    def try_acquire(self, recipient: str) -> float:
+        """0.0 when the send may go now (and it is counted), else seconds to wait before retrying."""
+        with self._lock:
+            now = self._clock()
+            windows = []
+            if self._overall is not None:
+                windows.append(self._overall)
+            if self.per_recipient is not None:
+                w = self._by_recipient.get(recipient)
+                if w is None:
+                    w = self._by_recipient[recipient] = SlidingWindow(*self.per_recipient)
+                windows.append(w)
+            wait = max((w.wait_s(now) for w in windows), default=0.0)
+            if wait > 0:
+                self.limited += 1
+                return wait
+            for w in windows:
+                w.record(now)
+            return 0.0

@@ -1,0 +1,74 @@
+"""WhatsApp settings as the child, supervisor, notifier and command handler use them.
+
+Built from the `[whatsapp]` section of the gateway config (`gateway.config.WhatsAppConfig`)
+plus the data folder; a plain picklable dataclass because it crosses into the
+`spawn`ed child process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TRANSPORTS = ("neonize", "fake")
+
+
+@dataclass
+class WhatsAppSettings:
+    session_dir: Path  # <data>/whatsapp: neonize's SQLite session, the lock, state.json, the Go log
+    enabled: bool = True
+    language: str = "en"  # en | id: alerts, replies and help
+    recipients: list[str] = field(default_factory=list)  # "+62...", "62...@s.whatsapp.net" or "...@g.us"
+    recipients_by_box: dict[str, list[str]] = field(default_factory=dict)  # per-box override of `recipients`
+    allow: list[str] = field(default_factory=list)  # numbers allowed to send commands; empty = nobody
+    rate_per_minute: int = 10  # per recipient
+    rate_per_minute_overall: int = 20
+    commands_per_minute: int = 6  # per sender, so a chatty user cannot make the gateway burst
+    transport: str = "neonize"  # "fake" = file-driven stand-in for WhatsApp (tests, demos)
+    fake_dir: Path | None = None  # the fake transport's "WhatsApp server" folder
+    send_timeout_s: float = 90.0  # upload + send; no confirmation by then = failed (the outbox retries)
+    snapshot_timeout_s: float = 45.0  # `photo` command: how long to wait for the box's snapshot
+    restart_backoff_s: tuple[float, float] = (1.0, 300.0)  # child crash restarts: first, max
+    reconnect_backoff_s: tuple[float, float] = (2.0, 300.0)  # "cannot reach WhatsApp" retries: first, max
+    stable_after_s: float = 60.0  # a child that ran this long resets the restart backoff
+    qr_round_s: float = 75.0  # no new QR code for this long while pairing = start a new round
+
+    @property
+    def session_db(self) -> Path:
+        return self.session_dir / "neonize.sqlite3"
+
+    @property
+    def state_file(self) -> Path:
+        return self.session_dir / "state.json"
+
+    def recipients_for(self, device: str) -> list[str]:
+        """Per-box override when configured, else the global list."""
+        override = self.recipients_by_box.get(device)
+        return list(override) if override else list(self.recipients)
+
+
+def settings_from_config(wa: Any, data_dir: Path | str) -> WhatsAppSettings:
+    """From `gateway.config.WhatsAppConfig` (or anything with the same attributes) and the data folder.
+
+    Unknown or missing attributes fall back to the defaults above, so the config
+    section can grow without breaking this.
+    """
+    defaults = WhatsAppSettings(session_dir=Path(data_dir) / "whatsapp")
+    session_dir = getattr(wa, "session_dir", None) or defaults.session_dir
+    fake_dir = getattr(wa, "fake_dir", None)
+    return WhatsAppSettings(
+        session_dir=Path(session_dir),
+        enabled=bool(getattr(wa, "enabled", False)),
+        language=getattr(wa, "language", defaults.language) or "en",
+        recipients=list(getattr(wa, "recipients", []) or []),
+        recipients_by_box={k: list(v) for k, v in (getattr(wa, "recipients_by_box", {}) or {}).items()},
+        allow=list(getattr(wa, "allow", []) or []),
+        rate_per_minute=int(getattr(wa, "rate_per_minute", defaults.rate_per_minute)),
+        rate_per_minute_overall=int(getattr(wa, "rate_per_minute_overall", defaults.rate_per_minute_overall)),
+        commands_per_minute=int(getattr(wa, "commands_per_minute", defaults.commands_per_minute)),
+        transport=getattr(wa, "transport", defaults.transport) or "neonize",
+        fake_dir=Path(fake_dir) if fake_dir else None,
+        send_timeout_s=float(getattr(wa, "send_timeout_s", defaults.send_timeout_s)),
+        snapshot_timeout_s=float(getattr(wa, "snapshot_timeout_s", defaults.snapshot_timeout_s)),
+    )

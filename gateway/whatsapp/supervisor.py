@@ -1,0 +1,398 @@
+"""Runs the WhatsApp child process, restarts it with backoff, and relays sends, state and messages.
+
+The gateway (ingest, store, dashboard) never imports neonize: a Go panic takes
+down only the child (SIGABRT), and this supervisor starts a new one after an
+exponential backoff while everything else keeps running. A send in flight when
+the child dies is answered with a failed `SendOutcome`, so the outbox keeps the
+alert pending and retries it: nothing is dropped silently.
+
+The gateway reads the current pairing/link state with `state()` (the dashboard
+shows it, QR included) and receives each change on the bus as
+`bus.WHATSAPP_STATE`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import bus as bus_topics
+from gateway.bus import Bus
+from gateway.ports import WhatsAppState
+from gateway.whatsapp.child import child_main, seconds
+from gateway.whatsapp.settings import WhatsAppSettings
+from gateway.whatsapp.transport import IncomingMessage
+
+log = logging.getLogger(__name__)
+
+_NO_BYE = object()
+STOP_GRACE_S = 10.0
+# States after which restarting cannot help until a person acts.
+FINAL_STATES = ("stream_replaced", "outdated", "not_installed")
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    ok: bool
+    error: str | None = None
+    retry_after_s: float | None = None
+    permanent: bool = False
+    message_id: str | None = None
+
+
+class _Pending:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.outcome: SendOutcome | None = None
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (a Go panic inside neonize aborts the process)" if -code == signal.SIGABRT else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+class WhatsAppSupervisor:
+    """Owns the WhatsApp child process for the gateway (`mode="run"`) or for `parcelbox whatsapp pair|unlink`."""
+
+    def __init__(
+        self,
+        settings: WhatsAppSettings,
+        *,
+        bus: Bus | None = None,
+        mode: str = "run",
+        phone: str | None = None,
+        on_state: Callable[[WhatsAppState], None] | None = None,
+        on_message: Callable[[IncomingMessage], None] | None = None,
+        restart: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.mode = mode
+        self.phone = phone
+        self.on_state = on_state
+        self.on_message = on_message
+        self.restart_enabled = restart and mode == "run"
+        self._ctx = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._conn_lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._state: dict[str, Any] = {
+            "state": "starting",
+            "detail": "Starting the WhatsApp process.",
+            "paired_as": None,
+            "qr": None,
+            "pair_code": None,
+            "updated_at": time.time(),
+        }
+        self._pending: dict[str, _Pending] = {}
+        self._conn: Any = None
+        self._proc: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_start_at: float | None = None
+        self.finished = threading.Event()  # set when no further child will be started
+        self.restarts = 0
+        self.crashes = 0
+        self.last_exit: str | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self.finished.clear()
+        self._thread = threading.Thread(target=self._run, name="whatsapp-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = STOP_GRACE_S + 5) -> None:
+        """Ask the child to stop (it releases the session lock), kill it if it does not."""
+        self._stop.set()
+        self._request({"op": "stop"})
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    close = stop
+
+    def restart(self) -> None:
+        """Start again after a final state (e.g. after the user dealt with 'stream replaced')."""
+        self.stop()
+        self.start()
+
+    def state(self) -> WhatsAppState:
+        with self._lock:
+            return dict(self._state)  # type: ignore[return-value]
+
+    def child_pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.is_alive() else None
+
+    def wait_for(self, predicate: Callable[[WhatsAppState], bool], timeout: float) -> WhatsAppState | None:
+        """Block until `predicate(state)` holds (returns that state) or `timeout` passes (returns None)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                st = dict(self._state)
+                if predicate(st):  # type: ignore[arg-type]
+                    return st  # type: ignore[return-value]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(min(left, 0.5))
+
+    def pair_phone(self, phone_digits: str) -> None:
+        self.phone = phone_digits
+        self._request({"op": "pair_phone", "phone": phone_digits})
+
+    def send(
+        self, to: str, text: str, image: bytes | None = None, timeout: float | None = None
+    ) -> SendOutcome:
+        """Send through the child and wait for its confirmation. Never raises."""
+        timeout = self.settings.send_timeout_s if timeout is None else timeout
+        conn, proc = self._conn, self._proc
+        if conn is None or proc is None or not proc.is_alive():
+            st = self.state()
+            return SendOutcome(
+                ok=False,
+                error=f"WhatsApp process is not running ({st.get('state')}: {st.get('detail', '')})",
+                retry_after_s=self._retry_hint(),
+            )
+        req_id = uuid.uuid4().hex
+        pending = _Pending()
+        with self._lock:
+            self._pending[req_id] = pending
+        try:
+            with self._conn_lock:
+                conn.send({"op": "send", "id": req_id, "to": to, "text": text, "image": image})
+        except Exception as e:
+            with self._lock:
+                self._pending.pop(req_id, None)
+            return SendOutcome(ok=False, error=f"could not hand the message to the WhatsApp process: {e}")
+        if not pending.event.wait(timeout):
+            with self._lock:
+                self._pending.pop(req_id, None)
+            return SendOutcome(
+                ok=False,
+                error=f"WhatsApp did not confirm the send within {timeout:.0f} s (it may still arrive)",
+            )
+        assert pending.outcome is not None
+        return pending.outcome
+
+    # -- internals ----------------------------------------------------------------------------
+    def _retry_hint(self) -> float | None:
+        if self._next_start_at is not None:
+            return max(self._next_start_at - time.monotonic(), 0.0) + 5.0
+        return None
+
+    def _request(self, msg: dict[str, Any]) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            if not self._conn_lock.acquire(timeout=5):
+                return False
+            try:
+                conn.send(msg)
+            finally:
+                self._conn_lock.release()
+            return True
+        except Exception:
+            return False
+
+    def _set_state(self, new: dict[str, Any]) -> None:
+        with self._changed:
+            merged = {**self._state, **new}
+            if merged.get("state") != "pairing":
+                merged["qr"] = None
+                merged["pair_code"] = None
+            merged.setdefault("updated_at", time.time())
+            changed = {k: v for k, v in merged.items() if k != "updated_at"} != {
+                k: v for k, v in self._state.items() if k != "updated_at"
+            }
+            self._state = merged
+            self._changed.notify_all()
+            snapshot = dict(merged)
+        if not changed:
+            return
+        self._write_state_file(snapshot)
+        if self.bus is not None:
+            self.bus.publish(bus_topics.WHATSAPP_STATE, snapshot)
+        if self.on_state is not None:
+            try:
+                self.on_state(snapshot)  # type: ignore[arg-type]
+            except Exception:
+                log.exception("WhatsApp state callback failed")
+
+    def _write_state_file(self, st: dict[str, Any]) -> None:
+        # For `parcelbox whatsapp status` from another process; the QR is short-lived, keep it out.
+        if self.mode != "run":
+            return
+        path = self.settings.state_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            data = {k: v for k, v in st.items() if k not in ("qr", "pair_code")}
+            data["supervisor_pid"] = os.getpid()
+            tmp.write_text(json.dumps(data, indent=1, default=str))
+            os.replace(tmp, path)
+        except OSError:
+            log.warning("could not write %s", path, exc_info=True)
+
+    def _fail_pending(self, why: str) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for p in pending.values():
+            p.outcome = SendOutcome(ok=False, error=why)
+            p.event.set()
+
+    def _handle(self, msg: dict[str, Any]) -> Any:
+        t = msg.get("t")
+        if t == "state":
+            self._set_state({k: v for k, v in msg.items() if k != "t"})
+        elif t == "sent":
+            with self._lock:
+                p = self._pending.pop(str(msg.get("id")), None)
+            if p is not None:
+                p.outcome = SendOutcome(
+                    ok=bool(msg.get("ok")),
+                    error=msg.get("error"),
+                    retry_after_s=msg.get("retry_after_s"),
+                    permanent=bool(msg.get("permanent")),
+                    message_id=msg.get("message_id"),
+                )
+                p.event.set()
+        elif t == "message":
+            if self.on_message is not None:
+                try:
+                    self.on_message(IncomingMessage.from_dict(msg["msg"]))
+                except Exception:
+                    log.exception("WhatsApp message handler failed")
+        elif t == "bye":
+            return msg.get("restart_in_s")
+        elif t == "hello":
+            log.info(
+                "WhatsApp process %s started (%s transport, %s)",
+                msg.get("pid"),
+                msg.get("transport"),
+                msg.get("mode"),
+            )
+        return _NO_BYE
+
+    def _run_child_once(self) -> tuple[Any, int | None]:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=child_main,
+            args=(child_conn, self.settings, self.mode, self.phone),
+            name="parcelbox-whatsapp",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        self._conn, self._proc = parent_conn, proc
+        self._next_start_at = None
+        bye: Any = _NO_BYE
+        stop_deadline: float | None = None
+        try:
+            while True:
+                if self._stop.is_set() and stop_deadline is None:
+                    self._request({"op": "stop"})
+                    stop_deadline = time.monotonic() + STOP_GRACE_S
+                try:
+                    if parent_conn.poll(0.2):
+                        r = self._handle(parent_conn.recv())
+                        if r is not _NO_BYE:
+                            bye = r
+                        continue
+                except (EOFError, OSError):
+                    break
+                if not proc.is_alive():
+                    # Drain what it said before it died (its last state and any confirmations).
+                    try:
+                        while parent_conn.poll(0):
+                            r = self._handle(parent_conn.recv())
+                            if r is not _NO_BYE:
+                                bye = r
+                    except (EOFError, OSError):
+                        pass
+                    break
+                if stop_deadline is not None and time.monotonic() > stop_deadline:
+                    log.warning("WhatsApp process %s did not stop in time; killing it", proc.pid)
+                    proc.kill()
+                    stop_deadline = time.monotonic() + STOP_GRACE_S
+        finally:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+            self._conn = None
+            parent_conn.close()
+            code = proc.exitcode
+            self._fail_pending(f"the WhatsApp process {_describe_exit(code)} before confirming the send")
+        return bye, code
+
+    def _run(self) -> None:
+        first, cap = self.settings.restart_backoff_s
+        delay = first
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    bye, code = self._run_child_once()
+                except Exception as e:  # could not even spawn: report, back off, try again
+                    log.exception("starting the WhatsApp process failed")
+                    bye, code = _NO_BYE, None
+                    self._set_state({"state": "error", "detail": f"cannot start the WhatsApp process: {e}"})
+                self.last_exit = _describe_exit(code)
+                if self._stop.is_set():
+                    break
+                if time.monotonic() - started > self.settings.stable_after_s:
+                    delay = first
+                if bye is _NO_BYE:
+                    # Died without saying goodbye: a crash (Go panic, OOM kill, SIGKILL).
+                    self.crashes += 1
+                    wait = delay
+                    delay = min(delay * 2, cap)
+                    log.error("WhatsApp process %s; restarting in %s s", self.last_exit, seconds(wait))
+                    if not self.restart_enabled:
+                        self._set_state(
+                            {"state": "error", "detail": f"The WhatsApp process {self.last_exit}."}
+                        )
+                        break
+                    self._set_state(
+                        {
+                            "state": "error",
+                            "detail": f"The WhatsApp process {self.last_exit}; restarting in {seconds(wait)} s. "
+                            "Alerts wait in the outbox meanwhile.",
+                        }
+                    )
+                elif bye is None or not self.restart_enabled or self.state().get("state") in FINAL_STATES:
+                    break  # it ended for a reason a restart cannot fix; the state says what to do
+                else:
+                    wait = float(bye)
+                self._next_start_at = time.monotonic() + wait
+                if self._stop.wait(wait):
+                    break
+                self.restarts += 1
+        finally:
+            self._next_start_at = None
+            self.finished.set()
+            with self._changed:
+                self._changed.notify_all()

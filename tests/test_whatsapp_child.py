@@ -1,0 +1,254 @@
+"""The real WhatsApp child process (spawned), driven through the fake transport.
+
+Everything but WhatsApp's servers is real here: spawn, the pipe protocol, the
+session lock, the supervisor's restarts, the notifier's results.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from gateway.bus import WHATSAPP_STATE, Bus
+from gateway.notify.base import Alert
+from gateway.notify.whatsapp import WhatsAppNotifier
+from tests.support.whatsapp import FakeWhatsApp, fake_settings, pair_fake, running, wait_state, wait_until
+
+TO = "628123456789@s.whatsapp.net"
+
+
+def _alert(i: int, recipient: str = "+62 812-3456-789", photo: Path | None = None) -> Alert:
+    return Alert(
+        id=f"alert-{i:04d}",
+        kind="delivery",
+        device="box1",
+        device_name="Front gate",
+        event_ids=(f"ev{i:06d}",),
+        ts=1_795_000_000.0 + i,
+        caption=f"Package {i} delivered to Front gate.",
+        recipient=recipient,
+        photo_path=photo,
+    )
+
+
+def test_pairing_by_qr_then_connected_and_state_on_the_bus(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    bus = Bus()
+    seen: list[dict] = []
+    bus.subscribe(lambda _t, d: seen.append(d), WHATSAPP_STATE)
+    with running(settings, bus=bus) as sup:
+        st = wait_state(sup, "pairing")
+        assert st["qr"].startswith("2@fake-qr-")
+        assert "Linked devices" in st["detail"]
+        # The QR rotates: a later code replaces the first.
+        wait_state(sup, lambda s: s.get("qr") not in (None, st["qr"]))
+        fake.inject("scan")
+        st = wait_state(sup, "connected")
+        assert st["paired_as"] == "6281100000000" and st["qr"] is None
+    states = [d["state"] for d in seen]
+    assert states[0] == "not_paired" and "pairing" in states and states[-1] == "connected"
+    assert (settings.session_dir / "state.json").exists()
+
+
+def test_send_photo_and_text_are_confirmed(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0fake jpeg bytes\xff\xd9")
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        n = WhatsAppNotifier(settings, sup)
+        assert n.send(_alert(1, photo=photo)).ok
+        assert n.send(_alert(2, recipient="120363012345678901@g.us")).ok
+    sent = fake.sent()
+    assert [s["to"] for s in sent] == [TO, "120363012345678901@g.us"]
+    assert (
+        sent[0]["text"] == "Package 1 delivered to Front gate."
+        and sent[0]["image_bytes"] == photo.stat().st_size
+    )
+    assert sent[1]["image_bytes"] == 0
+
+
+def test_sigkill_mid_send_fails_the_send_and_the_retry_after_restart_succeeds(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        n = WhatsAppNotifier(settings, sup)
+        first_pid = sup.child_pid()
+        results: list = []
+        with fake.hold():
+            t = threading.Thread(target=lambda: results.append(n.send(_alert(1))))
+            t.start()
+            wait_until(lambda: fake.sending(), what="the send to start in the child")
+            os.kill(first_pid, signal.SIGKILL)
+            t.join(30)
+        assert results and not results[0].ok, results
+        assert "killed by SIGKILL" in results[0].error
+        assert fake.sent() == []  # it never went out, and the outbox was told so
+        wait_state(sup, lambda s: s.get("state") == "connected" and sup.child_pid() not in (None, first_pid))
+        assert n.send(_alert(1)).ok  # the outbox's retry
+        assert sup.crashes == 1 and sup.restarts == 1
+    assert [s["text"] for s in fake.sent()] == ["Package 1 delivered to Front gate."]
+
+
+def test_stream_of_alerts_survives_kills_nothing_lost(tmp_path: Path) -> None:
+    """An outbox-like loop (retry until confirmed) over 30 alerts while the child is SIGKILLed twice."""
+    settings = fake_settings(tmp_path, rate_per_minute=1000, rate_per_minute_overall=1000)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        n = WhatsAppNotifier(settings, sup)
+        pending = [_alert(i) for i in range(30)]
+        failures = 0
+        kills = {8, 19}
+        attempts = 0
+        while pending and attempts < 500:
+            attempts += 1
+            a = pending[0]
+            if int(a.id[-4:]) in kills and sup.child_pid():
+                kills.discard(int(a.id[-4:]))
+                os.kill(sup.child_pid(), signal.SIGKILL)
+            r = n.send(a)
+            if r.ok:
+                pending.pop(0)
+            else:
+                failures += 1
+                time.sleep(0.1)
+        assert pending == []
+        assert failures >= 2 and sup.crashes == 2
+    texts = [s["text"] for s in fake.sent()]
+    assert sorted(set(texts)) == sorted(f"Package {i} delivered to Front gate." for i in range(30))
+    assert len(texts) == 30  # no send was in flight at the kills, so no duplicates either
+
+
+def test_go_panic_sigabrt_restarts_with_backoff(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        pid = sup.child_pid()
+        fake.inject("crash")  # the fake calls os.abort(), as a Go panic does
+        st = wait_state(sup, "error")
+        assert "SIGABRT" in st["detail"] and "restarting" in st["detail"]
+        wait_state(sup, lambda s: s.get("state") == "connected" and sup.child_pid() not in (None, pid))
+        assert sup.crashes == 1
+
+
+def test_stream_replaced_stops_without_reconnecting(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        fake.inject("stream_replaced")
+        st = wait_state(sup, "stream_replaced")
+        assert "NOT reconnecting" in st["detail"]
+        assert sup.finished.wait(15), "the supervisor kept restarting after stream replaced"
+        assert sup.restarts == 0 and sup.child_pid() is None
+        r = WhatsAppNotifier(settings, sup).send(_alert(1))
+        assert not r.ok and "stream_replaced" in r.error
+    assert fake.sent() == []
+
+
+def test_logged_out_means_not_paired_with_instructions_then_pairing_again(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        fake.inject("logged_out", code="LOGGED_OUT")
+        st = wait_state(sup, lambda s: s.get("state") == "not_paired" and "Logged out" in s.get("detail", ""))
+        assert "parcelbox whatsapp pair" in st["detail"] and st["paired_as"] is None
+        # The dead session is deleted and a new child offers a fresh QR.
+        st = wait_state(sup, "pairing")
+        assert not (settings.session_dir / "fake-session.json").exists()
+        assert sup.restarts == 1 and sup.crashes == 0
+
+
+def test_temporary_ban_waits_until_it_expires(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        before = time.time()
+        fake.inject("temporary_ban", code="SEND_TO_TOO_MANY_PEOPLE", expire_s=3600)
+        st = wait_state(sup, "banned")
+        assert st["retry_at"] >= before + 3600 and "SEND_TO_TOO_MANY_PEOPLE" in st["detail"]
+        r = WhatsAppNotifier(settings, sup).send(_alert(1))
+        assert not r.ok and r.retry_after_s is not None and r.retry_after_s > 3000
+        # It waits for the ban rather than hammering WhatsApp: no restart yet.
+        assert not sup.finished.is_set() and sup.restarts == 0
+
+
+def test_client_outdated_says_upgrade_neonize_and_stops(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        fake.inject("client_outdated")
+        st = wait_state(sup, "outdated")
+        assert "upgrade neonize" in st["detail"]
+        assert sup.finished.wait(15) and sup.restarts == 0
+
+
+def test_cannot_reach_whatsapp_retries_with_backoff_and_reports_it(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    fake.script(connect_error="dial tcp: lookup web.whatsapp.com: no such host")
+    pair_fake(settings)
+    with running(settings) as sup:
+        delays = []
+        for _ in range(3):
+            st = wait_state(
+                sup,
+                lambda s: "Cannot reach WhatsApp" in s.get("detail", "") and s.get("retry_at") not in delays,
+            )
+            delays.append(st["retry_at"])
+            assert st["state"] == "disconnected"
+        r = WhatsAppNotifier(settings, sup).send(_alert(1))
+        assert not r.ok and "not connected" in r.error and r.retry_after_s is not None
+        fake.script(connect_error=None)
+        wait_state(sup, "connected")
+        assert sup.crashes == 0  # retried inside the child, which kept the session lock
+        assert WhatsAppNotifier(settings, sup).send(_alert(1)).ok
+
+
+def test_rate_limit_through_the_real_child(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path, rate_per_minute=2, rate_per_minute_overall=3)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        n = WhatsAppNotifier(settings, sup)
+        r = [n.send(_alert(i, recipient="+628111111111")) for i in range(3)]
+        assert [x.ok for x in r] == [True, True, False]
+        assert (
+            r[2].retry_after_s is not None and 0 < r[2].retry_after_s <= 60 and "rate limited" in r[2].error
+        )
+        r2 = [n.send(_alert(10 + i, recipient="+628222222222")) for i in range(2)]
+        assert [x.ok for x in r2] == [True, False]  # the overall limit (3 a minute) is reached
+        assert n.counters["rate_limited"] == 2
+    assert len(fake.sent()) == 3
+
+
+def test_a_stopped_supervisor_releases_the_session(tmp_path: Path) -> None:
+    from gateway.whatsapp.lock import SessionLock
+
+    settings = fake_settings(tmp_path)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        pid = sup.child_pid()
+        assert SessionLock(settings.session_dir).holder() == pid
+    assert SessionLock(settings.session_dir).holder() is None
