@@ -941,3 +941,58 @@ def test_bad_bus_input_and_a_failing_gateway_never_stop_the_bridge(mosquitto, po
     assert h["bus_rejected.bad_event"] == 1
     assert h["errors"] == 2
     assert h["connected"] is True
+
+
+class FakeRegistry:
+    """The two calls the bridge makes on `gateway.devices.DeviceRegistry`."""
+
+    def __init__(self, devices: set[str]) -> None:
+        self.devices = set(devices)
+        self._mtime = 1.0
+
+    def mtime(self) -> float:
+        return self._mtime
+
+    def list(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(device=x) for x in sorted(self.devices)]
+
+    def set(self, devices: set[str]) -> None:
+        self.devices = set(devices)
+        self._mtime += 1.0
+
+
+def test_device_remove_in_the_registry_clears_and_keeps_the_box_out(mosquitto, port, cfg, mirror):
+    port.add_device("box-1")
+    port.add_device("box-2")
+    registry = FakeRegistry({"box-1", "box-2"})
+    bridge = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry)
+    bridge.start()
+    try:
+        mirror.wait(
+            lambda: all_configs_present(mirror, cfg, {"box-1": False, "box-2": False}), what="configs"
+        )
+        button = d.config_topic(cfg, "button", d.box_identifier(cfg, "box-2"), "snapshot")
+        registry.set({"box-1"})  # parcelbox device remove box-2 (the store still has its history)
+        mirror.wait(lambda: mirror.payload(button) == b"", what="box-2 cleared")
+        mirror.wait(lambda: mirror.payload(d.state_topic(cfg, "box-2")) == b"", what="box-2 state cleared")
+        # Neither Home Assistant coming back nor a late status from the box brings it back.
+        port.update("box-2", rssi=-50)
+        ha = client(mosquitto.url)
+        try:
+            ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
+        finally:
+            ha.disconnect()
+            ha.loop_stop()
+        time.sleep(0.3)
+        assert bridge.wait_idle()
+        mirror._drain(0.3)
+        assert mirror.payload(button) == b""
+        assert all_configs_present(mirror, cfg, {"box-1": False})
+        # Registered again: announced again.
+        registry.set({"box-1", "box-2"})
+        mirror.wait(lambda: mirror.payload(button) != b"", what="box-2 back")
+        check_discovery(button, mirror.payload(button), cfg)
+    finally:
+        bridge.stop()

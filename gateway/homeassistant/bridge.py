@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
@@ -119,6 +119,14 @@ def clear_device(
     return len(topics)
 
 
+class RegistryLike(Protocol):
+    """What the bridge needs of `gateway.devices.DeviceRegistry`."""
+
+    def mtime(self) -> float: ...
+
+    def list(self) -> list[Any]: ...
+
+
 # --- the bridge ---------------------------------------------------------------------------------------
 
 
@@ -130,33 +138,38 @@ class HomeAssistantBridge:
     """
 
     name = "homeassistant"
+    summary: str | None = None
 
     def __init__(
         self,
         port: GatewayPort,
-        broker_url: str,
+        broker: str | Callable[[], BrokerAddress],
         cfg: HAConfig | None = None,
         *,
         username: str | None = None,
         password: str | None = None,
         client_id: str | None = None,
+        registry: RegistryLike | None = None,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`broker` is a URL, or a function returning the address at `start()` (the gateway knows its
+        managed broker's address and password only once it runs). With a device `registry`, a box
+        removed from it (`parcelbox device remove`) is cleared from Home Assistant."""
         self.port = port
         self.cfg = cfg or HAConfig()
         self.log = logger or log
         self._clock = clock
-        self._addr = parse_broker_url(broker_url, username, password)
-        # A stable client id: a restarted gateway takes over its old session, so the old connection's
-        # last will ("offline") fires before the new "online", never after it.
-        self._client = make_client(self._addr, client_id or f"parcelbox-ha-{self.cfg.gateway_id}")
-        self._client.will_set(d.gateway_availability_topic(self.cfg), d.PAYLOAD_OFFLINE, qos=1, retain=True)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.enable_logger(logging.getLogger(__name__ + ".paho"))
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        if isinstance(broker, str):
+            fixed = parse_broker_url(broker, username, password)
+            self._resolve: Callable[[], BrokerAddress] = lambda: fixed
+        else:
+            self._resolve = broker
+        self._client_id = client_id or f"parcelbox-ha-{self.cfg.gateway_id}"
+        self._client = self._new_client(BrokerAddress("127.0.0.1", 1883, False, None, None))
+        self._registry = registry
+        self._registry_seen: tuple[float, set[str]] | None = None
+        self._removed: set[str] = set()  # removed while running: not announced again from the port's list
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -170,6 +183,7 @@ class HomeAssistantBridge:
         self._images: dict[tuple[str, str], str] = {}  # (device, kind) -> event id
         self._presses: dict[str, bytes] = {}
         self._removals: set[str] = set()
+        self._restores: set[str] = set()
         # Worker-only state.
         self._published: dict[str, bytes] = {}  # topic -> payload last published this session
         self._image_sent: dict[tuple[str, str], str] = {}
@@ -184,12 +198,46 @@ class HomeAssistantBridge:
         self._unsubscribe: list[Callable[[], None]] = []
         self._worker: threading.Thread | None = None
 
+    def _new_client(self, addr: BrokerAddress) -> mqtt.Client:
+        c = make_client(addr, self._client_id)
+        # A stable client id: a restarted gateway takes over its old session, so the old connection's
+        # last will ("offline") fires before the new "online", never after it.
+        c.will_set(d.gateway_availability_topic(self.cfg), d.PAYLOAD_OFFLINE, qos=1, retain=True)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.enable_logger(logging.getLogger(__name__ + ".paho"))
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        return c
+
+    @classmethod
+    def for_service(cls, service: Any, ha: HAConfig) -> HomeAssistantBridge:
+        """The bridge as a `parcelbox run` component: the gateway's broker, login and device registry."""
+
+        def resolve() -> BrokerAddress:
+            from gateway.devices import GATEWAY_USER
+
+            broker = service.config.broker
+            if getattr(service, "broker", None) is not None:  # the gateway's own managed broker
+                return parse_broker_url(service.broker_url, GATEWAY_USER, service.broker.gateway_password)
+            return parse_broker_url(
+                service.broker_url or broker.url, broker.username or None, broker.password or None
+            )
+
+        bridge = cls(service, resolve, ha, registry=getattr(service, "registry", None))
+        bridge.summary = f"home assistant  discovery on {ha.prefix}/, states on {ha.base}/"
+        return bridge
+
     # --- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Subscribe to the bus, connect, start the worker. A broker that is down is retried in the background."""
         if self._worker is not None:
             return
+        addr = self._resolve()
+        self._client = self._new_client(addr)
+        if self._registry is not None:
+            self._registry_seen = (self._registry.mtime(), {c.device for c in self._registry.list()})
         bus = self.port.bus
         self._unsubscribe = [
             bus.subscribe(self._on_device_changed, DEVICE_CHANGED),
@@ -200,11 +248,9 @@ class HomeAssistantBridge:
         self._worker = threading.Thread(target=self._run, name="homeassistant-bridge", daemon=True)
         self._worker.start()
         try:
-            self._client.connect_async(self._addr.host, self._addr.port, keepalive=30)
+            self._client.connect_async(addr.host, addr.port, keepalive=30)
         except (OSError, ValueError) as exc:
-            self.log.warning(
-                "homeassistant: cannot reach broker %s:%s yet (%s)", self._addr.host, self._addr.port, exc
-            )
+            self.log.warning("homeassistant: cannot reach broker %s:%s yet (%s)", addr.host, addr.port, exc)
         self._client.loop_start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -255,9 +301,20 @@ class HomeAssistantBridge:
                 self._idle.wait(min(left, 0.1))
 
     def remove_device(self, device: str) -> None:
-        """Forget a box and clear it from Home Assistant (done by the worker)."""
+        """Clear a box from Home Assistant and stop announcing it (done by the worker) until
+        `restore_device` (the registry watch calls it when the box is registered again)."""
         if valid_device_id(device):
             self._mark(lambda: self._removals.add(device))
+
+    def restore_device(self, device: str) -> None:
+        """Announce a previously removed box again."""
+
+        def change() -> None:
+            self._restores.add(device)
+            self._devices[device] = None
+
+        if valid_device_id(device):
+            self._mark(change)
 
     # --- producers: bus and paho threads (record only, never block) -----------------------------------------
 
@@ -300,7 +357,9 @@ class HomeAssistantBridge:
             return
         client.publish(d.gateway_availability_topic(self.cfg), d.PAYLOAD_ONLINE, qos=1, retain=True)
         client.subscribe([(self.cfg.birth_topic, 1), (d.press_subscription(self.cfg), 1)])
-        self.log.info("homeassistant: connected to %s:%s", self._addr.host, self._addr.port)
+        self.log.info(
+            "homeassistant: connected; discovery on %s/, states on %s/", self.cfg.prefix, self.cfg.base
+        )
 
         def change() -> None:
             # The broker may have restarted without its retained messages: publish everything again.
@@ -337,6 +396,7 @@ class HomeAssistantBridge:
             or self._images
             or self._presses
             or self._removals
+            or self._restores
         )
 
     def _run(self) -> None:
@@ -347,6 +407,7 @@ class HomeAssistantBridge:
                 break
             if not self._client.is_connected() or self._clock() < self._retry_at:
                 continue
+            self._check_registry()
             with self._lock:
                 work = (
                     self._full_resync,
@@ -355,9 +416,11 @@ class HomeAssistantBridge:
                     self._images,
                     self._presses,
                     self._removals,
+                    self._restores,
                 )
                 self._full_resync = self._discovery_resync = False
-                self._devices, self._images, self._presses, self._removals = {}, {}, {}, set()
+                self._devices, self._images, self._presses = {}, {}, {}
+                self._removals, self._restores = set(), set()
                 self._busy = True
             try:
                 self._process(*work)
@@ -381,6 +444,27 @@ class HomeAssistantBridge:
         with self._idle:
             self._idle.notify_all()
 
+    def _check_registry(self) -> None:
+        """Boxes removed from the device registry (`parcelbox device remove`) leave Home Assistant."""
+        if self._registry is None or self._registry_seen is None:
+            return
+        try:
+            mtime = self._registry.mtime()
+            if mtime == self._registry_seen[0]:
+                return
+            now = {c.device for c in self._registry.list()}
+        except Exception as exc:  # a half-written or unreadable registry: try again next round
+            self._count("registry_errors")
+            self.log.warning("homeassistant: cannot read the device registry: %s", exc)
+            return
+        gone = self._registry_seen[1] - now
+        back = now - self._registry_seen[1]
+        self._registry_seen = (mtime, now)
+        for device in sorted(gone):
+            self.remove_device(device)
+        for device in sorted(back & self._removed):
+            self.restore_device(device)
+
     def _process(
         self,
         full: bool,
@@ -389,13 +473,18 @@ class HomeAssistantBridge:
         images: dict[tuple[str, str], str],
         presses: dict[str, bytes],
         removals: set[str],
+        restores: set[str],
     ) -> None:
         for device in sorted(removals):
+            self._removed.add(device)
             self._clear(device)
             devices.pop(device, None)
             presses.pop(device, None)
             for key in [k for k in images if k[0] == device]:
                 del images[key]
+        self._removed -= restores
+        for device in restores:
+            devices.setdefault(device, None)
         if full or discovery:
             records = self._list_devices()
             self._publish_gateway(force=True)
@@ -417,6 +506,9 @@ class HomeAssistantBridge:
         if devices:
             fresh: dict[str, dict[str, Any]] | None = None
             for device, rec in sorted(devices.items()):
+                if device in self._removed:
+                    self._count("skipped.removed_device")
+                    continue
                 if rec is None:
                     if fresh is None:
                         fresh = {r["device"]: dict(r) for r in self._list_devices()}
@@ -434,7 +526,12 @@ class HomeAssistantBridge:
     # --- worker helpers -----------------------------------------------------------------------------------------
 
     def _list_devices(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.port.list_devices() if valid_device_id(r.get("device"))]
+        # The gateway's store keeps the history of removed boxes; Home Assistant should not show them.
+        return [
+            dict(r)
+            for r in self.port.list_devices()
+            if valid_device_id(r.get("device")) and r["device"] not in self._removed
+        ]
 
     def _publish(self, topic: str, payload: bytes, *, force: bool, retain: bool = True) -> None:
         if not force and self._published.get(topic) == payload:

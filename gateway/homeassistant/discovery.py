@@ -76,7 +76,7 @@ class HAConfig:
                 )
         for name in ("status_topic", "state_prefix"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or PREFIX_RE.fullmatch(value) is None):
+            if value and (not isinstance(value, str) or PREFIX_RE.fullmatch(value) is None):
                 raise ValueError(
                     f"homeassistant.{name} must be a plain topic without wildcards, got {value!r}"
                 )
