@@ -65,7 +65,9 @@ def do_install_micropython(args: argparse.Namespace) -> int:
     size = image_mod.check_image(firmware)
     progress.detail(f"{size} bytes, ESP32 image, written at {hex(image_mod.ESP32_IMAGE_OFFSET)}")
     port = args.port or (None if args.dry_run else resolve_port(None))
-    commands = image_mod.esptool_commands(port or "<auto-detected port>", firmware, args.baud)
+    commands = image_mod.esptool_commands(
+        port or "<auto-detected port>", firmware, args.baud, args.connect_attempts
+    )
     if args.dry_run:
         progress.step("erase flash (dry run: not done)")
         progress.detail("esptool " + " ".join(commands[0]))
@@ -403,6 +405,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--firmware", required=True, help="MicroPython .bin for the ESP32-CAM (with camera support)"
     )
     p.add_argument("--baud", type=int, default=460800, help="esptool baud rate (default 460800)")
+    p.add_argument("--connect-attempts", type=int, help="esptool connection attempts (default: esptool's)")
     p.add_argument("--dry-run", action="store_true", help="print the plan without touching the board")
     p.set_defaults(flash_func=do_install_micropython)
 

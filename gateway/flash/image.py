@@ -31,8 +31,12 @@ def check_image(path: Path) -> int:
     return len(data)
 
 
-def esptool_commands(port: str, image: Path, baud: int) -> list[list[str]]:
+def esptool_commands(
+    port: str, image: Path, baud: int, connect_attempts: int | None = None
+) -> list[list[str]]:
     common = ["--chip", "esp32", "--port", port, "--baud", str(baud)]
+    if connect_attempts:
+        common += ["--connect-attempts", str(connect_attempts)]
     return [
         [*common, "erase-flash"],
         [*common, "write-flash", "-z", hex(ESP32_IMAGE_OFFSET), str(image)],
