@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass
 
@@ -292,11 +293,22 @@ def _decode_pillow(im: Image.Image, header: JpegHeader, m: int) -> Image.Image:
     return im
 
 
+_fonts = threading.local()
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)  # Pillow's bundled font: nothing to download
-    except (ImportError, OSError, TypeError):  # no FreeType: the small bitmap font still works
-        return ImageFont.load_default()
+    # load_default(size) decodes and parses Pillow's bundled font on every call (~2 ms); keep one per
+    # size, per thread, since a FreeType face must not be shared between threads.
+    cache: dict[int, ImageFont.ImageFont | ImageFont.FreeTypeFont] = _fonts.__dict__.setdefault("by_size", {})
+    font = cache.get(size)
+    if font is None:
+        try:
+            font = ImageFont.load_default(size=size)  # Pillow's bundled font: nothing to download
+        except (ImportError, OSError, TypeError):  # no FreeType: the small bitmap font still works
+            font = ImageFont.load_default()
+        if len(cache) < 32:
+            cache[size] = font
+    return font
 
 
 def _clean_caption(caption: str) -> str:
