@@ -996,3 +996,42 @@ def test_device_remove_in_the_registry_clears_and_keeps_the_box_out(mosquitto, p
         check_discovery(button, mirror.payload(button), cfg)
     finally:
         bridge.stop()
+
+
+def test_box_removed_while_the_gateway_was_down_is_cleared_at_start(mosquitto, port, cfg, mirror, tmp_path):
+    port.add_device("box-1")
+    port.add_device("box-2")
+    registry = FakeRegistry({"box-1", "box-2"})
+    state = tmp_path / "data" / "homeassistant.json"
+    first = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry, state_path=state)
+    first.start()
+    try:
+        mirror.wait(
+            lambda: all_configs_present(mirror, cfg, {"box-1": False, "box-2": False}), what="configs"
+        )
+        assert first.wait_idle()
+    finally:
+        first.stop()
+    assert json.loads(state.read_bytes())["registered"] == ["box-1", "box-2"]
+    registry.set({"box-1"})  # `parcelbox device remove box-2` while the gateway is stopped
+    second = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry, state_path=state)
+    second.start()
+    try:
+        button = d.config_topic(cfg, "button", d.box_identifier(cfg, "box-2"), "snapshot")
+        mirror.wait(lambda: mirror.payload(button) == b"", what="box-2 cleared at start")
+        assert second.wait_idle()
+        mirror._drain(0.3)
+        assert mirror.payload(button) == b""
+        assert mirror.payload(d.gateway_availability_topic(cfg)) == b"online"
+        assert json.loads(state.read_bytes()) == {"v": 1, "registered": ["box-1"], "removed": ["box-2"]}
+    finally:
+        second.stop()
+    # A damaged state file is reported and ignored, never fatal.
+    state.write_bytes(b"{not json")
+    third = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry, state_path=state)
+    third.start()
+    try:
+        assert third.wait_idle()
+        assert third.health()["state_file_errors"] == 1
+    finally:
+        third.stop()

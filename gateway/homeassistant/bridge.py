@@ -12,7 +12,9 @@ What it publishes and why is in `gateway.homeassistant.discovery` and docs/homea
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -150,12 +152,14 @@ class HomeAssistantBridge:
         password: str | None = None,
         client_id: str | None = None,
         registry: RegistryLike | None = None,
+        state_path: Path | None = None,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`broker` is a URL, or a function returning the address at `start()` (the gateway knows its
         managed broker's address and password only once it runs). With a device `registry`, a box
-        removed from it (`parcelbox device remove`) is cleared from Home Assistant."""
+        removed from it (`parcelbox device remove`) is cleared from Home Assistant; with a `state_path`
+        too, that also holds for a box removed while the gateway was not running."""
         self.port = port
         self.cfg = cfg or HAConfig()
         self.log = logger or log
@@ -168,6 +172,7 @@ class HomeAssistantBridge:
         self._client_id = client_id or f"parcelbox-ha-{self.cfg.gateway_id}"
         self._client = self._new_client(BrokerAddress("127.0.0.1", 1883, False, None, None))
         self._registry = registry
+        self._state_path = Path(state_path) if state_path is not None else None
         self._registry_seen: tuple[float, set[str]] | None = None
         self._removed: set[str] = set()  # removed while running: not announced again from the port's list
 
@@ -224,7 +229,14 @@ class HomeAssistantBridge:
                 service.broker_url or broker.url, broker.username or None, broker.password or None
             )
 
-        bridge = cls(service, resolve, ha, registry=getattr(service, "registry", None))
+        data_dir = getattr(service, "data_dir", None)
+        bridge = cls(
+            service,
+            resolve,
+            ha,
+            registry=getattr(service, "registry", None),
+            state_path=Path(data_dir) / "homeassistant.json" if data_dir else None,
+        )
         bridge.summary = f"home assistant  discovery on {ha.prefix}/, states on {ha.base}/"
         return bridge
 
@@ -237,7 +249,7 @@ class HomeAssistantBridge:
         addr = self._resolve()
         self._client = self._new_client(addr)
         if self._registry is not None:
-            self._registry_seen = (self._registry.mtime(), {c.device for c in self._registry.list()})
+            self._load_registry_state()
         bus = self.port.bus
         self._unsubscribe = [
             bus.subscribe(self._on_device_changed, DEVICE_CHANGED),
@@ -444,6 +456,41 @@ class HomeAssistantBridge:
         with self._idle:
             self._idle.notify_all()
 
+    def _load_registry_state(self) -> None:
+        """Registry snapshot at start, compared with the one saved last time: boxes removed while the
+        gateway was down are cleared now."""
+        assert self._registry is not None
+        now = {c.device for c in self._registry.list()}
+        self._registry_seen = (self._registry.mtime(), now)
+        if self._state_path is None:
+            return
+        try:
+            saved = json.loads(self._state_path.read_bytes())
+            before = {x for x in saved.get("registered", []) if valid_device_id(x)}
+            removed = {x for x in saved.get("removed", []) if valid_device_id(x)}
+        except FileNotFoundError:
+            before, removed = set(), set()
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            self.log.warning("homeassistant: ignoring unreadable %s: %s", self._state_path, exc)
+            self._count("state_file_errors")
+            before, removed = set(), set()
+        self._removed = (removed - now) | (before - now)
+        with self._lock:
+            self._removals |= before - now
+        self._save_registry_state()
+
+    def _save_registry_state(self) -> None:
+        if self._state_path is None or self._registry_seen is None:
+            return
+        body = json.dumps(
+            {"v": 1, "registered": sorted(self._registry_seen[1]), "removed": sorted(self._removed)}
+        ).encode()
+        try:
+            atomic_write(self._state_path, body)
+        except OSError as exc:
+            self._count("state_file_errors")
+            self.log.warning("homeassistant: cannot write %s: %s", self._state_path, exc)
+
     def _check_registry(self) -> None:
         """Boxes removed from the device registry (`parcelbox device remove`) leave Home Assistant."""
         if self._registry is None or self._registry_seen is None:
@@ -460,6 +507,7 @@ class HomeAssistantBridge:
         gone = self._registry_seen[1] - now
         back = now - self._registry_seen[1]
         self._registry_seen = (mtime, now)
+        self._save_registry_state()
         for device in sorted(gone):
             self.remove_device(device)
         for device in sorted(back & self._removed):
@@ -485,6 +533,8 @@ class HomeAssistantBridge:
         self._removed -= restores
         for device in restores:
             devices.setdefault(device, None)
+        if removals or restores:
+            self._save_registry_state()
         if full or discovery:
             records = self._list_devices()
             self._publish_gateway(force=True)
@@ -631,6 +681,22 @@ class HomeAssistantBridge:
         for key in [k for k in self._image_sent if k[0] == device]:
             del self._image_sent[key]
         self._count("removed")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a small file so that a crash leaves the old or the new content, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def shrink_jpeg(data: bytes, max_px: int, quality: int = 80) -> bytes:
