@@ -274,7 +274,7 @@ class ChildRunner:
             else:
                 what = "The connection to WhatsApp ended"
             detail = f"{what}; retrying in {seconds(delay)} s."
-            if not paired:
+            if not paired and self.mode == "run":
                 detail += " Not paired yet. " + HOW_TO_PAIR
             self.set_state("disconnected" if paired else "not_paired", detail, retry_at=time.time() + delay)
             if self.done.wait(delay):
@@ -341,6 +341,8 @@ class ChildRunner:
             )
         elif self.mode == "unlink":
             self._unlink(paired)
+        elif not paired and self.mode == "pair":
+            self.set_state("not_paired", "Connecting to WhatsApp to start pairing.")
         elif not paired:
             self.set_state("not_paired", "Not paired with a WhatsApp account yet. " + HOW_TO_PAIR)
         else:

@@ -1,0 +1,227 @@
+"""Two-way WhatsApp: parsing, authorisation, the photo/status/help replies in both languages."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.bus import COMMAND_RESULT, EVENT_STORED, Bus
+from gateway.whatsapp.commands import CommandHandler, parse_command, resolve_box
+from gateway.whatsapp.component import WhatsAppComponent
+from gateway.whatsapp.supervisor import SendOutcome
+from gateway.whatsapp.transport import IncomingMessage
+from tests.support.whatsapp import FakeWhatsApp, fake_settings, pair_fake, wait_state, wait_until
+
+OWNER = "628123456789"
+JPEG = b"\xff\xd8\xff\xe0 snapshot \xff\xd9"
+
+
+class Port:
+    """A small in-memory GatewayPort: boxes answer `snapshot` by storing an event with a photo."""
+
+    def __init__(self, tmp: Path, devices: list[dict[str, Any]], answer: str = "photo") -> None:
+        self.bus = Bus()
+        self.tmp = tmp
+        self.devices = devices
+        self.answer = answer  # photo | fail | silent | nophoto
+        self.commands: list[tuple[str, str]] = []
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        return self.devices
+
+    def send_command(self, device: str, cmd: str, args: dict[str, Any] | None = None) -> str:
+        cmd_id = f"cmd-{len(self.commands):08d}"
+        self.commands.append((device, cmd))
+        if self.answer == "photo" or self.answer == "nophoto":
+            if self.answer == "photo":
+                (self.tmp / f"{device}-ev1.alert.jpg").write_bytes(JPEG)
+            ev = {
+                "device": device,
+                "id": f"{device}-ev1",
+                "type": "snapshot",
+                "ts": time.time(),
+                "cmd": cmd_id,
+            }
+            # The event is stored on another thread, maybe before send_command even returns.
+            threading.Thread(target=self.bus.publish, args=(EVENT_STORED, ev)).start()
+        elif self.answer == "fail":
+            res = {"device": device, "id": cmd_id, "ok": False, "error": "camera init failed"}
+            threading.Thread(target=self.bus.publish, args=(COMMAND_RESULT, res)).start()
+        return cmd_id
+
+    def photo_path(self, device: str, event_id: str, variant: str) -> Path | None:
+        p = self.tmp / f"{event_id}.{variant}.jpg"
+        return p if p.exists() else None
+
+
+def _dev(device: str, name: str, **kw: Any) -> dict[str, Any]:
+    return {"device": device, "name": name, "online": True, "last_seen": time.time(), "waiting": 0, **kw}
+
+
+def _msg(text: str, phone: str = OWNER, **kw: Any) -> IncomingMessage:
+    return IncomingMessage(
+        id="m1",
+        chat=f"{phone}@s.whatsapp.net",
+        sender=f"{phone}@s.whatsapp.net",
+        sender_phone=phone,
+        text=text,
+        ts=time.time(),
+        **kw,
+    )
+
+
+class Replies:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, bytes | None]] = []
+
+    def __call__(self, chat: str, text: str, image: bytes | None) -> SendOutcome:
+        self.items.append((chat, text, image))
+        return SendOutcome(ok=True, message_id="x")
+
+
+def _handler(tmp_path: Path, devices: list[dict[str, Any]], answer: str = "photo", **settings: Any):
+    port = Port(tmp_path, devices, answer)
+    replies = Replies()
+    s = fake_settings(tmp_path, allow=["+62 812-3456-789"], snapshot_timeout_s=2.0, **settings)
+    return CommandHandler(port, replies, s), port, replies
+
+
+@pytest.mark.parametrize(
+    "text,name,arg,lang",
+    [
+        ("photo", "photo", "", "en"),
+        ("Foto", "photo", "", "id"),
+        ("  FOTO   Garage  box ", "photo", "Garage box", "id"),
+        ("/photo box2", "photo", "box2", "en"),
+        ("status", "status", "", None),
+        ("help", "help", "", "en"),
+        ("Bantuan", "help", "", "id"),
+        ("hello there", "unknown", "", None),
+    ],
+)
+def test_parse_command(text: str, name: str, arg: str, lang: str | None) -> None:
+    c = parse_command(text)
+    assert c is not None and (c.name, c.arg, c.language) == (name, arg, lang)
+
+
+def test_parse_command_edge_cases() -> None:
+    assert parse_command("   ") is None
+    assert parse_command("photo " + "x" * 500).name == "unknown"
+
+
+def test_resolve_box() -> None:
+    devs = [_dev("box1", "Front gate"), _dev("box2", "Garage")]
+    assert resolve_box(devs, "")[1] == "which_box"
+    assert resolve_box(devs, "garage")[0]["device"] == "box2"
+    assert resolve_box(devs, "BOX1")[0]["device"] == "box1"
+    assert resolve_box(devs, "front")[0]["device"] == "box1"
+    assert resolve_box(devs, "cellar")[1] == "no_box"
+    assert resolve_box([], "")[1] == "no_boxes"
+    assert resolve_box(devs[:1], "")[0]["device"] == "box1"
+
+
+def test_strangers_are_ignored_and_counted(tmp_path: Path) -> None:
+    h, port, replies = _handler(tmp_path, [_dev("box1", "Front gate")])
+    h.submit(_msg("photo", phone="628999999999"))
+    h.submit(_msg("status", phone=""))  # LID sender whose number WhatsApp hid
+    h.handle(_msg("help", phone="628999999999"))
+    assert h.counters["ignored_unauthorised"] == 3
+    assert replies.items == [] and port.commands == []
+
+
+def test_photo_replies_with_the_snapshot(tmp_path: Path) -> None:
+    h, port, replies = _handler(tmp_path, [_dev("box1", "Front gate")])
+    h.handle(_msg("photo"))
+    assert port.commands == [("box1", "snapshot")]
+    [(chat, caption, image)] = replies.items
+    assert chat == f"{OWNER}@s.whatsapp.net" and image == JPEG and caption.startswith("📷 Front gate")
+
+
+def test_photo_on_a_multi_box_gateway(tmp_path: Path) -> None:
+    h, port, replies = _handler(tmp_path, [_dev("box1", "Front gate"), _dev("box2", "Garage")])
+    h.handle(_msg("foto"))
+    assert (
+        port.commands == [] and "Kotak yang mana" in replies.items[-1][1] and "Garage" in replies.items[-1][1]
+    )
+    h.handle(_msg("photo garage"))
+    assert port.commands == [("box2", "snapshot")] and replies.items[-1][2] == JPEG
+    h.handle(_msg("photo cellar"))
+    assert "No box called 'cellar'" in replies.items[-1][1]
+
+
+def test_photo_failure_timeout_and_missing_photo(tmp_path: Path) -> None:
+    h, _, replies = _handler(tmp_path, [_dev("box1", "Front gate")], answer="fail")
+    h.handle(_msg("foto"))
+    assert replies.items[-1][1] == "Front gate tidak dapat mengambil foto: camera init failed"
+    h, _, replies = _handler(tmp_path, [_dev("box1", "Front gate", online=False)], answer="silent")
+    h.handle(_msg("photo"))
+    assert "did not answer within 2 s (it is offline)" in replies.items[-1][1]
+    assert h.counters["snapshot_timeout"] == 1
+    h, _, replies = _handler(tmp_path / "x", [_dev("box1", "Front gate")], answer="nophoto")
+    (tmp_path / "x").mkdir()
+    h.handle(_msg("photo"))
+    assert "sent no photo" in replies.items[-1][1]
+
+
+def test_status_and_help_in_both_languages(tmp_path: Path) -> None:
+    devs = [
+        _dev("box1", "Front gate", waiting=2, battery_mv=3710, lid_open=True),
+        _dev("box2", "Garage", online=False, waiting=0),
+    ]
+    h, _, replies = _handler(tmp_path, devs)
+    h.handle(_msg("status"))
+    en = replies.items[-1][1]
+    assert "2 box(es)" in en and "*Front gate*: online. 2 packages waiting. Lid open. Battery 3.71 V." in en
+    assert "*Garage*: offline since" in en and "The box is empty." in en
+    h.handle(_msg("help"))
+    assert "*photo*" in replies.items[-1][1] and "*status*" in replies.items[-1][1]
+    h.handle(_msg("bantuan"))
+    assert "Perintah parcelbox" in replies.items[-1][1] and "*foto*" in replies.items[-1][1]
+    h.handle(_msg("dance"))
+    assert "Send *help*" in replies.items[-1][1]
+    hid, _, replies = _handler(tmp_path, devs, language="id")
+    hid.handle(_msg("status"))
+    idt = replies.items[-1][1]
+    assert (
+        "2 kotak" in idt
+        and "2 paket menunggu. Tutup terbuka. Baterai 3.71 V." in idt
+        and "Kotak kosong." in idt
+    )
+    hid.handle(_msg("dance"))
+    assert "tidak dikenal" in replies.items[-1][1]
+
+
+def test_command_flood_from_one_sender_is_limited(tmp_path: Path) -> None:
+    h, _, _ = _handler(tmp_path, [_dev("box1", "Front gate")], commands_per_minute=3)
+    for _ in range(5):
+        h.submit(_msg("help"))
+    assert h.counters["ignored_rate_limited"] == 2
+
+
+def test_end_to_end_through_the_real_child(tmp_path: Path) -> None:
+    """A WhatsApp message arrives in the child, the gateway takes a snapshot and the reply goes out."""
+    settings = fake_settings(tmp_path, allow=[f"+{OWNER}"])
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    port = Port(tmp_path, [_dev("box1", "Front gate")])
+    comp = WhatsAppComponent(port, settings)
+    comp.start()
+    try:
+        wait_state(comp.supervisor, "connected")
+        fake.inject("message", sender="628999999999", text="photo")  # a stranger
+        fake.inject("message", sender=OWNER, text="foto")
+        sent = wait_until(lambda: fake.sent(), what="the reply")
+        assert sent[0]["to"] == f"{OWNER}@s.whatsapp.net" and sent[0]["image_bytes"] == len(JPEG)
+        assert sent[0]["text"].startswith("📷 Front gate")
+        fake.inject("message", sender=OWNER, text="bantuan")
+        wait_until(lambda: len(fake.sent()) == 2, what="the help reply")
+        assert "Perintah parcelbox" in fake.sent()[1]["text"]
+        assert comp.commands.counters["ignored_unauthorised"] == 1
+        assert port.commands == [("box1", "snapshot")]
+        assert comp.counters()["whatsapp.commands.replied"] == 2
+    finally:
+        comp.stop()

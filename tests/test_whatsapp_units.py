@@ -1,0 +1,148 @@
+"""Pure parts of the WhatsApp side: addresses, rate limits, message building, captions, settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.captions import render_caption
+from gateway.config import WhatsAppConfig
+from gateway.notify.base import Alert, Notifier
+from gateway.notify.whatsapp import WhatsAppNotifier, build_message
+from gateway.whatsapp import texts
+from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
+from gateway.whatsapp.ratelimit import SendLimiter, SlidingWindow
+from gateway.whatsapp.settings import WhatsAppSettings, settings_from_config
+from gateway.whatsapp.supervisor import SendOutcome
+
+
+@pytest.mark.parametrize(
+    "given,jid",
+    [
+        ("+62 812-3456-789", "628123456789@s.whatsapp.net"),
+        ("628123456789", "628123456789@s.whatsapp.net"),
+        ("+1 (555) 010-9999", "15550109999@s.whatsapp.net"),
+        ("628123456789@s.whatsapp.net", "628123456789@s.whatsapp.net"),
+        ("120363012345678901@g.us", "120363012345678901@g.us"),
+        ("6281234567-1600000000@g.us", "6281234567-1600000000@g.us"),
+    ],
+)
+def test_to_jid(given: str, jid: str) -> None:
+    assert to_jid(given) == jid
+
+
+@pytest.mark.parametrize(
+    "bad", ["0812345678", "hello", "+62", "x@y.z", "+1234567890123456789", "../../etc@g.us", ""]
+)
+def test_to_jid_rejects(bad: str) -> None:
+    with pytest.raises(BadRecipient):
+        to_jid(bad)
+
+
+def test_jid_helpers() -> None:
+    assert is_group("1203@g.us") and not is_group("62811@s.whatsapp.net")
+    assert jid_user("628123:12@s.whatsapp.net") == "628123"
+
+
+def test_sliding_window_and_limiter_with_a_fake_clock() -> None:
+    now = [1000.0]
+    lim = SendLimiter((2, 60.0), (3, 60.0), clock=lambda: now[0])
+    assert lim.try_acquire("a") == 0 and lim.try_acquire("a") == 0
+    assert lim.try_acquire("a") == pytest.approx(60.0)  # per recipient
+    assert lim.try_acquire("b") == 0
+    assert lim.try_acquire("c") == pytest.approx(60.0)  # overall
+    now[0] += 30
+    assert lim.try_acquire("c") == pytest.approx(30.0)
+    now[0] += 30.01
+    assert lim.try_acquire("c") == 0 and lim.try_acquire("a") == 0
+    assert lim.limited == 3
+    w = SlidingWindow(1, 10)
+    assert w.wait_s(0) == 0
+    with pytest.raises(ValueError):
+        SlidingWindow(0, 10)
+
+
+def _alert(**kw) -> Alert:
+    base = dict(
+        id="a1",
+        kind="delivery",
+        device="box1",
+        device_name="Front gate",
+        event_ids=("e1",),
+        ts=1_795_000_000.0,
+        caption="📦 Package delivered to Front gate at 14:05.",
+        recipient="+628123456789",
+    )
+    base.update(kw)
+    return Alert(**base)
+
+
+def test_build_message_photo_and_text(tmp_path: Path) -> None:
+    p = tmp_path / "x.alert.jpg"
+    p.write_bytes(b"\xff\xd8jpeg\xff\xd9")
+    m = build_message(_alert(photo_path=p))
+    assert m.to == "628123456789@s.whatsapp.net" and m.image == p.read_bytes() and m.text.startswith("📦")
+    m = build_message(_alert(kind="offline", caption="", photo_path=None), "id")
+    assert m.image is None and m.text == render_caption(
+        "offline", "Front gate", 1_795_000_000.0, language="id"
+    )
+    with pytest.raises(OSError):
+        build_message(_alert(photo_path=tmp_path / "gone.jpg"))
+
+
+class _Sender:
+    def __init__(self, outcome: SendOutcome | Exception) -> None:
+        self.outcome = outcome
+        self.calls: list[tuple] = []
+
+    def send(self, to: str, text: str, image: bytes | None = None) -> SendOutcome:
+        self.calls.append((to, text, image))
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+def _settings(tmp_path: Path, **kw) -> WhatsAppSettings:
+    return WhatsAppSettings(session_dir=tmp_path, **kw)
+
+
+def test_notifier_contract(tmp_path: Path) -> None:
+    s = _settings(tmp_path, recipients=["+62811"], recipients_by_box={"box2": ["120363012345678901@g.us"]})
+    n = WhatsAppNotifier(s, _Sender(SendOutcome(ok=True)))
+    assert isinstance(n, Notifier) and n.name == "whatsapp" and n.language == "en"
+    assert n.recipients("box1") == ["+62811"] and n.recipients("box2") == ["120363012345678901@g.us"]
+    assert n.rate_limit.per_recipient == (10, 60.0) and n.rate_limit.overall == (20, 60.0)
+    # A bad address can never work: permanent, so the outbox dead-letters it at once.
+    r = n.send(_alert(recipient="0812345678"))
+    assert not r.ok and r.permanent and "international format" in r.error
+    # A missing photo file is retried (it may be a slow disk), never raised.
+    r = n.send(_alert(photo_path=tmp_path / "missing.jpg"))
+    assert not r.ok and not r.permanent and "cannot read the alert photo" in r.error
+    # Whatever the sender does, send() returns a result.
+    boom = WhatsAppNotifier(s, _Sender(RuntimeError("pipe exploded")))
+    r = boom.send(_alert())
+    assert not r.ok and "pipe exploded" in r.error
+    failed = WhatsAppNotifier(s, _Sender(SendOutcome(ok=False, error="x", retry_after_s=12.0)))
+    r = failed.send(_alert())
+    assert not r.ok and r.retry_after_s == 12.0
+
+
+def test_texts_fall_back_to_english() -> None:
+    assert texts.text("help", "fr") == texts.help_text("en")
+    assert texts.status_text([], "id") == "Belum ada kotak yang terdaftar di gateway ini."
+
+
+def test_settings_from_the_gateway_config(tmp_path: Path) -> None:
+    wa = WhatsAppConfig(enabled=True, language="id", recipients=["+62811"], allow=["+62822"])
+    s = settings_from_config(wa, tmp_path)
+    assert (
+        s.session_dir == tmp_path / "whatsapp" and s.session_db == tmp_path / "whatsapp" / "neonize.sqlite3"
+    )
+    assert (
+        s.language == "id"
+        and s.recipients == ["+62811"]
+        and s.allow == ["+62822"]
+        and s.transport == "neonize"
+    )
+    assert s.rate_per_minute == wa.rate_per_minute and s.rate_per_minute_overall == wa.rate_per_minute_overall
