@@ -165,18 +165,35 @@ def _box_prints(*lines: str):
 
 
 def test_wrong_wifi_password_reported_by_the_box(env, capsys):
-    with FakeBoard(
-        env.flash, on_boot=_box_prints("parcelbox 0.1.0", "wifi: connect failed: STAT_WRONG_PASSWORD")
-    ) as b:
+    # What firmware/link.py prints when the join times out (the ESP32 gives no reason by itself).
+    line = "wifi: no connection after 20000 ms, retry in 2000 ms"
+    with FakeBoard(env.flash, on_boot=_box_prints("parcelbox 0.1.0", line)) as b:
         code, out, err = run(provision_argv(env, b), capsys)
     assert code == 1
-    assert "wifi: the box reports the Wi-Fi password is wrong" in err and "--wifi-password" in err
-    assert "box | wifi: connect failed" in out
+    assert (
+        "wifi: the box could not join the Wi-Fi network (wrong password" in err and "--wifi-password" in err
+    )
+    assert "box | wifi: no connection after 20000 ms" in out
+
+
+def test_wifi_wrong_password_status_is_named(env, capsys):
+    with FakeBoard(env.flash, on_boot=_box_prints("wifi: connect failed: STAT_WRONG_PASSWORD")) as b:
+        code, _, err = run(provision_argv(env, b), capsys)
+    assert code == 1 and "wifi: the box reports the Wi-Fi password is wrong" in err
+
+
+def test_box_login_refused_by_the_broker(env, capsys):
+    with FakeBoard(
+        env.flash, on_boot=_box_prints("mqtt: connect failed: MQTTException(5,), retry in 1000 ms")
+    ) as b:
+        code, _, err = run(provision_argv(env, b), capsys)
+    assert code == 1 and "broker: the broker refused the box's MQTT username/password" in err
 
 
 def test_box_cannot_reach_the_broker(env, capsys):
     with FakeBoard(
-        env.flash, on_boot=_box_prints("wifi: connected", "mqtt: connect failed: ECONNREFUSED")
+        env.flash,
+        on_boot=_box_prints("wifi: connected", "mqtt: connect failed: OSError(113,), retry in 1000 ms"),
     ) as b:
         code, _, err = run(provision_argv(env, b), capsys)
     assert code == 1

@@ -157,6 +157,12 @@ def test_status_freshness_survives_garbage():
     ("line", "step"),
     [
         ("wifi: connect failed: STAT_WRONG_PASSWORD", "wifi"),
+        ("wifi: no connection after 20000 ms, retry in 2000 ms", "wifi"),
+        ("wifi: connect failed: OSError('Wifi Internal Error',), retry in 2000 ms", "wifi"),
+        ("mqtt: connect failed: MQTTException(5,), retry in 1000 ms", "broker"),
+        ("mqtt: connect failed: OSError(113,), retry in 1000 ms", "broker"),
+        ("mqtt: connection lost: OSError(104,)", None),
+        ("cmd: rejected (bad_json)", None),
         ("wifi: connect failed: STAT_NO_AP_FOUND", "wifi"),
         ("mqtt: connect failed: [Errno 113] EHOSTUNREACH", "broker"),
         ("mqtt: not authorised (5)", "broker"),

@@ -18,7 +18,9 @@ import paho.mqtt.client as mqtt
 
 from gateway.flash.errors import FlashError
 
-# Console lines that end the wait early, with the step that failed and a hint.
+# Console lines that end the wait early, with the step that failed and a hint. They match what
+# firmware/link.py prints ("wifi: ...", "mqtt: connect failed: <repr of the exception>, retry ...").
+# umqtt.simple raises MQTTException(4) / (5) when the broker refuses the login.
 CONSOLE_FAILURES: list[tuple[re.Pattern[str], str, str, str]] = [
     (
         re.compile(
@@ -29,19 +31,25 @@ CONSOLE_FAILURES: list[tuple[re.Pattern[str], str, str, str]] = [
         "rerun provision with the right --wifi-password",
     ),
     (
-        re.compile(r"(?i)wi-?fi.*(no.?ap.?found|STAT_NO_AP_FOUND|not.?found|no such network)"),
+        re.compile(r"(?i)wi-?fi.*(no.?ap.?found|STAT_NO_AP_FOUND|no such network)"),
         "wifi",
         "the box cannot find the Wi-Fi network",
         "check --wifi-ssid (2.4 GHz networks only; the ESP32 has no 5 GHz radio) and the box's distance to the router",
     ),
     (
-        re.compile(r"(?i)mqtt.*(not.?authori[sz]ed|bad user|auth\w* fail|refused.*(5|4)\b)"),
+        re.compile(r"(?i)wi-?fi: (no connection after|connect failed)"),
+        "wifi",
+        "the box could not join the Wi-Fi network (wrong password, wrong network name, or out of range)",
+        "check --wifi-ssid and --wifi-password (2.4 GHz only) and rerun provision",
+    ),
+    (
+        re.compile(r"(?i)mqtt.*(MQTTException\(\s*[45]\b|not.?authori[sz]ed|bad user|auth\w* fail)"),
         "broker",
         "the broker refused the box's MQTT username/password",
         "re-create the credentials with `parcelbox device add NAME` and provision again",
     ),
     (
-        re.compile(r"(?i)mqtt.*(ECONNREFUSED|EHOSTUNREACH|ETIMEDOUT|ECONNABORTED|unreachable|connect.*fail)"),
+        re.compile(r"(?i)mqtt: connect failed|mqtt.*(ECONNREFUSED|EHOSTUNREACH|ETIMEDOUT|unreachable)"),
         "broker",
         "the box cannot reach the broker",
         "check --broker-host is this computer's LAN address and the broker listens on it (not only 127.0.0.1); "
