@@ -50,6 +50,11 @@ def build_notifiers(config: Config) -> list[Notifier]:
 def build_components(service: GatewayService, config: Config) -> list[Component]:
     """Everything else that runs inside `parcelbox run`. Other engineers add theirs here."""
     components: list[Component] = []
+    from gateway.web.server import web_component
+
+    web = web_component(service, config)
+    if web is not None:
+        components.append(web)
     return components
 
 

@@ -51,6 +51,11 @@ class WebConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    # Dashboard login (gateway/web): always required when `host` is not a loopback address.
+    require_login: bool = False  # true: also require it on loopback
+    cookie_secure: bool = False  # true when served behind https (a TLS reverse proxy)
+    session_hours: float = 168.0
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names accepted besides loopback ones
 
 
 @dataclass

@@ -234,7 +234,11 @@ def test_outbox_and_retry(client: TestClient, port: MemoryPort) -> None:
     assert client.post(f"/api/outbox/{dead['id']}/retry", headers=h).status_code == 200
     r = client.post(f"/api/outbox/{sent['id']}/retry", headers=h)
     assert (r.status_code, r.json()["error"]) == (409, "not_retryable")
-    assert client.post("/api/outbox/x/retry", headers=h).json()["error"] == "bad_alert_id"
+    assert client.post("/api/outbox/a.b/retry", headers=h).json()["error"] == "bad_alert_id"
+    assert client.post("/api/outbox/" + "a" * 201 + "/retry", headers=h).json()["error"] == "bad_alert_id"
+    # Real alert ids are long (device_event-id_notifier_hash): accepted.
+    long_id = "back-door_" + "f" * 40 + "_whatsapp_0a1b2c3d"
+    assert client.post(f"/api/outbox/{long_id}/retry", headers=h).json()["error"] == "not_retryable"
 
 
 def test_health(client: TestClient, port: MemoryPort) -> None:

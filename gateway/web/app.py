@@ -63,6 +63,9 @@ OUTBOX_STATES = ("pending", "sent", "failed", "dead")
 MAX_PAGE = 200
 MAX_BODY = 8 * 1024
 PHONE_RE = re.compile(r"\+?[0-9]{7,15}")
+# Alert ids are built by the gateway from device, event id, notifier and a hash: longer than a
+# message id, but from the same path-safe alphabet.
+ALERT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 NO_STORE = {"cache-control": "no-store"}
 # Private but cacheable until revalidated: the browser asks again (and is refused after logout).
 PRIVATE_REVALIDATE = {"cache-control": "private, no-cache"}
@@ -279,21 +282,35 @@ def api_outbox(request: Request) -> JSONResponse:
 
 
 def api_outbox_retry(request: Request) -> JSONResponse:
-    alert_id = _msg_id(request.path_params["alert_id"], "alert_id")
+    alert_id = request.path_params["alert_id"]
+    if not ALERT_ID_RE.fullmatch(alert_id):
+        raise ApiError(400, "bad_alert_id", "alert id must match [A-Za-z0-9_-]{1,200}")
     if not _port(request).retry_alert(alert_id):
         raise ApiError(409, "not_retryable", "no failed or dead alert with this id")
     log.info("web: alert %s queued for retry", alert_id)
     return _json({"ok": True, "id": alert_id})
 
 
+WA_ACTIONS = {
+    "pair_code": "whatsapp_pair_code",
+    "test_message": "whatsapp_test_message",
+    "unlink": "whatsapp_unlink",
+}
+
+
+def _wa_action(request: Request, name: str) -> Any:
+    """The callable behind a WhatsApp button: the app's WhatsApp actions, else an optional port method."""
+    actions = request.app.state.whatsapp
+    if actions is not None and actions.available():
+        return getattr(actions, name)
+    fn = getattr(_port(request), WA_ACTIONS[name], None)
+    return fn if callable(fn) else None
+
+
 def api_whatsapp(request: Request) -> JSONResponse:
     port = _port(request)
     out = whatsapp_out(dict(port.whatsapp_state()))
-    out["actions"] = {
-        "pair_code": callable(getattr(port, "whatsapp_pair_code", None)),
-        "test_message": callable(getattr(port, "whatsapp_test_message", None)),
-        "unlink": callable(getattr(port, "whatsapp_unlink", None)),
-    }
+    out["actions"] = {name: _wa_action(request, name) is not None for name in WA_ACTIONS}
     return _json(out)
 
 
@@ -305,11 +322,19 @@ def api_whatsapp_qr(request: Request) -> Response:
 
 
 async def _whatsapp_action(request: Request, name: str, *args: Any) -> JSONResponse:
-    fn = getattr(_port(request), name, None)
-    if not callable(fn):
+    fn = _wa_action(request, name)
+    if fn is None:
         raise ApiError(501, "not_available", "this gateway's WhatsApp link does not offer this action")
-    result = await run_in_threadpool(fn, *args)
-    return _json(result if isinstance(result, dict) else {"ok": bool(result)})
+    try:
+        result = await run_in_threadpool(fn, *args)
+    except LookupError as e:
+        raise ApiError(501, "not_available", str(e)) from None
+    if not isinstance(result, dict):
+        result = {"ok": bool(result)}
+    if result.get("ok") is False:
+        raise ApiError(502, "whatsapp_failed", str(result.get("error") or "WhatsApp refused"))
+    log.info("web: WhatsApp %s done", name)
+    return _json(result)
 
 
 async def api_whatsapp_pair_code(request: Request) -> JSONResponse:
@@ -317,7 +342,7 @@ async def api_whatsapp_pair_code(request: Request) -> JSONResponse:
     phone = re.sub(r"[\s()-]", "", str(body.get("phone", "")))
     if not PHONE_RE.fullmatch(phone):
         raise ApiError(400, "bad_phone", "phone must be a full international number, e.g. +628123456789")
-    return await _whatsapp_action(request, "whatsapp_pair_code", phone.lstrip("+"))
+    return await _whatsapp_action(request, "pair_code", phone.lstrip("+"))
 
 
 async def api_whatsapp_test(request: Request) -> JSONResponse:
@@ -325,11 +350,11 @@ async def api_whatsapp_test(request: Request) -> JSONResponse:
     recipient = body.get("recipient")
     if recipient is not None and (not isinstance(recipient, str) or len(recipient) > 100):
         raise ApiError(400, "bad_recipient", "recipient must be a phone number or group id")
-    return await _whatsapp_action(request, "whatsapp_test_message", recipient or None)
+    return await _whatsapp_action(request, "test_message", recipient or None)
 
 
 async def api_whatsapp_unlink(request: Request) -> JSONResponse:
-    return await _whatsapp_action(request, "whatsapp_unlink")
+    return await _whatsapp_action(request, "unlink")
 
 
 async def api_stream(request: Request) -> Response:
@@ -534,8 +559,13 @@ def create_app(
     *,
     signer: SessionSigner | None = None,
     limiter: LoginLimiter | None = None,
+    whatsapp: Any = None,
 ) -> Starlette:
-    """The dashboard app for `port`. Live updates start when the app's lifespan starts."""
+    """The dashboard app for `port`. Live updates start when the app's lifespan starts.
+
+    `whatsapp` offers the WhatsApp buttons (`gateway.web.whatsapp_actions.WhatsAppActions`);
+    without it, optional `whatsapp_*` methods of the port are used when present.
+    """
     settings = settings or WebSettings()
     signer = signer or SessionSigner(load_or_create_secret(settings.secret_file))
     limiter = limiter or LoginLimiter(settings.login_max_failures, settings.login_window_s)
@@ -577,5 +607,6 @@ def create_app(
     app.state.signer = signer
     app.state.limiter = limiter
     app.state.broadcaster = broadcaster
+    app.state.whatsapp = whatsapp
     app.state.guard_holder = guard_holder  # filled when Starlette builds the middleware stack
     return app

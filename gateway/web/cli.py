@@ -6,26 +6,37 @@ import argparse
 import getpass
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.web.auth import MAX_PASSWORD_BYTES, set_password
 
 MIN_PASSWORD_LEN = 8
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
-    """Add `web set-password` to the `parcelbox` argument parser."""
-    web = sub.add_parser("web", help="dashboard settings")
+def register(subparsers: Any) -> None:
+    """Add `web set-password` to the `parcelbox` command line (`gateway.cli.COMMAND_MODULES`)."""
+    web = subparsers.add_parser("web", help="dashboard settings")
     wsub = web.add_subparsers(dest="web_command", required=True)
     sp = wsub.add_parser(
-        "set-password", help="set the dashboard login password (needed when not on loopback)"
+        "set-password", help="set the dashboard login password (needed when [web] host is not loopback)"
     )
     sp.add_argument(
-        "--password-file", type=Path, help="where to store the hash (default: <data>/web/password)"
+        "--config", metavar="FILE", help="TOML config (default: $PARCELBOX_CONFIG, then the user config dir)"
     )
     sp.add_argument(
         "--stdin", action="store_true", help="read the password from standard input (for scripts)"
     )
-    return web
+    sp.set_defaults(func=do_set_password)
+
+
+def do_set_password(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.web.settings import WebSettings
+
+    config = load_config(getattr(args, "config", None))
+    settings = WebSettings.from_config(config.web, config.data_dir)
+    assert settings.password_file is not None
+    return set_password_command(settings.password_file, from_stdin=args.stdin)
 
 
 def set_password_command(password_file: Path, *, from_stdin: bool = False) -> int:

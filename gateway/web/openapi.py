@@ -205,7 +205,15 @@ OPENAPI: dict[str, Any] = {
         "/api/outbox/{alert_id}/retry": {
             "post": {
                 "summary": "Make a failed or dead alert pending again, due now",
-                "parameters": [{"name": "alert_id", "in": "path", "required": True, "schema": MSG_ID}, CSRF],
+                "parameters": [
+                    {
+                        "name": "alert_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,200}$"},
+                    },
+                    CSRF,
+                ],
                 "responses": {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "409": ERR},
             }
         },
@@ -237,7 +245,13 @@ OPENAPI: dict[str, Any] = {
                         }
                     },
                 },
-                "responses": {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "501": ERR},
+                "responses": {
+                    "200": _json({"type": "object"}),
+                    "400": ERR,
+                    "403": ERR,
+                    "501": ERR,
+                    "502": ERR,
+                },
             }
         },
         "/api/whatsapp/test": {
@@ -252,14 +266,20 @@ OPENAPI: dict[str, Any] = {
                         }
                     },
                 },
-                "responses": {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "501": ERR},
+                "responses": {
+                    "200": _json({"type": "object"}),
+                    "400": ERR,
+                    "403": ERR,
+                    "501": ERR,
+                    "502": ERR,
+                },
             }
         },
         "/api/whatsapp/unlink": {
             "post": {
                 "summary": "Log this gateway out of WhatsApp (pair again afterwards)",
                 "parameters": [CSRF],
-                "responses": {"200": _json({"type": "object"}), "403": ERR, "501": ERR},
+                "responses": {"200": _json({"type": "object"}), "403": ERR, "501": ERR, "502": ERR},
             }
         },
         "/api/stream": {

@@ -23,7 +23,12 @@ class WebServer:
     """Serves the dashboard for `port`. `start()` returns once the socket is bound (or raises)."""
 
     def __init__(
-        self, port: GatewayPort, web_config: Any = None, *, data_dir: Path | str | None = None
+        self,
+        port: GatewayPort,
+        web_config: Any = None,
+        *,
+        data_dir: Path | str | None = None,
+        whatsapp: Any = None,
     ) -> None:
         self.settings = (
             web_config
@@ -31,7 +36,7 @@ class WebServer:
             else WebSettings.from_config(web_config, data_dir)
         )
         self.gateway = port
-        self.app = create_app(port, self.settings)
+        self.app = create_app(port, self.settings, whatsapp=whatsapp)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -43,6 +48,21 @@ class WebServer:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.bound_port}"
+
+    @property
+    def summary(self) -> str | None:
+        """The startup summary line (`gateway.app.summary`)."""
+        if self.bound_port is None:
+            return None
+        s = self.settings
+        if s.login_required:
+            how = (
+                "login required"
+                if read_password_hash(s.password_file)
+                else "NO PASSWORD SET: run `parcelbox web set-password`"
+            )
+            return f"dashboard     {self.url}  ({how})"
+        return f"dashboard     {self.url}  (this machine only; set [web] host to share it, with a password)"
 
     def start(self) -> None:
         if not self.settings.enabled:
@@ -115,3 +135,19 @@ class WebServer:
             server.force_exit = True
             thread.join(timeout)
         self._server = self._thread = self._loop = None
+
+
+def web_component(service: Any, config: Any) -> WebServer | None:
+    """For `gateway.app.build_components`: the dashboard for a running `GatewayService`, or None
+    when `[web] enabled = false`."""
+    from gateway.web.whatsapp_actions import WhatsAppActions
+
+    web_cfg = getattr(config, "web", None)
+    if web_cfg is not None and not getattr(web_cfg, "enabled", True):
+        return None
+    return WebServer(
+        service,
+        web_cfg,
+        data_dir=getattr(service, "data_dir", None),
+        whatsapp=WhatsAppActions.for_service(service),
+    )

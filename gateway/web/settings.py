@@ -26,7 +26,8 @@ class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     enabled: bool = True
-    # None: a login is required exactly when `host` is not a loopback address.
+    # None: a login is required exactly when `host` is not a loopback address; True: always.
+    # There is deliberately no way to turn the login off on an exposed address.
     require_login: bool | None = None
     password_file: Path | None = None  # scrypt hash written by `parcelbox web set-password`
     secret_file: Path | None = None  # key that signs session cookies; created on first start
@@ -40,9 +41,7 @@ class WebSettings:
 
     @property
     def login_required(self) -> bool:
-        if self.require_login is not None:
-            return self.require_login
-        return not is_loopback(self.host)
+        return bool(self.require_login) or not is_loopback(self.host)
 
     @classmethod
     def from_config(cls, cfg: Any = None, data_dir: Path | str | None = None) -> WebSettings:
@@ -57,6 +56,11 @@ class WebSettings:
             v = cfg.get(f.name) if isinstance(cfg, dict) else getattr(cfg, f.name, None)
             if v is not None:
                 values[f.name] = v
+        if values.get("require_login") is False:
+            values["require_login"] = None  # the config's "no" means "only when exposed", never "off"
+        for key in ("password_file", "secret_file"):
+            if values.get(key) in ("", None):
+                values.pop(key, None)
         s = cls(**values)
         if s.password_file is not None:
             s.password_file = Path(s.password_file)

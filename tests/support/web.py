@@ -341,3 +341,47 @@ class SSEReader:
             elif field == "data":
                 data.append(value)
         raise AssertionError(f"stream ended before a {want or 'any'} event")
+
+
+class SnapshotResponder:
+    """Answers `snapshot`/`ping` commands like a box: a paho subscriber on the box's cmd topic that
+    publishes a snapshot event with its photo, then the command result (protocol v1).
+
+    Uses the gateway-core test helpers (`tests.support.gateway_core.Box`) for the box side.
+    """
+
+    def __init__(self, box: Any, url: str, photo: bytes) -> None:
+        from tests.support.mqtt import Collector
+
+        self.box = box
+        self.photo = photo
+        self.cmds = Collector(url, f"{box.prefix}/{box.device}/cmd")
+        self._stop = threading.Event()
+        self.answered: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import json
+        import queue
+
+        from tests.support.gateway_core import new_event_id
+
+        while not self._stop.is_set():
+            try:
+                m = self.cmds.q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            cmd = json.loads(m.payload)
+            result: dict[str, Any] = {"v": 1, "id": cmd["id"], "ok": True}
+            if cmd["cmd"] == "snapshot":
+                eid = new_event_id()
+                self.box.send(eid, self.photo, etype="snapshot", cmd=cmd["id"])
+                result["event"] = eid
+            self.box.pub("cmd/result", json.dumps(result).encode())
+            self.answered.append(cmd["id"])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.cmds.close()

@@ -1,0 +1,115 @@
+"""The dashboard's WhatsApp buttons (pairing code, test message, unlink) on a running gateway.
+
+The gateway port only reports WhatsApp state; the actions belong to the WhatsApp
+component (`gateway.whatsapp.component.WhatsAppComponent`) that the gateway runs
+when `[whatsapp] enabled`. It is looked up on each call, so the order in which
+components are built does not matter, and with WhatsApp off every action simply
+reports that it is unavailable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PAIR_CODE_WAIT_S = 20.0
+UNLINK_WAIT_S = 60.0
+TEST_TEXT = {
+    "en": "parcelbox: test message. WhatsApp alerts from your parcel box gateway work.",
+    "id": "parcelbox: pesan uji. Notifikasi WhatsApp dari gateway kotak paket Anda berfungsi.",
+}
+
+
+class WhatsAppActions:
+    """Adapter from the dashboard's actions to the WhatsApp component found by `find_component()`."""
+
+    def __init__(self, find_component: Callable[[], Any]) -> None:
+        self._find = find_component
+        self._unlinking = threading.Lock()
+
+    @classmethod
+    def for_service(cls, service: Any) -> WhatsAppActions:
+        def find() -> Any:
+            for c in getattr(service, "components", []):
+                if hasattr(c, "supervisor") and hasattr(c, "settings") and hasattr(c, "notifier"):
+                    return c
+            return None
+
+        return cls(find)
+
+    def available(self) -> bool:
+        return self._find() is not None
+
+    def pair_code(self, phone_digits: str) -> dict[str, Any]:
+        comp = self._require()
+        st = comp.supervisor.state()
+        if st.get("state") == "connected":
+            return {"ok": False, "error": "already linked; unlink first to pair another phone"}
+        comp.supervisor.pair_phone(phone_digits)
+        st = comp.supervisor.wait_for(
+            lambda s: bool(s.get("pair_code")) or s.get("state") in ("connected", "error", "banned"),
+            PAIR_CODE_WAIT_S,
+        )
+        if st is None or not st.get("pair_code"):
+            detail = (st or comp.supervisor.state()).get("detail") or "WhatsApp gave no code"
+            return {"ok": False, "error": f"no pairing code yet: {detail}"}
+        return {"ok": True, "pair_code": st["pair_code"]}
+
+    def test_message(self, recipient: str | None) -> dict[str, Any]:
+        from gateway.whatsapp.addresses import BadRecipient, to_jid
+
+        comp = self._require()
+        targets = [recipient] if recipient else list(comp.settings.recipients)
+        if not targets:
+            return {"ok": False, "error": "no recipients configured; set [whatsapp] recipients or type one"}
+        text = TEST_TEXT.get(getattr(comp.settings, "language", "en"), TEST_TEXT["en"])
+        results = []
+        for r in targets:
+            try:
+                out = comp.supervisor.send(to_jid(r), text)
+                results.append({"recipient": r, "ok": out.ok, "error": out.error})
+            except BadRecipient as e:
+                results.append({"recipient": r, "ok": False, "error": str(e)})
+        failed = [x for x in results if not x["ok"]]
+        if failed:
+            return {
+                "ok": False,
+                "error": "; ".join(f"{x['recipient']}: {x['error']}" for x in failed),
+                "results": results,
+            }
+        return {"ok": True, "results": results}
+
+    def unlink(self) -> dict[str, Any]:
+        """Log out in the background: stop the running link, run the unlink, start again (to pair anew)."""
+        comp = self._require()
+        if not self._unlinking.acquire(blocking=False):
+            return {"ok": False, "error": "already unlinking"}
+
+        def work() -> None:
+            from gateway.whatsapp.supervisor import WhatsAppSupervisor
+
+            try:
+                comp.supervisor.stop()
+                sup = WhatsAppSupervisor(comp.settings, mode="unlink")
+                sup.start()
+                sup.finished.wait(UNLINK_WAIT_S)
+                sup.stop()
+                log.info("web: WhatsApp unlink finished: %s", sup.state().get("state"))
+            except Exception:
+                log.exception("web: WhatsApp unlink failed")
+            finally:
+                comp.supervisor.start()  # back to pairing (or connected, if the unlink failed)
+                self._unlinking.release()
+
+        threading.Thread(target=work, name="web-whatsapp-unlink", daemon=True).start()
+        return {"ok": True, "detail": "Unlinking; a new QR code appears here when it is done."}
+
+    def _require(self) -> Any:
+        comp = self._find()
+        if comp is None:
+            raise LookupError("WhatsApp is not enabled on this gateway ([whatsapp] enabled = true)")
+        return comp
