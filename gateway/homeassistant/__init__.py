@@ -3,7 +3,7 @@
 `discovery` builds the payloads (pure); `bridge` does the MQTT I/O. See docs/homeassistant.md.
 """
 
-from gateway.homeassistant.bridge import HomeAssistantBridge, clear_device
+from gateway.homeassistant.bridge import HomeAssistantBridge, clear_device, homeassistant_component
 from gateway.homeassistant.discovery import HAConfig
 
-__all__ = ["HAConfig", "HomeAssistantBridge", "clear_device"]
+__all__ = ["HAConfig", "HomeAssistantBridge", "clear_device", "homeassistant_component"]

@@ -11,6 +11,7 @@ What it publishes and why is in `gateway.homeassistant.discovery` and docs/homea
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -715,3 +716,30 @@ def shrink_jpeg(data: bytes, max_px: int, quality: int = 80) -> bytes:
             return out.getvalue()
     except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(str(exc)) from None
+
+
+def homeassistant_component(service: Any, config: Any) -> HomeAssistantBridge | None:
+    """The bridge for `parcelbox run` (`gateway.app.build_components`), or None when it should not run.
+
+    It runs when `[homeassistant] enabled` (the default) and the gateway uses an external broker: the one
+    Home Assistant shares. The gateway's own managed broker has no login for Home Assistant, so
+    discovery there would only be noise.
+    """
+    from gateway.config import ConfigError
+
+    section = config.homeassistant
+    if not section.enabled:
+        log.info("homeassistant: off ([homeassistant] enabled = false)")
+        return None
+    if not config.broker.url:
+        log.info(
+            "homeassistant: off with the gateway's own broker; set broker.url to the broker Home Assistant "
+            "uses (see docs/homeassistant.md)"
+        )
+        return None
+    values = {k: v for k, v in dataclasses.asdict(section).items() if k in HAConfig.__dataclass_fields__}
+    try:
+        ha = HAConfig.from_mapping(values, protocol_prefix=config.broker.prefix)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    return HomeAssistantBridge.for_service(service, ha)

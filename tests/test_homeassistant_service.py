@@ -1,0 +1,138 @@
+"""Home Assistant bridge inside the real gateway (`GatewayService`), a box talking protocol v1 to it,
+and a real Mosquitto: what Home Assistant would see of a delivery, a snapshot and a pickup."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+from PIL import Image
+
+from gateway.config import ConfigError
+from gateway.homeassistant import HAConfig, HomeAssistantBridge, homeassistant_component
+from gateway.homeassistant import discovery as d
+from gateway.service import GatewayService
+from tests.support.gateway_core import Box, event_payload, gateway_config, make_jpeg, new_event_id
+from tests.support.mqtt import Collector, client
+from tests.test_homeassistant import Mirror, all_configs_present, check_discovery
+
+
+def _status(**kw) -> bytes:
+    body = {"v": 1, "online": True, "fw": "0.3.0", "uptime_s": 5, "rssi": -58, "heap_free": 80000}
+    body.update(kw)
+    return json.dumps(body).encode()
+
+
+def test_gateway_delivery_snapshot_pickup_in_home_assistant(mosquitto, prefix, tmp_path):
+    config = gateway_config(tmp_path / "data", mosquitto.url, prefix)
+    ha = HAConfig(prefix=f"{prefix}-ha", protocol_prefix=prefix, gateway_id="gw")
+    service = GatewayService(config)
+    bridge = HomeAssistantBridge.for_service(service, ha)
+    service.add_component(bridge)
+    discovery = Mirror(mosquitto.url, f"{ha.prefix}/#")
+    states = Mirror(mosquitto.url, f"{ha.base}/#")
+    box = Box(mosquitto.url, prefix, "porch")
+    cmds = Collector(mosquitto.url, f"{prefix}/porch/cmd")
+    service.start()
+    try:
+        box.pub("status", _status(battery_mv=3950), retain=True)
+        discovery.wait(lambda: all_configs_present(discovery, ha, {"porch": True}), what="porch configs")
+        for topic, msg in discovery.latest.items():
+            check_discovery(topic, msg.payload, ha)
+        waiting_cfg = json.loads(
+            discovery.payload(d.config_topic(ha, "sensor", d.box_identifier(ha, "porch"), "waiting"))
+        )
+        assert waiting_cfg["device"]["sw_version"] == "0.3.0"
+        st = d.state_topic(ha, "porch")
+        states.wait(lambda: states.json(st)["battery_v"] == 3.95, what="battery state")
+        assert states.payload(d.gateway_availability_topic(ha)) == b"online"
+        assert states.payload(d.availability_topic(ha, "porch")) == b"online"
+
+        # A delivery with its photo, through the real ingest, store and photo pipeline.
+        photo = make_jpeg(1600, 1200, seed=3)
+        eid = new_event_id()
+        box.send(eid, photo, etype="delivery", sensors={"lid": "closed"})
+        assert box.wait_ack(eid)["ok"] is True
+        states.wait(lambda: states.json(st)["waiting"] == 1, what="one waiting")
+        assert states.json(st)["package"] is True and states.json(st)["lid_open"] is False
+        alert = service.photo_path("porch", eid, "alert")
+        assert alert is not None
+        img = d.image_topic(ha, "porch", "delivery")
+        states.wait(lambda: states.payload(img) == alert.read_bytes(), what="delivery image")
+        with Image.open(io.BytesIO(states.payload(img))) as im:
+            im.load()
+            assert im.format == "JPEG" and max(im.size) <= config.photos.alert_long_edge
+        assert len(states.payload(img)) <= alert.stat().st_size < len(photo)
+
+        # "Take snapshot" in Home Assistant -> the command reaches the box -> its snapshot shows up.
+        ha_client = client(mosquitto.url)
+        try:
+            ha_client.publish(d.press_topic(ha, "porch"), "PRESS", qos=1).wait_for_publish(5)
+        finally:
+            ha_client.disconnect()
+            ha_client.loop_stop()
+        cmd = json.loads(cmds.get(timeout=15).payload)
+        assert cmd["cmd"] == "snapshot"
+        box.pub("cmd/result", json.dumps({"v": 1, "id": cmd["id"], "ok": True}).encode())
+        snap_id = new_event_id()
+        snap = make_jpeg(800, 600, seed=9)
+        box.send(snap_id, snap, etype="snapshot", cmd=cmd["id"], seq=2)
+        assert box.wait_ack(snap_id)["ok"] is True
+        snap_alert = service.photo_path("porch", snap_id, "alert")
+        assert snap_alert is not None
+        simg = d.image_topic(ha, "porch", "snapshot")
+        states.wait(lambda: states.payload(simg) == snap_alert.read_bytes(), what="snapshot image")
+
+        # Pickup.
+        pid = new_event_id()
+        box.event(pid, event_payload(pid, None, etype="pickup", seq=3, ts=time.time() + 1))
+        assert box.wait_ack(pid)["ok"] is True
+        states.wait(lambda: states.json(st)["waiting"] == 0, what="picked up")
+        assert states.json(st)["package"] is False
+
+        # The box drops off the network: its last will reaches Home Assistant as "offline".
+        box.pub("status", json.dumps({"v": 1, "online": False}).encode(), retain=True)
+        states.wait(lambda: states.payload(d.availability_topic(ha, "porch")) == b"offline", what="offline")
+        assert bridge.health()["presses.sent"] == 1
+    finally:
+        service.stop()
+        for c in (discovery, states, cmds):
+            c.close()
+        box.close()
+    # A stopped gateway is offline for Home Assistant.
+    after = Mirror(mosquitto.url, d.gateway_availability_topic(ha))
+    try:
+        after.wait(
+            lambda: after.payload(d.gateway_availability_topic(ha)) == b"offline", what="gateway offline"
+        )
+    finally:
+        after.close()
+
+
+def test_component_runs_only_with_a_shared_broker(mosquitto, prefix, tmp_path):
+    on = gateway_config(tmp_path / "a", mosquitto.url, prefix, PARCELBOX_HOMEASSISTANT_ENABLED="true")
+    bridge = homeassistant_component(GatewayService(on), on)
+    assert isinstance(bridge, HomeAssistantBridge)
+    assert bridge.cfg.protocol_prefix == prefix and bridge.cfg.base == f"{prefix}/_ha"
+    assert bridge.summary and "homeassistant/" in bridge.summary
+
+    off = gateway_config(tmp_path / "b", mosquitto.url, prefix, PARCELBOX_HOMEASSISTANT_ENABLED="false")
+    assert homeassistant_component(GatewayService(off), off) is None
+
+    managed = gateway_config(tmp_path / "c", "", prefix, PARCELBOX_HOMEASSISTANT_ENABLED="true")
+    assert homeassistant_component(GatewayService(managed), managed) is None
+
+    bad = gateway_config(
+        tmp_path / "d",
+        mosquitto.url,
+        prefix,
+        PARCELBOX_HOMEASSISTANT_ENABLED="true",
+        PARCELBOX_HOMEASSISTANT_PREFIX="a/#",
+    )
+    try:
+        homeassistant_component(GatewayService(bad), bad)
+    except ConfigError as exc:
+        assert "prefix" in str(exc)
+    else:
+        raise AssertionError("a wildcard discovery prefix must be refused")
