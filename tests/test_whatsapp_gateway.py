@@ -1,0 +1,121 @@
+"""WhatsApp inside the real gateway: real broker, real store and outbox, a real spawned child."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from gateway.service import GatewayService
+from gateway.whatsapp.component import WhatsAppComponent, whatsapp_component
+from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
+from tests.support.whatsapp import FakeWhatsApp, fake_settings, pair_fake, wait_state
+
+PHOTO = make_jpeg(320, 240, seed=3)
+OWNER = "+62 812-3456-789"
+
+
+@pytest.fixture
+def box(mosquitto, prefix):
+    b = Box(mosquitto.url, prefix, "box1")
+    yield b
+    b.close()
+
+
+def _config(tmp_path, mosquitto, prefix, **env):
+    base = {
+        "PARCELBOX_DEVICES_NAMES": "box1=Front gate",
+        "PARCELBOX_OUTBOX_BACKOFF_INITIAL_S": "0.2",
+        "PARCELBOX_OUTBOX_BACKOFF_MAX_S": "1",
+        "PARCELBOX_WHATSAPP_ENABLED": "true",
+        "PARCELBOX_WHATSAPP_RECIPIENTS": OWNER,
+        "PARCELBOX_WHATSAPP_RATE_PER_MINUTE": "1000",
+        "PARCELBOX_WHATSAPP_RATE_PER_MINUTE_OVERALL": "1000",
+    }
+    base.update(env)
+    return gateway_config(tmp_path / "data", mosquitto.url, prefix, **base)
+
+
+def _whatsapp_outbox(svc: GatewayService) -> list[dict]:
+    return [o for o in svc.list_outbox(limit=1000) if o["notifier"] == "whatsapp"]
+
+
+def test_no_network_real_neonize_gateway_keeps_working(tmp_path, mosquitto, prefix, box) -> None:
+    """Done-means: neonize installed, no network: the child says so and retries; ingest goes on."""
+    pytest.importorskip("neonize")
+    cfg = _config(tmp_path, mosquitto, prefix)
+    svc = GatewayService(cfg)
+    comp = whatsapp_component(svc, cfg)
+    assert comp is not None and comp.settings.transport == "neonize"
+    comp.settings.reconnect_backoff_s = (0.3, 1.0)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        wait_for(
+            lambda: "Cannot reach WhatsApp" in svc.whatsapp_state().get("detail", ""),
+            timeout=60,
+            what="the WhatsApp state on the gateway",
+        )
+        assert svc.whatsapp_state()["state"] == "not_paired"
+        eid = new_event_id()
+        box.send(eid, PHOTO)
+        assert box.wait_ack(eid)["ok"]
+        assert svc.get_event("box1", eid) is not None
+        rec = wait_for(
+            lambda: [o for o in _whatsapp_outbox(svc) if o["state"] == "failed"],
+            what="a failed WhatsApp attempt",
+        )[0]
+        assert "not connected" in rec["last_error"] and rec["recipient"] == OWNER
+        assert comp.supervisor.crashes == 0 and comp.supervisor.child_pid() is not None
+    finally:
+        svc.stop()
+    assert comp.supervisor.child_pid() is None
+
+
+def test_sigkill_during_a_stream_of_alerts_loses_nothing(tmp_path, mosquitto, prefix, box) -> None:
+    """Done-means: SIGKILL of the child during a stream of alerts; ingest goes on; every alert is sent."""
+    cfg = _config(tmp_path, mosquitto, prefix)
+    settings = fake_settings(tmp_path, recipients=[OWNER], rate_per_minute=1000, rate_per_minute_overall=1000)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    svc = GatewayService(cfg)
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        wait_state(comp.supervisor, "connected")
+        ids = [new_event_id() for _ in range(12)]
+        for eid in ids[:4]:
+            box.send(eid, PHOTO)
+            assert box.wait_ack(eid)["ok"]
+        wait_for(lambda: len(fake.sent()) == 4, what="the first 4 alerts")
+        with fake.hold():
+            box.send(ids[4], PHOTO)
+            assert box.wait_ack(ids[4])["ok"]
+            wait_for(lambda: len(fake.sending()) == 5, what="the 5th send in flight")
+            os.kill(comp.supervisor.child_pid(), signal.SIGKILL)
+            # Ingest keeps going while WhatsApp is down and restarting.
+            for eid in ids[5:]:
+                box.send(eid, PHOTO)
+                assert box.wait_ack(eid)["ok"]
+        wait_for(lambda: len({s["text"] for s in fake.sent()}) == 12, timeout=60, what="all 12 alerts sent")
+        wait_for(
+            lambda: (
+                all(o["state"] == "sent" for o in _whatsapp_outbox(svc)) and len(_whatsapp_outbox(svc)) == 12
+            ),
+            what="the outbox to agree",
+        )
+        sent = fake.sent()
+        assert len(sent) == 12  # the killed send never left, so not even a duplicate
+        assert all(s["image_bytes"] > 0 and s["to"] == "628123456789@s.whatsapp.net" for s in sent)
+        assert comp.supervisor.crashes == 1
+        failed_once = [o for o in _whatsapp_outbox(svc) if o["attempts"] > 1]
+        assert failed_once, "the killed send should have been retried by the outbox"
+    finally:
+        threading.Thread(target=fake.release).start()
+        svc.stop()
