@@ -21,7 +21,7 @@ from typing import Any
 from gateway import __version__
 
 # Modules exposing `register(subparsers)`; e.g. "gateway.web.cli" (web set-password), "gateway.whatsapp.cli".
-COMMAND_MODULES: tuple[str, ...] = ("gateway.flash.cli", "gateway.web.cli")
+COMMAND_MODULES: tuple[str, ...] = ("gateway.flash.cli", "gateway.web.cli", "gateway.whatsapp.cli")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
