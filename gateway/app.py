@@ -55,6 +55,11 @@ def build_components(service: GatewayService, config: Config) -> list[Component]
     web = web_component(service, config)
     if web is not None:
         components.append(web)
+    from gateway.homeassistant import homeassistant_component
+
+    ha = homeassistant_component(service, config)
+    if ha is not None:
+        components.append(ha)
     return components
 
 

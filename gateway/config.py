@@ -91,8 +91,16 @@ class WhatsAppConfig:
 
 @dataclass
 class HomeAssistantConfig:
-    enabled: bool = False
-    prefix: str = "homeassistant"
+    # On by default, but it only runs with an external broker (broker.url: the one Home Assistant uses).
+    enabled: bool = True
+    prefix: str = "homeassistant"  # Home Assistant's discovery prefix
+    status_topic: str = ""  # empty: <prefix>/status (Home Assistant's birth / last will)
+    state_prefix: str = ""  # empty: <broker.prefix>/_ha (state, availability, image topics)
+    gateway_id: str = "parcelbox"  # part of every unique id: one per gateway sharing a Home Assistant
+    gateway_name: str = "parcelbox gateway"
+    dashboard_url: str = ""  # http(s) link shown on each device in Home Assistant
+    snapshot_min_interval_s: float = 5.0  # "Take snapshot" presses closer than this are ignored
+    image_max_px: int = 1280  # long edge of an image made from the original (no alert copy)
 
 
 @dataclass
