@@ -195,6 +195,11 @@ def do_device(args: argparse.Namespace) -> int:
     if args.device_cmd == "remove":
         if reg.remove(args.name):
             print(f"box {args.name!r} removed; its broker login stops working within a few seconds.")
+            from gateway.homeassistant import clear_removed_box
+
+            note = clear_removed_box(config, args.name)
+            if note:
+                print(note)
             return 0
         print(f"error: no box named {args.name!r}", file=sys.stderr)
         return 1

@@ -136,3 +136,46 @@ def test_component_runs_only_with_a_shared_broker(mosquitto, prefix, tmp_path):
         assert "prefix" in str(exc)
     else:
         raise AssertionError("a wildcard discovery prefix must be refused")
+
+
+def test_cli_device_remove_clears_the_box_from_home_assistant(
+    mosquitto, prefix, tmp_path, monkeypatch, capsys
+):
+    from gateway.cli import main
+    from tests.test_homeassistant import MemoryPort
+
+    monkeypatch.setenv("PARCELBOX_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PARCELBOX_BROKER_URL", mosquitto.url)
+    monkeypatch.setenv("PARCELBOX_BROKER_PREFIX", prefix)
+    monkeypatch.setenv("PARCELBOX_CONFIG", "")
+    assert main(["device", "add", "shed"]) == 0
+    assert main(["device", "add", "gate"]) == 0
+    # What a running gateway announced (same defaults as the CLI's config).
+    ha = HAConfig(protocol_prefix=prefix)
+    port = MemoryPort(tmp_path / "photos")
+    port.add_device("shed")
+    port.add_device("gate")
+    bridge = HomeAssistantBridge(port, mosquitto.url, ha)
+    seen = Mirror(mosquitto.url, f"{ha.prefix}/#")
+    bridge.start()
+    try:
+        seen.wait(lambda: all_configs_present(seen, ha, {"shed": False, "gate": False}), what="configs")
+        assert bridge.wait_idle()
+    finally:
+        bridge.stop()
+        seen.close()
+    capsys.readouterr()
+    assert main(["device", "remove", "shed"]) == 0
+    out = capsys.readouterr().out
+    assert "Home Assistant: 'shed' and its entities removed." in out
+    fresh = Mirror(mosquitto.url, f"{ha.prefix}/#")
+    try:
+        fresh.wait(lambda: all_configs_present(fresh, ha, {"gate": False}), what="gate still there")
+        fresh._drain(0.3)
+        assert not [t for t in fresh.latest if d.box_identifier(ha, "shed") in t]
+    finally:
+        fresh.close()
+    # Broker down: the removal still succeeds and says who will catch up.
+    mosquitto.stop()
+    assert main(["device", "remove", "gate"]) == 0
+    assert "the gateway clears it when it next runs" in capsys.readouterr().out

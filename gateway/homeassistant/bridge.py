@@ -743,3 +743,29 @@ def homeassistant_component(service: Any, config: Any) -> HomeAssistantBridge | 
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     return HomeAssistantBridge.for_service(service, ha)
+
+
+def clear_removed_box(config: Any, device: str, timeout: float = 5.0) -> str:
+    """For `parcelbox device remove`: take the box out of Home Assistant right away when the gateway
+    shares an external broker with it. Never raises; returns a line for the user.
+
+    The running gateway's bridge does the same when it sees the registry change, and a gateway that was
+    stopped does it at its next start, so a failure here loses nothing.
+    """
+    section = config.homeassistant
+    if not section.enabled or not config.broker.url:
+        return ""
+    try:
+        values = {k: v for k, v in dataclasses.asdict(section).items() if k in HAConfig.__dataclass_fields__}
+        ha = HAConfig.from_mapping(values, protocol_prefix=config.broker.prefix)
+        clear_device(
+            config.broker.url,
+            device,
+            ha,
+            username=config.broker.username or None,
+            password=config.broker.password or None,
+            timeout=timeout,
+        )
+    except Exception as exc:  # broker down, refused, bad settings: the gateway catches up later
+        return f"Home Assistant: not cleared now ({exc}); the gateway clears it when it next runs."
+    return f"Home Assistant: {device!r} and its entities removed."
