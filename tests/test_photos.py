@@ -425,3 +425,22 @@ def test_fuzz_mutated_jpeg_returns_a_photo_or_photo_error(data: bytes, decoder: 
     assert result.width > 0 and result.height > 0
     assert decode(result.alert_jpeg).format == "JPEG"
     assert decode(result.thumb_jpeg).format == "JPEG"
+
+
+def test_concurrent_threads_give_the_same_results(uxga: bytes) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [to_jpeg(make_image(1600 - 64 * i, 1200)) for i in range(4)] + [uxga[:9000]]
+    captions = [f"box {i}" for i in range(len(inputs))]
+
+    def run(args: tuple[bytes, str]) -> ProcessedPhoto | str:
+        try:
+            return process_photo(args[0], PhotoSettings(), args[1])
+        except PhotoError as exc:
+            return exc.reason
+
+    serial = [run(a) for a in zip(inputs, captions, strict=True)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            assert list(pool.map(run, zip(inputs, captions, strict=True))) == serial
+    assert serial[-1] == "truncated_jpeg"
