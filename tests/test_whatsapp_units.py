@@ -146,3 +146,15 @@ def test_settings_from_the_gateway_config(tmp_path: Path) -> None:
         and s.transport == "neonize"
     )
     assert s.rate_per_minute == wa.rate_per_minute and s.rate_per_minute_overall == wa.rate_per_minute_overall
+
+
+def test_per_box_recipients_from_config_values(tmp_path: Path) -> None:
+    class Wa:
+        enabled = True
+        recipients = ["+62811"]
+        recipients_by_box = {"box2": "+62 822-1, 120363012345678901@g.us", "box3": ["+62833"]}
+
+    s = settings_from_config(Wa(), tmp_path)
+    assert s.recipients_for("box1") == ["+62811"]
+    assert s.recipients_for("box2") == ["+62 822-1", "120363012345678901@g.us"]
+    assert s.recipients_for("box3") == ["+62833"]

@@ -427,12 +427,15 @@ def child_main(
     os.chmod(settings.session_dir, 0o700)
     _redirect_stdout(settings.session_dir)
     logging.basicConfig(
-        level=logging.INFO,
+        # `pair` and `unlink` print the states themselves; the child's log would only repeat them.
+        level=logging.INFO if mode == "run" else logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s whatsapp-child[%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("whatsmeow").setLevel(logging.WARNING)
     logging.getLogger("Whatsmeow").setLevel(logging.WARNING)
+    # neonize warns about a missing ffmpeg at every connect; images (all we send) do not use it.
+    logging.getLogger("neonize.utils.ffmpeg").setLevel(logging.ERROR)
     link = PipeLink(conn)
     link.send({"t": "hello", "pid": os.getpid(), "transport": settings.transport, "mode": mode})
     lock = SessionLock(settings.session_dir)

@@ -164,9 +164,8 @@ def do_status(args: argparse.Namespace) -> int:
     running = data["gateway_pid"] is not None
     print(f"gateway        {'running, pid ' + str(data['gateway_pid']) if running else 'not running'}")
     owner = data["session_owner_pid"]
-    print(
-        f"session        {settings.session_dir} ({'exists' if data['session_exists'] else 'none: not paired'})"
-    )
+    present = "session database present" if data["session_exists"] else "no session yet: not paired"
+    print(f"session        {settings.session_dir} ({present})")
     if owner is not None:
         print(f"session owner  pid {owner}")
     if st:

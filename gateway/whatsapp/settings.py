@@ -7,6 +7,7 @@ plus the data folder; a plain picklable dataclass because it crosses into the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,15 @@ class WhatsAppSettings:
         return list(override) if override else list(self.recipients)
 
 
+def _address_list(value: Any) -> list[str]:
+    """A TOML list, or one string with addresses separated by commas or semicolons (env vars, flat tables)."""
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+    else:
+        items = re.split(r"[,;]", str(value))
+    return [i.strip().strip("[]'\" ") for i in items if i.strip().strip("[]'\" ")]
+
+
 def settings_from_config(wa: Any, data_dir: Path | str) -> WhatsAppSettings:
     """From `gateway.config.WhatsAppConfig` (or anything with the same attributes) and the data folder.
 
@@ -62,7 +72,9 @@ def settings_from_config(wa: Any, data_dir: Path | str) -> WhatsAppSettings:
         enabled=bool(getattr(wa, "enabled", False)),
         language=getattr(wa, "language", defaults.language) or "en",
         recipients=list(getattr(wa, "recipients", []) or []),
-        recipients_by_box={k: list(v) for k, v in (getattr(wa, "recipients_by_box", {}) or {}).items()},
+        recipients_by_box={
+            k: _address_list(v) for k, v in (getattr(wa, "recipients_by_box", {}) or {}).items()
+        },
         allow=list(getattr(wa, "allow", []) or []),
         rate_per_minute=int(getattr(wa, "rate_per_minute", defaults.rate_per_minute)),
         rate_per_minute_overall=int(getattr(wa, "rate_per_minute_overall", defaults.rate_per_minute_overall)),

@@ -243,7 +243,8 @@ class WhatsAppSupervisor:
 
     def _write_state_file(self, st: dict[str, Any]) -> None:
         # For `parcelbox whatsapp status` from another process; the QR is short-lived, keep it out.
-        if self.mode != "run":
+        # A "locked" state describes another process's session, not this one's: keep the owner's file.
+        if st.get("state") == "locked":
             return
         path = self.settings.state_file
         try:
