@@ -236,3 +236,15 @@ def test_library_download_failure(env, capsys):
         code, _, err = run(argv, capsys)
     assert code == 1
     assert "libraries: installing umqtt.simple failed" in err and "--mip-index" in err
+
+
+def test_micropython_too_old_for_compiled_modules(env, capsys):
+    with FakeBoard(env.flash, mpy_abi=5) as board:
+        code, _, err = run(provision_argv(env, board), capsys)
+        assert code == 1 and not (env.flash / "main.py").exists()
+        assert "loads .mpy version 5, mpy-cross makes version 6" in err and "--no-compile" in err
+        # Sources need no particular .mpy version (umqtt already there as source, so mip is skipped).
+        (env.flash / "lib" / "umqtt").mkdir(parents=True)
+        (env.flash / "lib" / "umqtt" / "simple.py").write_text("# umqtt.simple source\n")
+        code, out, _ = run(provision_argv(env, board, "--no-compile", "--no-wait"), capsys)
+    assert code == 0 and (env.flash / "detector.py").exists()

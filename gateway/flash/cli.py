@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway.flash import image as image_mod
 from gateway.flash.board import Board, resolve_port
-from gateway.flash.bundle import BoardFile, build_bundle, mpy_cross_version, planned_bundle
+from gateway.flash.bundle import MPY_MAJOR, BoardFile, build_bundle, mpy_cross_version, planned_bundle
 from gateway.flash.devconfig import (
     BoxSettings,
     build_config,
@@ -256,6 +256,12 @@ def do_provision(args: argparse.Namespace) -> int:
         if info.implementation != "micropython":
             raise FlashError("handshake", f"the board runs {info.implementation}, not MicroPython")
         progress.detail(f"MicroPython {info.release} on {info.machine}")
+        if not args.no_compile and info.mpy != MPY_MAJOR:
+            raise FlashError(
+                "compile",
+                f"this MicroPython loads .mpy version {info.mpy or 'unknown'}, mpy-cross makes version {MPY_MAJOR}",
+                "flash MicroPython 1.19 or newer, or pass --no-compile to copy sources",
+            )
 
         if args.no_camera_check:
             progress.step("camera: not checked (--no-camera-check)")

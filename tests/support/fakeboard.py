@@ -49,6 +49,7 @@ class FakeBoard:
     mode: "micropython" (normal), "silent" (answers nothing: asleep or no firmware), or
     "garbage" (prints something that is not a MicroPython REPL, like another firmware).
     camera: whether `import camera` works. raw_paste: whether raw-paste mode is offered.
+    mpy_abi: what sys.implementation._mpy reports (the .mpy version the firmware loads).
     on_boot(board): called in a thread after machine.reset(), as the firmware's main.py would run;
     it may call board.console() to print and publish MQTT like a real box.
     """
@@ -61,6 +62,7 @@ class FakeBoard:
         camera: bool = True,
         raw_paste: bool = True,
         on_boot: Callable[[FakeBoard], None] | None = None,
+        mpy_abi: int = MPY_ABI,
     ) -> None:
         self.flash = Path(flash)
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -68,6 +70,7 @@ class FakeBoard:
         self.camera = camera
         self.raw_paste = raw_paste
         self.on_boot = on_boot
+        self.mpy_abi = mpy_abi
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         # Never block the serving thread on a full pty buffer when the host has stopped reading.
@@ -378,7 +381,9 @@ class FakeBoard:
 
     def _sys_module(self):
         return types.SimpleNamespace(
-            implementation=types.SimpleNamespace(name="micropython", version=(1, 25, 0, ""), _mpy=MPY_ABI),
+            implementation=types.SimpleNamespace(
+                name="micropython", version=(1, 25, 0, ""), _mpy=self.mpy_abi
+            ),
             platform="esp32",
             path=["", ".frozen", "/lib"],
             version="3.4.0; MicroPython v1.25.0",
