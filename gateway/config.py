@@ -87,6 +87,12 @@ class WhatsAppConfig:
     allow: list[str] = field(default_factory=list)  # numbers allowed to send commands
     rate_per_minute: int = 10  # per recipient
     rate_per_minute_overall: int = 20
+    # box id -> its recipients, replacing `recipients` for that box (TOML list or "a, b" string)
+    recipients_by_box: dict[str, str] = field(default_factory=dict)
+    commands_per_minute: int = 6  # per allowed sender; more are ignored (and counted)
+    session_dir: Path | None = None  # neonize session, lock and state; default <data_dir>/whatsapp
+    transport: str = "neonize"  # neonize | fake (file-driven stand-in for WhatsApp: tests, demos)
+    fake_dir: Path | None = None  # the fake transport's folder
 
 
 @dataclass

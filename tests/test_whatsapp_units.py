@@ -158,3 +158,28 @@ def test_per_box_recipients_from_config_values(tmp_path: Path) -> None:
     assert s.recipients_for("box1") == ["+62811"]
     assert s.recipients_for("box2") == ["+62 822-1", "120363012345678901@g.us"]
     assert s.recipients_for("box3") == ["+62833"]
+
+
+def test_whatsapp_section_of_a_toml_config(tmp_path: Path) -> None:
+    from gateway.config import load_config
+
+    cfg_file = tmp_path / "parcelbox.toml"
+    cfg_file.write_text(
+        f"""
+data_dir = "{tmp_path / "data"}"
+[whatsapp]
+enabled = true
+language = "id"
+recipients = ["+62 811 1111 111"]
+allow = ["+62 811 1111 111", "+62 822 2222 222"]
+commands_per_minute = 4
+[whatsapp.recipients_by_box]
+garage = ["120363012345678901@g.us", "+62 833 3333 333"]
+"""
+    )
+    cfg = load_config(cfg_file, env={})
+    s = settings_from_config(cfg.whatsapp, cfg.data_dir)
+    assert s.enabled and s.language == "id" and s.transport == "neonize" and s.commands_per_minute == 4
+    assert s.session_dir == Path(cfg.data_dir) / "whatsapp"
+    assert s.recipients_for("garage") == ["120363012345678901@g.us", "+62 833 3333 333"]
+    assert s.recipients_for("front") == ["+62 811 1111 111"]
