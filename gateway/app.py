@@ -131,21 +131,22 @@ def summary(service: GatewayService, config: Config) -> str:
 def run(config: Config) -> int:
     """Run until SIGTERM / SIGINT, then drain and stop. Returns the exit code."""
     setup_logging(config.log_level)
-    log.info("config: %s", config.redacted())
     service = build_service(config)
     stop = threading.Event()
+    service.start()  # raises DataDirLocked before anything else happens if another gateway owns the folder
+    log.debug("config: %s", config.redacted())
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("%s received: draining and stopping", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    service.start()
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     print(summary(service, config), file=sys.stderr, flush=True)
     try:
         while not stop.wait(1.0):
             pass
     finally:
         service.stop()
+        for s, h in previous.items():
+            signal.signal(s, h)
     return 0

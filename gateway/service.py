@@ -497,19 +497,32 @@ class GatewayService:
         return DeviceRecord(**{k: rec.get(k) for k in DeviceRecord.__annotations__})  # type: ignore[typeddict-item]
 
     def _apply_event_to_device(self, dev: dict[str, Any], ev: EventRecord) -> dict[str, Any]:
+        """Update a box's state from one event. Events may be stored out of order (photos take longer,
+        spools replay late), so state follows the events' own times, not the order they were stored."""
         dev = dict(dev)
-        dev["last_event_id"] = ev["id"]
+        ts = ev["ts"]
         dev["last_seen"] = max(dev.get("last_seen") or 0, ev["received_at"])
+        newest = ts >= (dev.get("last_event_ts") or 0)
+        if newest:
+            dev["last_event_id"] = ev["id"]
+            dev["last_event_ts"] = ts
+        last_pickup = dev.get("last_pickup_ts") or 0
+        waiting_ts = [t for t in dev.get("waiting_ts") or [] if t > last_pickup]
         if ev["type"] == "delivery":
-            dev["waiting"] = int(dev.get("waiting") or 0) + 1
-            dev["last_delivery_ts"] = ev["ts"]
-        elif ev["type"] == "pickup":
-            dev["waiting"] = 0
-        lid = ev["sensors"].get("lid") if isinstance(ev["sensors"], dict) else None
-        if lid in ("open", "closed"):
-            dev["lid_open"] = lid == "open"
-        elif ev["type"] == "lid_left_open":
-            dev["lid_open"] = True
+            if ts > last_pickup:
+                waiting_ts = sorted([*waiting_ts, ts])[-100:]
+            dev["last_delivery_ts"] = max(dev.get("last_delivery_ts") or 0, ts)
+        elif ev["type"] == "pickup" and ts >= last_pickup:
+            dev["last_pickup_ts"] = ts
+            waiting_ts = [t for t in waiting_ts if t > ts]
+        dev["waiting_ts"] = waiting_ts
+        dev["waiting"] = len(waiting_ts)
+        if newest:
+            lid = ev["sensors"].get("lid") if isinstance(ev["sensors"], dict) else None
+            if lid in ("open", "closed"):
+                dev["lid_open"] = lid == "open"
+            elif ev["type"] == "lid_left_open":
+                dev["lid_open"] = True
         return dev
 
     def _on_status(self, device: str, payload: bytes, received_at: float) -> None:
@@ -805,6 +818,9 @@ class GatewayService:
     def _tick(self) -> None:
         self._dropped(self._reasm.expire())
         self._check_offline()
+        if self.broker is not None:
+            self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
+            self.broker.supervise()
 
     def _retention(self) -> None:
         assert self.store is not None

@@ -10,11 +10,12 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import paho.mqtt.client as mqtt
 from PIL import Image
 
 from gateway.config import Config, load_config
-from tests.support.mqtt import Collector, client
 
 
 def make_jpeg(width: int = 640, height: int = 480, seed: int = 0, quality: int = 85) -> bytes:
@@ -73,16 +74,35 @@ def chunks(photo: bytes, chunk_size: int = 4096) -> list[bytes]:
 
 
 class Box:
-    """Publishes like a box (QoS 1) and collects its acks."""
+    """Publishes like a box (QoS 1, persistent session) and collects its acks on the same connection."""
 
-    def __init__(self, url: str, prefix: str, device: str, **kw: Any) -> None:
+    def __init__(
+        self, url: str, prefix: str, device: str, *, username: str | None = None, password: str | None = None
+    ) -> None:
         self.prefix = prefix
         self.device = device
-        # A persistent session, like a real box: acks survive a broker restart.
-        self.acks = Collector(
-            url, f"{prefix}/{device}/ack", clean=False, client_id=f"ack-{device}-{uuid.uuid4().hex[:8]}", **kw
+        self._acks: dict[str, list[dict[str, Any]]] = {}
+        self._q: queue.Queue[bytes] = queue.Queue()
+        u = urlparse(url)
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"box-{device}-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
         )
-        self.c = client(url, **kw)
+        if username:
+            self.c.username_pw_set(username, password)
+        subscribed: queue.Queue[bool] = queue.Queue()
+
+        def on_connect(c, _u, _f, rc, _p):
+            if not rc.is_failure:
+                c.subscribe(f"{prefix}/{device}/ack", 1)
+
+        self.c.on_connect = on_connect
+        self.c.on_subscribe = lambda *a: subscribed.put(True)
+        self.c.on_message = lambda _c, _u, m: self._q.put(bytes(m.payload))
+        self.c.connect(u.hostname or "127.0.0.1", u.port or 1883, keepalive=30)
+        self.c.loop_start()
+        subscribed.get(timeout=10)
 
     def pub(self, sub: str, payload: bytes, retain: bool = False) -> None:
         self.c.publish(f"{self.prefix}/{self.device}/{sub}", payload, qos=1, retain=retain).wait_for_publish(
@@ -116,21 +136,30 @@ class Box:
             self.event(eid, payload)
 
     def wait_ack(self, eid: str, timeout: float = 20.0) -> dict[str, Any]:
+        """The next ack for `eid`; acks for other events are kept for their own wait_ack."""
         deadline = time.monotonic() + timeout
         while True:
+            pending = self._acks.get(eid)
+            if pending:
+                return pending.pop(0)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no ack for {eid}")
             try:
-                m = self.acks.get(timeout=left)
+                payload = self._q.get(timeout=min(left, 0.5))
             except queue.Empty:
                 continue
-            ack = json.loads(m.payload)
-            if ack["id"] == eid:
-                return ack
+            ack = json.loads(payload)
+            self._acks.setdefault(ack["id"], []).append(ack)
+
+    def next_ack(self, timeout: float = 0.2) -> dict[str, Any] | None:
+        """Any ack (for stream tests); None if none came within `timeout`."""
+        try:
+            return json.loads(self._q.get(timeout=timeout))
+        except queue.Empty:
+            return None
 
     def close(self) -> None:
-        self.acks.close()
         self.c.disconnect()
         self.c.loop_stop()
 

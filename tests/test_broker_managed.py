@@ -1,0 +1,110 @@
+"""The managed broker: Mosquitto with per-box passwords and ACLs from the registry; the amqtt fallback."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from gateway.broker import acl_text, mosquitto_password_hash
+from gateway.service import GatewayService
+from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
+
+
+def _managed(tmp_path, prefix, **env):
+    base = {
+        "PARCELBOX_BROKER_URL": "",
+        "PARCELBOX_BROKER_LISTEN_HOST": "127.0.0.1",
+        "PARCELBOX_BROKER_LISTEN_PORT": "0",
+    }
+    base.update(env)
+    return gateway_config(tmp_path / "data", "", prefix, **base)
+
+
+def _connect_rc(url: str, username: str | None, password: str | None) -> int:
+    """The CONNACK reason code value (0 = accepted)."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}")
+    if username:
+        c.username_pw_set(username, password)
+    codes: list[int] = []
+    c.on_connect = lambda _c, _u, _f, rc, _p: codes.append(rc.value)
+    c.connect(u.hostname, u.port)
+    c.loop_start()
+    try:
+        wait_for(lambda: codes, 10, what="CONNACK")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return codes[0]
+
+
+def test_password_hash_format():
+    h = mosquitto_password_hash("pw")
+    assert h.startswith("$7$101$") and len(h.split("$")) == 5
+    assert "pattern write pfx/%u/event" in acl_text("pfx", False)
+    assert "topic readwrite pfx/#" not in acl_text("pfx", False)
+
+
+def test_managed_mosquitto_enforces_passwords_and_per_box_acl(tmp_path, prefix):
+    cfg = _managed(tmp_path, prefix, PARCELBOX_BROKER_ALLOW_ANONYMOUS="false")
+    svc = GatewayService(cfg)
+    a = svc.registry.add("box-a")
+    svc.start()
+    try:
+        assert svc.broker.kind == "mosquitto" and svc.wait_connected(10)
+        url = svc.broker.url
+        assert (tmp_path / "data" / "broker" / "passwd").stat().st_mode & 0o777 == 0o600
+        assert _connect_rc(url, None, None) != 0  # anonymous refused
+        assert _connect_rc(url, "box-a", "wrong") != 0
+        box = Box(url, prefix, "box-a", username="box-a", password=a.password)
+        try:
+            e1 = new_event_id()
+            box.send(e1, make_jpeg(160, 120))
+            assert box.wait_ack(e1)["ok"]
+            # box-a may not speak for box-b: the broker drops it, nothing is stored
+            e2 = new_event_id()
+            box.c.publish(
+                f"{prefix}/box-b/event",
+                json.dumps(
+                    {"v": 1, "id": e2, "type": "delivery", "ts": None, "seq": 1, "photo": None}
+                ).encode(),
+                qos=1,
+            ).wait_for_publish(10)
+            e3 = new_event_id()
+            box.send(e3, None)
+            assert box.wait_ack(e3)["ok"]  # processed after e2 would have been
+            assert svc.get_event("box-b", e2) is None
+        finally:
+            box.close()
+        # a box added while the gateway runs can connect within a few seconds
+        b = svc.registry.add("box-b")
+        wait_for(lambda: _connect_rc(url, "box-b", b.password) == 0, 15, interval=0.5, what="reload")
+        svc.registry.remove("box-b")
+        wait_for(lambda: _connect_rc(url, "box-b", b.password) != 0, 15, interval=0.5, what="revoke")
+    finally:
+        svc.stop()
+    assert svc.broker is None  # stopped with the gateway
+
+
+def test_amqtt_fallback_serves_events(tmp_path, prefix, caplog):
+    pytest.importorskip("amqtt")
+    cfg = _managed(tmp_path, prefix, PARCELBOX_BROKER_PREFER="amqtt")
+    svc = GatewayService(cfg)
+    svc.start()
+    try:
+        assert svc.broker.kind == "amqtt" and svc.wait_connected(15)
+        assert any("TRYING THINGS OUT" in r.getMessage() for r in caplog.records)
+        box = Box(svc.broker.url, prefix, "box1")
+        try:
+            eid = new_event_id()
+            box.send(eid, make_jpeg(160, 120))
+            assert box.wait_ack(eid, timeout=30)["ok"]
+        finally:
+            box.close()
+    finally:
+        svc.stop()

@@ -1,0 +1,132 @@
+"""Alerts end to end through a real broker into the folder sink; box health alerts; commands; the bus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED
+from gateway.service import GatewayService
+from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
+from tests.support.mqtt import Collector
+
+PHOTO = make_jpeg(320, 240, seed=5)
+
+
+def _alerts(folder):
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def _start(tmp_path, mosquitto, prefix, **env):
+    env.setdefault("PARCELBOX_DEVICES_NAMES", "box1=Front gate")
+    cfg = gateway_config(tmp_path / "data", mosquitto.url, prefix, **env)
+    svc = GatewayService(cfg)
+    from gateway.app import build_notifiers
+
+    for n in build_notifiers(cfg):
+        svc.add_notifier(n)
+    svc.start()
+    assert svc.wait_connected(10)
+    return svc
+
+
+@pytest.fixture
+def box(mosquitto, prefix):
+    b = Box(mosquitto.url, prefix, "box1")
+    yield b
+    b.close()
+
+
+def test_delivery_pickup_lid_alerts_with_captions_photos_and_bus(tmp_path, mosquitto, prefix, box):
+    svc = _start(tmp_path, mosquitto, prefix, PARCELBOX_ALERTS_LANGUAGE="id")
+    seen: list[tuple[str, dict]] = []
+    svc.bus.subscribe(lambda t, d: seen.append((t, d)))
+    try:
+        folder = svc.config.folder_sink_path
+        e1, e2, e3, e4 = (new_event_id() for _ in range(4))
+        box.send(e1, PHOTO)
+        box.send(e2, PHOTO)
+        box.send(e3, None, etype="lid_left_open")
+        box.send(e4, None, etype="pickup")
+        for e in (e1, e2, e3, e4):
+            assert box.wait_ack(e)["ok"]
+        docs = wait_for(lambda: (d := _alerts(folder)) and len(d) == 4 and d, what="4 alerts")
+        by_event = {d["event_ids"][0]: d for d in docs}
+        assert "Paket diterima di Front gate" in by_event[e1]["caption"]
+        # Photo events finish after photo-less ones; the state still follows the events' own times.
+        assert by_event[e3]["kind"] == "lid_left_open"
+        assert "Kotak kosong" in by_event[e4]["caption"]
+        assert (folder / f"{by_event[e1]['id']}.jpg").read_bytes()[:2] == b"\xff\xd8"
+        assert by_event[e4]["photo"] is None
+        dev = svc.list_devices()[0]
+        assert dev["waiting"] == 0 and dev["name"] == "Front gate" and dev["last_event_id"] == e4
+        wait_for(lambda: svc.health()["alerts"]["sent"] == 4, what="sent counter")
+        topics = {t for t, _ in seen}
+        assert {EVENT_STORED, DEVICE_CHANGED, OUTBOX_CHANGED} <= topics
+        assert sorted(d["id"] for t, d in seen if t == EVENT_STORED) == sorted([e1, e2, e3, e4])
+        assert any(d["state"] == "sent" for t, d in seen if t == OUTBOX_CHANGED)
+        assert svc.list_outbox("sent", limit=10)[0]["notifier"] == "folder"
+    finally:
+        svc.stop()
+
+
+def test_offline_online_and_low_battery_alerts(tmp_path, mosquitto, prefix, box):
+    svc = _start(
+        tmp_path,
+        mosquitto,
+        prefix,
+        PARCELBOX_ALERTS_OFFLINE_AFTER_S="1",
+        PARCELBOX_ALERTS_LOW_BATTERY_MV="3500",
+    )
+    try:
+        folder = svc.config.folder_sink_path
+        st = {"v": 1, "online": True, "fw": "0.1.0", "battery_mv": 3300}
+        box.pub("status", json.dumps(st).encode())
+        box.pub("status", json.dumps(st).encode())  # still low: no second alert
+        wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "low_battery"], what="low battery alert")
+        box.pub("status", json.dumps({"v": 1, "online": False}).encode())
+        off = wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "offline"], what="offline alert")
+        assert "Front gate" in off[0]["caption"] and "offline" in off[0]["caption"]
+        box.pub("status", json.dumps({**st, "battery_mv": 4000}).encode())
+        wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "online"], what="online alert")
+        kinds = sorted(d["kind"] for d in _alerts(folder))
+        assert kinds == ["low_battery", "offline", "online"]
+        assert "3.30 V" in [d for d in _alerts(folder) if d["kind"] == "low_battery"][0]["caption"]
+    finally:
+        svc.stop()
+
+
+def test_burst_grouping_makes_one_alert(tmp_path, mosquitto, prefix, box):
+    svc = _start(tmp_path, mosquitto, prefix, PARCELBOX_ALERTS_GROUP_WINDOW_S="3")
+    try:
+        ids = [new_event_id() for _ in range(3)]
+        for e in ids:
+            box.send(e, PHOTO)
+            assert box.wait_ack(e)["ok"]
+        docs = wait_for(lambda: _alerts(svc.config.folder_sink_path), what="grouped alert")
+        assert len(docs) == 1 and docs[0]["event_ids"] == ids
+        assert docs[0]["caption"].startswith("📦 3 packages delivered to Front gate")
+        assert docs[0]["state"] == {"waiting": 3} and "3 packages waiting" in docs[0]["caption"]
+    finally:
+        svc.stop()
+
+
+def test_send_command_and_result_on_bus(tmp_path, mosquitto, prefix, box):
+    svc = _start(tmp_path, mosquitto, prefix)
+    results: list[dict] = []
+    svc.bus.subscribe(lambda t, d: results.append(d), COMMAND_RESULT)
+    cmds = Collector(mosquitto.url, f"{prefix}/box1/cmd")
+    try:
+        cid = svc.send_command("box1", "ping")
+        msg = json.loads(cmds.get().payload)
+        assert msg == {"v": 1, "id": cid, "cmd": "ping", "args": {}}
+        box.pub("cmd/result", json.dumps({"v": 1, "id": cid, "ok": True, "uptime_s": 9}).encode())
+        wait_for(lambda: results, what="command result")
+        assert results[0] == {"device": "box1", "id": cid, "ok": True, "error": None, "uptime_s": 9}
+        assert svc.command_result(cid)["ok"] is True
+        with pytest.raises(ValueError):
+            svc.send_command("../x", "ping")
+    finally:
+        cmds.close()
+        svc.stop()

@@ -1,0 +1,213 @@
+"""Outbox dispatcher: backoff, dead-letter with last error, manual retry, rate limits. Real store files."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.bus import OUTBOX_CHANGED, Bus
+from gateway.notify.base import Alert, RateLimit, SendResult
+from gateway.outbox import OutboxDispatcher, RateLimiter, backoff_s
+from gateway.store import Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class ScriptedSink:
+    """Stands in for a remote service: returns the scripted results in order, then ok."""
+
+    def __init__(self, name: str = "remote", results=(), rate_limit: RateLimit | None = None) -> None:
+        self.name = name
+        self.results = list(results)
+        self.rate_limit = rate_limit
+        self.sent: list[Alert] = []
+
+    def recipients(self, device: str) -> list[str]:
+        return ["r1"]
+
+    def send(self, alert: Alert) -> SendResult:
+        self.sent.append(alert)
+        if self.results:
+            r = self.results.pop(0)
+            if isinstance(r, Exception):
+                raise r
+            return r
+        return SendResult(ok=True)
+
+    def close(self) -> None:
+        pass
+
+
+def entry(i: int, now: float, notifier: str = "remote", recipient: str = "r1") -> dict:
+    return {
+        "id": f"a{i}_{notifier}",
+        "kind": "delivery",
+        "device": "box1",
+        "event_ids": [f"event{i:05d}"],
+        "notifier": notifier,
+        "recipient": recipient,
+        "state": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+        "sent_at": None,
+        "last_error": None,
+        "caption": f"c{i}",
+        "ts": now,
+        "device_name": "Box 1",
+        "has_photo": False,
+    }
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "data")
+    yield s
+    s.close()
+
+
+def make(store, sink, clock, **kw) -> tuple[OutboxDispatcher, list]:
+    bus = Bus()
+    changes: list = []
+    bus.subscribe(lambda t, d: changes.append(d), OUTBOX_CHANGED)
+    d = OutboxDispatcher(
+        store,
+        {sink.name: sink},
+        bus=bus,
+        photo_path=lambda *_: None,
+        clock=clock,
+        backoff_initial_s=2,
+        backoff_max_s=30,
+        dead_after_s=100,
+        **kw,
+    )
+    return d, changes
+
+
+def test_backoff_doubles_until_sent_and_state_survives_reopen(tmp_path, store):
+    clock = Clock()
+    sink = ScriptedSink(
+        results=[SendResult(False, "boom1"), RuntimeError("crash in sink"), SendResult(False, "boom3")]
+    )
+    store.add_outbox([entry(1, clock.t)], clock.t)
+    d, changes = make(store, sink, clock)
+    assert d._pass("remote")
+    rec = store.get_outbox("a1_remote")
+    assert rec["state"] == "failed" and rec["attempts"] == 1 and rec["last_error"] == "boom1"
+    assert rec["next_attempt_at"] == clock.t + 2
+    assert not d._pass("remote")  # not due yet
+    clock.t += 2
+    d._pass("remote")
+    rec = store.get_outbox("a1_remote")
+    assert (
+        rec["attempts"] == 2
+        and "crash in sink" in rec["last_error"]
+        and rec["next_attempt_at"] == clock.t + 4
+    )
+    clock.t += 4
+    d._pass("remote")
+    assert store.get_outbox("a1_remote")["next_attempt_at"] == clock.t + 8
+    # durable: a fresh Store sees the same failed entry
+    store.close()
+    s2 = Store(tmp_path / "data")
+    assert s2.get_outbox("a1_remote")["attempts"] == 3
+    d2, _ = make(s2, sink, clock)
+    clock.t += 8
+    d2._pass("remote")
+    rec = s2.get_outbox("a1_remote")
+    assert rec["state"] == "sent" and rec["sent_at"] == clock.t
+    assert s2.outbox_counts() == {"pending": 0, "sent": 1, "failed": 0, "dead": 0}
+    assert [c["state"] for c in changes] == ["failed", "failed", "failed"]
+    s2.close()
+
+
+def test_dead_letter_after_configured_time_then_manual_retry(store):
+    clock = Clock()
+    sink = ScriptedSink(results=[SendResult(False, f"down {i}") for i in range(20)])
+    store.add_outbox([entry(1, clock.t)], clock.t)
+    d, _ = make(store, sink, clock)
+    for _ in range(20):
+        d._pass("remote")
+        rec = store.get_outbox("a1_remote")
+        if rec["state"] == "dead":
+            break
+        clock.t = rec["next_attempt_at"]
+    assert rec["state"] == "dead" and rec["last_error"].startswith("down")
+    assert store.list_outbox("dead")[0]["id"] == "a1_remote"
+    assert clock.t - rec["created_at"] >= 100
+    sink.results.clear()
+    assert d.retry("a1_remote") is True
+    assert store.get_outbox("a1_remote")["state"] == "pending"
+    d._pass("remote")
+    assert store.get_outbox("a1_remote")["state"] == "sent"
+    assert d.retry("a1_remote") is False  # nothing to retry once sent
+
+
+def test_permanent_failure_dead_at_once_and_retry_after_honoured(store):
+    clock = Clock()
+    sink = ScriptedSink(
+        results=[
+            SendResult(False, "no such recipient", permanent=True),
+            SendResult(False, "slow down", retry_after_s=25),
+        ]
+    )
+    store.add_outbox([entry(1, clock.t), entry(2, clock.t)], clock.t)
+    d, _ = make(store, sink, clock)
+    d._pass("remote")
+    assert store.get_outbox("a1_remote")["state"] == "dead"
+    rec = store.get_outbox("a2_remote")
+    assert rec["state"] == "failed" and rec["next_attempt_at"] == clock.t + 25
+
+
+def test_rate_limit_per_recipient_and_overall(store):
+    clock = Clock()
+    sink = ScriptedSink(rate_limit=RateLimit(per_recipient=(2, 60.0), overall=(3, 60.0)))
+    sink.recipients = lambda device: ["r1", "r2"]
+    rows = [entry(i, clock.t - 10 + i * 0.001, recipient="r1") for i in range(3)]
+    rows += [{**entry(10 + i, clock.t - 5 + i * 0.001, recipient="r2")} for i in range(2)]
+    store.add_outbox(rows, clock.t)
+    d, _ = make(store, sink, clock)
+    d._pass("remote")
+    # r1 gets 2 (its limit), r2 gets 1 (the overall limit of 3)
+    assert [a.recipient for a in sink.sent] == ["r1", "r1", "r2"]
+    assert store.outbox_counts()["pending"] == 2  # limited entries are not failures
+    clock.t += 61
+    d._pass("remote")
+    assert store.outbox_counts()["sent"] == 5
+
+
+def test_rate_limiter_and_backoff_units():
+    rl = RateLimiter(RateLimit(per_recipient=(1, 10.0)))
+    assert rl.wait_s("a", 0) == 0
+    rl.record("a", 0)
+    assert rl.wait_s("a", 5) == 5 and rl.wait_s("b", 5) == 0
+    assert rl.wait_s("a", 10) == 0
+    assert RateLimiter(None).wait_s("a", 0) == 0
+    assert [backoff_s(n, 2, 30) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 16, 30]
+
+
+def test_dispatcher_threads_send_and_stop(store):
+    import time
+
+    sink = ScriptedSink()
+    folder_like = ScriptedSink(name="other")
+    now = time.time()
+    store.add_outbox([entry(1, now), entry(2, now, notifier="other")], now)
+    bus = Bus()
+    d = OutboxDispatcher(
+        store, {"remote": sink, "other": folder_like}, bus=bus, photo_path=lambda *_: None, poll_s=0.05
+    )
+    d.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.outbox_counts()["sent"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        d.stop()
+    assert store.outbox_counts()["sent"] == 2
+    assert len(sink.sent) == 1 and len(folder_like.sent) == 1
