@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,14 +14,19 @@ from gateway.flash.cli import main
 from tests.support.fakeboard import FakeBoard, MipIndex, write_firmware_tree
 from tests.support.mqtt import client
 
-EXAMPLE = {
-    "device_id": "box",
+# The real firmware's example config: the config the tool writes must have exactly its keys.
+_REAL_EXAMPLE = Path(__file__).resolve().parents[1] / "firmware" / "config.example.json"
+# Its shape when these tests were written, for a checkout where the firmware is not there yet.
+_FALLBACK_EXAMPLE = {
+    "device_id": "box-1",
     "prefix": "parcelbox",
-    "wifi": {"ssid": "", "password": ""},
-    "mqtt": {"host": "", "port": 1883, "user": "", "password": "", "keepalive": 60},
-    "pins": {"reed": 13, "flash_led": 4},
     "mode": "always_on",
+    "wifi": {"ssid": "your-wifi", "password": "your-wifi-password"},
+    "broker": {"host": "192.168.1.10", "port": 1883, "username": "", "password": "", "keepalive_s": 60},
+    "pins": {"lid": 13, "lid_open_level": 1, "flash": 4},
+    "sensor": "none",
 }
+EXAMPLE = json.loads(_REAL_EXAMPLE.read_text()) if _REAL_EXAMPLE.exists() else _FALLBACK_EXAMPLE
 UMQTT = b"M\x06\x00\x1f fake umqtt.simple bytecode"
 
 
@@ -33,7 +39,7 @@ def publish_status_on_boot(board: FakeBoard) -> None:
     cfg = json.loads(board.path("/config.json").read_text())
     board.console("parcelbox 0.1.0 starting")
     board.console(f"wifi: connected to {cfg['wifi']['ssid']}")
-    c = client(f"mqtt://{cfg['mqtt']['host']}:{cfg['mqtt']['port']}")
+    c = client(f"mqtt://{cfg['broker']['host']}:{cfg['broker']['port']}")
     status = {"v": 1, "online": True, "fw": "0.1.0", "uptime_s": 2, "rssi": -58, "heap_free": 81234}
     c.publish(
         f"{cfg['prefix']}/{cfg['device_id']}/status", json.dumps(status), qos=1, retain=True
@@ -99,9 +105,14 @@ def test_provision_copies_firmware_writes_config_and_waits_for_online(env, capsy
     assert _key_tree(cfg) == _key_tree(EXAMPLE)
     assert cfg["device_id"] == "box1" and cfg["prefix"] == env.prefix
     assert cfg["wifi"] == {"ssid": "HomeNet", "password": "hunter22"}
-    assert cfg["mqtt"]["host"] == "127.0.0.1" and cfg["mqtt"]["port"] == env.broker.port
-    assert (cfg["mqtt"]["user"], cfg["mqtt"]["password"]) == (env.creds.username, env.creds.password)
-    assert cfg["pins"] == EXAMPLE["pins"] and cfg["mode"] == "always_on"
+    assert cfg["broker"]["host"] == "127.0.0.1" and cfg["broker"]["port"] == env.broker.port
+    assert (cfg["broker"]["username"], cfg["broker"]["password"]) == (env.creds.username, env.creds.password)
+    # Everything the tool does not own keeps the example's value.
+    assert (
+        cfg["pins"] == EXAMPLE["pins"]
+        and cfg["mode"] == EXAMPLE["mode"]
+        and cfg["sensor"] == EXAMPLE["sensor"]
+    )
     # Progress for every step, the box's console, and the result.
     for step in ("[1/9] settings", "[2/9] broker", "[3/9] compile", "[4/9] connect", "[5/9] camera",
                  "[6/9] libraries", "[7/9] copy", "[8/9] reset", "[9/9] online"):  # fmt: skip
@@ -230,7 +241,11 @@ def test_flags_replace_the_registry(env, capsys):
         argv[argv.index("box1")] = "box9"  # not registered: flags are enough
         assert main(argv) == 0
     cfg = json.loads((env.flash / "config.json").read_text())
-    assert (cfg["device_id"], cfg["mqtt"]["user"], cfg["mqtt"]["password"]) == ("box9", "custom", "s3cret")
+    assert (cfg["device_id"], cfg["broker"]["username"], cfg["broker"]["password"]) == (
+        "box9",
+        "custom",
+        "s3cret",
+    )
 
 
 def test_parcelbox_flash_is_a_gateway_subcommand(env, capsys):
