@@ -252,3 +252,65 @@ def test_a_stopped_supervisor_releases_the_session(tmp_path: Path) -> None:
         pid = sup.child_pid()
         assert SessionLock(settings.session_dir).holder() == pid
     assert SessionLock(settings.session_dir).holder() is None
+
+
+def test_ctrl_c_in_the_terminal_does_not_kill_the_child(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        pid = sup.child_pid()
+        os.kill(pid, signal.SIGINT)
+        assert WhatsAppNotifier(settings, sup).send(_alert(1)).ok
+        assert sup.child_pid() == pid and sup.crashes == 0
+    assert len(fake.sent()) == 1
+
+
+def test_child_exits_and_frees_the_session_when_the_gateway_is_killed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from gateway.whatsapp.lock import SessionLock
+
+    settings = fake_settings(tmp_path)
+    pair_fake(settings)
+    script = tmp_path / "gw.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from tests.support.whatsapp import fake_settings, wait_state\n"
+        "from gateway.whatsapp.supervisor import WhatsAppSupervisor\n"
+        "if __name__ == '__main__':\n"
+        f"    sup = WhatsAppSupervisor(fake_settings(Path({str(tmp_path)!r})))\n"
+        "    sup.start()\n"
+        "    wait_state(sup, 'connected')\n"
+        "    print(sup.child_pid(), flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    gw = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert gw.stdout is not None
+        child = int(gw.stdout.readline())
+        assert SessionLock(settings.session_dir).holder() == child
+        gw.kill()
+        gw.wait(10)
+        wait_until(
+            lambda: SessionLock(settings.session_dir).holder() is None, what="the orphaned child to exit"
+        )
+        wait_until(
+            lambda: (
+                not os.path.exists(f"/proc/{child}") or "Z" in open(f"/proc/{child}/stat").read().split()[2]
+            ),
+            what="child gone",
+        )
+    finally:
+        gw.kill()
+        gw.wait(10)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -422,6 +423,9 @@ def child_main(
 ) -> None:
     """Entry point of the spawned child. Never returns: ends with `os._exit` (neonize leaves
     non-daemon Go-backed threads behind that would otherwise keep the process alive)."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides when this child stops
+    # (over the pipe, or by going away), so a keypress never kills it mid-send.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The session database holds the account's keys: readable by its owner only.
     settings.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(settings.session_dir, 0o700)
