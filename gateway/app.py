@@ -60,6 +60,11 @@ def build_components(service: GatewayService, config: Config) -> list[Component]
     ha = homeassistant_component(service, config)
     if ha is not None:
         components.append(ha)
+    from gateway.whatsapp.component import whatsapp_component
+
+    wa = whatsapp_component(service, config)  # also registers the `whatsapp` notifier
+    if wa is not None:
+        components.append(wa)
     return components
 
 

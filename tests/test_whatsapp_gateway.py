@@ -119,3 +119,36 @@ def test_sigkill_during_a_stream_of_alerts_loses_nothing(tmp_path, mosquitto, pr
     finally:
         threading.Thread(target=fake.release).start()
         svc.stop()
+
+
+def test_build_service_wires_whatsapp_from_the_config(tmp_path, mosquitto, prefix, box) -> None:
+    from gateway.app import build_service
+
+    fake_dir = tmp_path / "fakewa"
+    cfg = _config(
+        tmp_path,
+        mosquitto,
+        prefix,
+        PARCELBOX_WHATSAPP_TRANSPORT="fake",
+        PARCELBOX_WHATSAPP_FAKE_DIR=str(fake_dir),
+        PARCELBOX_WHATSAPP_LANGUAGE="id",
+        PARCELBOX_WEB_ENABLED="false",
+    )
+    settings = fake_settings(tmp_path)  # same session_dir: <data>/whatsapp
+    pair_fake(settings)
+    fake = FakeWhatsApp(fake_dir)
+    svc = build_service(cfg)
+    assert "whatsapp" in svc.notifiers
+    comp = next(c for c in svc.components if isinstance(c, WhatsAppComponent))
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        wait_for(lambda: svc.whatsapp_state().get("state") == "connected", what="connected on the gateway")
+        assert "whatsapp" in comp.summary
+        eid = new_event_id()
+        box.send(eid, PHOTO)
+        assert box.wait_ack(eid)["ok"]
+        sent = wait_for(lambda: fake.sent(), what="the alert on WhatsApp")
+        assert sent[0]["text"].startswith("📦 Paket diterima di Front gate") and sent[0]["image_bytes"] > 0
+    finally:
+        svc.stop()
