@@ -311,7 +311,8 @@ def box_entities(
         with_battery = record.get("battery_mv") is not None
 
     def flag(key: str) -> str:
-        # "None" is Home Assistant's payload for "unknown" (e.g. no lid reading yet).
+        # binary_sensor.mqtt: the state follows payload_on, payload_off or `None` (unknown), e.g. no lid
+        # reading yet.
         return f"{{% if value_json.{key} is none %}}None{{% elif value_json.{key} %}}ON{{% else %}}OFF{{% endif %}}"
 
     def value(key: str) -> str:
