@@ -18,6 +18,10 @@ from protocol import iter_chunks
 _INDEX_ROOM = 3  # chunk index < 256 (protocol limit): at most 3 digits
 
 
+class ShortPhoto(ValueError):
+    """The spooled photo file ended before its recorded size (not a link error)."""
+
+
 class PhotoTopic:
     """`<prefix>/<device>/photo/<event id>/<index>` with the index patched in place."""
 
@@ -71,7 +75,7 @@ def publish_file(client, topics, event_id, f, size, chunk_buf, chunk_size, qos=1
         while got < want:
             n = f.readinto(mv[got:want])
             if not n:
-                raise OSError(5)  # EIO: the photo file is shorter than its record says
+                raise ShortPhoto(index)
             got += n
         client.publish(topic.at(index), mv[:want], False, qos)
         left -= want

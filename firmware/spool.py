@@ -175,6 +175,9 @@ class Spool:
         except OSError:
             return None
 
+    def has_photo(self, order):
+        return bool(self._has_photo.get(order))
+
     def open_photo(self, order):
         """An open binary file of the photo, or None. Caller closes it."""
         if not self._has_photo.get(order):
@@ -287,6 +290,16 @@ class Spool:
             del self._ids[eid]
         self._sizes.pop(order, None)
         self._has_photo.pop(order, None)
+
+    def drop_photo(self, order, why):
+        """Keep the event, lose its photo (a damaged file); logged and counted."""
+        if self._has_photo.get(order):
+            self._forget_photo(order, why)
+
+    def drop(self, order, why):
+        """Lose a whole event (an unreadable record); logged and counted."""
+        if order in self._orders:
+            self._drop_record(order, why)
 
     def remove(self, event_id):
         """Delete an event after its ack. True if it was here."""

@@ -87,7 +87,7 @@ def case_short_file_is_an_error(path):
     with open(path, "rb") as f:
         try:
             sender.publish_file(c, t, "a1b2c3d4-000005", f, 300, bytearray(64), 64)
-        except OSError:
+        except sender.ShortPhoto:
             pass
         else:
             raise AssertionError("short file not detected")

@@ -1,0 +1,246 @@
+"""Board entry point (MicroPython runs main.py after boot.py): wire the real hardware
+into app.App and loop.
+
+This is the only firmware file that imports `machine`, `network`, `esp32`, the
+camera driver and `umqtt.simple`, and only inside functions, so a broken or
+missing config never gets as far as touching them: it prints what is wrong on
+the serial console and idles with the REPL reachable (Ctrl-C), instead of
+resetting in a loop.
+
+Modes (config `mode`):
+- `always_on`: loop forever; the watchdog resets a hung board.
+- `battery`: stay awake until there is nothing left to do (lid closed, spool
+  sent and acked) or `awake_s` passed, then deep sleep until the lid opens
+  (ext0 on the lid pin) or `heartbeat_s` passes. Camera powered down and the
+  flash LED held low while asleep.
+"""
+
+import gc
+import os
+import sys
+import time
+
+CONFIG = "config.json"
+_UNIX_2000 = 946684800  # seconds from 1970 to 2000, the ESP32 port's epoch
+
+
+def log(msg):
+    print(msg)
+
+
+def safe_idle(problems, flash_gpio=4, forever=True):
+    """Print the problems and idle without the watchdog (no crash loop)."""
+    print("=" * 60)
+    print("parcelbox: the box cannot start:")
+    for p in problems:
+        print("  - " + p)
+    print("Fix config.json (see config.example.json and firmware/README.md),")
+    print("for example with `python tools/flash.py provision`, then reset the board.")
+    print("=" * 60)
+    try:
+        import machine
+
+        machine.Pin(flash_gpio, machine.Pin.OUT, value=0)
+    except Exception:
+        pass
+    while forever:
+        time.sleep(60)
+
+
+class NtpClock:
+    """Unix time once NTP answered, else None (events then carry ts: null)."""
+
+    def __init__(self, host):
+        self.host = host
+        self.synced = False
+        self._last_try = None
+
+    def maybe_sync(self, now_ms):
+        if self.synced:
+            return
+        if self._last_try is not None and time.ticks_diff(now_ms, self._last_try) < 600000:
+            return
+        self._last_try = now_ms
+        try:
+            import ntptime
+
+            ntptime.host = self.host
+            ntptime.settime()
+            self.synced = True
+            log("ntp: time set")
+        except Exception as e:  # no network yet, DNS, timeout: try again later
+            log("ntp: not synced (%r)" % (e,))
+
+    def unix_time(self):
+        if not self.synced:
+            return None
+        t = time.time()
+        if time.gmtime(0)[0] == 2000:
+            t += _UNIX_2000
+        return int(t)
+
+
+def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=CONFIG):
+    """Build the App from config and the board's modules. Returns (app, parts)."""
+    import app
+    import cam
+    import link
+    import protocol
+    import sensors
+    import spool
+
+    Pin = machine.Pin
+    pins = cfg["pins"]
+    flash = Pin(pins["flash"], Pin.OUT, value=0)
+    lid_pin = Pin(pins["lid"], Pin.IN, Pin.PULL_UP)
+    lid = sensors.Reed(lid_pin, pins["lid_open_level"], cfg["debounce_ms"], time.ticks_diff)
+    occupancy = sensors.make_occupancy(
+        cfg,
+        lambda g: Pin(g, Pin.IN),
+        lambda g: Pin(g, Pin.OUT, value=0),
+        getattr(machine, "time_pulse_us", None),
+        time.sleep_us,
+        (machine.disable_irq, machine.enable_irq) if hasattr(machine, "disable_irq") else None,
+    )
+    camera = None
+    if cfg["camera"]:
+        camera = cam.CameraAdapter(
+            camera_driver,
+            cfg["frame_size"],
+            cfg["jpeg_quality"],
+            cfg["warmup_frames"],
+            flash,
+            cfg["flash"],
+            cfg["flash_ms"],
+            time.sleep_ms,
+            log,
+        )
+    box_spool = spool.Spool(cfg["spool_dir"], os, cfg["spool_max_events"], cfg["spool_max_bytes"], log=log)
+    wlan = network.WLAN(network.STA_IF)
+    wifi = link.Wifi(
+        wlan,
+        cfg["wifi"]["ssid"],
+        cfg["wifi"]["password"],
+        20000,
+        link.Backoff(2000, 60000, time.ticks_diff, time.ticks_add),
+        time.ticks_diff,
+        log,
+    )
+    b = cfg["broker"]
+    client = mqtt_client_class(
+        cfg["device_id"], b["host"], b["port"], b["username"] or None, b["password"] or None, b["keepalive_s"]
+    )
+    topics = protocol.Topics(cfg["device_id"], cfg["prefix"])
+    mqtt = link.Mqtt(
+        client,
+        topics,
+        b["keepalive_s"],
+        link.Backoff(1000, 60000, time.ticks_diff, time.ticks_add),
+        time.ticks_diff,
+        log,
+    )
+    clock = NtpClock(cfg["ntp_host"])
+    wdt = machine.WDT(timeout=cfg["wdt_s"] * 1000) if hasattr(machine, "WDT") else None
+
+    def rand_bytes(n):
+        try:
+            return os.urandom(n)
+        except (AttributeError, OSError):
+            return None
+
+    board = app.Board(
+        ticks_ms=time.ticks_ms,
+        ticks_diff=time.ticks_diff,
+        ticks_add=time.ticks_add,
+        unix_time=clock.unix_time,
+        rand_bytes=rand_bytes,
+        heap_free=gc.mem_free,
+        reboot=machine.reset,
+        feed=wdt.feed if wdt is not None else None,
+    )
+    the_app = app.App(cfg, board, lid, box_spool, mqtt, wifi, occupancy, camera, config_path, os, log)
+    parts = {"flash": flash, "lid_pin": lid_pin, "camera": camera, "clock": clock, "wifi": wifi, "wdt": wdt}
+    return the_app, parts
+
+
+def deep_sleep(cfg, machine, the_app, parts):
+    """Power down for battery mode: camera off, LED held low, wake on lid or timer."""
+    the_app.mqtt.disconnect(offline_status=False)  # asleep is expected, not "offline"
+    cam_ = parts["camera"]
+    if cam_ is not None:
+        cam_.deinit()
+    Pin = machine.Pin
+    Pin(cfg["pins"]["flash"], Pin.OUT, value=0, hold=True)
+    try:
+        import esp32
+
+        esp32.gpio_deep_sleep_hold(True)
+        if not the_app.lid.is_open:
+            # Wake when the lid opens; an open lid would wake us at once, so then
+            # only the timer wakes the box (lid_left_open was already reported).
+            esp32.wake_on_ext0(pin=parts["lid_pin"], level=cfg["pins"]["lid_open_level"])
+    except (ImportError, AttributeError) as e:
+        log("sleep: no ext0 wake (%r)" % (e,))
+    log("sleep: %d s" % cfg["heartbeat_s"])
+    machine.deepsleep(cfg["heartbeat_s"] * 1000)
+
+
+def main(config_path=CONFIG, max_steps=None, idle_forever=True):
+    """Start the box. `max_steps` bounds the loop (tests); None runs forever."""
+    import settings
+
+    cfg, problems = settings.load(config_path, True, log)
+    flash_gpio = cfg["pins"]["flash"] if isinstance(cfg.get("pins"), dict) else 4
+    if problems:
+        safe_idle(problems, flash_gpio, idle_forever)
+        return None
+    try:
+        import machine
+        import network
+    except ImportError as e:
+        safe_idle(["not running on an ESP32 MicroPython build (%s)" % e], flash_gpio, idle_forever)
+        return None
+    try:
+        from umqtt.simple import MQTTClient
+    except ImportError:
+        safe_idle(
+            ["umqtt.simple is missing: install it with mip (tools/flash.py does)"], flash_gpio, idle_forever
+        )
+        return None
+    driver = None
+    if cfg["camera"]:
+        try:
+            import camera as driver
+        except ImportError:
+            log("camera: this MicroPython build has no camera module; events go out without photos")
+    the_app, parts = build(cfg, machine, network, MQTTClient, driver, config_path)
+    the_app.start()
+    battery = cfg["mode"] == "battery"
+    t0 = time.ticks_ms()
+    steps = 0
+    while max_steps is None or steps < max_steps:
+        steps += 1
+        try:
+            the_app.step()
+        except MemoryError:
+            gc.collect()
+            log("main: out of memory in a step; collected and carrying on")
+        now = time.ticks_ms()
+        if parts["wifi"].up:
+            parts["clock"].maybe_sync(now)
+        if battery:
+            awake = time.ticks_diff(now, t0)
+            done = not the_app.busy() and the_app.mqtt.connected and the_app._last_status is not None
+            if done or (awake > cfg["awake_s"] * 1000 and the_app.detector.state == 0):
+                deep_sleep(cfg, machine, the_app, parts)
+        time.sleep_ms(20)
+    return the_app
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:
+        # Last resort: print why, then let the watchdog (if started) or the user reset.
+        sys.print_exception(e) if hasattr(sys, "print_exception") else print(repr(e))
+        safe_idle(["crashed: %r" % (e,)])
