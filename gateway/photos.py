@@ -15,8 +15,9 @@ Design:
   and returns bytes, so it runs the same in a thread pool or a process pool.
 - **Privacy.** Outputs are re-encoded from pixels only: no EXIF (GPS), comments or ICC profile.
 
-Trailing bytes after the EOI marker are accepted and dropped (the ESP32 camera driver can hand over a
-frame buffer padded past EOI; the output is re-encoded, so the padding never travels further).
+Trailing bytes after the EOI marker are accepted and dropped: a camera frame buffer may be padded past
+EOI, and refusing it would cost a delivery photo for nothing; the output is re-encoded from pixels, so
+whatever follows EOI (padding or a polyglot payload) never travels further.
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ class PhotoSettings:
     decoder: str = "auto"
     # Output encoding, measured on UXGA camera photos (docs/performance.md): progressive is no smaller
     # than optimized baseline and 2-3x slower to encode, so baseline it is. Huffman optimisation of the
-    # alert copy saves ~4 % (~3 KB, and WhatsApp re-encodes it anyway) for +2-3 ms, a tenth of the whole
-    # pipeline, so it is off for the alert; the thumbnail, small and kept, is always optimised.
+    # alert copy saves ~4 % (~3 KB, and WhatsApp re-encodes it anyway) for +2-5 ms, a tenth to a fifth of
+    # the pipeline, so it is off for the alert; the thumbnail, small and kept, is always optimised.
     progressive: bool = False
     optimize_alert: bool = False
 
