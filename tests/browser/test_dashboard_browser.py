@@ -8,8 +8,6 @@ of each page, at desktop and phone size, goes to test-artifacts/.
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from pathlib import Path
 
@@ -17,39 +15,8 @@ import pytest
 
 from gateway.web import WebServer, WebSettings
 from gateway.web.auth import set_password
+from tests.browser.helpers import DESKTOP, PHONE, WAIT_MS, img_loaded, in_thread, shoot
 from tests.support.web import MemoryPort
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-DESKTOP = {"width": 1280, "height": 820}
-PHONE = {"width": 390, "height": 844}
-WAIT_MS = 15_000
-
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            "chromium is not installed; run `make test` (it installs it) or: sudo apt-get install chromium"
-        )
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture
@@ -83,27 +50,6 @@ def server(port: MemoryPort):
         yield srv
     finally:
         srv.stop()
-
-
-def shoot(page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.wait_for_timeout(300)  # let the arrival animation settle before the picture
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def in_thread(fn, *args, **kw) -> None:
-    """Publish from another thread, as the gateway's ingest worker does."""
-    t = threading.Thread(target=fn, args=args, kwargs=kw)
-    t.start()
-    t.join(10)
-
-
-def img_loaded(page, selector: str) -> None:
-    page.wait_for_function(
-        "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }",
-        arg=selector,
-        timeout=WAIT_MS,
-    )
 
 
 def open_page(browser, server, path: str, viewport=DESKTOP):

@@ -73,6 +73,12 @@ class MemoryPort:
         self.wa_calls: list[tuple[str, Any]] = []
         self.counters: dict[str, Any] = {"received": 0, "stored": 0, "duplicates": 0}
         self.started = time.time()
+        # Like the real service: the WhatsApp supervisor's state arrives on the bus.
+        self.bus.subscribe(self._on_whatsapp_state, busmod.WHATSAPP_STATE)
+
+    def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self.wa = dict(data)
 
     # --- feeding it ----------------------------------------------------------
 

@@ -106,6 +106,7 @@ const state = {
   alerts: new Map(),
   wa: null,
   pendingCmds: new Map(), // command id -> {device, cmd}
+  earlyResults: new Map(), // results that arrived on the live stream before the POST answered
 };
 
 const PAGES = { "/": "deliveries", "/boxes": "boxes", "/whatsapp": "whatsapp", "/alerts": "alerts" };
@@ -298,9 +299,16 @@ function boxCard(d) {
 
 function renderBoxes() {
   const list = [...state.devices.values()];
-  $("#boxes").replaceChildren(...list.map(boxCard));
+  // Keep each box's last command result across re-renders (relative times refresh every minute).
+  const kept = new Map([...document.querySelectorAll(".box")].map((b) => [b.dataset.device, $(".result", b)]));
+  const cards = list.map((d) => {
+    const card = boxCard(d);
+    const old = kept.get(d.device);
+    if (old && old.textContent) $(".result", card).replaceWith(old);
+    return card;
+  });
+  $("#boxes").replaceChildren(...cards);
   $("#boxes-empty").hidden = list.length > 0;
-  for (const [id, p] of state.pendingCmds) showCmd(p.device, p.text, p.cls, id);
 }
 
 function showCmd(device, text, cls, cmdId, link) {
@@ -320,19 +328,20 @@ async function command(d, cmd) {
     const text = cmd === "snapshot" ? "Snapshot requested; waiting for the box…" : "Reboot sent; waiting for the box…";
     state.pendingCmds.set(r.id, { device: d.device, cmd, text, cls: "wait" });
     showCmd(d.device, text, "wait", r.id);
-    // The result normally arrives on the live stream; ask once more later in case it was missed.
-    setTimeout(() => pollCmd(r.id), 15000);
+    if (state.earlyResults.has(r.id)) { onCommand(state.earlyResults.get(r.id)); return; }
+    // The result normally arrives on the live stream; ask too, in case it was missed.
+    for (const ms of [3000, 10000, 30000]) setTimeout(() => pollCmd(r.id, ms === 30000), ms);
   } catch (e) {
     showCmd(d.device, "Could not send: " + e.message, "bad");
   }
 }
 
-async function pollCmd(id) {
+async function pollCmd(id, last) {
   if (!state.pendingCmds.has(id)) return;
   try {
     const r = await api("/api/commands/" + encodeURIComponent(id));
     if (!r.pending) onCommand(r);
-    else {
+    else if (last) {
       const p = state.pendingCmds.get(id);
       showCmd(p.device, "No answer yet. A sleeping box answers when it next wakes.", "wait", id);
     }
@@ -341,7 +350,11 @@ async function pollCmd(id) {
 
 function onCommand(res) {
   const p = state.pendingCmds.get(res.id);
-  if (!p) return;
+  if (!p) {
+    state.earlyResults.set(res.id, res);
+    if (state.earlyResults.size > 50) state.earlyResults.delete(state.earlyResults.keys().next().value);
+    return;
+  }
   state.pendingCmds.delete(res.id);
   if (!res.ok) {
     showCmd(p.device, `${p.cmd} failed: ${res.error || "unknown error"}`, "bad", res.id);
