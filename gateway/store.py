@@ -37,7 +37,7 @@ from tinydb.table import Document
 
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
-from gateway.storage import AtomicJSONStorage, atomic_write_bytes, fsync_dir
+from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ _PART_RE = re.compile(r"events-(\d{4})-(\d{2})(?:-(\d{2}))?\.json")
 _PHOTO_SUFFIX: dict[str, str] = {"original": ".jpg", "alert": ".alert.jpg", "thumb": ".thumb.jpg"}
 _OPEN_STATES = ("pending", "failed")
 _CACHED_PARTITIONS = 3
+JOURNAL_SUFFIX = ".journal"
+# Rewrite a month file from memory after this many journal entries: bounds the journal (and replay
+# time) while spreading the O(file size) rewrite over many events.
+COMPACT_EVERY = 256
 
 
 class StoreError(RuntimeError):
@@ -98,6 +102,7 @@ class Store:
         self.partition = partition
         self._lock = threading.RLock()
         self._dbs: OrderedDict[str, TinyDB] = OrderedDict()
+        self._journals: dict[str, Journal] = {}
         self._event_index: dict[str, tuple[str, int]] = {}  # key -> (partition, doc id)
         self._outbox_index: dict[str, tuple[str, int]] = {}
         self._open_outbox: dict[str, dict[str, Any]] = {}  # pending/failed entries, by id
@@ -111,20 +116,90 @@ class Store:
     # --- opening ------------------------------------------------------------------
 
     def _partitions(self) -> list[str]:
-        """Partition file names, oldest first."""
-        return sorted(p.name for p in self.db_dir.iterdir() if _PART_RE.fullmatch(p.name))
+        """Partition file names (a partition may so far exist only as its journal), oldest first."""
+        names = set()
+        for p in self.db_dir.iterdir():
+            name = p.name[: -len(JOURNAL_SUFFIX)] if p.name.endswith(JOURNAL_SUFFIX) else p.name
+            if _PART_RE.fullmatch(name):
+                names.add(name)
+        return sorted(names)
 
     def _db(self, part: str) -> TinyDB:
         db = self._dbs.get(part)
         if db is None:
             db = TinyDB(self.db_dir / part, storage=AtomicJSONStorage)
+            db.storage.buffered = True  # type: ignore[attr-defined]
+            journal = Journal(self.db_dir / (part + JOURNAL_SUFFIX))
             self._dbs[part] = db
+            self._journals[part] = journal
+            self._replay(db, journal)
             while len(self._dbs) > _CACHED_PARTITIONS:
-                _, old = self._dbs.popitem(last=False)
-                old.close()
+                old_part = next(iter(self._dbs))
+                self._compact(old_part)
+                self._close_part(old_part)
         else:
             self._dbs.move_to_end(part)
         return db
+
+    def _close_part(self, part: str) -> None:
+        db = self._dbs.pop(part, None)
+        if db is not None:
+            db.close()
+        j = self._journals.pop(part, None)
+        if j is not None:
+            j.close()
+
+    def _replay(self, db: TinyDB, journal: Journal) -> None:
+        """Apply journal entries the file does not have yet (idempotent), then compact."""
+        entries = journal.read()
+        if not entries and not journal.path.exists():
+            return
+        keys = {d["key"] for d in db.table(EVENTS).all()}
+        outbox_ids = {d["id"]: d.doc_id for d in db.table(OUTBOX).all()}
+        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        with storage.batch():
+            for e in entries:
+                if "ev" in e and e["ev"]["key"] not in keys:
+                    db.table(EVENTS).insert(e["ev"])
+                    keys.add(e["ev"]["key"])
+                for o in e.get("ob", ()):
+                    if o["id"] not in outbox_ids:
+                        outbox_ids[o["id"]] = db.table(OUTBOX).insert(o)
+                if "up" in e and e["up"] in outbox_ids:
+                    db.table(OUTBOX).update(e["f"], doc_ids=[outbox_ids[e["up"]]])
+        if entries:
+            log.info("%s: replayed %d journal entries", journal.path.name, len(entries))
+        storage._dirty = True
+        storage.flush()
+        journal.reset()
+
+    def _compact(self, part: str) -> None:
+        """Write a partition's file from memory and empty its journal."""
+        db, journal = self._dbs.get(part), self._journals.get(part)
+        if db is None or journal is None or journal.entries_since_reset == 0:
+            return
+        db.storage.flush()  # type: ignore[attr-defined]
+        journal.reset()
+
+    def _commit(self, part: str, entry: dict[str, Any]) -> tuple[int | None, list[int]]:
+        """Make one change durable (journal append + fsync), then apply it in memory."""
+        db = self._db(part)
+        self._journals[part].append(entry)
+        try:
+            storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+            with storage.batch():
+                ev_id = db.table(EVENTS).insert(entry["ev"]) if "ev" in entry else None
+                out_ids = [db.table(OUTBOX).insert(o) for o in entry.get("ob", ())]
+                if "up" in entry:
+                    db.table(OUTBOX).update(entry["f"], doc_ids=[entry["doc_id"]])
+        except BaseException:
+            # Memory and journal disagree now: reopen, which replays the journal (the truth).
+            self._close_part(part)
+            self._db(part)
+            raise
+        if self._journals[part].entries_since_reset >= COMPACT_EVERY:
+            self._compact(part)
+        return ev_id, out_ids
 
     def _load(self) -> None:
         for part in self._partitions():
@@ -184,17 +259,10 @@ class Store:
             if key in self._event_index:
                 return False
             part = self.part_for(record["received_at"])
-            db = self._db(part)
-            storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
-            try:
-                with storage.batch():
-                    doc_id = db.table(EVENTS).insert({**record, "key": key})
-                    out_ids = [db.table(OUTBOX).insert(dict(o)) for o in outbox]
-            except BaseException:
-                db.table(EVENTS).clear_cache()
-                db.table(OUTBOX).clear_cache()
-                self._dbs.pop(part, None)  # reopen from disk: the failed batch never happened
-                raise
+            doc_id, out_ids = self._commit(
+                part, {"ev": {**record, "key": key}, "ob": [dict(o) for o in outbox]}
+            )
+            assert doc_id is not None
             self._event_index[key] = (part, doc_id)
             for o, oid in zip(outbox, out_ids, strict=True):
                 self._index_outbox(part, oid, dict(o))
@@ -267,14 +335,7 @@ class Store:
             return
         with self._lock:
             part = self.part_for(when)
-            db = self._db(part)
-            storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
-            try:
-                with storage.batch():
-                    ids = [db.table(OUTBOX).insert(dict(r)) for r in records]
-            except BaseException:
-                self._dbs.pop(part, None)
-                raise
+            _, ids = self._commit(part, {"ob": [dict(r) for r in records]})
             for r, oid in zip(records, ids, strict=True):
                 self._index_outbox(part, oid, dict(r))
 
@@ -284,11 +345,10 @@ class Store:
             loc = self._outbox_index.get(alert_id)
             if loc is None:
                 return None
-            table = self._db(loc[0]).table(OUTBOX)
-            old = table.get(doc_id=loc[1])
+            old = self._db(loc[0]).table(OUTBOX).get(doc_id=loc[1])
             if old is None:
                 return None
-            table.update(fields, doc_ids=[loc[1]])
+            self._commit(loc[0], {"up": alert_id, "doc_id": loc[1], "f": fields})
             new = {**old, **fields}
             if old["state"] != new["state"]:
                 self._outbox_counts[old["state"]] -= 1
@@ -377,13 +437,12 @@ class Store:
                         loc[0] == part for aid, loc in self._outbox_index.items() if aid in self._open_outbox
                     ):
                         continue  # an alert still waiting to be sent keeps its file alive
-                    db = self._dbs.pop(part, None)
-                    if db is not None:
-                        db.close()
+                    self._close_part(part)
+                    Journal(self.db_dir / (part + JOURNAL_SUFFIX)).remove()
                     self._event_index = {k: v for k, v in self._event_index.items() if v[0] != part}
                     for aid in [a for a, loc in self._outbox_index.items() if loc[0] == part]:
                         del self._outbox_index[aid]
-                    (self.db_dir / part).unlink()
+                    (self.db_dir / part).unlink(missing_ok=True)
                     removed["partitions"] += 1
                 if removed["partitions"]:
                     fsync_dir(self.db_dir)
@@ -418,9 +477,9 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
-            for db in self._dbs.values():
-                db.close()
-            self._dbs.clear()
+            for part in list(self._dbs):
+                self._compact(part)
+                self._close_part(part)
             if self._devices_db is not None:
                 self._devices_db.close()
 

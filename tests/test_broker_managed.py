@@ -66,15 +66,27 @@ def test_managed_mosquitto_enforces_passwords_and_per_box_acl(tmp_path, prefix):
             e1 = new_event_id()
             box.send(e1, make_jpeg(160, 120))
             assert box.wait_ack(e1)["ok"]
-            # box-a may not speak for box-b: the broker drops it, nothing is stored
+            # box-a may not speak for box-b: the broker drops the message (Mosquitto may also drop the
+            # connection), nothing is stored. A separate connection, so the box itself carries on.
+            rogue = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rogue-box-a")
+            rogue.username_pw_set("box-a", a.password)
+            from urllib.parse import urlparse
+
+            u = urlparse(url)
+            rogue.connect(u.hostname, u.port)
+            rogue.loop_start()
             e2 = new_event_id()
-            box.c.publish(
+            wait_for(rogue.is_connected, 10, what="rogue connect")
+            rogue.publish(
                 f"{prefix}/box-b/event",
                 json.dumps(
                     {"v": 1, "id": e2, "type": "delivery", "ts": None, "seq": 1, "photo": None}
                 ).encode(),
                 qos=1,
-            ).wait_for_publish(10)
+            )
+            time.sleep(0.5)
+            rogue.disconnect()
+            rogue.loop_stop()
             e3 = new_event_id()
             box.send(e3, None)
             assert box.wait_ack(e3)["ok"]  # processed after e2 would have been

@@ -116,9 +116,14 @@ def test_event_and_outbox_in_one_file_dedupe_and_reopen(tmp_path):
     assert s.add_event(ev("box1", "event0001", NOV), [ob("al1", "box1", "event0001", NOV)])
     assert not s.add_event(ev("box1", "event0001", NOV + 5), [ob("al2", "box1", "event0001", NOV)])
     assert s.add_event(ev("box2", "event0001", NOV))  # same id, other box: a different event
+    # one durable write (one fsync'd journal line) holds the event and its outbox entry
+    lines = (tmp_path / "db" / "events-2026-11.json.journal").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0])["ev"]["id"] == "event0001"
+    assert json.loads(lines[0])["ob"][0]["id"] == "al1"
+    s.close()
     raw = json.loads((tmp_path / "db" / "events-2026-11.json").read_text())
     assert len(raw["events"]) == 2 and len(raw["outbox"]) == 1
-    s.close()
+    assert (tmp_path / "db" / "events-2026-11.json.journal").read_bytes() == b""  # compacted on close
     s2 = Store(tmp_path)
     assert s2.has_event("box1", "event0001") and s2.get_event("box2", "event0001")["device"] == "box2"
     assert [r["id"] for r in s2.open_outbox()] == ["al1"]
@@ -131,7 +136,7 @@ def test_one_file_per_month_newest_first_and_paging(tmp_path):
     for i in range(5):
         s.add_event(ev("box1", f"oct{i:06d}", OCT + i))
         s.add_event(ev("box1", f"nov{i:06d}", NOV + i, etype="pickup" if i == 4 else "delivery"))
-    assert sorted(p.name for p in (tmp_path / "db").glob("events-*")) == [
+    assert s._partitions() == [
         "events-2026-10.json",
         "events-2026-11.json",
     ]
@@ -182,8 +187,8 @@ def test_retention_drops_old_months_and_photos_but_keeps_unsent_alerts(tmp_path)
 def test_day_partitions(tmp_path):
     s = Store(tmp_path, partition="day")
     s.add_event(ev("box1", "event0001", NOV))
-    assert (tmp_path / "db" / "events-2026-11-15.json").is_file()
     s.close()
+    assert (tmp_path / "db" / "events-2026-11-15.json").is_file()
 
 
 def test_devices_records_durable(tmp_path):
@@ -194,3 +199,64 @@ def test_devices_records_durable(tmp_path):
     s2 = Store(tmp_path)
     assert [d["waiting"] for d in s2.list_devices()] == [3]
     s2.close()
+
+
+def test_journal_replay_after_sigkill_keeps_every_acknowledged_event(tmp_path):
+    """A child stores events (compacting now and then) and prints each id once add_event returned;
+    SIGKILL it at some point; every printed id must be in the reopened store, each once."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(os.getcwd())!r})
+        import gateway.store as st
+        st.COMPACT_EVERY = 7
+        s = st.Store({str(tmp_path)!r})
+        i = 0
+        while True:
+            eid = f"event{{i:06d}}"
+            now = time.time()
+            rec = dict(device="box1", id=eid, type="delivery", ts=now, received_at=now, seq=i, sensors={{}},
+                       photo=None, cmd=None)
+            ob = dict(id="al" + eid, kind="delivery", device="box1", event_ids=[eid], notifier="folder",
+                      recipient="", state="pending", attempts=0, created_at=now, next_attempt_at=now,
+                      sent_at=None, last_error=None)
+            s.add_event(rec, [ob])
+            if i % 3 == 0:
+                s.update_outbox("al" + eid, state="sent", sent_at=now)
+            print(eid, flush=True)
+            i += 1
+    """)
+    import time
+
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    acked = []
+    deadline = time.monotonic() + 30
+    while len(acked) < 40 and time.monotonic() < deadline:
+        acked.append(p.stdout.readline().decode().strip())
+    p.kill()
+    p.wait()
+    s = Store(tmp_path)
+    try:
+        for eid in acked:
+            assert s.has_event("box1", eid)
+        events = s.list_events(limit=1000)
+        assert len({e["id"] for e in events}) == len(events) >= len(acked)
+        assert s.get_outbox("alevent000000")["state"] == "sent"
+        assert s.get_outbox("alevent000001")["state"] == "pending"
+    finally:
+        s.close()
+
+
+def test_torn_journal_tail_is_ignored(tmp_path):
+    s = Store(tmp_path)
+    s.add_event(ev("box1", "event0001", NOV))
+    journal = tmp_path / "db" / "events-2026-11.json.journal"
+    with open(journal, "ab") as f:
+        f.write(b'{"ev":{"device":"box1","id":"event0002"')  # a crash in the middle of an append
+    s2 = Store(tmp_path)  # reopened "after the crash" (the first one never closed)
+    assert s2.has_event("box1", "event0001") and not s2.has_event("box1", "event0002")
+    assert journal.read_bytes() == b""  # replayed into the month file and emptied
+    assert s2.add_event(ev("box1", "event0002", NOV))
+    s2.close()
+    s3 = Store(tmp_path)
+    assert s3.has_event("box1", "event0002")
+    s3.close()
