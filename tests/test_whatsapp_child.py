@@ -314,3 +314,30 @@ def test_child_exits_and_frees_the_session_when_the_gateway_is_killed(tmp_path: 
     finally:
         gw.kill()
         gw.wait(10)
+
+
+def test_repeated_crashes_back_off_exponentially(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path, restart_backoff_s=(0.2, 0.8))
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    details: list[str] = []
+    with running(settings, on_state=lambda st: details.append(st.get("detail", ""))) as sup:
+        for n in range(4):
+            wait_state(sup, lambda s, n=n: s.get("state") == "connected" and sup.crashes == n)
+            fake.inject("crash")
+            wait_state(sup, lambda s, n=n: sup.crashes == n + 1)
+        wait_state(sup, "connected")
+    waits = [d.split("restarting in ")[1].split(" s")[0] for d in details if "restarting in" in d]
+    assert waits == ["0.2", "0.4", "0.8", "0.8"]  # doubling, capped
+
+
+def test_expired_qr_round_starts_a_new_one(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path, qr_round_s=1.0)
+    fake = FakeWhatsApp(settings.fake_dir)
+    fake.script(qr_codes=["2@first", "2@last"], qr_interval_s=0.2)
+    codes: list[str] = []
+    with running(settings, on_state=lambda st: st.get("qr") and codes.append(st["qr"])) as sup:
+        wait_state(sup, lambda s: s.get("qr") == "2@last")
+        # No new code for qr_round_s: the child ends the dead round and a fresh one starts.
+        wait_until(lambda: codes.count("2@first") == 2, what="a second QR round")
+        assert sup.crashes == 0 and sup.restarts == 0

@@ -222,6 +222,7 @@ def test_end_to_end_through_the_real_child(tmp_path: Path) -> None:
         assert "Perintah parcelbox" in fake.sent()[1]["text"]
         assert comp.commands.counters["ignored_unauthorised"] == 1
         assert port.commands == [("box1", "snapshot")]
-        assert comp.counters()["whatsapp.commands.replied"] == 2
+        # The fake records the send before the child confirms it to the handler: wait for the count.
+        wait_until(lambda: comp.counters()["whatsapp.commands.replied"] == 2, what="the reply count")
     finally:
         comp.stop()
