@@ -341,3 +341,21 @@ def test_expired_qr_round_starts_a_new_one(tmp_path: Path) -> None:
         # No new code for qr_round_s: the child ends the dead round and a fresh one starts.
         wait_until(lambda: codes.count("2@first") == 2, what="a second QR round")
         assert sup.crashes == 0 and sup.restarts == 0
+
+
+def test_neonize_missing_says_how_to_install_and_does_not_loop(tmp_path: Path, monkeypatch) -> None:
+    """A machine without neonize (e.g. 32-bit Raspberry Pi OS): the gateway runs, WhatsApp says why not."""
+    import sys
+
+    shadow = tmp_path / "shadow"
+    (shadow / "neonize").mkdir(parents=True)
+    (shadow / "neonize" / "__init__.py").write_text(
+        "raise ImportError('no neonize wheel for this platform')\n"
+    )
+    # The spawned child gets the parent's sys.path, so it imports this stand-in instead of neonize.
+    monkeypatch.setattr(sys, "path", [str(shadow), *sys.path])
+    settings = fake_settings(tmp_path, transport="neonize")
+    with running(settings) as sup:
+        st = wait_state(sup, "not_installed")
+        assert "pip install 'parcelbox[whatsapp]'" in st["detail"]
+        assert sup.finished.wait(15) and sup.restarts == 0 and sup.crashes == 0

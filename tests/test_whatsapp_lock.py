@@ -191,3 +191,23 @@ def test_cli_pair_with_phone_prints_a_pairing_code(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert fake.pair_requests()[0]["phone"] == "628123456789"
     assert "Pairing code: FAKE-C0DE" in out and "QR code #" not in out
+
+
+def test_cli_groups_lists_ids_for_recipients(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    common = [
+        "--data-dir",
+        str(settings.session_dir.parent),
+        "--transport",
+        "fake",
+        "--fake-dir",
+        str(settings.fake_dir),
+    ]
+    r = _cli("groups", *common)
+    assert r.returncode == 1 and "Not paired" in r.stderr
+    pair_fake(settings)
+    fake.script(groups=[["120363012345678901@g.us", "Rumah"], ["120363098765432109@g.us", "Kantor"]])
+    r = _cli("groups", *common)
+    assert r.returncode == 0, r.stderr
+    assert "120363012345678901@g.us" in r.stdout and "Rumah" in r.stdout and "recipients" in r.stdout

@@ -275,3 +275,16 @@ def test_real_neonize_child_without_network_reports_and_retries(tmp_path: Path) 
     assert sup.finished.is_set() and sup.crashes == 0
     assert (settings.session_dir / "session.lock").exists()
     assert oct(settings.session_dir.stat().st_mode & 0o777) == "0o700"
+
+
+def test_converts_joined_groups() -> None:
+    from neonize.proto.Neonize_pb2 import GroupInfo, GroupName
+
+    groups = [
+        GroupInfo(JID=_jid("120363098765432109", "g.us"), GroupName=GroupName(Name="Rumah")),
+        GroupInfo(JID=_jid("120363012345678901", "g.us"), GroupName=GroupName(Name="kantor")),
+    ]
+    assert na.groups_from_neonize(groups) == [
+        ("120363012345678901@g.us", "kantor"),
+        ("120363098765432109@g.us", "Rumah"),
+    ]

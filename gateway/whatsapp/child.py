@@ -16,10 +16,12 @@ child -> parent
     {"t": "state", "state", "detail", "qr", "pair_code", "paired_as", "retry_at", "updated_at"}
     {"t": "sent", "id", "ok", "error", "retry_after_s", "permanent", "message_id"}
     {"t": "message", "msg": IncomingMessage as dict}
+    {"t": "groups", "groups": [[jid, name], ...]}
     {"t": "bye", "restart_in_s": float | None}   (None: do not restart; a person must act)
 
 Modes: "run" (the gateway: stay connected, send, receive), "pair" (link a new
-device by QR or phone code, then exit), "unlink" (log out and forget the session).
+device by QR or phone code, then exit), "unlink" (log out and forget the session),
+"groups" (list the groups the account is in: their ids are recipients).
 """
 
 from __future__ import annotations
@@ -342,6 +344,8 @@ class ChildRunner:
             )
         elif self.mode == "unlink":
             self._unlink(paired)
+        elif self.mode == "groups":
+            self._groups(paired)
         elif not paired and self.mode == "pair":
             self.set_state("not_paired", "Connecting to WhatsApp to start pairing.")
         elif not paired:
@@ -396,6 +400,23 @@ class ChildRunner:
             )
         self._forget = True
         self.end("not_paired", "Unlinked: the local WhatsApp session was deleted." + note, None)
+
+    def _groups(self, paired: bool) -> None:
+        if not paired:
+            self.end("not_paired", "Not paired: nothing to list. " + HOW_TO_PAIR, None)
+            return
+        t = threading.Thread(target=self.connect_loop, daemon=True)
+        t.start()
+        if not self.connected.wait(30):
+            self.end("disconnected", f"Could not connect to WhatsApp: {self.state.get('detail', '')}", None)
+            return
+        try:
+            groups = self.transport.list_groups()
+        except Exception as e:
+            self.end("error", f"WhatsApp did not list the groups: {e}", None)
+            return
+        self.link.send({"t": "groups", "groups": groups})
+        self.end("connected", f"{len(groups)} group(s).", None)
 
     def _forget_session(self) -> None:
         try:

@@ -1,4 +1,4 @@
-"""`parcelbox whatsapp pair|status|unlink`.
+"""`parcelbox whatsapp pair|status|groups|unlink`.
 
 `pair` and `unlink` run the same WhatsApp child process the gateway runs (so
 the same session lock applies): while a gateway owns the session they refuse,
@@ -137,6 +137,31 @@ def do_unlink(args: argparse.Namespace) -> int:
     return 0 if st.get("state") == "not_paired" else 1
 
 
+def do_groups(args: argparse.Namespace) -> int:
+    from gateway.whatsapp.supervisor import WhatsAppSupervisor
+
+    settings, data_dir = _settings(args)
+    why = _refuse_if_busy(settings, data_dir, "list groups")
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    sup = WhatsAppSupervisor(settings, mode="groups")
+    sup.start()
+    sup.finished.wait(90)
+    sup.stop()
+    if sup.groups is None:
+        st = sup.state()
+        print(f"error: [{st.get('state')}] {st.get('detail', '')}", file=sys.stderr)
+        return 1
+    if not sup.groups:
+        print("This WhatsApp account is in no groups.")
+        return 0
+    print("Groups this account is in (put an id in [whatsapp] recipients to send alerts there):")
+    for jid, name in sup.groups:
+        print(f"  {jid:<40} {name}")
+    return 0
+
+
 def status_data(settings: WhatsAppSettings, data_dir: Path) -> dict[str, Any]:
     """What `status` prints: who owns the session and the last state the gateway reported."""
     out: dict[str, Any] = {
@@ -207,6 +232,9 @@ def register(subparsers: Any) -> None:
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=do_status)
+    groups = sub.add_parser("groups", help="list the account's groups and their ids (for recipients)")
+    _common(groups)
+    groups.set_defaults(func=do_groups)
     unlink = sub.add_parser("unlink", help="log out and delete the local WhatsApp session")
     _common(unlink)
     unlink.set_defaults(func=do_unlink)

@@ -5,7 +5,7 @@ the real child process, so tests exercise the real spawn, pipe, lock, supervisor
 and restart code; only WhatsApp itself is simulated. The folder is the "server":
 
 - `script.json` (optional): `paired_as`, `connect_error`, `qr_codes`, `qr_interval_s`,
-  `send_error`, `send_error_permanent`.
+  `send_error`, `send_error_permanent`, `groups` (`[[jid, name], ...]`).
 - `inbox/*.json`: events to deliver, in file-name order, each `{"kind": ...}`:
   `message` (`text`, `sender` digits, optional `chat`, `is_group`, `hide_phone`), `scan`
   (the user scanned the QR), `stream_replaced`, `logged_out`, `temporary_ban`
@@ -182,6 +182,11 @@ class FakeTransport(Transport):
     def pair_phone(self, phone_digits: str) -> str:
         _append_jsonl(self.dir / "pair_requests.jsonl", {"phone": phone_digits, "ts": time.time()})
         return "FAKE-C0DE"
+
+    def list_groups(self) -> list[tuple[str, str]]:
+        if not self._connected:
+            raise TransportError("not connected")
+        return [(str(j), str(n)) for j, n in self._script().get("groups", [])]
 
     def logout(self) -> None:
         _append_jsonl(self.dir / "logouts.jsonl", {"jid": self._me(), "ts": time.time()})

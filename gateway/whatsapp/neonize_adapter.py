@@ -109,6 +109,11 @@ def message_from_event(
     )
 
 
+def groups_from_neonize(groups: Any) -> list[tuple[str, str]]:
+    """neonize GroupInfo list -> [(group JID, name)], sorted by name."""
+    return sorted(((jid_str(g.JID), g.GroupName.Name) for g in groups), key=lambda x: (x[1].casefold(), x[0]))
+
+
 def event_from_neonize(ev: Any) -> TransportEvent | None:
     """Connection-state events (everything but QR and messages) -> TransportEvent."""
     if isinstance(ev, ConnectedEv):
@@ -220,6 +225,9 @@ class NeonizeTransport(Transport):
     def pair_phone(self, phone_digits: str) -> str:
         client = self._require()
         return client.PairPhone(phone_digits, show_push_notification=True)
+
+    def list_groups(self) -> list[tuple[str, str]]:
+        return groups_from_neonize(self._require().get_joined_groups())
 
     def logout(self) -> None:
         self._require().logout()

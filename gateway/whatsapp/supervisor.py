@@ -113,6 +113,7 @@ class WhatsAppSupervisor:
         self.restarts = 0
         self.crashes = 0
         self.last_exit: str | None = None
+        self.groups: list[tuple[str, str]] | None = None  # mode "groups": what the child listed
 
     # -- public API ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -286,6 +287,8 @@ class WhatsAppSupervisor:
                     self.on_message(IncomingMessage.from_dict(msg["msg"]))
                 except Exception:
                     log.exception("WhatsApp message handler failed")
+        elif t == "groups":
+            self.groups = [(str(j), str(n)) for j, n in msg.get("groups") or []]
         elif t == "bye":
             return msg.get("restart_in_s")
         elif t == "hello":

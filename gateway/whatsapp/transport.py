@@ -89,6 +89,10 @@ class Transport(ABC):
         """Ask for a phone-number pairing code (the alternative to the QR); returns the code."""
 
     @abstractmethod
+    def list_groups(self) -> list[tuple[str, str]]:
+        """(group JID, group name) of every group this account is in (needs a connection)."""
+
+    @abstractmethod
     def logout(self) -> None:
         """Unlink this device from the account (best effort) and forget the local session."""
 
