@@ -179,3 +179,73 @@ def test_cli_device_remove_clears_the_box_from_home_assistant(
     mosquitto.stop()
     assert main(["device", "remove", "gate"]) == 0
     assert "the gateway clears it when it next runs" in capsys.readouterr().out
+
+
+def test_simulated_box_through_parcelbox_run_wiring(mosquitto, prefix, tmp_path):
+    """The firmware's own code in a simulated box, the gateway as `parcelbox run` builds it."""
+    from gateway.app import build_service
+    from tools.simulate import SimulatedBox, run_boxes
+
+    config = gateway_config(
+        tmp_path / "data",
+        mosquitto.url,
+        prefix,
+        PARCELBOX_WEB_ENABLED="false",
+        PARCELBOX_HOMEASSISTANT_PREFIX=f"{prefix}-ha",
+        PARCELBOX_HOMEASSISTANT_GATEWAY_ID="gw",
+    )
+    service = build_service(config)
+    bridges = [c for c in service.components if isinstance(c, HomeAssistantBridge)]
+    assert len(bridges) == 1
+    ha = bridges[0].cfg
+    discovery = Mirror(mosquitto.url, f"{ha.prefix}/#")
+    states = Mirror(mosquitto.url, f"{ha.base}/#")
+    box = SimulatedBox(mosquitto.url, "porch", prefix=prefix, spool_dir=tmp_path / "spool")
+    closed = False
+    service.start()
+    try:
+        box.deliver()
+        assert run_boxes([box], timeout=60)
+        discovery.wait(lambda: all_configs_present(discovery, ha, {"porch": False}), what="configs")
+        for topic, msg in discovery.latest.items():
+            check_discovery(topic, msg.payload, ha)
+        st = d.state_topic(ha, "porch")
+        states.wait(lambda: states.json(st)["waiting"] == 1, what="delivery counted")
+        delivery_id = next(e for e, t in box.made if t == "delivery")
+        alert = service.photo_path("porch", delivery_id, "alert")
+        img = d.image_topic(ha, "porch", "delivery")
+        states.wait(lambda: states.payload(img) == alert.read_bytes(), what="delivery photo")
+        with Image.open(io.BytesIO(states.payload(img))) as im:
+            im.load()
+            assert im.format == "JPEG"
+
+        ha_client = client(mosquitto.url)
+        try:
+            ha_client.publish(d.press_topic(ha, "porch"), "PRESS", qos=1).wait_for_publish(5)
+        finally:
+            ha_client.disconnect()
+            ha_client.loop_stop()
+        assert box.run_until(
+            lambda: any(t == "snapshot" for _, t in box.made) and box.all_acked(), timeout=60
+        )
+        snap_id = next(e for e, t in box.made if t == "snapshot")
+        assert service.get_event("porch", snap_id)["cmd"]  # taken because of the button, not by chance
+        snap_alert = service.photo_path("porch", snap_id, "alert")
+        simg = d.image_topic(ha, "porch", "snapshot")
+        states.wait(lambda: states.payload(simg) == snap_alert.read_bytes(), what="snapshot photo")
+
+        box.pickup()
+        assert run_boxes([box], timeout=60)
+        states.wait(lambda: states.json(st)["waiting"] == 0, what="picked up")
+        assert states.json(st)["package"] is False
+        box.close()
+        closed = True
+        states.wait(
+            lambda: states.payload(d.availability_topic(ha, "porch")) == b"offline", what="box offline"
+        )
+    finally:
+        if not closed:
+            box.close()
+        service.stop()
+        discovery.close()
+        states.close()
