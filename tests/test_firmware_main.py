@@ -14,6 +14,10 @@ from tests.support.mqtt import Collector
 from tools.simulate import LemarivaCameraSim, PahoMQTTClient, PhotoSource, SimWlan
 
 
+class Slept(Exception):
+    """machine.deepsleep never returns on the board; the fake stops main() here."""
+
+
 class FakePin:
     IN, OUT, PULL_UP = 1, 3, 2
     made: dict[int, FakePin] = {}
@@ -43,7 +47,16 @@ def _fake_modules(monkeypatch):
 
     machine.WDT = WDT
     machine.reset = lambda: None
-    machine.deepsleep = lambda ms: None
+
+    def deepsleep(ms):
+        raise Slept(ms)
+
+    machine.deepsleep = deepsleep
+    esp32 = types.ModuleType("esp32")
+    esp32.calls = []
+    esp32.gpio_deep_sleep_hold = lambda on: esp32.calls.append(("hold", on))
+    esp32.wake_on_ext0 = lambda pin, level: esp32.calls.append(("ext0", pin.gpio, level))
+    monkeypatch.setitem(sys.modules, "esp32", esp32)
     network = types.ModuleType("network")
     network.STA_IF = 0
     network.WLAN = lambda iface: SimWlan()
@@ -138,3 +151,30 @@ def test_ntp_clock_ts_null_until_synced(synced, monkeypatch):
     c.synced = synced
     t = c.unix_time()
     assert (t is None) if not synced else abs(t - time.time()) < 5
+
+
+def test_battery_mode_sleeps_when_done_with_camera_off_led_held_and_lid_wake(
+    tmp_path, monkeypatch, mosquitto, prefix
+):
+    import main
+
+    _fake_modules(monkeypatch)
+    cfg = {
+        "device_id": "box-6",
+        "prefix": prefix,
+        "mode": "battery",
+        "heartbeat_s": 1800,
+        "wifi": {"ssid": "home", "password": "pw"},
+        "broker": {"host": mosquitto.host, "port": mosquitto.port},
+        "spool_dir": str(tmp_path / "spool"),
+    }
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(Slept) as slept:
+        main.main(str(p), max_steps=50, idle_forever=False)
+    assert slept.value.args == (1800 * 1000,)
+    esp32 = sys.modules["esp32"]
+    assert ("hold", True) in esp32.calls and ("ext0", 13, 1) in esp32.calls
+    led = FakePin.made[4]
+    assert led.level == 0 and led.hold is True
+    assert sys.modules["camera"].inited is False  # powered down before sleep

@@ -24,7 +24,7 @@ class Acker:
 
     def __init__(self, url: str, prefix: str, *, nack_first: int = 0, refuse: tuple[str, ...] = ()) -> None:
         self.prefix = prefix
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.events: dict[tuple[str, str], gw.Event] = {}
         self.event_msgs: list[tuple[str, str]] = []  # (device, id) per event message received
         self.chunks: dict[tuple[str, str], dict[int, bytes]] = {}
