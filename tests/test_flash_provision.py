@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,22 @@ def test_no_compile_copies_sources(env, capsys):
     assert not list(env.flash.rglob("*.mpy")) or list(env.flash.rglob("*.mpy")) == [
         env.flash / "lib" / "umqtt" / "simple.mpy"
     ]
+
+
+def test_a_watchdog_reset_mid_copy_is_survived(env, capsys):
+    """The firmware's watchdog keeps running in the raw REPL and resets the board mid-copy:
+    the tool reconnects and finishes, and no half-written file is left."""
+    with FakeBoard(env.flash, watchdog_on=lambda code: "/app.mpy.tmp" in code) as board:
+        assert main(provision_argv(env, board, "--no-wait")) == 0
+        deadline = time.monotonic() + 10
+        while board.resets < 2 and time.monotonic() < deadline:  # our reset is sent without waiting
+            time.sleep(0.02)
+        assert board.resets == 2  # the watchdog's, then ours at the end
+    out = capsys.readouterr().out
+    assert "may have been reset by its watchdog. Reconnecting, attempt 2 of 3" in out
+    assert (env.flash / "app.mpy").read_bytes()[:2] == b"M\x06"
+    assert json.loads((env.flash / "config.json").read_text())["device_id"] == "box1"
+    assert not list(env.flash.rglob("*.tmp"))
 
 
 def test_works_with_a_board_without_raw_paste(env, capsys):

@@ -157,12 +157,14 @@ class Board:
 
     def camera_error(self) -> str | None:
         """None when `import camera` works on the board, else the board's error line."""
-        from mpremote.transport import TransportExecError
+        from mpremote.transport import TransportError, TransportExecError
 
         try:
             self.transport.exec("import camera")
         except TransportExecError as e:
             return _last_line(e.error_output)
+        except (TransportError, OSError) as e:
+            raise _lost("camera", e) from None
         return None
 
     # -- files --------------------------------------------------------------------------------
@@ -185,12 +187,14 @@ class Board:
 
     def read_text(self, path: str) -> str | None:
         """A small text file from the board, or None when it is missing."""
-        from mpremote.transport import TransportExecError
+        from mpremote.transport import TransportError, TransportExecError
 
         try:
             data = self.transport.fs_readfile(path)
         except (OSError, TransportExecError):
-            return None
+            return None  # mpremote turns the board's ENOENT into an OSError
+        except TransportError as e:
+            raise _lost("copy", e) from None
         return bytes(data).decode("utf-8", "replace")
 
     def makedirs(self, path: str) -> None:
@@ -215,9 +219,7 @@ class Board:
             self.transport.fs_writefile(tmp, data, progress_callback=on_progress)
             self.exec(f"import os\nos.rename({tmp!r}, {path!r})", "copy")
         except (TransportError, OSError) as e:
-            raise FlashError(
-                "copy", f"writing {path} failed: {e}", "rerun: files already copied are skipped"
-            ) from None
+            raise _lost("copy", e, f"writing {path} failed") from None
 
     def remove(self, path: str) -> None:
         self.exec(f"import os\nos.remove({path!r})", "copy")
@@ -229,6 +231,7 @@ class Board:
         from mpremote.commands import CommandError
         from mpremote.main import State
         from mpremote.mip import do_mip
+        from mpremote.transport import TransportError
 
         state = State()
         state.transport = self.transport
@@ -242,6 +245,8 @@ class Board:
                 f"installing {package} failed: {e}",
                 "check this computer's internet connection, or pass --mip-index with a local copy of the index",
             ) from None
+        except (TransportError, OSError) as e:
+            raise _lost("libraries", e, f"installing {package} failed") from None
 
     def hard_reset(self) -> None:
         """machine.reset() without waiting for an answer (the board reboots mid-reply)."""
@@ -271,6 +276,15 @@ class Board:
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 yield line.rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _lost(step: str, error: Exception, what: str = "lost contact with the board") -> FlashError:
+    return FlashError(
+        step,
+        f"{what}: {error}",
+        "the board reset or went away (its watchdog, a loose cable, a brown-out); rerun: copied files are kept",
+        retryable=True,
+    )
 
 
 def _last_line(text: str) -> str:

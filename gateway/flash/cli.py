@@ -37,7 +37,10 @@ from gateway.flash.settings import box_credentials, gateway_view
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 MIP_PACKAGES = ("umqtt.simple",)
 MIP_TARGET = "/lib"
-DEFAULT_MIP_INDEX = "https://micropython.org/pi/v2"  # mpremote's own default, named so --dry-run can show it
+DEFAULT_MIP_INDEX = "https://micropython.org/pi/v2"
+# The firmware's watchdog keeps running while the tool holds the board in the raw REPL and may
+# reset it mid-copy; every step is idempotent (hash-compared, temp file + rename), so reconnect.
+BOARD_ATTEMPTS = 3  # mpremote's own default, named so --dry-run can show it
 
 
 # -- ports --------------------------------------------------------------------------------------
@@ -249,48 +252,35 @@ def do_provision(args: argparse.Namespace) -> int:
     progress.detail(f"{len(files)} files, {sum(len(f.data) for f in files)} bytes")
 
     port = resolve_port(args.port)
-    progress.step(f"connect to {port}")
-    with Board.connect(port) as board:
-        board.enter_raw_repl(timeout=args.handshake_timeout)
-        info = board.info()
-        if info.implementation != "micropython":
-            raise FlashError("handshake", f"the board runs {info.implementation}, not MicroPython")
-        progress.detail(f"MicroPython {info.release} on {info.machine}")
-        if not args.no_compile and info.mpy != MPY_MAJOR:
-            raise FlashError(
-                "compile",
-                f"this MicroPython loads .mpy version {info.mpy or 'unknown'}, mpy-cross makes version {MPY_MAJOR}",
-                "flash MicroPython 1.19 or newer, or pass --no-compile to copy sources",
+    config_file = None
+    first_board_step = progress.n
+    for attempt in range(1, BOARD_ATTEMPTS + 1):
+        progress.n = first_board_step  # a retry repeats the same numbered steps
+        board = Board.connect(port) if attempt == 1 else _reconnect(port)
+        try:
+            progress.step(f"connect to {port}")
+            _prepare_board(board, args, progress)
+            progress.step("copy changed files")
+            if config_file is None:
+                _wifi_from_board_or_prompt(board, template, settings, progress, interactive)
+                config_file = BoardFile(None, "/config.json", config_bytes(build_config(template, settings)))
+            _copy_changed(board, [*files, config_file], progress)
+            progress.step("reset the board")
+            board.hard_reset()
+        except FlashError as e:
+            board.close()
+            if not e.retryable or attempt == BOARD_ATTEMPTS:
+                raise
+            progress.detail(
+                f"lost the board during {e.step} ({e.message}); it may have been reset by its watchdog. "
+                f"Reconnecting, attempt {attempt + 1} of {BOARD_ATTEMPTS}; files already copied are kept"
             )
+            continue
+        break
+    reset_at = time.monotonic()
+    progress.detail("machine.reset() sent")
 
-        if args.no_camera_check:
-            progress.step("camera: not checked (--no-camera-check)")
-        else:
-            progress.step("camera: check the firmware has camera support")
-            error = board.camera_error()
-            if error:
-                raise FlashError(
-                    "camera",
-                    f"this MicroPython build has no camera support ({error})",
-                    "flash an ESP32-CAM build that includes the camera module (see hardware/README.md), "
-                    "or pass --no-camera-check for a test board without a camera",
-                )
-            progress.detail("import camera: ok")
-
-        progress.step(f"libraries: {', '.join(MIP_PACKAGES)}")
-        _install_libraries(board, args, progress)
-
-        progress.step("copy changed files")
-        _wifi_from_board_or_prompt(board, template, settings, progress, interactive)
-        config = build_config(template, settings)
-        files.append(BoardFile(None, "/config.json", config_bytes(config)))
-        _copy_changed(board, files, progress)
-
-        progress.step("reset the board")
-        board.hard_reset()
-        reset_at = time.monotonic()
-        progress.detail("machine.reset() sent")
-
+    with board:
         if args.no_wait:
             progress.step("online: not waiting (--no-wait)")
             progress.done(f"provisioned {args.device}")
@@ -314,6 +304,48 @@ def do_provision(args: argparse.Namespace) -> int:
         + ")"
     )
     return 0
+
+
+def _reconnect(port: str, timeout: float = 10.0) -> Board:
+    """Open the port again after the board dropped it (a USB-native board re-enumerates on reset)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Board.connect(port)
+        except FlashError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _prepare_board(board: Board, args: argparse.Namespace, progress: Progress) -> None:
+    """Handshake, firmware checks and libraries: everything before the copy."""
+    board.enter_raw_repl(timeout=args.handshake_timeout)
+    info = board.info()
+    if info.implementation != "micropython":
+        raise FlashError("handshake", f"the board runs {info.implementation}, not MicroPython")
+    progress.detail(f"MicroPython {info.release} on {info.machine}")
+    if not args.no_compile and info.mpy != MPY_MAJOR:
+        raise FlashError(
+            "compile",
+            f"this MicroPython loads .mpy version {info.mpy or 'unknown'}, mpy-cross makes version {MPY_MAJOR}",
+            "flash MicroPython 1.19 or newer, or pass --no-compile to copy sources",
+        )
+    if args.no_camera_check:
+        progress.step("camera: not checked (--no-camera-check)")
+    else:
+        progress.step("camera: check the firmware has camera support")
+        error = board.camera_error()
+        if error:
+            raise FlashError(
+                "camera",
+                f"this MicroPython build has no camera support ({error})",
+                "flash an ESP32-CAM build that includes the camera module (see hardware/README.md), "
+                "or pass --no-camera-check for a test board without a camera",
+            )
+        progress.detail("import camera: ok")
+    progress.step(f"libraries: {', '.join(MIP_PACKAGES)}")
+    _install_libraries(board, args, progress)
 
 
 def _install_libraries(board: Board, args: argparse.Namespace, progress: Progress) -> None:

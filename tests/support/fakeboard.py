@@ -50,6 +50,8 @@ class FakeBoard:
     "garbage" (prints something that is not a MicroPython REPL, like another firmware).
     camera: whether `import camera` works. raw_paste: whether raw-paste mode is offered.
     mpy_abi: what sys.implementation._mpy reports (the .mpy version the firmware loads).
+    watchdog_on(code): once it returns True for a received code block, the board resets instead of
+    running it, as the firmware's still-running watchdog does to a board held in the raw REPL.
     on_boot(board): called in a thread after machine.reset(), as the firmware's main.py would run;
     it may call board.console() to print and publish MQTT like a real box.
     """
@@ -63,6 +65,7 @@ class FakeBoard:
         raw_paste: bool = True,
         on_boot: Callable[[FakeBoard], None] | None = None,
         mpy_abi: int = MPY_ABI,
+        watchdog_on: Callable[[str], bool] | None = None,
     ) -> None:
         self.flash = Path(flash)
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -71,6 +74,7 @@ class FakeBoard:
         self.raw_paste = raw_paste
         self.on_boot = on_boot
         self.mpy_abi = mpy_abi
+        self.watchdog_on = watchdog_on
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         # Never block the serving thread on a full pty buffer when the host has stopped reading.
@@ -239,6 +243,10 @@ class FakeBoard:
     def _execute_and_reply(self, code: bytes) -> None:
         text = code.decode("utf-8", "replace")
         self.executed.append(text)
+        if self.watchdog_on is not None and self.watchdog_on(text):
+            self.watchdog_on = None
+            self._hard_reset()
+            return
         try:
             out, err = self._run(text)
         except _HardReset:
