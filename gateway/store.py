@@ -181,17 +181,43 @@ class Store:
         db.storage.flush()  # type: ignore[attr-defined]
         journal.reset()
 
+    @staticmethod
+    def _apply(db: TinyDB, entry: dict[str, Any]) -> tuple[int | None, list[int]]:
+        """Apply a journal entry to the in-memory TinyDB data.
+
+        Straight into the storage's dict rather than through `Table.insert`, which copies the whole
+        table on every call (O(events this month) per event); the file format stays TinyDB's own.
+        """
+        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        data = storage.read()
+        if data is None:
+            data = {}
+        events = data.setdefault(EVENTS, {})
+        outbox = data.setdefault(OUTBOX, {})
+        ev_id = None
+        if "ev" in entry:
+            ev_id = _next_id(events)
+            events[str(ev_id)] = entry["ev"]
+        out_ids = []
+        for o in entry.get("ob", ()):
+            oid = _next_id(outbox)
+            outbox[str(oid)] = o
+            out_ids.append(oid)
+        if "up" in entry:
+            outbox[str(entry["doc_id"])].update(entry["f"])
+        storage.write(data)  # buffered: memory only; the journal already holds the change
+        for name in (EVENTS, OUTBOX):
+            table = db.table(name)
+            table.clear_cache()
+            table._next_id = None  # TinyDB recomputes it if its own insert is used (replay)
+        return ev_id, out_ids
+
     def _commit(self, part: str, entry: dict[str, Any]) -> tuple[int | None, list[int]]:
         """Make one change durable (journal append + fsync), then apply it in memory."""
         db = self._db(part)
         self._journals[part].append(entry)
         try:
-            storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
-            with storage.batch():
-                ev_id = db.table(EVENTS).insert(entry["ev"]) if "ev" in entry else None
-                out_ids = [db.table(OUTBOX).insert(o) for o in entry.get("ob", ())]
-                if "up" in entry:
-                    db.table(OUTBOX).update(entry["f"], doc_ids=[entry["doc_id"]])
+            ev_id, out_ids = self._apply(db, entry)
         except BaseException:
             # Memory and journal disagree now: reopen, which replays the journal (the truth).
             self._close_part(part)
@@ -482,6 +508,13 @@ class Store:
                 self._close_part(part)
             if self._devices_db is not None:
                 self._devices_db.close()
+
+
+def _next_id(table: dict[str, Any]) -> int:
+    """Next TinyDB doc id for a raw table; ids only grow, so the last key is the largest (dicts keep order)."""
+    if not table:
+        return 1
+    return int(next(reversed(table))) + 1
 
 
 def _event_out(doc: dict[str, Any]) -> EventRecord:
