@@ -291,3 +291,25 @@ def test_the_real_firmware_folder_is_what_gets_bundled():
     assert _key_tree(config) == _key_tree(template)
     assert json.loads(json.dumps(config)) == config
     assert "HomeNet" in json.dumps(config) and "secret" in json.dumps(config)
+
+
+def test_provisions_the_real_firmware(env, capsys):
+    """The default firmware folder (this checkout's firmware/) compiles and lands whole."""
+    from gateway.flash.bundle import firmware_sources
+    from gateway.flash.cli import FIRMWARE_DIR
+
+    with FakeBoard(env.flash) as board:
+        argv = provision_argv(env, board, "--no-wait")
+        i = argv.index("--firmware-dir")
+        del argv[i : i + 2]
+        assert main(argv) == 0
+    for source in firmware_sources(FIRMWARE_DIR):
+        rel = source.relative_to(FIRMWARE_DIR).as_posix()
+        if source.name in ("main.py", "boot.py"):
+            assert (env.flash / rel).read_bytes() == source.read_bytes()
+        else:
+            assert (env.flash / (rel[:-3] + ".mpy")).read_bytes()[:2] == b"M\x06", rel
+    cfg = json.loads((env.flash / "config.json").read_text())
+    real = json.loads((FIRMWARE_DIR / "config.example.json").read_text())
+    assert _key_tree(cfg) == _key_tree(real)
+    assert cfg["broker"]["username"] == env.creds.username and cfg["device_id"] == "box1"
