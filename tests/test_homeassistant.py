@@ -1040,3 +1040,33 @@ def test_box_removed_while_the_gateway_was_down_is_cleared_at_start(mosquitto, p
         assert third.health()["state_file_errors"] == 1
     finally:
         third.stop()
+
+
+def test_unreadable_registry_does_not_stop_the_bridge(mosquitto, port, cfg, mirror):
+    class Flaky(FakeRegistry):
+        broken = True
+
+        def list(self) -> list[Any]:
+            if self.broken:
+                raise ValueError("devices.json is half-written")
+            return super().list()
+
+    port.add_device("box-1")
+    port.add_device("box-2")
+    registry = Flaky({"box-1", "box-2"})
+    bridge = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry)
+    bridge.start()
+    try:
+        mirror.wait(
+            lambda: all_configs_present(mirror, cfg, {"box-1": False, "box-2": False}), what="configs"
+        )
+        assert bridge.health()["registry_errors"] >= 1
+        registry.broken = False
+        deadline = time.monotonic() + 10
+        while bridge._registry_seen is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        registry.set({"box-1"})
+        button = d.config_topic(cfg, "button", d.box_identifier(cfg, "box-2"), "snapshot")
+        mirror.wait(lambda: mirror.payload(button) == b"", what="box-2 cleared once readable")
+    finally:
+        bridge.stop()

@@ -250,7 +250,12 @@ class HomeAssistantBridge:
         addr = self._resolve()
         self._client = self._new_client(addr)
         if self._registry is not None:
-            self._load_registry_state()
+            try:
+                self._load_registry_state()
+            except Exception as exc:  # an unreadable registry must not stop the gateway from starting
+                self._registry_seen = None
+                self._count("registry_errors")
+                self.log.warning("homeassistant: not following device removals (registry: %s)", exc)
         bus = self.port.bus
         self._unsubscribe = [
             bus.subscribe(self._on_device_changed, DEVICE_CHANGED),
@@ -494,7 +499,14 @@ class HomeAssistantBridge:
 
     def _check_registry(self) -> None:
         """Boxes removed from the device registry (`parcelbox device remove`) leave Home Assistant."""
-        if self._registry is None or self._registry_seen is None:
+        if self._registry is None:
+            return
+        if self._registry_seen is None:  # unreadable at start: keep trying, say so once
+            try:
+                self._load_registry_state()
+                self.log.info("homeassistant: device registry readable again; following removals")
+            except Exception:
+                self._count("registry_errors")
             return
         try:
             mtime = self._registry.mtime()
