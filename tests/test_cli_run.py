@@ -1,0 +1,101 @@
+"""`parcelbox run` as a user starts it: no config file, own broker, folder sink; one owner per data folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.gateway_core import Box, make_jpeg, new_event_id, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PARCELBOX_", "XDG_"))}
+    env["HOME"] = str(home)
+    # Loopback and a free port instead of 0.0.0.0:1883, no dashboard port: tests must not collide.
+    env.update(
+        PARCELBOX_BROKER_LISTEN_HOST="127.0.0.1", PARCELBOX_BROKER_LISTEN_PORT="0", PARCELBOX_WEB_ENABLED="0"
+    )
+    env.update(extra)
+    return env
+
+
+def _run(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),  # noqa: SIM115
+    )
+
+
+def test_fresh_machine_run_own_broker_folder_sink_summary_and_clean_sigterm(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    secret_cfg = tmp_path / "c.toml"
+    secret_cfg.write_text(
+        'log_level = "DEBUG"\n[notify.webhook]\nurl = "http://127.0.0.1:9/x"\n'
+        'headers = { Authorization = "Bearer s3cr3t-token" }\n'
+    )
+    log = tmp_path / "run.log"
+    gw = _run(_env(home), log)
+    try:
+        text = wait_for(lambda: "next:" in log.read_text() and log.read_text(), 30, what="startup summary")
+        data_dir = home / ".local" / "share" / "parcelbox"
+        assert f"data folder   {data_dir}" in text
+        assert "config        none (all defaults)" in text
+        assert "managed mosquitto on 127.0.0.1:" in text
+        url = re.search(r"gateway connects to (mqtt://127\.0\.0\.1:\d+)", text).group(1)
+        box = Box(url, "parcelbox", "box-1")
+        try:
+            eid = new_event_id()
+            box.send(eid, make_jpeg(320, 240))
+            assert box.wait_ack(eid)["ok"]
+        finally:
+            box.close()
+        alerts = data_dir / "alerts"
+        wait_for(
+            lambda: len(list(alerts.glob("*.json"))) == 1 and len(list(alerts.glob("*.jpg"))) == 1,
+            what="alert files",
+        )
+        # a second gateway on the same data folder refuses, naming the first one's pid
+        second = subprocess.run(
+            [sys.executable, "-m", "gateway", "run"],
+            cwd=ROOT,
+            env=_env(home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1 and f"in use by pid {gw.pid}" in second.stderr
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(30) == 0
+        assert "gateway stopped" in log.read_text()
+        # the managed broker went down with it (no orphan Mosquitto holding the port)
+        import socket
+
+        port = int(url.rsplit(":", 1)[1])
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+    finally:
+        if gw.poll() is None:
+            gw.kill()
+            gw.wait()
+    # secrets never reach the log, even at DEBUG
+    log2 = tmp_path / "run2.log"
+    gw = _run(_env(home), log2, "--config", str(secret_cfg))
+    try:
+        wait_for(lambda: "next:" in log2.read_text(), 30, what="startup summary")
+        time.sleep(0.2)
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(30)
+    out = log2.read_text()
+    assert "s3cr3t-token" not in out and "'headers': '***'" in out
