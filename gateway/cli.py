@@ -20,6 +20,9 @@ from typing import Any
 
 from gateway import __version__
 
+EXIT_CONFIG = 2  # the config cannot be used (message names the key)
+EXIT_LOCKED = 3  # another gateway owns the data folder (message names its pid)
+
 # Modules exposing `register(subparsers)`; e.g. "gateway.web.cli" (web set-password), "gateway.whatsapp.cli".
 COMMAND_MODULES: tuple[str, ...] = ("gateway.flash.cli", "gateway.web.cli", "gateway.whatsapp.cli")
 
@@ -48,7 +51,7 @@ def do_run(args: argparse.Namespace) -> int:
         return run(config)
     except DataDirLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_LOCKED
 
 
 # --- status -------------------------------------------------------------------------
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 

@@ -52,7 +52,7 @@ def test_run_refuses_when_data_folder_is_owned(env, capsys):
     import os
 
     with DataDirLock(env):
-        assert cli.main(["run"]) == 1
+        assert cli.main(["run"]) == cli.EXIT_LOCKED
     assert f"in use by pid {os.getpid()}" in capsys.readouterr().err
 
 

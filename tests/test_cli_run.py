@@ -74,7 +74,7 @@ def test_fresh_machine_run_own_broker_folder_sink_summary_and_clean_sigterm(tmp_
             text=True,
             timeout=60,
         )
-        assert second.returncode == 1 and f"in use by pid {gw.pid}" in second.stderr
+        assert second.returncode == 3 and f"in use by pid {gw.pid}" in second.stderr
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(30) == 0
         assert "gateway stopped" in log.read_text()
