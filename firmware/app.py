@@ -21,9 +21,11 @@ import protocol
 import sender
 import settings
 from detector import IDLE, Detector
+from link import LINK_ERRORS
 from spool import SpoolError
 
 FW_VERSION = "0.1.0"
+_MAX_RESEND_MS = 600000
 
 
 def _diff(a, b):
@@ -103,6 +105,7 @@ class App:
             sample_ms=cfg["sample_s"] * 1000,
         )
         self._sent = {}  # spool order -> ticks when last published (awaiting ack)
+        self._tries = {}  # spool order -> times published (for the resend backoff)
         self._was_connected = False
         self._last_status = None
         self._recent_cmds = []
@@ -236,6 +239,7 @@ class App:
                     if not self._publish_frame(eid, frame, now):
                         return eid
                 self._sent[order] = now
+                self._tries[order] = 1
         return eid
 
     def _backlog_sent(self, order):
@@ -250,18 +254,22 @@ class App:
                 self.mqtt.client, self.topics, eid, frame, self.chunk_size, 1, self.board.feed
             )
             return True
-        except (OSError, AssertionError, IndexError) as e:
+        except LINK_ERRORS as e:
             self.mqtt.lost(now, e)
             return False
 
     def _pump(self, now):
         """Send the oldest spooled event that is not awaiting its ack."""
         b = self.board
-        timeout = self.cfg["ack_timeout_s"] * 1000
+        base = self.cfg["ack_timeout_s"] * 1000
         waiting = 0
         due = None
         for order in self.spool.orders():
             t = self._sent.get(order)
+            # A gateway that stays silent gets the event again after ack_timeout_s,
+            # then twice that, ... up to 10 minutes: no flood of photos.
+            tries = self._tries.get(order, 1)
+            timeout = min(base << min(tries - 1, 10), _MAX_RESEND_MS)
             if t is not None and b.ticks_diff(now, t) < timeout:
                 waiting += 1
             elif due is None:
@@ -305,12 +313,13 @@ class App:
                     # A damaged file, not the link: keep the event, send it without the photo.
                     self.spool.drop_photo(order, "photo file damaged")
                     return False
-                except (OSError, AssertionError, IndexError) as e:
+                except LINK_ERRORS as e:
                     self.mqtt.lost(now, e)
                     return False
                 finally:
                     f.close()
         self._sent[order] = now
+        self._tries[order] = self._tries.get(order, 0) + 1
         return True
 
     # --- incoming ------------------------------------------------------------
@@ -337,6 +346,7 @@ class App:
         if ok:
             self.spool.remove(eid)
             self._sent.pop(order, None)
+            self._tries.pop(order, None)
             self.counters["acked"] += 1
         elif retry:
             self.counters["nacked_retry"] += 1
@@ -347,6 +357,7 @@ class App:
             self.log("ack: %s refused for good (%s), dropped from the spool" % (eid, error))
             self.spool.remove(eid)
             self._sent.pop(order, None)
+            self._tries.pop(order, None)
 
     def _reply(self, cid, ok, error=None, **extra):
         self.mqtt.publish(

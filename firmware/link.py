@@ -18,6 +18,11 @@ simulator drives them with a paho-backed client and a simulated WLAN.
 
 import protocol
 
+# What umqtt.simple raises when the connection breaks: OSError from the socket, and
+# AssertionError / IndexError / TypeError when a read comes back short or None while
+# it parses a packet. All of them mean "reconnect", never "crash".
+LINK_ERRORS = (OSError, AssertionError, IndexError, TypeError)
+
 
 def _diff(a, b):
     return a - b
@@ -157,9 +162,7 @@ class Mqtt:
             if self.keepalive_ms and self._diff(now, self._last_io) >= self.keepalive_ms // 2:
                 self.client.ping()
                 self._last_io = now
-        except (OSError, AssertionError, IndexError) as e:
-            # umqtt signals a dropped socket as OSError, and a short read as
-            # IndexError/AssertionError while parsing.
+        except LINK_ERRORS as e:
             self.lost(now, e)
         return self.connected
 
@@ -192,7 +195,7 @@ class Mqtt:
             self.client.publish(topic, msg, retain, qos)
             self._last_io = now
             return True
-        except (OSError, AssertionError, IndexError) as e:
+        except LINK_ERRORS as e:
             self.lost(now, e)
             return False
 
@@ -221,6 +224,6 @@ class Mqtt:
             if offline_status:
                 self.client.publish(self.topics.status, protocol.will_payload(), True, 1)
             self.client.disconnect()
-        except (OSError, AssertionError, IndexError):
+        except LINK_ERRORS:
             pass
         self.connected = False

@@ -244,6 +244,14 @@ def case_ack_timeout_resends(base):
     assert len(ids) == 2 and ids[0] == ids[1] and r.app.counters["resent"] == 1
 
 
+def case_resend_interval_doubles_while_the_gateway_is_silent(base):
+    r = Rig(base)
+    r.deliver()
+    r.run(75000)  # sent at ~2 s, then after 10 s, 20 s, 40 s
+    ids = [e["id"] for e in r.events()]
+    assert len(ids) == 4 and len(set(ids)) == 1, len(ids)
+
+
 def case_bad_acks_and_commands_are_counted_not_fatal(base):
     r = Rig(base)
     r.run(100)
