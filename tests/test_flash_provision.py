@@ -313,3 +313,25 @@ def test_provisions_the_real_firmware(env, capsys):
     real = json.loads((FIRMWARE_DIR / "config.example.json").read_text())
     assert _key_tree(cfg) == _key_tree(real)
     assert cfg["broker"]["username"] == env.creds.username and cfg["device_id"] == "box1"
+
+
+def test_reprovision_keeps_settings_made_on_the_board_and_applies_set(env, capsys):
+    with FakeBoard(env.flash) as board:
+        assert main(provision_argv(env, board, "--no-wait")) == 0
+        # The owner tuned the box by editing its config.json (or with the `config` command).
+        cfg = json.loads((env.flash / "config.json").read_text())
+        cfg["debounce_ms"] = 80
+        cfg["not_a_firmware_key"] = 1
+        (env.flash / "config.json").write_text(json.dumps(cfg))
+        assert main(provision_argv(env, board, "--no-wait", "--set", "sensor=ir", "--set", "pins.ir=14")) == 0
+        cfg = json.loads((env.flash / "config.json").read_text())
+        assert cfg["debounce_ms"] == 80 and cfg["sensor"] == "ir" and cfg["pins"]["ir"] == 14
+        assert "not_a_firmware_key" not in cfg and _key_tree(cfg) == _key_tree(EXAMPLE)
+
+        for bad, message in [
+            ("nope=1", "--set nope: no such key in firmware/config.example.json"),
+            ("wifi.password=x", "--set wifi.password: set by the tool"),
+            ("sensor", "use KEY=VALUE"),
+        ]:
+            assert main(provision_argv(env, board, "--no-wait", "--set", bad)) == 1
+            assert message in capsys.readouterr().err

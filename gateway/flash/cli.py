@@ -25,6 +25,7 @@ from gateway.flash.devconfig import (
     lan_address,
     load_template,
     masked,
+    parse_overrides,
     read_path,
     valid_device_id,
 )
@@ -152,25 +153,32 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
     return settings, watch
 
 
+def _board_config(board: Board, progress: Progress) -> dict | None:
+    """The board's current config.json, if it has a readable one."""
+    current = board.read_text("/config.json")
+    if not current:
+        return None
+    try:
+        old = json.loads(current)
+    except ValueError:
+        progress.detail("the board's config.json is not valid JSON: it is replaced")
+        return None
+    return old if isinstance(old, dict) else None
+
+
 def _wifi_from_board_or_prompt(
-    board: Board, template: dict, settings: BoxSettings, progress: Progress, interactive: bool
+    old: dict | None, template: dict, settings: BoxSettings, progress: Progress, interactive: bool
 ) -> None:
     if settings.wifi_ssid and settings.wifi_password:
         return
-    current = board.read_text("/config.json")
-    if current:
-        try:
-            old = json.loads(current)
-        except ValueError:
-            old = None
-        if isinstance(old, dict):
-            ssid = read_path(old, template, "wifi_ssid")
-            pw = read_path(old, template, "wifi_password")
-            if not settings.wifi_ssid and ssid:
-                settings.wifi_ssid = ssid
-                progress.detail(f"Wi-Fi {ssid} (kept from the board's config.json)")
-            if not settings.wifi_password and pw and settings.wifi_ssid == ssid:
-                settings.wifi_password = pw
+    if old:
+        ssid = read_path(old, template, "wifi_ssid")
+        pw = read_path(old, template, "wifi_password")
+        if not settings.wifi_ssid and ssid:
+            settings.wifi_ssid = ssid
+            progress.detail(f"Wi-Fi {ssid} (kept from the board's config.json)")
+        if not settings.wifi_password and pw and settings.wifi_ssid == ssid:
+            settings.wifi_password = pw
     if not settings.wifi_ssid:
         if not interactive:
             raise FlashError("settings", "no Wi-Fi network given", "pass --wifi-ssid and --wifi-password")
@@ -205,7 +213,8 @@ def _dry_run(
         f"libraries: mip install {', '.join(MIP_PACKAGES)} from {index} to {MIP_TARGET} unless present"
     )
     progress.step("copy: only files whose sha256 on the board differs, then config.json:")
-    shown = masked(build_config(template, settings), template)
+    progress.detail("(settings already in the board's config.json are kept unless given here)")
+    shown = masked(build_config(template, settings, None, parse_overrides(template, args.set)), template)
     if not settings.wifi_ssid:
         shown_path = key_path(template, "wifi_ssid")
         progress.detail(f"({shown_path} from the board's current config.json, else asked)")
@@ -236,6 +245,7 @@ def do_provision(args: argparse.Namespace) -> int:
     settings, watch = _box_settings(args, progress)
     template = load_template(firmware_dir)
     check_template(template)  # a firmware/tool key mismatch fails before the board is touched
+    overrides = parse_overrides(template, args.set)
 
     box_login = BrokerAddress(
         settings.broker_host, settings.broker_port, settings.mqtt_user, settings.mqtt_password
@@ -262,8 +272,10 @@ def do_provision(args: argparse.Namespace) -> int:
             _prepare_board(board, args, progress)
             progress.step("copy changed files")
             if config_file is None:
-                _wifi_from_board_or_prompt(board, template, settings, progress, interactive)
-                config_file = BoardFile(None, "/config.json", config_bytes(build_config(template, settings)))
+                old = _board_config(board, progress)
+                _wifi_from_board_or_prompt(old, template, settings, progress, interactive)
+                config = build_config(template, settings, old, overrides)
+                config_file = BoardFile(None, "/config.json", config_bytes(config))
             _copy_changed(board, [*files, config_file], progress)
             progress.step("reset the board")
             board.hard_reset()
@@ -461,6 +473,13 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--mqtt-user", help="box MQTT username (default: from the device registry)")
     p.add_argument("--mqtt-password", help="box MQTT password (default: from the device registry)")
     p.add_argument("--prefix", help="topic prefix (default: the gateway's, else parcelbox)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config.json key, e.g. --set sensor=ir --set pins.ir=14 (repeatable; VALUE is JSON or text)",
+    )
     p.add_argument("--config", help="gateway config file (default: the gateway's default)")
     p.add_argument("--data-dir", help="gateway data folder holding the device registry")
     p.add_argument("--firmware-dir", help="firmware sources (default: firmware/ of this checkout)")

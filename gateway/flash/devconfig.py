@@ -97,9 +97,52 @@ def check_template(template: dict[str, Any]) -> None:
         key_path(template, name)
 
 
-def build_config(template: dict[str, Any], settings: BoxSettings) -> dict[str, Any]:
-    """A copy of the example config with this box's settings filled in."""
+def parse_overrides(template: dict[str, Any], items: list[str]) -> list[tuple[str, Any]]:
+    """`--set KEY=VALUE` items as (dotted key, value); VALUE is JSON, else a plain string."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise FlashError("config", f"--set {item!r}: use KEY=VALUE, e.g. --set sensor=ir")
+        if not _has_path(template, key):
+            raise FlashError("config", f"--set {key}: no such key in firmware/config.example.json")
+        owned = {path for paths in KEY_PATHS.values() for path in paths}
+        if key in owned:
+            raise FlashError("config", f"--set {key}: set by the tool; use its own option instead")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.append((key, value))
+    return out
+
+
+def _overlay_known(base: dict[str, Any], update: dict[str, Any]) -> None:
+    """Copy values from `update` whose keys (and shape) exist in `base`; drop the rest."""
+    for key, value in update.items():
+        if key not in base:
+            continue
+        if isinstance(base[key], dict):
+            if isinstance(value, dict):
+                _overlay_known(base[key], value)
+        elif not isinstance(value, dict):
+            base[key] = value
+
+
+def build_config(
+    template: dict[str, Any],
+    settings: BoxSettings,
+    existing: dict[str, Any] | None = None,
+    overrides: list[tuple[str, Any]] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
+    """The example config, then the board's current values (a re-provision keeps what the user set
+    there), then `--set` overrides, then this box's identity, Wi-Fi and broker settings."""
     config = copy.deepcopy(template)
+    if existing:
+        _overlay_known(config, existing)
+    for dotted, value in overrides:
+        _set_path(config, dotted, value)
     for name, value in vars(settings).items():
         if value is None:
             value = ""  # anonymous broker: the firmware sees an empty user and connects without
