@@ -201,13 +201,13 @@ class ChildRunner:
         elif k == "logged_out" or (k == "connect_failure" and ev.code in _LOGGED_OUT_REASONS):
             self.connected.clear()
             reason = ev.code or "logged out"
+            self._forget = True  # before end(): the main loop may act on `done` at once
             self.end(
                 "not_paired",
                 f"Logged out by WhatsApp ({reason}): this gateway is no longer a linked device. {HOW_TO_PAIR}",
                 RESTART_AFTER_LOGOUT_S if self.mode == "run" else None,
                 paired_as=None,
             )
-            self._forget = True
         elif k == "stream_replaced":
             self.connected.clear()
             self.end(
