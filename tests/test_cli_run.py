@@ -60,11 +60,34 @@ def test_fresh_machine_run_own_broker_folder_sink_summary_and_clean_sigterm(tmp_
             assert box.wait_ack(eid)["ok"]
         finally:
             box.close()
+        # the user-facing simulator (the real firmware modules on simulated hardware) against it
+        sim = subprocess.run(
+            [
+                sys.executable,
+                "tools/simulate.py",
+                "--broker",
+                url,
+                "--device",
+                "sim-box",
+                "--deliveries",
+                "2",
+                "--quiet",
+                "--timeout",
+                "60",
+            ],
+            cwd=ROOT,
+            env=_env(home),
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert sim.returncode == 0, sim.stdout + sim.stderr
         alerts = data_dir / "alerts"
         wait_for(
-            lambda: len(list(alerts.glob("*.json"))) == 1 and len(list(alerts.glob("*.jpg"))) == 1,
+            lambda: len(list(alerts.glob("*.json"))) == 3 and len(list(alerts.glob("*.jpg"))) == 3,
             what="alert files",
         )
+        assert len(list(alerts.glob("sim-box_*.json"))) == 2
         # a second gateway on the same data folder refuses, naming the first one's pid
         second = subprocess.run(
             [sys.executable, "-m", "gateway", "run"],
