@@ -359,3 +359,20 @@ def test_neonize_missing_says_how_to_install_and_does_not_loop(tmp_path: Path, m
         st = wait_state(sup, "not_installed")
         assert "pip install 'parcelbox[whatsapp]'" in st["detail"]
         assert sup.finished.wait(15) and sup.restarts == 0 and sup.crashes == 0
+
+
+def test_a_hung_child_is_killed_and_restarted(tmp_path: Path) -> None:
+    settings = fake_settings(tmp_path, send_timeout_s=0.5)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        pid = sup.child_pid()
+        n = WhatsAppNotifier(settings, sup)
+        with fake.hold():  # the child stops answering, as a deadlocked Go runtime would
+            r1, r2 = n.send(_alert(1)), n.send(_alert(2))
+            assert not r1.ok and not r2.ok and "did not confirm" in r2.error
+            wait_until(lambda: sup.crashes == 1, what="the hung child to be killed")
+        assert sup.hung_kills == 1
+        wait_state(sup, lambda s: s.get("state") == "connected" and sup.child_pid() not in (None, pid))
+        assert n.send(_alert(1)).ok and n.send(_alert(2)).ok

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _NO_BYE = object()
 STOP_GRACE_S = 10.0
+HUNG_AFTER_TIMEOUTS = 2  # unconfirmed sends in a row after which the child is taken for hung and killed
 # States after which restarting cannot help until a person acts.
 FINAL_STATES = ("stream_replaced", "outdated", "not_installed")
 
@@ -114,6 +115,8 @@ class WhatsAppSupervisor:
         self.crashes = 0
         self.last_exit: str | None = None
         self.groups: list[tuple[str, str]] | None = None  # mode "groups": what the child listed
+        self._timeouts = 0  # sends in a row the child did not confirm in time
+        self.hung_kills = 0
 
     # -- public API ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -190,10 +193,19 @@ class WhatsAppSupervisor:
         if not pending.event.wait(timeout):
             with self._lock:
                 self._pending.pop(req_id, None)
+                self._timeouts += 1
+                hung = self._timeouts >= HUNG_AFTER_TIMEOUTS
+            if hung and proc.is_alive():
+                # A child that stops answering (a deadlocked Go runtime) would never die on its own.
+                log.error("WhatsApp process %s stopped answering; killing it so it restarts", proc.pid)
+                self.hung_kills += 1
+                proc.kill()
             return SendOutcome(
                 ok=False,
                 error=f"WhatsApp did not confirm the send within {timeout:.0f} s (it may still arrive)",
             )
+        with self._lock:
+            self._timeouts = 0
         assert pending.outcome is not None
         return pending.outcome
 
@@ -312,6 +324,8 @@ class WhatsAppSupervisor:
         child_conn.close()
         self._conn, self._proc = parent_conn, proc
         self._next_start_at = None
+        with self._lock:
+            self._timeouts = 0
         bye: Any = _NO_BYE
         stop_deadline: float | None = None
         try:
