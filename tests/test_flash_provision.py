@@ -335,3 +335,15 @@ def test_reprovision_keeps_settings_made_on_the_board_and_applies_set(env, capsy
         ]:
             assert main(provision_argv(env, board, "--no-wait", "--set", bad)) == 1
             assert message in capsys.readouterr().err
+
+
+def test_mip_index_can_be_a_local_folder(env, capsys):
+    """Offline installs: --mip-index pointing at a folder with the index layout."""
+    with FakeBoard(env.flash) as board:
+        argv = provision_argv(env, board, "--no-wait")
+        argv[argv.index("--mip-index") + 1] = str(env.index.root)
+        assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert (env.flash / "lib" / "umqtt" / "simple.mpy").read_bytes() == UMQTT
+    assert "mip: Installing: /lib/umqtt/simple.mpy" in out
+    assert env.index.requests == []  # nothing fetched over HTTP

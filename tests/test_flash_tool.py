@@ -174,3 +174,18 @@ def test_status_freshness_survives_garbage():
 def test_console_lines_classified(line, step):
     failure = classify_console_line(line)
     assert (failure.step if failure else None) == step
+
+
+def test_missing_flash_extra_gives_an_install_hint(capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_mpremote(name, *args, **kwargs):
+        if name.startswith("mpremote"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name="mpremote")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mpremote)
+    assert main(["logs", "--port", "/dev/null", "--seconds", "0.1"]) == 1
+    assert "pip install 'parcelbox[flash]'" in capsys.readouterr().err

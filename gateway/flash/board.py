@@ -226,7 +226,9 @@ class Board:
 
     # -- packages, reset, console -------------------------------------------------------------
 
-    def mip_install(self, package: str, index: str, target: str = "/lib") -> None:
+    def mip_install(
+        self, package: str, index: str, target: str = "/lib", on_output: Callable[[str], None] | None = None
+    ) -> None:
         """Install a micropython-lib package with mpremote's own `mip` (downloads on the host)."""
         from mpremote.commands import CommandError
         from mpremote.main import State
@@ -237,8 +239,11 @@ class Board:
         state.transport = self.transport
         state._auto_soft_reset = False  # already in the raw REPL; a soft reset here gains nothing
         args = SimpleNamespace(command=["install"], packages=[package], index=index, target=target, mpy=True)
+        said = io.StringIO()
         try:
-            do_mip(state, args)
+            # mip prints as it goes; keep it and hand it to the caller's progress output.
+            with contextlib.redirect_stdout(said):
+                do_mip(state, args)
         except CommandError as e:
             raise FlashError(
                 "libraries",
@@ -247,6 +252,11 @@ class Board:
             ) from None
         except (TransportError, OSError) as e:
             raise _lost("libraries", e, f"installing {package} failed") from None
+        finally:
+            if on_output:
+                for line in said.getvalue().splitlines():
+                    if line.strip():
+                        on_output(line.strip())
 
     def hard_reset(self) -> None:
         """machine.reset() without waiting for an answer (the board reboots mid-reply)."""

