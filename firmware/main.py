@@ -218,13 +218,24 @@ def main(config_path=CONFIG, max_steps=None, idle_forever=True):
     battery = cfg["mode"] == "battery"
     t0 = time.ticks_ms()
     steps = 0
+    failures = 0
     while max_steps is None or steps < max_steps:
         steps += 1
         try:
             the_app.step()
+            failures = 0
         except MemoryError:
             gc.collect()
             log("main: out of memory in a step; collected and carrying on")
+        except Exception as e:
+            # A bug or a driver fault must not stop the box: log it, carry on, and
+            # reset only if it keeps happening (the spool keeps every event).
+            failures += 1
+            log("main: step failed (%d in a row): %r" % (failures, e))
+            if hasattr(sys, "print_exception"):
+                sys.print_exception(e)
+            if failures >= 20:
+                machine.reset()
         now = time.ticks_ms()
         if parts["wifi"].up:
             parts["clock"].maybe_sync(now)

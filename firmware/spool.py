@@ -202,7 +202,11 @@ class Spool:
         (its `photo` meta must describe `photo`). Returns the spool order."""
         data = json.dumps(record).encode()
         psize = len(photo) if photo is not None else 0
-        if not self._make_room(len(data), psize):
+        try:
+            room = self._make_room(len(data), psize)
+        except OSError as e:
+            raise SpoolError("spool cleanup failed: %r" % (e,))
+        if not room:
             self.log("spool: no room for the photo of %s, keeping the event without it" % record["id"])
             self.dropped_photos += 1
             record = dict(record)

@@ -296,6 +296,27 @@ def case_camera_failure_sends_event_without_photo(base):
     assert ev["photo"] is None and "Camera Init Failed" in ev["sensors"]["camera_error"]
 
 
+class FullDisk:
+    """os with rename failing like a full filesystem."""
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def rename(self, a, b):
+        raise OSError(28)
+
+
+def case_spool_failure_is_logged_counted_and_sent_best_effort(base):
+    r = Rig(base)
+    r.run(100)
+    r.app.spool.os = FullDisk()
+    r.deliver()
+    assert r.app.counters["spool_errors"] == 1
+    assert [x for x in r.lines if "not spooled" in x]
+    ev = r.events()[0]
+    assert protocol.sha256_hex(r.photo(ev["id"])) == ev["photo"]["sha256"]
+
+
 def case_no_sensor_gives_lid_closed(base):
     r = Rig(base, sensor="none")
     r.deliver()
