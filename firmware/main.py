@@ -80,6 +80,21 @@ class NtpClock:
         return int(t)
 
 
+def mount_sd(machine):
+    """Mount the SD card at /sd in 1-bit mode (GPIO 2/14/15; GPIO 4 stays the LED)."""
+    try:
+        os.stat("/sd")
+        return True  # already mounted (boot.py, or a previous run)
+    except OSError:
+        pass
+    try:
+        os.mount(machine.SDCard(slot=1, width=1), "/sd")
+        return True
+    except Exception as e:  # no card, no SDCard class, bad card: fall back to flash
+        log("sd: mount failed (%r)" % (e,))
+        return False
+
+
 def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=CONFIG):
     """Build the App from config and the board's modules. Returns (app, parts)."""
     import app
@@ -115,7 +130,11 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
             time.sleep_ms,
             log,
         )
-    box_spool = spool.Spool(cfg["spool_dir"], os, cfg["spool_max_events"], cfg["spool_max_bytes"], log=log)
+    spool_dir = cfg["spool_dir"]
+    if spool_dir.startswith("/sd") and not mount_sd(machine):
+        spool_dir = "/spool"
+        log("spool: SD card not available, spooling to internal flash (/spool)")
+    box_spool = spool.Spool(spool_dir, os, cfg["spool_max_events"], cfg["spool_max_bytes"], log=log)
     wlan = network.WLAN(network.STA_IF)
     wifi = link.Wifi(
         wlan,

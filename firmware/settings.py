@@ -103,6 +103,7 @@ THRESHOLDS = {"ir": (1, 0), "ultrasonic": (30, 15), "hx711": (50, 20), "none": (
 
 # AI-Thinker ESP32-CAM: GPIOs the camera, PSRAM and UART use; an input there breaks them.
 CAMERA_PINS = (0, 1, 3, 5, 16, 17, 18, 19, 21, 22, 23, 25, 26, 27, 32, 34, 35, 36, 39)
+SD_PINS = (2, 14, 15)
 _RANGES = {
     "debounce_ms": (0, 5000),
     "settle_s": (0, 120),
@@ -226,6 +227,15 @@ def validate(cfg, need_network=True):
         if g in seen:
             problems.append("pins.%s and pins.%s are both GPIO%d" % (seen[g], name, g))
         seen[g] = name
+    if cfg["spool_dir"].startswith("/sd"):
+        # SD card in 1-bit mode: CLK 14, CMD 15, D0 2 (GPIO 4 stays the flash LED).
+        for name in used[1:]:
+            if pins[name] in SD_PINS:
+                problems.append(
+                    "pins.%s=GPIO%d is used by the SD card (spool_dir on /sd)" % (name, pins[name])
+                )
+        if pins["lid"] in SD_PINS:
+            problems.append("pins.lid=GPIO%d is used by the SD card (spool_dir on /sd)" % pins["lid"])
     # GPIO 12 is a strapping pin (flash voltage): a pull-up there stops the board booting.
     if pins["lid"] == 12:
         problems.append("pins.lid=GPIO12: the reed switch needs a pull-up, which stops GPIO12 boards booting")

@@ -178,3 +178,68 @@ def test_battery_mode_sleeps_when_done_with_camera_off_led_held_and_lid_wake(
     led = FakePin.made[4]
     assert led.level == 0 and led.hold is True
     assert sys.modules["camera"].inited is False  # powered down before sleep
+
+
+def test_sd_spool_falls_back_to_flash_when_no_card(tmp_path, monkeypatch, mosquitto, prefix, capsys):
+    import main
+
+    _fake_modules(monkeypatch)
+
+    def no_card(**kw):
+        raise OSError("no SD card")
+
+    sys.modules["machine"].SDCard = no_card
+    made = []
+    import spool
+
+    real = spool.Spool
+
+    def spy(path, *a, **kw):
+        made.append(path)
+        return real(str(tmp_path / path.strip("/")), *a, **kw)
+
+    monkeypatch.setattr(spool, "Spool", spy)
+    cfg = {
+        "device_id": "box-8",
+        "prefix": prefix,
+        "wifi": {"ssid": "home"},
+        "broker": {"host": mosquitto.host, "port": mosquitto.port},
+        "spool_dir": "/sd/spool",
+    }
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    app = main.main(str(p), max_steps=2, idle_forever=False)
+    assert made == ["/spool"]
+    out = capsys.readouterr().out
+    assert "sd: mount failed" in out and "spooling to internal flash" in out
+    app.mqtt.disconnect()
+
+
+def test_a_failing_step_is_logged_and_the_loop_goes_on(tmp_path, monkeypatch, mosquitto, prefix, capsys):
+    import app as fw_app
+    import main
+
+    _fake_modules(monkeypatch)
+    calls = []
+    real_step = fw_app.App.step
+
+    def flaky_step(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("driver hiccup")
+        return real_step(self)
+
+    monkeypatch.setattr(fw_app.App, "step", flaky_step)
+    cfg = {
+        "device_id": "box-9",
+        "prefix": prefix,
+        "wifi": {"ssid": "home"},
+        "broker": {"host": mosquitto.host, "port": mosquitto.port},
+        "spool_dir": str(tmp_path / "spool"),
+    }
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    app = main.main(str(p), max_steps=5, idle_forever=False)
+    assert len(calls) == 5
+    assert "step failed (1 in a row): ValueError('driver hiccup')" in capsys.readouterr().out
+    app.mqtt.disconnect()

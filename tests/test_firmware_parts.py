@@ -305,6 +305,15 @@ def test_pin_conflicts_with_camera_and_flash_are_rejected():
     assert any("both GPIO13" in p for p in settings.validate(cfg, False))
 
 
+def test_sd_spool_reserves_the_sd_pins():
+    cfg = settings.copy_defaults()
+    cfg["spool_dir"] = "/sd/spool"
+    assert settings.validate(cfg, False) == []
+    cfg["sensor"] = "ultrasonic"  # trig 14 / echo 15 are the SD card's CLK / CMD
+    problems = settings.validate(cfg, False)
+    assert any("pins.trig=GPIO14 is used by the SD card" in p for p in problems)
+
+
 def test_apply_remote_changes_only_safe_keys():
     cfg = settings.copy_defaults()
     assert settings.apply_remote(cfg, {"cooldown_s": 9, "jpeg_quality": 70}) == ["cooldown_s", "jpeg_quality"]
