@@ -314,3 +314,20 @@ def test_set_password_command(tmp_path: Path, monkeypatch, capsys) -> None:
     answers = iter(["one password", "another one"])
     monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
     assert set_password_command(target) == 1 and verify_password(PASSWORD, target.read_text())
+
+
+def test_security_headers_on_every_response(app, anon: TestClient, user: TestClient) -> None:
+    for c, path in (
+        (anon, "/login"),
+        (anon, "/api/events"),
+        (anon, "/boxes"),
+        (user, "/"),
+        (user, "/api/health"),
+        (user, "/static/app.js"),
+        (user, "/api/photos/gate/aaaaaaaaaaaa/thumb"),
+    ):
+        r = c.get(path)
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff", (
+            path
+        )

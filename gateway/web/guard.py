@@ -31,6 +31,18 @@ CSRF_COOKIE = "pb_csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PUBLIC_PATHS = {"/login"}
+# On every response. No framing (a hostile page could otherwise overlay the Unlink or Reboot buttons),
+# scripts only from our own files, no referrer leaking dashboard URLs, no MIME sniffing.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
 
 
 def parse_cookies(headers: Headers) -> dict[str, str]:
@@ -154,10 +166,12 @@ class Guard:
         secure = self.secure_cookies(scope)
 
         async def send_with_cookie(message: Message) -> None:
-            if message["type"] == "http.response.start" and set_csrf:
-                hdrs = list(message.get("headers", []))
+            if message["type"] == "http.response.start":
+                hdrs = list(message.get("headers", [])) + SECURITY_HEADERS
                 # Skip when the endpoint sets it itself (login, logout).
-                if not any(k == b"set-cookie" and v.startswith(CSRF_COOKIE.encode() + b"=") for k, v in hdrs):
+                if set_csrf and not any(
+                    k == b"set-cookie" and v.startswith(CSRF_COOKIE.encode() + b"=") for k, v in hdrs
+                ):
                     hdrs.append(
                         (
                             b"set-cookie",
@@ -186,6 +200,7 @@ async def _plain(send: Send, status: int, body: dict[str, Any]) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(data)).encode()),
                 (b"cache-control", b"no-store"),
+                *SECURITY_HEADERS,
             ],
         }
     )
@@ -201,6 +216,7 @@ async def _redirect(send: Send, location: str) -> None:
                 (b"location", location.encode("latin-1")),
                 (b"content-length", b"0"),
                 (b"cache-control", b"no-store"),
+                *SECURITY_HEADERS,
             ],
         }
     )

@@ -19,7 +19,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 DESKTOP = {"width": 1280, "height": 820}
 PHONE = {"width": 390, "height": 844}
-WAIT_MS = 15_000
+WAIT_MS = 30_000  # generous: the shared test machine is sometimes very busy
 
 
 def shoot(page, name: str) -> None:
