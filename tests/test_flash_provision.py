@@ -227,7 +227,8 @@ def test_dry_run_prints_the_plan_and_touches_nothing(env, capsys):
     assert "drivers/reed.py -> /drivers/reed.mpy" in out and "sim_board" not in out
     assert f"mip install umqtt.simple from {env.index.url}" in out
     assert f"wait up to 20 s for {env.prefix}/box1/status" in out
-    assert '"ssid": "HomeNet"' in out and '"password": "********"' in out
+    assert 'wifi.ssid = "HomeNet"' in out and 'wifi.password = "********"' in out
+    assert 'broker.username = "box1"' in out and 'broker.password = "********"' in out
     assert "hunter22" not in out and env.creds.password not in out
 
 

@@ -248,7 +248,8 @@ class Board:
             raise FlashError(
                 "libraries",
                 f"installing {package} failed: {e}",
-                "check this computer's internet connection, or pass --mip-index with a local copy of the index",
+                "check this computer's internet connection (mip downloads on this computer, not on the board), "
+                "or pass --mip-index with a local copy of the index",
             ) from None
         except (TransportError, OSError) as e:
             raise _lost("libraries", e, f"installing {package} failed") from None

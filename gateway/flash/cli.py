@@ -198,16 +198,19 @@ def _wifi_from_board_or_prompt(
         settings.wifi_password = getpass.getpass(f"Wi-Fi password for {settings.wifi_ssid}: ")
 
 
-def _dry_run(
-    args: argparse.Namespace, firmware_dir: Path, settings: BoxSettings, watch: BrokerAddress
-) -> int:
+def _dry_run(args: argparse.Namespace, firmware_dir: Path, settings: BoxSettings, progress: Progress) -> int:
+    """Steps 2-9 as they would run, from the settings alone: no port is opened."""
     template = load_template(firmware_dir)
-    progress = Progress(len(PROVISION_STEPS))
-    progress.step("settings")
+    check_template(template)
+    overrides = parse_overrides(template, args.set)
     progress.detail(f"device {settings.device}, prefix {settings.prefix}")
-    progress.step(f"broker: would check {settings.broker_host}:{settings.broker_port} with the box's login")
     progress.step(
-        "compile: " + ("mpy-cross " + mpy_cross_version() if not args.no_compile else "off (--no-compile)")
+        "broker: not checked (--no-wait)"
+        if args.no_wait
+        else f"broker: would check {settings.broker_host}:{settings.broker_port} with the box's login"
+    )
+    progress.step(
+        "compile: " + ("off (--no-compile)" if args.no_compile else "mpy-cross " + mpy_cross_version())
     )
     for source, remote in planned_bundle(firmware_dir, compile=not args.no_compile):
         progress.detail(f"{source.relative_to(firmware_dir)} -> {remote}")
@@ -220,13 +223,16 @@ def _dry_run(
         f"libraries: mip install {', '.join(MIP_PACKAGES)} from {index} to {MIP_TARGET} unless present"
     )
     progress.step("copy: only files whose sha256 on the board differs, then config.json:")
-    progress.detail("(settings already in the board's config.json are kept unless given here)")
-    shown = masked(build_config(template, settings, None, parse_overrides(template, args.set)), template)
-    if not settings.wifi_ssid:
-        shown_path = key_path(template, "wifi_ssid")
-        progress.detail(f"({shown_path} from the board's current config.json, else asked)")
-    for line in json.dumps(shown, indent=2).splitlines():
-        progress.detail(line)
+    progress.detail("config.json = firmware/config.example.json, with the board's current values kept, and:")
+    shown = masked(build_config(template, settings, None, overrides), template)
+    tool_keys = [key_path(template, name) for name in vars(settings)] + [key for key, _ in overrides]
+    asked = {
+        key_path(template, "wifi_ssid"): not settings.wifi_ssid,
+        key_path(template, "wifi_password"): not settings.wifi_password,
+    }
+    for key in tool_keys:
+        shown_value = "(kept from the board, else asked)" if asked.get(key) else json.dumps(_get(shown, key))
+        progress.detail(f"  {key} = {shown_value}")
     progress.step("reset: machine.reset()")
     topic = f"{settings.prefix}/{settings.device}/status"
     progress.step(
@@ -238,14 +244,21 @@ def _dry_run(
     return 0
 
 
+def _get(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
 def do_provision(args: argparse.Namespace) -> int:
     firmware_dir = Path(args.firmware_dir) if args.firmware_dir else FIRMWARE_DIR
     interactive = sys.stdin.isatty() and not args.dry_run
     if args.dry_run:
-        progress = Progress(1)
-        progress.step("settings (dry run)")
-        settings, watch = _box_settings(args, progress)
-        return _dry_run(args, firmware_dir, settings, watch)
+        progress = Progress(len(PROVISION_STEPS))
+        progress.step(f"settings for {args.device} (dry run)")
+        settings, _ = _box_settings(args, progress)
+        return _dry_run(args, firmware_dir, settings, progress)
 
     progress = Progress(len(PROVISION_STEPS))
     progress.step(f"settings for {args.device}")
