@@ -286,6 +286,9 @@ class HomeAssistantBridge:
                 d.gateway_availability_topic(self.cfg), d.PAYLOAD_OFFLINE, qos=1, retain=True
             )
             info.wait_for_publish(timeout)
+        # paho's network thread may run once more after DISCONNECT and log a "not connected" error;
+        # nothing it says after this point is news.
+        self._client.disable_logger()
         self._client.disconnect()
         self._client.loop_stop()
 
