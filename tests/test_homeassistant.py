@@ -514,6 +514,42 @@ def test_state_payload_renders_every_entity(cfg):
                 assert key in st, (ent.object_id, key)
 
 
+@pytest.mark.parametrize(
+    "rec",
+    [
+        {"device": "b", "online": True, "waiting": 2, "lid_open": True, "last_delivery_ts": 1.7e9,
+         "battery_mv": 3912, "rssi": -70},
+        {"device": "b", "online": False, "waiting": 0, "lid_open": None, "last_delivery_ts": None,
+         "battery_mv": None, "rssi": None},
+    ],
+)  # fmt: skip
+def test_value_templates_render_what_home_assistant_accepts(cfg, rec):
+    """Home Assistant renders value_template with Jinja (sandboxed), `value_json` being the parsed payload.
+    binary_sensor.mqtt: the result must be payload_on ("ON"), payload_off ("OFF") or "None" (unknown);
+    sensor.mqtt: a number for a measurement, ISO 8601 with a timezone for a timestamp, or "None"."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment()
+    payload = d.state_payload(rec)
+    st = json.loads(payload)
+    for ent in d.box_entities(cfg, rec, with_battery=True):
+        tpl = ent.config.get("value_template")
+        if tpl is None:
+            continue
+        out = env.from_string(tpl).render(value_json=st, value=payload.decode()).strip()
+        key = re.findall(r"value_json\.(\w+)", tpl)[0]
+        if ent.component == "binary_sensor":
+            expected = "None" if st[key] is None else ("ON" if st[key] else "OFF")
+            assert out == expected, (ent.object_id, out)
+            assert out in (ent.config.get("payload_on", "ON"), ent.config.get("payload_off", "OFF"), "None")
+        elif st[key] is None:
+            assert out == "None", (ent.object_id, out)
+        elif ent.config.get("device_class") == "timestamp":
+            assert datetime.fromisoformat(out).utcoffset() is not None
+        else:
+            assert float(out) == st[key], (ent.object_id, out)
+
+
 def test_config_is_validated():
     with pytest.raises(ValueError):
         HAConfig(prefix="home/#")
