@@ -81,7 +81,7 @@ function signal(rssi) {
 }
 
 function battery(mv) {
-  if (mv == null) return "mains / —";
+  if (mv == null) return "mains power";
   return (mv / 1000).toFixed(2) + " V";
 }
 
