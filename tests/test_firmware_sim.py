@@ -333,3 +333,29 @@ def test_cli_stay_answers_a_snapshot_command(mosquitto, prefix, acker, tmp_path)
     assert acker.wait(
         lambda: [s for d, s, _r in acker.statuses if d == "box-3"][-1] == {"v": 1, "online": False}
     )
+
+
+def test_random_script_every_event_acked(mosquitto, prefix, acker, tmp_path):
+    r = _cli(
+        "--broker",
+        mosquitto.url,
+        "--prefix",
+        prefix,
+        "--device",
+        "rnd",
+        "--deliveries",
+        "0",
+        "--random",
+        "6",
+        "--seed",
+        "3",
+        "--timeout",
+        "60",
+        "--quiet",
+        "--json",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    events = json.loads(r.stdout)["boxes"][0]["events"]
+    assert events and all(e["acked"] for e in events)
+    assert {e["type"] for e in events} <= {"delivery", "pickup", "lid_closed"}
+    assert acker.wait(lambda: {k[1] for k in acker.acked} >= {e["id"] for e in events})

@@ -711,6 +711,13 @@ class SimulatedBox:
         self._at(700, lambda: self._lid(False))
         self._at(self._after_cycle_ms(), lambda: None)
 
+    def peek(self) -> None:
+        """Someone opens and closes the lid without changing what is inside (lid_closed,
+        unless it falls inside the cooldown of the previous close event)."""
+        self._at(200, lambda: self._lid(True))
+        self._at(1200, lambda: self._lid(False))
+        self._at(self._after_cycle_ms(), lambda: None)
+
     def leave_lid_open(self) -> None:
         """Open the lid past `left_open_s`, then close it (lid_left_open, then lid_closed)."""
         self._at(200, lambda: self._lid(True))
@@ -792,6 +799,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pickups", type=int, default=0, help="pickups after the deliveries")
     ap.add_argument("--lid-left-open", type=int, default=0, help="times the lid is left open at the end")
     ap.add_argument(
+        "--random",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N more random lid cycles (delivery / pickup / peek)",
+    )
+    ap.add_argument(
         "--photos", help="folder of .jpg files served by the simulated camera (default: generated)"
     )
     ap.add_argument("--camera-api", choices=("lemariva", "camera"), default="lemariva")
@@ -834,6 +848,9 @@ def main(argv: list[str] | None = None) -> int:
             b.pickup()
         for _ in range(a.lid_left_open):
             b.leave_lid_open()
+        rnd = random.Random(a.seed * 7919 + i)
+        for _ in range(a.random):
+            rnd.choice((b.deliver, b.deliver, b.pickup, b.peek))()
         boxes.append(b)
     try:
         ok = run_boxes(boxes, a.timeout, stay=a.stay)
