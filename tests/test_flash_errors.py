@@ -200,16 +200,21 @@ def test_box_cannot_reach_the_broker(env, capsys):
     assert "broker: the box cannot reach the broker" in err and "LAN address" in err
 
 
-def test_firmware_crash_on_boot(env, capsys):
-    crash = _box_prints(
-        "Traceback (most recent call last):", '  File "main.py", line 1', "ImportError: no module named 'app'"
+def test_firmware_refuses_its_config(env, capsys):
+    """What firmware/main.py's safe_idle prints when config.json is unusable."""
+    block = _box_prints(
+        "=" * 60,
+        "parcelbox: the box cannot start:",
+        "  - pins.ir=GPIO0 is used by the camera or UART on the AI-Thinker board",
+        "Fix config.json (see config.example.json and firmware/README.md),",
+        "for example with `python tools/flash.py provision`, then reset the board.",
+        "=" * 60,
     )
-    with FakeBoard(env.flash, on_boot=crash) as b:
+    with FakeBoard(env.flash, on_boot=block) as b:
         code, _, err = run(provision_argv(env, b), capsys)
     assert code == 1
-    assert (
-        "firmware: the firmware stopped with an error on the board: ImportError: no module named 'app'" in err
-    )
+    assert "firmware: the box cannot start: pins.ir=GPIO0 is used by the camera" in err
+    assert "--set KEY=VALUE" in err
 
 
 def test_stale_online_status_is_not_taken_for_the_new_boot(env, capsys):

@@ -13,7 +13,7 @@ from gateway.flash import image as image_mod
 from gateway.flash import serialports
 from gateway.flash.cli import main
 from gateway.flash.devconfig import lan_address
-from gateway.flash.online import classify_console_line, status_is_fresh
+from gateway.flash.online import ConsoleJudge, classify_console_line, status_is_fresh
 from gateway.flash.serialports import PortInfo
 from tests.support.fakeboard import FakeBoard
 
@@ -166,7 +166,8 @@ def test_status_freshness_survives_garbage():
         ("wifi: connect failed: STAT_NO_AP_FOUND", "wifi"),
         ("mqtt: connect failed: [Errno 113] EHOSTUNREACH", "broker"),
         ("mqtt: not authorised (5)", "broker"),
-        ("OSError: [Errno 12] ENOMEM", "firmware"),
+        ("main: step failed (1 in a row): OSError(12,)", None),  # the firmware carries on
+        ('Type "help()" for more information.', "firmware"),
         ("wifi: connected to HomeNet", None),
         ("mqtt: connected", None),
     ],
@@ -189,3 +190,24 @@ def test_missing_flash_extra_gives_an_install_hint(capsys, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mpremote)
     assert main(["logs", "--port", "/dev/null", "--seconds", "0.1"]) == 1
     assert "pip install 'parcelbox[flash]'" in capsys.readouterr().err
+
+
+def test_cannot_start_block_is_reported_with_every_problem():
+    judge = ConsoleJudge()
+    lines = [
+        "=" * 60,
+        "parcelbox: the box cannot start:",
+        "  - wifi.ssid is empty",
+        "  - pins.ir=GPIO0 is used by the camera or UART on the AI-Thinker board",
+        "Fix config.json (see config.example.json and firmware/README.md),",
+    ]
+    results = [judge.feed(line) for line in lines]
+    assert results[:4] == [None] * 4
+    failure = results[4]
+    assert failure.step == "firmware"
+    assert failure.message == (
+        "the box cannot start: wifi.ssid is empty; pins.ir=GPIO0 is used by the camera or UART on the AI-Thinker board"
+    )
+    judge.feed("parcelbox: the box cannot start:")
+    judge.feed("  - crashed: MemoryError()")
+    assert "crashed: MemoryError()" in judge.finish().message

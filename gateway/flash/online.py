@@ -56,12 +56,15 @@ CONSOLE_FAILURES: list[tuple[re.Pattern[str], str, str, str]] = [
         "check the firewall allows the MQTT port",
     ),
     (
-        re.compile(r"^\w*(Error|Exception): "),
+        re.compile(r'^Type "help\(\)" for more information'),
         "firmware",
-        "the firmware stopped with an error on the board",
-        "run `parcelbox flash logs` to see the whole traceback",
+        "main.py ended and the board is sitting at the MicroPython prompt",
+        "run `parcelbox flash logs --reset` to see the error it printed on the way",
     ),
 ]
+
+# firmware/main.py's safe_idle(): a header, one "  - problem" line each, then a rule of "=".
+_CANNOT_START = "parcelbox: the box cannot start"
 
 
 def classify_console_line(line: str) -> FlashError | None:
@@ -69,6 +72,42 @@ def classify_console_line(line: str) -> FlashError | None:
         if pattern.search(line):
             return FlashError(step, f"{message}: {line.strip()}", hint)
     return None
+
+
+class ConsoleJudge:
+    """Reads the box's console line by line and returns a FlashError once it has seen a failure.
+
+    One-line failures come from CONSOLE_FAILURES; the firmware's "cannot start" block (bad config,
+    missing library, crash) is collected whole so the error lists every problem it printed.
+    """
+
+    def __init__(self) -> None:
+        self._problems: list[str] | None = None
+
+    def feed(self, line: str) -> FlashError | None:
+        text = line.strip()
+        if self._problems is not None:
+            if text.startswith("- "):
+                self._problems.append(text[2:])
+                return None
+            return self._cannot_start()
+        if _CANNOT_START in text:
+            self._problems = []
+            return None
+        return classify_console_line(line)
+
+    def finish(self) -> FlashError | None:
+        """A block still open when the console went quiet."""
+        return self._cannot_start() if self._problems is not None else None
+
+    def _cannot_start(self) -> FlashError:
+        problems = self._problems or ["(no reason printed)"]
+        self._problems = None
+        return FlashError(
+            "firmware",
+            "the box cannot start: " + "; ".join(problems),
+            "fix these settings (provision --set KEY=VALUE, or firmware/config.example.json) and provision again",
+        )
 
 
 @dataclass
@@ -157,6 +196,8 @@ def wait_online(
     messages: queue.Queue[tuple[bytes, bool]] = queue.Queue()
     c = connect(watch, on_message=lambda _c, _u, m: messages.put((bytes(m.payload), bool(m.retain))))
 
+    judge = ConsoleJudge()
+
     def drain_console() -> None:
         """Show (and judge) every console line that has arrived, without waiting for more."""
         nonlocal console
@@ -165,11 +206,14 @@ def wait_online(
             if line is None:
                 console = None
             elif not line:
+                failure = judge.finish()  # quiet after a "cannot start" block: it is complete
+                if failure:
+                    raise failure
                 return
             else:
                 if on_console:
                     on_console(line)
-                failure = classify_console_line(line)
+                failure = judge.feed(line)
                 if failure:
                     raise failure
 
