@@ -359,3 +359,41 @@ def test_random_script_every_event_acked(mosquitto, prefix, acker, tmp_path):
     assert events and all(e["acked"] for e in events)
     assert {e["type"] for e in events} <= {"delivery", "pickup", "lid_closed"}
     assert acker.wait(lambda: {k[1] for k in acker.acked} >= {e["id"] for e in events})
+
+
+def test_with_the_real_gateway_broker_killed_mid_run(mosquitto, prefix, tmp_path):
+    """Contract check with `gateway/` as `parcelbox run` builds it: every event is stored with
+    the exact photo the box took, across a broker kill, with the ids the box gave them."""
+    from gateway.app import build_service
+    from tests.support.gateway_core import gateway_config
+
+    service = build_service(
+        gateway_config(
+            tmp_path / "data",
+            mosquitto.url,
+            prefix,
+            PARCELBOX_WEB_ENABLED="false",
+            PARCELBOX_HOMEASSISTANT_ENABLED="false",
+        )
+    )
+    box = _box(mosquitto, prefix, tmp_path)
+    service.start()
+    try:
+        box.deliver()
+        box.deliver()
+        assert run_boxes([box], timeout=60)
+        mosquitto.kill()
+        box.deliver()
+        box.pickup()
+        assert box.run_until(lambda: box.script_done, timeout=60)
+        assert len(box.app.spool) == 2
+        mosquitto.start()
+        assert run_boxes([box], timeout=90)
+    finally:
+        box.close()
+        service.stop()
+    assert [t for _, t in box.made] == ["delivery", "delivery", "delivery", "pickup"]
+    for i, (eid, _t) in enumerate(box.made):
+        assert service.get_event("box-1", eid) is not None
+        stored = service.photo_path("box-1", eid, "original").read_bytes()
+        assert stored == box.photos.served[i]
