@@ -152,3 +152,35 @@ def test_bus_handler_failure_never_reaches_the_publisher(port: MemoryPort) -> No
         bc.detach()
 
     asyncio.run(scenario())
+
+
+def test_stream_ends_when_its_session_ends(port: MemoryPort, tmp_path: Path) -> None:
+    import re
+
+    from gateway.web.auth import set_password
+
+    settings = WebSettings.from_config(
+        {"host": "127.0.0.1", "port": 0, "require_login": True}, tmp_path / "data"
+    )
+    set_password(settings.password_file, "stream test password")
+    srv = WebServer(port, settings)
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            page = c.get("/login")
+            token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+            assert (
+                c.post("/login", data={"password": "stream test password", "csrf": token}).status_code == 303
+            )
+            with c.stream("GET", "/api/stream") as r:
+                sse = SSEReader(r)
+                assert sse.next_event("hello")[1] == {"login_required": True}
+                port.add_device("porch")
+                assert sse.next_event("device")[1]["device"] == "porch"
+                out = c.post("/logout", headers={"x-csrf-token": c.cookies.get("pb_csrf")})
+                assert out.status_code == 200
+                port.add_device("porch")  # the next message finds the session gone and ends the stream
+                with pytest.raises(AssertionError, match="stream ended"):
+                    sse.next_event("device")
+    finally:
+        srv.stop()

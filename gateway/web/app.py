@@ -361,8 +361,18 @@ async def api_stream(request: Request) -> Response:
     bc: Broadcaster = request.app.state.broadcaster
     if bc.closed:
         raise ApiError(503, "stopping", "server is stopping")
+    settings: WebSettings = request.app.state.settings
+    still_allowed = None
+    if settings.login_required:
+        signer: SessionSigner = request.app.state.signer
+        token = parse_cookies(request.headers).get(SESSION_COOKIE)
+
+        def still_allowed() -> bool:
+            stored = read_password_hash(settings.password_file)
+            return signer.loads(token, password_fingerprint(stored) if stored else None) is not None
+
     return StreamingResponse(
-        bc.stream({"login_required": request.app.state.settings.login_required}),
+        bc.stream({"login_required": settings.login_required}, still_allowed),
         media_type="text/event-stream",
         headers={"cache-control": "no-store", "x-accel-buffering": "no"},
     )

@@ -106,8 +106,14 @@ class Broadcaster:
                     q.get_nowait()
                 q.put_nowait(_CLOSE)
 
-    async def stream(self, hello: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
-        """The byte stream for one SSE client: hello, then bus messages and heartbeats until closed."""
+    async def stream(
+        self, hello: dict[str, Any] | None = None, still_allowed: Callable[[], bool] | None = None
+    ) -> AsyncIterator[bytes]:
+        """The byte stream for one SSE client: hello, then bus messages and heartbeats until closed.
+
+        `still_allowed` is asked before each message: when the session behind the stream has ended
+        (logout, expiry, new password) the stream stops instead of carrying on.
+        """
         q: asyncio.Queue[Any] = asyncio.Queue(QUEUE_MAX)
         self._queues.add(q)
         try:
@@ -116,9 +122,10 @@ class Broadcaster:
                 try:
                     item = await asyncio.wait_for(q.get(), HEARTBEAT_S)
                 except TimeoutError:
-                    yield b": keepalive\n\n"
-                    continue
+                    item = b": keepalive\n\n"
                 if item is _CLOSE:
+                    break
+                if still_allowed is not None and not still_allowed():
                     break
                 yield item
         finally:
