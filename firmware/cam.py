@@ -17,6 +17,20 @@ when `flash` is on. An init failure is logged and remembered in `error`; the
 box keeps working and sends events without photos.
 """
 
+# AI-Thinker ESP32-CAM camera wiring, for camera-API firmware images built without it.
+AI_THINKER_PINS = {
+    "data_pins": [5, 18, 19, 21, 36, 39, 34, 35],
+    "vsync_pin": 25,
+    "href_pin": 23,
+    "sda_pin": 26,
+    "scl_pin": 27,
+    "pclk_pin": 22,
+    "xclk_pin": 0,
+    "xclk_freq": 20000000,
+    "powerdown_pin": 32,
+    "reset_pin": -1,
+}
+
 
 def _lemariva_quality(q):
     # 1..100 (higher is better) -> lemariva's 10..63 (lower is better)
@@ -61,11 +75,19 @@ class CameraAdapter:
                 raise OSError("no camera driver")
             if hasattr(d, "Camera"):
                 self.api = "camera.Camera"
-                self._cam = d.Camera(
-                    pixel_format=d.PixelFormat.JPEG,
-                    frame_size=getattr(d.FrameSize, self.frame_size),
-                    jpeg_quality=self.quality,
-                )
+                kw = {
+                    "pixel_format": d.PixelFormat.JPEG,
+                    "frame_size": getattr(d.FrameSize, self.frame_size),
+                    "jpeg_quality": self.quality,
+                }
+                try:
+                    self._cam = d.Camera(**kw)
+                except Exception as e:
+                    # A generic (not AI-Thinker) firmware image knows no pins: name them.
+                    self.log("camera: default init failed (%s), retrying with AI-Thinker pins" % (e,))
+                    for k in AI_THINKER_PINS:
+                        kw[k] = AI_THINKER_PINS[k]
+                    self._cam = d.Camera(**kw)
             else:
                 self.api = "lemariva"
                 kw = {"format": d.JPEG}

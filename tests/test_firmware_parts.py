@@ -433,3 +433,22 @@ def test_mqtt_persistent_session_will_subscriptions_and_backoff():
     assert m.publish(t.event, b"{}", False, 1, 6000) is False and not m.connected
     c.cb(t.ack, b"x")
     assert m.inbox == [(t.ack, b"x")]
+
+
+def test_camera_api_generic_firmware_gets_ai_thinker_pins(tmp_path):
+    src = PhotoSource(_jpegs(tmp_path))
+    drv = CameraApiSim(src, warmup=0)
+    real = drv.Camera
+
+    def needs_pins(**kw):
+        if "data_pins" not in kw:
+            raise ValueError("camera pins not defined")
+        return real(**kw)
+
+    drv.Camera = needs_pins
+    lines = []
+    c = cam.CameraAdapter(drv, warmup=0, log=lines.append)
+    assert c.init() and bytes(c.capture()) == src.served[0]
+    assert drv.created[-1]["data_pins"] == [5, 18, 19, 21, 36, 39, 34, 35]
+    assert drv.created[-1]["powerdown_pin"] == 32
+    assert any("AI-Thinker pins" in x for x in lines)
