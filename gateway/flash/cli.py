@@ -36,6 +36,11 @@ from gateway.flash.serialports import list_ports
 from gateway.flash.settings import box_credentials, gateway_view
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
+DESCRIPTION = (
+    "Put MicroPython and the parcelbox firmware on an ESP32-CAM box: ports, install-micropython, "
+    "provision (firmware + config.json, then wait until the box is online), logs, shell. "
+    "Every command that changes the board has --dry-run."
+)
 MIP_PACKAGES = ("umqtt.simple",)
 MIP_TARGET = "/lib"
 DEFAULT_MIP_INDEX = "https://micropython.org/pi/v2"
@@ -490,7 +495,10 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--wifi-password", help="Wi-Fi password; default: the board's current one, else asked")
     p.add_argument("--broker-host", help="broker address the box uses (default: this computer's LAN address)")
     p.add_argument("--broker-port", type=int, help="broker port (default: the gateway's, else 1883)")
-    p.add_argument("--mqtt-user", help="box MQTT username (default: from the device registry)")
+    p.add_argument(
+        "--mqtt-user",
+        help='box MQTT username (default: from the device registry; "" for an anonymous broker)',
+    )
     p.add_argument("--mqtt-password", help="box MQTT password (default: from the device registry)")
     p.add_argument("--prefix", help="topic prefix (default: the gateway's, else parcelbox)")
     p.add_argument(
@@ -530,7 +538,9 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def register(subparsers) -> None:
     """Add `flash` to the gateway CLI's command table."""
-    p = subparsers.add_parser("flash", help="install MicroPython and the firmware on a box")
+    p = subparsers.add_parser(
+        "flash", help="install MicroPython and the firmware on a box", description=DESCRIPTION
+    )
     build_parser(p)
     p.set_defaults(func=run)
 
@@ -557,5 +567,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(argparse.ArgumentParser(prog="flash.py", description=__doc__.splitlines()[0]))
+    parser = build_parser(argparse.ArgumentParser(prog="flash.py", description=DESCRIPTION))
     return run(parser.parse_args(argv))
