@@ -72,6 +72,12 @@ class Detector:
             return self._last_sample is None or self._diff(now, self._last_sample) >= self.sample_ms
         return False
 
+    def can_sleep(self):
+        """True when a deep sleep loses nothing: closed and measured, or open so long
+        that `lid_left_open` was already sent (battery mode must not stay awake for a
+        lid someone forgot; the next timer wake measures again)."""
+        return self.state == IDLE or (self.state == OPEN and self._left_reported)
+
     def update(self, now, lid_open, level=None):
         """Advance to `now`; returns a tuple/list of events, each a dict with
         `type` and `sensors`. Usually empty (no allocation then)."""

@@ -261,7 +261,7 @@ def main(config_path=CONFIG, max_steps=None, idle_forever=True):
         if battery:
             awake = time.ticks_diff(now, t0)
             done = not the_app.busy() and the_app.mqtt.connected and the_app._last_status is not None
-            if done or (awake > cfg["awake_s"] * 1000 and the_app.detector.state == 0):
+            if done or (awake > cfg["awake_s"] * 1000 and the_app.detector.can_sleep()):
                 deep_sleep(cfg, machine, the_app, parts)
         time.sleep_ms(20)
     return the_app

@@ -194,6 +194,19 @@ def case_tick_wraparound_with_ticks_diff():
     assert out == [(32, "lid_left_open"), (70, "lid_closed")], out
 
 
+def case_can_sleep_only_when_nothing_is_pending():
+    d = Detector(settle_ms=1000, left_open_ms=3000)
+    assert d.can_sleep()
+    d.update(0, True)
+    assert not d.can_sleep()  # open, not yet reported
+    d.update(3000, True)
+    assert d.can_sleep()  # left open and reported: a battery box may sleep
+    d.update(3100, False)
+    assert not d.can_sleep()  # settling: the close event is still to come
+    d.update(4100, False)
+    assert d.can_sleep()
+
+
 def case_events_carry_no_shared_state():
     d = Detector(settle_ms=100, cooldown_ms=0)
     a = run_ticks(d, [(0, False, None), (500, True, None), (1000, False, None)])
