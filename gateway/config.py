@@ -142,6 +142,9 @@ class AlertsConfig:
     language: str = "en"  # en | id, for sinks without their own language
     timezone: str = ""  # empty: the host's local time
     offline_after_s: float = 600.0
+    # A box that disconnects cleanly (battery boxes sleeping) sends no last will; if it is not heard from
+    # for this long it counts as offline too. 0: off. For battery boxes: about 2 x their heartbeat_s.
+    silent_after_s: float = 0.0
     online_alert: bool = True
     low_battery_mv: int = 3400  # 0: off
     group_window_s: float = 0.0  # >0: deliveries of one box within this window become one alert

@@ -563,9 +563,21 @@ class GatewayService:
         """Runs on the ingest worker: boxes offline for longer than alerts.offline_after_s get one alert."""
         assert self.store is not None
         now = self.clock()
+        silent_after = self.config.alerts.silent_after_s
         for dev in self.store.list_devices():
             since = dev.get("offline_since")
-            if dev.get("online") or since is None or dev.get("offline_alerted"):
+            if dev.get("offline_alerted"):
+                continue
+            if dev.get("online"):
+                last_seen = dev.get("last_seen")
+                if silent_after > 0 and last_seen is not None and now - last_seen >= silent_after:
+                    # Not heard from (a sleeping box that never woke up again): offline since last seen.
+                    dev["offline_alerted"] = True
+                    alerts = self._plan_alerts(dev, "offline", last_seen, [], has_photo=False)
+                    self.store.put_device(dev)
+                    self._emit_alerts(alerts, now)
+                continue
+            if since is None:
                 continue
             if now - since >= self.config.alerts.offline_after_s:
                 dev["offline_alerted"] = True

@@ -130,3 +130,17 @@ def test_send_command_and_result_on_bus(tmp_path, mosquitto, prefix, box):
     finally:
         cmds.close()
         svc.stop()
+
+
+def test_silent_box_counts_as_offline_when_configured(tmp_path, mosquitto, prefix, box):
+    """A battery box disconnects cleanly to sleep (no last will); one that never wakes again is reported."""
+    svc = _start(tmp_path, mosquitto, prefix, PARCELBOX_ALERTS_SILENT_AFTER_S="1")
+    try:
+        folder = svc.config.folder_sink_path
+        box.pub("status", json.dumps({"v": 1, "online": True, "fw": "0.1.0"}).encode())
+        off = wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "offline"], what="offline alert")
+        assert len(off) == 1
+        box.pub("status", json.dumps({"v": 1, "online": True, "fw": "0.1.0"}).encode())  # it woke up
+        wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "online"], what="online alert")
+    finally:
+        svc.stop()
