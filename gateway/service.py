@@ -811,7 +811,10 @@ class GatewayService:
             "events": self.list_events(limit=10),
             "outbox": self.list_outbox(limit=20),
         }
-        atomic_write_bytes(self.data_dir / STATUS_FILE, json.dumps(snap, indent=1, default=str).encode())
+        # Rewritten every 2 s: atomic but not fsync'd (SD-card wear; a lost snapshot is rewritten soon).
+        atomic_write_bytes(
+            self.data_dir / STATUS_FILE, json.dumps(snap, indent=1, default=str).encode(), durable=False
+        )
 
     def _tick_loop(self) -> None:
         """Once a second: reassembly timeouts and offline checks (on the worker), status snapshot."""
