@@ -240,3 +240,23 @@ def test_broker_restart_gateway_reconnects_and_keeps_serving(gateway, box, mosqu
     assert box_url_ok
     box.send(eid, PHOTO)
     assert box.wait_ack(eid)["ok"]
+
+
+def test_gateway_started_before_its_broker_connects_when_it_comes_up(tmp_path, mosquitto, prefix):
+    mosquitto.stop()
+    cfg = gateway_config(tmp_path / "data", mosquitto.url, prefix)
+    svc = GatewayService(cfg)
+    svc.start()  # does not fail: paho keeps retrying with its backoff
+    try:
+        assert not svc.link.connected.is_set()
+        mosquitto.start()
+        assert svc.wait_connected(40)
+        box = Box(mosquitto.url, prefix, "late-box")
+        try:
+            eid = new_event_id()
+            box.send(eid, PHOTO)
+            assert box.wait_ack(eid)["ok"]
+        finally:
+            box.close()
+    finally:
+        svc.stop()
