@@ -16,18 +16,7 @@ from tests.support.fakeboard import FakeBoard, MipIndex, write_firmware_tree
 from tests.support.mqtt import client
 
 # The real firmware's example config: the config the tool writes must have exactly its keys.
-_REAL_EXAMPLE = Path(__file__).resolve().parents[1] / "firmware" / "config.example.json"
-# Its shape when these tests were written, for a checkout where the firmware is not there yet.
-_FALLBACK_EXAMPLE = {
-    "device_id": "box-1",
-    "prefix": "parcelbox",
-    "mode": "always_on",
-    "wifi": {"ssid": "your-wifi", "password": "your-wifi-password"},
-    "broker": {"host": "192.168.1.10", "port": 1883, "username": "", "password": "", "keepalive_s": 60},
-    "pins": {"lid": 13, "lid_open_level": 1, "flash": 4},
-    "sensor": "none",
-}
-EXAMPLE = json.loads(_REAL_EXAMPLE.read_text()) if _REAL_EXAMPLE.exists() else _FALLBACK_EXAMPLE
+EXAMPLE = json.loads((Path(__file__).resolve().parents[1] / "firmware" / "config.example.json").read_text())
 UMQTT = b"M\x06\x00\x1f fake umqtt.simple bytecode"
 
 
@@ -277,11 +266,9 @@ def test_parcelbox_flash_is_a_gateway_subcommand(env, capsys):
 
 def test_the_real_firmware_folder_is_what_gets_bundled():
     from gateway.flash.bundle import planned_bundle
-    from gateway.flash.cli import FIRMWARE_DIR
     from gateway.flash.devconfig import BoxSettings, build_config, load_template
+    from gateway.flash.provision import FIRMWARE_DIR
 
-    if not (FIRMWARE_DIR / "main.py").exists() or not (FIRMWARE_DIR / "config.example.json").exists():
-        pytest.skip("firmware/main.py or firmware/config.example.json not written yet")
     pairs = planned_bundle(FIRMWARE_DIR)
     remotes = {remote for _, remote in pairs}
     assert "/main.py" in remotes
@@ -297,7 +284,7 @@ def test_the_real_firmware_folder_is_what_gets_bundled():
 def test_provisions_the_real_firmware(env, capsys):
     """The default firmware folder (this checkout's firmware/) compiles and lands whole."""
     from gateway.flash.bundle import firmware_sources
-    from gateway.flash.cli import FIRMWARE_DIR
+    from gateway.flash.provision import FIRMWARE_DIR
 
     with FakeBoard(env.flash) as board:
         argv = provision_argv(env, board, "--no-wait")

@@ -1,0 +1,358 @@
+"""`flash provision`: firmware, libraries and config.json onto a board, then wait until the box is online.
+
+Steps (numbered in the output): settings, broker check, compile, connect + handshake, camera check,
+libraries (mip), copy changed files (sha256 computed on the board), reset, online. Everything before
+the reset is idempotent, so a board that resets mid-way (its watchdog) is reconnected and the run
+carries on where it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from pathlib import Path
+
+from gateway.flash.board import Board, resolve_port
+from gateway.flash.bundle import MPY_MAJOR, BoardFile, build_bundle, mpy_cross_version, planned_bundle
+from gateway.flash.devconfig import (
+    BoxSettings,
+    build_config,
+    check_template,
+    config_bytes,
+    key_path,
+    lan_address,
+    load_template,
+    masked,
+    parse_overrides,
+    read_path,
+    valid_device_id,
+)
+from gateway.flash.errors import FlashError
+from gateway.flash.online import BrokerAddress, check_broker, wait_online
+from gateway.flash.progress import Progress
+from gateway.flash.settings import box_credentials, gateway_view
+
+FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
+MIP_PACKAGES = ("umqtt.simple",)
+MIP_TARGET = "/lib"
+DEFAULT_MIP_INDEX = "https://micropython.org/pi/v2"  # mpremote's own default, named so --dry-run can show it
+# The firmware's watchdog keeps running while the tool holds the board in the raw REPL and may
+# reset it mid-copy; every step is idempotent (hash-compared, temp file + rename), so reconnect.
+BOARD_ATTEMPTS = 3
+
+PROVISION_STEPS = (
+    "settings",
+    "broker",
+    "compile",
+    "connect",
+    "camera",
+    "libraries",
+    "copy",
+    "reset",
+    "online",
+)
+
+
+def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSettings, BrokerAddress]:
+    if not valid_device_id(args.device):
+        raise FlashError(
+            "settings", f"bad device name {args.device!r}", "use a-z, 0-9 and '-', at most 32 characters"
+        )
+    view = gateway_view(args.config, args.data_dir)
+    if args.mqtt_user is not None:
+        user, password = args.mqtt_user, args.mqtt_password or ""
+        progress.detail(f"MQTT user {user} (from --mqtt-user)")
+    else:
+        user, password = box_credentials(args.device, view.data_dir)
+        progress.detail(f"MQTT user {user} (from the device registry in {view.data_dir})")
+    host = args.broker_host or view.broker_host
+    if args.broker_host:
+        progress.detail(f"broker {host} (from --broker-host)")
+    elif host:
+        progress.detail(f"broker {host} (the gateway's broker.url)")
+    else:
+        host = lan_address()
+        if host is None:
+            raise FlashError(
+                "settings",
+                "could not find this computer's LAN address for the box to reach the broker",
+                "pass --broker-host with the gateway's address on your Wi-Fi network",
+            )
+        progress.detail(f"broker {host} (this computer's LAN address; override with --broker-host)")
+        if view.managed_listen_host and view.managed_listen_host not in ("0.0.0.0", "::", host):
+            progress.detail(
+                f"warning: the gateway's broker listens on {view.managed_listen_host} only; "
+                'set broker.listen_host = "0.0.0.0" so the box can reach it'
+            )
+    port = args.broker_port or view.broker_port
+    settings = BoxSettings(
+        device=args.device,
+        prefix=args.prefix or view.prefix,
+        wifi_ssid=args.wifi_ssid or "",
+        wifi_password=args.wifi_password or "",
+        broker_host=host,
+        broker_port=port,
+        mqtt_user=user,
+        mqtt_password=password,
+    )
+    # The broker's ACL lets a box read its own topics, so its login can watch for its status
+    # (with another client id, so the box is never kicked off).
+    watch = BrokerAddress(host, port, user, password)
+    return settings, watch
+
+
+def _board_config(board: Board, progress: Progress) -> dict | None:
+    """The board's current config.json, if it has a readable one."""
+    current = board.read_text("/config.json")
+    if not current:
+        return None
+    try:
+        old = json.loads(current)
+    except ValueError:
+        progress.detail("the board's config.json is not valid JSON: it is replaced")
+        return None
+    return old if isinstance(old, dict) else None
+
+
+def _wifi_from_board_or_prompt(
+    old: dict | None, template: dict, settings: BoxSettings, progress: Progress, interactive: bool
+) -> None:
+    if settings.wifi_ssid and settings.wifi_password:
+        return
+    if old:
+        ssid = read_path(old, template, "wifi_ssid")
+        pw = read_path(old, template, "wifi_password")
+        if not settings.wifi_ssid and ssid:
+            settings.wifi_ssid = ssid
+            progress.detail(f"Wi-Fi {ssid} (kept from the board's config.json)")
+        if not settings.wifi_password and pw and settings.wifi_ssid == ssid:
+            settings.wifi_password = pw
+    if not settings.wifi_ssid:
+        if not interactive:
+            raise FlashError("settings", "no Wi-Fi network given", "pass --wifi-ssid and --wifi-password")
+        settings.wifi_ssid = input("Wi-Fi network name (2.4 GHz): ").strip()
+    if not settings.wifi_password:
+        if not interactive:
+            raise FlashError(
+                "settings", f"no Wi-Fi password given for {settings.wifi_ssid}", "pass --wifi-password"
+            )
+        settings.wifi_password = getpass.getpass(f"Wi-Fi password for {settings.wifi_ssid}: ")
+
+
+def _dry_run(args: argparse.Namespace, firmware_dir: Path, settings: BoxSettings, progress: Progress) -> int:
+    """Steps 2-9 as they would run, from the settings alone: no port is opened."""
+    template = load_template(firmware_dir)
+    check_template(template)
+    overrides = parse_overrides(template, args.set)
+    progress.detail(f"device {settings.device}, prefix {settings.prefix}")
+    progress.step(
+        "broker: not checked (--no-wait)"
+        if args.no_wait
+        else f"broker: would check {settings.broker_host}:{settings.broker_port} with the box's login"
+    )
+    progress.step(
+        "compile: " + ("off (--no-compile)" if args.no_compile else "mpy-cross " + mpy_cross_version())
+    )
+    for source, remote in planned_bundle(firmware_dir, compile=not args.no_compile):
+        progress.detail(f"{source.relative_to(firmware_dir)} -> {remote}")
+    progress.step(f"connect: {args.port or 'auto-detect an ESP32 serial port'}, raw REPL handshake")
+    progress.step(
+        "camera: " + ("skipped (--no-camera-check)" if args.no_camera_check else "check `import camera`")
+    )
+    index = args.mip_index or DEFAULT_MIP_INDEX
+    progress.step(
+        f"libraries: mip install {', '.join(MIP_PACKAGES)} from {index} to {MIP_TARGET} unless present"
+    )
+    progress.step("copy: only files whose sha256 on the board differs, then config.json:")
+    progress.detail("config.json = firmware/config.example.json, with the board's current values kept, and:")
+    shown = masked(build_config(template, settings, None, overrides), template)
+    tool_keys = [key_path(template, name) for name in vars(settings)] + [key for key, _ in overrides]
+    asked = {
+        key_path(template, "wifi_ssid"): not settings.wifi_ssid,
+        key_path(template, "wifi_password"): not settings.wifi_password,
+    }
+    for key in tool_keys:
+        shown_value = "(kept from the board, else asked)" if asked.get(key) else json.dumps(_get(shown, key))
+        progress.detail(f"  {key} = {shown_value}")
+    progress.step("reset: machine.reset()")
+    topic = f"{settings.prefix}/{settings.device}/status"
+    progress.step(
+        "online: skipped (--no-wait)"
+        if args.no_wait
+        else f"online: wait up to {args.online_timeout:.0f} s for {topic}"
+    )
+    progress.done("dry run: the board was not touched")
+    return 0
+
+
+def _get(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def do_provision(args: argparse.Namespace) -> int:
+    firmware_dir = Path(args.firmware_dir) if args.firmware_dir else FIRMWARE_DIR
+    interactive = sys.stdin.isatty() and not args.dry_run
+    if args.dry_run:
+        progress = Progress(len(PROVISION_STEPS))
+        progress.step(f"settings for {args.device} (dry run)")
+        settings, _ = _box_settings(args, progress)
+        return _dry_run(args, firmware_dir, settings, progress)
+
+    progress = Progress(len(PROVISION_STEPS))
+    progress.step(f"settings for {args.device}")
+    settings, watch = _box_settings(args, progress)
+    template = load_template(firmware_dir)
+    check_template(template)  # a firmware/tool key mismatch fails before the board is touched
+    overrides = parse_overrides(template, args.set)
+
+    box_login = BrokerAddress(
+        settings.broker_host, settings.broker_port, settings.mqtt_user, settings.mqtt_password
+    )
+    if args.no_wait:
+        progress.step("broker: not checked (--no-wait)")
+    else:
+        progress.step(f"broker: check {settings.broker_host}:{settings.broker_port} with the box's login")
+        check_broker(box_login)
+        progress.detail("reachable, credentials accepted")
+
+    progress.step("compile firmware" + (" (off: copying sources)" if args.no_compile else " with mpy-cross"))
+    files = build_bundle(firmware_dir, compile=not args.no_compile)
+    progress.detail(f"{len(files)} files, {sum(len(f.data) for f in files)} bytes")
+
+    port = resolve_port(args.port)
+    config_file = None
+    first_board_step = progress.n
+    for attempt in range(1, BOARD_ATTEMPTS + 1):
+        progress.n = first_board_step  # a retry repeats the same numbered steps
+        board = Board.connect(port) if attempt == 1 else _reconnect(port)
+        try:
+            progress.step(f"connect to {port}")
+            _prepare_board(board, args, progress)
+            progress.step("copy changed files")
+            if config_file is None:
+                old = _board_config(board, progress)
+                _wifi_from_board_or_prompt(old, template, settings, progress, interactive)
+                config = build_config(template, settings, old, overrides)
+                config_file = BoardFile(None, "/config.json", config_bytes(config))
+            _copy_changed(board, [*files, config_file], progress)
+            progress.step("reset the board")
+            board.hard_reset()
+        except FlashError as e:
+            board.close()
+            if not e.retryable or attempt == BOARD_ATTEMPTS:
+                raise
+            progress.detail(
+                f"lost the board during {e.step} ({e.message}); it may have been reset by its watchdog. "
+                f"Reconnecting, attempt {attempt + 1} of {BOARD_ATTEMPTS}; files already copied are kept"
+            )
+            continue
+        break
+    reset_at = time.monotonic()
+    progress.detail("machine.reset() sent")
+
+    with board:
+        if args.no_wait:
+            progress.step("online: not waiting (--no-wait)")
+            progress.done(f"provisioned {args.device}")
+            return 0
+        topic = f"{settings.prefix}/{settings.device}/status"
+        progress.step(f"online: waiting up to {args.online_timeout:.0f} s for {topic}")
+        console = board.console_lines(time.monotonic() + args.online_timeout)
+        status = wait_online(
+            watch,
+            topic,
+            reset_at,
+            args.online_timeout,
+            console,
+            on_console=lambda s: progress.detail("box | " + s),
+        )
+    fw = status.get("fw", "?")
+    rssi = status.get("rssi")
+    progress.done(
+        f"{args.device} is online (firmware {fw}"
+        + (f", Wi-Fi signal {rssi} dBm" if rssi is not None else "")
+        + ")"
+    )
+    return 0
+
+
+def _reconnect(port: str, timeout: float = 10.0) -> Board:
+    """Open the port again after the board dropped it (a USB-native board re-enumerates on reset)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Board.connect(port)
+        except FlashError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _prepare_board(board: Board, args: argparse.Namespace, progress: Progress) -> None:
+    """Handshake, firmware checks and libraries: everything before the copy."""
+    board.enter_raw_repl(timeout=args.handshake_timeout)
+    info = board.info()
+    if info.implementation != "micropython":
+        raise FlashError("handshake", f"the board runs {info.implementation}, not MicroPython")
+    progress.detail(f"MicroPython {info.release} on {info.machine}")
+    if not args.no_compile and info.mpy != MPY_MAJOR:
+        raise FlashError(
+            "compile",
+            f"this MicroPython loads .mpy version {info.mpy or 'unknown'}, mpy-cross makes version {MPY_MAJOR}",
+            "flash MicroPython 1.19 or newer, or pass --no-compile to copy sources",
+        )
+    if args.no_camera_check:
+        progress.step("camera: not checked (--no-camera-check)")
+    else:
+        progress.step("camera: check the firmware has camera support")
+        error = board.camera_error()
+        if error:
+            raise FlashError(
+                "camera",
+                f"this MicroPython build has no camera support ({error})",
+                "flash an ESP32-CAM build that includes the camera module (see hardware/README.md), "
+                "or pass --no-camera-check for a test board without a camera",
+            )
+        progress.detail("import camera: ok")
+    progress.step(f"libraries: {', '.join(MIP_PACKAGES)}")
+    _install_libraries(board, args, progress)
+
+
+def _install_libraries(board: Board, args: argparse.Namespace, progress: Progress) -> None:
+    for package in MIP_PACKAGES:
+        module_path = MIP_TARGET + "/" + package.replace(".", "/")
+        present = board.sha256([module_path + ".mpy", module_path + ".py"])
+        if any(present.values()) and not args.reinstall_libs:
+            progress.detail(f"{package}: already on the board (--reinstall-libs to update)")
+            continue
+        index = args.mip_index or DEFAULT_MIP_INDEX
+        progress.detail(f"{package}: mip install from {index}")
+        board.mip_install(package, index, MIP_TARGET, on_output=lambda line: progress.detail("mip: " + line))
+
+
+def _copy_changed(board: Board, files: list[BoardFile], progress: Progress) -> None:
+    twins = [f.stale_twin for f in files if f.stale_twin]
+    on_board = board.sha256([f.remote for f in files] + twins)
+    copied = 0
+    for f in files:
+        if on_board.get(f.remote) == f.sha256:
+            progress.detail(f"unchanged {f.remote}")
+            continue
+        progress.detail(f"copy {f.remote} ({len(f.data)} bytes)")
+        board.write_file(f.remote, f.data)
+        copied += 1
+    for twin in twins:
+        if on_board.get(twin):
+            progress.detail(f"remove stale {twin}")
+            board.remove(twin)
+    after = board.sha256([f.remote for f in files])
+    wrong = [f.remote for f in files if after.get(f.remote) != f.sha256]
+    if wrong:
+        raise FlashError("copy", f"verification failed for {', '.join(wrong)}", "rerun provision")
+    progress.detail(f"{copied} copied, {len(files) - copied} unchanged, all verified by sha256")
