@@ -335,3 +335,13 @@ def test_mip_index_can_be_a_local_folder(env, capsys):
     assert (env.flash / "lib" / "umqtt" / "simple.mpy").read_bytes() == UMQTT
     assert "mip: Installing: /lib/umqtt/simple.mpy" in out
     assert env.index.requests == []  # nothing fetched over HTTP
+
+
+def test_updates_files_on_a_fat_filesystem(env, capsys):
+    """FAT's rename refuses an existing target; the copy still replaces the file."""
+    with FakeBoard(env.flash, fat=True) as board:
+        assert main(provision_argv(env, board, "--no-wait")) == 0
+        (env.fw / "detector.py").write_text("THRESHOLD = 5\n")
+        assert main(provision_argv(env, board, "--no-wait")) == 0
+    assert "1 copied" in capsys.readouterr().out
+    assert not list(env.flash.rglob("*.tmp"))

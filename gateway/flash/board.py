@@ -37,6 +37,16 @@ for _p in {paths!r}:
     print(_p, binascii.hexlify(_h.digest()).decode())
 """
 
+# LittleFS (the ESP32 default) replaces the target on rename; FAT refuses, so remove it first there.
+_RENAME_SCRIPT = """\
+import os
+try:
+    os.rename({tmp!r}, {path!r})
+except OSError:
+    os.remove({path!r})
+    os.rename({tmp!r}, {path!r})
+"""
+
 _INFO_SCRIPT = """\
 import sys, os
 try:
@@ -217,7 +227,7 @@ class Board:
             if parent:
                 self.makedirs(parent)
             self.transport.fs_writefile(tmp, data, progress_callback=on_progress)
-            self.exec(f"import os\nos.rename({tmp!r}, {path!r})", "copy")
+            self.exec(_RENAME_SCRIPT.format(tmp=tmp, path=path), "copy")
         except (TransportError, OSError) as e:
             raise _lost("copy", e, f"writing {path} failed") from None
 

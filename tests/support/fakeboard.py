@@ -52,6 +52,7 @@ class FakeBoard:
     mpy_abi: what sys.implementation._mpy reports (the .mpy version the firmware loads).
     watchdog_on(code): once it returns True for a received code block, the board resets instead of
     running it, as the firmware's still-running watchdog does to a board held in the raw REPL.
+    fat: a FAT filesystem, whose rename refuses an existing target (LittleFS replaces it).
     on_boot(board): called in a thread after machine.reset(), as the firmware's main.py would run;
     it may call board.console() to print and publish MQTT like a real box.
     """
@@ -66,6 +67,7 @@ class FakeBoard:
         on_boot: Callable[[FakeBoard], None] | None = None,
         mpy_abi: int = MPY_ABI,
         watchdog_on: Callable[[str], bool] | None = None,
+        fat: bool = False,
     ) -> None:
         self.flash = Path(flash)
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,7 @@ class FakeBoard:
         self.on_boot = on_boot
         self.mpy_abi = mpy_abi
         self.watchdog_on = watchdog_on
+        self.fat = fat
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         # Never block the serving thread on a full pty buffer when the host has stopped reading.
@@ -367,6 +370,11 @@ class FakeBoard:
                 raise OSError(errno.ENOENT, "ENOENT")
             board._cwd = "/" + str(board._host_path(path).relative_to(board.flash)).strip(".")
 
+        def rename(a, b):
+            if board.fat and board._host_path(b).exists():
+                raise OSError(errno.EEXIST, "EEXIST")
+            _board_errors(lambda: os.replace(board._host_path(a), board._host_path(b)))
+
         return types.SimpleNamespace(
             listdir=lambda path=".": _board_errors(lambda: sorted(os.listdir(board._host_path(path)))),
             ilistdir=ilistdir,
@@ -374,7 +382,7 @@ class FakeBoard:
             remove=lambda p: _board_errors(lambda: os.remove(board._host_path(p))),
             mkdir=lambda p: _board_errors(lambda: os.mkdir(board._host_path(p))),
             rmdir=lambda p: _board_errors(lambda: os.rmdir(board._host_path(p))),
-            rename=lambda a, b: _board_errors(lambda: os.replace(board._host_path(a), board._host_path(b))),
+            rename=rename,
             getcwd=lambda: board._cwd,
             chdir=chdir,
             uname=lambda: types.SimpleNamespace(
