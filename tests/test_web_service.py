@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx2 as httpx
 import pytest
 
 from gateway.app import build_service
 from gateway.web.server import WebServer
 from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
-from tests.support.web import SnapshotResponder, SSEReader
+from tests.support.web import BoxRunner, SSEReader
 
 PHOTO = make_jpeg(640, 480, seed=3)
 
@@ -57,38 +55,32 @@ def test_gateway_runs_the_dashboard(gateway) -> None:
         assert wa["actions"] == {"pair_code": False, "test_message": False, "unlink": False}
 
 
-def test_delivery_live_photo_and_snapshot_through_the_real_gateway(gateway, box, mosquitto) -> None:
+def test_delivery_live_photo_and_snapshot_from_the_simulator(gateway, mosquitto, prefix, tmp_path) -> None:
+    """A simulated box (the real firmware modules) delivers and answers a snapshot request."""
+    from tools.simulate import SimulatedBox
+
     web = web_of(gateway)
-    box.pub(
-        "status",
-        json.dumps({"v": 1, "online": True, "fw": "0.1.0", "rssi": -60, "spooled": 0}).encode(),
-        retain=True,
-    )
-    responder = SnapshotResponder(box, mosquitto.url, PHOTO)
+    runner = BoxRunner(SimulatedBox(mosquitto.url, "box1", prefix=prefix, spool_dir=tmp_path / "spool"))
     try:
         with httpx.Client(base_url=web.url, timeout=15) as c, c.stream("GET", "/api/stream") as stream:
             sse = SSEReader(stream)
             sse.next_event("hello")
-            eid = new_event_id()
-            box.send(eid, PHOTO)
-            assert box.wait_ack(eid)["ok"]
+            runner.call(runner.box.deliver)
             _, ev = sse.next_event("event")
-            assert ev["id"] == eid and ev["device"] == "box1" and ev["type"] == "delivery"
-            listed = c.get("/api/events").json()["events"]
-            assert listed[0]["id"] == eid
+            assert ev["device"] == "box1" and ev["type"] == "delivery"
+            assert ev["id"] in runner.events("delivery")
+            assert c.get("/api/events").json()["events"][0]["id"] == ev["id"]
             sizes = {}
             for variant, url in ev["photos"].items():
                 r = c.get(url)
                 assert r.status_code == 200 and r.content[:2] == b"\xff\xd8", variant
                 sizes[variant] = len(r.content)
-            assert sizes["original"] == len(PHOTO) and sizes["thumb"] < sizes["original"]
+            assert sizes["original"] == ev["photo"]["size"] and sizes["thumb"] < sizes["original"]
             dev = wait_for(
-                lambda: next(
-                    (d for d in c.get("/api/devices").json()["devices"] if d["device"] == "box1"), None
-                ),
-                what="box1 listed",
+                lambda: next((d for d in c.get("/api/devices").json()["devices"] if d["waiting"] == 1), None),
+                what="box1 counts the parcel",
             )
-            assert dev["name"] == "Front gate"
+            assert dev["device"] == "box1" and dev["name"] == "Front gate" and dev["online"]
 
             c.get("/api/health")  # sets the CSRF cookie
             token = c.cookies.get("pb_csrf")
@@ -97,14 +89,15 @@ def test_delivery_live_photo_and_snapshot_through_the_real_gateway(gateway, box,
             cmd_id = r.json()["id"]
             _, res = sse.next_event("command")
             assert res["id"] == cmd_id and res["ok"] is True
-            snap = wait_for(
-                lambda: (e := c.get(f"/api/events/box1/{res['event']}")).status_code == 200 and e.json(),
+            snap = wait_for(lambda: runner.events("snapshot"), what="snapshot taken")[0]
+            got = wait_for(
+                lambda: (e := c.get(f"/api/events/box1/{snap}")).status_code == 200 and e.json(),
                 what="snapshot stored",
             )
-            assert snap["type"] == "snapshot" and snap["cmd"] == cmd_id and snap["photos"]
+            assert got["type"] == "snapshot" and got["cmd"] == cmd_id and got["photos"]
             assert c.get(f"/api/commands/{cmd_id}").json()["pending"] is False
     finally:
-        responder.close()
+        runner.close()
 
 
 def test_outbox_listing_and_retry_on_the_real_gateway(gateway, box) -> None:

@@ -23,3 +23,28 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        _save_failure_pages(item)
+
+
+def _save_failure_pages(item) -> None:
+    """On failure, keep what each open page showed (test-artifacts/FAILED-*.png) to see why."""
+    from tests.browser.helpers import ARTIFACTS
+
+    b = item.funcargs.get("browser")
+    if b is None:
+        return
+    ARTIFACTS.mkdir(exist_ok=True)
+    for i, ctx in enumerate(b.contexts):
+        for j, page in enumerate(ctx.pages):
+            try:
+                page.screenshot(path=str(ARTIFACTS / f"FAILED-{item.name}-{i}-{j}.png"), full_page=True)
+                (ARTIFACTS / f"FAILED-{item.name}-{i}-{j}.html").write_text(page.content())
+            except Exception:
+                pass

@@ -41,3 +41,10 @@ def img_loaded(page, selector: str) -> None:
         arg=selector,
         timeout=WAIT_MS,
     )
+
+
+def close_viewer(page) -> None:
+    """Close the photo dialog with its button (Escape can be ignored by Chromium's close-watcher
+    rules when the dialog opened long after the click, as on a busy machine)."""
+    page.click("#viewer .viewer-head button")
+    page.wait_for_selector("dialog#viewer:not([open])", state="attached", timeout=WAIT_MS)

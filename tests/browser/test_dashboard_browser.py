@@ -15,7 +15,7 @@ import pytest
 
 from gateway.web import WebServer, WebSettings
 from gateway.web.auth import set_password
-from tests.browser.helpers import DESKTOP, PHONE, WAIT_MS, img_loaded, in_thread, shoot
+from tests.browser.helpers import DESKTOP, PHONE, WAIT_MS, close_viewer, img_loaded, in_thread, shoot
 from tests.support.web import MemoryPort
 
 
@@ -79,7 +79,7 @@ def test_delivery_appears_live_and_opens(browser, server, port: MemoryPort) -> N
     assert page.get_attribute("#viewer-img", "src") == "/api/photos/gate/newparcel0001/alert"
     assert page.get_attribute("#viewer-orig", "href") == "/api/photos/gate/newparcel0001/original"
     shoot(page, "delivery-photo-desktop")
-    page.keyboard.press("Escape")
+    close_viewer(page)
     # Filters: only the back door's events.
     page.select_option("#filters select[name=device]", "back-door")
     page.wait_for_function("() => document.querySelectorAll('li.event').length === 1", timeout=WAIT_MS)
@@ -118,7 +118,7 @@ def test_snapshot_from_boxes_page(browser, server, port: MemoryPort) -> None:
     page.wait_for_selector("dialog#viewer[open]", timeout=WAIT_MS)
     img_loaded(page, "#viewer-img")
     assert "Snapshot" in page.inner_text("#viewer-title")
-    page.keyboard.press("Escape")
+    close_viewer(page)
     # A box going offline shows without reloading.
     gate = dict(port.devices["gate"], online=False)
     in_thread(port.add_device, **{k: v for k, v in gate.items()})

@@ -1,23 +1,22 @@
-"""The dashboard in headless Chromium against the whole gateway: GatewayService on a real Mosquitto,
-a box publishing real protocol messages (event + photo chunks, status, command results), and the
-real WhatsApp component whose child process talks to the file-driven fake WhatsApp."""
+"""The dashboard in headless Chromium against the whole gateway, fed by the simulator.
+
+GatewayService on a real Mosquitto (built as `parcelbox run` builds it), a simulated box running the
+real firmware modules (tools/simulate.py: detection, spool, chunked photo, acks, commands), and the
+real WhatsApp component whose child process talks to the file-driven fake WhatsApp.
+"""
 
 from __future__ import annotations
-
-import json
-import threading
 
 import pytest
 
 from gateway.app import build_service
 from gateway.web.server import WebServer
 from gateway.whatsapp.component import WhatsAppComponent
-from tests.browser.helpers import DESKTOP, PHONE, WAIT_MS, img_loaded, shoot
-from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id
-from tests.support.web import SnapshotResponder
+from tests.browser.helpers import DESKTOP, PHONE, WAIT_MS, close_viewer, img_loaded, shoot
+from tests.support.gateway_core import gateway_config, wait_for
+from tests.support.web import BoxRunner
 from tests.support.whatsapp import FakeWhatsApp, fake_settings
-
-PHOTO = make_jpeg(800, 600, seed=7)
+from tools.simulate import SimulatedBox
 
 
 @pytest.fixture
@@ -31,25 +30,22 @@ def stack(tmp_path, mosquitto, prefix):
     )
     svc = build_service(cfg)
     wa_settings = fake_settings(tmp_path, recipients=["+6281234567890"])
-    FakeWhatsApp(wa_settings.fake_dir).script(qr_codes=[f"2@gw-qr-{i}" for i in range(40)], qr_interval_s=1.0)
+    FakeWhatsApp(wa_settings.fake_dir).script(qr_codes=[f"2@gw-qr-{i}" for i in range(60)], qr_interval_s=1.0)
     svc.add_component(WhatsAppComponent(svc, wa_settings))
     svc.start()
-    box = Box(mosquitto.url, prefix, "porch")
-    responder = SnapshotResponder(box, mosquitto.url, PHOTO)
+    runner = BoxRunner(SimulatedBox(mosquitto.url, "porch", prefix=prefix, spool_dir=tmp_path / "spool"))
     try:
         assert svc.wait_connected(10)
-        status = {"v": 1, "online": True, "fw": "0.1.0", "rssi": -64, "battery_mv": 3880, "spooled": 0}
-        box.pub("status", json.dumps(status).encode(), retain=True)
         (web,) = [c for c in svc.components if isinstance(c, WebServer)]
-        yield svc, web, box
+        wait_for(lambda: svc.list_devices(), what="the simulated box reported")
+        yield svc, web, runner
     finally:
-        responder.close()
-        box.close()
+        runner.close()
         svc.stop()
 
 
 def test_live_delivery_snapshot_and_pairing_on_the_real_gateway(browser, stack) -> None:
-    svc, web, box = stack
+    svc, web, runner = stack
     ctx = browser.new_context(viewport=DESKTOP)
     page = ctx.new_page()
     errors: list[str] = []
@@ -57,10 +53,10 @@ def test_live_delivery_snapshot_and_pairing_on_the_real_gateway(browser, stack) 
     page.goto(web.url + "/")
     page.wait_for_selector("#live.on", timeout=WAIT_MS)
 
-    eid = new_event_id()
-    t = threading.Thread(target=box.send, args=(eid, PHOTO))
-    t.start()
-    t.join(20)
+    runner.call(runner.box.deliver)  # lid opens, a parcel goes in, lid closes: the firmware detects it
+    eid = wait_for(
+        lambda: runner.events("delivery") and runner.events("delivery")[0], timeout=60, what="delivery"
+    )
     sel = f'li.event[data-id="{eid}"]'
     page.wait_for_selector(sel, timeout=WAIT_MS)
     img_loaded(page, sel + " img.thumb")
@@ -69,21 +65,28 @@ def test_live_delivery_snapshot_and_pairing_on_the_real_gateway(browser, stack) 
     page.click(sel)
     img_loaded(page, "#viewer-img")
     assert page.get_attribute("#viewer-orig", "href") == f"/api/photos/porch/{eid}/original"
-    page.keyboard.press("Escape")
+    close_viewer(page)
 
     page.click('nav a[href="/boxes"]')
     page.wait_for_selector('.box[data-device="porch"]', timeout=WAIT_MS)
+    assert "1 package waiting" in page.inner_text('.box[data-device="porch"] .waiting')
     page.click('.box[data-device="porch"] button[data-cmd="snapshot"]')
     page.wait_for_selector('.box[data-device="porch"] .result.ok', timeout=WAIT_MS)
+    snap = runner.events("snapshot")
+    assert snap and svc.get_event("porch", snap[0])["cmd"]
     shoot(page, "gateway-boxes-desktop")
     page.click('.box[data-device="porch"] a.view-snap')
     img_loaded(page, "#viewer-img")
-    page.keyboard.press("Escape")
+    close_viewer(page)
 
     page.click('nav a[href="/whatsapp"]')
     page.wait_for_selector("#wa-qr:not([hidden])", timeout=WAIT_MS)
     img_loaded(page, "#wa-qr")
     shoot(page, "gateway-whatsapp-desktop")
+
+    page.click('nav a[href="/alerts"]')
+    page.wait_for_selector(".alert", timeout=WAIT_MS)
+    shoot(page, "gateway-alerts-desktop")
 
     page.set_viewport_size(PHONE)
     page.click('nav a[href="/"]')

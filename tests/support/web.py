@@ -349,45 +349,48 @@ class SSEReader:
         raise AssertionError(f"stream ended before a {want or 'any'} event")
 
 
-class SnapshotResponder:
-    """Answers `snapshot`/`ping` commands like a box: a paho subscriber on the box's cmd topic that
-    publishes a snapshot event with its photo, then the command result (protocol v1).
+class BoxRunner:
+    """Runs a `tools.simulate.SimulatedBox` on its own thread, like a powered-on box.
 
-    Uses the gateway-core test helpers (`tests.support.gateway_core.Box`) for the box side.
+    The simulated box is driven by calling `step()` over and over and is not thread-safe,
+    so scripted actions (`deliver`, `pickup`, ...) are queued with `call()` and run on the
+    box's thread between steps.
     """
 
-    def __init__(self, box: Any, url: str, photo: bytes) -> None:
-        from tests.support.mqtt import Collector
+    def __init__(self, box: Any) -> None:
+        import queue
 
         self.box = box
-        self.photo = photo
-        self.cmds = Collector(url, f"{box.prefix}/{box.device}/cmd")
+        self._calls: queue.Queue[Any] = queue.Queue()
         self._stop = threading.Event()
-        self.answered: list[str] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"sim-{box.device}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        import json
         import queue
 
-        from tests.support.gateway_core import new_event_id
+        try:
+            while not self._stop.is_set():
+                try:
+                    while True:
+                        self._calls.get_nowait()()
+                except queue.Empty:
+                    pass
+                self.box.step()
+                time.sleep(0.005)
+        except BaseException as e:  # surfaced by close() so a test sees why the box died
+            self.error = e
 
-        while not self._stop.is_set():
-            try:
-                m = self.cmds.q.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            cmd = json.loads(m.payload)
-            result: dict[str, Any] = {"v": 1, "id": cmd["id"], "ok": True}
-            if cmd["cmd"] == "snapshot":
-                eid = new_event_id()
-                self.box.send(eid, self.photo, etype="snapshot", cmd=cmd["id"])
-                result["event"] = eid
-            self.box.pub("cmd/result", json.dumps(result).encode())
-            self.answered.append(cmd["id"])
+    def call(self, fn: Any) -> None:
+        self._calls.put(fn)
+
+    def events(self, type: str | None = None) -> list[str]:
+        return [e for e, t in list(self.box.made) if type is None or t == type]
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(5)
-        self.cmds.close()
+        self._thread.join(10)
+        self.box.close()
+        if self.error is not None:
+            raise self.error
