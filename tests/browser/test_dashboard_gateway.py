@@ -87,6 +87,9 @@ def test_live_delivery_snapshot_and_pairing_on_the_real_gateway(browser, stack) 
     page.click('nav a[href="/alerts"]')
     page.wait_for_selector(".alert", timeout=WAIT_MS)
     shoot(page, "gateway-alerts-desktop")
+    page.click(".alert a.view-event")  # the alert leads to its event's photo
+    img_loaded(page, "#viewer-img")
+    close_viewer(page)
 
     page.set_viewport_size(PHONE)
     page.click('nav a[href="/"]')

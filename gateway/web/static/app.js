@@ -466,9 +466,14 @@ function alertRow(a) {
       h("span", { class: "badge " + ({ sent: "ok", pending: "warn", failed: "bad", dead: "bad" })[a.state] }, a.state),
       h("b", {}, (TYPE_LABEL[a.kind] || a.kind) + " · " + boxName(a.device)),
       h("span", { class: "muted small grow" }, when(a.created_at)),
+      a.event_ids && a.event_ids.length ? h("a", { href: "#", class: "small view-event", onclick: (ev) => {
+        ev.preventDefault();
+        api(`/api/events/${encodeURIComponent(a.device)}/${encodeURIComponent(a.event_ids[0])}`)
+          .then(openEvent, (e) => toast(e.message, true));
+      } }, "View event") : null,
       retry),
     h("div", { class: "muted small" },
-      `${a.notifier} → ${a.recipient} · ${a.attempts} attempt${a.attempts === 1 ? "" : "s"}`,
+      (a.recipient ? `${a.notifier} → ${a.recipient}` : a.notifier) + ` · ${a.attempts} attempt${a.attempts === 1 ? "" : "s"}`,
       a.state === "sent" && a.sent_at ? " · sent " + when(a.sent_at) : "",
       (a.state === "pending" || a.state === "failed") && a.next_attempt_at ? " · next try " + when(a.next_attempt_at) : ""),
     a.last_error ? h("div", { class: "err" }, a.last_error) : null,
