@@ -178,7 +178,7 @@ class GatewayProc:
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run a `parcelbox` subcommand against this gateway's config."""
         return subprocess.run(
-            [sys.executable, "-m", "gateway", *args, "--config", str(self.config)],
+            [sys.executable, "-m", "gateway", args[0], "--config", str(self.config), *args[1:]],
             cwd=ROOT,
             env=clean_env(),
             capture_output=True,
