@@ -73,7 +73,7 @@ def test_live_delivery_snapshot_and_pairing_on_the_real_gateway(browser, stack) 
     page.click('.box[data-device="porch"] button[data-cmd="snapshot"]')
     page.wait_for_selector('.box[data-device="porch"] .result.ok', timeout=WAIT_MS)
     snap = runner.events("snapshot")
-    assert snap and svc.get_event("porch", snap[0])["cmd"]
+    assert snap and svc.get_event("porch", snap[0])["cmd"]  # the link shows only once it is stored
     shoot(page, "gateway-boxes-desktop")
     page.click('.box[data-device="porch"] a.view-snap')
     img_loaded(page, "#viewer-img")

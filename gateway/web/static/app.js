@@ -107,6 +107,8 @@ const state = {
   wa: null,
   pendingCmds: new Map(), // command id -> {device, cmd}
   earlyResults: new Map(), // results that arrived on the live stream before the POST answered
+  stored: new Set(), // "device/id" of events seen on the live stream (recent ones)
+  snapWaiting: new Map(), // "device/id" of a snapshot whose photo is not stored yet -> command id
 };
 
 const PAGES = { "/": "deliveries", "/boxes": "boxes", "/whatsapp": "whatsapp", "/alerts": "alerts" };
@@ -211,6 +213,13 @@ function renderEvents() {
 }
 
 function onEvent(e) {
+  const key = e.device + "/" + e.id;
+  state.stored.add(key);
+  if (state.stored.size > 200) state.stored.delete(state.stored.values().next().value);
+  if (state.snapWaiting.has(key)) {
+    snapshotReady(e.device, e.id, state.snapWaiting.get(key));
+    state.snapWaiting.delete(key);
+  }
   if (state.events.some((x) => x.id === e.id && x.device === e.device)) return;
   if (!matchesFilters(e)) return;
   // Newest first: insert before the first older row (events from a spool can arrive late).
@@ -361,15 +370,32 @@ function onCommand(res) {
     return;
   }
   if (p.cmd === "snapshot" && res.event) {
-    const link = h("a", { href: "#", class: "view-snap", onclick: async (ev) => {
-      ev.preventDefault();
-      try { openEvent(await api(`/api/events/${encodeURIComponent(p.device)}/${encodeURIComponent(res.event)}`)); }
-      catch (e) { toast(e.message, true); }
-    } }, "View photo");
-    showCmd(p.device, "Snapshot taken ✓ ", "ok", res.id, link);
+    // The box answers as soon as it has sent the photo; the gateway stores it a moment later.
+    if (state.stored.has(p.device + "/" + res.event)) snapshotReady(p.device, res.event, res.id);
+    else {
+      state.snapWaiting.set(p.device + "/" + res.event, res.id);
+      showCmd(p.device, "Snapshot taken; receiving the photo…", "wait", res.id);
+      // In case the live stream missed the stored event: look for it directly a little later.
+      setTimeout(() => {
+        const key = p.device + "/" + res.event;
+        if (!state.snapWaiting.has(key)) return;
+        api(`/api/events/${encodeURIComponent(p.device)}/${encodeURIComponent(res.event)}`).then(() => {
+          if (state.snapWaiting.delete(key)) snapshotReady(p.device, res.event, res.id);
+        }, () => {});
+      }, 8000);
+    }
   } else {
     showCmd(p.device, `${p.cmd} done ✓`, "ok", res.id);
   }
+}
+
+function snapshotReady(device, eventId, cmdId) {
+  const link = h("a", { href: "#", class: "view-snap", onclick: async (ev) => {
+    ev.preventDefault();
+    try { openEvent(await api(`/api/events/${encodeURIComponent(device)}/${encodeURIComponent(eventId)}`)); }
+    catch (e) { toast(e.message, true); }
+  } }, "View photo");
+  showCmd(device, "Snapshot taken ✓ ", "ok", cmdId, link);
 }
 
 function onDevice(d) {
