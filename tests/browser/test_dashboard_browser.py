@@ -206,6 +206,22 @@ def test_phone_layout_screenshots(browser, server, port: MemoryPort) -> None:
     ctx.close()
 
 
+def test_dark_mode_screenshots(browser, server, port: MemoryPort) -> None:
+    port.set_whatsapp(
+        state="pairing", detail="Scan the code with WhatsApp on the phone that sends alerts.", qr="2@dark"
+    )
+    ctx = browser.new_context(viewport=PHONE, color_scheme="dark")
+    page = ctx.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_selector("li.event img.thumb", timeout=WAIT_MS)
+    shoot(page, "deliveries-phone-dark")
+    page.click('nav a[href="/whatsapp"]')
+    page.wait_for_selector("#wa-qr:not([hidden])", timeout=WAIT_MS)
+    img_loaded(page, "#wa-qr")
+    shoot(page, "whatsapp-phone-dark")
+    ctx.close()
+
+
 def test_installable_shell(browser, server) -> None:
     ctx, page, errors = open_page(browser, server, "/")
     assert page.get_attribute('link[rel="manifest"]', "href") == "/manifest.webmanifest"
