@@ -17,6 +17,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,39 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: b
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+_TEMP_NAME = re.compile(r"\..+\.(\d+)\.tmp")
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temp_files(folder: Path, *, recursive: bool = True) -> int:
+    """Delete the `.<name>.<pid>.tmp` files `atomic_write_bytes` leaves when its process dies mid-write.
+
+    A SIGKILL or power cut between the temp write and the rename leaves the temp file behind (the real
+    file is untouched); without this sweep every such crash would leak a photo-sized file for ever.
+    Only files whose writer pid is no longer running are removed. Returns how many were removed.
+    """
+    removed = 0
+    walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for dirpath, _dirs, files in walker:
+        for name in files:
+            m = _TEMP_NAME.fullmatch(name)
+            if m is None or int(m.group(1)) == os.getpid() or _pid_running(int(m.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+    return removed
 
 
 class AtomicJSONStorage(Storage):

@@ -37,7 +37,7 @@ from tinydb.table import Document
 
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
-from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir
+from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,9 @@ class Store:
         self._devices_db: TinyDB | None = None
         self.db_dir.mkdir(parents=True, exist_ok=True)
         self.photo_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temp_files(self.data_dir)
+        if stale:
+            log.warning("removed %d temp file(s) left by a crash in %s", stale, self.data_dir)
         self._load()
 
     # --- opening ------------------------------------------------------------------

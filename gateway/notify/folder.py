@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.notify.base import Alert, RateLimit, SendResult
-from gateway.storage import atomic_write_bytes
+from gateway.storage import atomic_write_bytes, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -55,6 +55,8 @@ class FolderNotifier:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        if remove_stale_temp_files(self.path, recursive=False):
+            log.warning("folder sink %s: removed temp files left by a crash", self.path)
 
     def recipients(self, device: str) -> list[str]:
         return [""]

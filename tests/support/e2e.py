@@ -239,6 +239,12 @@ def audit_data_folder(data_dir: Path, alerts_dir: Path) -> dict[str, Any]:
     from gateway.store import Store
 
     problems: list[str] = []
+    # Listed before the store opens: opening it sweeps temp files a crash left, which we want to see.
+    photo_root = Path(data_dir).resolve() / "photos"
+    all_files = {p.resolve() for p in photo_root.rglob("*") if p.is_file()}
+    for p in Path(data_dir).rglob("*.tmp"):
+        if p.parent.resolve() != photo_root and photo_root not in p.resolve().parents:
+            problems.append(f"temp file left in the data folder: {p.relative_to(data_dir)}")
     store = Store(data_dir)
     try:
         events = store.list_events(limit=10**7)
@@ -258,10 +264,8 @@ def audit_data_folder(data_dir: Path, alerts_dir: Path) -> dict[str, Any]:
                     problems.append(f"{p}: truncated or not a JPEG")
                 if variant == "original" and hashlib.sha256(data).hexdigest() != e["photo"]["sha256"]:
                     problems.append(f"{p}: sha256 differs from the event's")
-        photo_root = Path(data_dir) / "photos"
-        all_files = {p.resolve() for p in photo_root.rglob("*") if p.is_file()}
         for orphan in sorted(all_files - expected_files):
-            problems.append(f"orphan photo file {orphan.relative_to(photo_root.resolve())}")
+            problems.append(f"orphan photo file {orphan.relative_to(photo_root)}")
         counts = store.outbox_counts()
     finally:
         store.close()
