@@ -1,0 +1,356 @@
+#!/usr/bin/env python3
+"""Chaos: simulated boxes send deliveries with photos while the gateway, the broker and the WhatsApp
+child are SIGKILLed and restarted at seeded random moments; then every guarantee is audited.
+
+    python bench/chaos.py                       # the full run: 20 boxes x 25 deliveries = 500
+    python bench/chaos.py --boxes 4 --deliveries 10 --seed 3 --gateway-kills 2
+
+Boxes are `tools/simulate.py`'s `SimulatedBox` (the real firmware modules, spool on disk), the
+broker a real Mosquitto, the gateway `parcelbox run` as a subprocess with the folder sink and WhatsApp
+on the fake transport (its child process writes every message it "sends" to sent.jsonl).
+
+Kill moments are seeded: each kill fires once a seeded random share of the deliveries has been
+acked, plus a seeded random delay, so kills always land while boxes are sending. After the last kill
+everything is brought back up, the boxes drain their spools, and the audit checks:
+
+- every delivery the boxes made is stored exactly once, with an intact photo whose sha256 matches;
+- every alert is in the folder sink exactly once; the database opens and matches the sink;
+- no photo file is orphaned, truncated or left as a temp file;
+- every alert reached the fake WhatsApp at least once, with duplicates only for sends cut by a kill
+  (at most one per child or gateway kill).
+
+`run_chaos()` is also the short form run by `tests/e2e/test_chaos.py` in `make test`. The full run
+prints its counts and writes bench/results/chaos.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.e2e import GatewayProc, audit_data_folder, wait_for  # noqa: E402
+from tools.simulate import SimulatedBox  # noqa: E402
+
+RECIPIENT = "+62 811-0000-0001"
+
+
+@dataclass
+class ChaosPlan:
+    boxes: int = 20
+    deliveries: int = 25  # per box
+    gateway_kills: int = 4
+    broker_kills: int = 3
+    child_kills: int = 4
+    seed: int = 0
+    down_s: tuple[float, float] = (0.3, 2.5)  # how long a killed gateway / broker stays down
+    drain_timeout_s: float = 900.0
+
+
+@dataclass
+class ChaosResult:
+    counts: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _BoxDriver(threading.Thread):
+    """Steps every box in one thread (the firmware is single-threaded, like on the board)."""
+
+    def __init__(self, boxes: list[SimulatedBox]) -> None:
+        super().__init__(name="boxes", daemon=True)
+        self.boxes = boxes
+        self.stop_flag = threading.Event()
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            for b in self.boxes:
+                try:
+                    b.step()
+                except Exception as exc:  # a box must never die silently: the audit reports it
+                    self.errors.append(f"{b.device}: {type(exc).__name__}: {exc}")
+            time.sleep(0.003)
+
+    def acked(self) -> int:
+        return sum(len(b.acked) for b in self.boxes)
+
+    def done(self) -> bool:
+        return all(b.all_acked() for b in self.boxes)
+
+
+def _child_pid(gw: GatewayProc) -> int | None:
+    """The WhatsApp child's pid from its session lock file, if it is alive and the gateway's child."""
+    try:
+        pid = int((gw.data_dir / "whatsapp" / "session.lock").read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    ppid = int(stat.rsplit(")", 1)[1].split()[1])
+    return pid if ppid == gw.pid else None
+
+
+def _fake_sent(fake_dir: Path) -> list[dict[str, Any]]:
+    path = fake_dir / "sent.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # a line cut by a SIGKILL mid-write is not a send
+    return out
+
+
+def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bool = False) -> ChaosResult:
+    """Run one chaos round against `broker` (a `gateway.mosquitto.Mosquitto`, started); see module doc."""
+    res = ChaosResult()
+    rnd = random.Random(plan.seed)
+    t0 = time.monotonic()
+
+    def note(msg: str) -> None:
+        line = f"[{time.monotonic() - t0:7.1f}s] {msg}"
+        res.log.append(line)
+        if echo:
+            print(line, flush=True)
+
+    fake_dir = workdir / "fakewa"
+    (fake_dir / "inbox").mkdir(parents=True, exist_ok=True)
+    gw = GatewayProc(
+        workdir / "gw",
+        broker.url,
+        prefix,
+        extra={
+            "whatsapp": {
+                "enabled": True,
+                "transport": "fake",
+                "fake_dir": str(fake_dir),
+                "recipients": [RECIPIENT],
+                "rate_per_minute": 100000,
+                "rate_per_minute_overall": 100000,
+            },
+            "ingest": {"reassembly_timeout_s": 10.0},
+        },
+    )
+    session = gw.data_dir / "whatsapp"
+    session.mkdir(parents=True, exist_ok=True)
+    (session / "fake-session.json").write_text(json.dumps({"jid": "6281100000000@s.whatsapp.net"}))
+
+    boxes = [
+        SimulatedBox(
+            broker.url, f"chaos-{i:02d}", prefix=prefix, spool_dir=workdir / "spool" / f"chaos-{i:02d}"
+        )
+        for i in range(plan.boxes)
+    ]
+    for b in boxes:
+        for _ in range(plan.deliveries):
+            b.deliver()
+    total = plan.boxes * plan.deliveries
+    actions = ["gateway"] * plan.gateway_kills + ["broker"] * plan.broker_kills + ["child"] * plan.child_kills
+    # Each kill fires when a seeded share of the deliveries is acked, plus a seeded delay.
+    schedule = sorted((rnd.uniform(0.05, 0.85), rnd.uniform(0.0, 0.3), a) for a in actions)
+    kills: collections.Counter[str] = collections.Counter()
+    skipped: collections.Counter[str] = collections.Counter()
+    driver = _BoxDriver(boxes)
+    gw.start()
+    driver.start()
+    try:
+        for share, delay, action in schedule:
+            wait_for(
+                lambda share=share: driver.acked() >= share * total or driver.done(),
+                plan.drain_timeout_s,
+                0.05,
+                f"{share:.0%} of the deliveries acked",
+            )
+            time.sleep(delay)
+            if action == "gateway":
+                gw.kill()
+                note(f"SIGKILL gateway at {driver.acked()}/{total} acked")
+                time.sleep(rnd.uniform(*plan.down_s))
+                gw.start()
+                note("gateway restarted")
+            elif action == "broker":
+                broker.kill()
+                note(f"SIGKILL broker at {driver.acked()}/{total} acked")
+                time.sleep(rnd.uniform(*plan.down_s))
+                broker.start()
+                note("broker restarted")
+            else:
+                try:
+                    pid = wait_for(lambda: _child_pid(gw), 30, 0.05, "a WhatsApp child to kill")
+                except TimeoutError:
+                    skipped[action] += 1
+                    note("no WhatsApp child to kill (still restarting); skipped")
+                    continue
+                os.kill(pid, signal.SIGKILL)
+                note(f"SIGKILL WhatsApp child {pid} at {driver.acked()}/{total} acked")
+            kills[action] += 1
+        note("last kill done; draining")
+        wait_for(driver.done, plan.drain_timeout_s, 0.2, "every box to be acked")
+        note(f"all {total} deliveries acked by the gateway")
+
+        def outbox_drained() -> bool:
+            a = gw.health().get("alerts", {})
+            return a.get("sent", 0) >= 2 * total and not a.get("pending") and not a.get("failed")
+
+        wait_for(outbox_drained, plan.drain_timeout_s, 0.5, "the outbox to send everything")
+        note("outbox drained")
+    finally:
+        driver.stop_flag.set()
+        driver.join(30)
+        for b in boxes:
+            try:
+                b.close()
+            except Exception:
+                pass
+        if not broker.running():
+            broker.start()
+        code = gw.stop() if gw.running() else None
+        if code not in (0, None):
+            res.problems.append(f"gateway exited with {code} on SIGTERM")
+        gw.kill()
+
+    res.problems += [f"box driver: {e}" for e in driver.errors]
+    made = [(b.device, eid, t) for b in boxes for eid, t in b.made]
+    made_keys = {(d, e) for d, e, _ in made}
+    if len(made) != total or any(t != "delivery" for _, _, t in made):
+        res.problems.append(
+            f"the boxes made {collections.Counter(t for _, _, t in made)}, not {total} deliveries"
+        )
+    audit = audit_data_folder(gw.data_dir, gw.alerts_dir)
+    res.problems += audit["problems"]
+    stored = [(e["device"], e["id"]) for e in audit["events"]]
+    if len(stored) != len(set(stored)) or set(stored) != made_keys:
+        res.problems.append(
+            f"stored {len(stored)} events ({len(set(stored))} distinct), boxes made {len(made_keys)}; "
+            f"missing {sorted(made_keys - set(stored))[:5]}, extra {sorted(set(stored) - made_keys)[:5]}"
+        )
+    served = {hashlib.sha256(p).hexdigest() for b in boxes for p in b.photos.served}
+    for e in audit["events"]:
+        if e.get("photo") is None or e["photo"]["sha256"] not in served:
+            res.problems.append(f"event {e['device']}/{e['id']}: photo missing or not one the box took")
+    # Folder sink: every delivery in exactly one alert document.
+    in_sink = collections.Counter((a["device"], eid) for a in audit["alerts"] for eid in a["event_ids"])
+    if set(in_sink) != made_keys or any(n != 1 for n in in_sink.values()):
+        res.problems.append(
+            f"folder sink: {len(in_sink)} deliveries, {sum(n > 1 for n in in_sink.values())} more than once, "
+            f"{len(made_keys - set(in_sink))} missing"
+        )
+    # WhatsApp (fake transport): every alert at least once; duplicates only for sends cut by a kill.
+    sink_by_image = {}
+    for a in audit["alerts"]:
+        if a.get("photo"):
+            digest = hashlib.sha256((gw.alerts_dir / a["photo"]).read_bytes()).hexdigest()
+            sink_by_image[digest] = a["id"]
+    sent = _fake_sent(fake_dir)
+    per_alert = collections.Counter(sink_by_image.get(s.get("image_sha256"), "?") for s in sent)
+    unknown = per_alert.pop("?", 0)
+    missing_wa = set(sink_by_image.values()) - set(per_alert)
+    duplicates = sum(n - 1 for n in per_alert.values())
+    allowed_dups = kills["child"] + kills["gateway"]
+    if unknown:
+        res.problems.append(f"WhatsApp: {unknown} sends that match no alert photo")
+    if missing_wa:
+        res.problems.append(f"WhatsApp: {len(missing_wa)} alerts never sent, e.g. {sorted(missing_wa)[:3]}")
+    if duplicates > allowed_dups:
+        res.problems.append(f"WhatsApp: {duplicates} duplicate sends, more than the {allowed_dups} kills")
+    photo_files = sum(1 for p in (gw.data_dir / "photos").rglob("*") if p.is_file())
+    res.counts = {
+        "boxes": plan.boxes,
+        "deliveries_made": len(made),
+        "events_stored": len(stored),
+        "events_stored_distinct": len(set(stored)),
+        "photo_files": photo_files,
+        "alerts_in_folder_sink": len(audit["alerts"]),
+        "outbox": audit["outbox_counts"],
+        "whatsapp_sent": len(sent),
+        "whatsapp_distinct_alerts": len(per_alert),
+        "whatsapp_duplicates": duplicates,
+        "kills": dict(kills),
+        "kills_skipped": dict(skipped),
+        "gateway_runs": gw.runs,
+        "box_mqtt_connects": sum(b.app.mqtt.connects for b in boxes),
+        "problems": len(res.problems),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    return res
+
+
+def print_counts(res: ChaosResult) -> None:
+    for k, v in res.counts.items():
+        print(f"  {k:<26} {v}")
+    for p in res.problems[:50]:
+        print(f"  PROBLEM: {p}")
+    print("OK: every guarantee held" if res.ok else f"NOT OK: {len(res.problems)} problems")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--boxes", type=int, default=20)
+    ap.add_argument("--deliveries", type=int, default=25, help="per box")
+    ap.add_argument("--gateway-kills", type=int, default=4)
+    ap.add_argument("--broker-kills", type=int, default=3)
+    ap.add_argument("--child-kills", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
+    ap.add_argument("--no-json", action="store_true", help="do not write bench/results/chaos.json")
+    a = ap.parse_args(argv)
+    from bench.common import machine_info, write_json
+    from gateway.mosquitto import Mosquitto
+
+    plan = ChaosPlan(
+        boxes=a.boxes,
+        deliveries=a.deliveries,
+        gateway_kills=a.gateway_kills,
+        broker_kills=a.broker_kills,
+        child_kills=a.child_kills,
+        seed=a.seed,
+    )
+    work = Path(tempfile.mkdtemp(prefix="parcelbox-chaos-"))
+    broker = Mosquitto(work / "broker")
+    broker.start()
+    try:
+        res = run_chaos(work, broker, f"chaos{a.seed}", plan, echo=True)
+    finally:
+        broker.kill()
+    print()
+    print(f"chaos run: {plan.boxes} boxes x {plan.deliveries} deliveries, seed {plan.seed}")
+    print_counts(res)
+    if not a.no_json:
+        path = write_json(
+            "chaos",
+            {"machine": machine_info(), "plan": plan.__dict__, "counts": res.counts, "problems": res.problems,
+             "log": res.log},
+        )  # fmt: skip
+        print(f"wrote {path}")
+    if a.keep or not res.ok:
+        print(f"work folder kept: {work}")
+    else:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if res.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
