@@ -11,41 +11,45 @@ import pytest
 
 from gateway.app import build_service
 from gateway.web.server import WebServer
-from gateway.whatsapp.component import WhatsAppComponent
 from tests.browser.helpers import DESKTOP, PHONE, WAIT_MS, close_viewer, img_loaded, shoot
 from tests.support.gateway_core import gateway_config, wait_for
 from tests.support.web import BoxRunner
-from tests.support.whatsapp import FakeWhatsApp, fake_settings
+from tests.support.whatsapp import FakeWhatsApp
 from tools.simulate import SimulatedBox
 
 
 @pytest.fixture
 def stack(tmp_path, mosquitto, prefix):
+    fake_dir = tmp_path / "fakewa"
+    fake = FakeWhatsApp(fake_dir)
+    fake.script(qr_codes=[f"2@gw-qr-{i}" for i in range(60)], qr_interval_s=1.0)
+    # Everything as `parcelbox run` builds it from config; WhatsApp's servers are the fake's folder.
     cfg = gateway_config(
         tmp_path / "data",
         mosquitto.url,
         prefix,
         PARCELBOX_WEB_PORT="0",
         PARCELBOX_DEVICES_NAMES="porch=Porch box",
+        PARCELBOX_WHATSAPP_ENABLED="true",
+        PARCELBOX_WHATSAPP_TRANSPORT="fake",
+        PARCELBOX_WHATSAPP_FAKE_DIR=str(fake_dir),
+        PARCELBOX_WHATSAPP_RECIPIENTS="+6281234567890",
     )
     svc = build_service(cfg)
-    wa_settings = fake_settings(tmp_path, recipients=["+6281234567890"])
-    FakeWhatsApp(wa_settings.fake_dir).script(qr_codes=[f"2@gw-qr-{i}" for i in range(60)], qr_interval_s=1.0)
-    svc.add_component(WhatsAppComponent(svc, wa_settings))
     svc.start()
     runner = BoxRunner(SimulatedBox(mosquitto.url, "porch", prefix=prefix, spool_dir=tmp_path / "spool"))
     try:
         assert svc.wait_connected(10)
         (web,) = [c for c in svc.components if isinstance(c, WebServer)]
         wait_for(lambda: svc.list_devices(), what="the simulated box reported")
-        yield svc, web, runner
+        yield svc, web, runner, fake
     finally:
         runner.close()
         svc.stop()
 
 
 def test_live_delivery_snapshot_and_pairing_on_the_real_gateway(browser, stack) -> None:
-    svc, web, runner = stack
+    svc, web, runner, fake = stack
     ctx = browser.new_context(viewport=DESKTOP)
     page = ctx.new_page()
     errors: list[str] = []
@@ -83,6 +87,26 @@ def test_live_delivery_snapshot_and_pairing_on_the_real_gateway(browser, stack) 
     page.wait_for_selector("#wa-qr:not([hidden])", timeout=WAIT_MS)
     img_loaded(page, "#wa-qr")
     shoot(page, "gateway-whatsapp-desktop")
+    fake.inject("scan")  # the phone scans the code
+    page.wait_for_selector("#wa-linked:not([hidden])", timeout=WAIT_MS)
+    assert "Connected" in page.inner_text("#wa-badge")
+    page.click("#wa-test-form button")
+    page.wait_for_selector("#wa-result.ok", timeout=WAIT_MS)
+    assert any("test message" in m["text"] for m in fake.sent())
+    shoot(page, "gateway-whatsapp-connected-desktop")
+
+    # Linked now: the delivery alert that failed while unpaired goes out (retried by hand, or by the
+    # outbox's own backoff if it got there first) and the page shows it sent, live.
+    page.click('nav a[href="/alerts"]')
+    page.wait_for_selector(".alert", timeout=WAIT_MS)
+    retry = page.locator(".alert.s-failed button.retry")
+    if retry.count():
+        retry.first.click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.alert.s-sent')].some(a => a.innerText.includes('whatsapp'))",
+        timeout=WAIT_MS,
+    )
+    assert any(m["image_bytes"] > 0 for m in fake.sent())  # the alert went with its photo
 
     page.click('nav a[href="/alerts"]')
     page.wait_for_selector(".alert", timeout=WAIT_MS)
