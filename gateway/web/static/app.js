@@ -265,7 +265,28 @@ async function loadDevices() {
   const data = await api("/api/devices");
   state.devices = new Map(data.devices.map((d) => [d.device, d]));
   fillBoxFilter();
-  if (state.page === "boxes") renderBoxes();
+  if (state.page === "boxes") {
+    renderBoxes();
+    loadHealth().catch(() => {});
+  }
+}
+
+async function loadHealth() {
+  // One line about the gateway itself; every key is optional (gateways report what they have).
+  const hl = await api("/api/health");
+  const parts = [];
+  if (hl.broker && hl.broker.connected != null) parts.push(hl.broker.connected ? "broker connected" : "broker NOT connected");
+  const total = hl.events_total != null ? hl.events_total : hl.stored;
+  const n = (k, one, many) => `${k} ${k === 1 ? one : many}`;
+  if (total != null) parts.push(n(total, "event stored", "events stored"));
+  const a = hl.alerts || {};
+  const bad = (a.failed || 0) + (a.dead || 0);
+  if (a.pending) parts.push(n(a.pending, "alert pending", "alerts pending"));
+  if (bad) parts.push(n(bad, "alert failed", "alerts failed"));
+  if (hl.uptime_s != null) parts.push("up " + ago(Date.now() / 1000 - hl.uptime_s).replace(" ago", "").replace("just now", "< 1 min"));
+  const el = $("#gw-health");
+  el.textContent = parts.join(" · ");
+  el.classList.toggle("bad", Boolean(bad) || (hl.broker && hl.broker.connected === false));
 }
 
 function fillBoxFilter() {
