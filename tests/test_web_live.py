@@ -184,3 +184,11 @@ def test_stream_ends_when_its_session_ends(port: MemoryPort, tmp_path: Path) -> 
                     sse.next_event("device")
     finally:
         srv.stop()
+
+
+def test_listening_socket_sends_small_writes_at_once(server: WebServer) -> None:
+    import socket
+
+    # Without TCP_NODELAY every response waited ~40 ms for the client's delayed ACK (bench/web_events.py).
+    assert server.listen_socket is not None
+    assert server.listen_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

@@ -41,6 +41,7 @@ class WebServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.bound_port: int | None = None
+        self.listen_socket: socket.socket | None = None
 
     @property
     def url(self) -> str:
@@ -87,6 +88,7 @@ class WebServer:
             raise OSError(e.errno, f"dashboard cannot listen on {s.host}:{s.port}: {e.strerror}") from e
         sock.listen(128)
         self.bound_port = sock.getsockname()[1]
+        self.listen_socket = sock
         config = uvicorn.Config(
             self.app,
             log_level="warning",
@@ -138,6 +140,7 @@ class WebServer:
             server.force_exit = True
             thread.join(timeout)
         self._server = self._thread = self._loop = None
+        self.listen_socket = None
 
 
 def web_component(service: Any, config: Any) -> WebServer | None:
