@@ -55,7 +55,8 @@ class WebConfig:
     require_login: bool = False  # true: also require it on loopback
     cookie_secure: bool = False  # true when served behind https (a TLS reverse proxy)
     session_hours: float = 168.0
-    allowed_hosts: list[str] = field(default_factory=list)  # Host names accepted besides loopback ones
+    # Host names accepted besides loopback ones (a reverse proxy's name); any such name turns the login on
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass

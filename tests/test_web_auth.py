@@ -116,6 +116,11 @@ def test_loopback_detection() -> None:
     assert WebSettings().login_required is False
     assert WebSettings(host="0.0.0.0").login_required is True
     assert WebSettings(host="127.0.0.1", require_login=True).login_required is True
+    # Loopback bind behind a reverse proxy that forwards a public name: login is on.
+    assert WebSettings(host="127.0.0.1", allowed_hosts=("parcels.example.org",)).login_required is True
+    assert WebSettings(host="127.0.0.1", allowed_hosts=("localhost", "127.0.0.1")).login_required is False
+    # There is no way to switch the login off when exposed.
+    assert WebSettings(host="0.0.0.0", require_login=False).login_required is True
 
 
 def test_every_route_refused_without_login(app, anon: TestClient) -> None:

@@ -41,7 +41,12 @@ class WebSettings:
 
     @property
     def login_required(self) -> bool:
-        return bool(self.require_login) or not is_loopback(self.host)
+        # A Host name other than a loopback one means a reverse proxy (or a LAN name) brings other
+        # machines here, even on a loopback bind: then the login is on too.
+        proxied = any(
+            not is_loopback(h.rsplit(":", 1)[0] if h.count(":") == 1 else h) for h in self.allowed_hosts
+        )
+        return bool(self.require_login) or not is_loopback(self.host) or proxied
 
     @classmethod
     def from_config(cls, cfg: Any = None, data_dir: Path | str | None = None) -> WebSettings:
