@@ -300,11 +300,12 @@ class GatewayProcess:
             return self.proc.wait(10)
 
 
-def start_broker(workdir: Path) -> Any:
-    """A Mosquitto on a free loopback port, configured exactly as the gateway's managed broker."""
+def start_broker(workdir: Path, extra_config: tuple[str, ...] = ()) -> Any:
+    """A Mosquitto on a free loopback port, configured exactly as the gateway's managed broker
+    (plus `extra_config` lines, for experiments)."""
     from gateway.mosquitto import Mosquitto
 
-    m = Mosquitto(Path(workdir) / "broker")
+    m = Mosquitto(Path(workdir) / "broker", extra_config=extra_config)
     m.start()
     return m
 
@@ -516,7 +517,7 @@ async def connect_boxes(
 # --- the floor: a bare paho subscriber that acks once it has every byte of an event ------------
 
 
-def run_bare_subscriber(url: str, prefix: str, ready_file: str) -> None:
+def run_bare_subscriber(url: str, prefix: str, ready_file: str, nodelay: bool = True) -> None:
     """A thin paho consumer in place of the gateway: it receives the event and every chunk, and acks
     when all have arrived (no hashing, no decoding, no disk). It is what the broker round trip of the
     same photo stream costs, with a Python client at both ends."""
@@ -549,6 +550,12 @@ def run_bare_subscriber(url: str, prefix: str, ready_file: str) -> None:
             maybe_ack(c, key)
 
     def on_connect(c: mqtt.Client, *_a: Any) -> None:
+        import socket
+
+        sock = c.socket()
+        if nodelay and isinstance(sock, socket.socket):
+            # paho leaves Nagle on: its PUBACKs and the ack would wait for the broker's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.subscribe([(f"{prefix}/+/event", 1), (f"{prefix}/+/photo/+/+", 1)])
 
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bare-{os.getpid()}", clean_session=True)
@@ -603,4 +610,6 @@ class BareSubscriber:
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "bare-subscriber":
     sys.path.insert(0, str(ROOT))
-    run_bare_subscriber(sys.argv[2], sys.argv[3], sys.argv[4])
+    run_bare_subscriber(
+        sys.argv[2], sys.argv[3], sys.argv[4], os.environ.get("BENCH_BARE_NODELAY", "1") == "1"
+    )
