@@ -67,8 +67,10 @@ async def drive(
     warmup_s: float,
     measure_s: float,
     pids: dict[str, int],
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Closed loop: `window` senders, each taking the next free box; count acks in the measured span."""
+    """Closed loop: `window` senders, each taking the next free box; count acks in the measured span.
+    With `rate`, open loop: an event may start only every 1/rate s (still at most `window` in flight)."""
     t_conn = time.monotonic()
     boxes = await connect_boxes(url, prefix, n_boxes, stem=prefix)
     connect_s = time.monotonic() - t_conn
@@ -84,8 +86,22 @@ async def drive(
     samples: dict[str, list[Any]] = {k: [] for k in pids}
     rss_peak: dict[str, int] = dict.fromkeys(pids, 0)
 
+    tickets: asyncio.Queue[None] = asyncio.Queue()
+
+    async def ticker() -> None:
+        k = 0
+        while rate and time.monotonic() < m1:
+            tickets.put_nowait(None)
+            k += 1
+            await asyncio.sleep(max(0.0, start + k / rate - time.monotonic()))
+
     async def sender() -> None:
         while time.monotonic() < m1:
+            if rate:
+                try:
+                    await asyncio.wait_for(tickets.get(), max(0.01, m1 - time.monotonic()))
+                except TimeoutError:
+                    break
             box = await free.get()
             n = next(counter)
             photo = photos[n % len(photos)]
@@ -123,7 +139,8 @@ async def drive(
 
     # Bounded: senders stop starting events at m1; an event in flight has the box's own ack timeout.
     await asyncio.wait_for(
-        asyncio.gather(sampler(), *(sender() for _ in range(window))), timeout=warmup_s + measure_s + 180
+        asyncio.gather(sampler(), ticker(), *(sender() for _ in range(window))),
+        timeout=warmup_s + measure_s + 180,
     )
     for b in boxes:
         await b.close()
@@ -133,6 +150,7 @@ async def drive(
     return {
         "connections": n_boxes,
         "window": window,
+        "offered_per_s": rate,
         "connect_s": round(connect_s, 2),
         "events_per_s": round(len(measured) / measure_s, 2),
         "mb_per_s": round(sum(d[2] for d in measured) / measure_s / 2**20, 2),
@@ -145,25 +163,43 @@ async def drive(
     }
 
 
-def pipeline_alone(photos: list[bytes], seconds: float) -> dict[str, Any]:
-    """process_photo (caption strip on, as the gateway runs it) on a pool of one thread per core."""
+def _pipeline_job(photo: bytes) -> int:
     from gateway.captions import caption_strip
     from gateway.photos import PhotoSettings, process_photo
 
-    settings = PhotoSettings()
-    cap = caption_strip("Front door", time.time(), "")
+    return len(process_photo(photo, PhotoSettings(), caption_strip("Front door", time.time(), "")).alert_jpeg)
+
+
+def pipeline_alone(photos: list[bytes], seconds: float, kind: str = "thread") -> dict[str, Any]:
+    """process_photo (caption strip on, as the gateway runs it) on a pool of one worker per core:
+    threads (what the gateway uses) or processes (for comparison: no GIL between the workers)."""
+    import resource
+
     workers = os.cpu_count() or 1
-    process_photo(photos[0], settings, cap)  # warm: fonts, codec tables
+    _pipeline_job(photos[0])  # warm: fonts, codec tables
+    pool_cls = (
+        concurrent.futures.ThreadPoolExecutor if kind == "thread" else concurrent.futures.ProcessPoolExecutor
+    )
     n = 0
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    with pool_cls(workers) as pool:
+        list(pool.map(_pipeline_job, photos[:workers]))  # start and warm the workers
         t0 = time.perf_counter()
-        cpu0 = time.process_time()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         while time.perf_counter() - t0 < seconds:
-            list(pool.map(lambda p: process_photo(p, settings, cap), photos))
+            list(pool.map(_pipeline_job, photos))
             n += len(photos)
         wall = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0
+        if kind == "thread":
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+        else:
+            cpu = float("nan")  # children's time is only counted once they exit
+    if kind != "thread":
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime
     return {
+        "pool": kind,
         "workers": workers,
         "photos": n,
         "photos_per_s": round(n / wall, 2),
@@ -173,7 +209,13 @@ def pipeline_alone(photos: list[bytes], seconds: float) -> dict[str, Any]:
 
 
 async def one_count(
-    broker: Any, work: Path, n: int, window: int, photos: list[bytes], args: argparse.Namespace
+    broker: Any,
+    work: Path,
+    n: int,
+    window: int,
+    photos: list[bytes],
+    args: argparse.Namespace,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     me = os.getpid()
     # floor: bare paho subscriber in place of the gateway
@@ -189,6 +231,7 @@ async def one_count(
             args.warmup_s,
             args.measure_s,
             {"consumer": bare.pid, "broker": broker.pid, "loadgen": me},
+            rate,
         )
     finally:
         bare.stop()
@@ -205,6 +248,7 @@ async def one_count(
             args.warmup_s,
             args.measure_s,
             {"consumer": gw.pid, "broker": broker.pid, "loadgen": me},
+            rate,
         )
         # Every acked event has an alert queued; the folder sink should catch up within seconds.
         t0 = time.monotonic()
@@ -224,7 +268,7 @@ async def one_count(
         rc = gw.stop()
         g["gateway_exit"] = rc
         shutil.rmtree(work / f"gw{n}", ignore_errors=True)
-    return {"connections": n, "window": window, "floor": floor, "gateway": g}
+    return {"connections": n, "window": window, "offered_per_s": rate, "floor": floor, "gateway": g}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -248,10 +292,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     try:
         out["pipeline_alone"] = pipeline_alone(photos, args.pipeline_s)
+        out["pipeline_alone_processes"] = pipeline_alone(photos, args.pipeline_s, "process")
         for n in args.connections:
             window = min(n, args.window)
             print(f"{n} connections, {window} in flight ...", flush=True)
             out["runs"].append(await one_count(broker, work, n, window, photos, args))
+        for rate in args.rates:
+            n = args.rate_connections
+            window = min(n, args.window)
+            print(f"{n} connections, offered {rate} events/s ...", flush=True)
+            out["runs"].append(await one_count(broker, work, n, window, photos, args, rate))
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -265,14 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-s", type=float, default=5.0)
     ap.add_argument("--measure-s", type=float, default=20.0)
     ap.add_argument("--pipeline-s", type=float, default=8.0, help="how long to run the pipeline alone")
+    ap.add_argument(
+        "--rates", default="10,20,30", help="open-loop offered events/s (below the pipeline's saturation)"
+    )
+    ap.add_argument("--rate-connections", type=int, default=100, help="connections for the --rates runs")
     ap.add_argument("--name", default="ingest")
     ap.add_argument("--quick", action="store_true", help="10 and 100 connections, 5 s each")
     args = ap.parse_args(argv)
     if args.quick:
         args.connections, args.warmup_s, args.measure_s, args.pipeline_s = "10,100", 2.0, 5.0, 3.0
+        args.rates = "10"
         if args.name == "ingest":
             args.name = "ingest_quick"
     args.connections = [int(x) for x in str(args.connections).split(",") if x.strip()]
+    args.rates = [float(x) for x in str(args.rates).split(",") if x.strip()]
     out = asyncio.run(run(args))
     pipe = out["pipeline_alone"]["photos_per_s"]
     out["summary"] = []
@@ -293,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 r["connections"],
                 r["window"],
+                r["offered_per_s"] or "max",
                 f["events_per_s"],
                 f["mb_per_s"],
                 g["events_per_s"],
@@ -310,12 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(args.name, out)
     print(
         f"photo pipeline alone: {pipe} photos/s on {out['pipeline_alone']['workers']} threads "
-        f"({out['pipeline_alone']['ms_per_photo_one_core']} ms CPU per photo); photos: {out['params']['photos']}"
+        f"({out['pipeline_alone']['ms_per_photo_one_core']} ms CPU per photo, "
+        f"{out['pipeline_alone']['cpu_cores']} cores busy); with processes instead: "
+        f"{out['pipeline_alone_processes']['photos_per_s']} photos/s "
+        f"({out['pipeline_alone_processes']['cpu_cores']} cores); photos: {out['params']['photos']}"
     )
     print_table(
         [
             "conns",
             "window",
+            "offered",
             "floor ev/s",
             "floor MB/s",
             "gw ev/s",
