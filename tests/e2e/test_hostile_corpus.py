@@ -2,7 +2,8 @@
 
 Each corpus file is one attack (its name says which): a list of MQTT messages (topic relative to the
 prefix; payload as `text`, `b64`, `json`, `repeat` {text, count}, or a `photo_event` built here from a
-small real JPEG; `pad_bytes` N adds an N-byte key to a `json` payload) and the rejection counters it must raise (`"each"`: one per message). The gateway
+small real JPEG; `pad_bytes` N adds an N-byte key to a `json` payload) and the rejection counters it must raise (`"each"`: one per message); `nack`,
+when present, is the `retry` flag of the nack the box must get (null: no answer at all). The gateway
 must survive all of them, count each under its reason and nothing else, write nothing outside its
 data folder, and still store and ack a valid event sent right after.
 """
@@ -135,12 +136,26 @@ def test_corpus_is_big_enough_and_well_formed():
 
 
 class Publisher:
+    """Publishes the corpus and listens to every box's ack topic (acks and nacks by event id)."""
+
     def __init__(self, url: str, prefix: str) -> None:
         host, port = url.removeprefix("mqtt://").split(":")
         self.prefix = prefix
+        self.acks: dict[str, list[dict[str, Any]]] = {}
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"hostile-{prefix}")
+        self.c.on_message = self._on_message
         self.c.connect(host, int(port))
         self.c.loop_start()
+        sub = self.c.subscribe(f"{prefix}/+/ack", 1)
+        assert sub[0] == mqtt.MQTT_ERR_SUCCESS
+
+    def _on_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+        try:
+            a = json.loads(m.payload)
+        except ValueError:
+            return  # the corpus's own junk on an ack topic
+        if isinstance(a, dict) and isinstance(a.get("id"), str):
+            self.acks.setdefault(a["id"], []).append(a)
 
     def publish(self, topic: str, payload: bytes, retain: bool) -> None:
         self.c.publish(f"{self.prefix}/{topic}", payload, qos=1, retain=retain).wait_for_publish(10)
@@ -189,6 +204,7 @@ def test_replay_corpus_gateway_survives_counts_each_and_still_stores(gateway, mo
     pub = Publisher(mosquitto.url, prefix)
     totals: dict[str, int] = {}
     wrong: list[str] = []
+    silent: list[tuple[str, str]] = []  # files whose event must get no answer at all
     try:
         for n, path in enumerate(FILES):
             doc = json.loads(path.read_text())
@@ -216,11 +232,24 @@ def test_replay_corpus_gateway_survives_counts_each_and_still_stores(gateway, mo
                 got = delta()
             if got != expect:
                 wrong.append(f"{path.name}: {doc['tries']}: counted {got}, expected {expect}")
+            if doc.get("nack") is not None:
+                # A refused event with a usable id gets a nack: retry:false = drop it, true = send again.
+                try:
+                    nack = wait_for(lambda eid=eid: pub.acks.get(eid), 10, 0.05, f"the nack for {path.name}")[
+                        0
+                    ]
+                    if nack["ok"] is not False or nack["retry"] is not doc["nack"]:
+                        wrong.append(f"{path.name}: nack {nack}, expected retry={doc['nack']}")
+                except TimeoutError:
+                    wrong.append(f"{path.name}: no nack for {eid}")
+            elif "nack" in doc:
+                silent.append((path.name, eid))
             for k, v in got.items():
                 totals[k] = totals.get(k, 0) + v
             assert gw.running(), f"gateway died on {path.name}:\n{gw.tail()}"
-    finally:
+    except BaseException:
         pub.close()
+        raise
 
     assert wrong == [], "\n".join(wrong)
     # The gateway survived all of it, counted exactly these, and nothing crashed inside it.
@@ -239,6 +268,9 @@ def test_replay_corpus_gateway_survives_counts_each_and_still_stores(gateway, mo
         assert ack == {"v": 1, "id": eid, "ok": True}
     finally:
         box.close()
+    # No answer to an unregistered box (it keeps its spool until registered) or to a path-like id.
+    assert [(name, pub.acks[eid]) for name, eid in silent if eid in pub.acks] == []
+    pub.close()
     ev = gw.web.get(f"/api/events/valid/{eid}").json()
     assert ev["photo"]["sha256"] == hashlib.sha256(photo).hexdigest()
     assert gw.web.get(f"/api/photos/valid/{eid}/original").content == photo
