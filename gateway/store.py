@@ -34,6 +34,7 @@ from typing import Any
 
 from tinydb import TinyDB
 
+from gateway.event_index import EventIndex, entry_for
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir, remove_stale_temp_files
@@ -103,6 +104,7 @@ class Store:
         self._dbs: OrderedDict[str, TinyDB] = OrderedDict()
         self._journals: dict[str, Journal] = {}
         self._event_index: dict[str, tuple[str, int]] = {}  # key -> (partition, doc id)
+        self._timeline = EventIndex()  # sorted (ts, id, device, type): list_events never scans files
         self._outbox_index: dict[str, tuple[str, int]] = {}
         self._open_outbox: dict[str, dict[str, Any]] = {}  # pending/failed entries, by id
         self._outbox_counts: dict[str, int] = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
@@ -230,15 +232,19 @@ class Store:
         return ev_id, out_ids
 
     def _load(self) -> None:
+        timeline: dict[str, tuple[float, str, str, str]] = {}  # by key: a doubled record is listed once
         for part in self._partitions():
             db = self._db(part)
-            for doc in db.table(EVENTS).all():
+            for doc in db.table(EVENTS).all():  # one read builds both the dedupe and timeline indexes
                 self._event_index[doc["key"]] = (part, doc.doc_id)
+                timeline[doc["key"]] = entry_for(doc)
             for doc in db.table(OUTBOX).all():
                 self._outbox_index[doc["id"]] = (part, doc.doc_id)
                 self._outbox_counts[doc["state"]] = self._outbox_counts.get(doc["state"], 0) + 1
                 if doc["state"] in _OPEN_STATES:
                     self._open_outbox[doc["id"]] = dict(doc)
+        self._timeline.build(timeline.values())
+        del timeline
         self._devices_db = TinyDB(self.db_dir / "boxes.json", storage=AtomicJSONStorage)
         # Box records change with every event; rewriting the whole file each time made one event cost
         # O(boxes) (40 % of the gateway's GIL time with 1,000 boxes, bench/ingest.py). Journal them
@@ -310,9 +316,16 @@ class Store:
             )
             assert doc_id is not None
             self._event_index[key] = (part, doc_id)
+            self._timeline.add(entry_for(record))
             for o, oid in zip(outbox, out_ids, strict=True):
                 self._index_outbox(part, oid, dict(o))
-            return True
+        if record["photo"] is None:
+            # An earlier attempt may have written this event's photo files and crashed before its
+            # record; if the box then dropped the photo (full spool) they would belong to nothing.
+            base = self._photo_base(record["device"], record["id"], record["received_at"])
+            for suffix in _PHOTO_SUFFIX.values():
+                base.with_name(base.name + suffix).unlink(missing_ok=True)
+        return True
 
     def get_event(self, device: str, event_id: str) -> EventRecord | None:
         with self._lock:
@@ -332,29 +345,30 @@ class Store:
         before: tuple[float, str] | None = None,
         limit: int = 50,
     ) -> list[EventRecord]:
-        """Newest first by (ts, id); scans month files newest first and stops once the page is full."""
+        """Newest first by (ts, id, device); `before` is the (ts, id) of the previous page's last row.
+
+        The page comes from the in-memory timeline index (`gateway.event_index`): only the records on
+        the page are read, grouped by file so each file is opened at most once per call.
+        """
         limit = max(0, min(int(limit), 1000))
-        out: list[dict[str, Any]] = []
         with self._lock:
-            for part in reversed(self._partitions()):
-                if since is not None and _partition_end(part) < since:
-                    break
-                for doc in self._db(part).table(EVENTS).all():
-                    if device is not None and doc["device"] != device:
+            entries = self._timeline.page(
+                device=device, type=type, since=since, until=until, before=before, limit=limit
+            )
+            by_part: dict[str, list[tuple[int, int]]] = {}
+            for pos, (_ts, eid, dev, _type) in enumerate(entries):
+                part, doc_id = self._event_index[event_key(dev, eid)]
+                by_part.setdefault(part, []).append((pos, doc_id))
+            out: list[EventRecord | None] = [None] * len(entries)
+            for part, wanted in by_part.items():
+                table = self._db(part).table(EVENTS)
+                for pos, doc_id in wanted:
+                    doc = table.get(doc_id=doc_id)
+                    if doc is None:  # index and file disagree: say so, never crash the dashboard
+                        log.error("%s: event doc %d is in the index but not in the file", part, doc_id)
                         continue
-                    if type is not None and doc["type"] != type:
-                        continue
-                    if since is not None and doc["ts"] < since:
-                        continue
-                    if until is not None and doc["ts"] >= until:
-                        continue
-                    if before is not None and (doc["ts"], doc["id"]) >= (before[0], before[1]):
-                        continue
-                    out.append(doc)
-                if len(out) >= limit:
-                    break
-        out.sort(key=lambda d: (d["ts"], d["id"]), reverse=True)
-        return [_event_out(d) for d in out[:limit]]
+                    out[pos] = _event_out(doc)
+        return [r for r in out if r is not None]
 
     def photo_path(self, device: str, event_id: str, variant: PhotoVariant) -> Path | None:
         if variant not in _PHOTO_SUFFIX or not (valid_device_id(device) and valid_msg_id(event_id)):
@@ -492,7 +506,9 @@ class Store:
                         continue  # an alert still waiting to be sent keeps its file alive
                     self._close_part(part)
                     Journal(self.db_dir / (part + JOURNAL_SUFFIX)).remove()
+                    gone = {k for k, v in self._event_index.items() if v[0] == part}
                     self._event_index = {k: v for k, v in self._event_index.items() if v[0] != part}
+                    self._timeline.remove_if(lambda e, gone=gone: event_key(e[2], e[1]) in gone)
                     for aid in [a for a, loc in self._outbox_index.items() if loc[0] == part]:
                         del self._outbox_index[aid]
                     (self.db_dir / part).unlink(missing_ok=True)

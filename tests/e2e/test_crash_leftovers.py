@@ -49,3 +49,21 @@ def test_folder_sink_removes_its_crash_leftovers(tmp_path):
     FolderNotifier(sink)
     assert not stale.exists() and done.exists()
     assert remove_stale_temp_files(sink, recursive=False) == 0
+
+
+def test_photo_files_of_an_event_stored_without_its_photo_are_removed(tmp_path):
+    """Gateway killed between the photo files and the record; the box, its spool full, drops the photo
+    and re-sends the event without it: the first attempt's files must not stay behind as orphans."""
+    store = Store(tmp_path / "data")
+    try:
+        t = 1_795_000_000.0
+        store.write_photos("box-1", "abcdefgh-000001", t, {"alert": b"a", "thumb": b"t", "original": b"o"})
+        store.write_photos("box-1", "abcdefgh-000002", t, {"alert": b"a", "thumb": b"t", "original": b"o"})
+        base = {"type": "delivery", "ts": t, "received_at": t + 5, "seq": 1, "sensors": {}, "cmd": None}
+        assert store.add_event({**base, "device": "box-1", "id": "abcdefgh-000001", "photo": None})
+        photo = {"size": 1, "sha256": "0" * 64, "width": 1, "height": 1}
+        assert store.add_event({**base, "device": "box-1", "id": "abcdefgh-000002", "photo": photo})
+    finally:
+        store.close()
+    left = sorted(p.name for p in (tmp_path / "data" / "photos").rglob("*") if p.is_file())
+    assert left == ["abcdefgh-000002.alert.jpg", "abcdefgh-000002.jpg", "abcdefgh-000002.thumb.jpg"]
