@@ -9,7 +9,7 @@ from bench.chaos import ChaosPlan, print_counts, run_chaos
 
 
 def test_chaos_short_every_guarantee_holds(tmp_path, mosquitto, prefix):
-    plan = ChaosPlan(boxes=4, deliveries=10, gateway_kills=2, broker_kills=2, child_kills=2, seed=7,
+    plan = ChaosPlan(boxes=4, deliveries=10, gateway_kills=3, broker_kills=2, child_kills=3, seed=7,
                      drain_timeout_s=100.0)  # fmt: skip
     res = run_chaos(tmp_path, mosquitto, prefix, plan)
     print("\n".join(res.log))
@@ -19,5 +19,5 @@ def test_chaos_short_every_guarantee_holds(tmp_path, mosquitto, prefix):
     assert c["deliveries_made"] == c["events_stored_distinct"] == c["events_stored"] == 40
     assert c["alerts_in_folder_sink"] == 40 and c["whatsapp_distinct_alerts"] == 40
     assert c["photo_files"] == 3 * 40  # original, alert copy, thumbnail: nothing else
-    assert c["kills"]["gateway"] == 2 and c["kills"]["broker"] == 2
-    assert c["kills"].get("child", 0) + c["kills_skipped"].get("child", 0) == 2
+    assert c["kills"]["gateway"] == 3 and c["kills"]["broker"] == 2
+    assert c["kills"].get("child", 0) + c["kills_skipped"].get("child", 0) == 3

@@ -274,6 +274,15 @@ def test_replay_corpus_gateway_survives_counts_each_and_still_stores(gateway, mo
     ev = gw.web.get(f"/api/events/valid/{eid}").json()
     assert ev["photo"]["sha256"] == hashlib.sha256(photo).hexdigest()
     assert gw.web.get(f"/api/photos/valid/{eid}/original").content == photo
+
+    # Retained junk greets every new subscriber: a gateway killed and restarted meets it again, counts
+    # it again, and keeps what it stored.
+    gw.kill()
+    gw.start()
+    wait_for(
+        lambda: gw.web.get("/api/health").json()["rejected"] == {"bad_json": 1}, 30, 0.1, "the retained junk"
+    )
+    assert gw.web.get(f"/api/events/valid/{eid}").status_code == 200
     assert gw.stop() == 0
 
     audit = audit_data_folder(gw.data_dir, gw.alerts_dir)
