@@ -212,7 +212,7 @@ def test_box_offline_then_back(tmp_path, mosquitto, prefix):
         box.wait(10)
         offline = wait_for(lambda: gw.alerts_for("offline", "box-3"), 60, what="the offline alert")
         assert len(offline) == 1 and "box-3" in offline[0]["caption"]
-        assert (box3() or {}).get("online") is False
+        wait_for(lambda: (box3() or {}).get("online") is False, 10, what="box-3 shown offline")
         # Nothing more while it stays offline (one alert per outage).
         box = _sim_cli(mosquitto, prefix, spool, "--device", "box-3", "--deliveries", "1", "--stay",
                        "--timeout", "100", "--quiet", log=tmp_path / "box2.log")  # fmt: skip
