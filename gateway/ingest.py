@@ -80,6 +80,8 @@ class MqttLink:
             self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self._sub_mid: int | None = None
         self.client.on_message = self._on_message
 
     @property
@@ -92,9 +94,19 @@ class MqttLink:
             return
         self.connects += 1
         _no_delay(client)
-        client.subscribe([(t, 1) for t in subscriptions(self.prefix)])
-        self.connected.set()
+        # `connected` is set on SUBACK, not here: a box publishing between CONNACK and the broker
+        # processing our SUBSCRIBE would otherwise be lost on a fresh session.
+        _rc, self._sub_mid = client.subscribe([(t, 1) for t in subscriptions(self.prefix)])
         log.info("connected to broker %s (session present: %s)", self.endpoint, _flags.session_present)
+
+    def _on_subscribe(self, _client, _ud, mid, reason_codes, _props) -> None:
+        if mid != self._sub_mid:
+            return
+        failed = [rc for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("broker %s refused our subscriptions: %s", self.endpoint, failed)
+            return
+        self.connected.set()
 
     def _on_disconnect(self, _client, _ud, _flags, reason_code, _props) -> None:
         self.connected.clear()
