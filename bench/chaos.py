@@ -60,6 +60,9 @@ class ChaosPlan:
     seed: int = 0
     down_s: tuple[float, float] = (0.3, 2.5)  # how long a killed gateway / broker stays down
     drain_timeout_s: float = 900.0
+    # False: the board's own spool limits, so a box may drop old photos while the gateway is down
+    # (documented behaviour); such events must then arrive without a photo, and only those.
+    spool_room: bool = True
 
 
 @dataclass
@@ -158,7 +161,9 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
 
     # The spool is bounded on the board (oldest photos go first when it is full, by design); give the
     # simulated boxes room for a whole run so that every delivery must arrive with its photo.
-    spool_room = {"spool_max_events": 1000, "spool_max_bytes": plan.deliveries * 500_000}
+    spool_room = (
+        {"spool_max_events": 1000, "spool_max_bytes": plan.deliveries * 500_000} if plan.spool_room else {}
+    )
     boxes = [
         SimulatedBox(
             broker.url,
@@ -239,7 +244,8 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
 
     res.problems += [f"box driver: {e}" for e in driver.errors]
     spool_drops = sum(b.app.spool.dropped_photos + b.app.spool.dropped_events for b in boxes)
-    if spool_drops:
+    photo_drops = sum(b.app.spool.dropped_photos for b in boxes)
+    if spool_drops and plan.spool_room:
         res.problems.append(f"the boxes' spools dropped {spool_drops} photos/events (spool too small)")
     made = [(b.device, eid, t) for b in boxes for eid, t in b.made]
     made_keys = {(d, e) for d, e, _ in made}
@@ -258,7 +264,12 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
     served = {hashlib.sha256(p).hexdigest() for b in boxes for p in b.photos.served}
     for e in audit["events"]:
         if e.get("photo") is None or e["photo"]["sha256"] not in served:
+            if e.get("photo") is None and not plan.spool_room:
+                continue  # counted below against the photos the boxes dropped
             res.problems.append(f"event {e['device']}/{e['id']}: photo missing or not one the box took")
+    without_photo = sum(1 for e in audit["events"] if e.get("photo") is None)
+    if without_photo > photo_drops:
+        res.problems.append(f"{without_photo} events stored without a photo, the boxes dropped {photo_drops}")
     # Folder sink: every delivery in exactly one alert document.
     in_sink = collections.Counter((a["device"], eid) for a in audit["alerts"] for eid in a["event_ids"])
     if set(in_sink) != made_keys or any(n != 1 for n in in_sink.values()):
@@ -290,6 +301,7 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
     res.counts = {
         "boxes": plan.boxes,
         "box_spool_drops": spool_drops,
+        "events_without_photo": without_photo,
         "deliveries_made": len(made),
         "events_stored": len(stored),
         "events_stored_distinct": len(set(stored)),
@@ -325,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broker-kills", type=int, default=3)
     ap.add_argument("--child-kills", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--board-spool", action="store_true", help="the board's spool limits (old photos may be dropped)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
     ap.add_argument("--no-json", action="store_true", help="do not write bench/results/chaos.json")
     a = ap.parse_args(argv)
@@ -338,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         broker_kills=a.broker_kills,
         child_kills=a.child_kills,
         seed=a.seed,
+        spool_room=not a.board_spool,
     )
     work = Path(tempfile.mkdtemp(prefix="parcelbox-chaos-"))
     broker = Mosquitto(work / "broker")
