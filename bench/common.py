@@ -228,7 +228,9 @@ class GatewayProcess:
         *,
         poll_s: float | None = None,
         extra_toml: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
+        self.extra_env = dict(env or {})
         self.workdir = Path(workdir)
         self.data_dir = self.workdir / "data"
         self.alerts_dir = self.workdir / "alerts"
@@ -255,6 +257,7 @@ class GatewayProcess:
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("PARCELBOX_")}
         env["PYTHONPATH"] = str(ROOT)
+        env.update(self.extra_env)
         self.log_path = self.workdir / "gateway.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],

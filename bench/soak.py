@@ -97,7 +97,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="parcelbox-soak-"))
     broker = start_broker(work)
     prefix = "soak"
-    gw = GatewayProcess(work / "gw", broker.url, prefix)
+    gw = GatewayProcess(work / "gw", broker.url, prefix, env=dict(e.split("=", 1) for e in args.gateway_env))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     csv_path = RESULTS_DIR / f"{args.name}.csv"
     rows: list[dict[str, Any]] = []
@@ -113,6 +113,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "sample_s": args.sample_s,
             "warmup_s": args.warmup_s,
             "photos": source,
+            "gateway_env": args.gateway_env,
             "mean_photo_kb": round(sum(map(len, photos)) / len(photos) / 1024, 1),
         },
     }
@@ -231,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-s", type=float, default=300.0)
     ap.add_argument("--max-in-flight", type=int, default=20, help="events awaiting their ack at most")
     ap.add_argument("--name", default="soak", help="results file stem in bench/results/")
+    ap.add_argument(
+        "--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway's environment"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     ap.add_argument("--quick", action="store_true", help="60 s smoke run (2 s samples, 15 s warm-up)")
     args = ap.parse_args(argv)
