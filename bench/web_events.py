@@ -6,8 +6,10 @@ HTTP with httpx, like the browser does. Two histories: 100 events a day over ~3 
 month, the default) and all events in the current month (a burst or a big fleet).
 
 Queries: the first page (what the deliveries page loads), one box, a type that never occurs (the
-worst case: every file is scanned), a page deep in history (keyset cursor at the middle), and the
-page shell itself. Per query: median and p90 of --repeat requests.
+worst case when the store scanned files), a page deep in history (keyset cursor at the middle), a rare
+type (1 event in 1,000, spread over every month file: a page of them comes from many files) and the
+page shell itself. Per query: median and p90 of --repeat requests. Also: how long the store takes to
+open (it builds its indexes) and, when the store has one, the size of its timeline index.
 
     .venv/bin/python bench/web_events.py [--events 100000] [--repeat 20]
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import json
 import shutil
 import statistics
 import sys
@@ -75,6 +78,36 @@ class StorePort:
         return {"state": "disabled"}
 
 
+RARE_TYPE = "lid_left_open"
+RARE_EVERY = 1000
+
+
+def mark_rare(data_dir: Path) -> int:
+    """Make every RARE_EVERY-th prefilled event a RARE_TYPE one (prefill writes only deliveries)."""
+    n = 0
+    for f in sorted((data_dir / "db").glob("events-*.json")):
+        data = json.loads(f.read_text())
+        for doc in data["events"].values():
+            if doc["seq"] % RARE_EVERY == 0:
+                doc["type"] = RARE_TYPE
+                n += 1
+        f.write_text(json.dumps(data, separators=(",", ":")))
+    return n
+
+
+def index_mb(store: Store) -> float | None:
+    """Bytes held by the store's timeline index (lists, tuples, ts floats, id strings), if it has one."""
+    idx = getattr(store, "_timeline", None)
+    if idx is None:
+        return None
+    total = sys.getsizeof(idx._all)
+    for e in idx._all:
+        total += sys.getsizeof(e) + sys.getsizeof(e[0]) + sys.getsizeof(e[1])  # device/type: interned
+    for lists in (idx._by_device, idx._by_type, idx._by_pair):
+        total += sys.getsizeof(lists) + sum(sys.getsizeof(v) for v in lists.values())
+    return total / 1e6
+
+
 def timings(client: httpx.Client, url: str, repeat: int) -> tuple[float, float, int]:
     costs = []
     n = 0
@@ -98,9 +131,16 @@ def run_case(n: int, scenario: str, repeat: int, root: Path) -> list[dict[str, A
     rows = []
     try:
         prefill(d, times, "month")
+        mark_rare(d)
         t0 = time.perf_counter()
         store = Store(d, partition="month")
         open_ms = (time.perf_counter() - t0) * 1000
+        mb = index_mb(store)
+        print(
+            f"  {scenario:<9} {n:>7} store open {open_ms:.0f} ms, timeline index "
+            + (f"{mb:.1f} MB" if mb is not None else "none"),
+            file=sys.stderr,
+        )
         srv = WebServer(StorePort(store), WebSettings(host="127.0.0.1", port=0))
         srv.start()
         try:
@@ -113,6 +153,7 @@ def run_case(n: int, scenario: str, repeat: int, root: Path) -> list[dict[str, A
                     ("one box", "/api/events?limit=50&device=box3"),
                     ("type never seen (full scan)", "/api/events?limit=50&type=pickup"),
                     ("deep page (middle)", "/api/events?limit=50&before=" + mid_cursor),
+                    (f"rare type (1 in {RARE_EVERY})", f"/api/events?limit=50&type={RARE_TYPE}"),
                     ("page shell /", "/"),
                 ]
                 c.get("/api/events?limit=50")  # first touch loads the current file
@@ -127,6 +168,7 @@ def run_case(n: int, scenario: str, repeat: int, root: Path) -> list[dict[str, A
                             "p90_ms": p90,
                             "rows": got,
                             "store_open_ms": open_ms,
+                            "index_mb": mb,
                         }
                     )
                     print(f"  {scenario:<9} {n:>7} {name:<28} {med:8.1f} ms", file=sys.stderr)
@@ -155,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         ["scenario", "events", "query", "median ms", "p90 ms", "rows"],
         [[r["scenario"], r["events"], r["query"], r["median_ms"], r["p90_ms"], r["rows"]] for r in rows],
     )
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        r = next(r for r in rows if r["scenario"] == scenario)
+        mb = f"{r['index_mb']:.1f} MB" if r["index_mb"] is not None else "none"
+        print(f"{scenario}: store open {r['store_open_ms']:.0f} ms, timeline index {mb}")
     worst = max(r["median_ms"] for r in rows)
     print(f"\nslowest median: {worst:.1f} ms (target: well under 1000 ms)")
     path = write_json("web_events", {"machine": machine_info(), "repeat": args.repeat, "rows": rows})
