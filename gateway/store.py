@@ -21,6 +21,7 @@ Photo files are written and fsync'd before the record that points at them.
 from __future__ import annotations
 
 import calendar
+import json
 import logging
 import os
 import re
@@ -47,6 +48,11 @@ _PART_RE = re.compile(r"events-(\d{4})-(\d{2})(?:-(\d{2}))?\.json")
 _PHOTO_SUFFIX: dict[str, str] = {"original": ".jpg", "alert": ".alert.jpg", "thumb": ".thumb.jpg"}
 _OPEN_STATES = ("pending", "failed")
 _CACHED_PARTITIONS = 3
+# Month files a timeline page read without opening them for writing (see `_events_for_read`); bounded
+# by files and by events so one huge old month cannot pin much memory.
+_READ_CACHED_PARTITIONS = 4
+_READ_CACHED_EVENTS = 20_000
+_DECODER = json.JSONDecoder()
 JOURNAL_SUFFIX = ".journal"
 # Rewrite a month file from memory after this many journal entries: bounds the journal (and replay
 # time) while spreading the O(file size) rewrite over many events.
@@ -105,6 +111,7 @@ class Store:
         self._journals: dict[str, Journal] = {}
         self._event_index: dict[str, tuple[str, int]] = {}  # key -> (partition, doc id)
         self._timeline = EventIndex()  # sorted (ts, id, device, type): list_events never scans files
+        self._read_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()  # part -> raw events table
         self._outbox_index: dict[str, tuple[str, int]] = {}
         self._open_outbox: dict[str, dict[str, Any]] = {}  # pending/failed entries, by id
         self._outbox_counts: dict[str, int] = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
@@ -131,6 +138,7 @@ class Store:
     def _db(self, part: str) -> TinyDB:
         db = self._dbs.get(part)
         if db is None:
+            self._read_cache.pop(part, None)  # from now on the open TinyDB is the truth
             db = TinyDB(self.db_dir / part, storage=AtomicJSONStorage)
             db.storage.buffered = True  # type: ignore[attr-defined]
             journal = Journal(self.db_dir / (part + JOURNAL_SUFFIX))
@@ -146,6 +154,7 @@ class Store:
         return db
 
     def _close_part(self, part: str) -> None:
+        self._read_cache.pop(part, None)
         db = self._dbs.pop(part, None)
         if db is not None:
             db.close()
@@ -361,14 +370,42 @@ class Store:
                 by_part.setdefault(part, []).append((pos, doc_id))
             out: list[EventRecord | None] = [None] * len(entries)
             for part, wanted in by_part.items():
-                table = self._db(part).table(EVENTS)
+                table = self._events_for_read(part)
                 for pos, doc_id in wanted:
-                    doc = table.get(doc_id=doc_id)
+                    doc = table.get(str(doc_id))
                     if doc is None:  # index and file disagree: say so, never crash the dashboard
                         log.error("%s: event doc %d is in the index but not in the file", part, doc_id)
                         continue
                     out[pos] = _event_out(doc)
         return [r for r in out if r is not None]
+
+    def _events_for_read(self, part: str) -> dict[str, Any]:
+        """A partition's raw events table (doc id -> record), for reading a page of the timeline.
+
+        An open partition is read from memory. Any other is read from its file without opening it for
+        writing: opening would evict (and so compact, a whole-file rewrite) the month being written,
+        just because someone browsed history. Only the events table is parsed (it comes first in the
+        file; the outbox after it is the bigger part). A closed partition's journal is empty (closing
+        compacts) unless a crash left one: then the ordinary open replays it.
+        """
+        db = self._dbs.get(part)
+        if db is not None:
+            return (db.storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
+        table = self._read_cache.get(part)
+        if table is not None:
+            self._read_cache.move_to_end(part)
+            return table
+        journal = self.db_dir / (part + JOURNAL_SUFFIX)
+        if journal.exists() and journal.stat().st_size:
+            return (self._db(part).storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
+        table = _read_events_table(self.db_dir / part)
+        self._read_cache[part] = table
+        while len(self._read_cache) > 1 and (
+            len(self._read_cache) > _READ_CACHED_PARTITIONS
+            or sum(len(t) for t in self._read_cache.values()) > _READ_CACHED_EVENTS
+        ):
+            self._read_cache.popitem(last=False)
+        return table
 
     def photo_path(self, device: str, event_id: str, variant: PhotoVariant) -> Path | None:
         if variant not in _PHOTO_SUFFIX or not (valid_device_id(device) and valid_msg_id(event_id)):
@@ -562,6 +599,25 @@ def _next_id(table: dict[str, Any]) -> int:
     if not table:
         return 1
     return int(next(reversed(table))) + 1
+
+
+def _read_events_table(path: Path) -> dict[str, Any]:
+    """The events table of a partition file, parsing only that table when it comes first (it does in
+    every file this store writes); any other layout is parsed whole."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    prefix = '{"' + EVENTS + '":'
+    if raw.startswith(prefix):
+        try:
+            table, _end = _DECODER.raw_decode(raw, len(prefix))
+        except ValueError:
+            table = None
+        if isinstance(table, dict):
+            return table
+    data = json.loads(raw) if raw.strip() else {}
+    return data.get(EVENTS, {}) if isinstance(data, dict) else {}
 
 
 def _event_out(doc: dict[str, Any]) -> EventRecord:
