@@ -6,7 +6,13 @@ simulator drives them with a paho-backed client and a simulated WLAN.
 
 - `Wifi`: connect with a timeout; on failure back off exponentially; always
   `disconnect()` before `connect()` (the ESP32 raises "Wifi Internal Error"
-  when asked to connect while a previous attempt is still active).
+  when asked to connect while a previous attempt is still active). A join that
+  fails prints one line naming the cause, read from `wlan.status()`:
+
+      wifi: join failed: <cause> (status <n>) ssid=<repr>, retry in <ms> ms
+
+  <cause> is one of JOIN_CAUSES. The flash tool (gateway/flash/online.py) reads
+  this line from the console while it waits for the box: keep it stable.
 - `Mqtt`: persistent session (clean_session=False) so acks and commands sent
   while the box was away are queued by the broker; last will = retained
   `{"online": false}` on the status topic; subscribes to its `ack` and `cmd`.
@@ -22,6 +28,49 @@ import protocol
 # AssertionError / IndexError / TypeError when a read comes back short or None while
 # it parses a packet. All of them mean "reconnect", never "crash".
 LINK_ERRORS = (OSError, AssertionError, IndexError, TypeError)
+
+# Why a Wi-Fi join failed, as printed in "wifi: join failed: <cause> ...":
+# - wrong_password: the access point refused the password.
+# - handshake_timeout: the WPA handshake timed out; on the ESP32 this is usually a wrong password.
+# - no_ap_found: no network with that name in reach (or only on 5 GHz, which the ESP32 lacks).
+# - connect_fail: the join failed for another reason the port reported.
+# - timeout: no answer either way within the timeout (the port still says "connecting").
+JOIN_CAUSES = ("wrong_password", "handshake_timeout", "no_ap_found", "connect_fail", "timeout")
+
+# wlan.status() codes are not portable: the ESP32 passes ESP-IDF reason codes through
+# (STAT_NO_AP_FOUND 201, STAT_WRONG_PASSWORD 202, STAT_BEACON_TIMEOUT 200, STAT_ASSOC_FAIL 203,
+# STAT_HANDSHAKE_TIMEOUT 204; STAT_IDLE 1000, STAT_CONNECTING 1001, STAT_GOT_IP 1010), the
+# ESP8266 uses 0-5 and the rp2 negative numbers. So the names are looked up on the board's own
+# `network` module, and a port that lacks a name simply does not report that cause.
+_STATUS_NAMES = (
+    ("STAT_WRONG_PASSWORD", "wrong_password"),
+    ("STAT_NO_AP_FOUND", "no_ap_found"),
+    ("STAT_HANDSHAKE_TIMEOUT", "handshake_timeout"),
+    ("STAT_CONNECT_FAIL", "connect_fail"),
+    ("STAT_ASSOC_FAIL", "connect_fail"),
+    ("STAT_BEACON_TIMEOUT", "connect_fail"),
+)
+# ESP-IDF reason codes MicroPython passes through without a STAT_ name: 15 = 4-way handshake
+# timeout (older MicroPython reports it for a wrong WPA2 password), 205 = connection failed,
+# 210-212 = no AP with compatible security / in the authmode / in the RSSI threshold (IDF 5.2+).
+_ESP_IDF_EXTRA = ((15, "handshake_timeout"), (205, "connect_fail"), (210, "no_ap_found"),
+                  (211, "no_ap_found"), (212, "no_ap_found"))  # fmt: skip
+
+
+def join_failure_codes(network):
+    """{wlan.status() code: cause} for the join failures this port's `network` module names."""
+    codes = {}
+    if network is None:
+        return codes
+    for name, cause in _STATUS_NAMES:
+        code = getattr(network, name, None)
+        if isinstance(code, int) and code not in codes:
+            codes[code] = cause
+    if getattr(network, "STAT_NO_AP_FOUND", None) == 201:  # the ESP32's ESP-IDF numbering
+        for code, cause in _ESP_IDF_EXTRA:
+            if code not in codes:
+                codes[code] = cause
+    return codes
 
 
 def _diff(a, b):
@@ -54,7 +103,9 @@ class Backoff:
 
 
 class Wifi:
-    def __init__(self, wlan, ssid, password, timeout_ms=20000, backoff=None, ticks_diff=_diff, log=print):
+    def __init__(
+        self, wlan, ssid, password, timeout_ms=20000, backoff=None, ticks_diff=_diff, log=print, network=None
+    ):
         self.wlan = wlan
         self.ssid = ssid
         self.password = password
@@ -62,11 +113,16 @@ class Wifi:
         self.backoff = backoff or Backoff(2000, 60000, ticks_diff)
         self._diff = ticks_diff
         self.log = log
+        self._codes = join_failure_codes(network)
+        # Codes that mean "no verdict yet" rather than a failure.
+        self._pending = [getattr(network, "STAT_CONNECTING", None), getattr(network, "STAT_IDLE", None)]
         self._connecting = False
         self._t0 = 0
+        self._reconnects_set = False
         self.up = False
         self.connects = 0
         self.failures = 0
+        self.last_error = None  # the cause of the last failed join (JOIN_CAUSES), kept after a later success
 
     def poll(self, now):
         """True while connected; otherwise advances the connect attempt."""
@@ -90,8 +146,13 @@ class Wifi:
             self._connecting = False
             self.failures += 1
             self.backoff.fail(now)
+            # Read the cause before disconnect(): that clears it (the ESP32 then says STAT_IDLE).
+            code = self._status()
+            cause = self._cause(code)
+            self.last_error = cause
             self.log(
-                "wifi: no connection after %d ms, retry in %d ms" % (self.timeout_ms, self.backoff.delay)
+                "wifi: join failed: %s (status %s) ssid=%r, retry in %d ms"
+                % (cause, "?" if code is None else code, self.ssid, self.backoff.delay)
             )
             self._quiet_disconnect()
             return False
@@ -99,6 +160,7 @@ class Wifi:
             return False
         try:
             self.wlan.active(True)
+            self._limit_reconnects()
             self._quiet_disconnect()
             self.wlan.connect(self.ssid, self.password)
             self._connecting = True
@@ -108,6 +170,33 @@ class Wifi:
             self.backoff.fail(now)
             self.log("wifi: connect failed: %r, retry in %d ms" % (e, self.backoff.delay))
         return False
+
+    def _status(self):
+        try:
+            code = self.wlan.status()
+        except Exception:  # a port without status(), or an OSError from the driver
+            return None
+        return code if isinstance(code, int) else None
+
+    def _cause(self, code):
+        if code in self._codes:
+            return self._codes[code]
+        if code is None or code in self._pending or not self._codes:
+            return "timeout"
+        return "connect_fail"  # a failure code this port has no name for
+
+    def _limit_reconnects(self):
+        # The ESP32 retries a failed join by itself, and older MicroPython reports STAT_CONNECTING
+        # for as long as it does, hiding the reason; a bounded count lets status() report the
+        # reason once the retries are used up. This class reconnects on its own after a timeout,
+        # so nothing is lost. Ports without the `reconnects` setting raise: ignored.
+        if self._reconnects_set:
+            return
+        self._reconnects_set = True
+        try:
+            self.wlan.config(reconnects=2)
+        except Exception:
+            pass
 
     def _quiet_disconnect(self):
         try:

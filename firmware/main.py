@@ -144,6 +144,7 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
         link.Backoff(2000, 60000, time.ticks_diff, time.ticks_add),
         time.ticks_diff,
         log,
+        network,  # its STAT_* names let the box say why a join failed
     )
     b = cfg["broker"]
     client = mqtt_client_class(

@@ -182,6 +182,36 @@ def test_wifi_wrong_password_status_is_named(env, capsys):
     assert code == 1 and "wifi: the box reports the Wi-Fi password is wrong" in err
 
 
+@pytest.mark.parametrize(
+    "line, message, hint",
+    [
+        (
+            "wifi: join failed: wrong_password (status 202) ssid='home', retry in 2000 ms",
+            "wifi: the box could not join Wi-Fi 'home': wrong password (it reported status 202)",
+            "--wifi-password",
+        ),
+        (
+            "wifi: join failed: no_ap_found (status 201) ssid='home', retry in 2000 ms",
+            "wifi: the box could not join Wi-Fi 'home': no network with that name in reach",
+            "2.4 GHz",
+        ),
+        (
+            "wifi: join failed: timeout (status 1001) ssid='home', retry in 4000 ms",
+            "wifi: the box could not join Wi-Fi 'home': no answer from the network",
+            "--wifi-ssid and --wifi-password",
+        ),
+    ],
+)
+def test_wifi_join_failure_cause_printed_by_the_box(env, capsys, line, message, hint):
+    # firmware/link.py's documented line (tests/test_firmware_wifi_cause.py checks the firmware prints it).
+    with FakeBoard(env.flash, on_boot=_box_prints("parcelbox 0.1.0", line)) as b:
+        code, out, err = run(provision_argv(env, b), capsys)
+    assert code == 1
+    assert message in err
+    assert "hint:" in err and hint in err.split("hint:", 1)[1]
+    assert "box | " + line in out  # the console line itself is shown too
+
+
 def test_box_login_refused_by_the_broker(env, capsys):
     with FakeBoard(
         env.flash, on_boot=_box_prints("mqtt: connect failed: MQTTException(5,), retry in 1000 ms")

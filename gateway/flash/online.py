@@ -6,6 +6,7 @@ While waiting, the board's serial console is read too: the firmware prints what 
 
 from __future__ import annotations
 
+import ast
 import json
 import queue
 import re
@@ -19,7 +20,8 @@ import paho.mqtt.client as mqtt
 from gateway.flash.errors import FlashError
 
 # Console lines that end the wait early, with the step that failed and a hint. They match what
-# firmware/link.py prints ("wifi: ...", "mqtt: connect failed: <repr of the exception>, retry ...").
+# firmware/link.py prints ("wifi: ...", "mqtt: connect failed: <repr of the exception>, retry ...");
+# its Wi-Fi join-failure line, which names the cause, is read by _wifi_join_failure below.
 # umqtt.simple raises MQTTException(4) / (5) when the broker refuses the login.
 CONSOLE_FAILURES: list[tuple[re.Pattern[str], str, str, str]] = [
     (
@@ -67,7 +69,61 @@ CONSOLE_FAILURES: list[tuple[re.Pattern[str], str, str, str]] = [
 _CANNOT_START = "parcelbox: the box cannot start"
 
 
+# firmware/link.py's documented join-failure line:
+#   wifi: join failed: <cause> (status <n>) ssid=<python repr of the SSID>, retry in <ms> ms
+WIFI_JOIN_FAILED = re.compile(
+    r"wifi: join failed: (?P<cause>[a-z_]+) \(status (?P<status>-?\d+|\?)\)(?: ssid=(?P<ssid>.*?))?, retry in"
+)
+_RERUN = "parcelbox flash provision --device NAME"
+WIFI_CAUSES: dict[str, tuple[str, str]] = {
+    "wrong_password": (
+        "wrong password",
+        f"re-run provision with the right password: {_RERUN} --wifi-password '...'",
+    ),
+    "handshake_timeout": (
+        "the Wi-Fi handshake timed out, which on the ESP32 almost always means a wrong password",
+        f"re-run provision with the right password: {_RERUN} --wifi-password '...'",
+    ),
+    "no_ap_found": (
+        "no network with that name in reach",
+        "check the name (case matters; 2.4 GHz networks only, the ESP32 has no 5 GHz radio) and the box's "
+        f"distance to the router, then re-run {_RERUN} --wifi-ssid '...'",
+    ),
+    "connect_fail": (
+        "the access point refused the connection",
+        "check --wifi-ssid and --wifi-password, that the router accepts new devices (MAC filter, "
+        "WPA3-only mode), then re-run provision",
+    ),
+    "timeout": (
+        "no answer from the network before the box's join timeout (wrong password, wrong network name, or out "
+        "of range)",
+        "check --wifi-ssid and --wifi-password (2.4 GHz only) and the box's distance to the router, then re-run "
+        "provision",
+    ),
+}
+
+
+def _wifi_join_failure(line: str) -> FlashError | None:
+    m = WIFI_JOIN_FAILED.search(line)
+    if m is None:
+        return None
+    reason, hint = WIFI_CAUSES.get(m["cause"], WIFI_CAUSES["connect_fail"])
+    ssid = m["ssid"]
+    if ssid:
+        try:
+            ssid = str(ast.literal_eval(ssid))
+        except (ValueError, SyntaxError):
+            pass  # shown as printed
+    network = f"Wi-Fi {ssid!r}" if ssid else "Wi-Fi"
+    return FlashError(
+        "wifi", f"the box could not join {network}: {reason} (it reported status {m['status']})", hint
+    )
+
+
 def classify_console_line(line: str) -> FlashError | None:
+    joined = _wifi_join_failure(line)
+    if joined is not None:
+        return joined
     for pattern, step, message, hint in CONSOLE_FAILURES:
         if pattern.search(line):
             return FlashError(step, f"{message}: {line.strip()}", hint)
