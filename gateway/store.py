@@ -13,6 +13,11 @@ on this month's traffic, not on history (bench/store_growth.py). Keys seen in
 older files stay in a small in-memory index, so de-duplication by
 (device, event id) still spans all history.
 
+The dashboard's timeline (`list_events`) is answered from a second in-memory index, sorted by
+(ts, id) with sub-lists per box, per type and per (box, type) (`gateway.event_index`, ~20 MB at
+100,000 events), built in the same pass over the files as the dedupe index: a page costs
+O(log n + page size) plus reading the page's own records, whatever the filters and the depth.
+
 An event and its outbox entries go into the same file in one atomic write
 (`AtomicJSONStorage.batch`): after a crash either both exist or neither does.
 Photo files are written and fsync'd before the record that points at them.
