@@ -26,6 +26,7 @@ Photo files are written and fsync'd before the record that points at them.
 from __future__ import annotations
 
 import calendar
+import copy
 import json
 import logging
 import os
@@ -58,6 +59,10 @@ _CACHED_PARTITIONS = 3
 _READ_CACHED_PARTITIONS = 4
 _READ_CACHED_EVENTS = 20_000
 _DECODER = json.JSONDecoder()
+# Page records read from closed month files, kept by event key: a stored event never changes (only
+# retention removes it), and a filtered view over years (a rare type) otherwise re-reads one file per
+# month on every refresh, holding the store lock while ingest waits. ~1.5 KB each.
+_RECORD_CACHE = 2_000
 JOURNAL_SUFFIX = ".journal"
 # Rewrite a month file from memory after this many journal entries: bounds the journal (and replay
 # time) while spreading the O(file size) rewrite over many events.
@@ -117,6 +122,7 @@ class Store:
         self._event_index: dict[str, tuple[str, int]] = {}  # key -> (partition, doc id)
         self._timeline = EventIndex()  # sorted (ts, id, device, type): list_events never scans files
         self._read_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()  # part -> raw events table
+        self._record_cache: OrderedDict[str, EventRecord] = OrderedDict()  # key -> record (closed files)
         self._outbox_index: dict[str, tuple[str, int]] = {}
         self._open_outbox: dict[str, dict[str, Any]] = {}  # pending/failed entries, by id
         self._outbox_counts: dict[str, int] = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
@@ -369,20 +375,31 @@ class Store:
             entries = self._timeline.page(
                 device=device, type=type, since=since, until=until, before=before, limit=limit
             )
-            by_part: dict[str, list[tuple[int, int]]] = {}
-            for pos, (_ts, eid, dev, _type) in enumerate(entries):
-                part, doc_id = self._event_index[event_key(dev, eid)]
-                by_part.setdefault(part, []).append((pos, doc_id))
             out: list[EventRecord | None] = [None] * len(entries)
+            by_part: dict[str, list[tuple[int, str, int]]] = {}
+            for pos, (_ts, eid, dev, _type) in enumerate(entries):
+                key = event_key(dev, eid)
+                cached = self._record_cache.get(key)
+                if cached is not None:
+                    self._record_cache.move_to_end(key)
+                    out[pos] = cached
+                    continue
+                part, doc_id = self._event_index[key]
+                by_part.setdefault(part, []).append((pos, key, doc_id))
             for part, wanted in by_part.items():
+                closed = part not in self._dbs
                 table = self._events_for_read(part)
-                for pos, doc_id in wanted:
+                for pos, key, doc_id in wanted:
                     doc = table.get(str(doc_id))
                     if doc is None:  # index and file disagree: say so, never crash the dashboard
                         log.error("%s: event doc %d is in the index but not in the file", part, doc_id)
                         continue
-                    out[pos] = _event_out(doc)
-        return [r for r in out if r is not None]
+                    out[pos] = rec = _event_out(doc)
+                    if closed:
+                        self._record_cache[key] = rec
+                        if len(self._record_cache) > _RECORD_CACHE:
+                            self._record_cache.popitem(last=False)
+        return [copy.copy(r) for r in out if r is not None]  # callers may change their copy
 
     def _events_for_read(self, part: str) -> dict[str, Any]:
         """A partition's raw events table (doc id -> record), for reading a page of the timeline.
@@ -551,6 +568,8 @@ class Store:
                     gone = {k for k, v in self._event_index.items() if v[0] == part}
                     self._event_index = {k: v for k, v in self._event_index.items() if v[0] != part}
                     self._timeline.remove_if(lambda e, gone=gone: event_key(e[2], e[1]) in gone)
+                    for k in gone:
+                        self._record_cache.pop(k, None)  # the same key may be stored again later
                     for aid in [a for a, loc in self._outbox_index.items() if loc[0] == part]:
                         del self._outbox_index[aid]
                     (self.db_dir / part).unlink(missing_ok=True)

@@ -179,11 +179,16 @@ def test_index_after_unclean_reopen_replays_journal(tmp_path):
         s.close()
 
 
-def test_index_after_retention(tmp_path):
+def test_index_after_retention(tmp_path, monkeypatch):
+    import gateway.store as store_mod
+
+    monkeypatch.setattr(store_mod, "_CACHED_PARTITIONS", 1)  # pages come from closed files (cached)
     rng = random.Random(11)
     events = make_events(rng, 500)
     s = Store(tmp_path)
     fill(s, events, rng)
+    check_store(s, events, rng, 60)
+    assert s._record_cache
     now = float(calendar.timegm((2026, 11, 20, 0, 0, 0)))
     removed = s.apply_retention(now, retention_days=50, photo_retention_days=0)  # August, September
     assert removed["partitions"] >= 2
@@ -194,6 +199,17 @@ def test_index_after_retention(tmp_path):
     check_store(s, kept, rng, 100)
     for e in events:
         assert s.has_event(e["device"], e["id"]) == (e in kept)
+    # An event retention removed can be stored again (a box re-sending it): the new record is listed,
+    # not a copy cached before the deletion.
+    gone = next(e for e in events if e not in kept)
+    again = {**gone, "sensors": {"again": True}}
+    assert s.add_event(dict(again))
+    kept.append(again)
+    check_store(s, kept, rng, 60)
+    rows = s.list_events(limit=1000)
+    rows[0]["type"] = "changed by a caller"
+    rows[0]["id"] = "changed"
+    assert s.list_events(limit=1000) != rows  # callers get copies
     s.close()
     s2 = Store(tmp_path)
     try:
@@ -333,6 +349,7 @@ def test_reading_a_file_with_another_layout_or_a_crash_journal(tmp_path, monkeyp
         with open(tmp_path / "db" / (s2.part_for(t) + ".journal"), "a") as f:
             f.write(json.dumps({"ev": rec, "ob": []}) + "\n")
         s2._read_cache.clear()
+        s2._record_cache.clear()
         check_store(s2, events, rng, 20)  # that month is opened (journal replayed), not read stale
         assert s2.part_for(t) in s2._dbs
         # the index learns of the journal-only event on reopen, as after a real crash
