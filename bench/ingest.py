@@ -68,6 +68,7 @@ async def drive(
     measure_s: float,
     pids: dict[str, int],
     rate: float | None = None,
+    prime: bool = True,
 ) -> dict[str, Any]:
     """Closed loop: `window` senders, each taking the next free box; count acks in the measured span.
     With `rate`, open loop: an event may start only every 1/rate s (still at most `window` in flight)."""
@@ -79,6 +80,20 @@ async def drive(
         free.put_nowait(b)
     counter = itertools.count()
     tag = f"{int(time.time()) % 100000:05d}"
+    prime_s = 0.0
+    if prime:
+        # Every box sends one event first (not measured): the measured span is a fleet the gateway
+        # already knows (box record, photo folders), not a thousand first contacts.
+        t_prime = time.monotonic()
+        todo = list(range(n_boxes))
+
+        async def primer() -> None:
+            while todo:
+                box = boxes[todo.pop()]
+                await box.send_event(f"{prefix}{tag}p{box.device[-4:]}", photos[0])
+
+        await asyncio.wait_for(asyncio.gather(*(primer() for _ in range(window))), timeout=600)
+        prime_s = time.monotonic() - t_prime
     start = time.monotonic()
     m0, m1 = start + warmup_s, start + warmup_s + measure_s
     done: list[tuple[float, float, int, int]] = []  # (started, acked, bytes, tries)
@@ -152,9 +167,11 @@ async def drive(
         "window": window,
         "offered_per_s": rate,
         "connect_s": round(connect_s, 2),
+        "prime_s": round(prime_s, 2),
         "events_per_s": round(len(measured) / measure_s, 2),
         "mb_per_s": round(sum(d[2] for d in measured) / measure_s / 2**20, 2),
         "acked_total": len(done),
+        "primed": n_boxes if prime else 0,
         "resends": sum(d[3] - 1 for d in done),
         "failed": failed,
         "ack_ms": {"p50": round(percentile(lat, 50), 1), "p99": round(percentile(lat, 99), 1)},
@@ -252,7 +269,7 @@ async def one_count(
         )
         # Every acked event has an alert queued; the folder sink should catch up within seconds.
         t0 = time.monotonic()
-        want = g["acked_total"]
+        want = g["acked_total"] + g["primed"]
         alerts = 0
         while time.monotonic() - t0 < 120:
             alerts = len(list(gw.alerts_dir.glob("*.json")))
@@ -361,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                 g["cpu_cores"]["broker"],
                 g["cpu_cores"]["loadgen"],
                 g["ack_ms"]["p50"],
-                f"{g['alert_files']}/{g['acked_total']}",
+                f"{g['alert_files']}/{g['acked_total'] + g['primed']}",
             ]
         )
     path = write_json(args.name, out)
