@@ -103,6 +103,13 @@ def summary(service: GatewayService, config: Config) -> str:
         lines.append(
             f"  broker        managed {service.broker.kind} on {listen} (gateway connects to {broker['url']})"
         )
+        from gateway.broker import BROKER_FILE
+
+        live_file = Path(service.data_dir) / BROKER_FILE
+        if live_file.is_file():
+            lines.append(
+                f"                address written to {live_file} (`parcelbox flash provision` reads it)"
+            )
         if service.broker.kind == "amqtt":
             lines.append("                WARNING: pure-Python amqtt fallback, for trying things out only")
         elif config.broker.allow_anonymous:

@@ -10,13 +10,20 @@ still keep events safe).
 
 `refresh()` regenerates the password file and ACL when the registry changed and
 sends Mosquitto SIGHUP to reload them; `supervise()` restarts a broker that died.
+
+When `listen_port` is taken (a system Mosquitto on 1883) the broker moves to a free port. So that
+`parcelbox flash provision`, `tools/simulate.py` users and scripts need not guess it, the live
+address is written to `<data_dir>/broker.json` (no credentials) and removed on a clean stop;
+`read_live_address` ignores a file left by a crash (no gateway holds the data folder's lock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -24,9 +31,11 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import Config
+from gateway.datalock import DataDirLock
 from gateway.devices import GATEWAY_USER, DeviceRegistry
 from gateway.mosquitto import Mosquitto, find_mosquitto, free_port, wait_for_port
 from gateway.storage import atomic_write_bytes
@@ -64,7 +73,9 @@ def acl_text(prefix: str, allow_anonymous: bool) -> str:
         "topic readwrite #",
         "",
         "# every registered box (username = device id): only its own topics",
-        f"pattern write {prefix}/%u/status",
+        # readwrite: `flash provision` watches for the box's online status with the box's own login
+        # (the only one it has); reading its own status tells a box nothing it does not know.
+        f"pattern readwrite {prefix}/%u/status",
         f"pattern write {prefix}/%u/event",
         f"pattern write {prefix}/%u/photo/#",
         f"pattern write {prefix}/%u/cmd/result",
@@ -88,10 +99,76 @@ def _client_host(listen_host: str) -> str:
     return "127.0.0.1" if listen_host in ("0.0.0.0", "", "::") else listen_host
 
 
+BROKER_FILE = "broker.json"
+
+
+@dataclass(frozen=True)
+class LiveBroker:
+    """What `<data_dir>/broker.json` says about the running managed broker."""
+
+    path: Path
+    kind: str
+    listen_host: str
+    port: int
+    url: str  # for clients on this computer (loopback when it listens on every address)
+    pid: int
+
+
+def write_live_address(data_dir: Path, broker: ManagedBroker) -> Path:
+    """Write where the managed broker listens, atomically. Never credentials."""
+    path = Path(data_dir) / BROKER_FILE
+    doc = {
+        "v": 1,
+        "kind": broker.kind,
+        "listen_host": broker.listen.rsplit(":", 1)[0],
+        "port": int(broker.listen.rsplit(":", 1)[1]),
+        "url": broker.url,
+        "pid": os.getpid(),
+        "started_at": int(time.time()),
+    }
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+    return path
+
+
+def clear_live_address(data_dir: Path) -> None:
+    """Remove broker.json if this process wrote it (a clean stop)."""
+    path = Path(data_dir) / BROKER_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(doc, dict) and doc.get("pid") == os.getpid():
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def read_live_address(data_dir: Path) -> LiveBroker | None:
+    """The running gateway's managed broker address, or None (no file, unreadable, or left by a crash)."""
+    path = Path(data_dir) / BROKER_FILE
+    try:
+        doc = json.loads(path.read_text())
+        live = LiveBroker(
+            path,
+            str(doc["kind"]),
+            str(doc["listen_host"]),
+            int(doc["port"]),
+            str(doc["url"]),
+            int(doc["pid"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        running = DataDirLock(data_dir).is_held_elsewhere() is not None
+    except OSError:
+        running = False
+    return live if running and 0 < live.port < 65536 else None
+
+
 class ManagedMosquitto:
     kind = "mosquitto"
 
     def __init__(self, config: Config, registry: DeviceRegistry, port: int) -> None:
+        self.data_dir = Path(config.data_dir)
         self.dir = Path(config.data_dir) / "broker"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.registry = registry
@@ -144,6 +221,7 @@ class ManagedMosquitto:
             log.error("mosquitto restart failed: %s; next try in %.0fs", exc, delay)
 
     def stop(self) -> None:
+        clear_live_address(self.data_dir)
         self.mosquitto.stop()
 
 
@@ -151,6 +229,7 @@ class ManagedAmqtt:
     kind = "amqtt"
 
     def __init__(self, config: Config, port: int) -> None:
+        self.data_dir = Path(config.data_dir)
         self.host = config.broker.listen_host
         self.port = port
         self.gateway_password = ""
@@ -200,6 +279,7 @@ class ManagedAmqtt:
         pass
 
     def stop(self) -> None:
+        clear_live_address(self.data_dir)
         if self._loop is None or self._broker is None:
             return
         fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
@@ -237,4 +317,9 @@ def start_managed_broker(config: Config, registry: DeviceRegistry) -> ManagedBro
         broker = ManagedAmqtt(config, port)
     broker.start()
     log.info("managed %s broker listening on %s (pid %s)", broker.kind, broker.listen, os.getpid())
+    try:
+        path = write_live_address(Path(config.data_dir), broker)
+        log.info("broker address written to %s", path)
+    except OSError as exc:  # the broker works without it; provision then needs --broker-port
+        log.warning("could not write the broker address file: %s", exc)
     return broker

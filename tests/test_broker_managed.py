@@ -48,6 +48,8 @@ def test_password_hash_format():
     assert h.startswith("$7$101$") and len(h.split("$")) == 5
     assert "pattern write pfx/%u/event" in acl_text("pfx", False)
     assert "topic readwrite pfx/#" not in acl_text("pfx", False)
+    # provision watches for a box's online status with the box's login
+    assert "pattern readwrite pfx/%u/status" in acl_text("pfx", False)
 
 
 def test_managed_mosquitto_enforces_passwords_and_per_box_acl(tmp_path, prefix):
@@ -120,3 +122,71 @@ def test_amqtt_fallback_serves_events(tmp_path, prefix, caplog):
             box.close()
     finally:
         svc.stop()
+
+
+def test_a_moved_broker_writes_its_live_address_and_removes_it_on_a_clean_stop(tmp_path, prefix):
+    """Port taken (a system Mosquitto on 1883, say): the broker moves, and says where in broker.json."""
+    import socket
+
+    from gateway.broker import BROKER_FILE, read_live_address
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        taken = squatter.getsockname()[1]
+        cfg = _managed(
+            tmp_path,
+            prefix,
+            PARCELBOX_BROKER_LISTEN_PORT=str(taken),
+            PARCELBOX_BROKER_ALLOW_ANONYMOUS="false",
+        )
+        svc = GatewayService(cfg)
+        box = svc.registry.add("box-a")
+        svc.start()
+        path = tmp_path / "data" / BROKER_FILE
+        try:
+            assert svc.wait_connected(10)
+            port = int(svc.broker.listen.rsplit(":", 1)[1])
+            assert port != taken
+            text = path.read_text()
+            doc = json.loads(text)
+            assert doc["port"] == port and doc["listen_host"] == "127.0.0.1"
+            assert doc["url"] == f"mqtt://127.0.0.1:{port}" == svc.broker.url
+            assert doc["kind"] == "mosquitto"
+            # never credentials: not the gateway's own login, not a box's
+            assert svc.broker.gateway_password not in text and box.password not in text
+            assert "password" not in text and "username" not in text
+            live = read_live_address(tmp_path / "data")
+            assert live is not None and live.port == port and live.path == path
+            # what it names is the broker: a box logs in there
+            assert _connect_rc(live.url, "box-a", box.password) == 0
+        finally:
+            svc.stop()
+    assert not path.exists()  # clean stop: no stale address left behind
+
+
+def test_a_broker_file_left_by_a_crash_is_ignored(tmp_path):
+    """No gateway holds the data folder: the file is stale (its port may belong to anyone now)."""
+    from gateway.broker import BROKER_FILE, read_live_address
+    from gateway.datalock import DataDirLock
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / BROKER_FILE).write_text(
+        json.dumps(
+            {
+                "v": 1,
+                "kind": "mosquitto",
+                "listen_host": "0.0.0.0",
+                "port": 18830,
+                "url": "mqtt://127.0.0.1:18830",
+                "pid": 999999,
+            }
+        )  # fmt: skip
+    )
+    assert read_live_address(data) is None
+    with DataDirLock(data):  # a running gateway holds it
+        live = read_live_address(data)
+        assert live is not None and live.port == 18830 and live.listen_host == "0.0.0.0"
+        (data / BROKER_FILE).write_text("{not json")
+        assert read_live_address(data) is None  # unreadable: ignored, never a crash

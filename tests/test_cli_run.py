@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -53,6 +54,10 @@ def test_fresh_machine_run_own_broker_folder_sink_summary_and_clean_sigterm(tmp_
         assert "config        none (all defaults)" in text
         assert "managed mosquitto on 127.0.0.1:" in text
         url = re.search(r"gateway connects to (mqtt://127\.0\.0\.1:\d+)", text).group(1)
+        # the live address is written where `flash provision` and scripts find it, and said so
+        live = data_dir / "broker.json"
+        assert f"address written to {live}" in text
+        assert json.loads(live.read_text())["url"] == url
         box = Box(url, "parcelbox", "box-1")
         try:
             eid = new_event_id()
@@ -101,6 +106,7 @@ def test_fresh_machine_run_own_broker_folder_sink_summary_and_clean_sigterm(tmp_
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(30) == 0
         assert "gateway stopped" in log.read_text()
+        assert not live.exists()  # removed on a clean stop
         # the managed broker went down with it (no orphan Mosquitto holding the port)
         import socket
 

@@ -88,6 +88,10 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
                 'set broker.listen_host = "0.0.0.0" so the box can reach it'
             )
     port = args.broker_port or view.broker_port
+    if args.broker_port:
+        progress.detail(f"broker port {port} (from --broker-port)")
+    elif view.live_broker_file is not None:
+        progress.detail(f"broker port {port} (the running gateway's broker, from {view.live_broker_file})")
     settings = BoxSettings(
         device=args.device,
         prefix=args.prefix or view.prefix,

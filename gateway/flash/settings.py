@@ -1,5 +1,7 @@
 """What the gateway already knows that the box needs: the broker's port, the topic prefix, the
 data folder, and the box's MQTT credentials from the device registry (`parcelbox device add NAME`).
+The port of a running gateway's managed broker comes from `<data_dir>/broker.json` (it may have
+moved off a taken port); otherwise from the config.
 
 Read from the gateway's own config (`gateway.config.load_config`: TOML file, then environment), so
 a box provisioned with defaults talks to the broker `parcelbox run` starts.
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from gateway.broker import read_live_address
 from gateway.config import ConfigError, load_config
 from gateway.devices import DeviceRegistry
 from gateway.flash.errors import FlashError
@@ -26,6 +29,7 @@ class GatewayView:
     broker_port: int
     prefix: str
     managed_listen_host: str | None  # where the managed broker listens; None for an external broker
+    live_broker_file: Path | None = None  # set when broker_port came from the running gateway's broker.json
 
 
 def gateway_view(config_path: str | None, data_dir: str | None) -> GatewayView:
@@ -47,12 +51,21 @@ def gateway_view(config_path: str | None, data_dir: str | None) -> GatewayView:
         # An external broker on this computer is reached by the box through our LAN address.
         if u.hostname and not _is_local(u.hostname):
             host = u.hostname
+    folder = Path(data_dir).expanduser() if data_dir else cfg.data_dir
+    live_file = None
+    if not broker.url:
+        # `parcelbox run` moves its broker off a taken port (a system Mosquitto on 1883) and says
+        # where in <data_dir>/broker.json while it runs: that is the port the box must use.
+        live = read_live_address(folder)
+        if live is not None:
+            port, listen, live_file = live.port, live.listen_host, live.path
     return GatewayView(
-        data_dir=Path(data_dir).expanduser() if data_dir else cfg.data_dir,
+        data_dir=folder,
         broker_host=host,
         broker_port=port,
         prefix=broker.prefix,
         managed_listen_host=listen,
+        live_broker_file=live_file,
     )
 
 
