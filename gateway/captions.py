@@ -39,6 +39,12 @@ _EVENT: dict[str, dict[str, str]] = {
     },
 }
 
+# Said when the box kept the event but had to drop its photo (spool full during a long outage).
+_PHOTO_DROPPED: dict[str, str] = {
+    "en": "No photo: the box's storage was full while it was offline.",
+    "id": "Tanpa foto: penyimpanan kotak penuh saat offline.",
+}
+
 _WAITING: dict[str, tuple[str, str, str]] = {
     # (none, one, many)
     "en": ("The box is empty.", "1 package waiting.", "{n} packages waiting."),
@@ -71,6 +77,7 @@ def render_caption(
     waiting: int | None = None,
     battery_mv: int | None = None,
     event_ids: Sequence[str] = (),
+    photo_dropped: bool = False,
 ) -> str:
     """The caption of one alert. Unknown kinds get a plain '<box>: <kind> at <time>'."""
     table = _EVENT.get(language, _EVENT["en"])
@@ -85,6 +92,8 @@ def render_caption(
     )
     if waiting is not None and kind in ("delivery", "pickup", "snapshot", "lid_left_open"):
         text += " " + waiting_text(waiting, language)
+    if photo_dropped:
+        text += " " + _PHOTO_DROPPED.get(language, _PHOTO_DROPPED["en"])
     return text
 
 

@@ -9,7 +9,7 @@ small in-memory one. Records are plain JSON-able dicts with the keys below.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 from gateway.bus import Bus
 
@@ -33,6 +33,7 @@ class EventRecord(TypedDict):
     sensors: dict[str, Any]
     photo: PhotoInfo | None
     cmd: str | None  # command id when a snapshot was requested
+    photo_dropped: NotRequired[bool]  # the box had to drop the photo (its spool was full)
 
 
 class DeviceRecord(TypedDict):

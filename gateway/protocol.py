@@ -200,6 +200,8 @@ class Event:
     sensors: dict[str, Any] = field(default_factory=dict)
     photo: PhotoMeta | None = None
     cmd: str | None = None
+    # The box's spool was full and it dropped this event's photo to keep the record (firmware spool policy).
+    photo_dropped: bool = False
 
 
 def _decode_photo(p: object, limits: Limits) -> PhotoMeta | None:
@@ -245,7 +247,9 @@ def decode_event(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Event:
     cmd = obj.get("cmd")
     if cmd is not None and not valid_msg_id(cmd):
         raise ProtocolError("bad_cmd_id", repr(cmd)[:80])
-    return Event(eid, etype, ts, seq, sensors, _decode_photo(obj.get("photo"), limits), cmd)
+    photo = _decode_photo(obj.get("photo"), limits)
+    dropped = photo is None and obj.get("photo_dropped") is True
+    return Event(eid, etype, ts, seq, sensors, photo, cmd, dropped)
 
 
 @dataclass(frozen=True)

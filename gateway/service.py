@@ -460,6 +460,8 @@ class GatewayService:
             photo=photo_info,  # type: ignore[typeddict-item]
             cmd=event.cmd,
         )
+        if event.photo_dropped:
+            record["photo_dropped"] = True
         dev = self._device(device)
         dev = self._apply_event_to_device(dev, record)
         outbox = self._plan_event_alerts(dev, record)
@@ -600,10 +602,24 @@ class GatewayService:
     def _plan_event_alerts(self, dev: dict[str, Any], ev: EventRecord) -> list[OutboxRecord]:
         if ev["type"] not in self.config.alerts.kinds:
             return []
-        return self._plan_alerts(dev, ev["type"], ev["ts"], [ev["id"]], has_photo=ev["photo"] is not None)
+        return self._plan_alerts(
+            dev,
+            ev["type"],
+            ev["ts"],
+            [ev["id"]],
+            has_photo=ev["photo"] is not None,
+            photo_dropped=bool(ev.get("photo_dropped")),
+        )
 
     def _plan_alerts(
-        self, dev: dict[str, Any], kind: str, ts: float, event_ids: list[str], *, has_photo: bool
+        self,
+        dev: dict[str, Any],
+        kind: str,
+        ts: float,
+        event_ids: list[str],
+        *,
+        has_photo: bool,
+        photo_dropped: bool = False,
     ) -> list[OutboxRecord]:
         """One outbox entry per notifier and recipient. Ids are stable, so a retry never duplicates."""
         now = self.clock()
@@ -621,6 +637,7 @@ class GatewayService:
                 waiting=dev.get("waiting"),
                 battery_mv=dev.get("battery_mv"),
                 event_ids=event_ids,
+                photo_dropped=photo_dropped,
             )
             try:
                 recipients = notifier.recipients(device)

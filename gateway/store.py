@@ -645,9 +645,12 @@ def _read_events_table(path: Path) -> dict[str, Any]:
 
 
 def _event_out(doc: dict[str, Any]) -> EventRecord:
-    return EventRecord(  # type: ignore[typeddict-item]
-        **{k: doc.get(k) for k in EventRecord.__annotations__}
+    out = EventRecord(  # type: ignore[typeddict-item]
+        **{k: doc.get(k) for k in EventRecord.__annotations__ if k != "photo_dropped"}
     )
+    if doc.get("photo_dropped"):  # optional key: present only when the box dropped the photo
+        out["photo_dropped"] = True
+    return out
 
 
 def _outbox_out(doc: dict[str, Any]) -> OutboxRecord:
