@@ -7,6 +7,15 @@ missing config never gets as far as touching them: it prints what is wrong on
 the serial console and idles with the REPL reachable (Ctrl-C), instead of
 resetting in a loop.
 
+Quiet window: when the file `/noapp` exists at boot, main() prints why and returns without
+starting the app or the watchdog, leaving the REPL free. `tools/flash.py provision` creates it
+(then hard-resets) before copying files and removes it right before its final reset. The reason
+is the ESP32 watchdog: machine.WDT is the ESP-IDF task watchdog watching MicroPython's task; once
+started it cannot be stopped or reconfigured (there is no deinit), and a soft reset (Ctrl-C /
+Ctrl-D, what mpremote does to enter the raw REPL) does not restart the chip, so it keeps running
+and resets the board mid-copy when nothing feeds it. Only a hard reset (machine.reset(), the RST
+button, power) clears it, hence the reset after creating the marker.
+
 Modes (config `mode`):
 - `always_on`: loop forever; the watchdog resets a hung board.
 - `battery`: stay awake until there is nothing left to do (lid closed, spool
@@ -21,6 +30,7 @@ import sys
 import time
 
 CONFIG = "config.json"
+QUIET_MARKER = "/noapp"  # present at boot: no app, no watchdog (see the module doc)
 _UNIX_2000 = 946684800  # seconds from 1970 to 2000, the ESP32 port's epoch
 
 
@@ -45,6 +55,17 @@ def safe_idle(problems, flash_gpio=4, forever=True):
         pass
     while forever:
         time.sleep(60)
+
+
+def quiet_window(marker=QUIET_MARKER):
+    """True (and say so on the console) when the quiet-window marker file exists."""
+    try:
+        os.stat(marker)
+    except OSError:
+        return False
+    print("parcelbox: quiet window: %s is present, so the app and the watchdog are not started." % marker)
+    print("Remove %s and reset the board to start the box (tools/flash.py provision does)." % marker)
+    return True
 
 
 class NtpClock:
@@ -205,8 +226,10 @@ def deep_sleep(cfg, machine, the_app, parts):
     machine.deepsleep(cfg["heartbeat_s"] * 1000)
 
 
-def main(config_path=CONFIG, max_steps=None, idle_forever=True):
+def main(config_path=CONFIG, max_steps=None, idle_forever=True, quiet_marker=QUIET_MARKER):
     """Start the box. `max_steps` bounds the loop (tests); None runs forever."""
+    if quiet_window(quiet_marker):
+        return None  # back to the REPL, with no watchdog running
     import settings
 
     cfg, problems = settings.load(config_path, True, log)

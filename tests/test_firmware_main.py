@@ -243,3 +243,48 @@ def test_a_failing_step_is_logged_and_the_loop_goes_on(tmp_path, monkeypatch, mo
     assert len(calls) == 5
     assert "step failed (1 in a row): ValueError('driver hiccup')" in capsys.readouterr().out
     app.mqtt.disconnect()
+
+
+def test_quiet_window_marker_starts_neither_app_nor_watchdog(tmp_path, monkeypatch, capsys):
+    """/noapp at boot: provisioning gets a board whose watchdog never started (it cannot be stopped)."""
+    import main
+
+    _fake_modules(monkeypatch)
+    machine = sys.modules["machine"]
+    made = []
+
+    class RecordingWDT:
+        def __init__(self, timeout):
+            made.append(timeout)
+
+        def feed(self):
+            pass
+
+    machine.WDT = RecordingWDT
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"wifi": {"ssid": "x"}, "broker": {"host": "127.0.0.1", "port": 9}}))
+    marker = tmp_path / "noapp"
+    marker.write_text("")
+    assert main.main(str(p), max_steps=3, idle_forever=False, quiet_marker=str(marker)) is None
+    out = capsys.readouterr().out
+    assert f"quiet window: {marker} is present" in out and "watchdog are not started" in out
+    assert made == []  # no watchdog
+    assert "cannot start" not in out  # not an error: nothing else ran (the config was not even read)
+
+    # the marker gone: the same config starts the app and arms the watchdog
+    marker.unlink()
+    monkeypatch.setattr(main, "build", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("built")))
+    with pytest.raises(RuntimeError, match="built"):
+        main.main(str(p), max_steps=1, idle_forever=False, quiet_marker=str(marker))
+    assert "quiet window" not in capsys.readouterr().out
+
+
+def test_quiet_window_check_runs_under_micropython(micropython, tmp_path):
+    (tmp_path / "noapp").write_text("")
+    res = micropython(
+        "import main\nprint(main.quiet_window('/data/noapp'))\nprint(main.quiet_window('/data/absent'))\n",
+        data_dir=tmp_path,
+    ).check()
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("parcelbox: quiet window: /data/noapp is present")
+    assert lines[-2:] == ["True", "False"]

@@ -47,6 +47,16 @@ except OSError:
     os.rename({tmp!r}, {path!r})
 """
 
+_EXISTS_SCRIPT = """\
+import os
+for _p in {paths!r}:
+    try:
+        os.stat(_p)
+        print(_p)
+    except OSError:
+        pass
+"""
+
 _INFO_SCRIPT = """\
 import sys, os
 try:
@@ -233,6 +243,13 @@ class Board:
 
     def remove(self, path: str) -> None:
         self.exec(f"import os\nos.remove({path!r})", "copy")
+
+    def exists(self, paths: Iterable[str], step: str) -> dict[str, bool]:
+        """Which of `paths` exist on the board, in one round trip."""
+        paths = list(paths)
+        out = self.exec(_EXISTS_SCRIPT.format(paths=paths), step)
+        found = {line.strip() for line in out.splitlines()}
+        return {p: p in found for p in paths}
 
     # -- packages, reset, console -------------------------------------------------------------
 

@@ -58,6 +58,12 @@ CONSOLE_FAILURES: list[tuple[re.Pattern[str], str, str, str]] = [
         "check the firewall allows the MQTT port",
     ),
     (
+        re.compile(r"parcelbox: quiet window: (\S+) is present"),
+        "firmware",
+        "the box booted in its quiet window (the marker file is still on it), so its app did not start",
+        "rerun provision (it removes the marker), or: mpremote rm :noapp + reset",
+    ),
+    (
         re.compile(r'^Type "help\(\)" for more information'),
         "firmware",
         "main.py ended and the board is sitting at the MicroPython prompt",

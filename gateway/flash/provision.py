@@ -2,8 +2,13 @@
 
 Steps (numbered in the output): settings, broker check, compile, connect + handshake, camera check,
 libraries (mip), copy changed files (sha256 computed on the board), reset, online. Everything before
-the reset is idempotent, so a board that resets mid-way (its watchdog) is reconnected and the run
-carries on where it was.
+the reset is idempotent, so a board that resets mid-way is reconnected and the run carries on.
+
+Quiet window: a box running its app has a watchdog that cannot be stopped (on the ESP32 it is the
+ESP-IDF task watchdog; mpremote's Ctrl-C / soft reset leave it running, only a hard reset clears it).
+So right after the handshake the tool writes `/noapp` and, if the board has an app, hard-resets it:
+firmware/main.py then boots without app or watchdog. The marker is removed just before the final
+reset, and on failure too (best effort, saying so when it could not be).
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ FIRMWARE_DIR = Path(__file__).resolve().parents[2] / "firmware"
 MIP_PACKAGES = ("umqtt.simple",)
 MIP_TARGET = "/lib"
 DEFAULT_MIP_INDEX = "https://micropython.org/pi/v2"  # mpremote's own default, named so --dry-run can show it
-# The firmware's watchdog keeps running while the tool holds the board in the raw REPL and may
-# reset it mid-copy; every step is idempotent (hash-compared, temp file + rename), so reconnect.
+# A board may still reset mid-copy (firmware from before the quiet window, a brown-out); every step
+# is idempotent (hash-compared, temp file + rename), so reconnect and carry on.
 BOARD_ATTEMPTS = 3
+QUIET_MARKER = "/noapp"  # firmware/main.py: present at boot -> no app, no watchdog
 
 PROVISION_STEPS = (
     "settings",
@@ -163,6 +169,10 @@ def _dry_run(args: argparse.Namespace, firmware_dir: Path, settings: BoxSettings
     for source, remote in planned_bundle(firmware_dir, compile=not args.no_compile):
         progress.detail(f"{source.relative_to(firmware_dir)} -> {remote}")
     progress.step(f"connect: {args.port or 'auto-detect an ESP32 serial port'}, raw REPL handshake")
+    progress.detail(
+        f"quiet window: write {QUIET_MARKER}, and hard-reset a board that has an app, so it boots without "
+        "its app and watchdog; removed again before the final reset"
+    )
     progress.step(
         "camera: " + ("skipped (--no-camera-check)" if args.no_camera_check else "check `import camera`")
     )
@@ -181,7 +191,7 @@ def _dry_run(args: argparse.Namespace, firmware_dir: Path, settings: BoxSettings
     for key in tool_keys:
         shown_value = "(kept from the board, else asked)" if asked.get(key) else json.dumps(_get(shown, key))
         progress.detail(f"  {key} = {shown_value}")
-    progress.step("reset: machine.reset()")
+    progress.step(f"reset: remove {QUIET_MARKER}, machine.reset()")
     topic = f"{settings.prefix}/{settings.device}/status"
     progress.step(
         "online: skipped (--no-wait)"
@@ -232,11 +242,15 @@ def do_provision(args: argparse.Namespace) -> int:
     port = resolve_port(args.port)
     config_file = None
     first_board_step = progress.n
+    quiet = False  # the marker may be on the board: remove it if we give up
     for attempt in range(1, BOARD_ATTEMPTS + 1):
         progress.n = first_board_step  # a retry repeats the same numbered steps
         board = Board.connect(port) if attempt == 1 else _reconnect(port)
         try:
             progress.step(f"connect to {port}")
+            board.enter_raw_repl(timeout=args.handshake_timeout)
+            quiet = True
+            board = _enter_quiet_window(board, port, args, progress)
             _prepare_board(board, args, progress)
             progress.step("copy changed files")
             if config_file is None:
@@ -246,11 +260,18 @@ def do_provision(args: argparse.Namespace) -> int:
                 config_file = BoardFile(None, "/config.json", config_bytes(config))
             _copy_changed(board, [*files, config_file], progress)
             progress.step("reset the board")
+            _leave_quiet_window(board)
+            quiet = False
+            progress.detail(f"removed {QUIET_MARKER}: the box starts its app and watchdog after this reset")
             board.hard_reset()
-        except FlashError as e:
+        except BaseException as e:  # FlashError, Ctrl-C at the Wi-Fi prompt, anything: never strand the box
             board.close()
-            if not e.retryable or attempt == BOARD_ATTEMPTS:
+            retry = isinstance(e, FlashError) and e.retryable and attempt < BOARD_ATTEMPTS
+            if not retry:
+                if quiet:
+                    _cleanup_quiet_window(port, args, progress)
                 raise
+            assert isinstance(e, FlashError)
             progress.detail(
                 f"lost the board during {e.step} ({e.message}); it may have been reset by its watchdog. "
                 f"Reconnecting, attempt {attempt + 1} of {BOARD_ATTEMPTS}; files already copied are kept"
@@ -298,9 +319,65 @@ def _reconnect(port: str, timeout: float = 10.0) -> Board:
             time.sleep(0.5)
 
 
+def _enter_quiet_window(board: Board, port: str, args: argparse.Namespace, progress: Progress) -> Board:
+    """Make sure the board runs neither its app nor its watchdog while we work; returns the board to use."""
+    state = board.exists([QUIET_MARKER, "/main.py", "/main.mpy"], "connect")
+    if state[QUIET_MARKER]:
+        progress.detail(f"quiet window: {QUIET_MARKER} is on the board, its app and watchdog are not running")
+        return board
+    board.exec(f"open({QUIET_MARKER!r}, 'w').close()", "connect")
+    if not (state["/main.py"] or state["/main.mpy"]):
+        progress.detail(f"quiet window: {QUIET_MARKER} written (no app on the board yet, so no watchdog)")
+        return board
+    # The app's watchdog is running and nothing can stop it but a hard reset.
+    progress.detail(
+        f"quiet window: {QUIET_MARKER} written; resetting so the box boots without its app and watchdog"
+    )
+    board.hard_reset()
+    board.close()
+    time.sleep(0.5)  # let it reboot before we interrupt it again
+    board = _reconnect(port)
+    try:
+        board.enter_raw_repl(timeout=args.handshake_timeout)
+        if not board.exists([QUIET_MARKER], "connect")[QUIET_MARKER]:
+            raise FlashError(
+                "connect", f"{QUIET_MARKER} vanished from the board across its reset", "rerun provision"
+            )
+    except BaseException:
+        board.close()  # the caller only knows the board it passed in
+        raise
+    return board
+
+
+def _leave_quiet_window(board: Board) -> None:
+    board.exec(f"import os\ntry:\n    os.remove({QUIET_MARKER!r})\nexcept OSError:\n    pass", "reset")
+    if board.exists([QUIET_MARKER], "reset")[QUIET_MARKER]:
+        raise FlashError(
+            "reset",
+            f"could not remove {QUIET_MARKER} from the board, so the box would not start its app",
+            "rerun provision",
+        )
+
+
+def _cleanup_quiet_window(port: str, args: argparse.Namespace, progress: Progress) -> None:
+    """Best effort after a failure: take the marker away so the box runs its app at its next reset."""
+    try:
+        with _reconnect(port, timeout=3.0) as board:
+            board.enter_raw_repl(timeout=args.handshake_timeout)
+            _leave_quiet_window(board)
+    except (FlashError, OSError) as e:
+        progress.detail(
+            f"could not remove {QUIET_MARKER} from the board ({e}): the box will not start its app until it is "
+            f"removed. Rerun provision, or run: mpremote connect {port} rm :{QUIET_MARKER[1:]} + reset"
+        )
+        return
+    progress.detail(
+        f"removed {QUIET_MARKER} from the board: the box starts its app at its next reset (press RST)"
+    )
+
+
 def _prepare_board(board: Board, args: argparse.Namespace, progress: Progress) -> None:
-    """Handshake, firmware checks and libraries: everything before the copy."""
-    board.enter_raw_repl(timeout=args.handshake_timeout)
+    """Firmware checks and libraries: everything between the handshake and the copy."""
     info = board.info()
     if info.implementation != "micropython":
         raise FlashError("handshake", f"the board runs {info.implementation}, not MicroPython")

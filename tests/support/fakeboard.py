@@ -33,6 +33,7 @@ from pathlib import Path
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
 FRIENDLY_BANNER = b'MicroPython v1.25.0 on 2025-04-15; ESP32 CAM module with ESP32\r\nType "help()" for more information.\r\n>>> '
 ROM_BOOT = b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+QUIET_MARKER = "/noapp"  # firmware/main.py: present at boot -> no app, no watchdog
 MPY_ABI = 6 | (3 << 8) | (10 << 10)  # .mpy v6.3, xtensawin: what sys.implementation._mpy says on an ESP32
 
 # Modules the board has; anything else raises ImportError like a missing module on the board.
@@ -54,7 +55,12 @@ class FakeBoard:
     running it, as the firmware's still-running watchdog does to a board held in the raw REPL.
     fat: a FAT filesystem, whose rename refuses an existing target (LittleFS replaces it).
     on_boot(board): called in a thread after machine.reset(), as the firmware's main.py would run;
-    it may call board.console() to print and publish MQTT like a real box.
+    it may call board.console() to print and publish MQTT like a real box. Like firmware/main.py,
+    a board with /noapp on its flash prints the quiet-window message instead.
+    app_watchdog: the app's machine.WDT, as on the ESP32. Armed at start and at every hard reset
+    when the board has an app (/main.py or /main.mpy) and no /noapp; soft resets leave it armed
+    and nothing feeds it in the raw REPL, so the Nth code block received after it was armed
+    resets the board instead of running. `wdt_resets` counts those.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class FakeBoard:
         mpy_abi: int = MPY_ABI,
         watchdog_on: Callable[[str], bool] | None = None,
         fat: bool = False,
+        app_watchdog: int | None = None,
     ) -> None:
         self.flash = Path(flash)
         self.flash.mkdir(parents=True, exist_ok=True)
@@ -78,6 +85,9 @@ class FakeBoard:
         self.mpy_abi = mpy_abi
         self.watchdog_on = watchdog_on
         self.fat = fat
+        self.app_watchdog = app_watchdog
+        self.wdt_resets = 0
+        self._wdt_left: int | None = None
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         # Never block the serving thread on a full pty buffer when the host has stopped reading.
@@ -101,6 +111,7 @@ class FakeBoard:
 
     def start(self) -> FakeBoard:
         self._new_namespace()
+        self._arm_watchdog()
         self._thread.start()
         return self
 
@@ -250,6 +261,12 @@ class FakeBoard:
             self.watchdog_on = None
             self._hard_reset()
             return
+        if self._wdt_left is not None:
+            self._wdt_left -= 1
+            if self._wdt_left <= 0:
+                self.wdt_resets += 1
+                self._hard_reset()
+                return
         try:
             out, err = self._run(text)
         except _HardReset:
@@ -274,10 +291,25 @@ class FakeBoard:
         self._state = "friendly"
         self._buf.clear()
         self._write(ROM_BOOT)
+        self._arm_watchdog()
+        if self.quiet():
+            # firmware/main.py's quiet_window()
+            self.console(
+                f"parcelbox: quiet window: {QUIET_MARKER} is present, so the app and the watchdog are not started."
+            )
+            return
         if self.on_boot is not None:
             t = threading.Thread(target=self.on_boot, args=(self,), name="fakeboard-main", daemon=True)
             self._boot_threads.append(t)
             t.start()
+
+    def quiet(self) -> bool:
+        return self._host_path(QUIET_MARKER).exists()
+
+    def _arm_watchdog(self) -> None:
+        has_app = self._host_path("/main.py").exists() or self._host_path("/main.mpy").exists()
+        armed = self.app_watchdog is not None and has_app and not self.quiet()
+        self._wdt_left = self.app_watchdog if armed else None
 
     # -- execution ----------------------------------------------------------------------------
 
