@@ -292,7 +292,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit(4 * max(args.connections) + 256)
     photos, source = uxga_photos()
     work = Path(tempfile.mkdtemp(prefix="parcelbox-ingest-"))
-    broker = start_broker(work)
+    broker = start_broker(work, tuple(args.broker_config))
     out: dict[str, Any] = {
         "bench": "ingest",
         "machine": machine_info(**tool_versions()),
@@ -304,6 +304,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "photos": source,
             "mean_photo_kb": round(sum(map(len, photos)) / len(photos) / 1024, 1),
             "chunk_size": 8192,
+            "broker_config": args.broker_config,
         },
         "runs": [],
     }
@@ -336,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rates", default="10,20,30", help="open-loop offered events/s (below the pipeline's saturation)"
     )
     ap.add_argument("--rate-connections", type=int, default=100, help="connections for the --rates runs")
+    ap.add_argument(
+        "--broker-config", action="append", default=[], help="extra mosquitto.conf line (experiments)"
+    )
     ap.add_argument("--name", default="ingest")
     ap.add_argument("--quick", action="store_true", help="10 and 100 connections, 5 s each")
     args = ap.parse_args(argv)

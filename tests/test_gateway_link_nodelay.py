@@ -17,3 +17,13 @@ def test_link_socket_has_tcp_nodelay(mosquitto, prefix):
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         link.stop()
+
+
+def test_broker_config_turns_nagle_off(tmp_path):
+    from gateway.mosquitto import Mosquitto, find_mosquitto
+
+    if not find_mosquitto():
+        import pytest
+
+        pytest.skip("mosquitto not installed")
+    assert "set_tcp_nodelay true" in Mosquitto(tmp_path).config_text().splitlines()
