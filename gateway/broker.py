@@ -316,7 +316,9 @@ def start_managed_broker(config: Config, registry: DeviceRegistry) -> ManagedBro
         log.warning("!" * 20 + " %s " + "!" * 20, AMQTT_WARNING)
         broker = ManagedAmqtt(config, port)
     broker.start()
-    log.info("managed %s broker listening on %s (pid %s)", broker.kind, broker.listen, os.getpid())
+    child = getattr(broker, "mosquitto", None)  # amqtt runs in this process; Mosquitto is a child
+    where = f"pid {child.pid}" if child is not None else "in the gateway process"
+    log.info("managed %s broker listening on %s (%s)", broker.kind, broker.listen, where)
     try:
         path = write_live_address(Path(config.data_dir), broker)
         log.info("broker address written to %s", path)
