@@ -40,6 +40,21 @@ class Alert:
     state: dict[str, Any] = field(default_factory=dict)  # e.g. {"waiting": 2} deliveries since last pickup
 
 
+def alert_document(alert: Alert) -> dict[str, Any]:
+    """The JSON description of an alert that every machine-readable sink sends (pure)."""
+    return {
+        "v": 1,
+        "id": alert.id,
+        "kind": alert.kind,
+        "device": alert.device,
+        "device_name": alert.device_name,
+        "event_ids": list(alert.event_ids),
+        "ts": alert.ts,
+        "caption": alert.caption,
+        "state": alert.state,
+    }
+
+
 @dataclass(frozen=True)
 class SendResult:
     ok: bool

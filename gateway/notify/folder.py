@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.notify.base import Alert, RateLimit, SendResult
+from gateway.notify.base import Alert, RateLimit, SendResult, alert_document
 from gateway.storage import atomic_write_bytes, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -33,18 +33,7 @@ def build_payload(alert: Alert) -> FolderPayload:
         raise ValueError(f"alert id {alert.id!r} is not a safe file name")
     return FolderPayload(
         alert.id,
-        {
-            "v": 1,
-            "id": alert.id,
-            "kind": alert.kind,
-            "device": alert.device,
-            "device_name": alert.device_name,
-            "event_ids": list(alert.event_ids),
-            "ts": alert.ts,
-            "caption": alert.caption,
-            "state": alert.state,
-            "photo": f"{alert.id}.jpg" if alert.photo_path else None,
-        },
+        {**alert_document(alert), "photo": f"{alert.id}.jpg" if alert.photo_path else None},
     )
 
 

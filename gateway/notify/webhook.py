@@ -15,9 +15,8 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from gateway.notify.base import Alert, RateLimit, SendResult
+from gateway.notify.base import Alert, RateLimit, SendResult, alert_document
 
 log = logging.getLogger(__name__)
 
@@ -26,20 +25,6 @@ log = logging.getLogger(__name__)
 class WebhookRequest:
     body: bytes
     content_type: str
-
-
-def alert_document(alert: Alert) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "id": alert.id,
-        "kind": alert.kind,
-        "device": alert.device,
-        "device_name": alert.device_name,
-        "event_ids": list(alert.event_ids),
-        "ts": alert.ts,
-        "caption": alert.caption,
-        "state": alert.state,
-    }
 
 
 def build_request(alert: Alert, photo: bytes | None, fmt: str = "json") -> WebhookRequest:
