@@ -32,6 +32,7 @@ lint: $(STAMP_DEV)
 
 test: $(STAMP_DEV) mosquitto lint
 	@sh tools/ensure_chromium.sh
+	@sh tools/ensure_libmagic.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
