@@ -14,49 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.bus import OUTBOX_CHANGED, Bus
-from gateway.notify.base import Alert, Notifier, RateLimit, SendResult
+from gateway.notify.base import Alert, Notifier, SendResult
+from gateway.ratelimit import SendLimiter
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
-
-
-class RateLimiter:
-    """Sliding-window limits per recipient and overall (`RateLimit`); None means unlimited."""
-
-    def __init__(self, limit: RateLimit | None) -> None:
-        self.limit = limit
-        self._overall: deque[float] = deque()
-        self._per: dict[str, deque[float]] = {}
-
-    @staticmethod
-    def _wait(window: deque[float], count: int, per_s: float, now: float) -> float:
-        while window and window[0] <= now - per_s:
-            window.popleft()
-        return 0.0 if len(window) < count else window[0] + per_s - now
-
-    def wait_s(self, recipient: str, now: float) -> float:
-        """Seconds until a send to `recipient` is allowed (0: now)."""
-        if self.limit is None:
-            return 0.0
-        wait = 0.0
-        if self.limit.overall:
-            wait = max(wait, self._wait(self._overall, *self.limit.overall, now))
-        if self.limit.per_recipient:
-            w = self._per.setdefault(recipient, deque())
-            wait = max(wait, self._wait(w, *self.limit.per_recipient, now))
-        return wait
-
-    def record(self, recipient: str, now: float) -> None:
-        if self.limit is None:
-            return
-        self._overall.append(now)
-        self._per.setdefault(recipient, deque()).append(now)
 
 
 def backoff_s(attempts: int, initial: float, maximum: float) -> float:
@@ -87,7 +54,10 @@ class OutboxDispatcher:
         self.dead_after_s = dead_after_s
         self.poll_s = poll_s
         self.clock = clock
-        self._limiters = {name: RateLimiter(getattr(n, "rate_limit", None)) for name, n in notifiers.items()}
+        self._limiters = {
+            name: SendLimiter.for_limit(getattr(n, "rate_limit", None), clock)
+            for name, n in notifiers.items()
+        }
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -136,9 +106,8 @@ class OutboxDispatcher:
             now = self.clock()
             if (rec.get("next_attempt_at") or 0) > now:
                 continue
-            if limiter.wait_s(rec["recipient"], now) > 0:
+            if limiter.try_acquire(rec["recipient"], now) > 0:
                 continue  # rate limited: not a failure, the entry just waits its turn
-            limiter.record(rec["recipient"], now)
             self._send(notifier, rec)
             did = True
         return did

@@ -6,7 +6,8 @@ import pytest
 
 from gateway.bus import OUTBOX_CHANGED, Bus
 from gateway.notify.base import Alert, RateLimit, SendResult
-from gateway.outbox import OutboxDispatcher, RateLimiter, backoff_s
+from gateway.outbox import OutboxDispatcher, backoff_s
+from gateway.ratelimit import SendLimiter
 from gateway.store import Store
 
 
@@ -182,12 +183,12 @@ def test_rate_limit_per_recipient_and_overall(store):
 
 
 def test_rate_limiter_and_backoff_units():
-    rl = RateLimiter(RateLimit(per_recipient=(1, 10.0)))
+    rl = SendLimiter.for_limit(RateLimit(per_recipient=(1, 10.0)))
     assert rl.wait_s("a", 0) == 0
     rl.record("a", 0)
     assert rl.wait_s("a", 5) == 5 and rl.wait_s("b", 5) == 0
     assert rl.wait_s("a", 10) == 0
-    assert RateLimiter(None).wait_s("a", 0) == 0
+    assert SendLimiter.for_limit(None).wait_s("a", 0) == 0
     assert [backoff_s(n, 2, 30) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 16, 30]
 
 

@@ -10,9 +10,9 @@ from gateway.captions import render_caption
 from gateway.config import WhatsAppConfig
 from gateway.notify.base import Alert, Notifier
 from gateway.notify.whatsapp import WhatsAppNotifier, build_message
+from gateway.ratelimit import SendLimiter, SlidingWindow
 from gateway.whatsapp import texts
 from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
-from gateway.whatsapp.ratelimit import SendLimiter, SlidingWindow
 from gateway.whatsapp.settings import WhatsAppSettings, settings_from_config
 from gateway.whatsapp.supervisor import SendOutcome
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.notify.base import Alert, RateLimit, SendResult
+from gateway.ratelimit import SendLimiter
 from gateway.whatsapp.addresses import BadRecipient, to_jid
-from gateway.whatsapp.ratelimit import SendLimiter
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.supervisor import SendOutcome
 from gateway.whatsapp.texts import alert_text

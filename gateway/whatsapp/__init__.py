@@ -9,7 +9,7 @@ Layout (only `neonize_adapter` imports neonize, and only inside the child):
 - `neonize_adapter` the real transport; `fake` a file-driven stand-in for tests
 - `child`        the process entry point and pipe protocol
 - `supervisor`   starts/restarts the child with backoff, relays sends, exposes `.state()`
-- `ratelimit`    overall and per-recipient send windows
+- (`gateway.ratelimit`: the overall and per-recipient send windows, shared with the outbox)
 - `commands`     allowlisted two-way commands (photo/foto, status, help/bantuan)
 - `texts`        replies and help in English and Bahasa Indonesia
 - `component`    wires all of it into the gateway (`attach_whatsapp`)

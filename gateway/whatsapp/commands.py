@@ -27,9 +27,9 @@ from typing import Any
 
 from gateway import bus as topics
 from gateway.ports import GatewayPort
+from gateway.ratelimit import SendLimiter
 from gateway.whatsapp import texts
 from gateway.whatsapp.addresses import phone_digits
-from gateway.whatsapp.ratelimit import SendLimiter
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.transport import IncomingMessage
 

@@ -1,4 +1,8 @@
-"""Sliding-window send limits, overall and per recipient (WhatsApp bans numbers that send in bursts)."""
+"""Sliding-window send limits, overall and per recipient.
+
+One implementation for the outbox (per notifier), the WhatsApp notifier (WhatsApp bans numbers
+that send in bursts) and the WhatsApp command handler (per sender).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+
+from gateway.notify.base import RateLimit
 
 
 class SlidingWindow:
@@ -46,18 +52,42 @@ class SendLimiter:
         self._lock = threading.Lock()
         self.limited = 0  # how many sends were held back
 
-    def try_acquire(self, recipient: str) -> float:
+    @classmethod
+    def for_limit(cls, limit: RateLimit | None, clock: Callable[[], float] = time.monotonic) -> SendLimiter:
+        """A limiter for a notifier's `RateLimit` (None: unlimited)."""
+        if limit is None:
+            return cls(None, None, clock)
+        return cls(limit.per_recipient, limit.overall, clock)
+
+    def _windows(self, recipient: str) -> list[SlidingWindow]:
+        windows = []
+        if self._overall is not None:
+            windows.append(self._overall)
+        if self.per_recipient is not None:
+            w = self._by_recipient.get(recipient)
+            if w is None:
+                w = self._by_recipient[recipient] = SlidingWindow(*self.per_recipient)
+            windows.append(w)
+        return windows
+
+    def wait_s(self, recipient: str, now: float | None = None) -> float:
+        """Seconds until a send to `recipient` is allowed (0: now); books nothing."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            return max((w.wait_s(now) for w in self._windows(recipient)), default=0.0)
+
+    def record(self, recipient: str, now: float | None = None) -> None:
+        """Count a send to `recipient` in every window."""
+        with self._lock:
+            now = self._clock() if now is None else now
+            for w in self._windows(recipient):
+                w.record(now)
+
+    def try_acquire(self, recipient: str, now: float | None = None) -> float:
         """0.0 when the send may go now (and it is counted), else seconds to wait before retrying."""
         with self._lock:
-            now = self._clock()
-            windows = []
-            if self._overall is not None:
-                windows.append(self._overall)
-            if self.per_recipient is not None:
-                w = self._by_recipient.get(recipient)
-                if w is None:
-                    w = self._by_recipient[recipient] = SlidingWindow(*self.per_recipient)
-                windows.append(w)
+            now = self._clock() if now is None else now
+            windows = self._windows(recipient)
             wait = max((w.wait_s(now) for w in windows), default=0.0)
             if wait > 0:
                 self.limited += 1
