@@ -3,15 +3,18 @@
 Layout under the data folder (one owner process, see `gateway.datalock`):
 
     db/events-2026-11.json   events + their outbox entries received that month (TinyDB, two tables)
+    db/events-2026-11.2.json the month's next segment, once the first holds SEGMENT_DOCS records
     db/boxes.json            one record per box (health, waiting count, alert bookkeeping)
     photos/<device>/<yyyy-mm>/<event id>.jpg | .alert.jpg | .thumb.jpg
 
-Why one file per month: TinyDB rewrites its whole file on every write, so one
-file for all history would make each new event cost more than the last. With a
-file per month (or per day, `store.partition = "day"`) the cost of a write depends
-on this month's traffic, not on history (bench/store_growth.py). Keys seen in
-older files stay in a small in-memory index, so de-duplication by
-(device, event id) still spans all history.
+Why files per month, in segments: TinyDB reads its whole file into memory and rewrites it whole, so
+one file for all history would make each new event cost more than the last, and hold all of it in
+RAM. Files per month (or per day, `store.partition = "day"`) let retention drop whole files; segments
+of at most `SEGMENT_DOCS` records bound what one file costs to rewrite and to hold: the gateway's
+memory stays flat however busy the month is (bench/soak.py), and the cost of a write does not grow
+with history (bench/store_growth.py). At most `_CACHED_PARTITIONS` segments are open (parsed in
+memory); older ones are read from disk when asked for. Keys seen in every file stay in a small
+in-memory index, so de-duplication by (device, event id) still spans all history.
 
 The dashboard's timeline (`list_events`) is answered from a second in-memory index, sorted by
 (ts, id) with sub-lists per box, per type and per (box, type) (`gateway.event_index`, ~20 MB at
@@ -50,14 +53,21 @@ log = logging.getLogger(__name__)
 
 EVENTS = "events"
 OUTBOX = "outbox"
-_PART_RE = re.compile(r"events-(\d{4})-(\d{2})(?:-(\d{2}))?\.json")
+# events-<yyyy>-<mm>[-<dd>][.<segment>].json; the first segment has no number (older stores had only it).
+_PART_RE = re.compile(r"events-(\d{4})-(\d{2})(?:-(\d{2}))?(?:\.([2-9]|[1-9]\d+))?\.json")
 _PHOTO_SUFFIX: dict[str, str] = {"original": ".jpg", "alert": ".alert.jpg", "thumb": ".thumb.jpg"}
 _OPEN_STATES = ("pending", "failed")
-_CACHED_PARTITIONS = 3
+# Segments kept open (parsed, writable): the one being written and one more, for outbox updates that
+# land in the previous segment just after a roll-over. Everything the store holds per record lives in
+# these, so together with SEGMENT_DOCS this bounds the store's memory (~2 KB of RAM per record).
+_CACHED_PARTITIONS = 2
+# Records (events + outbox entries) per segment file before the next segment starts: a home box fills
+# one segment in months, a busy fleet one every few minutes, and neither holds more than this in RAM.
+SEGMENT_DOCS = 512
 # Month files a timeline page read without opening them for writing (see `_events_for_read`); bounded
 # by files and by events so one huge old month cannot pin much memory.
-_READ_CACHED_PARTITIONS = 4
-_READ_CACHED_EVENTS = 20_000
+_READ_CACHED_PARTITIONS = 16
+_READ_CACHED_EVENTS = 4_000
 _DECODER = json.JSONDecoder()
 # Page records read from closed month files, kept by event key: a stored event never changes (only
 # retention removes it), and a filtered view over years (a rare type) otherwise re-reads one file per
@@ -75,6 +85,25 @@ class StoreError(RuntimeError):
 
 def event_key(device: str, event_id: str) -> str:
     return f"{device}/{event_id}"
+
+
+def _part_sort_key(name: str) -> tuple[int, int, int, int]:
+    """(year, month, day or 0, segment): segment 10 after 9, and the unnumbered first segment first."""
+    m = _PART_RE.fullmatch(name)
+    assert m is not None, name
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0), int(m.group(4) or 1))
+
+
+def _segment_name(period: str, segment: int) -> str:
+    """`events-2026-11.json` for segment 1, `events-2026-11.<n>.json` after it."""
+    return period if segment == 1 else f"{period[: -len('.json')]}.{segment}.json"
+
+
+def _period_of(name: str) -> str:
+    """The first segment's name (the period): `events-2026-11.3.json` -> `events-2026-11.json`."""
+    m = _PART_RE.fullmatch(name)
+    assert m is not None, name
+    return name if m.group(4) is None else name[: m.start(4) - 1] + ".json"
 
 
 def _partition_end(name: str) -> float:
@@ -124,6 +153,8 @@ class Store:
         self._read_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()  # part -> raw events table
         self._record_cache: OrderedDict[str, EventRecord] = OrderedDict()  # key -> record (closed files)
         self._outbox_index: dict[str, tuple[str, int]] = {}
+        self._latest_segment: dict[str, str] = {}  # period -> the segment new records go to
+        self._part_docs: dict[str, int] = {}  # latest segments only: records in the file
         self._open_outbox: dict[str, dict[str, Any]] = {}  # pending/failed entries, by id
         self._outbox_counts: dict[str, int] = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
         self._devices: dict[str, dict[str, Any]] = {}
@@ -144,7 +175,7 @@ class Store:
             name = p.name[: -len(JOURNAL_SUFFIX)] if p.name.endswith(JOURNAL_SUFFIX) else p.name
             if _PART_RE.fullmatch(name):
                 names.add(name)
-        return sorted(names)
+        return sorted(names, key=_part_sort_key)
 
     def _db(self, part: str) -> TinyDB:
         db = self._dbs.get(part)
@@ -247,6 +278,8 @@ class Store:
             self._close_part(part)
             self._db(part)
             raise
+        if part in self._part_docs:
+            self._part_docs[part] += (ev_id is not None) + len(out_ids)
         if self._journals[part].entries_since_reset >= COMPACT_EVERY:
             self._compact(part)
         return ev_id, out_ids
@@ -255,6 +288,7 @@ class Store:
         timeline: dict[str, tuple[float, str, str, str]] = {}  # by key: a doubled record is listed once
         for part in self._partitions():
             db = self._db(part)
+            self._note_segment(part, len(db.table(EVENTS)) + len(db.table(OUTBOX)))
             for doc in db.table(EVENTS).all():  # one read builds both the dedupe and timeline indexes
                 self._event_index[doc["key"]] = (part, doc.doc_id)
                 timeline[doc["key"]] = entry_for(doc)
@@ -287,11 +321,36 @@ class Store:
         for doc in self._devices_db.table("devices").all():
             self._devices[doc["device"]] = {**doc, "_doc_id": doc.doc_id}
 
-    def part_for(self, when: float) -> str:
+    def _note_segment(self, part: str, docs: int) -> None:
+        """Remember `part` as its period's latest segment if it is (files are visited oldest first)."""
+        period = _period_of(part)
+        latest = self._latest_segment.get(period)
+        if latest is None or _part_sort_key(part) >= _part_sort_key(latest):
+            if latest is not None:
+                self._part_docs.pop(latest, None)
+            self._latest_segment[period] = part
+            self._part_docs[part] = docs
+
+    def period_for(self, when: float) -> str:
+        """The name of the first segment of the period (month or day) `when` falls in."""
         tm = time.gmtime(when)
         if self.partition == "day":
             return f"events-{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}.json"
         return f"events-{tm.tm_year:04d}-{tm.tm_mon:02d}.json"
+
+    def part_for(self, when: float) -> str:
+        """The segment that records stamped `when` go to now: its period's latest, or a new one once
+        that holds SEGMENT_DOCS records (a new segment is created by its first journal line)."""
+        period = self.period_for(when)
+        part = self._latest_segment.get(period)
+        if part is None:
+            part = period
+        elif self._part_docs.get(part, 0) >= SEGMENT_DOCS:
+            part = _segment_name(period, _part_sort_key(part)[3] + 1)
+        else:
+            return part
+        self._note_segment(part, 0)
+        return part
 
     # --- events -------------------------------------------------------------------
 
@@ -349,10 +408,16 @@ class Store:
 
     def get_event(self, device: str, event_id: str) -> EventRecord | None:
         with self._lock:
-            loc = self._event_index.get(event_key(device, event_id))
+            key = event_key(device, event_id)
+            loc = self._event_index.get(key)
             if loc is None:
                 return None
-            doc = self._db(loc[0]).table(EVENTS).get(doc_id=loc[1])
+            cached = self._record_cache.get(key)
+            if cached is not None:
+                return copy.copy(cached)
+            # Read, never open for writing: opening an old segment would evict (and compact) the
+            # one being written just because someone looked at an old photo.
+            doc = self._events_for_read(loc[0]).get(str(loc[1]))
             return _event_out(doc) if doc else None
 
     def list_events(
@@ -428,6 +493,22 @@ class Store:
         ):
             self._read_cache.popitem(last=False)
         return table
+
+    def _outbox_for_read(self, part: str) -> dict[str, Any]:
+        """A partition's raw outbox table, from memory if open, else from its file (not opened for
+        writing, for the same reason as `_events_for_read`; not cached: listing old alerts is rare)."""
+        db = self._dbs.get(part)
+        journal = self.db_dir / (part + JOURNAL_SUFFIX)
+        if db is None and journal.exists() and journal.stat().st_size:
+            db = self._db(part)  # a crash left changes in the journal: the ordinary open replays them
+        if db is not None:
+            return (db.storage.read() or {}).get(OUTBOX, {})  # type: ignore[attr-defined]
+        try:
+            raw = (self.db_dir / part).read_bytes()
+        except FileNotFoundError:
+            return {}
+        data = json.loads(raw) if raw.strip() else {}
+        return data.get(OUTBOX, {}) if isinstance(data, dict) else {}
 
     def photo_path(self, device: str, event_id: str, variant: PhotoVariant) -> Path | None:
         if variant not in _PHOTO_SUFFIX or not (valid_device_id(device) and valid_msg_id(event_id)):
@@ -507,7 +588,7 @@ class Store:
                 rows = []
                 for part in reversed(self._partitions()):
                     rows += [
-                        dict(d) for d in self._db(part).table(OUTBOX).all() if state in (None, d["state"])
+                        dict(d) for d in self._outbox_for_read(part).values() if state in (None, d["state"])
                     ]
                     if len(rows) >= limit:
                         break
@@ -564,6 +645,9 @@ class Store:
                     ):
                         continue  # an alert still waiting to be sent keeps its file alive
                     self._close_part(part)
+                    if self._latest_segment.get(_period_of(part)) == part:
+                        del self._latest_segment[_period_of(part)]
+                    self._part_docs.pop(part, None)
                     Journal(self.db_dir / (part + JOURNAL_SUFFIX)).remove()
                     gone = {k for k, v in self._event_index.items() if v[0] == part}
                     self._event_index = {k: v for k, v in self._event_index.items() if v[0] != part}
@@ -591,7 +675,7 @@ class Store:
     def _recount_outbox(self) -> None:
         counts = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
         for part in self._partitions():
-            for doc in self._db(part).table(OUTBOX).all():
+            for doc in self._outbox_for_read(part).values():
                 counts[doc["state"]] = counts.get(doc["state"], 0) + 1
         self._outbox_counts = counts
 
