@@ -4,11 +4,14 @@ as history grows: 1k, 10k, 100k events already stored.
 Two scenarios, both with the real `gateway.store.Store` on the real disk:
 
 * history: N events received at a steady 100 a day (10 boxes x 10 events) up to the middle of the current
-  month, one file per month (the default). This is how history grows in life; the target is that one stored
+  month, in month files (the default). This is how history grows in life; the target is that one stored
   event at 100k costs at most 2x what it costs at 1k.
-* one month: all N events in the current month (a burst, or a big fleet), with `partition = "month"` and
-  with `partition = "day"`: shows what each write costs when the current file itself is big, and what the
-  day option buys.
+* one month: all N events in the current month (a burst, or a big fleet), in month files of segments
+  (the store as it is), in one whole file per month (the store before segments, `SEGMENT_DOCS`
+  unbounded: the same run shows what segments buy), and in day files.
+
+"in memory" is how many records the store holds parsed in its open files after the writes: what its RAM
+grows with besides the indexes.
 
 History is written straight into the store's files in bulk (building 100k events one fsync at a time would
 take an hour); the measured writes then go through `Store.add_event` like the gateway's. Per size: the
@@ -34,11 +37,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import gateway.store as store_mod  # noqa: E402
 from bench.common import machine_info, print_table, write_json  # noqa: E402
 from gateway.store import Store  # noqa: E402
 
 NOW = float(calendar.timegm((2026, 11, 15, 12, 0, 0)))  # mid-month: this month already holds half a month
 PER_DAY = 100
+UNSEGMENTED = 10**12  # SEGMENT_DOCS for the "before" variant: one file per month however big
 
 
 def record(i: int, received_at: float, prefix: str = "h") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -82,8 +87,14 @@ def prefill(data_dir: Path, times: list[float], partition: str) -> None:
     """Write events (and their sent outbox entries) into the store's files in the store's own format."""
     probe = Store(data_dir, partition=partition)
     files: dict[str, dict[str, dict[str, Any]]] = {}
+    segment: dict[str, int] = {}  # period -> current segment number
     for i, t in enumerate(times):
-        part = probe.part_for(t)
+        period = probe.period_for(t)
+        n = segment.setdefault(period, 1)
+        part = store_mod._segment_name(period, n)
+        if part in files and sum(map(len, files[part].values())) >= store_mod.SEGMENT_DOCS:
+            segment[period] = n + 1  # as the store does: a new segment once this one is full
+            part = store_mod._segment_name(period, n + 1)
         f = files.setdefault(part, {"events": {}, "outbox": {}})
         ev, ob = record(i, t)
         f["events"][str(len(f["events"]) + 1)] = {**ev, "key": f"{ev['device']}/{ev['id']}"}
@@ -106,6 +117,8 @@ def measure(data_dir: Path, partition: str, writes: int) -> dict[str, float]:
         store.add_event(ev, [ob])
         if j >= warmup:
             costs.append((time.perf_counter() - t) * 1000)
+    # what the store holds parsed in memory (its open files); the indexes come on top (~0.7 KB/event)
+    held = sum(len(t) for db in store._dbs.values() for t in (db.storage.read() or {}).values())
     store.close()
     costs.sort()
     return {
@@ -113,6 +126,7 @@ def measure(data_dir: Path, partition: str, writes: int) -> dict[str, float]:
         "median_ms": statistics.median(costs),
         "mean_ms": statistics.fmean(costs),  # includes the amortised compaction (one per 256 writes)
         "max_ms": costs[-1],
+        "records_in_memory": held,
         "p90_ms": costs[int(len(costs) * 0.9) - 1],
         "current_file_kb": (data_dir / "db" / Store(data_dir, partition=partition).part_for(NOW))
         .stat()
@@ -121,19 +135,25 @@ def measure(data_dir: Path, partition: str, writes: int) -> dict[str, float]:
     }
 
 
-def run_case(n: int, scenario: str, partition: str, writes: int, root: Path) -> dict[str, Any]:
+def run_case(
+    n: int, scenario: str, partition: str, writes: int, root: Path, segment_docs: int
+) -> dict[str, Any]:
     if scenario == "history":
         times = [NOW - (n - i) * 86_400 / PER_DAY for i in range(n)]
     else:  # one month: all n events in the current month, before NOW
         start = float(calendar.timegm((2026, 11, 1, 0, 0, 0)))
         times = [start + (NOW - 3600 - start) * i / n for i in range(n)]
     d = Path(tempfile.mkdtemp(dir=root))
+    saved = store_mod.SEGMENT_DOCS
+    store_mod.SEGMENT_DOCS = segment_docs
     try:
         prefill(d, times, partition)
         res = measure(d, partition, writes)
     finally:
+        store_mod.SEGMENT_DOCS = saved
         shutil.rmtree(d, ignore_errors=True)
-    return {"events": n, "scenario": scenario, "partition": partition, **res}
+    files = f"{partition}/{'whole' if segment_docs >= UNSEGMENTED else segment_docs}"
+    return {"events": n, "scenario": scenario, "partition": partition, "files": files, **res}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,24 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     try:
-        for scenario, partition in (("history", "month"), ("one month", "month"), ("one month", "day")):
+        variants = [
+            ("history", "month", store_mod.SEGMENT_DOCS),
+            ("one month", "month", store_mod.SEGMENT_DOCS),
+            ("one month", "month", UNSEGMENTED),  # before segments: the whole month in one file
+            ("one month", "day", store_mod.SEGMENT_DOCS),
+        ]
+        for scenario, partition, segment_docs in variants:
             for n in sizes:
-                r = run_case(n, scenario, partition, args.writes, root)
+                r = run_case(n, scenario, partition, args.writes, root, segment_docs)
                 rows.append(r)
-                print(
-                    f"  {scenario:<9} {partition:<5} {n:>7}: {r['median_ms']:.2f} ms/event", file=sys.stderr
-                )
+                print(f"  {scenario:<9} {r['files']:<11} {n:>7}: {r['median_ms']:.2f} ms/event", file=sys.stderr)
     finally:
         if not args.dir:
             shutil.rmtree(root, ignore_errors=True)
-    base = {(r["scenario"], r["partition"]): r["median_ms"] for r in rows if r["events"] == sizes[0]}
+    base = {(r["scenario"], r["files"]): r["median_ms"] for r in rows if r["events"] == sizes[0]}
     table = []
     for r in rows:
-        r["ratio_vs_smallest"] = r["median_ms"] / base[(r["scenario"], r["partition"])]
+        r["ratio_vs_smallest"] = r["median_ms"] / base[(r["scenario"], r["files"])]
         table.append(
             [
                 r["scenario"],
-                r["partition"],
+                r["files"],
                 r["events"],
                 r["median_ms"],
                 r["p90_ms"],
@@ -174,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["max_ms"],
                 r["ratio_vs_smallest"],
                 r["current_file_kb"],
+                r["records_in_memory"],
                 r["open_ms"],
             ]
         )
@@ -189,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             "max ms",
             "x vs 1k",
             "file KB",
+            "in memory",
             "open ms",
         ],
         table,
