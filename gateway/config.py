@@ -124,7 +124,7 @@ class PhotosConfig:
 
 @dataclass
 class StoreConfig:
-    partition: str = "month"  # month | day: events files per month or per day, each in segments (gateway/store.py)
+    partition: str = "month"  # month | day: events files per month or per day, in segments
     retention_days: int = 0  # event records; 0 keeps them forever
     photo_retention_days: int = 0  # photo files; 0 keeps them forever
 

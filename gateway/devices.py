@@ -4,6 +4,10 @@
 managed Mosquitto's password file and ACL are generated from this registry, the
 flashing tool reads a box's credentials with `DeviceRegistry(data_dir).get(name)`,
 and the ingest refuses unregistered boxes when `devices.registration_required` is on.
+
+`parcelbox device remove` also notes when each box was removed: the gateway (often running when the
+command is) hides a removed box from its box list and never raises "offline" for it, unless the box is
+heard from again after that moment.
 """
 
 from __future__ import annotations
@@ -41,17 +45,26 @@ class DeviceRegistry:
         self.path = Path(data_dir) / "devices.json"
         self._lock = threading.Lock()
 
-    def _read(self) -> dict[str, dict]:
+    def _read_all(self) -> tuple[dict[str, dict], dict[str, float]]:
+        """(registered boxes, removed box -> when it was removed)."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return {}
+            return {}, {}
         data = json.loads(raw) if raw.strip() else {}
-        return data.get("devices", {})
+        removed = data.get("removed", {})
+        return data.get("devices", {}), {
+            k: float(v) for k, v in removed.items() if isinstance(v, (int, float))
+        }
 
-    def _write(self, devices: dict[str, dict]) -> None:
+    def _read(self) -> dict[str, dict]:
+        return self._read_all()[0]
+
+    def _write(self, devices: dict[str, dict], removed: dict[str, float] | None = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"v": 1, "devices": devices}, indent=1, sort_keys=True).encode()
+        if removed is None:
+            removed = self._read_all()[1]
+        body = json.dumps({"v": 1, "devices": devices, "removed": removed}, indent=1, sort_keys=True).encode()
         atomic_write_bytes(self.path, body, mode=0o600)
         os.chmod(self.path, 0o600)
 
@@ -64,9 +77,10 @@ class DeviceRegistry:
         if device == GATEWAY_USER:
             raise DeviceError(f"{GATEWAY_USER!r} is reserved for the gateway itself")
         with self._lock:
-            devices = self._read()
+            devices, removed = self._read_all()
             if device in devices:
                 return DeviceCredentials(**devices[device])
+            removed.pop(device, None)  # registered again: no longer hidden
             cred = DeviceCredentials(
                 device=device,
                 username=device,
@@ -75,7 +89,7 @@ class DeviceRegistry:
                 created_at=time.time(),
             )
             devices[device] = asdict(cred)
-            self._write(devices)
+            self._write(devices, removed)
             return cred
 
     def get(self, device: str) -> DeviceCredentials | None:
@@ -85,12 +99,18 @@ class DeviceRegistry:
 
     def remove(self, device: str) -> bool:
         with self._lock:
-            devices = self._read()
+            devices, removed = self._read_all()
             if device not in devices:
                 return False
             del devices[device]
-            self._write(devices)
+            removed[device] = time.time()
+            self._write(devices, removed)
             return True
+
+    def removed(self) -> dict[str, float]:
+        """Boxes removed (and not added again), with the time each was removed."""
+        with self._lock:
+            return self._read_all()[1]
 
     def list(self) -> list[DeviceCredentials]:
         with self._lock:

@@ -143,7 +143,7 @@ class GatewayService:
             "detail": "WhatsApp is not enabled",
             "updated_at": 0.0,
         }
-        self._registered: tuple[float, set[str]] = (-1.0, set())
+        self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
         self.photo_settings = PhotoSettings(
             alert_long_edge=config.photos.alert_long_edge,
@@ -306,11 +306,20 @@ class GatewayService:
         self.counters.reject(reason)
         log.warning("rejected %s: %s (%s)", where, reason, detail)
 
-    def _is_registered(self, device: str) -> bool:
+    def _registry_view(self) -> tuple[set[str], dict[str, float]]:
+        """(registered boxes, removed box -> when), re-read only when devices.json changed."""
         mtime = self.registry.mtime()
         if mtime != self._registered[0]:
-            self._registered = (mtime, {d.device for d in self.registry.list()})
-        return device in self._registered[1]
+            self._registered = (mtime, {d.device for d in self.registry.list()}, self.registry.removed())
+        return self._registered[1], self._registered[2]
+
+    def _is_registered(self, device: str) -> bool:
+        return device in self._registry_view()[0]
+
+    def _is_removed(self, dev: dict[str, Any]) -> bool:
+        """Removed with `parcelbox device remove` and not heard from since: hidden, never 'offline'."""
+        removed_at = self._registry_view()[1].get(dev["device"])
+        return removed_at is not None and (dev.get("last_seen") or 0.0) <= removed_at
 
     def _handle(self, topic_name: str, payload: bytes, received_at: float) -> None:
         self.counters.inc("received")
@@ -536,6 +545,8 @@ class GatewayService:
             return
         self.counters.inc("statuses")
         dev = self._device(device)
+        if not st.online and self._is_removed(dev):
+            return  # the last will of a box just removed: expected, and must not bring it back
         was_online = bool(dev.get("online"))
         dev["online"] = st.online
         dev["last_seen"] = received_at
@@ -568,7 +579,7 @@ class GatewayService:
         silent_after = self.config.alerts.silent_after_s
         for dev in self.store.list_devices():
             since = dev.get("offline_since")
-            if dev.get("offline_alerted"):
+            if dev.get("offline_alerted") or self._is_removed(dev):
                 continue
             if dev.get("online"):
                 last_seen = dev.get("last_seen")
@@ -768,7 +779,7 @@ class GatewayService:
 
     def list_devices(self) -> list[DeviceRecord]:
         assert self.store is not None
-        return [self._device_out(d) for d in self.store.list_devices()]
+        return [self._device_out(d) for d in self.store.list_devices() if not self._is_removed(d)]
 
     def list_outbox(self, state: OutboxState | None = None, limit: int = 100) -> list[OutboxRecord]:
         assert self.store is not None

@@ -38,6 +38,9 @@ def test_device_add_list_remove(env, capsys):
     assert cli.main(["device", "remove", "front-gate"]) == 0
     assert cli.main(["device", "remove", "front-gate"]) == 1
     assert DeviceRegistry(env).list() == []
+    assert set(DeviceRegistry(env).removed()) == {"front-gate"}  # the gateway hides it from now on
+    assert cli.main(["device", "add", "front-gate"]) == 0
+    assert DeviceRegistry(env).removed() == {}
 
 
 def test_status_json_when_not_running(env, capsys):

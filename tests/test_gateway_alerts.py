@@ -144,3 +144,33 @@ def test_silent_box_counts_as_offline_when_configured(tmp_path, mosquitto, prefi
         wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "online"], what="online alert")
     finally:
         svc.stop()
+
+
+def test_removed_box_is_hidden_and_never_reported_offline(tmp_path, mosquitto, prefix, box):
+    """`parcelbox device remove` (another process, same devices.json) while the gateway runs."""
+    import time
+
+    from gateway.devices import DeviceRegistry
+
+    svc = _start(tmp_path, mosquitto, prefix, PARCELBOX_ALERTS_OFFLINE_AFTER_S="1")
+    try:
+        folder = svc.config.folder_sink_path
+        registry = DeviceRegistry(svc.data_dir)
+        registry.add("box1")
+        e1 = new_event_id()
+        box.send(e1, None, etype="lid_closed")
+        assert box.wait_ack(e1)["ok"]
+        wait_for(lambda: [d["device"] for d in svc.list_devices()] == ["box1"], what="box listed")
+        time.sleep(0.05)  # removal strictly after the box was last heard from
+        assert registry.remove("box1")
+        wait_for(lambda: svc.list_devices() == [], what="removed box hidden")
+        box.pub("status", json.dumps({"v": 1, "online": False}).encode())  # its last will
+        time.sleep(3.0)  # three offline checks, past offline_after_s
+        assert svc.list_devices() == []
+        assert svc.health()["statuses"] >= 1
+        assert not [d for d in _alerts(folder) if d["kind"] == "offline"]
+        assert svc.get_event("box1", e1) is not None  # its history stays
+        box.pub("status", json.dumps({"v": 1, "online": True, "fw": "0.1.0"}).encode())  # heard again
+        wait_for(lambda: [d["device"] for d in svc.list_devices()] == ["box1"], what="box back in the list")
+    finally:
+        svc.stop()
