@@ -25,14 +25,13 @@ run: $(STAMP_RUN)
 	$(BIN)/parcelbox run
 
 mosquitto:
-	@sh tools/ensure_mosquitto.sh
+	@sh tools/ensure_packages.sh mosquitto
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
 
-test: $(STAMP_DEV) mosquitto lint
-	@sh tools/ensure_chromium.sh
-	@sh tools/ensure_libmagic.sh
+test: $(STAMP_DEV) lint
+	@sh tools/ensure_packages.sh mosquitto chromium libmagic1
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
