@@ -66,6 +66,14 @@ def _window_median(rows: list[dict[str, Any]], key: str, first: bool) -> float:
     return statistics.median(r[key] for r in part) if part else float("nan")
 
 
+def _slope_kb_per_event(rows: list[dict[str, Any]]) -> float | None:
+    xs = [float(r["gw_stored"]) for r in rows]
+    ys = [float(r["rss_mb"]) for r in rows]
+    if len(set(xs)) < 2:
+        return None
+    return round(statistics.linear_regression(xs, ys).slope * 1000, 2)
+
+
 def summarize(rows: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
     """Growth after warm-up: medians of the first and last tenth of the samples, and the extremes."""
     after = [r for r in rows if r["elapsed_s"] >= warmup_s]
@@ -83,6 +91,8 @@ def summarize(rows: list[dict[str, Any]], warmup_s: float) -> dict[str, Any]:
         "rss_mb_max": round(max(r["rss_mb"] for r in after), 1),
         "rss_growth_pct": round(growth, 2),
         "rss_slope_mb_per_h": round((rss1 - rss0) / span_h, 2) if span_h > 0 else None,
+        # least squares of RSS on events stored: what a busier (or quieter) gateway would grow by
+        "rss_kb_per_event": _slope_kb_per_event(after),
         "fds_start": fd0,
         "fds_end": fd1,
         "fds_max": max(r["fds"] for r in after),
@@ -264,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             ["open fds", g.get("fds_start"), g.get("fds_end"), "", g.get("fds_max"), ""],
         ],
     )
+    print(f"RSS against events stored (least squares): {g.get('rss_kb_per_event')} KB per event")
     print(f"target RSS within 10 %: {'met' if g.get('met') else 'NOT met'}; wrote {path}")
     return 0
 
