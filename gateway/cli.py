@@ -88,7 +88,9 @@ def _status_data(config: Any) -> dict[str, Any]:
         )
         return out
     try:
-        store = Store(data_dir, partition=config.store.partition)
+        store = Store(
+            data_dir, partition=config.store.partition, segment_records=config.store.segment_records
+        )
         try:
             keys = ("device", "name", "online", "last_seen", "fw", "rssi", "battery_mv", "spooled", "waiting")
             out["devices"] = [{k: d.get(k) for k in keys} for d in store.list_devices()]

@@ -125,6 +125,7 @@ class PhotosConfig:
 @dataclass
 class StoreConfig:
     partition: str = "month"  # month | day: events files per month or per day, in segments
+    segment_records: int = 0  # records per segment file (bounds RAM and rewrite cost); 0: the store's 512
     retention_days: int = 0  # event records; 0 keeps them forever
     photo_retention_days: int = 0  # photo files; 0 keeps them forever
 
@@ -313,6 +314,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{lang_key} must be 'en' or 'id', not {lang!r}")
     if cfg.store.partition not in ("month", "day"):
         raise ConfigError("store.partition must be 'month' or 'day'")
+    if cfg.store.segment_records and not 8 <= cfg.store.segment_records <= 1_000_000:
+        raise ConfigError("store.segment_records must be 0 (default) or between 8 and 1000000")
     if cfg.notify.webhook.format not in ("json", "multipart"):
         raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
     if cfg.broker.prefer not in ("mosquitto", "amqtt"):

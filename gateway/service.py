@@ -180,7 +180,11 @@ class GatewayService:
 
     def _start(self) -> None:
         self._started_at = self.clock()
-        self.store = Store(self.data_dir, partition=self.config.store.partition)
+        self.store = Store(
+            self.data_dir,
+            partition=self.config.store.partition,
+            segment_records=self.config.store.segment_records,
+        )
         log.info(
             "data folder %s: %d events, outbox %s",
             self.data_dir,

@@ -140,8 +140,11 @@ def blank_device(device: str, name: str | None = None) -> DeviceRecord:
 class Store:
     """Thread-safe (one lock); all methods are quick except the first open of a big history."""
 
-    def __init__(self, data_dir: Path | str, *, partition: str = "month") -> None:
+    def __init__(
+        self, data_dir: Path | str, *, partition: str = "month", segment_records: int | None = None
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.segment_records = segment_records or SEGMENT_DOCS
         self.db_dir = self.data_dir / "db"
         self.photo_dir = self.data_dir / "photos"
         self.partition = partition
@@ -340,12 +343,12 @@ class Store:
 
     def part_for(self, when: float) -> str:
         """The segment that records stamped `when` go to now: its period's latest, or a new one once
-        that holds SEGMENT_DOCS records (a new segment is created by its first journal line)."""
+        that holds `segment_records` records (a new segment is created by its first journal line)."""
         period = self.period_for(when)
         part = self._latest_segment.get(period)
         if part is None:
             part = period
-        elif self._part_docs.get(part, 0) >= SEGMENT_DOCS:
+        elif self._part_docs.get(part, 0) >= self.segment_records:
             part = _segment_name(period, _part_sort_key(part)[3] + 1)
         else:
             return part

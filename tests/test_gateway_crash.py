@@ -11,20 +11,22 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.store import Store
 from tests.support.gateway_core import Box, make_jpeg, new_event_id, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _config(tmp_path: Path, url: str, prefix: str) -> Path:
+def _config(tmp_path: Path, url: str, prefix: str, extra: str = "") -> Path:
     cfg = tmp_path / "parcelbox.toml"
     cfg.write_text(
         f'data_dir = "{tmp_path / "data"}"\n'
         f'[broker]\nurl = "{url}"\nprefix = "{prefix}"\n'
         f'[notify.folder]\npath = "{tmp_path / "alerts"}"\n'
         "[outbox]\npoll_s = 0.1\n"
-        "[web]\nenabled = false\n"
+        "[web]\nenabled = false\n" + extra
     )
     return cfg
 
@@ -52,8 +54,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_sigkill_mid_stream_nothing_lost_or_doubled(tmp_path, mosquitto, prefix):
-    cfg = _config(tmp_path, mosquitto.url, prefix)
+@pytest.mark.parametrize("segment_records", [0, 8], ids=["default-segments", "tiny-segments"])
+def test_sigkill_mid_stream_nothing_lost_or_doubled(tmp_path, mosquitto, prefix, segment_records):
+    # tiny segments: the kill lands among segment roll-overs (30 events, 2-3 records each, 8 per file)
+    cfg = _config(tmp_path, mosquitto.url, prefix, f"[store]\nsegment_records = {segment_records}\n")
     photos = [make_jpeg(320, 240, seed=i) for i in range(4)]
     n_events = 30
     ids = [new_event_id() for _ in range(n_events)]
@@ -133,8 +137,10 @@ def test_sigkill_mid_stream_nothing_lost_or_doubled(tmp_path, mosquitto, prefix)
             gw.wait()
         box.close()
     # the database opens, holds each event once, and every outbox entry is sent
-    store = Store(tmp_path / "data")
+    store = Store(tmp_path / "data", segment_records=segment_records)
     try:
+        if segment_records:
+            assert len(store._partitions()) >= 6  # the month really was spread over segments
         events = store.list_events(limit=1000)
         assert sorted(e["id"] for e in events) == sorted(ids)
         assert store.outbox_counts()["sent"] == n_events
