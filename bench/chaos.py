@@ -63,6 +63,9 @@ class ChaosPlan:
     # False: the board's own spool limits, so a box may drop old photos while the gateway is down
     # (documented behaviour); such events must then arrive without a photo, and only those.
     spool_room: bool = True
+    # records per store segment file (0: the store's default); small values make the kills land among
+    # segment roll-overs
+    segment_records: int = 0
 
 
 @dataclass
@@ -153,6 +156,7 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
                 "rate_per_minute_overall": 100000,
             },
             "ingest": {"reassembly_timeout_s": 10.0},
+            "store": {"segment_records": plan.segment_records},
         },
     )
     session = gw.data_dir / "whatsapp"
@@ -340,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--board-spool", action="store_true", help="the board's spool limits (old photos may be dropped)"
     )
+    ap.add_argument("--segment-records", type=int, default=0, help="store segment size (0: default 512)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
     ap.add_argument("--no-json", action="store_true", help="do not write bench/results/chaos.json")
     a = ap.parse_args(argv)
@@ -354,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         child_kills=a.child_kills,
         seed=a.seed,
         spool_room=not a.board_spool,
+        segment_records=a.segment_records,
     )
     work = Path(tempfile.mkdtemp(prefix="parcelbox-chaos-"))
     broker = Mosquitto(work / "broker")

@@ -9,8 +9,9 @@ from bench.chaos import ChaosPlan, print_counts, run_chaos
 
 
 def test_chaos_short_every_guarantee_holds(tmp_path, mosquitto, prefix):
+    # 8-record store segments: 40 deliveries fill ~15 segment files, so kills land among roll-overs
     plan = ChaosPlan(boxes=4, deliveries=10, gateway_kills=3, broker_kills=2, child_kills=3, seed=7,
-                     drain_timeout_s=100.0)  # fmt: skip
+                     drain_timeout_s=100.0, segment_records=8)  # fmt: skip
     res = run_chaos(tmp_path, mosquitto, prefix, plan)
     print("\n".join(res.log))
     print_counts(res)
@@ -19,5 +20,6 @@ def test_chaos_short_every_guarantee_holds(tmp_path, mosquitto, prefix):
     assert c["deliveries_made"] == c["events_stored_distinct"] == c["events_stored"] == 40
     assert c["alerts_in_folder_sink"] == 40 and c["whatsapp_distinct_alerts"] == 40
     assert c["photo_files"] == 3 * 40  # original, alert copy, thumbnail: nothing else
+    assert len(list((tmp_path / "gw" / "data" / "db").glob("events-*.json"))) >= 10
     assert c["kills"]["gateway"] == 3 and c["kills"]["broker"] == 2
     assert c["kills"].get("child", 0) + c["kills_skipped"].get("child", 0) == 3
