@@ -80,9 +80,38 @@ class ApiError(HTTPException):
 # --- record shaping ------------------------------------------------------------
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (inf, -inf, nan) replaced by None, at any depth.
+
+    The protocol refuses them now (`bad_number`), but records stored before that may hold them, and
+    one such record must never make a page of the API fail: strict JSON has no way to write them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class SafeJSONResponse(JSONResponse):
+    """Strict JSON (Starlette's default refuses NaN/Infinity with a 500); a non-finite number that
+    slipped into a record is written as null instead of failing the whole response."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:
+            log.warning("non-finite number in an API response written as null")
+            return super().render(json_safe(content))
+
+
 def event_out(e: dict[str, Any]) -> dict[str, Any]:
-    """An EventRecord plus the URLs of its photos (served by id, never by path)."""
+    """An EventRecord plus the URLs of its photos (served by id, never by path); sensor values that
+    are not finite numbers (stored before the protocol refused them) become null."""
     out = dict(e)
+    if "sensors" in out:
+        out["sensors"] = json_safe(out["sensors"])
     if e.get("photo"):
         base = f"/api/photos/{e['device']}/{e['id']}"
         out["photos"] = {v: f"{base}/{v}" for v in VARIANTS}
@@ -182,7 +211,7 @@ def _port(request: Request) -> GatewayPort:
 
 
 def _json(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(data, status_code=status, headers=NO_STORE)
+    return SafeJSONResponse(data, status_code=status, headers=NO_STORE)
 
 
 # --- API endpoints -------------------------------------------------------------
