@@ -33,11 +33,13 @@ from typing import Any, Protocol
 from gateway import __version__
 from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, WHATSAPP_STATE, Bus
 from gateway.captions import caption_strip, render_caption
+from gateway.commands import CommandTable, UnknownResult
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import GATEWAY_USER, DeviceRegistry
 from gateway.health import Counters
 from gateway.ingest import MqttLink
+from gateway.lograte import LogThrottle
 from gateway.notify.base import Notifier
 from gateway.outbox import OutboxDispatcher, _public
 from gateway.photos import PhotoError, PhotoSettings, ProcessedPhoto, process_photo
@@ -137,7 +139,9 @@ class GatewayService:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._started_at: float | None = None
-        self._commands: dict[str, dict[str, Any]] = {}
+        self._commands = CommandTable()
+        self._commands_lock = threading.Lock()  # send_command runs on web/HA/WhatsApp threads
+        self._log_throttle = LogThrottle()
         self._whatsapp: WhatsAppState = {
             "state": "disabled",
             "detail": "WhatsApp is not enabled",
@@ -308,7 +312,12 @@ class GatewayService:
 
     def _reject(self, reason: str, detail: str, where: str) -> None:
         self.counters.reject(reason)
-        log.warning("rejected %s: %s (%s)", where, reason, detail)
+        # Every rejection is counted; the log gets a few lines per reason a minute, so a box flooding
+        # bad input fills a counter instead of the disk (issue 14 items 4 and 5).
+        ok, suppressed = self._log_throttle.allow(reason)
+        if ok:
+            more = f"; {suppressed} more {reason} not logged" if suppressed else ""
+            log.warning("rejected %s: %s (%s)%s", where, reason, detail, more)
 
     def _registry_view(self) -> tuple[set[str], dict[str, float]]:
         """(registered boxes, removed box -> when), re-read only when devices.json changed."""
@@ -735,7 +744,13 @@ class GatewayService:
             self._reject(exc.reason, exc.detail, f"command result from {device}")
             return
         data = {"device": device, "id": res.id, "ok": res.ok, "error": res.error, **res.extra}
-        self._commands[res.id] = {**self._commands.get(res.id, {}), "result": data}
+        try:
+            with self._commands_lock:
+                self._commands.answer(device, res.id, data, self.clock())
+        except UnknownResult as exc:
+            # Only answers to commands this gateway sent to this box are kept (issue 14 item 4).
+            self._reject(exc.reason, exc.detail, f"command result from {device}")
+            return
         self.bus.publish(COMMAND_RESULT, data)
 
     def send_command(self, device: str, cmd: str, args: dict[str, Any] | None = None) -> str:
@@ -745,16 +760,14 @@ class GatewayService:
             raise RuntimeError("gateway is not running")
         cmd_id = f"cmd-{uuid.uuid4().hex[:12]}"
         payload = encode_cmd(cmd_id, cmd, args)  # raises ProtocolError for unknown commands
-        self._commands[cmd_id] = {"device": device, "cmd": cmd, "sent_at": self.clock(), "result": None}
-        if len(self._commands) > 1000:
-            for old in list(self._commands)[:100]:
-                del self._commands[old]
+        with self._commands_lock:  # before publishing: the answer can come back before publish returns
+            self._commands.sent(cmd_id, device, cmd, self.clock())
         self.link.publish(topic(self.prefix, device, "cmd"), payload)
         return cmd_id
 
     def command_result(self, cmd_id: str) -> dict[str, Any] | None:
-        entry = self._commands.get(cmd_id)
-        return entry.get("result") if entry else None
+        with self._commands_lock:
+            return self._commands.result(cmd_id, self.clock())
 
     # --- GatewayPort reads ------------------------------------------------------------
 
@@ -818,6 +831,7 @@ class GatewayService:
             "queue": self._queue.qsize(),
             "reassembly": {"partials": len(self._reasm), "held_bytes": self._reasm.held_bytes},
             "photos_in_progress": len(self._in_flight),
+            "commands_waiting": len(self._commands),
         }
         for k in (
             "received",
@@ -864,6 +878,8 @@ class GatewayService:
 
     def _tick(self) -> None:
         self._dropped(self._reasm.expire())
+        with self._commands_lock:
+            self._commands.expire(self.clock())
         self._check_offline()
         if self.broker is not None:
             self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials

@@ -212,7 +212,9 @@ def test_non_finite_numbers_refused_at_any_depth(decode, payload):
 
 
 def test_finite_floats_and_big_exponents_that_fit_still_decode():
-    ev = gw.decode_event(mutate().replace(b'"sensors": {}', b'"sensors": {"range_mm": 1.5e3, "t": -2.5E-300}'))
+    ev = gw.decode_event(
+        mutate().replace(b'"sensors": {}', b'"sensors": {"range_mm": 1.5e3, "t": -2.5E-300}')
+    )
     assert ev.sensors == {"range_mm": 1500.0, "t": -2.5e-300}
 
 
