@@ -162,7 +162,14 @@ class DevicesConfig:
 class IngestConfig:
     reassembly_timeout_s: float = 60.0
     reassembly_max_bytes: int = 64 * 1024 * 1024
+    # Per-box bounds on unfinished photos and on the ingest queue (issue 14 item 5); defaults from
+    # gateway.reassembly and gateway.fairqueue, which say why.
+    reassembly_max_partials: int = 1024
+    reassembly_device_max_partials: int = 32
+    reassembly_device_max_bytes: int = 16 * 1024 * 1024
     queue_size: int = 10_000
+    device_queue_size: int = 2_000
+    device_queue_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass
@@ -318,6 +325,18 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("store.segment_records must be 0 (default) or between 8 and 1000000")
     if cfg.notify.webhook.format not in ("json", "multipart"):
         raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
+    ing = cfg.ingest
+    for key in (
+        "reassembly_max_bytes",
+        "reassembly_max_partials",
+        "reassembly_device_max_partials",
+        "reassembly_device_max_bytes",
+        "queue_size",
+        "device_queue_size",
+        "device_queue_bytes",
+    ):
+        if getattr(ing, key) < 1:
+            raise ConfigError(f"ingest.{key} must be at least 1")
     if cfg.broker.prefer not in ("mosquitto", "amqtt"):
         raise ConfigError("broker.prefer must be 'mosquitto' or 'amqtt'")
     if cfg.broker.url and not cfg.broker.url.startswith(("mqtt://", "mqtts://")):

@@ -37,6 +37,7 @@ from gateway.commands import CommandTable, UnknownResult
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import GATEWAY_USER, DeviceRegistry
+from gateway.fairqueue import FairQueue
 from gateway.health import Counters
 from gateway.ingest import MqttLink
 from gateway.lograte import LogThrottle
@@ -59,7 +60,7 @@ from gateway.protocol import (
     valid_device_id,
     valid_msg_id,
 )
-from gateway.reassembly import Complete, Dropped, Reassembler
+from gateway.reassembly import Complete, Dropped, Reassembler, Refused
 from gateway.storage import atomic_write_bytes
 from gateway.store import Store, blank_device
 
@@ -128,9 +129,18 @@ class GatewayService:
         self.link: MqttLink | None = None
         self.dispatcher: OutboxDispatcher | None = None
         self._lock = DataDirLock(self.data_dir)
-        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=config.ingest.queue_size)
+        ing = config.ingest
+        self._queue = FairQueue(
+            max_messages=ing.queue_size,
+            device_max_messages=ing.device_queue_size,
+            device_max_bytes=ing.device_queue_bytes,
+        )
         self._reasm = Reassembler(
-            timeout_s=config.ingest.reassembly_timeout_s, max_bytes=config.ingest.reassembly_max_bytes
+            timeout_s=ing.reassembly_timeout_s,
+            max_bytes=ing.reassembly_max_bytes,
+            max_partials=ing.reassembly_max_partials,
+            device_max_partials=ing.reassembly_device_max_partials,
+            device_max_bytes=ing.reassembly_device_max_bytes,
         )
         self._in_flight: set[tuple[str, str]] = set()
         self._pool: concurrent.futures.Executor | None = None
@@ -289,8 +299,19 @@ class GatewayService:
     # --- ingest -----------------------------------------------------------------------
 
     def _deliver(self, topic_name: str, payload: bytes, received_at: float) -> None:
-        """paho's thread: enqueue only."""
-        self._queue.put(("msg", topic_name, payload, received_at))
+        """paho's thread: cheap checks and enqueue only, never blocking (it also carries every box's
+        keepalives and our acks). Each box has its own share of the queue (gateway.fairqueue)."""
+        self.counters.inc("received")
+        # Nothing valid is bigger than a chunk: refused before it is queued, so a big payload costs this
+        # check only. (JSON between its own 16 KiB limit and this is refused by the worker, which can
+        # still nack the event so the box drops it.)
+        limit = self.limits.max_chunk_bytes
+        if len(payload) > limit:
+            self._reject("oversize", f"{len(payload)} bytes > {limit}", topic_name[:120])
+            return
+        device = topic_name[len(self.prefix) + 1 :].split("/", 1)[0][:40]
+        for box, reason in self._queue.put(device, ("msg", topic_name, payload, received_at), len(payload)):
+            self._reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -335,7 +356,6 @@ class GatewayService:
         return removed_at is not None and (dev.get("last_seen") or 0.0) <= removed_at
 
     def _handle(self, topic_name: str, payload: bytes, received_at: float) -> None:
-        self.counters.inc("received")
         try:
             t = parse_topic(self.prefix, topic_name, self.limits)
         except ProtocolError as exc:
@@ -384,7 +404,7 @@ class GatewayService:
         if (device, event.id) in self._in_flight:
             self.counters.inc("duplicates")
             return
-        self._reassembled(self._reasm.add_event(device, event), received_at)
+        self._reassembled(self._reasm.add_event(device, event, size=len(payload)), received_at)
 
     def _on_chunk(self, device: str, event_id: str, index: int, payload: bytes) -> None:
         assert self.store is not None
@@ -403,12 +423,16 @@ class GatewayService:
             self._nack(device, event_id, exc.detail, retry=True)
             return
         self._reassembled(done, self.clock())
-        # Chunks are the only thing that grows memory: enforce the cap right away.
-        if self._reasm.held_bytes > self._reasm.max_bytes:
-            self._dropped(self._reasm.expire())
+        # Chunks are what grows memory: enforce the byte caps (per box and in total) right away.
+        self._dropped(self._reasm.shed())
 
-    def _reassembled(self, done: Complete | Dropped | None, received_at: float) -> None:
+    def _reassembled(self, done: Complete | Dropped | Refused | None, received_at: float) -> None:
         if done is None:
+            return
+        if isinstance(done, Refused):
+            # Over its box's share (or the total) of unfinished photos: nothing kept, no nack (see
+            # gateway.reassembly.Refused); the box re-sends after its ack timeout.
+            self._reject(done.reason, done.detail, f"photo {done.device}/{done.event_id}")
             return
         if isinstance(done, Dropped):
             self._dropped([done])
@@ -425,7 +449,7 @@ class GatewayService:
             caption_strip(name, ts, self.config.alerts.timezone) if self.config.photos.caption_strip else None
         )
         fut = self._pool.submit(process_photo, done.photo, self.photo_settings, caption)
-        fut.add_done_callback(lambda f, job=job: self._queue.put(("photo_done", job, f)))
+        fut.add_done_callback(lambda f, job=job: self._queue.put_control(("photo_done", job, f)))
 
     def _dropped(self, drops: list[Dropped]) -> None:
         for d in drops:
@@ -829,7 +853,11 @@ class GatewayService:
             "events_total": self.store.event_count(),
             "alerts": self.store.outbox_counts(),
             "queue": self._queue.qsize(),
-            "reassembly": {"partials": len(self._reasm), "held_bytes": self._reasm.held_bytes},
+            "reassembly": {
+                "partials": len(self._reasm),
+                "held_bytes": self._reasm.held_bytes,
+                "accounted_bytes": self._reasm.accounted_bytes,
+            },
             "photos_in_progress": len(self._in_flight),
             "commands_waiting": len(self._commands),
         }
@@ -867,14 +895,14 @@ class GatewayService:
         last_status = 0.0
         last_retention = 0.0
         while not self._stopping.wait(1.0):
-            self._queue.put(("call", self._tick))
+            self._queue.put_control(("call", self._tick))
             now = time.monotonic()
             if now - last_status >= 2.0:
                 last_status = now
-                self._queue.put(("call", self.write_status))
+                self._queue.put_control(("call", self.write_status))
             if now - last_retention >= 3600.0:
                 last_retention = now
-                self._queue.put(("call", self._retention))
+                self._queue.put_control(("call", self._retention))
 
     def _tick(self) -> None:
         self._dropped(self._reasm.expire())

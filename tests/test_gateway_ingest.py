@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import threading
 import time
 
 import pytest
@@ -259,4 +260,65 @@ def test_gateway_started_before_its_broker_connects_when_it_comes_up(tmp_path, m
         finally:
             box.close()
     finally:
+        svc.stop()
+
+
+def test_one_box_flooding_partials_neither_delays_nor_hurts_another(tmp_path, mosquitto, prefix):
+    """Issue 14 item 5: 500k empty chunks with made-up ids made 348k partials and put another box's
+    event behind the whole backlog (its ack 30 s late). The worker is held still (a bus subscriber
+    blocks it) while box `evil` queues its flood and box `good` one event; then released. `good`'s
+    event must be handled after at most one of `evil`'s messages, not after all of them; `evil`
+    holds at most its share of partials, and what went over its share of the queue is refused.
+    No timing is asserted: only the order in which the worker handled things."""
+    from gateway.bus import DEVICE_CHANGED, EVENT_STORED
+
+    cfg = gateway_config(
+        tmp_path / "data",
+        mosquitto.url,
+        prefix,
+        PARCELBOX_INGEST_DEVICE_QUEUE_SIZE="200",
+        PARCELBOX_INGEST_REASSEMBLY_DEVICE_MAX_PARTIALS="32",
+    )
+    svc = GatewayService(cfg)
+    hold, held = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def block_worker(_t, data):
+        if data.get("device") == "gate" and not hold.is_set():
+            held.set()
+            hold.wait(60)
+
+    def note(_t, data):
+        if data["device"] == "good":
+            seen["chunks_before_good"] = svc.counters.get("chunks")
+
+    svc.bus.subscribe(block_worker, DEVICE_CHANGED)
+    svc.bus.subscribe(note, EVENT_STORED)
+    svc.start()
+    boxes = {d: Box(mosquitto.url, prefix, d) for d in ("gate", "evil", "good")}
+    try:
+        assert svc.wait_connected(10)
+        boxes["gate"].pub("status", b'{"v":1,"online":true}')
+        wait_for(held.is_set, what="the worker held")
+        n = 300
+        for i in range(n):
+            boxes["evil"].chunk(f"madeup{i:06d}", 0, b"")
+        wait_for(lambda: svc.health()["queue"] >= 200, what="evil's flood queued")
+        eid = new_event_id()
+        boxes["good"].event(eid, event_payload(eid))
+        wait_for(lambda: svc.health()["queue"] >= 201, what="good's event queued")
+        hold.set()
+        assert boxes["good"].wait_ack(eid) == {"v": 1, "id": eid, "ok": True}
+        assert seen["chunks_before_good"] <= 1  # one of evil's had its turn; the old FIFO: all 200
+        h = wait_for(
+            lambda: (h := svc.health())["queue"] == 0 and sum(h["rejected"].values()) >= n - 32 and h,
+            what="the flood handled",
+        )
+        assert h["rejected"] == {"device_queue_full": n - 200, "reassembly_device_busy": 200 - 32}
+        assert h["reassembly"]["partials"] == 32
+        assert h["reassembly"]["accounted_bytes"] >= 32 * 1024  # bookkeeping counts, not just bytes
+    finally:
+        hold.set()
+        for b in boxes.values():
+            b.close()
         svc.stop()
