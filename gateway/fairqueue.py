@@ -48,6 +48,7 @@ class FairQueue:
         self._subs: dict[str, deque[tuple[Any, int]]] = {}
         self._sub_bytes: dict[str, int] = {}
         self._turns: deque[str] = deque()  # keys with something queued, in serving order
+        self._longest: str | None = None  # see _longest_key
         self._messages = 0
         self._bytes = 0
 
@@ -81,7 +82,7 @@ class FairQueue:
             while self._messages and (
                 self._messages >= self.max_messages or self._bytes + size > self.max_bytes
             ):
-                longest = max(self._subs, key=lambda k: len(self._subs[k]))
+                longest = self._longest_key()
                 if longest == key or len(self._subs[longest]) <= n:
                     return [*out, (key, "queue_full")]  # this box is (one of) the biggest: refuse its own
                 self._drop_newest(longest)
@@ -91,11 +92,21 @@ class FairQueue:
                 self._sub_bytes[key] = 0
                 self._turns.append(key)
             sub.append((item, size))
+            if self._longest is None or len(sub) > len(self._subs.get(self._longest, ())):
+                self._longest = key
             self._messages += 1
             self._bytes += size
             self._sub_bytes[key] += size
             self._cond.notify()
         return out
+
+    def _longest_key(self) -> str:
+        """The box with the longest backlog. Kept as a candidate updated on every put (a flooding box
+        puts the most, so it stays the candidate) and found by a full scan only when the candidate's
+        sub-queue is gone: a scan per message over thousands of boxes would slow paho's thread."""
+        if self._longest not in self._subs:
+            self._longest = max(self._subs, key=lambda k: len(self._subs[k]))
+        return self._longest
 
     def _drop_newest(self, key: str) -> None:
         sub = self._subs[key]
