@@ -54,6 +54,14 @@ class Partial:
     cost: int = PARTIAL_OVERHEAD  # everything accounted: bytes, bookkeeping, the event
 
 
+@dataclass
+class _Usage:
+    """What one box holds: the event ids of its partials and their accounted bytes."""
+
+    ids: set[str] = field(default_factory=set)
+    cost: int = 0
+
+
 @dataclass(frozen=True)
 class Complete:
     device: str
@@ -101,7 +109,7 @@ class Reassembler:
         self.device_max_bytes = device_max_bytes
         self.clock = clock
         self._partials: OrderedDict[tuple[str, str], Partial] = OrderedDict()  # oldest first
-        self._devices: dict[str, list[int]] = {}  # device -> [partials, accounted bytes]
+        self._devices: dict[str, _Usage] = {}
         self.held_bytes = 0  # chunk bytes held
         self.accounted_bytes = 0  # what the caps apply to: bytes + bookkeeping + events
 
@@ -111,20 +119,30 @@ class Reassembler:
     def device_usage(self, device: str) -> tuple[int, int]:
         """(partials, accounted bytes) held for `device`."""
         u = self._devices.get(device)
-        return (u[0], u[1]) if u else (0, 0)
+        return (len(u.ids), u.cost) if u else (0, 0)
+
+    def partial_ids(self, device: str) -> frozenset[str]:
+        """The event ids `device` has unfinished photos for."""
+        u = self._devices.get(device)
+        return frozenset(u.ids) if u else frozenset()
+
+    def busy(self, device: str) -> bool:
+        """True when a message starting one more partial for `device` would be refused."""
+        n, cost = self.device_usage(device)
+        return n >= self.device_max_partials or cost + PARTIAL_OVERHEAD > self.device_max_bytes
 
     def _charge(self, p: Partial, cost: int) -> None:
         p.cost += cost
         self.accounted_bytes += cost
-        self._devices[p.device][1] += cost
+        self._devices[p.device].cost += cost
 
     def _get(self, device: str, event_id: str) -> Partial | Refused:
         key = (device, event_id)
         p = self._partials.get(key)
         if p is not None:
             return p
-        n, cost = self.device_usage(device)
-        if n >= self.device_max_partials or cost + PARTIAL_OVERHEAD > self.device_max_bytes:
+        if self.busy(device):
+            n, cost = self.device_usage(device)
             return Refused(
                 device,
                 event_id,
@@ -137,9 +155,9 @@ class Reassembler:
             )
         p = Partial(device, event_id, self.clock())
         self._partials[key] = p
-        u = self._devices.setdefault(device, [0, 0])
-        u[0] += 1
-        u[1] += p.cost
+        u = self._devices.setdefault(device, _Usage())
+        u.ids.add(event_id)
+        u.cost += p.cost
         self.accounted_bytes += p.cost
         return p
 
@@ -150,9 +168,9 @@ class Reassembler:
         self.held_bytes -= p.held
         self.accounted_bytes -= p.cost
         u = self._devices[device]
-        u[0] -= 1
-        u[1] -= p.cost
-        if u[0] == 0:
+        u.ids.discard(event_id)
+        u.cost -= p.cost
+        if not u.ids:
             del self._devices[device]
 
     def add_event(self, device: str, event: Event, size: int = 0) -> Complete | Dropped | Refused | None:
@@ -221,7 +239,7 @@ class Reassembler:
         """Enforce the byte caps: a box over its own share loses its oldest partials; while the total
         is over, the box holding the most loses its oldest. Cheap when nothing is over."""
         out: list[Dropped] = []
-        for device in [d for d, u in self._devices.items() if u[1] > self.device_max_bytes]:
+        for device in [d for d, u in self._devices.items() if u.cost > self.device_max_bytes]:
             while self.device_usage(device)[1] > self.device_max_bytes:
                 p = self._oldest_of(device)
                 self.discard(device, p.event_id)
@@ -234,7 +252,7 @@ class Reassembler:
                     )
                 )
         while self.accounted_bytes > self.max_bytes and self._partials:
-            device = max(self._devices, key=lambda d: self._devices[d][1])
+            device = max(self._devices, key=lambda d: self._devices[d].cost)
             p = self._oldest_of(device)
             self.discard(device, p.event_id)
             out.append(

@@ -149,6 +149,9 @@ class GatewayService:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._started_at: float | None = None
+        # Boxes at their limit of unfinished photos -> the event ids they hold: written by the worker
+        # (a new dict each time, so paho's thread reads a consistent one without a lock).
+        self._busy: dict[str, frozenset[str]] = {}
         self._commands = CommandTable()
         self._commands_lock = threading.Lock()  # send_command runs on web/HA/WhatsApp threads
         self._log_throttle = LogThrottle()
@@ -309,7 +312,19 @@ class GatewayService:
         if len(payload) > limit:
             self._reject("oversize", f"{len(payload)} bytes > {limit}", topic_name[:120])
             return
-        device = topic_name[len(self.prefix) + 1 :].split("/", 1)[0][:40]
+        device, _, rest = topic_name[len(self.prefix) + 1 :].partition("/")
+        busy = self._busy.get(device)
+        if busy is not None and rest.startswith("photo/"):
+            # The box is at its limit of unfinished photos (the worker keeps `_busy` current): a chunk
+            # that would start one more is refused here, costing the worker nothing.
+            eid = rest[6:].partition("/")[0]
+            if eid not in busy:
+                self._reject(
+                    "reassembly_device_busy",
+                    f"{device} is at its limit of unfinished photos",
+                    f"photo {device}",
+                )
+                return
         for box, reason in self._queue.put(device, ("msg", topic_name, payload, received_at), len(payload)):
             self._reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
 
@@ -369,9 +384,11 @@ class GatewayService:
             self._on_status(t.device, payload, received_at)
         elif t.kind == "event":
             self._on_event(t.device, payload, received_at)
+            self._note_busy(t.device)
         elif t.kind == "photo":
             assert t.event_id is not None and t.index is not None
             self._on_chunk(t.device, t.event_id, t.index, payload)
+            self._note_busy(t.device)
         elif t.kind == "cmd_result":
             self._on_cmd_result(t.device, payload)
 
@@ -451,8 +468,18 @@ class GatewayService:
         fut = self._pool.submit(process_photo, done.photo, self.photo_settings, caption)
         fut.add_done_callback(lambda f, job=job: self._queue.put_control(("photo_done", job, f)))
 
+    def _note_busy(self, device: str) -> None:
+        """Tell paho's thread whether `device` is at its limit of unfinished photos (and which it holds)."""
+        if self._reasm.busy(device):
+            ids = self._reasm.partial_ids(device)
+            if self._busy.get(device) != ids:
+                self._busy = {**self._busy, device: ids}
+        elif device in self._busy:
+            self._busy = {k: v for k, v in self._busy.items() if k != device}
+
     def _dropped(self, drops: list[Dropped]) -> None:
         for d in drops:
+            self._note_busy(d.device)
             self._reject(d.reason, d.detail, f"photo {d.device}/{d.event_id}")
             self._nack(d.device, d.event_id, f"{d.reason}: {d.detail}"[:200], retry=True)
 
@@ -906,6 +933,8 @@ class GatewayService:
 
     def _tick(self) -> None:
         self._dropped(self._reasm.expire())
+        for device in list(self._busy):
+            self._note_busy(device)
         with self._commands_lock:
             self._commands.expire(self.clock())
         self._check_offline()

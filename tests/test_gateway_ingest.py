@@ -263,7 +263,7 @@ def test_gateway_started_before_its_broker_connects_when_it_comes_up(tmp_path, m
         svc.stop()
 
 
-def test_one_box_flooding_partials_neither_delays_nor_hurts_another(tmp_path, mosquitto, prefix):
+def test_one_box_flooding_partials_neither_delays_nor_hurts_another(tmp_path, mosquitto, prefix, caplog):
     """Issue 14 item 5: 500k empty chunks with made-up ids made 348k partials and put another box's
     event behind the whole backlog (its ack 30 s late). The worker is held still (a bus subscriber
     blocks it) while box `evil` queues its flood and box `good` one event; then released. `good`'s
@@ -317,8 +317,48 @@ def test_one_box_flooding_partials_neither_delays_nor_hurts_another(tmp_path, mo
         assert h["rejected"] == {"device_queue_full": n - 200, "reassembly_device_busy": 200 - 32}
         assert h["reassembly"]["partials"] == 32
         assert h["reassembly"]["accounted_bytes"] >= 32 * 1024  # bookkeeping counts, not just bytes
+        # Now evil is known to be at its limit: more made-up chunks are refused in paho's callback and
+        # never reach the worker (its chunk count stays put).
+        chunks = h["chunks"]
+        for i in range(50):
+            boxes["evil"].chunk(f"more{i:06d}", 0, b"")
+        wait_for(
+            lambda: svc.health()["rejected"]["reassembly_device_busy"] == 200 - 32 + 50, what="early refusals"
+        )
+        assert svc.health()["chunks"] == chunks
+        # every refusal counted, but the log gets a few lines per reason, not one per message
+        lines = [r for r in caplog.records if r.getMessage().startswith("rejected ")]
+        assert 2 <= len(lines) <= 2 * 10
     finally:
         hold.set()
         for b in boxes.values():
             b.close()
+        svc.stop()
+
+
+def test_a_box_at_its_photo_limit_is_let_in_again_once_its_partials_expire(tmp_path, mosquitto, prefix):
+    """The early refusal in paho's callback (a box at its limit of unfinished photos) is lifted when
+    the worker drops that box's partials: a box is never shut out for good."""
+    cfg = gateway_config(
+        tmp_path / "data",
+        mosquitto.url,
+        prefix,
+        PARCELBOX_INGEST_REASSEMBLY_TIMEOUT_S="1",
+        PARCELBOX_INGEST_REASSEMBLY_DEVICE_MAX_PARTIALS="2",
+    )
+    svc = GatewayService(cfg)
+    svc.start()
+    evil = Box(mosquitto.url, prefix, "evil")
+    try:
+        assert svc.wait_connected(10)
+        for i in range(5):
+            evil.chunk(f"madeup{i:06d}", 0, b"x")
+        wait_for(lambda: svc.health()["rejected"].get("reassembly_device_busy") == 3, what="3 refused")
+        wait_for(lambda: svc.health()["rejected"].get("reassembly_timeout") == 2, what="the 2 held expire")
+        wait_for(lambda: "evil" not in svc._busy, what="evil let in again")
+        evil.chunk("madeup-again01", 0, b"x")
+        wait_for(lambda: svc.health()["reassembly"]["partials"] == 1, what="a new partial accepted")
+        assert svc.health()["rejected"]["reassembly_device_busy"] == 3
+    finally:
+        evil.close()
         svc.stop()
