@@ -7,7 +7,7 @@ publishing results with made-up ids costs a counter, not memory (issue 14 item 4
 14 s, never freed).
 
 The table is bounded three ways: commands waiting per box, commands in total (the oldest is
-forgotten first) and age (an entry, answered or not, is forgotten `ttl_s` after it was sent: the
+forgotten first) and age; and a big result is kept without its extra keys (`MAX_RESULT_BYTES`) (an entry, answered or not, is forgotten `ttl_s` after it was sent: the
 dashboard polls a result for seconds, not hours). Pure logic with an injected clock; not thread-safe
 on its own (the service calls it under its lock).
 """
@@ -23,6 +23,9 @@ from typing import Any
 PER_DEVICE = 16
 TOTAL = 256
 TTL_S = 600.0
+# A result's extra keys are kept only when its payload is at most this big (real ones are a few
+# dozen bytes: ping's rtt, config's changed keys); a 16 KiB result of nested junk decodes to ~200 KB.
+MAX_RESULT_BYTES = 2048
 
 
 @dataclass

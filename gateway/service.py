@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from gateway import __version__
 from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, WHATSAPP_STATE, Bus
 from gateway.captions import caption_strip, render_caption
-from gateway.commands import CommandTable, UnknownResult
+from gateway.commands import MAX_RESULT_BYTES, CommandTable, UnknownResult
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import GATEWAY_USER, DeviceRegistry
@@ -794,7 +794,8 @@ class GatewayService:
         except ProtocolError as exc:
             self._reject(exc.reason, exc.detail, f"command result from {device}")
             return
-        data = {"device": device, "id": res.id, "ok": res.ok, "error": res.error, **res.extra}
+        extra = res.extra if len(payload) <= MAX_RESULT_BYTES else {"extra_dropped": True}
+        data = {"device": device, "id": res.id, "ok": res.ok, "error": res.error, **extra}
         try:
             with self._commands_lock:
                 self._commands.answer(device, res.id, data, self.clock())

@@ -162,6 +162,11 @@ def test_command_results_kept_only_for_commands_sent_to_that_box(tmp_path, mosqu
         assert svc.command_result(cid) == {"device": "box1", "id": cid, "ok": True, "error": None}
         assert svc.command_result("madeup-000001") is None
         assert svc.health()["commands_waiting"] == 1
+        # a real answer carrying 8 KB of junk is kept without the junk
+        big = svc.send_command("box1", "ping")
+        box.pub("cmd/result", json.dumps({"v": 1, "id": big, "ok": True, "x": "y" * 8000}).encode())
+        got = wait_for(lambda: svc.command_result(big), what="the big result")
+        assert got == {"device": "box1", "id": big, "ok": True, "error": None, "extra_dropped": True}
     finally:
         other.close()
         svc.stop()
