@@ -6,6 +6,8 @@ import queue
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.fairqueue import FairQueue
 
@@ -68,3 +70,76 @@ def test_get_waits_for_a_put_and_times_out():
     t.start()
     assert q.get(timeout=10) == "late"
     t.join()
+
+
+KEYS = ["a", "b", "c", "d"]
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.sampled_from(KEYS), st.integers(0, 40)),
+        st.tuples(st.just("get")),
+        st.tuples(st.just("control")),
+    ),
+    max_size=200,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=ops, total=st.integers(1, 12), per_key=st.integers(1, 6), per_key_bytes=st.integers(0, 100))
+def test_fuzz_bounds_hold_nothing_vanishes_fifo_per_box_and_no_box_waits_long(
+    ops, total, per_key, per_key_bytes
+):
+    """Random puts, gets and control items against a model: every bound holds after every step, a
+    message is either served in its box's order, or reported refused / dropped by `put` (never lost
+    silently, and only a longer backlog pays for room), and a waiting box is served within one turn
+    of each other box (round-robin; checked to fail when the turn order is broken)."""
+    q = FairQueue(
+        max_messages=total, max_bytes=150, device_max_messages=per_key, device_max_bytes=per_key_bytes
+    )
+    seq = 0
+    queued: dict[str, list[int]] = {k: [] for k in KEYS}  # what the queue should hold, per box, in order
+    sizes: dict[int, int] = {}
+    waited = dict.fromkeys(KEYS, 0)  # messages served to others while this box had one waiting
+    controls = 0
+    for op in ops:
+        if op[0] == "put":
+            _, key, size = op
+            seq += 1
+            sizes[seq] = size
+            out = q.put(key, (key, seq), size)
+            # An entry naming this box means this message was refused; any other names a box whose
+            # newest message was dropped to make room (only ever another, longer backlog).
+            for box, reason in out:
+                assert reason in ("device_queue_full", "queue_full")
+                if box != key:
+                    assert reason == "queue_full" and len(queued[box]) > len(queued[key])
+                    queued[box].pop()
+            if all(box != key for box, _ in out):
+                queued[key].append(seq)
+        elif op[0] == "control":
+            controls += 1
+            q.put_control(("control", controls))
+        else:
+            try:
+                item = q.get(timeout=0)
+            except queue.Empty:
+                assert not any(queued.values()) and controls == 0
+                continue
+            if item[0] == "control":
+                controls -= 1
+                continue
+            key, n = item
+            assert queued[key] and queued[key][0] == n  # FIFO within a box, nothing skipped
+            queued[key].pop(0)
+            for other in KEYS:
+                if other != key and queued[other]:
+                    waited[other] += 1
+            waited[key] = 0
+            assert all(w < len(KEYS) for w in waited.values())  # round-robin: at most one turn each
+        for k in KEYS:
+            if not queued[k]:
+                waited[k] = 0
+            assert q.depth(k) == len(queued[k]) <= per_key
+            assert sum(sizes[s] for s in queued[k]) <= per_key_bytes
+        assert q.qsize() == sum(len(v) for v in queued.values()) + controls
+        assert sum(len(v) for v in queued.values()) <= total
+        assert sum(sizes[s] for v in queued.values() for s in v) <= 150
