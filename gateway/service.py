@@ -8,7 +8,8 @@ component (`gateway.app.build_components`). `stop()` stops the components, drain
 received messages and photos in progress (acking what gets stored), finishes the
 send in flight, writes a last status snapshot and releases everything.
 
-Threads: paho's network thread only enqueues; one ingest worker does all
+Threads: paho's network thread only makes cheap checks and enqueues, on one bounded
+sub-queue per box served in turn (`gateway.fairqueue`); one ingest worker does all
 decoding, reassembly, store writes and acks (so the store has a single writer for
 events); the photo pool runs `gateway.photos.process_photo`; each notifier has a
 sending thread (`gateway.outbox`).
@@ -887,7 +888,7 @@ class GatewayService:
                 "accounted_bytes": self._reasm.accounted_bytes,
             },
             "photos_in_progress": len(self._in_flight),
-            "commands_waiting": len(self._commands),
+            "commands_held": len(self._commands),
         }
         for k in (
             "received",

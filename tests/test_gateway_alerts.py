@@ -161,7 +161,7 @@ def test_command_results_kept_only_for_commands_sent_to_that_box(tmp_path, mosqu
         assert [r["id"] for r in results] == [cid] and results[0]["ok"] is True
         assert svc.command_result(cid) == {"device": "box1", "id": cid, "ok": True, "error": None}
         assert svc.command_result("madeup-000001") is None
-        assert svc.health()["commands_waiting"] == 1
+        assert svc.health()["commands_held"] == 1
         # a real answer carrying 8 KB of junk is kept without the junk
         big = svc.send_command("box1", "ping")
         box.pub("cmd/result", json.dumps({"v": 1, "id": big, "ok": True, "x": "y" * 8000}).encode())
