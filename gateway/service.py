@@ -41,6 +41,7 @@ from gateway.devices import GATEWAY_USER, DeviceRegistry
 from gateway.fairqueue import FairQueue
 from gateway.health import Counters
 from gateway.ingest import MqttLink
+from gateway.jsonsafe import json_safe
 from gateway.lograte import LogThrottle
 from gateway.notify.base import Notifier
 from gateway.outbox import OutboxDispatcher, _public
@@ -915,9 +916,11 @@ class GatewayService:
             "outbox": self.list_outbox(limit=20),
         }
         # Rewritten every 2 s: atomic but not fsync'd (SD-card wear; a lost snapshot is rewritten soon).
-        atomic_write_bytes(
-            self.data_dir / STATUS_FILE, json.dumps(snap, indent=1, default=str).encode(), durable=False
-        )
+        try:
+            body = json.dumps(snap, indent=1, default=str, allow_nan=False)
+        except ValueError:  # a non-finite number in a record stored before the protocol refused them
+            body = json.dumps(json_safe(snap), indent=1, default=str)
+        atomic_write_bytes(self.data_dir / STATUS_FILE, body.encode(), durable=False)
 
     def _tick_loop(self) -> None:
         """Once a second: reassembly timeouts and offline checks (on the worker), status snapshot."""

@@ -172,6 +172,13 @@ def test_a_stored_non_finite_sensor_value_never_breaks_the_api(tmp_path, mosquit
             assert nack["ok"] is False and nack["retry"] is False and nack["error"].startswith("bad_number")
             assert c.get("/api/health").json()["rejected"] == {"bad_number": 1}
             assert [e["id"] for e in c.get("/api/events").json()["events"]] == [bad]
+        # status.json (what `parcelbox status --json` prints) is strict JSON too
+
+        def strict(name: str) -> None:
+            raise ValueError(f"{name} in status.json")
+
+        snap = json.loads((data / "status.json").read_text(), parse_constant=strict)
+        assert snap["events"][0]["sensors"]["range_mm"] is None
     finally:
         box.close()
         svc.stop()

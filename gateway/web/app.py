@@ -36,6 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import bus as busmod
+from gateway.jsonsafe import json_safe
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.web.auth import (
@@ -78,20 +79,6 @@ class ApiError(HTTPException):
 
 
 # --- record shaping ------------------------------------------------------------
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every non-finite float (inf, -inf, nan) replaced by None, at any depth.
-
-    The protocol refuses them now (`bad_number`), but records stored before that may hold them, and
-    one such record must never make a page of the API fail: strict JSON has no way to write them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 class SafeJSONResponse(JSONResponse):
