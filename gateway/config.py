@@ -167,6 +167,10 @@ class IngestConfig:
     reassembly_max_partials: int = 1024
     reassembly_device_max_partials: int = 32
     reassembly_device_max_bytes: int = 16 * 1024 * 1024
+    # Complete photos waiting for the photo pool: per box (the firmware's max_inflight is 4), and bytes
+    # in total (per box: reassembly_device_max_bytes; count in total: reassembly_max_partials).
+    device_photos_in_progress: int = 8
+    photos_in_progress_bytes: int = 128 * 1024 * 1024
     queue_size: int = 10_000
     device_queue_size: int = 2_000
     device_queue_bytes: int = 32 * 1024 * 1024
@@ -331,6 +335,8 @@ def _validate(cfg: Config) -> None:
         "reassembly_max_partials",
         "reassembly_device_max_partials",
         "reassembly_device_max_bytes",
+        "device_photos_in_progress",
+        "photos_in_progress_bytes",
         "queue_size",
         "device_queue_size",
         "device_queue_bytes",

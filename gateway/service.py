@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import __version__
+from gateway.budget import Budget
 from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, WHATSAPP_STATE, Bus
 from gateway.captions import caption_strip, render_caption
 from gateway.commands import MAX_RESULT_BYTES, CommandTable, UnknownResult
@@ -145,6 +146,14 @@ class GatewayService:
             device_max_bytes=ing.reassembly_device_max_bytes,
         )
         self._in_flight: set[tuple[str, str]] = set()
+        # Complete photos waiting for (or in) the photo pool, per box and in total: they have left the
+        # reassembler but still hold their bytes until stored (gateway/budget.py says why).
+        self._photo_budget = Budget(
+            per_key_count=ing.device_photos_in_progress,
+            per_key_bytes=ing.reassembly_device_max_bytes,
+            total_count=ing.reassembly_max_partials,
+            total_bytes=ing.photos_in_progress_bytes,
+        )
         self._pool: concurrent.futures.Executor | None = None
         self._worker: threading.Thread | None = None
         self._ticker: threading.Thread | None = None
@@ -460,6 +469,16 @@ class GatewayService:
             self._store_event(done.device, done.event, received_at, None)
             return
         job = _PhotoJob(done.device, done.event, received_at, done.photo)
+        over = self._photo_budget.take(done.device, len(done.photo))
+        if over is not None:
+            # Not acked, so the box sends it again after its ack timeout; meanwhile it cannot queue
+            # more photos ahead of other boxes' than its share.
+            b = self._photo_budget
+            n, size = b.used(done.device) if over == "device" else (b.count, b.size)
+            who = "this box" if over == "device" else "all boxes"
+            detail = f"{who}: {n} photos ({size} bytes) in progress"
+            self._reject("photo_pool_busy", detail, f"photo {done.device}/{done.event.id}")
+            return
         self._in_flight.add((done.device, done.event.id))
         assert self._pool is not None
         name = self._device_name(done.device)
@@ -505,6 +524,7 @@ class GatewayService:
             self._store_event(job.device, job.event, job.received_at, (job.photo, result))
         finally:
             self._in_flight.discard(key)
+            self._photo_budget.give(job.device, len(job.photo))
 
     def _store_event(
         self, device: str, event: Event, received_at: float, photo: tuple[bytes, ProcessedPhoto] | None

@@ -52,3 +52,20 @@ def test_log_throttle_bursts_then_counts_what_it_held_back():
     now[0] = 10.0
     assert th.allow("bad_json") == (True, 2)
     assert th.allow("bad_json") == (True, 0)
+
+
+def test_budget_per_box_and_total_one_item_always_fits_an_empty_box():
+    from gateway.budget import Budget
+
+    b = Budget(per_key_count=2, per_key_bytes=100, total_count=3, total_bytes=1000)
+    assert b.take("evil", 10) is None and b.take("evil", 10) is None
+    assert b.take("evil", 10) == "device"  # its count
+    assert b.take("good", 500) is None  # another box is not affected
+    assert b.take("third", 1) == "total"  # 3 in total
+    b.give("evil", 10)
+    assert b.take("third", 1) is None and b.used("evil") == (1, 10)
+    b2 = Budget(per_key_count=5, per_key_bytes=100, total_count=5, total_bytes=10_000)
+    assert b2.take("big", 5000) is None  # one item always fits a box holding nothing
+    assert b2.take("big", 1) == "device"  # but nothing more while it is over its bytes
+    b2.give("big", 5000)
+    assert (b2.count, b2.size, b2.used("big")) == (0, 0, (0, 0))

@@ -362,3 +362,46 @@ def test_a_box_at_its_photo_limit_is_let_in_again_once_its_partials_expire(tmp_p
     finally:
         evil.close()
         svc.stop()
+
+
+def test_complete_photos_waiting_for_the_pool_are_bounded_per_box(tmp_path, mosquitto, prefix, monkeypatch):
+    """A box sending complete photos faster than the pool decodes them could queue them without limit
+    (each holding its bytes) ahead of every other box's. The pool is held still here by wrapping the
+    service's `process_photo` (a stand-in for a slow pool: the real function still does the work once
+    released); `evil` sends 6 photos without waiting for acks, `good` one."""
+    import gateway.service as service_mod
+
+    hold = threading.Event()
+    real = service_mod.process_photo
+
+    def slow(*a, **kw):
+        hold.wait(60)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(service_mod, "process_photo", slow)
+    cfg = gateway_config(
+        tmp_path / "data", mosquitto.url, prefix, PARCELBOX_INGEST_DEVICE_PHOTOS_IN_PROGRESS="4"
+    )
+    svc = GatewayService(cfg)
+    svc.start()
+    evil, good = Box(mosquitto.url, prefix, "evil"), Box(mosquitto.url, prefix, "good")
+    try:
+        assert svc.wait_connected(10)
+        ids = [new_event_id() for _ in range(6)]
+        for eid in ids:
+            evil.send(eid, PHOTO)
+        wait_for(lambda: svc.health()["rejected"].get("photo_pool_busy") == 2, what="2 of evil's refused")
+        gid = new_event_id()
+        good.send(gid, PHOTO)
+        wait_for(lambda: svc.health()["photos_in_progress"] == 5, what="good's photo taken in")
+        hold.set()
+        assert good.wait_ack(gid)["ok"] is True
+        for eid in ids[:4]:
+            assert evil.wait_ack(eid)["ok"] is True
+        assert evil.next_ack(timeout=0.5) is None  # the 2 refused got no answer: the box re-sends later
+        assert svc.health()["rejected"] == {"photo_pool_busy": 2}
+    finally:
+        hold.set()
+        evil.close()
+        good.close()
+        svc.stop()
