@@ -11,7 +11,7 @@ import types
 import pytest
 
 from tests.support.mqtt import Collector
-from tools.simulate import LemarivaCameraSim, PahoMQTTClient, PhotoSource, SimWlan
+from tools.simulate import PahoMQTTClient, PhotoSource, SimWlan, camera_driver
 
 
 class Slept(Exception):
@@ -64,7 +64,8 @@ def _fake_modules(monkeypatch):
     simple = types.ModuleType("umqtt.simple")
     simple.MQTTClient = PahoMQTTClient
     umqtt.simple = simple
-    cam = LemarivaCameraSim(PhotoSource(None), warmup=1)
+    photos = PhotoSource(None)
+    cam = camera_driver("lemariva", lambda w, h, q: photos.frame(0, True), warmup=1)
     for name, mod in (
         ("machine", machine),
         ("network", network),

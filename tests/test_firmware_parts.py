@@ -13,51 +13,62 @@ import pytest
 import sensors
 import settings
 
-from tools.simulate import CameraApiSim, LemarivaCameraSim, PhotoSource, SimPin, SimWlan, warmup_jpeg
+from tests.mp import fake_camera
+from tools.simulate import PhotoSource, SimPin, SimWlan, camera_driver, warmup_jpeg
 
 # --- camera ----------------------------------------------------------------------------
 
 
-def _jpegs(tmp_path, n=3):
+def _scene(tmp_path, flash=None, n=3):
     d = tmp_path / "photos"
     d.mkdir()
     for i in range(n):
         (d / f"p{i}.jpg").write_bytes(b"\xff\xd8" + bytes([i]) * (1000 + i) + b"\xff\xd9")
-    return d
+    src = PhotoSource(d)
+    world = {"scene": 0}
+    return src, world, lambda w, h, q: src.frame(world["scene"], flash is None or flash.level == 1)
 
 
 def test_lemariva_driver_init_settings_warmup_and_bytes_frames(tmp_path):
-    src = PhotoSource(_jpegs(tmp_path))
-    drv = LemarivaCameraSim(src, warmup=2)
     flash = SimPin(0)
+    src, world, lens = _scene(tmp_path, flash)
+    drv = camera_driver("lemariva", lens, warmup=2)
     lines = []
     c = cam.CameraAdapter(drv, "UXGA", 100, 2, flash, True, 0, None, lines.append)
-    assert c.init() is True and c.api == "lemariva"
-    assert drv.calls[0] == ("init", 0, {"format": drv.JPEG, "fb_location": drv.PSRAM})
-    assert ("framesize", drv.FRAME_UXGA) in drv.calls and ("quality", 10) in drv.calls
+    assert c.init() is True and c.api == "lemariva", lines
+    # size and quality at init: the driver sizes its one frame buffer there
+    assert drv.calls[0] == (
+        "init",
+        0,
+        {"format": drv.JPEG, "framesize": drv.FRAME_UXGA, "quality": 10, "fb_location": drv.PSRAM},
+    )
+    world["scene"] = 1
     f = c.capture()
-    assert isinstance(f, bytes) and f == src.served[0]  # the two green warm-up frames were discarded
+    assert isinstance(f, bytes) and f == src.served[0]  # lit, this scene; warm-up frames discarded
     assert warmup_jpeg() not in src.served
     assert flash.history == [0, 1, 0] and flash.level == 0
     c.deinit()
     assert ("deinit",) in drv.calls and flash.level == 0
 
 
-def test_camera_api_driver_returns_memoryview_of_the_frame_buffer(tmp_path):
-    src = PhotoSource(_jpegs(tmp_path))
-    drv = CameraApiSim(src, warmup=1)
-    c = cam.CameraAdapter(drv, "SVGA", 85, 1, None, True, 0)
+def test_camera_api_driver_returns_a_signed_memoryview_of_the_frame_buffer(tmp_path):
+    flash = SimPin(0)
+    src, world, lens = _scene(tmp_path, flash)
+    drv = camera_driver("camera-api", lens, warmup=1)
+    c = cam.CameraAdapter(drv, "SVGA", 85, 1, flash, True, 0)
     assert c.init() and c.api == "camera.Camera"
-    assert drv.created == [{"pixel_format": 3, "frame_size": drv.FrameSize.SVGA, "jpeg_quality": 85}]
+    assert drv.created == [{"pixel_format": 4, "frame_size": drv.FrameSize.SVGA, "jpeg_quality": 85}]
+    world["scene"] = 1
     f = c.capture()
-    assert isinstance(f, memoryview) and bytes(f) == src.served[0]
+    assert isinstance(f, memoryview) and f.format == "b" and bytes(f) == src.served[0]
+    world["scene"] = 2
     assert bytes(c.capture()) == src.served[1]
 
 
-@pytest.mark.parametrize("api", ["lemariva", "camera"])
+@pytest.mark.parametrize("api", ["lemariva", "camera-api"])
 def test_camera_init_failure_is_reported_not_fatal(api, tmp_path):
-    src = PhotoSource(_jpegs(tmp_path))
-    drv = LemarivaCameraSim(src, fail_init=True) if api == "lemariva" else CameraApiSim(src, fail_init=True)
+    src, world, lens = _scene(tmp_path)
+    drv = camera_driver(api, lens, fail_init=True)
     lines = []
     c = cam.CameraAdapter(drv, log=lines.append)
     assert c.init() is False and not c.ok
@@ -436,16 +447,8 @@ def test_mqtt_persistent_session_will_subscriptions_and_backoff():
 
 
 def test_camera_api_generic_firmware_gets_ai_thinker_pins(tmp_path):
-    src = PhotoSource(_jpegs(tmp_path))
-    drv = CameraApiSim(src, warmup=0)
-    real = drv.Camera
-
-    def needs_pins(**kw):
-        if "data_pins" not in kw:
-            raise ValueError("camera pins not defined")
-        return real(**kw)
-
-    drv.Camera = needs_pins
+    src, world, lens = _scene(tmp_path)
+    drv = fake_camera.CameraApi(lens, needs_pins=True)
     lines = []
     c = cam.CameraAdapter(drv, warmup=0, log=lines.append)
     assert c.init() and bytes(c.capture()) == src.served[0]
