@@ -111,7 +111,10 @@ class PahoMQTTClient:
         assert 0 <= qos <= 2 and topic
         self.lw = (self._str(topic), bytes(msg), qos, bool(retain))
 
-    def connect(self, clean_session=True):
+    def connect(self, clean_session=True, timeout=None):
+        # `timeout` as umqtt.simple >= 1.5 takes it (the connect's socket timeout, seconds).
+        if timeout is not None:
+            self.timeout = min(self.timeout, float(timeout))
         self._teardown()
         c = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
