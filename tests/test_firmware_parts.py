@@ -319,10 +319,60 @@ def test_pin_conflicts_with_camera_and_flash_are_rejected():
 def test_sd_spool_reserves_the_sd_pins():
     cfg = settings.copy_defaults()
     cfg["spool_dir"] = "/sd/spool"
+    cfg["pins"]["lid_open_level"] = 0  # GPIO13 (DAT3) high while the lid is closed
     assert settings.validate(cfg, False) == []
     cfg["sensor"] = "ultrasonic"  # trig 14 / echo 15 are the SD card's CLK / CMD
     problems = settings.validate(cfg, False)
     assert any("pins.trig=GPIO14 is used by the SD card" in p for p in problems)
+
+
+def test_sd_spool_with_the_reed_holding_dat3_low_is_refused():
+    """Issue 13 item 6: the default reed on GPIO13 grounds the card's DAT3 while the lid is
+    closed (the normal case at boot): the card starts in SPI mode and the mount fails, so the
+    box silently spooled to flash. Was accepted."""
+    cfg = settings.copy_defaults()
+    cfg["spool_dir"] = "/sd/spool"
+    problems = settings.validate(cfg, False)
+    assert any("GPIO13 is the SD card's DAT3" in p and "SPI mode" in p for p in problems), problems
+    cfg["pins"]["lid_open_level"] = 0
+    cfg["sensor"] = "ir"
+    cfg["pins"]["lid"] = 13
+    cfg["pins"]["ir"] = 13
+    assert any("pins.ir=GPIO13 is the SD card's DAT3" in p for p in settings.validate(cfg, False))
+
+
+@pytest.mark.parametrize(
+    "sensor,pin,level",
+    [("hx711", "hx_dout", None), ("ir", "ir", 1), ("ir", "ir", 0)],
+)
+def test_nothing_that_can_hold_gpio12_high_at_reset_is_accepted(sensor, pin, level):
+    """An HX711's DOUT idles high and an active-high IR module is high with a parcel inside:
+    GPIO12 high at reset selects 1.8 V flash and the board does not boot. Only the lid and an
+    active-low IR were checked before."""
+    cfg = settings.copy_defaults()
+    cfg["sensor"] = sensor
+    cfg["pins"][pin] = 12
+    if level is not None:
+        cfg["pins"]["ir_active_level"] = level
+    assert any("pins.%s=GPIO12" % pin in p for p in settings.validate(cfg, False))
+    if sensor == "hx711":
+        cfg["pins"]["hx_dout"], cfg["pins"]["hx_sck"] = 14, 12  # SCK is an output: fine on 12
+        assert settings.validate(cfg, False) == []
+
+
+def test_battery_mode_needs_an_rtc_lid_pin():
+    """esp32.wake_on_ext0 raises ValueError('invalid pin') for a non-RTC GPIO (modesp32.c):
+    a battery box with its lid on, say, GPIO 3 crashed at its first sleep."""
+    cfg = settings.copy_defaults()
+    cfg["mode"] = "battery"
+    cfg["camera"] = False  # camera off frees GPIO 1/3/16...: 3 (U0R) is not an RTC GPIO
+    cfg["pins"]["lid"] = 3
+    assert any("needs an RTC GPIO" in p for p in settings.validate(cfg, False))
+    cfg["pins"]["lid"] = 13
+    assert settings.validate(cfg, False) == []
+    cfg["mode"] = "always_on"
+    cfg["pins"]["lid"] = 3
+    assert settings.validate(cfg, False) == []
 
 
 def test_apply_remote_changes_only_safe_keys():
