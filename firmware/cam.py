@@ -121,7 +121,9 @@ class CameraAdapter:
                     ok = d.init(0, **kw)
                 except TypeError:
                     # An old build without these keywords: it works, but at VGA size.
-                    self.log("camera: this camera.init() takes no framesize/quality; large frames may not fit")
+                    self.log(
+                        "camera: this camera.init() takes no framesize/quality; large frames may not fit"
+                    )
                     del kw["framesize"], kw["quality"]
                     ok = d.init(0, **kw)
                 if ok is False:

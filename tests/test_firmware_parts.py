@@ -354,7 +354,7 @@ def test_nothing_that_can_hold_gpio12_high_at_reset_is_accepted(sensor, pin, lev
     cfg["pins"][pin] = 12
     if level is not None:
         cfg["pins"]["ir_active_level"] = level
-    assert any("pins.%s=GPIO12" % pin in p for p in settings.validate(cfg, False))
+    assert any(f"pins.{pin}=GPIO12" in p for p in settings.validate(cfg, False))
     if sensor == "hx711":
         cfg["pins"]["hx_dout"], cfg["pins"]["hx_sck"] = 14, 12  # SCK is an output: fine on 12
         assert settings.validate(cfg, False) == []
