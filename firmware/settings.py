@@ -340,6 +340,13 @@ def apply_remote(cfg, args):
 def save(path, cfg, os_mod):
     """Write the whole config (temp + rename: a power cut keeps the old file)."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(json.dumps(cfg).encode())
-    os_mod.rename(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(cfg).encode())
+        os_mod.rename(tmp, path)
+    except OSError:
+        try:
+            os_mod.remove(tmp)  # a full disk: leave no half-written file behind
+        except OSError:
+            pass
+        raise

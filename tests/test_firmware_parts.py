@@ -402,6 +402,17 @@ def test_save_is_atomic_and_loads_back(tmp_path):
     assert problems == [] and again == cfg
 
 
+def test_save_on_a_full_disk_leaves_no_tmp_file(tmp_path):
+    import os
+    import types
+
+    full = types.SimpleNamespace(rename=lambda a, b: (_ for _ in ()).throw(OSError(28)), remove=os.remove)
+    p = str(tmp_path / "config.json")
+    with pytest.raises(OSError):
+        settings.save(p, settings.copy_defaults(), full)
+    assert os.listdir(tmp_path) == []  # was: config.json.tmp until someone deleted it
+
+
 def test_thresholds_per_sensor():
     cfg = settings.copy_defaults()
     cfg["sensor"] = "hx711"
