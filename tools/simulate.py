@@ -55,7 +55,7 @@ import sensors as fw_sensors  # noqa: E402
 import settings as fw_settings  # noqa: E402
 import spool as fw_spool  # noqa: E402
 
-from tests.mp import fake_camera  # noqa: E402  (the faithful driver fakes; MicroPython-compatible)
+from tests.mp import fake_camera, fake_net  # noqa: E402  (faithful board fakes; MicroPython-compatible)
 
 # --- umqtt.simple on paho ------------------------------------------------------------
 
@@ -556,7 +556,7 @@ class SimulatedBox:
         self.parcels = 0
         self.parcel_mm = 50
         self.flash_pin = SimPin(0)
-        self.wlan = SimWlan()
+        self.wlan: fake_net.WLAN | None = None  # the radio restarts with every boot (_build)
         self.reboots = 0
         self._actions: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         self._script_end = 0
@@ -629,7 +629,11 @@ class SimulatedBox:
         topics = fw_protocol.Topics(cfg["device_id"], cfg["prefix"])
         backoff = fw_link.Backoff(200, 4000, clock.ticks_diff)
         mqtt = fw_link.Mqtt(client, topics, cfg["broker"]["keepalive_s"], backoff, clock.ticks_diff, self.log)
-        wifi = fw_link.Wifi(self.wlan, "sim", "sim", 20000, None, clock.ticks_diff, self.log)
+        # The faithful ESP32 station (tests/mp/fake_net.py): joins after 300 virtual ms.
+        self.wlan = fake_net.WLAN(clock, ap=("sim", "sim"), join_ms=300)
+        wifi = fw_link.Wifi(
+            self.wlan, "sim", "sim", 20000, None, clock.ticks_diff, self.log, network=fake_net.Network
+        )
         self.app = _SimApp(
             cfg,
             board,

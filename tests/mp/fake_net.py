@@ -182,3 +182,145 @@ class SocketModule:
 
     def getaddrinfo(self, host, port, *a):
         return [(2, 1, 0, "", (host, port))]
+
+
+# --- Wi-Fi -------------------------------------------------------------------------------
+#
+# micropython ports/esp32/network_wlan.c (v1.29.0-preview, 1c3c201) and network_common.c:
+# - connect() calls esp_wifi_connect(); while an earlier attempt is still running ESP-IDF
+#   returns ESP_ERR_WIFI_CONN, raised as OSError("Wifi Internal Error"); before active(True)
+#   ESP_ERR_WIFI_NOT_STARTED -> OSError("Wifi Not Started").
+# - a failed join or a lost link (WIFI_EVENT_STA_DISCONNECTED) records the reason and, while
+#   a connect is requested, retries by itself; config(reconnects=n) bounds the retries.
+# - status(): STAT_GOT_IP (1010) when connected; else the recorded reason for NO_AP_FOUND
+#   (201) and friends; AUTH_FAIL / CONNECTION_FAIL -> 202 (wrong password); after
+#   disconnect() (ASSOC_LEAVE) STAT_IDLE (1000); a requested connect with retries left ->
+#   STAT_CONNECTING (1001); no activity -> STAT_IDLE; any other reason passed through.
+# - status("rssi"): esp_wifi_sta_get_ap_info, which fails when not associated (an OSError).
+
+STAT_IDLE = 1000
+STAT_CONNECTING = 1001
+STAT_GOT_IP = 1010
+REASON_BEACON_TIMEOUT = 200
+REASON_NO_AP_FOUND = 201
+REASON_AUTH_FAIL = 202
+REASON_ASSOC_LEAVE = 8
+
+
+class Network:
+    """The `network` module's constants the firmware reads (ESP32 numbering)."""
+
+    STA_IF = 0
+    STAT_IDLE = STAT_IDLE
+    STAT_CONNECTING = STAT_CONNECTING
+    STAT_GOT_IP = STAT_GOT_IP
+    STAT_BEACON_TIMEOUT = REASON_BEACON_TIMEOUT
+    STAT_NO_AP_FOUND = REASON_NO_AP_FOUND
+    STAT_WRONG_PASSWORD = REASON_AUTH_FAIL
+    STAT_ASSOC_FAIL = 203
+    STAT_HANDSHAKE_TIMEOUT = 204
+
+
+class WLAN:
+    """The ESP32 station interface against an access point the case controls: `ap` is
+    (ssid, password) or None (out of reach); a join takes `join_ms` of the injected clock."""
+
+    def __init__(self, clock, ap=("home", "secret"), join_ms=1500, rssi=-61):
+        self.clock = clock
+        self.ap = ap
+        self.join_ms = join_ms
+        self.rssi = rssi
+        self._active = False
+        self._requested = False
+        self._connected = False
+        self._reason = 0
+        self._since = None  # ticks of the attempt in flight
+        self._creds = None
+        self._reconnects_max = 0
+        self._reconnects = 0
+        self.connect_calls = 0
+        self.internal_errors = 0
+
+    def active(self, flag=None):
+        if flag is None:
+            return self._active
+        self._active = bool(flag)
+        if not flag:
+            self._connected = False
+            self._requested = False
+        return None
+
+    def config(self, **kw):
+        if "reconnects" in kw:
+            self._reconnects_max = kw["reconnects"]
+
+    def _advance(self):
+        # The ESP-IDF event task: an attempt in flight finishes after join_ms.
+        while self._requested and not self._connected and self._since is not None:
+            if self.clock.now - self._since < self.join_ms:
+                return
+            ok = self.ap is not None and self._creds[0] == self.ap[0]
+            if ok and self._creds[1] == self.ap[1]:
+                self._connected = True
+                self._reason = 0
+                self._since = None
+                return
+            self._reason = REASON_AUTH_FAIL if ok else REASON_NO_AP_FOUND
+            if self._reconnects_max:
+                self._reconnects += 1
+                if self._reconnects >= self._reconnects_max:
+                    self._since = None  # retries used up: status() reports the reason
+                    return
+            self._since += self.join_ms  # esp_wifi_connect() again, by itself
+
+    def connect(self, ssid, password):
+        if not self._active:
+            raise OSError("Wifi Not Started")
+        self._advance()
+        if self._requested and not self._connected and self._since is not None:
+            self.internal_errors += 1
+            raise OSError("Wifi Internal Error")  # ESP_ERR_WIFI_CONN: an attempt is running
+        self.connect_calls += 1
+        self._creds = (ssid, password)
+        self._reconnects = 0
+        self._requested = True
+        self._connected = False
+        self._since = self.clock.now
+
+    def disconnect(self):
+        self._requested = False
+        self._connected = False
+        self._since = None
+        self._reason = REASON_ASSOC_LEAVE
+
+    def isconnected(self):
+        self._advance()
+        return self._connected
+
+    def drop(self, reason=REASON_BEACON_TIMEOUT):
+        """The access point went away (or rebooted): the station retries by itself."""
+        self._connected = False
+        self._reason = reason
+        if self._requested:
+            self._since = self.clock.now
+
+    def status(self, what=None):
+        self._advance()
+        if what == "rssi":
+            if not self._connected:
+                raise OSError("Wifi Not Connected")
+            return self.rssi
+        if self._connected:
+            return STAT_GOT_IP
+        r = self._reason
+        if r in (REASON_NO_AP_FOUND, 210, 211, 212):
+            return r
+        if r in (REASON_AUTH_FAIL, 205):
+            return REASON_AUTH_FAIL
+        if r == REASON_ASSOC_LEAVE:
+            return STAT_IDLE
+        if self._requested and (self._reconnects_max == 0 or self._reconnects < self._reconnects_max):
+            return STAT_CONNECTING
+        if r == 0:
+            return STAT_IDLE
+        return r

@@ -120,6 +120,43 @@ def case_old_umqtt_without_connect_timeout_still_gets_bounded_waits():
     assert r.mqtt.missed_pings >= 1 and r.mqtt.connects >= 2
 
 
+class WifiRig:
+    def __init__(self, password="secret", ap=("home", "secret")):
+        self.clock = fake_net.Clock()
+        self.wlan = fake_net.WLAN(self.clock, ap=ap)
+        self.lines = []
+        self.wifi = link.Wifi(
+            self.wlan, "home", password, 20000, link.Backoff(2000, 60000), log=self.lines.append,
+            network=fake_net.Network,
+        )  # fmt: skip
+
+    def poll_for(self, ms, step=50):
+        end = self.clock.now + ms
+        while self.clock.now < end:
+            self.wifi.poll(self.clock.now)
+            self.clock.now += step
+
+
+def case_wifi_wrong_password_is_named_and_never_trips_an_internal_error():
+    r = WifiRig(password="wrong")
+    r.poll_for(90000)
+    assert not r.wifi.up and r.wifi.last_error == "wrong_password", r.lines
+    assert any("join failed: wrong_password (status 202)" in x for x in r.lines), r.lines
+    assert r.wlan.internal_errors == 0 and r.wlan.connect_calls >= 2
+
+
+def case_wifi_joins_when_the_access_point_appears_and_rejoins_after_a_drop():
+    r = WifiRig(ap=None)
+    r.poll_for(30000)
+    assert not r.wifi.up and r.wifi.last_error == "no_ap_found", r.lines
+    r.wlan.ap = ("home", "secret")
+    r.poll_for(90000)
+    assert r.wifi.up and r.wifi.rssi() == -61, r.lines
+    r.wlan.drop()
+    r.poll_for(10000)
+    assert r.wifi.up and r.wifi.connects == 2 and r.wlan.internal_errors == 0, r.lines
+
+
 CASES = [(n, f) for n, f in sorted(globals().items()) if n.startswith("case_") and callable(f)]
 
 
