@@ -16,8 +16,8 @@
 #   wait_msg, which returns None for it, exactly as for "nothing to read".
 # - A half-open TCP connection (the router rebooted, the broker's host vanished, NAT state
 #   expired): the ESP32's stack still accepts writes into its send buffer and no byte ever
-#   comes back; once the send buffer (lwIP TCP_SND_BUF, 5744 bytes by default in ESP-IDF) is
-#   full, a write waits too.
+#   comes back; once the send buffer is full (lwIP TCP_SND_BUF: ESP-IDF's Kconfig default
+#   CONFIG_LWIP_TCP_SND_BUF_DEFAULT is 5760, as esp-idf-sys exports it), a write waits too.
 import errno
 
 try:
@@ -25,7 +25,7 @@ try:
 except AttributeError:  # pragma: no cover
     ETIMEDOUT = 110
 
-SEND_BUFFER = 5744
+SEND_BUFFER = 5760
 
 
 class BlockedForever(Exception):
