@@ -289,8 +289,8 @@ def test_cli_many_devices_with_auth_args(mosquitto, prefix, acker, tmp_path):
         "p",
         "--timeout",
         "60",
-        "--camera-api",
-        "camera",
+        "--camera-driver",
+        "lemariva",
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK: every event acked" in r.stdout
