@@ -352,7 +352,12 @@ class Mqtt:
     def _guard_socket(self):
         sock = getattr(self.client, "sock", None)
         # Only a MicroPython-style stream socket (read/write) is wrapped: that is umqtt's.
-        if sock is not None and hasattr(sock, "read") and not isinstance(sock, TimeoutSocket):
+        if (
+            sock is not None
+            and hasattr(sock, "read")
+            and hasattr(sock, "settimeout")  # a TLS socket may lack it: then left as it is
+            and not isinstance(sock, TimeoutSocket)
+        ):
             self.client.sock = TimeoutSocket(sock, self.timeout_s)
 
     def _connect_client(self, c):
