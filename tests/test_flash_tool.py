@@ -15,7 +15,7 @@ from gateway.flash.cli import main
 from gateway.flash.devconfig import lan_address
 from gateway.flash.online import ConsoleJudge, classify_console_line, status_is_fresh
 from gateway.flash.serialports import PortInfo
-from tests.support.fakeboard import FakeBoard
+from tests.support.fakeboard import FakeBoard, skip_boot_waits  # noqa: F401
 
 
 @pytest.fixture
@@ -98,8 +98,10 @@ def test_logs_reset_shows_the_boot(tmp_path, capsys):
     def on_boot(board):
         board.console("parcelbox 0.1.0 booting")
 
+    (tmp_path / "flash").mkdir()
+    (tmp_path / "flash" / "main.py").write_text("import app\n")  # on_boot stands for main.py
     with FakeBoard(tmp_path / "flash", on_boot=on_boot) as board:
-        assert main(["logs", "--port", board.port, "--reset", "--seconds", "1"]) == 0
+        assert main(["logs", "--port", board.url, "--reset", "--seconds", "1"]) == 0
         assert board.resets == 1
     assert "parcelbox 0.1.0 booting" in capsys.readouterr().out
 
