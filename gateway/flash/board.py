@@ -229,7 +229,7 @@ class Board:
         A board that was just reset (by the tool, by its watchdog, or by the port opening on an
         MB programmer) is still booting: with PSRAM an ESP32 takes 1-1.5 s before MicroPython
         starts, and MicroPython then empties the UART's receive FIFO (ports/esp32/uart.c,
-        `uart_stdout_init` -> `uart_hal_rxfifo_rst`, v1.2x), so an interrupt sent during the boot is
+        `uart_stdout_init` -> `uart_hal_rxfifo_rst`, v1.21-v1.27), so an interrupt sent during the boot is
         lost without a trace. One interrupt and a wait (mpremote's `enter_raw_repl`) fails every
         time there; repeating it every PROBE_INTERVAL_S until the banner comes does not.
         """

@@ -25,9 +25,9 @@ CHIP_IDS = {0: "ESP32", 2: "ESP32-S2", 5: "ESP32-C3", 9: "ESP32-S3", 12: "ESP32-
 EsptoolRunner = Callable[[Sequence[str]], None]
 
 _DOWNLOAD_HINT = (
-    "download the full firmware image: for stock MicroPython the ESP32_GENERIC .bin from "
-    "micropython.org/download/ESP32_GENERIC/ (for a camera build, its firmware.bin, the file that "
-    "includes bootloader and partition table), not micropython.bin, the app alone"
+    "use the camera build's full firmware .bin, the one flashed at 0x1000 (a release's firmware .bin; built "
+    "yourself: build-ESP32_GENERIC-SPIRAM/firmware.bin; hardware/README.md step 3), not micropython.bin, "
+    "which is the app alone"
 )
 
 

@@ -370,7 +370,9 @@ def _cleanup_quiet_window(port: str, args: argparse.Namespace, progress: Progres
     except (FlashError, OSError) as e:
         progress.detail(
             f"could not remove {QUIET_MARKER} from the board ({e}): the box will not start its app until it is "
-            f"removed. Rerun provision, or run: mpremote connect {port} rm :{QUIET_MARKER[1:]} + reset"
+            f"removed. Rerun provision, or in `parcelbox flash shell --port {port}` type "
+            f"import os; os.remove({QUIET_MARKER!r}) and press RST (plain mpremote holds an ESP32-CAM-MB in reset "
+            "on Linux)"
         )
         return
     progress.detail(
@@ -411,8 +413,9 @@ def _install_libraries(board: Board, args: argparse.Namespace, progress: Progres
     """mip-install a library only when the board cannot import it.
 
     umqtt.simple is frozen into every MicroPython ESP32 build (ports/esp32/boards/manifest.py:
-    `require("umqtt.simple")` since v1.20, `freeze(...umqtt.simple...)` before), and `.frozen`
-    comes before `/lib` on the ESP32's sys.path, so a /lib copy would never even be imported.
+    `require("umqtt.simple")`, v1.20-v1.27; in v1.19 only release builds, manifest_release.py), and
+    `.frozen` comes before `/lib` on the ESP32's sys.path (py/runtime.c, ports/esp32/main.c), so a
+    /lib copy would never even be imported.
     Downloading it anyway made provision fail on a host without internet for nothing. Builds made
     from a trimmed manifest (some camera builds) may lack it: then mip installs it.
     """

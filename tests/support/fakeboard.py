@@ -10,7 +10,7 @@ What a real board does and this one copies (docs/field-fidelity.md, "Board and s
 - Boot time. After any reset the ESP32 runs its ROM, the second-stage bootloader and, with PSRAM, a
   memory test before MicroPython starts (1-1.5 s on an ESP32-CAM; micropython#17532: "more than
   1s"). MicroPython then resets the UART's receive FIFO (micropython ports/esp32/uart.c,
-  `uart_stdout_init`: `uart_hal_rxfifo_rst`, v1.22-v1.27), so everything that arrived during the
+  `uart_stdout_init`: `uart_hal_rxfifo_rst`, v1.21-v1.27), so everything that arrived during the
   boot is gone. The board discards input for `boot_time` seconds (default BOOT_TIME_S) of its
   injected clock after each reset.
 - The programmer's DTR/RTS wiring (`url`, a pyserial URL: `ProgrammerPort`). The ESP32-CAM-MB's
@@ -23,7 +23,7 @@ What a real board does and this one copies (docs/field-fidelity.md, "Board and s
   program that opens with the defaults holds this board in reset, as on the real bench.
 - Frozen modules. Every MicroPython ESP32 build freezes umqtt.simple (micropython
   ports/esp32/boards/manifest.py: `require("umqtt.simple")`, v1.20-v1.27) and `.frozen` precedes
-  `/lib` on sys.path; `import` looks in `frozen`, then in /lib on the simulated flash. A frozen
+  `/lib` on sys.path (py/runtime.c `mp_init` adds '' and '.frozen', ports/esp32/main.c then '/lib'); `import` looks in `frozen`, then in /lib on the simulated flash. A frozen
   module's `__file__` is its path inside the frozen set, a /lib one's the file path
   (py/builtinimport.c, `do_load`).
 
