@@ -136,7 +136,7 @@ def test_a_board_in_download_mode_is_named(tmp_path):
     with FakeBoard(tmp_path / "flash", programmer="mb") as board:
         board.io0_jumper = True
         with Board.connect(board.url) as b, pytest.raises(FlashError) as caught:
-            b.enter_raw_repl(timeout=2)
+            b.enter_raw_repl(timeout=1)
         assert board.download_boots == 1
     assert "in its ROM bootloader (download mode)" in caught.value.message
     assert "IO0" in caught.value.hint

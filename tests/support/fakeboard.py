@@ -83,28 +83,40 @@ class _HardReset(BaseException):
 
 
 class SkipClock:
-    """Real time plus skipped time: `sleep()` moves the clock on at once.
+    """Real time, except that waiting through a fake board's boot costs none.
 
-    The fake board measures its boot on this clock and the flash tool waits on it
-    (`gateway.flash.board.CLOCK`, swapped in by `skip_boot_waits`), so waiting out a simulated boot
-    costs no real time, while anything that waits in real time still sees the clock advance.
-    `sleep` yields ~1 ms of real time so the board's thread gets to answer.
+    The fake boards note when their boots end (`boot_ends_at`); `sleep()` skips at once over the
+    part of its wait that falls inside a boot and sleeps the rest in real time. The flash tool waits
+    on this clock (`gateway.flash.board.CLOCK`, swapped in by `skip_boot_waits`), so no test waits a
+    simulated boot out, while a board that has booted gets real time to answer, as on the bench:
+    a loaded test machine cannot make the tool give up early.
     """
 
     def __init__(self) -> None:
         self._skipped = 0.0
+        self._boot_ends: dict[str, float] = {}  # board url -> end of its current boot
         self._lock = threading.Lock()
 
     def monotonic(self) -> float:
         return time.monotonic() + self._skipped
 
+    def boot_ends_at(self, board: str, t: float | None) -> None:
+        """`board` boots until `t` (None: it stopped)."""
+        with self._lock:
+            if t is None:
+                self._boot_ends.pop(board, None)
+            else:
+                self._boot_ends[board] = t
+
     def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             return
-        real = min(seconds, 0.001)
-        time.sleep(real)
         with self._lock:
-            self._skipped += seconds - real
+            now = self.monotonic()
+            booting = [t for t in self._boot_ends.values() if t > now]
+            skip = min(seconds, min(booting) - now) if booting else 0.0
+            self._skipped += skip
+        time.sleep(seconds - skip if seconds > skip else 0)  # 0: still lets the board's thread run
 
 
 CLOCK = SkipClock()  # shared by every fake board and, in tests, the flash tool
@@ -228,6 +240,7 @@ class FakeBoard:
 
     def stop(self) -> None:
         _BOARDS.pop(self.url, None)
+        self.clock.boot_ends_at(self.url, None)
         self._stop.set()
         self._thread.join(5)
         for t in self._boot_threads:
@@ -480,6 +493,7 @@ class FakeBoard:
         self._buf.clear()
         self._cwd = "/"
         self._boot_until = self.clock.monotonic() + self.boot_time
+        self.clock.boot_ends_at(self.url, self._boot_until)
         if self.mode != "silent":
             self._write(rom_banner)
         self._arm_watchdog()
