@@ -1,7 +1,7 @@
 """`flash provision`: firmware, libraries and config.json onto a board, then wait until the box is online.
 
 Steps (numbered in the output): settings, broker check, compile, connect + handshake, camera check,
-libraries (mip), copy changed files (sha256 computed on the board), reset, online. Everything before
+libraries (the firmware's frozen umqtt.simple, mip only if missing), copy changed files (sha256 computed on the board), reset, online. Everything before
 the reset is idempotent, so a board that resets mid-way is reconnected and the run carries on.
 
 Quiet window: a box running its app has a watchdog that cannot be stopped (on the ESP32 it is the
