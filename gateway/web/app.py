@@ -46,6 +46,7 @@ from gateway.web.auth import (
     read_password_hash,
     verify_password,
 )
+from gateway.web.bodylimit import BodyLimit
 from gateway.web.guard import CSRF_COOKIE, SESSION_COOKIE, Guard, cookie_header, parse_cookies
 from gateway.web.live import Broadcaster
 from gateway.web.openapi import OPENAPI
@@ -61,7 +62,7 @@ VARIANTS = ("original", "alert", "thumb")
 WEB_COMMANDS = ("snapshot", "reboot", "ping")
 OUTBOX_STATES = ("pending", "sent", "failed", "dead")
 MAX_PAGE = 200
-MAX_BODY = 8 * 1024
+MAX_BODY = 8 * 1024  # every route's body limit, enforced while reading (gateway/web/bodylimit.py)
 PHONE_RE = re.compile(r"\+?[0-9]{7,15}")
 # Alert ids are built by the gateway from device, event id, notifier and a hash: longer than a
 # message id, but from the same path-safe alphabet.
@@ -263,12 +264,14 @@ def api_health(request: Request) -> JSONResponse:
     h = dict(_port(request).health())
     bc: Broadcaster = request.app.state.broadcaster
     guard: Guard | None = request.app.state.guard_holder.get("guard")
+    body_limit: BodyLimit | None = request.app.state.guard_holder.get("body_limit")
     h["web"] = {
         "live_clients": bc.clients,
         "live_dropped": bc.dropped,
         "login_required": request.app.state.settings.login_required,
         "refused": dict(guard.counters) if guard else {},
         "login_rate_limited": request.app.state.limiter.refused,
+        "body_too_large": body_limit.refused if body_limit else 0,
     }
     return _json(h)
 
@@ -599,16 +602,22 @@ def create_app(
         Route("/manifest.webmanifest", manifest, methods=["GET"]),
         Mount("/static", NoCacheStatic(directory=STATIC_DIR), name="static"),
     ]
-    guard_holder: dict[str, Guard] = {}
+    guard_holder: dict[str, Any] = {}
 
     def make_guard(app: Any) -> Guard:
         g = Guard(app, settings, signer)
         guard_holder["guard"] = g
         return g
 
+    def make_body_limit(app: Any) -> BodyLimit:
+        b = BodyLimit(app, lambda _path: MAX_BODY)
+        guard_holder["body_limit"] = b
+        return b
+
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(make_guard)],  # type: ignore[arg-type]
+        # Outermost first: bodies are bounded before the guard or any route (login included) reads them.
+        middleware=[Middleware(make_body_limit), Middleware(make_guard)],  # type: ignore[arg-type]
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
