@@ -57,6 +57,10 @@ class WebConfig:
     session_hours: float = 168.0
     # Host names accepted besides loopback ones (a reverse proxy's name); any such name turns the login on
     allowed_hosts: list[str] = field(default_factory=list)
+    # LAN hygiene (gateway/web/connections.py): open connections at most (capped at a quarter of the
+    # file-descriptor limit), and how long one may sit without a request in progress.
+    max_connections: int = 100
+    idle_timeout_s: float = 10.0
 
 
 @dataclass
@@ -318,6 +322,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("store.segment_records must be 0 (default) or between 8 and 1000000")
     if cfg.notify.webhook.format not in ("json", "multipart"):
         raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
+    if cfg.web.max_connections < 1 or not cfg.web.idle_timeout_s > 0:
+        raise ConfigError("web.max_connections must be >= 1 and web.idle_timeout_s > 0")
     if cfg.broker.prefer not in ("mosquitto", "amqtt"):
         raise ConfigError("broker.prefer must be 'mosquitto' or 'amqtt'")
     if cfg.broker.url and not cfg.broker.url.startswith(("mqtt://", "mqtts://")):

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.fdlimit import web_connection_cap
 from gateway.web import WebServer, WebSettings
 from gateway.web.auth import set_password
+from gateway.web.connections import ConnectionTable
+from gateway.web.server import ACCEPT_BATCH
 from tests.support.web import MemoryPort
 
 PASSWORD = "correct horse battery"
@@ -104,3 +107,107 @@ def test_small_bodies_still_work_and_the_refusal_is_counted(exposed: WebServer) 
         r = c.post("/login", content=b"x" * (8 * 1024 + 1), headers={"content-type": "text/plain"})
         assert r.status_code == 413 and r.json()["error"] == "too_large"
         assert c.get("/api/health").json()["web"]["body_too_large"] == 1
+
+
+# --- connections ----------------------------------------------------------------------------
+
+
+class Conn:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.busy = False
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def busy(c: Conn) -> bool:
+    return c.busy
+
+
+def test_connection_table_evicts_the_longest_idle_and_refuses_when_all_are_busy() -> None:
+    t = ConnectionTable(max_connections=3, idle_timeout_s=10)
+    a, b, c, d, e = (Conn(x) for x in "abcde")
+    assert t.admit(a, 0, busy) == [] and t.admit(b, 1, busy) == [] and t.admit(c, 2, busy) == []
+    a.busy = True  # a request in progress is never evicted
+    assert t.admit(d, 3, busy) == [b] and t.evicted == 1
+    c.busy = d.busy = True
+    assert t.admit(e, 4, busy) == [e] and t.refused == 1 and len(t) == 3
+    t.remove(a)
+    assert t.admit(e, 5, busy) == [] and len(t) == 3
+
+
+def test_connection_table_times_out_idle_connections_only() -> None:
+    t = ConnectionTable(max_connections=10, idle_timeout_s=10)
+    idle, streaming, done = Conn("idle"), Conn("streaming"), Conn("done")
+    for conn in (idle, streaming, done):
+        t.admit(conn, 0, busy)
+    streaming.busy = done.busy = True
+    assert t.sweep(5, busy) == []
+    done.busy = False  # its response completed at about t=6: idle from the next sweep on
+    assert t.sweep(6, busy) == []
+    assert t.sweep(10, busy) == [idle] and t.timed_out == 1
+    assert t.sweep(15, busy) == []
+    assert t.sweep(16, busy) == [done]
+    assert t.sweep(1000, busy) == [] and len(t) == 1  # the stream stays as long as it streams
+
+
+def test_web_share_of_file_descriptors() -> None:
+    assert web_connection_cap(100, soft_limit=1024) == 100
+    assert web_connection_cap(100, soft_limit=256) == 64
+    assert web_connection_cap(100, soft_limit=16) == 8  # never none at all
+
+
+def test_soft_fd_limit_is_raised_to_the_hard_one() -> None:
+    """In a child with soft 256 / hard 512 (systemd's LimitNOFILE default is 1024 soft, more hard)."""
+    import resource
+    import subprocess
+    import sys
+
+    def limits() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
+
+    code = "from gateway.fdlimit import raise_nofile_limit, nofile_limits; print(raise_nofile_limit(), *nofile_limits())"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        preexec_fn=limits,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split() == ["512", "512", "512"]
+
+
+@pytest.fixture
+def small(port: MemoryPort):
+    srv = WebServer(port, WebSettings(host="127.0.0.1", port=0, max_connections=20, idle_timeout_s=60))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_idle_flood_is_capped_and_a_newcomer_is_served(small: WebServer) -> None:
+    import httpx
+
+    socks = []
+    try:
+        for _ in range(200):
+            socks.append(socket.create_connection(("127.0.0.1", small.bound_port), timeout=5))
+        with httpx.Client(base_url=small.url, timeout=10) as c:
+            web = c.get("/api/health").json()["web"]
+        # uvicorn's own count of open connections: the old server kept all 200.
+        assert len(small._server.server_state.connections) <= 20 + ACCEPT_BATCH  # type: ignore[union-attr]
+        assert web["connections"]["max"] == 20 and web["connections"]["evicted"] >= 200 - 20
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_systemd_unit_sets_a_file_descriptor_limit() -> None:
+    """systemd's default soft limit (1024) is what ~1,000 idle connections once used up."""
+    unit = (Path(__file__).resolve().parents[1] / "deploy" / "parcelbox.service").read_text()
+    values = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    assert len(values) == 1 and int(values[0].split(":")[0]) >= 4096

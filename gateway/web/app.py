@@ -273,6 +273,15 @@ def api_health(request: Request) -> JSONResponse:
         "login_rate_limited": request.app.state.limiter.refused,
         "body_too_large": body_limit.refused if body_limit else 0,
     }
+    table = getattr(request.app.state, "connections", None)  # set by WebServer, absent in tests' clients
+    if table is not None:
+        h["web"]["connections"] = {
+            "open": len(table),
+            "max": table.max_connections,
+            "evicted": table.evicted,
+            "refused": table.refused,
+            "timed_out": table.timed_out,
+        }
     return _json(h)
 
 
@@ -610,7 +619,7 @@ def create_app(
         return g
 
     def make_body_limit(app: Any) -> BodyLimit:
-        b = BodyLimit(app, lambda _path: MAX_BODY)
+        b = BodyLimit(app, lambda _path: MAX_BODY, timeout_s=settings.body_timeout_s)
         guard_holder["body_limit"] = b
         return b
 

@@ -10,6 +10,7 @@ server stops reading the rest instead of draining it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -30,6 +31,14 @@ class BodyTooLarge(HTTPException):
         self.error = "too_large"
 
 
+class BodyTimeout(HTTPException):
+    """Raised from `receive` when the body has not arrived within the deadline (a slow-body client)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"request body not received within {timeout_s:g} s")
+        self.error = "body_timeout"
+
+
 def declared_length(scope: Scope) -> int | None:
     """The request's Content-Length, None when absent; -1 when unreadable (refused as malformed)."""
     values = [v for k, v in scope.get("headers", []) if k == b"content-length"]
@@ -46,12 +55,20 @@ class BodyLimit:
     """ASGI middleware: refuse request bodies over `limit_for(path)` bytes as they arrive.
 
     `received` counts the body bytes handed to the app over the server's life (what a flood could
-    make it hold); `refused` the requests answered 413.
+    make it hold); `refused` the requests answered 413. The whole body must arrive within
+    `timeout_s` of the request's start, or the answer is 408 (a body trickled a byte at a time
+    would otherwise hold its connection for hours).
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int] = lambda _path: DEFAULT_LIMIT) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit_for: Callable[[str], int] = lambda _path: DEFAULT_LIMIT,
+        timeout_s: float = 30.0,
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.timeout_s = timeout_s
         self.received = 0
         self.refused = 0
 
@@ -69,11 +86,20 @@ class BodyLimit:
 
         seen = 0
         started = False
+        body_done = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
 
         async def counted_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # later receives wait for a disconnect (streams): no deadline on those
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise BodyTimeout(self.timeout_s) from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     self.refused += 1
@@ -81,18 +107,21 @@ class BodyLimit:
                 self.received += len(message.get("body", b""))
             return message
 
+        has_body = bool(declared) or any(k == b"transfer-encoding" for k, _ in scope.get("headers", []))
+
         async def closing_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if message["status"] == 413:
-                    # The client may still be sending: end the connection rather than read the rest.
+                if message["status"] in (408, 413) or (has_body and not body_done):
+                    # Answered before the body was read (refused, or the route had no use for it): end
+                    # the connection, or the server would go on reading and discarding whatever comes.
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
             await self.app(scope, counted_receive, closing_send)
-        except BodyTooLarge:
+        except (BodyTooLarge, BodyTimeout):
             # Only reached when the app let it escape (an app without Starlette's error handling).
             if not started:
                 await refuse(send, 413, "too_large", f"request body must be at most {limit} bytes")

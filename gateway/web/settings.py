@@ -38,6 +38,13 @@ class WebSettings:
     allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
     login_max_failures: int = 5  # per client address within login_window_s
     login_window_s: float = 300.0
+    # Open connections at most (never more than a quarter of the file-descriptor limit, see
+    # gateway/fdlimit.py); over it, the longest-idle connection is closed to make room.
+    max_connections: int = 100
+    # A connection with no request in progress (never sent one, trickling headers, keep-alive) is
+    # closed after this long; a request body must arrive within body_timeout_s.
+    idle_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
     @property
     def login_required(self) -> bool:
