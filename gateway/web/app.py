@@ -39,6 +39,7 @@ from gateway import bus as busmod
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.web.auth import (
+    DEVICE_LIFETIME_S,
     LoginLimiter,
     SessionSigner,
     load_or_create_secret,
@@ -47,7 +48,14 @@ from gateway.web.auth import (
     verify_password,
 )
 from gateway.web.bodylimit import BodyLimit
-from gateway.web.guard import CSRF_COOKIE, SESSION_COOKIE, Guard, cookie_header, parse_cookies
+from gateway.web.guard import (
+    CSRF_COOKIE,
+    DEVICE_COOKIE,
+    SESSION_COOKIE,
+    Guard,
+    cookie_header,
+    parse_cookies,
+)
 from gateway.web.live import Broadcaster
 from gateway.web.openapi import OPENAPI
 from gateway.web.qr import qr_svg, qr_version
@@ -271,6 +279,7 @@ def api_health(request: Request) -> JSONResponse:
         "login_required": request.app.state.settings.login_required,
         "refused": dict(guard.counters) if guard else {},
         "login_rate_limited": request.app.state.limiter.refused,
+        "login_slowed": request.app.state.limiter.slowed,
         "body_too_large": body_limit.refused if body_limit else 0,
     }
     table = getattr(request.app.state, "connections", None)  # set by WebServer, absent in tests' clients
@@ -467,8 +476,11 @@ async def login(request: Request) -> Response:
     if not cookie_csrf or form.get("csrf") != cookie_csrf:
         return login_page("The form expired; please try again.", csrf, nxt, 403)
     limiter: LoginLimiter = request.app.state.limiter
+    signer: SessionSigner = request.app.state.signer
     addr = request.client.host if request.client else "?"
-    wait = limiter.retry_after(addr)
+    device = signer.device_id(parse_cookies(request.headers).get(DEVICE_COOKIE))
+    key = limiter.key(addr, device)
+    wait = limiter.retry_after(key)
     if wait > 0:
         log.warning("web: login from %s refused: too many failed attempts", addr)
         return login_page(
@@ -478,10 +490,23 @@ async def login(request: Request) -> Response:
             429,
             {"retry-after": str(math.ceil(wait))},
         )
-    stored = await run_in_threadpool(read_password_hash, settings.password_file)
-    ok = bool(stored) and await run_in_threadpool(verify_password, form.get("password", ""), stored or "")
+    # Under a spray of wrong passwords from many addresses, browsers without a device cookie take
+    # turns (slowed, never locked out); a browser that logged in before goes straight on.
+    slow = device is None and limiter.under_attack()
+    async with limiter.turn() if slow else contextlib.nullcontext(True) as may_try:
+        if not may_try:
+            log.warning("web: login from %s refused: too many attempts waiting", addr)
+            return login_page(
+                "Too many login attempts right now. Try again in a few seconds.",
+                csrf,
+                nxt,
+                429,
+                {"retry-after": "2"},
+            )
+        stored = await run_in_threadpool(read_password_hash, settings.password_file)
+        ok = bool(stored) and await run_in_threadpool(verify_password, form.get("password", ""), stored or "")
     if not ok:
-        limiter.failed(addr)
+        limiter.failed(key)
         log.warning("web: failed login from %s", addr)
         msg = (
             "Wrong password."
@@ -489,8 +514,7 @@ async def login(request: Request) -> Response:
             else "No password is set yet. On the gateway run: parcelbox web set-password"
         )
         return login_page(msg, csrf, nxt, 401)
-    limiter.succeeded(addr)
-    signer: SessionSigner = request.app.state.signer
+    limiter.succeeded(key)
     lifetime = int(settings.session_hours * 3600)
     session = signer.new_session(lifetime, password_fingerprint(stored or ""))
     secure = settings.cookie_secure or request.url.scheme == "https"
@@ -509,14 +533,37 @@ async def login(request: Request) -> Response:
             cookie_header(CSRF_COOKIE, session["csrf"], max_age=None, http_only=False, secure=secure),
         )
     )
+    if device is None:
+        resp.raw_headers.append(
+            (
+                b"set-cookie",
+                cookie_header(
+                    DEVICE_COOKIE,
+                    signer.new_device_token(),
+                    max_age=int(DEVICE_LIFETIME_S),
+                    http_only=True,
+                    secure=secure,
+                ),
+            )
+        )
     log.info("web: login from %s", addr)
     return resp
 
 
 async def logout(request: Request) -> Response:
+    """End this session; with `{"everywhere": true}`, every session of every browser."""
     session = request.state.session
-    if session:
-        request.app.state.signer.revoke(session)
+    body = (
+        await _json_body(request)
+        if request.headers.get("content-type", "").startswith("application/json")
+        else {}
+    )
+    signer: SessionSigner = request.app.state.signer
+    if body.get("everywhere") is True:
+        await run_in_threadpool(signer.revoke_all)
+        log.info("web: logged out everywhere")
+    elif session:
+        await run_in_threadpool(signer.revoke, session)
     settings: WebSettings = request.app.state.settings
     secure = settings.cookie_secure or request.url.scheme == "https"
     resp = _json({"ok": True, "login_required": settings.login_required})
@@ -589,7 +636,9 @@ def create_app(
     without it, optional `whatsapp_*` methods of the port are used when present.
     """
     settings = settings or WebSettings()
-    signer = signer or SessionSigner(load_or_create_secret(settings.secret_file))
+    signer = signer or SessionSigner(
+        load_or_create_secret(settings.secret_file), state_file=settings.sessions_file
+    )
     limiter = limiter or LoginLimiter(settings.login_max_failures, settings.login_window_s)
     broadcaster = Broadcaster(port.bus, live_transform)
 
