@@ -38,6 +38,7 @@ from starlette.staticfiles import StaticFiles
 from gateway import bus as busmod
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id, valid_msg_id
+from gateway.ratelimit import SendLimiter
 from gateway.web.auth import (
     DEVICE_LIFETIME_S,
     LoginLimiter,
@@ -74,6 +75,9 @@ MAX_BODY = 8 * 1024  # every route's body limit, enforced while reading (gateway
 PHONE_RE = re.compile(r"\+?[0-9]{7,15}")
 # Alert ids are built by the gateway from device, event id, notifier and a hash: longer than a
 # message id, but from the same path-safe alphabet.
+# Test messages from the dashboard: (count, per seconds), overall and per recipient (gateway/ratelimit.py).
+WA_TEST_OVERALL = (5, 600.0)
+WA_TEST_PER_RECIPIENT = (3, 600.0)
 ALERT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 NO_STORE = {"cache-control": "no-store"}
 # Private but cacheable until revalidated: the browser asks again (and is refused after logout).
@@ -81,8 +85,8 @@ PRIVATE_REVALIDATE = {"cache-control": "private, no-cache"}
 
 
 class ApiError(HTTPException):
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(status, detail)
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail, headers)
         self.error = error
 
 
@@ -367,11 +371,38 @@ async def api_whatsapp_pair_code(request: Request) -> JSONResponse:
 
 
 async def api_whatsapp_test(request: Request) -> JSONResponse:
+    """A test message, to the configured recipients or to `recipient`: one that is not configured
+    needs `"confirm": true` (409 `confirm_needed` otherwise), and all of them are rate-limited
+    (429), because the button sends from the owner's WhatsApp account, which WhatsApp bans for bursts."""
     body = await _json_body(request)
     recipient = body.get("recipient")
     if recipient is not None and (not isinstance(recipient, str) or len(recipient) > 100):
         raise ApiError(400, "bad_recipient", "recipient must be a phone number or group id")
-    return await _whatsapp_action(request, "test_message", recipient or None)
+    recipient = recipient.strip() if recipient else None
+    actions = request.app.state.whatsapp
+    if (
+        recipient
+        and body.get("confirm") is not True
+        and actions is not None
+        and actions.available()
+        and await run_in_threadpool(actions.needs_confirmation, recipient)
+    ):
+        raise ApiError(
+            409,
+            "confirm_needed",
+            f"{recipient} is not one of the alert recipients; send with confirm to go ahead",
+        )
+    limiter: SendLimiter = request.app.state.wa_test_limiter
+    wait = limiter.try_acquire(re.sub(r"[\s()+-]", "", recipient) if recipient else "configured recipients")
+    if wait > 0:
+        log.warning("web: WhatsApp test message refused: rate limit (again in %.0f s)", wait)
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many test messages; try again in {math.ceil(wait)} s",
+            {"retry-after": str(math.ceil(wait))},
+        )
+    return await _whatsapp_action(request, "test_message", recipient)
 
 
 async def api_whatsapp_unlink(request: Request) -> JSONResponse:
@@ -588,7 +619,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
     if request.url.path.startswith("/api/") or exc.status_code != 404:
         return JSONResponse(
-            {"error": error, "detail": exc.detail}, status_code=exc.status_code, headers=NO_STORE
+            {"error": error, "detail": exc.detail},
+            status_code=exc.status_code,
+            headers={**NO_STORE, **(exc.headers or {})},
         )
     return HTMLResponse("<h1>Not found</h1><p><a href='/'>parcelbox</a></p>", status_code=404)
 
@@ -629,6 +662,7 @@ def create_app(
     signer: SessionSigner | None = None,
     limiter: LoginLimiter | None = None,
     whatsapp: Any = None,
+    wa_test_limiter: SendLimiter | None = None,
 ) -> Starlette:
     """The dashboard app for `port`. Live updates start when the app's lifespan starts.
 
@@ -685,5 +719,6 @@ def create_app(
     app.state.limiter = limiter
     app.state.broadcaster = broadcaster
     app.state.whatsapp = whatsapp
+    app.state.wa_test_limiter = wa_test_limiter or SendLimiter(WA_TEST_PER_RECIPIENT, WA_TEST_OVERALL)
     app.state.guard_holder = guard_holder  # filled when Starlette builds the middleware stack
     return app
