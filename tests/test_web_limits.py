@@ -211,3 +211,29 @@ def test_systemd_unit_sets_a_file_descriptor_limit() -> None:
     unit = (Path(__file__).resolve().parents[1] / "deploy" / "parcelbox.service").read_text()
     values = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert len(values) == 1 and int(values[0].split(":")[0]) >= 4096
+
+
+def test_live_streams_take_at_most_half_the_connections(port: MemoryPort) -> None:
+    """A stream is a request in progress, never evicted: without this, streams could fill every slot."""
+    import httpx
+
+    srv = WebServer(port, WebSettings(host="127.0.0.1", port=0, max_connections=8, idle_timeout_s=60))
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=10, limits=httpx.Limits(max_connections=20)) as c:
+            streams = [c.stream("GET", "/api/stream") for _ in range(5)]
+            opened, readers = [], []
+            try:
+                for s in streams:
+                    r = s.__enter__()
+                    opened.append(r)
+                    if r.status_code == 200:
+                        readers.append(r.iter_raw())  # kept: a dropped iterator closes its stream
+                        assert b"event: hello" in next(readers[-1])  # the stream is counted by now
+                assert [r.status_code for r in opened] == [200] * 4 + [503]
+                assert c.get("/api/health").status_code == 200  # and the dashboard still answers
+            finally:
+                for s in streams:
+                    s.__exit__(None, None, None)
+    finally:
+        srv.stop()

@@ -413,6 +413,12 @@ async def api_stream(request: Request) -> Response:
     bc: Broadcaster = request.app.state.broadcaster
     if bc.closed:
         raise ApiError(503, "stopping", "server is stopping")
+    # A stream keeps its connection busy (never evicted for a newcomer): at most half the slots.
+    table = getattr(request.app.state, "connections", None)
+    if table is not None and bc.clients >= max(1, table.max_connections // 2):
+        raise ApiError(
+            503, "busy", "too many live streams open; close a dashboard tab", {"retry-after": "10"}
+        )
     settings: WebSettings = request.app.state.settings
     still_allowed = None
     if settings.login_required:
