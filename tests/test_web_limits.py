@@ -237,3 +237,25 @@ def test_live_streams_take_at_most_half_the_connections(port: MemoryPort) -> Non
                     s.__exit__(None, None, None)
     finally:
         srv.stop()
+
+
+def test_a_body_trickled_too_slowly_gets_408_and_frees_the_connection(
+    port: MemoryPort, tmp_path: Path
+) -> None:
+    settings = WebSettings.from_config(
+        {"host": "127.0.0.1", "port": 0, "require_login": True, "body_timeout_s": 0.5},
+        data_dir=tmp_path / "d",
+    )
+    srv = WebServer(port, settings)
+    srv.start()
+    try:
+        with socket.create_connection(("127.0.0.1", srv.bound_port)) as s:
+            s.sendall(
+                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\npass"
+            )
+            answer = read_response(s, timeout=30)  # a bound for the test, well past the 0.5 s deadline
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b"connection: close" in answer.lower()
+    finally:
+        srv.stop()

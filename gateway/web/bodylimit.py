@@ -55,7 +55,7 @@ class BodyLimit:
     """ASGI middleware: refuse request bodies over `limit_for(path)` bytes as they arrive.
 
     `received` counts the body bytes handed to the app over the server's life (what a flood could
-    make it hold); `refused` the requests answered 413. The whole body must arrive within
+    make it hold); `refused` the requests refused for their body's size. The whole body must arrive within
     `timeout_s` of the request's start, or the answer is 408 (a body trickled a byte at a time
     would otherwise hold its connection for hours).
     """
@@ -121,10 +121,10 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted_receive, closing_send)
-        except (BodyTooLarge, BodyTimeout):
+        except (BodyTooLarge, BodyTimeout) as e:
             # Only reached when the app let it escape (an app without Starlette's error handling).
             if not started:
-                await refuse(send, 413, "too_large", f"request body must be at most {limit} bytes")
+                await refuse(send, e.status_code, e.error, e.detail)
 
 
 async def refuse(send: Send, status: int, error: str, detail: str) -> None:
