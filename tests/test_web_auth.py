@@ -437,3 +437,31 @@ def test_unreadable_revocations_fail_closed(port, settings) -> None:
     with TestClient(create_app(port, settings), base_url=EXPOSED_BASE, follow_redirects=False) as c:
         put_cookie(c, "pb_session", kept)
         assert c.get("/api/health").status_code == 401
+
+
+def test_slowed_attempts_take_turns_and_the_line_is_bounded() -> None:
+    import asyncio
+
+    limiter = LoginLimiter(slow_s=0.0, max_waiting=2)
+
+    async def scenario() -> list[bool]:
+        order: list[bool] = []
+        release = asyncio.Event()
+
+        async def attempt(hold: bool) -> None:
+            async with limiter.turn() as ok:
+                order.append(ok)
+                if ok and hold:
+                    await release.wait()
+
+        first = asyncio.create_task(attempt(True))
+        await asyncio.sleep(0)  # the first holds its turn
+        waiting = [asyncio.create_task(attempt(False)) for _ in range(2)]
+        await asyncio.sleep(0)
+        await attempt(False)  # a third in line: refused at once, not queued
+        release.set()
+        await asyncio.gather(first, *waiting)
+        return order
+
+    assert asyncio.run(scenario()) == [True, False, True, True]
+    assert limiter.slowed == 3 and limiter.refused == 1

@@ -531,7 +531,7 @@ async def login(request: Request) -> Response:
     # turns (slowed, never locked out); a browser that logged in before goes straight on.
     slow = device is None and limiter.under_attack()
     async with limiter.turn() if slow else contextlib.nullcontext(True) as may_try:
-        if not may_try:
+        if not may_try or (slow and limiter.retry_after(key) > 0):  # again: failures while it waited
             log.warning("web: login from %s refused: too many attempts waiting", addr)
             return login_page(
                 "Too many login attempts right now. Try again in a few seconds.",
