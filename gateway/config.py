@@ -310,6 +310,8 @@ def _apply_env(obj: Any, env: dict[str, str], prefix: str, path: str) -> None:
 
 
 def _validate(cfg: Config) -> None:
+    if cfg.web.max_connections < 1 or not cfg.web.idle_timeout_s > 0:
+        raise ConfigError("web.max_connections must be >= 1 and web.idle_timeout_s > 0")
     for lang_key, lang in (
         ("whatsapp.language", cfg.whatsapp.language),
         ("alerts.language", cfg.alerts.language),
@@ -322,8 +324,6 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("store.segment_records must be 0 (default) or between 8 and 1000000")
     if cfg.notify.webhook.format not in ("json", "multipart"):
         raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
-    if cfg.web.max_connections < 1 or not cfg.web.idle_timeout_s > 0:
-        raise ConfigError("web.max_connections must be >= 1 and web.idle_timeout_s > 0")
     if cfg.broker.prefer not in ("mosquitto", "amqtt"):
         raise ConfigError("broker.prefer must be 'mosquitto' or 'amqtt'")
     if cfg.broker.url and not cfg.broker.url.startswith(("mqtt://", "mqtts://")):
