@@ -259,3 +259,18 @@ def test_a_body_trickled_too_slowly_gets_408_and_frees_the_connection(
             assert b"connection: close" in answer.lower()
     finally:
         srv.stop()
+
+
+def test_one_client_holds_at_most_its_share() -> None:
+    t = ConnectionTable(max_connections=8, idle_timeout_s=10, per_client=2)
+    a1, a2, a3, b1, proxy = (Conn(x) for x in ("a1", "a2", "a3", "b1", "proxy"))
+    assert t.admit(a1, 0, busy, "10.0.0.5") == [] and t.admit(a2, 1, busy, "10.0.0.5") == []
+    assert t.admit(a3, 2, busy, "10.0.0.5") == [a1]  # its own longest-idle goes, nobody else's
+    a2.busy = a3.busy = True  # e.g. bodies trickling in
+    a4 = Conn("a4")
+    assert t.admit(a4, 3, busy, "10.0.0.5") == [a4] and t.refused == 1
+    assert t.admit(b1, 4, busy, "10.0.0.6") == []  # another host still gets in
+    assert all(t.admit(Conn(f"p{i}"), 5, busy, "") == [] for i in range(3))  # loopback: no share
+    assert len(t) == 6
+    t.remove(a2)
+    assert t.admit(proxy, 6, busy, "10.0.0.5") == [] and len(t) == 6

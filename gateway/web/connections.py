@@ -13,6 +13,9 @@ protocol:
   been idle longest (no request in progress: it is sending nothing, or trickling headers, or
   waiting on keep-alive), so a browser arriving now is served and a flood only churns itself;
   when every connection is busy, the new one is closed at once;
+- one client (an address; an IPv6 /64) holds at most a quarter of the slots, so one LAN host
+  cannot keep every slot busy (bodies sent slowly) and lock newcomers out; loopback clients (a
+  reverse proxy) are exempt;
 - a connection idle for `idle_timeout_s` is closed (slowloris: headers that never finish).
 The listening socket's backlog bounds how many sockets asyncio accepts per loop pass before
 they reach this table, so the web side holds at most about `max_connections + 3 * backlog`
@@ -29,19 +32,31 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gateway.web.auth import client_key
+from gateway.web.settings import is_loopback
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ConnectionTable:
-    """Which connections to close. Every method returns the connections to close now."""
+    """Which connections to close. Every method returns the connections to close now.
+
+    `per_client` (None: no such cap) bounds one client's share (an address, an IPv6 /64), so a
+    single LAN host cannot hold every slot with requests kept busy (a body sent slowly); over it,
+    that client's own longest-idle connection goes, or the new one. Connections admitted with
+    client "" (loopback: a reverse proxy, this machine) are not counted per client.
+    """
 
     max_connections: int
     idle_timeout_s: float
+    per_client: int | None = None
     # conn -> since when it has been idle (None: a request is in progress). Insertion-ordered.
     _idle_since: dict[Hashable, float | None] = field(default_factory=dict)
+    _client_of: dict[Hashable, str] = field(default_factory=dict)
+    _per_client: dict[str, int] = field(default_factory=dict)
     evicted: int = 0  # idle connections closed to make room for a new one
-    refused: int = 0  # new connections closed because every slot was busy
+    refused: int = 0  # new connections closed because every slot (of the table, or the client's) was busy
     timed_out: int = 0  # idle longer than idle_timeout_s
 
     def __len__(self) -> int:
@@ -54,24 +69,48 @@ class ConnectionTable:
             elif since is None:
                 self._idle_since[conn] = now
 
-    def admit(self, conn: Hashable, now: float, busy: Callable[[Any], bool]) -> list[Hashable]:
-        """A new connection: room is made by evicting the longest-idle one, else `conn` itself goes."""
-        if len(self._idle_since) < self.max_connections:
-            self._idle_since[conn] = now
-            return []
-        self._refresh(now, busy)
-        idle = [(since, c) for c, since in self._idle_since.items() if since is not None]
-        if not idle:
-            self.refused += 1
-            return [conn]
-        _, victim = min(idle, key=lambda t: t[0])
-        del self._idle_since[victim]
+    def _add(self, conn: Hashable, client: str, now: float) -> None:
         self._idle_since[conn] = now
-        self.evicted += 1
-        return [victim]
+        if client:
+            self._client_of[conn] = client
+            self._per_client[client] = self._per_client.get(client, 0) + 1
 
     def remove(self, conn: Hashable) -> None:
         self._idle_since.pop(conn, None)
+        client = self._client_of.pop(conn, None)
+        if client is not None:
+            left = self._per_client[client] - 1
+            if left:
+                self._per_client[client] = left
+            else:
+                del self._per_client[client]
+
+    def _evict_one(self, candidates: list[Hashable], conn: Hashable) -> list[Hashable]:
+        """Close the longest-idle of `candidates` (refreshed) to make room, else refuse `conn`."""
+        idle = [(self._idle_since[c], c) for c in candidates if self._idle_since[c] is not None]
+        if not idle:
+            self.refused += 1
+            return [conn]
+        _, victim = min(idle, key=lambda t: t[0])  # type: ignore[arg-type, return-value]
+        self.remove(victim)
+        self.evicted += 1
+        return [victim]
+
+    def admit(
+        self, conn: Hashable, now: float, busy: Callable[[Any], bool], client: str = ""
+    ) -> list[Hashable]:
+        """A new connection: room is made by evicting the longest-idle one, else `conn` itself goes."""
+        if client and self.per_client is not None and self._per_client.get(client, 0) >= self.per_client:
+            self._refresh(now, busy)
+            out = self._evict_one([c for c, k in self._client_of.items() if k == client], conn)
+        elif len(self._idle_since) >= self.max_connections:
+            self._refresh(now, busy)
+            out = self._evict_one(list(self._idle_since), conn)
+        else:
+            out = []
+        if conn not in out:
+            self._add(conn, client, now)
+        return out
 
     def sweep(self, now: float, busy: Callable[[Any], bool]) -> list[Hashable]:
         """Connections idle for longer than the timeout (they leave the table)."""
@@ -82,7 +121,7 @@ class ConnectionTable:
             if since is not None and now - since >= self.idle_timeout_s
         ]
         for c in expired:
-            del self._idle_since[c]
+            self.remove(c)
         self.timed_out += len(expired)
         return expired
 
@@ -100,7 +139,9 @@ class CappedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        for conn in self.table.admit(self, self.loop.time(), request_in_progress):
+        host = self.client[0] if self.client else ""
+        client = "" if not host or is_loopback(host) else client_key(host)
+        for conn in self.table.admit(self, self.loop.time(), request_in_progress, client):
             conn.drop()  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:

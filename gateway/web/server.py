@@ -99,7 +99,7 @@ class WebServer:
         sock.listen(backlog)
         self.bound_port = sock.getsockname()[1]
         self.listen_socket = sock
-        table = self.connections = ConnectionTable(cap, s.idle_timeout_s)
+        table = self.connections = ConnectionTable(cap, s.idle_timeout_s, per_client=max(4, cap // 4))
         self.app.state.connections = table  # for /api/health
         config = uvicorn.Config(
             self.app,
