@@ -84,6 +84,9 @@ def setup_logging(level: str = "INFO") -> None:
         force=True,
     )
     logging.getLogger("gateway.mqtt").setLevel(logging.WARNING)
+    from gateway import logfilter
+
+    logfilter.install(logging.getLogger().handlers)  # a flood of one line becomes a count
 
 
 def summary(service: GatewayService, config: Config) -> str:
@@ -143,6 +146,9 @@ def summary(service: GatewayService, config: Config) -> str:
 def run(config: Config) -> int:
     """Run until SIGTERM / SIGINT, then drain and stop. Returns the exit code."""
     setup_logging(config.log_level)
+    from gateway.fdlimit import raise_nofile_limit
+
+    raise_nofile_limit()  # before anything opens files; the dashboard's share is sized from it
     service = build_service(config)
     stop = threading.Event()
     service.start()  # raises DataDirLocked before anything else happens if another gateway owns the folder

@@ -57,6 +57,10 @@ class WebConfig:
     session_hours: float = 168.0
     # Host names accepted besides loopback ones (a reverse proxy's name); any such name turns the login on
     allowed_hosts: list[str] = field(default_factory=list)
+    # LAN hygiene (gateway/web/connections.py): open connections at most (capped at a quarter of the
+    # file-descriptor limit), and how long one may sit without a request in progress.
+    max_connections: int = 100
+    idle_timeout_s: float = 10.0
 
 
 @dataclass
@@ -306,6 +310,8 @@ def _apply_env(obj: Any, env: dict[str, str], prefix: str, path: str) -> None:
 
 
 def _validate(cfg: Config) -> None:
+    if cfg.web.max_connections < 1 or not cfg.web.idle_timeout_s > 0:
+        raise ConfigError("web.max_connections must be >= 1 and web.idle_timeout_s > 0")
     for lang_key, lang in (
         ("whatsapp.language", cfg.whatsapp.language),
         ("alerts.language", cfg.alerts.language),

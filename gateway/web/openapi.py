@@ -256,13 +256,21 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/whatsapp/test": {
             "post": {
-                "summary": "Send a test message (to the configured recipients, or to `recipient`)",
+                "summary": "Send a test message (to the configured recipients, or to `recipient`); "
+                "a recipient that is not configured needs `confirm: true` (else 409 confirm_needed); "
+                "rate-limited (429 with Retry-After)",
                 "parameters": [CSRF],
                 "requestBody": {
                     "required": False,
                     "content": {
                         "application/json": {
-                            "schema": {"type": "object", "properties": {"recipient": {"type": "string"}}}
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "recipient": {"type": "string"},
+                                    "confirm": {"type": "boolean"},
+                                },
+                            }
                         }
                     },
                 },
@@ -270,6 +278,8 @@ OPENAPI: dict[str, Any] = {
                     "200": _json({"type": "object"}),
                     "400": ERR,
                     "403": ERR,
+                    "409": ERR,
+                    "429": ERR,
                     "501": ERR,
                     "502": ERR,
                 },

@@ -59,6 +59,27 @@ class WhatsAppActions:
             return {"ok": False, "error": f"no pairing code yet: {detail}"}
         return {"ok": True, "pair_code": st["pair_code"]}
 
+    def needs_confirmation(self, recipient: str) -> bool:
+        """True when `recipient` is a valid number or group that is not one of the configured
+        alert recipients: the dashboard asks before it messages a stranger from this account.
+        A malformed one is False: the send reports what is wrong with it."""
+        from gateway.whatsapp.addresses import BadRecipient, to_jid
+
+        comp = self._require()
+        try:
+            jid = to_jid(recipient)
+        except BadRecipient:
+            return False
+        s = comp.settings
+        configured = [*s.recipients, *(r for rs in getattr(s, "recipients_by_box", {}).values() for r in rs)]
+        known = set()
+        for r in configured:
+            try:
+                known.add(to_jid(r))
+            except BadRecipient:
+                continue
+        return jid not in known
+
     def test_message(self, recipient: str | None) -> dict[str, Any]:
         from gateway.whatsapp.addresses import BadRecipient, to_jid
 

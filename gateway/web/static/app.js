@@ -484,6 +484,7 @@ async function waAction(path, body, okText) {
   const out = $("#wa-result");
   out.className = "result wait";
   out.textContent = "Working…";
+  waAction.lastStatus = 0;
   try {
     const r = await api(path, { method: "POST", body });
     out.className = "result ok";
@@ -492,6 +493,7 @@ async function waAction(path, body, okText) {
   } catch (e) {
     out.className = "result bad";
     out.textContent = e.message;
+    waAction.lastStatus = e.status;
     return null;
   }
 }
@@ -620,7 +622,14 @@ function init() {
   });
   $("#wa-test-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    await waAction("/api/whatsapp/test", { recipient: $("#wa-recipient").value || null }, () => "Test message sent.");
+    const recipient = $("#wa-recipient").value.trim() || null;
+    const sent = () => "Test message sent.";
+    const r = await waAction("/api/whatsapp/test", { recipient }, sent);
+    // 409: not one of the alert recipients; the owner's account should not message a stranger by accident.
+    if (!r && waAction.lastStatus === 409 &&
+        confirm(`${recipient} is not one of your alert recipients. Send it a test message anyway?`)) {
+      await waAction("/api/whatsapp/test", { recipient, confirm: true }, sent);
+    }
   });
   $("#wa-unlink").addEventListener("click", async () => {
     if (!confirm("Unlink this gateway from WhatsApp? Alerts stop until you pair again.")) return;
