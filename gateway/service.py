@@ -35,13 +35,14 @@ from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHA
 from gateway.captions import caption_strip, render_caption
 from gateway.config import Config
 from gateway.datalock import DataDirLock
-from gateway.devices import GATEWAY_USER, DeviceRegistry
+from gateway.devices import DeviceRegistry
 from gateway.health import Counters
 from gateway.ingest import MqttLink
 from gateway.notify.base import Notifier
 from gateway.outbox import OutboxDispatcher, _public
 from gateway.photos import PhotoError, PhotoSettings, ProcessedPhoto, process_photo
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, OutboxState, PhotoVariant, WhatsAppState
+from gateway.privatedir import ensure_private_dir
 from gateway.protocol import (
     Event,
     Limits,
@@ -171,6 +172,7 @@ class GatewayService:
         return "parcelbox-gw-" + hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
 
     def start(self) -> None:
+        ensure_private_dir(self.data_dir)  # before anything is written into it
         self._lock.acquire()  # raises DataDirLocked naming the other pid
         try:
             self._start()
@@ -197,7 +199,8 @@ class GatewayService:
 
             self.broker = start_managed_broker(self.config, self.registry)
             self.broker_url = self.broker.url
-            username, password = GATEWAY_USER, self.broker.gateway_password
+            # On the box listener the broker makes this login our client id (use_username_as_clientid).
+            username, password = self.broker.gateway_username, self.broker.gateway_password
         workers = self.config.photos.workers or max(1, os.cpu_count() or 1)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="photo")
         self._stopping.clear()

@@ -190,3 +190,133 @@ def test_a_broker_file_left_by_a_crash_is_ignored(tmp_path):
         assert live is not None and live.port == 18830 and live.listen_host == "0.0.0.0"
         (data / BROKER_FILE).write_text("{not json")
         assert read_live_address(data) is None  # unreadable: ignored, never a crash
+
+
+# --- issue 14: identities, anonymous clients, retained junk, orphaned broker, data-folder mode ---------
+
+LAN = "127.0.0.2"  # a loopback address standing in for the LAN interface; 127.0.0.1 is the local listener
+
+
+def _lan(tmp_path, prefix, **env):
+    return _managed(
+        tmp_path, prefix, PARCELBOX_BROKER_LISTEN_HOST=LAN, PARCELBOX_BROKER_LOCAL_PORT="0", **env
+    )
+
+
+def _client(url: str, client_id: str, username: str | None = None, password: str | None = None):
+    """A connected paho client (its loop running) and the list of its CONNACK codes / disconnects."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    if username:
+        c.username_pw_set(username, password)
+    events: list[str] = []
+    c.on_connect = lambda _c, _u, _f, rc, _p: events.append(f"connack:{rc.value}")
+    c.on_disconnect = lambda *_a: events.append("disconnect")
+    c.connect(u.hostname, u.port)
+    c.loop_start()
+    wait_for(lambda: any(e.startswith("connack") for e in events), 10, what="CONNACK")
+    return c, events
+
+
+def _subscriber(url: str, topic_filter: str, username: str | None = None, password: str | None = None):
+    """A connected client subscribed to `topic_filter`; returns it and the list its messages land in."""
+    got: list[mqtt.MQTTMessage] = []
+    c, _events = _client(url, f"spy-{time.monotonic_ns()}", username, password)
+    c.on_message = lambda _c, _u, m: got.append(m)
+    subscribed: list[int] = []
+    c.on_subscribe = lambda *_a: subscribed.append(1)
+    c.subscribe(topic_filter, 1)
+    wait_for(lambda: subscribed, 10, what="SUBACK")
+    return c, got
+
+
+def _close(c) -> None:
+    c.disconnect()
+    c.loop_stop()
+
+
+def _count_disconnects(box: Box) -> list[int]:
+    n = [0]
+    box.c.on_disconnect = lambda *_a: n.__setitem__(0, n[0] + 1)
+    return n
+
+
+def test_a_box_cannot_take_the_gateways_or_another_boxs_client_id(tmp_path, prefix):
+    """Item 3: box-a's login connecting under the gateway's id or box-b's id kicks nobody off."""
+    cfg = _lan(tmp_path, prefix, PARCELBOX_BROKER_ALLOW_ANONYMOUS="false")
+    svc = GatewayService(cfg)
+    a = svc.registry.add("box-a")
+    b = svc.registry.add("box-b")
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        url = svc.broker.url
+        box_b = Box(url, prefix, "box-b", username="box-b", password=b.password)
+        b_drops = _count_disconnects(box_b)
+        try:
+            gateway_ids = {svc.client_id, getattr(svc.broker, "gateway_username", svc.client_id)}
+            box_b_ids = {box_b.c._client_id.decode(), "box-b"}
+            for stolen in sorted(gateway_ids | box_b_ids):
+                rogue, events = _client(url, stolen, "box-a", a.password)
+                _close(rogue)
+            e1 = new_event_id()
+            box_b.send(e1, make_jpeg(160, 120))
+            assert box_b.wait_ack(e1)["ok"]
+            assert svc.link.connects == 1, "the gateway was kicked off and reconnected"
+            assert b_drops[0] == 0, "box-b was kicked off"
+        finally:
+            box_b.close()
+    finally:
+        svc.stop()
+
+
+def test_anonymous_clients_only_on_the_local_listener_and_never_on_a_registered_box(tmp_path, prefix):
+    """Item 12: the trial works anonymously on 127.0.0.1; the box listener refuses anonymous clients, and
+    an anonymous client can neither forge a registered box's event, read its ack, nor command it."""
+    cfg = _lan(tmp_path, prefix)  # allow_anonymous: default (true)
+    svc = GatewayService(cfg)
+    a = svc.registry.add("box-a")
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        assert svc.broker.url.startswith(f"mqtt://{LAN}:")
+        assert _connect_rc(svc.broker.url, None, None) != 0  # the "LAN" listener: logins only
+        local = svc.broker.local_url
+        assert local.startswith("mqtt://127.0.0.1:")
+        # the five-minute trial: an anonymous simulated box on the local listener is acked
+        sim = Box(local, prefix, "sim-1")
+        try:
+            e0 = new_event_id()
+            sim.send(e0, make_jpeg(160, 120))
+            assert sim.wait_ack(e0)["ok"]
+        finally:
+            sim.close()
+        box_a = Box(svc.broker.url, prefix, "box-a", username="box-a", password=a.password)
+        # on the local listener: on the box listener this login would be client id "box-a" and kick box_a
+        cmds_c, cmds = _subscriber(local, f"{prefix}/box-a/cmd", "box-a", a.password)
+        spy, seen = _subscriber(local, f"{prefix}/#")
+        try:
+            forged = new_event_id()
+            spy.publish(
+                f"{prefix}/box-a/event",
+                json.dumps({"v": 1, "id": forged, "type": "delivery", "ts": None, "seq": 1, "photo": None}),
+                qos=1,
+            ).wait_for_publish(10)
+            spy.publish(f"{prefix}/box-a/cmd", json.dumps({"id": "forged-cmd-1", "cmd": "config",
+                                                              "args": {"camera": False}}), qos=1)  # fmt: skip
+            e1 = new_event_id()
+            box_a.send(e1, None)
+            assert box_a.wait_ack(e1)["ok"]  # processed after the forged event would have been
+            assert svc.get_event("box-a", forged) is None
+            real = svc.send_command("box-a", "ping")
+            first = wait_for(lambda: cmds, 10, what="the gateway's command")[0]
+            assert real in first.payload.decode() and "forged" not in first.payload.decode()
+            assert not [m.topic for m in seen if m.topic.startswith(f"{prefix}/box-a/")]
+        finally:
+            box_a.close()
+            _close(cmds_c)
+            _close(spy)
+    finally:
+        svc.stop()
