@@ -320,3 +320,173 @@ def test_anonymous_clients_only_on_the_local_listener_and_never_on_a_registered_
             _close(spy)
     finally:
         svc.stop()
+
+
+def _publish_once(url: str, login: str, password: str, topic: str, payload: bytes) -> str:
+    """Connect with `login`, publish one retained QoS 1 message: "acked" or "disconnected".
+
+    Driven by hand, without paho's network thread, which would reconnect and send the message again.
+    """
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=login)
+    c.username_pw_set(login, password)
+    outcome: list[str] = []
+    c.on_disconnect = lambda *_a: outcome.append("disconnected")
+    c.on_publish = lambda *_a: outcome.append("acked")
+    c.connect(u.hostname, u.port)
+    c.publish(topic, payload, qos=1, retain=True)
+    for _ in range(100):  # bounded: 100 x 0.1 s
+        if outcome:
+            break
+        c.loop(0.1)
+    c.disconnect()
+    return outcome[0] if outcome else "nothing"
+
+
+def _db_state(path):
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def test_retained_junk_is_bounded_and_an_idle_broker_does_not_rewrite_its_database(tmp_path, prefix):
+    """Item 6: a box's oversized retained message is refused (disconnect), one below its photo topic's
+    exact depth is dropped by the ACL, and an idle broker does not rewrite its database every second."""
+    from gateway.broker import MAX_PACKET_BYTES
+
+    cfg = _lan(tmp_path, prefix, PARCELBOX_BROKER_ALLOW_ANONYMOUS="false")
+    svc = GatewayService(cfg)
+    a = svc.registry.add("box-a")
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        url = svc.broker.url
+        big = f"{prefix}/box-a/photo/{new_event_id()}/0"
+        assert _publish_once(url, "box-a", a.password, big, b"x" * (MAX_PACKET_BYTES + 1)) == "disconnected"
+        deep = f"{prefix}/box-a/photo/{new_event_id()}/0/deeper/still"
+        _publish_once(url, "box-a", a.password, deep, b"junk")  # dropped by the ACL (PUBACK or disconnect)
+        kept = f"{prefix}/box-a/photo/{new_event_id()}/0"  # the exact depth: allowed (and small)
+        assert _publish_once(url, "box-a", a.password, kept, b"small") == "acked"
+        # Read what is retained with the gateway's login, on the local listener (free client ids there).
+        reader, got = _subscriber(
+            svc.broker.local_url,
+            f"{prefix}/box-a/#",
+            svc.broker.gateway_username,
+            svc.broker.gateway_password,
+        )
+        try:
+            wait_for(lambda: got, 10, what="retained messages")
+            assert sorted(m.topic for m in got if m.retain) == [kept]
+        finally:
+            _close(reader)
+        db = tmp_path / "data" / "broker" / "mosquitto.db"
+        before = _db_state(db)
+        # A negative observation needs a wait: the old 1 s autosave rewrote the database twice in this time.
+        time.sleep(2.5)
+        assert _db_state(db) == before, "an idle broker rewrote its database"
+    finally:
+        svc.stop()
+
+
+def test_a_broker_left_over_by_a_dead_gateway_is_stopped_and_its_port_reused(tmp_path, prefix):
+    """Item 13: a gateway that died without its broker dying (no parent-death signal) left Mosquitto
+    holding the port; the next gateway stops that broker (pid file + /proc check) and keeps the port."""
+    import os
+
+    from gateway.mosquitto import free_port, leftover_pid
+
+    cfg = _lan(
+        tmp_path,
+        prefix,
+        PARCELBOX_BROKER_ALLOW_ANONYMOUS="false",
+        PARCELBOX_BROKER_LISTEN_PORT=str(free_port(LAN)),  # a fixed port, as boxes are flashed with
+    )
+    first = GatewayService(cfg)
+    a = first.registry.add("box-a")
+    first.start()
+    assert first.wait_connected(10)
+    port = first.broker.listen
+    orphan = first.broker.mosquitto.pid
+    first.broker.mosquitto.proc = None  # forget it, as a SIGKILLed gateway would: stop() leaves it running
+    first.stop()
+    assert leftover_pid(tmp_path / "data" / "broker") == orphan
+    second = GatewayService(cfg)
+    second.start()
+    try:
+        assert second.wait_connected(10)
+        assert second.broker.listen == port  # same port: boxes flashed with it still reach it
+        assert second.broker.mosquitto.pid != orphan
+        wait_for(lambda: not os.path.exists(f"/proc/{orphan}/cmdline") or
+                 not open(f"/proc/{orphan}/cmdline", "rb").read(), 10, what="the old broker gone")  # fmt: skip
+        box = Box(second.broker.url, prefix, "box-a", username="box-a", password=a.password)
+        try:
+            eid = new_event_id()
+            box.send(eid, None)
+            assert box.wait_ack(eid)["ok"]
+        finally:
+            box.close()
+    finally:
+        second.stop()
+
+
+def test_a_pid_file_naming_another_process_is_not_trusted(tmp_path):
+    """The pid in a stale pid file may belong to anything by now: only our mosquitto with our config counts."""
+    import os
+    import subprocess
+    import sys
+
+    from gateway.mosquitto import PID_FILE, leftover_pid, stop_leftover
+
+    d = tmp_path / "broker"
+    d.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (d / PID_FILE).write_text(f"{other.pid}\n")
+        assert leftover_pid(d) is None
+        assert stop_leftover(d) is None
+        assert other.poll() is None  # untouched
+        (d / PID_FILE).write_text(f"{os.getpid()}\n")
+        assert leftover_pid(d) is None
+        (d / PID_FILE).write_text("not a pid")
+        assert stop_leftover(d) is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_data_folder_is_private(tmp_path, prefix, caplog):
+    """Item 14: a new data folder is created 0700; an existing world-readable one is tightened, logged."""
+    import logging
+
+    fresh = tmp_path / "fresh"
+    cfg = _managed(tmp_path, prefix)
+    cfg.data_dir = fresh
+    svc = GatewayService(cfg)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        assert fresh.stat().st_mode & 0o777 == 0o700
+    finally:
+        svc.stop()
+    old = tmp_path / "old"
+    old.mkdir()
+    old.chmod(0o755)
+    (old / "status.json").write_text("{}")
+    cfg.data_dir = old
+    svc = GatewayService(cfg)
+    with caplog.at_level(logging.WARNING):
+        svc.start()
+    try:
+        assert old.stat().st_mode & 0o777 == 0o700
+        assert any("now 0700" in r.getMessage() for r in caplog.records)
+    finally:
+        svc.stop()
+    # `parcelbox device add` before the first run creates it private too
+    from gateway.devices import DeviceRegistry
+
+    DeviceRegistry(tmp_path / "by-device-add").add("box-a")
+    assert (tmp_path / "by-device-add").stat().st_mode & 0o777 == 0o700
