@@ -815,6 +815,8 @@ class GatewayService:
                 "url": self.link.endpoint if self.link else self.broker_url,
                 "managed": self.broker.kind if self.broker else None,
                 "connected": bool(self.link and self.link.connected.is_set()),
+                # more than 1 with a healthy broker: something keeps disconnecting us (a client-id thief?)
+                "connects": self.link.connects if self.link else 0,
             },
             "events_total": self.store.event_count(),
             "alerts": self.store.outbox_counts(),
