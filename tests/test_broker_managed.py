@@ -124,6 +124,24 @@ def test_amqtt_fallback_serves_events(tmp_path, prefix, caplog):
         svc.stop()
 
 
+def test_the_amqtt_fallback_never_listens_on_the_lan(tmp_path, prefix):
+    """Item 12: amqtt has no logins, client-id binding or ACL here, so it stays on 127.0.0.1 whatever
+    listen_host says (the old code bound it to every interface, anonymous)."""
+    pytest.importorskip("amqtt")
+    cfg = _managed(tmp_path, prefix, PARCELBOX_BROKER_PREFER="amqtt", PARCELBOX_BROKER_LISTEN_HOST="0.0.0.0")
+    svc = GatewayService(cfg)
+    svc.start()
+    try:
+        assert svc.broker.kind == "amqtt" and svc.wait_connected(15)
+        assert svc.broker.listen.startswith("127.0.0.1:")
+        import socket
+
+        with socket.socket() as s:  # not on another address ("the LAN")
+            assert s.connect_ex(("127.0.0.2", int(svc.broker.listen.rsplit(":", 1)[1]))) != 0
+    finally:
+        svc.stop()
+
+
 def test_a_moved_broker_writes_its_live_address_and_removes_it_on_a_clean_stop(tmp_path, prefix):
     """Port taken (a system Mosquitto on 1883, say): the broker moves, and says where in broker.json."""
     import socket
@@ -490,3 +508,11 @@ def test_the_data_folder_is_private(tmp_path, prefix, caplog):
 
     DeviceRegistry(tmp_path / "by-device-add").add("box-a")
     assert (tmp_path / "by-device-add").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_service_unit_keeps_the_state_directory_private():
+    """Item 14: systemd creates /var/lib/parcelbox itself; it must create it 0700 (default 0755)."""
+    from pathlib import Path
+
+    unit = (Path(__file__).resolve().parents[1] / "deploy" / "parcelbox.service").read_text()
+    assert "\nStateDirectoryMode=0700\n" in unit
