@@ -301,6 +301,31 @@ class ManagedMosquitto:
     def start(self) -> None:
         self.mosquitto.start()
 
+    def drop_session(self, client_id: str, timeout: float = 5.0) -> None:
+        """Discard a persistent session stored under `client_id` (nothing happens if there is none).
+
+        Before client ids were bound to logins the gateway connected as `client_id` (derived from the
+        data folder's path). That session stays subscribed to every box's events, so Mosquitto would
+        queue them for it forever (no queue limit). A clean-session connection under that id, with the
+        gateway's login on the local listener (free client ids there), discards it.
+        """
+        if not client_id or client_id == self.gateway_username:
+            return
+        import paho.mqtt.client as mqtt
+
+        answered: list[bool] = []
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        c.username_pw_set(self.gateway_username, self.gateway_password)
+        c.on_connect = lambda *_a: answered.append(True)
+        try:
+            c.connect(LOCAL_HOST, int(self.local_url.rsplit(":", 1)[1]), keepalive=10)
+            deadline = time.monotonic() + timeout
+            while not answered and time.monotonic() < deadline:  # bounded
+                c.loop(0.1)
+            c.disconnect()
+        except OSError as exc:
+            log.warning("could not discard the old gateway session %r: %s", client_id, exc)
+
     def refresh(self) -> None:
         if self.registry.mtime() != self._registry_mtime:
             self.write_auth()

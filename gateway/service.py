@@ -198,6 +198,9 @@ class GatewayService:
             from gateway.broker import start_managed_broker
 
             self.broker = start_managed_broker(self.config, self.registry)
+            drop = getattr(self.broker, "drop_session", None)
+            if drop is not None:  # the session of the id we used before ids were bound to logins
+                drop(self.client_id)
             self.broker_url = self.broker.url
             # On the box listener the broker makes this login our client id (use_username_as_clientid).
             username, password = self.broker.gateway_username, self.broker.gateway_password

@@ -69,12 +69,13 @@ def test_managed_mosquitto_enforces_passwords_and_per_box_acl(tmp_path, prefix):
             box.send(e1, make_jpeg(160, 120))
             assert box.wait_ack(e1)["ok"]
             # box-a may not speak for box-b: the broker drops the message (Mosquitto may also drop the
-            # connection), nothing is stored. A separate connection, so the box itself carries on.
+            # connection), nothing is stored. A separate connection, so the box itself carries on: on the
+            # local listener, since on the box listener the same login is the same client id ("box-a").
             rogue = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rogue-box-a")
             rogue.username_pw_set("box-a", a.password)
             from urllib.parse import urlparse
 
-            u = urlparse(url)
+            u = urlparse(svc.broker.local_url)
             rogue.connect(u.hostname, u.port)
             rogue.loop_start()
             e2 = new_event_id()
@@ -516,3 +517,46 @@ def test_the_service_unit_keeps_the_state_directory_private():
 
     unit = (Path(__file__).resolve().parents[1] / "deploy" / "parcelbox.service").read_text()
     assert "\nStateDirectoryMode=0700\n" in unit
+
+
+def test_the_session_under_the_gateways_old_client_id_is_discarded(tmp_path, prefix):
+    """Upgrade: the gateway used to connect as parcelbox-gw-<hash>; that persistent session, subscribed
+    to every box's events, would queue them forever. The gateway discards it at start."""
+    cfg = _lan(tmp_path, prefix)
+    svc = GatewayService(cfg)
+    svc.start()
+    old_id = svc.client_id
+    local = svc.broker.local_url
+    # what the old gateway left: a persistent session under its id (made here with the gateway's login)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=old_id, clean_session=False)
+    c.username_pw_set(svc.broker.gateway_username, svc.broker.gateway_password)
+    from urllib.parse import urlparse
+
+    u = urlparse(local)
+    c.connect(u.hostname, u.port)
+    c.loop_start()
+    wait_for(c.is_connected, 10, what="connect")
+    done: list[int] = []
+    c.on_subscribe = lambda *_a: done.append(1)
+    c.subscribe(f"{prefix}/+/event", 1)
+    wait_for(lambda: done, 10, what="SUBACK")
+    c.disconnect()
+    c.loop_stop()
+    svc.stop()
+    svc = GatewayService(cfg)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        flags: list[bool] = []
+        probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=old_id, clean_session=False)
+        probe.username_pw_set(svc.broker.gateway_username, svc.broker.gateway_password)
+        probe.on_connect = lambda _c, _u, f, _rc, _p: flags.append(bool(f.session_present))
+        u = urlparse(svc.broker.local_url)
+        probe.connect(u.hostname, u.port)
+        probe.loop_start()
+        wait_for(lambda: flags, 10, what="CONNACK")
+        probe.disconnect()
+        probe.loop_stop()
+        assert flags == [False], "the old gateway session is still there"
+    finally:
+        svc.stop()
