@@ -40,9 +40,10 @@ class BrokerConfig:
     client_id: str = ""  # empty: derived from the data folder, stable across restarts
     keepalive_s: int = 30
     # Managed broker only:
-    listen_host: str = "0.0.0.0"
+    listen_host: str = "0.0.0.0"  # the box listener: registered logins only, client id = login
     listen_port: int = 1883  # if busy, a free port is used and printed
-    allow_anonymous: bool = True
+    local_port: int = 1884  # 127.0.0.1 listener for anonymous trying-out clients (tools/simulate.py)
+    allow_anonymous: bool = True  # anonymous clients on the local listener only, never on listen_host
     prefer: str = "mosquitto"  # mosquitto | amqtt
 
 

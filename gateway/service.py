@@ -35,13 +35,14 @@ from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHA
 from gateway.captions import caption_strip, render_caption
 from gateway.config import Config
 from gateway.datalock import DataDirLock
-from gateway.devices import GATEWAY_USER, DeviceRegistry
+from gateway.devices import DeviceRegistry
 from gateway.health import Counters
 from gateway.ingest import MqttLink
 from gateway.notify.base import Notifier
 from gateway.outbox import OutboxDispatcher, _public
 from gateway.photos import PhotoError, PhotoSettings, ProcessedPhoto, process_photo
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, OutboxState, PhotoVariant, WhatsAppState
+from gateway.privatedir import ensure_private_dir
 from gateway.protocol import (
     Event,
     Limits,
@@ -171,6 +172,7 @@ class GatewayService:
         return "parcelbox-gw-" + hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
 
     def start(self) -> None:
+        ensure_private_dir(self.data_dir)  # before anything is written into it
         self._lock.acquire()  # raises DataDirLocked naming the other pid
         try:
             self._start()
@@ -196,8 +198,12 @@ class GatewayService:
             from gateway.broker import start_managed_broker
 
             self.broker = start_managed_broker(self.config, self.registry)
+            drop = getattr(self.broker, "drop_session", None)
+            if drop is not None:  # the session of the id we used before ids were bound to logins
+                drop(self.client_id)
             self.broker_url = self.broker.url
-            username, password = GATEWAY_USER, self.broker.gateway_password
+            # On the box listener the broker makes this login our client id (use_username_as_clientid).
+            username, password = self.broker.gateway_username, self.broker.gateway_password
         workers = self.config.photos.workers or max(1, os.cpu_count() or 1)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="photo")
         self._stopping.clear()
@@ -812,6 +818,8 @@ class GatewayService:
                 "url": self.link.endpoint if self.link else self.broker_url,
                 "managed": self.broker.kind if self.broker else None,
                 "connected": bool(self.link and self.link.connected.is_set()),
+                # more than 1 with a healthy broker: something keeps disconnecting us (a client-id thief?)
+                "connects": self.link.connects if self.link else 0,
             },
             "events_total": self.store.event_count(),
             "alerts": self.store.outbox_counts(),

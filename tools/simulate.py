@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
 """Simulated parcel boxes: the real firmware modules on CPython, simulated hardware.
 
-    python tools/simulate.py --broker mqtt://127.0.0.1:1883 --device box-1 --deliveries 5 --photos DIR
-    python tools/simulate.py --broker mqtt://127.0.0.1:1883 --devices 3 --deliveries 2
-    python tools/simulate.py --broker mqtt://127.0.0.1:1883 --device box-1 --stay --timeout 600
+    python tools/simulate.py --broker mqtt://127.0.0.1:1884 --device box-1 --deliveries 5 --photos DIR
+    python tools/simulate.py --broker mqtt://127.0.0.1:1884 --devices 3 --deliveries 2
+    python tools/simulate.py --broker mqtt://127.0.0.1:1884 --device box-1 --stay --timeout 600
+    python tools/simulate.py --broker mqtt://127.0.0.1:1883 --device box-1 --username box-1 --password PW
+
+Port 1884 is the gateway's local listener, where anonymous simulated boxes are welcome (when
+`broker.allow_anonymous`, the default); port 1883, the box listener, takes registered logins only
+(`parcelbox device add box-1` prints the password), and there the broker makes the login the client
+id, as for a real box: the simulated box's client id is its device id, which must be its user name.
 
 What is simulated is only what sits at the edge of the board: GPIO pins (lid
 reed switch, IR occupancy sensor, flash LED), the camera driver (`--camera-driver

@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from gateway.flash.board import Board, clock, resolve_port
 from gateway.flash.bundle import MPY_MAJOR, BoardFile, build_bundle, mpy_cross_version, planned_bundle
@@ -109,8 +110,14 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
         mqtt_password=password,
     )
     # The broker's ACL lets a box read its own topics, so its login can watch for its status
-    # (with another client id, so the box is never kicked off).
+    # (with another client id, so the box is never kicked off). The managed broker's box listener makes
+    # a login its client id (the watcher and the box would kick each other off): watch through its
+    # local listener, where logins keep their own client ids.
     watch = BrokerAddress(host, port, user, password)
+    if view.watch_url and not args.broker_port:
+        w = urlparse(view.watch_url)
+        if w.hostname and w.port:
+            watch = BrokerAddress(w.hostname, w.port, user, password)
     return settings, watch
 
 

@@ -225,7 +225,10 @@ class HomeAssistantBridge:
 
             broker = service.config.broker
             if getattr(service, "broker", None) is not None:  # the gateway's own managed broker
-                return parse_broker_url(service.broker_url, GATEWAY_USER, service.broker.gateway_password)
+                # Caution: on the managed box listener a login is its client id, so this connection and the
+                # gateway's own would take turns kicking each other off; `parcelbox run` never does this.
+                user = getattr(service.broker, "gateway_username", GATEWAY_USER)
+                return parse_broker_url(service.broker_url, user, service.broker.gateway_password)
             return parse_broker_url(
                 service.broker_url or broker.url, broker.username or None, broker.password or None
             )
