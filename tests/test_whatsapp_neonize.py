@@ -223,6 +223,22 @@ def test_converts_group_lid_and_extended_text_messages() -> None:
     assert na.message_from_event(_message_event("   ", _jid("62811"))) is None
 
 
+def test_status_broadcast_and_channel_posts_are_dropped() -> None:
+    """Issue 16 #1, shapes from whatsmeow message.go parseMessageSource: never commands."""
+    owner = _jid("628123456789")
+    status = _message_event("foto", owner, _jid("status", "broadcast"), IsGroup=True)
+    assert na.message_from_event(status) is None
+    blist = _message_event("foto", owner, _jid("1700000000", "broadcast"), IsGroup=True)
+    assert na.message_from_event(blist) is None
+    channel = _jid("120363111111111111", "newsletter")
+    assert na.message_from_event(_message_event("status", channel, channel)) is None
+    # A group message still arrives (the command handler decides whether to answer it).
+    group = na.message_from_event(
+        _message_event("!foto", owner, _jid("120363012345678901", "g.us"), IsGroup=True)
+    )
+    assert group is not None and group.is_group and group.chat.endswith("@g.us")
+
+
 def test_maps_connection_events() -> None:
     m = na.event_from_neonize
     assert m(ConnectedEv(status=True)).kind == "connected"

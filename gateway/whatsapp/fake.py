@@ -27,10 +27,53 @@ from pathlib import Path
 from typing import Any
 
 from gateway.whatsapp.addresses import USER_SERVER
+from gateway.whatsapp.incoming import RawMessage, incoming_from_raw
 from gateway.whatsapp.transport import EventSink, IncomingMessage, Transport, TransportError, TransportEvent
 
 SESSION_NAME = "fake-session.json"
 HOLD_MAX_S = 60.0
+
+
+STATUS_BROADCAST = "status@broadcast"
+FAKE_GROUP = "120363000000000000@g.us"
+
+
+def lid_for(digits: str) -> str:
+    """A stable made-up LID for a phone number (real LIDs are unrelated 14-15 digit numbers)."""
+    return f"{int(hashlib.sha1(digits.encode()).hexdigest()[:11], 16)}@lid"
+
+
+def raw_message(ev: dict[str, Any], default_id: str, now: float) -> RawMessage:
+    """An inbox `message` -> `RawMessage` in the shapes whatsmeow message.go `parseMessageSource` makes.
+
+    Fields: `text`, `sender` (digits), `chat`, `is_group`, `status` (a Status post:
+    Chat=status@broadcast, IsGroup=true), `newsletter` (a channel post: Chat=Sender=the
+    channel), `hide_phone` (LID sender), `sender_alt` (with `hide_phone`: SenderAlt carries
+    the phone JID), `from_me` (IsFromMe), `ts` (seconds; sent on as milliseconds, as
+    neonize 0.5 does), `push_name` (may contain commas), `id`.
+    """
+    digits = str(ev.get("sender", ""))
+    phone = f"{digits}@{USER_SERVER}"
+    hidden = bool(ev.get("hide_phone"))
+    sender = lid_for(digits) if hidden else phone
+    is_group = bool(ev.get("is_group"))
+    chat = str(ev.get("chat") or (FAKE_GROUP if is_group else sender))
+    if ev.get("status"):
+        chat, is_group = STATUS_BROADCAST, True
+    if ev.get("newsletter"):
+        chat = sender = str(ev.get("chat") or "120363111111111111@newsletter")
+        is_group = False
+    return RawMessage(
+        id=str(ev.get("id") or default_id),
+        chat=chat,
+        sender=sender,
+        sender_alt=phone if hidden and ev.get("sender_alt") else "",
+        text=str(ev.get("text", "")),
+        timestamp=float(ev.get("ts") or now) * 1000.0,
+        is_group=is_group,
+        is_from_me=bool(ev.get("from_me")),
+        push_name=str(ev.get("push_name", "")),
+    )
 
 
 def _append_jsonl(path: Path, rec: dict[str, Any]) -> None:
@@ -115,7 +158,9 @@ class FakeTransport(Transport):
                     self._pair(sink)
                 continue
             if kind == "message":
-                sink(TransportEvent(kind="message", message=self._message(ev)))
+                msg = self._message(ev)
+                if msg is not None:  # the adapter drops the same shapes (Status, channels, our own)
+                    sink(TransportEvent(kind="message", message=msg))
                 continue
             if kind == "connected":
                 self._connected = True
@@ -133,27 +178,17 @@ class FakeTransport(Transport):
             )
         return None
 
-    def _message(self, ev: dict[str, Any]) -> IncomingMessage:
+    def _message(self, ev: dict[str, Any]) -> IncomingMessage | None:
+        """An inbox `message` -> the fields a real `MessageEv` carries -> the same conversion neonize's take."""
         self._seq += 1
-        sender_digits = str(ev.get("sender", ""))
-        hidden = bool(ev.get("hide_phone"))
-        sender = (
-            f"{sender_digits}@{USER_SERVER}"
-            if not hidden
-            else f"{int(hashlib.sha1(sender_digits.encode()).hexdigest()[:11], 16)}@lid"
-        )
-        is_group = bool(ev.get("is_group"))
-        chat = str(ev.get("chat") or (sender if not is_group else "120363000000000000@g.us"))
-        return IncomingMessage(
-            id=str(ev.get("id") or f"FAKEIN{os.getpid()}{self._seq:06d}"),
-            chat=chat,
-            sender=sender,
-            sender_phone="" if hidden else sender_digits,
-            text=str(ev.get("text", "")),
-            ts=float(ev.get("ts") or time.time()),
-            is_group=is_group,
-            push_name=str(ev.get("push_name", "")),
-        )
+        raw = raw_message(ev, f"FAKEIN{os.getpid()}{self._seq:06d}", time.time())
+        digits = str(ev.get("sender", ""))
+
+        def pn_for_lid(lid: str) -> str:
+            # neonize `get_pn_from_lid` reads whatsmeow's local LID map: known only for some contacts.
+            return f"{digits}@{USER_SERVER}" if ev.get("lid_known") else ""
+
+        return incoming_from_raw(raw, pn_for_lid)
 
     def send(self, to: str, text: str, image: bytes | None = None) -> str:
         if not self._connected:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ from neonize.proto.Neonize_pb2 import JID, ConnectFailureReason, PairStatus, Tem
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
 from neonize.utils.message import extract_text
 
-from gateway.whatsapp.addresses import LID_SERVER, USER_SERVER
+from gateway.whatsapp.addresses import USER_SERVER
+from gateway.whatsapp.incoming import RawMessage, incoming_from_raw
 from gateway.whatsapp.transport import EventSink, IncomingMessage, Transport, TransportError, TransportEvent
 
 log = logging.getLogger(__name__)
@@ -65,48 +65,36 @@ def build_outgoing(client: NewClient, text: str, image: bytes | None) -> Message
     return client.build_image_message(image, caption=text)
 
 
+def raw_from_event(ev: MessageEv) -> RawMessage:
+    """neonize MessageEv -> the fields the gateway reads (see `gateway.whatsapp.incoming`)."""
+    info = ev.Info
+    src = info.MessageSource
+    alt = src.SenderAlt if src.HasField("SenderAlt") else None
+    return RawMessage(
+        id=info.ID,
+        chat=jid_str(src.Chat),
+        sender=jid_str(src.Sender),
+        sender_alt=jid_str(alt) if alt is not None and alt.User else "",
+        text=extract_text(ev.Message),
+        timestamp=float(info.Timestamp or 0),
+        is_group=bool(src.IsGroup),
+        is_from_me=bool(src.IsFromMe),
+        push_name=info.Pushname,
+    )
+
+
 def message_from_event(
     ev: MessageEv, pn_for_lid: Callable[[JID], JID | None] | None = None
 ) -> IncomingMessage | None:
-    """neonize MessageEv -> the gateway's IncomingMessage; None for our own or text-less messages.
+    """neonize MessageEv -> IncomingMessage; None for what is never a command (see `incoming_from_raw`)."""
 
-    WhatsApp increasingly addresses people by LID (`...@lid`) instead of phone
-    number; the allowlist is by phone number, so the phone JID is taken from
-    SenderAlt, or looked up with `pn_for_lid`, and left empty when unknown (such
-    a sender is then not authorised).
-    """
-    info = ev.Info
-    src = info.MessageSource
-    if src.IsFromMe:
-        return None
-    text = extract_text(ev.Message).strip()
-    if not text:
-        return None
-    sender = src.Sender
-    phone_jid: JID | None = sender if sender.Server == USER_SERVER else None
-    if phone_jid is None and sender.Server == LID_SERVER:
-        if src.HasField("SenderAlt") and src.SenderAlt.Server == USER_SERVER:
-            phone_jid = src.SenderAlt
-        elif pn_for_lid is not None:
-            try:
-                found = pn_for_lid(sender)
-            except Exception:
-                found = None
-            if found is not None and found.User and found.Server == USER_SERVER:
-                phone_jid = found
-    ts = float(info.Timestamp or 0)
-    if ts > 1e11:  # newer neonize sends milliseconds, older seconds
-        ts /= 1000.0
-    return IncomingMessage(
-        id=info.ID,
-        chat=jid_str(src.Chat),
-        sender=jid_str(phone_jid or sender),
-        sender_phone=phone_jid.User if phone_jid is not None else "",
-        text=text,
-        ts=ts or time.time(),
-        is_group=bool(src.IsGroup),
-        push_name=info.Pushname,
-    )
+    def lookup(lid: str) -> str:
+        if pn_for_lid is None:
+            return ""
+        found = pn_for_lid(jid_proto(lid))
+        return jid_str(found) if found is not None and found.User else ""
+
+    return incoming_from_raw(raw_from_event(ev), lookup)
 
 
 def groups_from_neonize(groups: Any) -> list[tuple[str, str]]:

@@ -34,6 +34,16 @@ class WhatsAppSettings:
     reconnect_backoff_s: tuple[float, float] = (2.0, 300.0)  # "cannot reach WhatsApp" retries: first, max
     stable_after_s: float = 60.0  # a child that ran this long resets the restart backoff
     qr_round_s: float = 75.0  # no new QR code for this long while pairing = start a new round
+    # Groups where commands are answered (group ids, "...@g.us"); in them only `group_prefix`ed
+    # words count (`!foto`), so family chatter never gets a reply. Empty: commands in DMs only.
+    command_groups: list[str] = field(default_factory=list)
+    group_prefix: str = "!"
+    # The gateway runs on someone's personal number: DMs need the prefix too and ordinary chat
+    # never gets an "unknown command" reply.
+    personal_number: bool = False
+    # Commands older than this are ignored: after a reconnect WhatsApp replays the backlog, and a
+    # "foto" from yesterday must not take a photo now.
+    command_max_age_s: float = 300.0
 
     @property
     def session_db(self) -> Path:
@@ -83,4 +93,8 @@ def settings_from_config(wa: Any, data_dir: Path | str) -> WhatsAppSettings:
         fake_dir=Path(fake_dir) if fake_dir else None,
         send_timeout_s=float(getattr(wa, "send_timeout_s", defaults.send_timeout_s)),
         snapshot_timeout_s=float(getattr(wa, "snapshot_timeout_s", defaults.snapshot_timeout_s)),
+        command_groups=_address_list(getattr(wa, "command_groups", []) or []),
+        group_prefix=str(getattr(wa, "group_prefix", defaults.group_prefix) or defaults.group_prefix),
+        personal_number=bool(getattr(wa, "personal_number", False)),
+        command_max_age_s=float(getattr(wa, "command_max_age_s", defaults.command_max_age_s)),
     )
