@@ -38,13 +38,15 @@ from typing import Any
 
 from gateway.whatsapp.addresses import jid_user
 from gateway.whatsapp.lock import SessionLock, SessionLocked
-from gateway.whatsapp.settings import WhatsAppSettings
+from gateway.whatsapp.settings import BadSessionPath, WhatsAppSettings, check_session_path
 from gateway.whatsapp.transport import Transport, TransportError, TransportEvent
 
 log = logging.getLogger("gateway.whatsapp.child")
 
 GO_LOG_NAME = "whatsapp-go.log"
 _GO_LOG_MAX = 5 * 1024 * 1024
+
+RECONNECTING = "reconnecting."  # the supervisor replaces it with "retrying in N s."
 
 # Restart delays the child asks for when it ends on purpose.
 RESTART_AFTER_LOCKED_S = 30.0
@@ -88,6 +90,7 @@ def make_transport(settings: WhatsAppSettings) -> Transport:
             raise ValueError("whatsapp.transport = 'fake' needs whatsapp.fake_dir")
         return FakeTransport(settings.fake_dir, settings.session_dir)
     if settings.transport == "neonize":
+        check_session_path(settings.session_db)  # before importing neonize: a clear refusal
         from gateway.whatsapp.neonize_adapter import NeonizeTransport
 
         return NeonizeTransport(settings.session_db)
@@ -115,6 +118,8 @@ class ChildRunner:
         self.done = threading.Event()
         self.connected = threading.Event()
         self.restart_in_s: float | None = None  # what `bye` asks the supervisor for
+        self.reconnect = ""  # `bye` is a reconnect: "backoff" (the supervisor's) or "round" (new QR round)
+        self._new_round = False
         self._state_lock = threading.Lock()
         self.state: dict[str, Any] = {"state": "starting", "detail": "", "paired_as": None}
         self._last_qr_at: float | None = None
@@ -276,10 +281,24 @@ class ChildRunner:
                 what = f"Cannot reach WhatsApp ({error})"
             else:
                 what = "The connection to WhatsApp ended"
+            state = "disconnected" if paired else "not_paired"
+            if self.transport.one_connect_per_process:
+                # A fresh process connects again (neonize: one client per process); the supervisor
+                # owns the backoff across processes and says the delay in its own state.
+                if self.mode not in ("run", "pair"):
+                    self.end(state, f"{what}.", None)
+                    break
+                detail = f"{what}; {RECONNECTING}"
+                if not paired and self.mode == "run":
+                    detail += " Not paired yet. " + HOW_TO_PAIR
+                # A new QR round is not a failure: start it at once, without growing the backoff.
+                self.reconnect = "round" if self._new_round else "backoff"
+                self.end(state, detail, first)
+                break
             detail = f"{what}; retrying in {seconds(delay)} s."
             if not paired and self.mode == "run":
                 detail += " Not paired yet. " + HOW_TO_PAIR
-            self.set_state("disconnected" if paired else "not_paired", detail, retry_at=time.time() + delay)
+            self.set_state(state, detail, retry_at=time.time() + delay)
             if self.done.wait(delay):
                 break
             delay = min(delay * 2, cap)
@@ -379,6 +398,7 @@ class ChildRunner:
         if self._last_qr_at is not None and time.monotonic() - self._last_qr_at > self.settings.qr_round_s:
             self._last_qr_at = None
             log.info("pairing QR codes expired; starting a new round")
+            self._new_round = True
             self.transport.stop()
 
     def _unlink(self, paired: bool) -> None:
@@ -481,6 +501,10 @@ def child_main(
         _exit(conn, 0)
     try:
         transport = make_transport(settings)
+    except BadSessionPath as e:
+        link.send({"t": "state", "state": "error", "detail": str(e), "updated_at": time.time()})
+        link.send({"t": "bye", "restart_in_s": None})  # a restart cannot fix the path
+        _exit(conn, 0)
     except ImportError as e:
         link.send(
             {
@@ -512,7 +536,7 @@ def child_main(
         runner.set_state("error", f"WhatsApp child failed: {e}")
         runner.restart_in_s = 10.0 if mode == "run" else None
         code = 1
-    link.send({"t": "bye", "restart_in_s": runner.restart_in_s})
+    link.send({"t": "bye", "restart_in_s": runner.restart_in_s, "reconnect": runner.reconnect})
     lock.release()
     _exit(conn, code)
 

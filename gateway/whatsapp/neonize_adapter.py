@@ -17,12 +17,14 @@ name); MessageEv -> message (text messages from others only).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from neonize.client import ClientFactory, NewClient
+from neonize.client import NewClient
 from neonize.events import (
     ClientOutdatedEv,
     ConnectedEv,
@@ -36,10 +38,12 @@ from neonize.events import (
 )
 from neonize.proto.Neonize_pb2 import JID, ConnectFailureReason, PairStatus, TemporaryBan
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+from neonize.utils.enum import Presence
 from neonize.utils.message import extract_text
 
 from gateway.whatsapp.addresses import USER_SERVER
 from gateway.whatsapp.incoming import RawMessage, incoming_from_raw
+from gateway.whatsapp.settings import check_session_path
 from gateway.whatsapp.transport import EventSink, IncomingMessage, Transport, TransportError, TransportEvent
 
 log = logging.getLogger(__name__)
@@ -129,19 +133,72 @@ def event_from_neonize(ev: Any) -> TransportEvent | None:
     return None
 
 
+def paired_jid_from_db(db_path: Path) -> str:
+    """The linked account's JID ('628..:12@s.whatsapp.net'), read from whatsmeow's table; '' when none.
+
+    Not `ClientFactory.get_all_devices_from_db`: neonize 0.5.2 joins each device's
+    fields with commas in Go and splits them in Python, so a push or business name
+    with a comma ("Siti, S.Pd") raises; and every call opens a new whatsmeow
+    container (an SQLite connection) that is never closed. This opens the file
+    read-only and closes it. Call it only before neonize opened the same file in
+    this process (`NeonizeTransport.is_paired` does): two SQLite copies in one
+    process do not share POSIX locks, and closing ours could drop Go's.
+    """
+    if not db_path.exists():
+        return ""
+    uri = "file:" + urllib.parse.quote(str(db_path)) + "?mode=ro"
+    con = sqlite3.connect(uri, uri=True, timeout=5.0)
+    try:
+        # whatsmeow sqlstore GetFirstDevice = the first row of GetAllDevices (no ORDER BY either).
+        row = con.execute("SELECT jid FROM whatsmeow_device LIMIT 1").fetchone()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return ""  # created by a connect that never paired
+        raise
+    finally:
+        con.close()
+    return str(row[0]) if row and row[0] else ""
+
+
+# whatsmeow send.go: the number has no WhatsApp account; unknown server: an address it cannot send to.
+_PERMANENT_SEND_ERRORS = ("no LID found for", "can't send message to unknown server")
+
+
+def send_error_is_permanent(error: str) -> bool:
+    """True when retrying cannot help (and repeated look-ups of non-users are a ban signal)."""
+    return any(p.lower() in error.lower() for p in _PERMANENT_SEND_ERRORS)
+
+
 class NeonizeTransport(Transport):
+    """One `NewClient` for the life of the (child) process, connected at most once.
+
+    neonize 0.5.2 registers `weakref.finalize(client, _release_ffi, uuid)`, which calls
+    Go `Stop(uuid)` when a client object is garbage-collected; a new `NewClient` per
+    connect attempt (same uuid: the database path) meant the collected old one stopped
+    the live one, and the next `GetMe` dereferenced a nil client (a Go panic, SIGABRT).
+    Each Go `Neonize` call also opens a whatsmeow container (an SQLite connection) it
+    never closes. So a second `connect` is refused (`one_connect_per_process`): the
+    child ends and the supervisor starts a fresh process after the backoff.
+    """
+
     name = "neonize"
+    one_connect_per_process = True
 
     def __init__(self, db_path: Path | str) -> None:
+        check_session_path(db_path)
         self.db_path = Path(db_path)
         self._client: NewClient | None = None
+        self._connecting = False
+        self._connected_once = False
+        self._paired: bool | None = None  # known from events once neonize owns the database
         self._lock = threading.Lock()
 
     def is_paired(self) -> bool:
-        if not self.db_path.exists():
-            return False
-        devices = ClientFactory.get_all_devices_from_db(str(self.db_path))
-        return any(d.JID.User for d in devices)
+        if self._paired is not None:
+            return self._paired
+        if self._connected_once:
+            return False  # never reached a paired state; do not open the file Go holds
+        return bool(paired_jid_from_db(self.db_path))
 
     def _new_client(self, sink: EventSink) -> NewClient:
         client = NewClient(str(self.db_path))
@@ -152,6 +209,12 @@ class NeonizeTransport(Transport):
                 return
             if te.kind == "connected":
                 te = TransportEvent(kind="connected", jid=self._me(client))
+                self._paired = True if te.jid else self._paired
+                self._announce(client)
+            elif te.kind == "paired":
+                self._paired = True
+            elif te.kind == "logged_out":
+                self._paired = False
             sink(te)
 
         for ev_type in (
@@ -176,6 +239,15 @@ class NeonizeTransport(Transport):
         return client
 
     @staticmethod
+    def _announce(client: NewClient) -> None:
+        """Presence `unavailable` (whatsmeow presence.go sends our push name with it): without any
+        presence recipients see "-" as the sender. Unavailable keeps the phone getting notifications."""
+        try:
+            client.send_presence(Presence.UNAVAILABLE)
+        except Exception as e:  # ErrNoPushName until the phone synced the name: harmless, log it
+            log.info("could not send presence: %s", e)
+
+    @staticmethod
     def _me(client: NewClient) -> str:
         try:
             me = client.get_me()
@@ -184,20 +256,23 @@ class NeonizeTransport(Transport):
             return ""
 
     def connect(self, sink: EventSink) -> None:
-        client = self._new_client(sink)
         with self._lock:
-            self._client = client
+            if self._connected_once:
+                raise TransportError("neonize connects once per process; the child restarts to reconnect")
+            self._connected_once = True
+            self._client = self._new_client(sink)
+            self._connecting = True
         try:
-            client.connect()  # blocks until stop(); raises NeonizeError when WhatsApp is unreachable
+            self._client.connect()  # blocks until stop(); raises NeonizeError when WhatsApp is unreachable
         except Exception as e:
             raise TransportError(str(e)) from e
         finally:
             with self._lock:
-                self._client = None
+                self._connecting = False  # the object stays referenced: its finalizer must not run
 
     def _require(self) -> NewClient:
         client = self._client
-        if client is None:
+        if client is None or not self._connecting:
             raise TransportError("not connected")
         return client
 
@@ -207,8 +282,21 @@ class NeonizeTransport(Transport):
             msg = build_outgoing(client, text, image)
             resp = client.send_message(jid_proto(to), msg)
         except Exception as e:  # UploadError, SendMessageError, or a ctypes-level failure
-            raise TransportError(f"{type(e).__name__}: {e}") from e
+            err = f"{type(e).__name__}: {e}"
+            raise TransportError(err, permanent=send_error_is_permanent(err)) from e
         return resp.ID
+
+    def check_numbers(self, phones: list[str]) -> dict[str, bool]:
+        """digits -> on WhatsApp? One `is_on_whatsapp` round trip for all (neonize joins them by spaces)."""
+        if not phones:
+            return {}
+        found = self._require().is_on_whatsapp(*[f"+{p}" for p in phones])
+        out = {p: False for p in phones}
+        for r in found:
+            user = r.JID.User or "".join(ch for ch in r.Query if ch.isdigit())
+            if user in out:
+                out[user] = bool(r.IsIn)
+        return out
 
     def pair_phone(self, phone_digits: str) -> str:
         client = self._require()
@@ -219,14 +307,16 @@ class NeonizeTransport(Transport):
 
     def logout(self) -> None:
         self._require().logout()
+        self._paired = False
 
     def forget_session(self) -> None:
+        self._paired = False
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(str(self.db_path) + suffix).unlink(missing_ok=True)
 
     def stop(self) -> None:
         with self._lock:
-            client = self._client
+            client = self._client if self._connecting else None
         if client is not None:
             try:
                 client.stop()

@@ -14,6 +14,27 @@ from typing import Any
 
 TRANSPORTS = ("neonize", "fake")
 
+# neonize 0.5.2 opens its session as `file:<path>?_foreign_keys=on` (goneonize main.go `getDB`)
+# without escaping: a `#` ends the path (a URI fragment), a `?` starts the parameters, a `%` is
+# decoded - the database would land outside the 0700 session folder, or elsewhere entirely.
+_URI_UNSAFE = "#?%"
+
+
+class BadSessionPath(ValueError):
+    """The session folder's path cannot be handed to neonize safely."""
+
+
+def check_session_path(path: Path | str) -> None:
+    """Raise `BadSessionPath` for a path neonize would misread; names the character and the fix."""
+    bad = sorted({c for c in str(path) if c in _URI_UNSAFE})
+    if bad:
+        raise BadSessionPath(
+            f"the WhatsApp session path {str(path)!r} contains {' and '.join(repr(c) for c in bad)}: "
+            "neonize puts it into a SQLite `file:` URI unescaped, so the session database (the "
+            "account's keys) would be written somewhere else. Move the data folder (or set "
+            "[whatsapp] session_dir) to a path without '#', '?' or '%'."
+        )
+
 
 @dataclass
 class WhatsAppSettings:

@@ -28,7 +28,7 @@ from typing import Any
 from gateway import bus as bus_topics
 from gateway.bus import Bus
 from gateway.ports import WhatsAppState
-from gateway.whatsapp.child import child_main, seconds
+from gateway.whatsapp.child import RECONNECTING, child_main, seconds
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.transport import IncomingMessage
 
@@ -117,6 +117,8 @@ class WhatsAppSupervisor:
         self.groups: list[tuple[str, str]] | None = None  # mode "groups": what the child listed
         self._timeouts = 0  # sends in a row the child did not confirm in time
         self.hung_kills = 0
+        self._bye_reconnect = ""  # the last child ended to reconnect: "backoff" | "round" (new QR round)
+        self._reconnect_delay: float | None = None  # the backoff across reconnecting children
 
     # -- public API ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,7 +178,8 @@ class WhatsAppSupervisor:
             st = self.state()
             return SendOutcome(
                 ok=False,
-                error=f"WhatsApp process is not running ({st.get('state')}: {st.get('detail', '')})",
+                error=f"WhatsApp is not connected: its process is not running ({st.get('state')}: "
+                f"{st.get('detail', '')})",
                 retry_after_s=self._retry_hint(),
             )
         req_id = uuid.uuid4().hex
@@ -280,6 +283,8 @@ class WhatsAppSupervisor:
     def _handle(self, msg: dict[str, Any]) -> Any:
         t = msg.get("t")
         if t == "state":
+            if msg.get("state") == "connected":
+                self._reconnect_delay = None
             self._set_state({k: v for k, v in msg.items() if k != "t"})
         elif t == "sent":
             with self._lock:
@@ -302,6 +307,7 @@ class WhatsAppSupervisor:
         elif t == "groups":
             self.groups = [(str(j), str(n)) for j, n in msg.get("groups") or []]
         elif t == "bye":
+            self._bye_reconnect = str(msg.get("reconnect") or "")
             return msg.get("restart_in_s")
         elif t == "hello":
             log.info(
@@ -311,6 +317,19 @@ class WhatsAppSupervisor:
                 msg.get("mode"),
             )
         return _NO_BYE
+
+    def _next_reconnect_delay(self, first: float, new_round: bool = False) -> float:
+        """Exponential backoff across children that ended to reconnect; reset by a connection."""
+        if new_round:
+            return min(first, 1.0)
+        cap = self.settings.reconnect_backoff_s[1]
+        wait = first if self._reconnect_delay is None else min(self._reconnect_delay * 2, cap)
+        self._reconnect_delay = wait
+        detail = str(self.state().get("detail") or "").replace(
+            RECONNECTING, f"retrying in {seconds(wait)} s.", 1
+        )
+        self._set_state({"detail": detail, "retry_at": time.time() + wait})
+        return wait
 
     def _run_child_once(self) -> tuple[Any, int | None]:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
@@ -401,6 +420,8 @@ class WhatsAppSupervisor:
                             "Alerts wait in the outbox meanwhile.",
                         }
                     )
+                elif bye is not None and self._bye_reconnect and self.mode in ("run", "pair"):
+                    wait = self._next_reconnect_delay(float(bye), self._bye_reconnect == "round")
                 elif bye is None or not self.restart_enabled or self.state().get("state") in FINAL_STATES:
                     break  # it ended for a reason a restart cannot fix; the state says what to do
                 else:

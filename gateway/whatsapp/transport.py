@@ -64,6 +64,8 @@ class Transport(ABC):
     """What the child needs from a WhatsApp client library."""
 
     name: str = "transport"
+    # True: `connect` works once per process; to reconnect the child ends and a new one starts.
+    one_connect_per_process: bool = False
 
     @abstractmethod
     def is_paired(self) -> bool:
@@ -83,6 +85,10 @@ class Transport(ABC):
 
         Raises `TransportError` on failure. Blocks until WhatsApp accepted it.
         """
+
+    def check_numbers(self, phones: list[str]) -> dict[str, bool]:
+        """Phone digits -> registered on WhatsApp? (needs a connection; one request for all)."""
+        raise TransportError("this transport cannot check numbers")
 
     @abstractmethod
     def pair_phone(self, phone_digits: str) -> str:
