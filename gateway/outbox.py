@@ -172,6 +172,26 @@ class OutboxDispatcher:
         if new is not None:
             self.bus.publish(OUTBOX_CHANGED, _public(new))
 
+    def reschedule(self, notifier: str) -> int:
+        """Make `notifier`'s waiting entries due now: its channel just came back (WhatsApp connected).
+
+        Attempts and the dead-letter clock are untouched; only the backoff wait is cut
+        short, so alerts queued during an outage go out at once instead of minutes later.
+        """
+        now = self.clock()
+        n = 0
+        for rec in self.store.open_outbox():
+            if rec["notifier"] != notifier or (rec.get("next_attempt_at") or 0) <= now:
+                continue
+            new = self.store.update_outbox(rec["id"], next_attempt_at=now)
+            if new is not None:
+                n += 1
+                self.bus.publish(OUTBOX_CHANGED, _public(new))
+        if n:
+            log.info("outbox %s: %d waiting alert(s) due now", notifier, n)
+            self.wake()
+        return n
+
     def retry(self, alert_id: str) -> bool:
         rec = self.store.get_outbox(alert_id)
         if rec is None or rec["state"] not in ("failed", "dead"):

@@ -796,7 +796,11 @@ class GatewayService:
         return dict(self._whatsapp)  # type: ignore[return-value]
 
     def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
+        was = self._whatsapp.get("state")
         self._whatsapp = {**data}  # type: ignore[typeddict-item]
+        if data.get("state") == "connected" and was != "connected" and self.dispatcher is not None:
+            # Alerts that failed while WhatsApp was away go now, not after their backoff.
+            self.dispatcher.reschedule("whatsapp")
 
     def health(self) -> dict[str, Any]:
         assert self.store is not None

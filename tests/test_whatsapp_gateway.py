@@ -152,3 +152,40 @@ def test_build_service_wires_whatsapp_from_the_config(tmp_path, mosquitto, prefi
         assert sent[0]["text"].startswith("📦 Paket diterima di Front gate") and sent[0]["image_bytes"] > 0
     finally:
         svc.stop()
+
+
+def test_alerts_go_out_as_soon_as_whatsapp_is_back(tmp_path, mosquitto, prefix, box) -> None:
+    """Issue 16 #9: an alert that failed while WhatsApp was away waited out its backoff (up to 5 min)."""
+    cfg = _config(
+        tmp_path,
+        mosquitto,
+        prefix,
+        PARCELBOX_OUTBOX_BACKOFF_INITIAL_S="3600",
+        PARCELBOX_OUTBOX_BACKOFF_MAX_S="3600",
+    )
+    settings = fake_settings(tmp_path, recipients=[OWNER], rate_per_minute=1000, rate_per_minute_overall=1000)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    svc = GatewayService(cfg)
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        wait_state(comp.supervisor, "connected")
+        fake.inject("disconnected")
+        wait_state(comp.supervisor, "disconnected")
+        eid = new_event_id()
+        box.send(eid, PHOTO)
+        assert box.wait_ack(eid)["ok"]
+        rec = wait_for(
+            lambda: [o for o in _whatsapp_outbox(svc) if o["state"] == "failed"], what="a failed attempt"
+        )[0]
+        assert rec["next_attempt_at"] > rec["created_at"] + 3000  # the backoff would hold it an hour
+        fake.inject("connected")
+        wait_for(lambda: fake.sent(), timeout=30, what="the alert once WhatsApp is back")
+        wait_for(lambda: _whatsapp_outbox(svc)[0]["state"] == "sent", what="the outbox to agree")
+        assert _whatsapp_outbox(svc)[0]["attempts"] == 2
+    finally:
+        svc.stop()
