@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -191,3 +192,61 @@ def test_alerts_go_out_as_soon_as_whatsapp_is_back(tmp_path, mosquitto, prefix, 
         assert _whatsapp_outbox(svc)[0]["attempts"] == 2
     finally:
         svc.stop()
+
+
+def test_a_recipient_not_on_whatsapp_is_checked_once_and_fails_permanently(
+    tmp_path, mosquitto, prefix, box
+) -> None:
+    """Issue 16 #7: 'no LID found' was retried for 24 h; frequent look-ups of non-users are a ban signal."""
+    stranger = "+62 899-0000-0000"
+    cfg = _config(tmp_path, mosquitto, prefix, PARCELBOX_WHATSAPP_RECIPIENTS=f"{OWNER},{stranger}")
+    settings = fake_settings(
+        tmp_path, recipients=[OWNER, stranger], rate_per_minute=1000, rate_per_minute_overall=1000
+    )
+    fake = FakeWhatsApp(settings.fake_dir)
+    fake.script(not_on_whatsapp=["6289900000000"])
+    pair_fake(settings)
+    svc = GatewayService(cfg)
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        st = wait_state(comp.supervisor, lambda s: s.get("unknown_numbers") is not None)
+        assert st["unknown_numbers"] == ["6289900000000"]
+        for _ in range(2):
+            eid = new_event_id()
+            box.send(eid, PHOTO)
+            assert box.wait_ack(eid)["ok"]
+        wait_for(
+            lambda: sorted(o["state"] for o in _whatsapp_outbox(svc)) == ["dead", "dead", "sent", "sent"],
+            what="two sent, two dead at once",
+        )
+        dead = [o for o in _whatsapp_outbox(svc) if o["state"] == "dead"]
+        assert all(o["attempts"] == 1 and "not on WhatsApp" in o["last_error"] for o in dead)
+        assert {s["to"] for s in fake.sent()} == {"628123456789@s.whatsapp.net"}
+        lookups = [json.loads(x) for x in (settings.fake_dir / "lookups.jsonl").read_text().splitlines()]
+        assert [sorted(x["phones"]) for x in lookups] == [["628123456789", "6289900000000"]]
+        assert comp.counters()["whatsapp.not_on_whatsapp"] == 2
+    finally:
+        svc.stop()
+
+
+def test_no_lid_found_from_whatsapp_is_a_permanent_failure(tmp_path) -> None:
+    """A number that left WhatsApp after the start-up check: the send error itself is permanent."""
+    pytest.importorskip("neonize")
+    from gateway.whatsapp.neonize_adapter import send_error_is_permanent
+
+    assert send_error_is_permanent("SendMessageError: no LID found for 6289900000000@s.whatsapp.net from server")
+    assert not send_error_is_permanent("SendMessageError: websocket not connected")
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    fake.script(not_on_whatsapp=["6289900000000"])
+    pair_fake(settings)
+    from tests.support.whatsapp import running
+
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        out = sup.send("6289900000000@s.whatsapp.net", "hello")
+    assert not out.ok and out.permanent and "no LID found" in out.error

@@ -10,11 +10,13 @@ the Go side prints to - it is redirected to `<session_dir>/whatsapp-go.log`):
 parent -> child
     {"op": "send", "id", "to": JID, "text", "image": bytes | None}
     {"op": "pair_phone", "phone": digits}
+    {"op": "check_numbers", "id", "phones": [digits, ...]}
     {"op": "stop"}
 child -> parent
     {"t": "hello", "pid", "transport", "mode"}
     {"t": "state", "state", "detail", "qr", "pair_code", "paired_as", "retry_at", "updated_at"}
     {"t": "sent", "id", "ok", "error", "retry_after_s", "permanent", "message_id"}
+    {"t": "numbers", "id", "ok", "numbers": {digits: on WhatsApp?}, "error"}
     {"t": "message", "msg": IncomingMessage as dict}
     {"t": "groups", "groups": [[jid, name], ...]}
     {"t": "bye", "restart_in_s": float | None}   (None: do not restart; a person must act)
@@ -315,6 +317,8 @@ class ChildRunner:
         op = msg.get("op")
         if op == "send":
             self.link.send({"t": "sent", "id": msg.get("id"), **self._send(msg)})
+        elif op == "check_numbers":
+            self.link.send({"t": "numbers", "id": msg.get("id"), **self._check_numbers(msg)})
         elif op == "pair_phone":
             self.phone = str(msg.get("phone") or "")
             self._pair_requested = False
@@ -323,6 +327,15 @@ class ChildRunner:
             self.done.set()
         else:
             log.warning("unknown request from the gateway: %r", op)
+
+    def _check_numbers(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.state.get("state") != "connected":
+            return {"ok": False, "error": f"WhatsApp is not connected ({self.state.get('state')})"}
+        try:
+            found = self.transport.check_numbers([str(p) for p in msg.get("phones") or []])
+        except Exception as e:
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        return {"ok": True, "numbers": found, "error": None}
 
     def _send(self, msg: dict[str, Any]) -> dict[str, Any]:
         st = self.state.get("state")

@@ -205,6 +205,10 @@ class FakeTransport(Transport):
         while (self.dir / "hold").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         script = self._script()
+        user = to.partition("@")[0]
+        if to.endswith("@" + USER_SERVER) and user in {str(n) for n in script.get("not_on_whatsapp", [])}:
+            # whatsmeow send.go (SendMessage, DefaultUserServer): GetUserInfo found no LID.
+            raise TransportError(f"SendMessageError: no LID found for {to} from server", permanent=True)
         if script.get("send_error"):
             raise TransportError(
                 str(script["send_error"]), permanent=bool(script.get("send_error_permanent"))
@@ -213,6 +217,14 @@ class FakeTransport(Transport):
         mid = f"FAKE{os.getpid()}{self._seq:06d}"
         _append_jsonl(self.dir / "sent.jsonl", {**rec, "id": mid, "ts": time.time()})
         return mid
+
+    def check_numbers(self, phones: list[str]) -> dict[str, bool]:
+        """neonize `is_on_whatsapp` (whatsmeow user.go IsOnWhatsApp: one usync query for all numbers)."""
+        if not self._connected:
+            raise TransportError("not connected")
+        _append_jsonl(self.dir / "lookups.jsonl", {"phones": phones, "ts": time.time()})
+        missing = {str(n) for n in self._script().get("not_on_whatsapp", [])}
+        return {p: p not in missing for p in phones}
 
     def pair_phone(self, phone_digits: str) -> str:
         _append_jsonl(self.dir / "pair_requests.jsonl", {"phone": phone_digits, "ts": time.time()})

@@ -28,6 +28,7 @@ from typing import Any
 from gateway import bus as bus_topics
 from gateway.bus import Bus
 from gateway.ports import WhatsAppState
+from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
 from gateway.whatsapp.child import RECONNECTING, child_main, seconds
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.transport import IncomingMessage
@@ -55,7 +56,20 @@ class _Pending:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.outcome: SendOutcome | None = None
+        self.outcome: Any = None  # SendOutcome for a send, the child's reply dict for a check
+
+
+def recipient_phones(settings: WhatsAppSettings) -> list[str]:
+    """The digits of every configured phone recipient (groups and bad addresses left out)."""
+    out: set[str] = set()
+    for r in [*settings.recipients, *(r for rs in settings.recipients_by_box.values() for r in rs)]:
+        try:
+            jid = to_jid(r)
+        except BadRecipient:
+            continue
+        if not is_group(jid):
+            out.add(jid_user(jid))
+    return sorted(out)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -117,6 +131,8 @@ class WhatsAppSupervisor:
         self.groups: list[tuple[str, str]] | None = None  # mode "groups": what the child listed
         self._timeouts = 0  # sends in a row the child did not confirm in time
         self.hung_kills = 0
+        self._numbers_checked_at: float | None = None
+        self._not_on_whatsapp: set[str] = set()  # digits WhatsApp said have no account
         self._bye_reconnect = ""  # the last child ended to reconnect: "backoff" | "round" (new QR round)
         self._reconnect_delay: float | None = None  # the backoff across reconnecting children
 
@@ -212,6 +228,60 @@ class WhatsAppSupervisor:
         assert pending.outcome is not None
         return pending.outcome
 
+    def check_numbers(self, phones: list[str], timeout: float = 30.0) -> dict[str, bool] | str:
+        """digits -> on WhatsApp? (one look-up for all, through the child); an error text on failure.
+
+        Also what the dashboard's test message uses before sending. Numbers found
+        missing are remembered: alerts to them fail as permanent (`not_on_whatsapp`).
+        """
+        conn, proc = self._conn, self._proc
+        if conn is None or proc is None or not proc.is_alive():
+            return "WhatsApp is not connected"
+        req_id = uuid.uuid4().hex
+        pending = _Pending()
+        with self._lock:
+            self._pending[req_id] = pending
+        if not self._request({"op": "check_numbers", "id": req_id, "phones": list(phones)}):
+            with self._lock:
+                self._pending.pop(req_id, None)
+            return "could not ask the WhatsApp process"
+        if not pending.event.wait(timeout):
+            with self._lock:
+                self._pending.pop(req_id, None)
+            return f"WhatsApp did not answer within {timeout:.0f} s"
+        reply = pending.outcome
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            return str(reply.get("error") if isinstance(reply, dict) else "the WhatsApp process stopped")
+        found = {str(k): bool(v) for k, v in (reply.get("numbers") or {}).items()}
+        with self._lock:
+            self._not_on_whatsapp |= {p for p, ok in found.items() if not ok}
+            self._not_on_whatsapp -= {p for p, ok in found.items() if ok}
+            unknown = sorted(self._not_on_whatsapp)
+        self._numbers_checked_at = time.time()
+        self._set_state({"unknown_numbers": unknown, "numbers_checked_at": self._numbers_checked_at})
+        return found
+
+    def not_on_whatsapp(self, digits: str) -> bool:
+        """True when a check said this number has no WhatsApp account."""
+        with self._lock:
+            return digits in self._not_on_whatsapp
+
+    def _check_recipients(self) -> None:
+        phones = recipient_phones(self.settings)
+        if not phones:
+            return
+        result = self.check_numbers(phones)
+        if isinstance(result, str):
+            log.warning("could not check the WhatsApp recipients: %s", result)
+            self._numbers_checked_at = None  # try again at the next connection
+            return
+        missing = [p for p, ok in result.items() if not ok]
+        if missing:
+            log.error(
+                "not on WhatsApp: %s - alerts to them fail at once; fix [whatsapp] recipients",
+                ", ".join("+" + p for p in missing),
+            )
+
     # -- internals ----------------------------------------------------------------------------
     def _retry_hint(self) -> float | None:
         if self._next_start_at is not None:
@@ -285,6 +355,13 @@ class WhatsAppSupervisor:
         if t == "state":
             if msg.get("state") == "connected":
                 self._reconnect_delay = None
+                if self.mode == "run" and self._numbers_checked_at is None:
+                    self._numbers_checked_at = (
+                        0.0  # once per supervisor: look-ups of non-users are a ban signal
+                    )
+                    threading.Thread(
+                        target=self._check_recipients, name="whatsapp-check", daemon=True
+                    ).start()
             self._set_state({k: v for k, v in msg.items() if k != "t"})
         elif t == "sent":
             with self._lock:
@@ -297,6 +374,12 @@ class WhatsAppSupervisor:
                     permanent=bool(msg.get("permanent")),
                     message_id=msg.get("message_id"),
                 )
+                p.event.set()
+        elif t == "numbers":
+            with self._lock:
+                p = self._pending.pop(str(msg.get("id")), None)
+            if p is not None:
+                p.outcome = msg
                 p.event.set()
         elif t == "message":
             if self.on_message is not None:
