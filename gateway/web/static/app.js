@@ -456,6 +456,11 @@ function renderWhatsApp(wa) {
   badge.className = "badge " + cls;
   $("#wa-as").textContent = wa.paired_as ? "as +" + String(wa.paired_as).replace(/^\+/, "") : "";
   $("#wa-detail").textContent = wa.detail || "";
+  const unknown = wa.unknown_numbers || [];
+  $("#wa-unknown").hidden = !unknown.length;
+  $("#wa-unknown").textContent = unknown.length
+    ? "Not on WhatsApp (alerts to them fail at once; fix [whatsapp] recipients): " + unknown.map((n) => "+" + n).join(", ")
+    : "";
   const pairing = ["pairing", "not_paired", "logged_out"].includes(wa.state);
   $("#wa-pair").hidden = !pairing;
   $("#wa-linked").hidden = wa.state !== "connected";
