@@ -98,6 +98,7 @@ class WhatsAppConfig:
     group_prefix: str = "!"  # in groups (and on a personal number) only words with this prefix count
     personal_number: bool = False  # the gateway uses someone's own number: never chat back
     command_max_age_s: float = 300.0  # older commands (the backlog after a reconnect) are ignored
+    push_name: str = ""  # the sender name recipients see; "" leaves the account's name alone
 
 
 @dataclass

@@ -383,3 +383,11 @@ def test_a_session_path_with_uri_characters_is_refused(tmp_path: Path, odd: str)
     stray = [p for p in tmp_path.iterdir() if p.is_file()]
     assert stray == [] and not any(session.iterdir()), stray
     assert "BadSessionPath" in out.get("error", "") and repr(odd[1]) in out["error"]
+
+
+def test_presence_and_push_name_are_sent_on_connect(tmp_path: Path) -> None:
+    """Issue 16 #8: with no presence ever sent recipients see "-" as the sender (whatsmeow presence.go)."""
+    code, out, err = _probe("presence", str(tmp_path / "neonize.sqlite3"))
+    assert code == 0, err
+    # Unpaired here (offline), so the push name is left alone: setting it needs app-state keys.
+    assert out["calls"] == ["send_presence:UNAVAILABLE"], out

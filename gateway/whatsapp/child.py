@@ -95,7 +95,7 @@ def make_transport(settings: WhatsAppSettings) -> Transport:
         check_session_path(settings.session_db)  # before importing neonize: a clear refusal
         from gateway.whatsapp.neonize_adapter import NeonizeTransport
 
-        return NeonizeTransport(settings.session_db)
+        return NeonizeTransport(settings.session_db, push_name=settings.push_name)
     raise ValueError(f"unknown whatsapp transport {settings.transport!r}")
 
 

@@ -184,9 +184,10 @@ class NeonizeTransport(Transport):
     name = "neonize"
     one_connect_per_process = True
 
-    def __init__(self, db_path: Path | str) -> None:
+    def __init__(self, db_path: Path | str, push_name: str = "") -> None:
         check_session_path(db_path)
         self.db_path = Path(db_path)
+        self.push_name = push_name.strip()
         self._client: NewClient | None = None
         self._connecting = False
         self._connected_once = False
@@ -210,7 +211,9 @@ class NeonizeTransport(Transport):
             if te.kind == "connected":
                 te = TransportEvent(kind="connected", jid=self._me(client))
                 self._paired = True if te.jid else self._paired
-                self._announce(client)
+                # Only a paired client has app-state keys: whatsmeow sendAppState on an unpaired
+                # store dereferences nil (a Go panic, seen with neonize 0.5.2).
+                self._announce(client, self.push_name if te.jid else "")
             elif te.kind == "paired":
                 self._paired = True
             elif te.kind == "logged_out":
@@ -239,12 +242,23 @@ class NeonizeTransport(Transport):
         return client
 
     @staticmethod
-    def _announce(client: NewClient) -> None:
-        """Presence `unavailable` (whatsmeow presence.go sends our push name with it): without any
-        presence recipients see "-" as the sender. Unavailable keeps the phone getting notifications."""
+    def _announce(client: NewClient, push_name: str = "") -> None:
+        """Set the push name (when configured) and send presence `unavailable`.
+
+        whatsmeow presence.go sends our push name with a presence; with none ever sent,
+        recipients see "-" as the sender (which invites "report spam"). `unavailable`
+        keeps the phone receiving notifications. SendPresence fails with ErrNoPushName
+        until the phone synced the name (or we set one): logged, harmless.
+        """
+        if push_name:
+            try:
+                if client.get_me().PushName != push_name:
+                    client.set_profile_name(push_name)  # app state `setting_pushName`, synced to the phone
+            except Exception as e:
+                log.info("could not set the WhatsApp push name: %s", e)
         try:
             client.send_presence(Presence.UNAVAILABLE)
-        except Exception as e:  # ErrNoPushName until the phone synced the name: harmless, log it
+        except Exception as e:
             log.info("could not send presence: %s", e)
 
     @staticmethod

@@ -65,6 +65,9 @@ class WhatsAppSettings:
     # Commands older than this are ignored: after a reconnect WhatsApp replays the backlog, and a
     # "foto" from yesterday must not take a photo now.
     command_max_age_s: float = 300.0
+    # The name recipients see for the gateway's number; set on connect when it differs ("": leave
+    # the account's own name alone, e.g. on a personal number).
+    push_name: str = ""
 
     @property
     def session_db(self) -> Path:
@@ -118,4 +121,5 @@ def settings_from_config(wa: Any, data_dir: Path | str) -> WhatsAppSettings:
         group_prefix=str(getattr(wa, "group_prefix", defaults.group_prefix) or defaults.group_prefix),
         personal_number=bool(getattr(wa, "personal_number", False)),
         command_max_age_s=float(getattr(wa, "command_max_age_s", defaults.command_max_age_s)),
+        push_name=str(getattr(wa, "push_name", "") or ""),
     )

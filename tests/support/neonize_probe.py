@@ -9,6 +9,7 @@ No network is needed: every connect fails at DNS, which is all these checks need
     python -m tests.support.neonize_probe schema <db>     # let neonize create its tables
     python -m tests.support.neonize_probe paired <db>     # is_paired() on an existing db
     python -m tests.support.neonize_probe path <db>       # connect with this session path
+    python -m tests.support.neonize_probe presence <db>   # what the adapter does on events.Connected
 """
 
 from __future__ import annotations
@@ -80,6 +81,35 @@ def main(cmd: str, arg: str) -> dict[str, Any]:
         t = na.NeonizeTransport(arg)
         out["paired"] = t.is_paired()
         out["jid"] = na.paired_jid_from_db(Path(arg)) if hasattr(na, "paired_jid_from_db") else None
+    elif cmd == "presence":
+        import ctypes
+
+        from neonize.events import EVENT_TO_INT, ConnectedEv
+
+        calls: list[str] = []
+        t = (
+            na.NeonizeTransport(arg, push_name="parcelbox")
+            if "push_name" in na.NeonizeTransport.__init__.__code__.co_varnames
+            else na.NeonizeTransport(arg)
+        )
+        try:
+            t.connect(lambda ev: None)  # fails offline; the client stays in Go's table
+        except na.TransportError:
+            pass
+        client = newest["client"]
+        for name in ("send_presence", "set_profile_name"):
+            real_fn = getattr(client, name)
+
+            def record(*a: Any, _n: str = name, _f: Any = real_fn) -> Any:
+                calls.append(f"{_n}:{getattr(a[0], 'name', a[0])}")
+                return _f(*a)
+
+            setattr(client, name, record)
+        # What Go hands neonize when whatsmeow emits events.Connected (goneonize main.go, code 3).
+        data = ConnectedEv(status=True).SerializeToString()
+        buf = ctypes.create_string_buffer(data, len(data))
+        client.event.execute(0, ctypes.addressof(buf), len(data), EVENT_TO_INT[ConnectedEv])
+        out["calls"] = calls
     elif cmd == "path":
         try:
             t = na.NeonizeTransport(arg)
