@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.bus import WHATSAPP_STATE, Bus
 from gateway.notify.base import Alert
 from gateway.notify.whatsapp import WhatsAppNotifier
@@ -376,3 +378,19 @@ def test_a_hung_child_is_killed_and_restarted(tmp_path: Path) -> None:
         assert sup.hung_kills == 1
         wait_state(sup, lambda s: s.get("state") == "connected" and sup.child_pid() not in (None, pid))
         assert n.send(_alert(1)).ok and n.send(_alert(2)).ok
+
+
+@pytest.mark.parametrize("one_connect", [False, True], ids=["in-process", "process-per-connect"])
+def test_phone_code_pairing_gets_a_new_code_each_round(tmp_path: Path, one_connect: bool) -> None:
+    """Issue 16 #3: after the first round (~160 s) no new code came and the QR stayed hidden."""
+    settings = fake_settings(tmp_path, qr_round_s=0.5)
+    fake = FakeWhatsApp(settings.fake_dir)
+    fake.script(qr_codes=["2@round-qr"], qr_interval_s=0.1, one_connect_per_process=one_connect)
+    with running(settings, mode="pair", phone="628123456789") as sup:
+        st = wait_state(sup, lambda s: s.get("pair_code") == "FAKE-C0DE")
+        assert st["pair_code_expires_at"] > time.time() and "a new code follows" in st["detail"]
+        st = wait_state(sup, lambda s: s.get("pair_code") == "FAKE-C002")
+        assert st["state"] == "pairing"
+        # Nobody typed any code: after a few rounds the QR is shown again (no more push notifications).
+        st = wait_state(sup, lambda s: bool(s.get("qr")), timeout=60)
+    assert len(fake.pair_requests()) >= 2

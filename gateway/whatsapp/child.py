@@ -48,6 +48,11 @@ log = logging.getLogger("gateway.whatsapp.child")
 GO_LOG_NAME = "whatsapp-go.log"
 _GO_LOG_MAX = 5 * 1024 * 1024
 
+# A phone pairing code belongs to the QR round it was asked in: whatsmeow's QR channel
+# (pair.go / qrchan.go) offers codes for 60 s + 5 x 20 s = 160 s, then the round ends.
+PAIR_CODE_VALID_S = 160.0
+PHONE_CODE_ROUNDS = 3  # rounds with a fresh phone code before falling back to the QR
+
 RECONNECTING = "reconnecting."  # the supervisor replaces it with "retrying in N s."
 
 # Restart delays the child asks for when it ends on purpose.
@@ -122,6 +127,7 @@ class ChildRunner:
         self.restart_in_s: float | None = None  # what `bye` asks the supervisor for
         self.reconnect = ""  # `bye` is a reconnect: "backoff" (the supervisor's) or "round" (new QR round)
         self._new_round = False
+        self._phone_rounds = 0  # rounds (in this process) with a phone code nobody entered
         self._state_lock = threading.Lock()
         self.state: dict[str, Any] = {"state": "starting", "detail": "", "paired_as": None}
         self._last_qr_at: float | None = None
@@ -137,6 +143,7 @@ class ChildRunner:
                 "detail": detail,
                 "qr": extra.get("qr"),
                 "pair_code": extra.get("pair_code"),
+                "pair_code_expires_at": extra.get("pair_code_expires_at"),
                 "paired_as": extra.get("paired_as", self.state.get("paired_as")),
                 "retry_at": extra.get("retry_at"),
                 "updated_at": time.time(),
@@ -183,11 +190,14 @@ class ChildRunner:
             )
         elif k == "pair_code":
             self._last_qr_at = time.monotonic()
+            expires = time.time() + PAIR_CODE_VALID_S
             self.set_state(
                 "pairing",
                 f"On your phone: WhatsApp > Settings > Linked devices > Link a device > "
-                f"Link with phone number instead, and enter {ev.code}.",
+                f"Link with phone number instead, and enter {ev.code}. It works until "
+                f"{time.strftime('%H:%M:%S', time.localtime(expires))}; a new code follows automatically.",
                 pair_code=ev.code,
+                pair_code_expires_at=expires,
             )
         elif k == "paired":
             self._last_qr_at = None
@@ -322,6 +332,7 @@ class ChildRunner:
         elif op == "pair_phone":
             self.phone = str(msg.get("phone") or "")
             self._pair_requested = False
+            self._phone_rounds = 0
         elif op == "stop":
             self.restart_in_s = None
             self.done.set()
@@ -412,6 +423,14 @@ class ChildRunner:
             self._last_qr_at = None
             log.info("pairing QR codes expired; starting a new round")
             self._new_round = True
+            self._pair_requested = False  # the code belonged to the round that ended: ask for a new one
+            if self.phone:
+                self._phone_rounds += 1
+                if self._phone_rounds >= PHONE_CODE_ROUNDS:
+                    log.info(
+                        "no pairing code was used in %d rounds; showing the QR code again", PHONE_CODE_ROUNDS
+                    )
+                    self.phone = None
             self.transport.stop()
 
     def _unlink(self, paired: bool) -> None:

@@ -226,9 +226,17 @@ class FakeTransport(Transport):
         missing = {str(n) for n in self._script().get("not_on_whatsapp", [])}
         return {p: p not in missing for p in phones}
 
+    @property
+    def one_connect_per_process(self) -> bool:  # type: ignore[override]
+        """`script.json` `one_connect_per_process`: behave like the neonize adapter (reconnect = new process)."""
+        return bool(self._script().get("one_connect_per_process"))
+
     def pair_phone(self, phone_digits: str) -> str:
-        _append_jsonl(self.dir / "pair_requests.jsonl", {"phone": phone_digits, "ts": time.time()})
-        return "FAKE-C0DE"
+        """neonize `PairPhone`: an 8-character code, a new one per request (whatsmeow pair-code.go)."""
+        path = self.dir / "pair_requests.jsonl"
+        _append_jsonl(path, {"phone": phone_digits, "ts": time.time()})
+        n = len(path.read_text().splitlines())
+        return "FAKE-C0DE" if n == 1 else f"FAKE-C{n:03d}"
 
     def list_groups(self) -> list[tuple[str, str]]:
         if not self._connected:

@@ -29,7 +29,7 @@ from gateway import bus as bus_topics
 from gateway.bus import Bus
 from gateway.ports import WhatsAppState
 from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
-from gateway.whatsapp.child import RECONNECTING, child_main, seconds
+from gateway.whatsapp.child import PHONE_CODE_ROUNDS, RECONNECTING, child_main, seconds
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.transport import IncomingMessage
 
@@ -131,6 +131,7 @@ class WhatsAppSupervisor:
         self.groups: list[tuple[str, str]] | None = None  # mode "groups": what the child listed
         self._timeouts = 0  # sends in a row the child did not confirm in time
         self.hung_kills = 0
+        self.phone_rounds = 0  # pairing rounds with a phone code nobody entered
         self._numbers_checked_at: float | None = None
         self._not_on_whatsapp: set[str] = set()  # digits WhatsApp said have no account
         self._bye_reconnect = ""  # the last child ended to reconnect: "backoff" | "round" (new QR round)
@@ -182,6 +183,7 @@ class WhatsAppSupervisor:
 
     def pair_phone(self, phone_digits: str) -> None:
         self.phone = phone_digits
+        self.phone_rounds = 0
         self._request({"op": "pair_phone", "phone": phone_digits})
 
     def send(
@@ -309,6 +311,7 @@ class WhatsAppSupervisor:
             if merged.get("state") != "pairing":
                 merged["qr"] = None
                 merged["pair_code"] = None
+                merged["pair_code_expires_at"] = None
             merged.setdefault("updated_at", time.time())
             changed = {k: v for k, v in merged.items() if k != "updated_at"} != {
                 k: v for k, v in self._state.items() if k != "updated_at"
@@ -404,6 +407,15 @@ class WhatsAppSupervisor:
     def _next_reconnect_delay(self, first: float, new_round: bool = False) -> float:
         """Exponential backoff across children that ended to reconnect; reset by a connection."""
         if new_round:
+            if self.phone:
+                self.phone_rounds += 1
+                if self.phone_rounds >= PHONE_CODE_ROUNDS:
+                    # Nobody typed the codes: stop pushing notifications to that phone, show the QR.
+                    log.info(
+                        "no pairing code was used in %d rounds; showing the QR code again", PHONE_CODE_ROUNDS
+                    )
+                    self.phone = None
+                    self.phone_rounds = 0
             return min(first, 1.0)
         cap = self.settings.reconnect_backoff_s[1]
         wait = first if self._reconnect_delay is None else min(self._reconnect_delay * 2, cap)
