@@ -391,3 +391,21 @@ def test_presence_and_push_name_are_sent_on_connect(tmp_path: Path) -> None:
     assert code == 0, err
     # Unpaired here (offline), so the push name is left alone: setting it needs app-state keys.
     assert out["calls"] == ["send_presence:UNAVAILABLE"], out
+
+
+def test_status_of_a_never_paired_session_says_not_paired(tmp_path: Path) -> None:
+    """Issue 16 #10: a connect that never paired leaves neonize's database behind; status said
+    "session database present" for it."""
+    session = tmp_path / "data" / "whatsapp"
+    session.mkdir(parents=True)
+    code, _, err = _probe("schema", str(session / "neonize.sqlite3"))
+    assert code == 0 and (session / "neonize.sqlite3").exists(), err
+    p = subprocess.run(
+        [sys.executable, "-m", "gateway.whatsapp.cli", "status", "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "session database present" not in p.stdout and "not paired" in p.stdout, p.stdout

@@ -51,6 +51,7 @@ _GO_LOG_MAX = 5 * 1024 * 1024
 # A phone pairing code belongs to the QR round it was asked in: whatsmeow's QR channel
 # (pair.go / qrchan.go) offers codes for 60 s + 5 x 20 s = 160 s, then the round ends.
 PAIR_CODE_VALID_S = 160.0
+QR_GRACE_S = 3.0  # a code past its time: wait this long for the next before starting a new round
 PHONE_CODE_ROUNDS = 3  # rounds with a fresh phone code before falling back to the QR
 
 RECONNECTING = "reconnecting."  # the supervisor replaces it with "retrying in N s."
@@ -65,6 +66,12 @@ _LOGGED_OUT_REASONS = {"LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT"}
 HOW_TO_PAIR = (
     "Pair it: run `parcelbox whatsapp pair` on the gateway (or open the dashboard's WhatsApp page) "
     "and scan the QR code with WhatsApp on your phone (Settings > Linked devices > Link a device)."
+)
+# While the gateway runs it owns the session and `parcelbox whatsapp pair` refuses.
+HOW_TO_PAIR_RUNNING = (
+    "Pair it on the dashboard's WhatsApp page: scan the QR code with WhatsApp on your phone "
+    "(Settings > Linked devices > Link a device), or ask for a pairing code there. (`parcelbox whatsapp "
+    "pair` works only while the gateway is stopped.)"
 )
 
 
@@ -131,9 +138,15 @@ class ChildRunner:
         self._state_lock = threading.Lock()
         self.state: dict[str, Any] = {"state": "starting", "detail": "", "paired_as": None}
         self._last_qr_at: float | None = None
+        self._qr_expires: float | None = None  # monotonic: when the newest QR code stops working
+        self._qrs_in_round = 0
         self._pair_requested = False
         self._ban_until = 0.0
         self._forget = False  # delete the local session on the way out (logged out / unlinked)
+
+    @property
+    def how_to_pair(self) -> str:
+        return HOW_TO_PAIR_RUNNING if self.mode == "run" else HOW_TO_PAIR
 
     # -- state -------------------------------------------------------------------------------
     def set_state(self, state: str, detail: str, **extra: Any) -> None:
@@ -144,6 +157,7 @@ class ChildRunner:
                 "qr": extra.get("qr"),
                 "pair_code": extra.get("pair_code"),
                 "pair_code_expires_at": extra.get("pair_code_expires_at"),
+                "qr_expires_at": extra.get("qr_expires_at"),
                 "paired_as": extra.get("paired_as", self.state.get("paired_as")),
                 "retry_at": extra.get("retry_at"),
                 "updated_at": time.time(),
@@ -177,6 +191,11 @@ class ChildRunner:
             return  # already ending; later events (disconnected...) would only blur the reason
         if k == "qr":
             self._last_qr_at = time.monotonic()
+            # whatsmeow qrchan.go emitQRs: the first code of a round is valid 60 s, the others 20 s.
+            first, later = self.settings.qr_valid_s
+            valid = first if self._qrs_in_round == 0 else later
+            self._qrs_in_round += 1
+            self._qr_expires = self._last_qr_at + valid
             if self.phone:
                 if not self._pair_requested:
                     self._pair_requested = True
@@ -187,6 +206,7 @@ class ChildRunner:
                 "Scan this QR code with WhatsApp on your phone: Settings > Linked devices > Link a device. "
                 "It changes every 20-60 s.",
                 qr=ev.code,
+                qr_expires_at=time.time() + valid,
             )
         elif k == "pair_code":
             self._last_qr_at = time.monotonic()
@@ -221,7 +241,7 @@ class ChildRunner:
             self._forget = True  # before end(): the main loop may act on `done` at once
             self.end(
                 "not_paired",
-                f"Logged out by WhatsApp ({reason}): this gateway is no longer a linked device. {HOW_TO_PAIR}",
+                f"Logged out by WhatsApp ({reason}): this gateway is no longer a linked device. {self.how_to_pair}",
                 RESTART_AFTER_LOGOUT_S if self.mode == "run" else None,
                 paired_as=None,
             )
@@ -276,6 +296,7 @@ class ChildRunner:
         delay = first
         while not self.done.is_set():
             started = time.monotonic()
+            self._qrs_in_round = 0
             error: str | None = None
             try:
                 self.transport.connect(self.on_event)
@@ -302,14 +323,14 @@ class ChildRunner:
                     break
                 detail = f"{what}; {RECONNECTING}"
                 if not paired and self.mode == "run":
-                    detail += " Not paired yet. " + HOW_TO_PAIR
+                    detail += " Not paired yet. " + self.how_to_pair
                 # A new QR round is not a failure: start it at once, without growing the backoff.
                 self.reconnect = "round" if self._new_round else "backoff"
                 self.end(state, detail, first)
                 break
             detail = f"{what}; retrying in {seconds(delay)} s."
             if not paired and self.mode == "run":
-                detail += " Not paired yet. " + HOW_TO_PAIR
+                detail += " Not paired yet. " + self.how_to_pair
             self.set_state(state, detail, retry_at=time.time() + delay)
             if self.done.wait(delay):
                 break
@@ -392,7 +413,7 @@ class ChildRunner:
         elif not paired and self.mode == "pair":
             self.set_state("not_paired", "Connecting to WhatsApp to start pairing.")
         elif not paired:
-            self.set_state("not_paired", "Not paired with a WhatsApp account yet. " + HOW_TO_PAIR)
+            self.set_state("not_paired", "Not paired with a WhatsApp account yet. " + self.how_to_pair)
         else:
             self.set_state("starting", "Connecting to WhatsApp.")
         linker = None
@@ -419,8 +440,15 @@ class ChildRunner:
     def _qr_watchdog(self) -> None:
         # neonize's QR loop ends silently when every code expired; start a fresh round instead of
         # showing a dead QR forever.
-        if self._last_qr_at is not None and time.monotonic() - self._last_qr_at > self.settings.qr_round_s:
-            self._last_qr_at = None
+        if self._last_qr_at is None:
+            return
+        now = time.monotonic()
+        expired = self._qr_expires is not None and now > self._qr_expires + QR_GRACE_S
+        if expired or now - self._last_qr_at > self.settings.qr_round_s:
+            self._last_qr_at = self._qr_expires = None
+            if not self.phone and self.state.get("qr"):
+                # Never leave a dead QR on the dashboard while the next round starts.
+                self.set_state("pairing", "The QR code expired; getting a new one from WhatsApp.")
             log.info("pairing QR codes expired; starting a new round")
             self._new_round = True
             self._pair_requested = False  # the code belonged to the round that ended: ask for a new one

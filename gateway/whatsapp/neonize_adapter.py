@@ -17,9 +17,7 @@ name); MessageEv -> message (text messages from others only).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from neonize.utils.message import extract_text
 
 from gateway.whatsapp.addresses import USER_SERVER
 from gateway.whatsapp.incoming import RawMessage, incoming_from_raw
+from gateway.whatsapp.session_db import paired_jid_from_db
 from gateway.whatsapp.settings import check_session_path
 from gateway.whatsapp.transport import EventSink, IncomingMessage, Transport, TransportError, TransportEvent
 
@@ -131,33 +130,6 @@ def event_from_neonize(ev: Any) -> TransportEvent | None:
             return TransportEvent(kind="paired", jid=jid_str(ev.ID))
         return TransportEvent(kind="connect_failure", code="PAIR_ERROR", detail=ev.Error)
     return None
-
-
-def paired_jid_from_db(db_path: Path) -> str:
-    """The linked account's JID ('628..:12@s.whatsapp.net'), read from whatsmeow's table; '' when none.
-
-    Not `ClientFactory.get_all_devices_from_db`: neonize 0.5.2 joins each device's
-    fields with commas in Go and splits them in Python, so a push or business name
-    with a comma ("Siti, S.Pd") raises; and every call opens a new whatsmeow
-    container (an SQLite connection) that is never closed. This opens the file
-    read-only and closes it. Call it only before neonize opened the same file in
-    this process (`NeonizeTransport.is_paired` does): two SQLite copies in one
-    process do not share POSIX locks, and closing ours could drop Go's.
-    """
-    if not db_path.exists():
-        return ""
-    uri = "file:" + urllib.parse.quote(str(db_path)) + "?mode=ro"
-    con = sqlite3.connect(uri, uri=True, timeout=5.0)
-    try:
-        # whatsmeow sqlstore GetFirstDevice = the first row of GetAllDevices (no ORDER BY either).
-        row = con.execute("SELECT jid FROM whatsmeow_device LIMIT 1").fetchone()
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e):
-            return ""  # created by a connect that never paired
-        raise
-    finally:
-        con.close()
-    return str(row[0]) if row and row[0] else ""
 
 
 # whatsmeow send.go: the number has no WhatsApp account; unknown server: an address it cannot send to.

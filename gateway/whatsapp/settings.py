@@ -55,6 +55,7 @@ class WhatsAppSettings:
     reconnect_backoff_s: tuple[float, float] = (2.0, 300.0)  # "cannot reach WhatsApp" retries: first, max
     stable_after_s: float = 60.0  # a child that ran this long resets the restart backoff
     qr_round_s: float = 75.0  # no new QR code for this long while pairing = start a new round
+    qr_valid_s: tuple[float, float] = (60.0, 20.0)  # whatsmeow qrchan.go: first code of a round, the others
     # Groups where commands are answered (group ids, "...@g.us"); in them only `group_prefix`ed
     # words count (`!foto`), so family chatter never gets a reply. Empty: commands in DMs only.
     command_groups: list[str] = field(default_factory=list)

@@ -312,6 +312,7 @@ class WhatsAppSupervisor:
                 merged["qr"] = None
                 merged["pair_code"] = None
                 merged["pair_code_expires_at"] = None
+                merged["qr_expires_at"] = None
             merged.setdefault("updated_at", time.time())
             changed = {k: v for k, v in merged.items() if k != "updated_at"} != {
                 k: v for k, v in self._state.items() if k != "updated_at"
