@@ -204,6 +204,25 @@ def test_client_outdated_says_upgrade_neonize_and_stops(tmp_path: Path) -> None:
         assert sup.finished.wait(15) and sup.restarts == 0
 
 
+def test_the_outdated_advice_stays_inside_the_tested_neonize_versions(tmp_path: Path) -> None:
+    """Issue 16 #11: the advice `pip install -U neonize` contradicted the pin in pyproject.toml."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    [pin] = pyproject["project"]["optional-dependencies"]["whatsapp"]
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        fake.inject("client_outdated")
+        st = wait_state(sup, "outdated")
+    assert f"pip install -U '{pin}'" in st["detail"] and "`pip install -U neonize`" not in st["detail"]
+    from gateway.whatsapp import NEONIZE_REQUIREMENT
+
+    assert NEONIZE_REQUIREMENT == pin  # one home per fact: the adapter's tested range
+
+
 def test_cannot_reach_whatsapp_retries_with_backoff_and_reports_it(tmp_path: Path) -> None:
     settings = fake_settings(tmp_path)
     fake = FakeWhatsApp(settings.fake_dir)

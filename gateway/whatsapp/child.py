@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from gateway.whatsapp import NEONIZE_REQUIREMENT
 from gateway.whatsapp.addresses import jid_user
 from gateway.whatsapp.lock import SessionLock, SessionLocked
 from gateway.whatsapp.settings import BadSessionPath, WhatsAppSettings, check_session_path
@@ -270,8 +271,10 @@ class ChildRunner:
         elif k == "client_outdated" or (k == "connect_failure" and ev.code == "CLIENT_OUTDATED"):
             self.end(
                 "outdated",
-                "WhatsApp rejected this client as outdated: upgrade neonize "
-                "(`pip install -U neonize`, or reinstall parcelbox with the `whatsapp` extra), then restart.",
+                "WhatsApp rejected this client as outdated: upgrade neonize within the tested versions "
+                f"(`pip install -U '{NEONIZE_REQUIREMENT}'`), then restart. If the newest of those is still "
+                "outdated, upgrade parcelbox: it widens the range once its neonize tests pass on the next "
+                "version (README, 'neonize versions').",
                 None,
             )
         elif k == "connect_failure":
