@@ -238,7 +238,9 @@ def test_no_lid_found_from_whatsapp_is_a_permanent_failure(tmp_path) -> None:
     pytest.importorskip("neonize")
     from gateway.whatsapp.neonize_adapter import send_error_is_permanent
 
-    assert send_error_is_permanent("SendMessageError: no LID found for 6289900000000@s.whatsapp.net from server")
+    assert send_error_is_permanent(
+        "SendMessageError: no LID found for 6289900000000@s.whatsapp.net from server"
+    )
     assert not send_error_is_permanent("SendMessageError: websocket not connected")
     settings = fake_settings(tmp_path)
     fake = FakeWhatsApp(settings.fake_dir)
@@ -250,3 +252,50 @@ def test_no_lid_found_from_whatsapp_is_a_permanent_failure(tmp_path) -> None:
         wait_state(sup, "connected")
         out = sup.send("6289900000000@s.whatsapp.net", "hello")
     assert not out.ok and out.permanent and "no LID found" in out.error
+
+
+def test_whatsapp_down_for_a_while_is_told_through_the_other_sinks(tmp_path, mosquitto, prefix, box) -> None:
+    """Issue 16 (session loss): a logout (the 14-day rule, a ban, stream replaced) stopped alerts
+    silently; now the folder sink (and the webhook) get a notice, and another when it is back."""
+    from gateway.notify.folder import FolderNotifier
+
+    cfg = _config(tmp_path, mosquitto, prefix, PARCELBOX_WHATSAPP_DOWN_NOTICE_AFTER_S="0.5")
+    settings = fake_settings(tmp_path, recipients=[OWNER])
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    alerts_dir = tmp_path / "alerts"
+    svc = GatewayService(cfg, notifiers=[FolderNotifier(alerts_dir)])
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        wait_state(comp.supervisor, "connected")
+        wait_for(lambda: svc.whatsapp_state().get("state") == "connected", what="connected on the gateway")
+        assert svc.whatsapp_state()["down_since"] is None
+        fake.inject("stream_replaced")
+        wait_state(comp.supervisor, "stream_replaced")
+
+        def notices(kind: str) -> list[dict]:
+            docs = (
+                [json.loads(p.read_text()) for p in alerts_dir.glob("*.json")] if alerts_dir.exists() else []
+            )
+            return [d for d in docs if d["kind"] == kind]
+
+        [down] = wait_for(lambda: notices("whatsapp_down"), what="the down notice in the folder sink")
+        assert "WhatsApp alerts have stopped" in down["caption"] and "14 days" in down["caption"]
+        assert "Another client took over" in down["caption"]  # the state's own explanation
+        assert down["device"] == "_gateway"
+        assert not [
+            o
+            for o in svc.list_outbox(limit=100)
+            if o["kind"].startswith("whatsapp_") and o["notifier"] == "whatsapp"
+        ]
+        comp.supervisor.restart()  # the owner dealt with it
+        wait_state(comp.supervisor, "connected")
+        [up] = wait_for(lambda: notices("whatsapp_up"), what="the back-again notice")
+        assert "work again" in up["caption"]
+        assert len(notices("whatsapp_down")) == 1
+    finally:
+        svc.stop()

@@ -183,3 +183,19 @@ garage = ["120363012345678901@g.us", "+62 833 3333 333"]
     assert s.session_dir == Path(cfg.data_dir) / "whatsapp"
     assert s.recipients_for("garage") == ["120363012345678901@g.us", "+62 833 3333 333"]
     assert s.recipients_for("front") == ["+62 811 1111 111"]
+
+
+def test_link_watch_tells_once_per_outage_and_when_back() -> None:
+    from gateway.whatsapp.watch import DOWN, UP, LinkWatch
+
+    w = LinkWatch(after_s=300)
+    assert w.check({"state": "disabled"}, 0) is None
+    assert w.check({"state": "connected", "down_since": None}, 100) is None
+    down = {"state": "not_paired", "down_since": 1000.0}
+    assert w.check(down, 1200) is None  # not long enough yet
+    assert w.check(down, 1300) == DOWN
+    assert w.check(down, 5000) is None  # once per outage
+    assert w.check({**down, "state": "disconnected"}, 6000) is None  # same outage, other state
+    assert w.check({"state": "connected", "down_since": None}, 7000) == UP
+    assert w.check({"state": "connected", "down_since": None}, 7001) is None
+    assert LinkWatch(after_s=0).check(down, 10**9) is None  # off

@@ -21,6 +21,8 @@ ALERT_KINDS = (
     "offline",
     "online",
     "low_battery",
+    "whatsapp_down",  # to the other sinks: WhatsApp alerts stopped (gateway.whatsapp.watch)
+    "whatsapp_up",
 )
 
 

@@ -69,6 +69,7 @@ class WhatsAppSettings:
     # The name recipients see for the gateway's number; set on connect when it differs ("": leave
     # the account's own name alone, e.g. on a personal number).
     push_name: str = ""
+    down_notice_after_s: float = 300.0  # not connected this long: the other sinks and the dashboard say so
 
     @property
     def session_db(self) -> Path:
@@ -123,4 +124,5 @@ def settings_from_config(wa: Any, data_dir: Path | str) -> WhatsAppSettings:
         personal_number=bool(getattr(wa, "personal_number", False)),
         command_max_age_s=float(getattr(wa, "command_max_age_s", defaults.command_max_age_s)),
         push_name=str(getattr(wa, "push_name", "") or ""),
+        down_notice_after_s=float(getattr(wa, "down_notice_after_s", defaults.down_notice_after_s)),
     )

@@ -112,6 +112,8 @@ class WhatsAppSupervisor:
         self._changed = threading.Condition(self._lock)
         self._state: dict[str, Any] = {
             "state": "starting",
+            "down_since": time.time(),  # when it last left `connected` (None while connected)
+            "down_notice_after_s": settings.down_notice_after_s,  # the dashboard's banner delay
             "detail": "Starting the WhatsApp process.",
             "paired_as": None,
             "qr": None,
@@ -314,6 +316,10 @@ class WhatsAppSupervisor:
                 merged["pair_code_expires_at"] = None
                 merged["qr_expires_at"] = None
             merged.setdefault("updated_at", time.time())
+            if merged.get("state") == "connected":
+                merged["down_since"] = None
+            elif merged.get("down_since") is None:
+                merged["down_since"] = merged["updated_at"]
             changed = {k: v for k, v in merged.items() if k != "updated_at"} != {
                 k: v for k, v in self._state.items() if k != "updated_at"
             }

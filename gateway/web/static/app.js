@@ -446,10 +446,27 @@ async function loadWhatsApp() {
   renderWhatsApp(await api("/api/whatsapp"));
 }
 
+// On every page: WhatsApp alerts have stopped (down longer than the server's notice delay).
+function renderBanner() {
+  const wa = state.wa || {};
+  const after = wa.down_notice_after_s || 0;
+  const down = wa.down_since && after > 0 && !["connected", "disabled", "not_installed"].includes(wa.state)
+    && Date.now() / 1000 - wa.down_since >= after;
+  const b = $("#wa-banner");
+  b.hidden = !down;
+  if (down) {
+    b.replaceChildren("WhatsApp alerts have stopped since " + new Date(wa.down_since * 1000).toLocaleString()
+      + ". ", Object.assign(document.createElement("a"), { href: "/whatsapp", textContent: "Open the WhatsApp page" }),
+      " (the phone offline for ~14 days unlinks the gateway: pair again).");
+    b.querySelector("a").setAttribute("data-nav", "");
+  }
+}
+
 function renderWhatsApp(wa) {
   const prev = state.wa || {};
   state.wa = { ...prev, ...wa, actions: wa.actions || prev.actions };
   wa = state.wa;
+  renderBanner();
   const [label, cls] = WA_LABEL[wa.state] || [wa.state, "muted"];
   const badge = $("#wa-badge");
   badge.textContent = label;
@@ -632,6 +649,10 @@ function init() {
     await waAction("/api/whatsapp/unlink", undefined, () => "Unlinked.");
     loadWhatsApp().catch(() => {});
   });
+
+  // The banner shows on every page: load the WhatsApp state once, then live updates keep it current.
+  loadWhatsApp().catch(() => {});
+  setInterval(renderBanner, 30000);
 
   $("#logout").addEventListener("click", async () => {
     try { await api("/logout", { method: "POST" }); } catch { /* going to the login page anyway */ }
