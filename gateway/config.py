@@ -99,7 +99,7 @@ class WhatsAppConfig:
     personal_number: bool = False  # the gateway uses someone's own number: never chat back
     command_max_age_s: float = 300.0  # older commands (the backlog after a reconnect) are ignored
     push_name: str = ""  # the sender name recipients see; "" leaves the account's name alone
-    down_notice_after_s: float = 300.0  # not connected this long: tell the owner through the other sinks; 0 off
+    down_notice_after_s: float = 300.0  # not connected this long: tell the other sinks; 0: off
 
 
 @dataclass

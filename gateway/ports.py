@@ -69,6 +69,9 @@ class OutboxRecord(TypedDict):
     next_attempt_at: float | None
     sent_at: float | None
     last_error: str | None
+    message_id: str | None  # the sink's id of the sent message (WhatsApp), for receipts
+    receipt: str | None  # WhatsApp: sent | delivered | read (what the recipient's phone confirmed)
+    receipt_at: float | None
 
 
 class WhatsAppState(TypedDict, total=False):

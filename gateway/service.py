@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import __version__
-from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, WHATSAPP_STATE, Bus
+from gateway.bus import (
+    COMMAND_RESULT,
+    DEVICE_CHANGED,
+    EVENT_STORED,
+    OUTBOX_CHANGED,
+    WHATSAPP_RECEIPT,
+    WHATSAPP_STATE,
+    Bus,
+)
 from gateway.captions import caption_strip, render_caption
 from gateway.config import Config
 from gateway.datalock import DataDirLock
@@ -148,6 +156,7 @@ class GatewayService:
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
+        self.bus.subscribe(self._on_whatsapp_receipt, WHATSAPP_RECEIPT)
         self._wa_watch = LinkWatch(float(getattr(config.whatsapp, "down_notice_after_s", 300.0)))
         self.photo_settings = PhotoSettings(
             alert_long_edge=config.photos.alert_long_edge,
@@ -825,6 +834,14 @@ class GatewayService:
         if data.get("state") == "connected" and was != "connected" and self.dispatcher is not None:
             # Alerts that failed while WhatsApp was away go now, not after their backoff.
             self.dispatcher.reschedule("whatsapp")
+
+    def _on_whatsapp_receipt(self, _topic: str, data: dict[str, Any]) -> None:
+        if self.dispatcher is None or not isinstance(data, dict):
+            return
+        ids = [str(i) for i in data.get("ids") or [] if i]
+        self.dispatcher.note_receipt(
+            ids, str(data.get("status") or ""), float(data.get("ts") or self.clock())
+        )
 
     def health(self) -> dict[str, Any]:
         assert self.store is not None

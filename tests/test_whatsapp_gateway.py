@@ -299,3 +299,43 @@ def test_whatsapp_down_for_a_while_is_told_through_the_other_sinks(tmp_path, mos
         assert len(notices("whatsapp_down")) == 1
     finally:
         svc.stop()
+
+
+def test_receipts_move_an_alert_from_sent_to_delivered_to_read(tmp_path, mosquitto, prefix, box) -> None:
+    """Issue 16 (receipts): "sent" meant only that the server took it; the recipient's phone tells more."""
+    cfg = _config(tmp_path, mosquitto, prefix)
+    settings = fake_settings(tmp_path, recipients=[OWNER], rate_per_minute=1000, rate_per_minute_overall=1000)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    svc = GatewayService(cfg)
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        wait_state(comp.supervisor, "connected")
+        eid = new_event_id()
+        box.send(eid, PHOTO)
+        assert box.wait_ack(eid)["ok"]
+        [sent] = wait_for(lambda: fake.sent(), what="the alert on WhatsApp")
+        rec = wait_for(lambda: [o for o in _whatsapp_outbox(svc) if o["state"] == "sent"], what="sent")[0]
+        assert rec["message_id"] == sent["id"] and rec["receipt"] == "sent"
+        fake.inject("receipt", id=sent["id"], type="DELIVERED")
+        wait_for(lambda: _whatsapp_outbox(svc)[0]["receipt"] == "delivered", what="delivered")
+        fake.inject("receipt", id=sent["id"], type="READ_SELF")  # our own phone read it: not the recipient
+        fake.inject("receipt", id=sent["id"], type="READ")
+        wait_for(lambda: _whatsapp_outbox(svc)[0]["receipt"] == "read", what="read")
+        fake.inject("receipt", id=sent["id"], type="DELIVERED")  # late: never goes backwards
+        fake.inject("receipt", id="3EB0NOTOURS", type="READ")  # someone else's message: ignored
+        status = svc.data_dir / "status.json"
+        wait_for(
+            lambda: (
+                status.exists()
+                and any(o.get("receipt") == "read" for o in json.loads(status.read_text())["outbox"])
+            ),
+            what="the receipt in status.json (parcelbox status --json)",
+        )
+        assert _whatsapp_outbox(svc)[0]["receipt"] == "read" and _whatsapp_outbox(svc)[0]["receipt_at"]
+    finally:
+        svc.stop()

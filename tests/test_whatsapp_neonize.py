@@ -409,3 +409,31 @@ def test_status_of_a_never_paired_session_says_not_paired(tmp_path: Path) -> Non
     )
     assert p.returncode == 0, p.stderr
     assert "session database present" not in p.stdout and "not paired" in p.stdout, p.stdout
+
+
+def test_converts_receipts() -> None:
+    """neonize Receipt (goneonize EncodeReceipts: Timestamp in seconds, Type from whatsmeow's receipt type)."""
+    from neonize.events import ReceiptEv
+    from neonize.proto.Neonize_pb2 import MessageSource
+
+    src = MessageSource(
+        Chat=_jid("628123456789"),
+        Sender=_jid("628123456789"),
+        IsFromMe=False,
+        IsGroup=False,
+        AddressingMode=AddressingMode.PN,
+        SenderAlt=_EMPTY_JID,
+        RecipientAlt=_EMPTY_JID,
+        BroadcastListOwner=_EMPTY_JID,
+    )
+
+    def ev(t: int) -> ReceiptEv:
+        r = ReceiptEv(MessageSource=src, MessageIDs=["3EB0A1", "3EB0A2"], Timestamp=1_795_000_000, Type=t)
+        return ReceiptEv.FromString(r.SerializeToString())
+
+    d = na.receipt_from_event(ev(ReceiptEv.DELIVERED))
+    assert d is not None and d.kind == "receipt" and d.code == "delivered" and d.ids == ("3EB0A1", "3EB0A2")
+    assert d.ts == 1_795_000_000 and d.jid == "628123456789@s.whatsapp.net"
+    assert na.receipt_from_event(ev(ReceiptEv.READ)).code == "read"
+    for other in (ReceiptEv.SENDER, ReceiptEv.READ_SELF, ReceiptEv.RETRY, ReceiptEv.SERVER_ERROR):
+        assert na.receipt_from_event(ev(other)) is None

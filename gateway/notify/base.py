@@ -65,6 +65,8 @@ class SendResult:
     retry_after_s: float | None = None
     # Retrying cannot help (bad recipient, not paired...): the outbox dead-letters it at once.
     permanent: bool = False
+    # The sink's id of the sent message (WhatsApp), kept with the entry so receipts can find it.
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class WhatsAppNotifier:
         out: SendOutcome = self.sender.send(msg.to, msg.text, msg.image)
         if out.ok:
             self.counters["sent"] += 1
-            return SendResult(ok=True)
+            return SendResult(ok=True, message_id=out.message_id)
         self.counters["failed"] += 1
         return SendResult(
             ok=False,

@@ -360,6 +360,9 @@ OPENAPI: dict[str, Any] = {
                     "next_attempt_at": {"type": ["number", "null"]},
                     "sent_at": {"type": ["number", "null"]},
                     "last_error": {"type": ["string", "null"]},
+                    "message_id": {"type": ["string", "null"]},
+                    "receipt": {"enum": ["sent", "delivered", "read", None]},
+                    "receipt_at": {"type": ["number", "null"]},
                 },
             },
             "WhatsApp": {

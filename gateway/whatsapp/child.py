@@ -18,6 +18,7 @@ child -> parent
     {"t": "sent", "id", "ok", "error", "retry_after_s", "permanent", "message_id"}
     {"t": "numbers", "id", "ok", "numbers": {digits: on WhatsApp?}, "error"}
     {"t": "message", "msg": IncomingMessage as dict}
+    {"t": "receipt", "ids": [message id, ...], "status": "delivered" | "read", "ts", "chat"}
     {"t": "groups", "groups": [[jid, name], ...]}
     {"t": "bye", "restart_in_s": float | None}   (None: do not restart; a person must act)
 
@@ -187,6 +188,12 @@ class ChildRunner:
         if k == "message":
             if self.mode == "run" and ev.message is not None:
                 self.link.send({"t": "message", "msg": ev.message.to_dict()})
+            return
+        if k == "receipt":
+            if self.mode == "run":
+                self.link.send(
+                    {"t": "receipt", "ids": list(ev.ids), "status": ev.code, "ts": ev.ts, "chat": ev.jid}
+                )
             return
         if self.done.is_set():
             return  # already ending; later events (disconnected...) would only blur the reason

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.whatsapp.addresses import USER_SERVER
-from gateway.whatsapp.incoming import RawMessage, incoming_from_raw
+from gateway.whatsapp.incoming import RawMessage, incoming_from_raw, receipt_status
 from gateway.whatsapp.transport import EventSink, IncomingMessage, Transport, TransportError, TransportEvent
 
 SESSION_NAME = "fake-session.json"
@@ -162,6 +162,11 @@ class FakeTransport(Transport):
                 if msg is not None:  # the adapter drops the same shapes (Status, channels, our own)
                     sink(TransportEvent(kind="message", message=msg))
                 continue
+            if kind == "receipt":
+                te = self._receipt(ev)
+                if te is not None:
+                    sink(te)
+                continue
             if kind == "connected":
                 self._connected = True
                 sink(TransportEvent(kind="connected", jid=self._me()))
@@ -189,6 +194,24 @@ class FakeTransport(Transport):
             return f"{digits}@{USER_SERVER}" if ev.get("lid_known") else ""
 
         return incoming_from_raw(raw, pn_for_lid)
+
+    def _receipt(self, ev: dict[str, Any]) -> TransportEvent | None:
+        """An inbox `receipt`: `id` (a sent message id; "last" = the newest in sent.jsonl), `type`
+        (neonize Receipt.ReceiptType name, default DELIVERED), `ts` (seconds, as goneonize sends)."""
+        mid = str(ev.get("id") or "last")
+        sent = (
+            (self.dir / "sent.jsonl").read_text().splitlines() if (self.dir / "sent.jsonl").exists() else []
+        )
+        last = json.loads(sent[-1]) if sent else {}
+        if mid == "last":
+            mid = str(last.get("id") or "")
+        status = receipt_status(str(ev.get("type") or "DELIVERED"))
+        if status is None or not mid:
+            return None
+        chat = str(ev.get("chat") or last.get("to") or "")
+        return TransportEvent(
+            kind="receipt", code=status, jid=chat, ids=(mid,), ts=float(ev.get("ts") or time.time())
+        )
 
     def send(self, to: str, text: str, image: bytes | None = None) -> str:
         if not self._connected:

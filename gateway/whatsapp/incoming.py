@@ -49,6 +49,17 @@ def _user(jid: str) -> str:
     return jid.partition("@")[0]
 
 
+# neonize Receipt.ReceiptType names (goneonize utils/encoder.go EncodeReceipts, from whatsmeow
+# types/receipt.go) -> what the gateway shows. SENDER/READ_SELF/PLAYED_SELF are our own devices,
+# RETRY a decryption retry request, the rest not about the recipient: ignored.
+_RECEIPTS = {"DELIVERED": "delivered", "READ": "read", "PLAYED": "read"}
+
+
+def receipt_status(type_name: str) -> str | None:
+    """'DELIVERED' -> 'delivered', 'READ'/'PLAYED' -> 'read', anything else None."""
+    return _RECEIPTS.get(type_name)
+
+
 def timestamp_s(raw_ts: float) -> float:
     """neonize 0.5 sends milliseconds, older versions seconds (1e11 s is the year 5138)."""
     return raw_ts / 1000.0 if raw_ts > 1e11 else float(raw_ts)

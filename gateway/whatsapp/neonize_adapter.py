@@ -31,6 +31,7 @@ from neonize.events import (
     LoggedOutEv,
     MessageEv,
     PairStatusEv,
+    ReceiptEv,
     StreamReplacedEv,
     TemporaryBanEv,
 )
@@ -40,7 +41,7 @@ from neonize.utils.enum import Presence
 from neonize.utils.message import extract_text
 
 from gateway.whatsapp.addresses import USER_SERVER
-from gateway.whatsapp.incoming import RawMessage, incoming_from_raw
+from gateway.whatsapp.incoming import RawMessage, incoming_from_raw, receipt_status, timestamp_s
 from gateway.whatsapp.session_db import paired_jid_from_db
 from gateway.whatsapp.settings import check_session_path
 from gateway.whatsapp.transport import EventSink, IncomingMessage, Transport, TransportError, TransportEvent
@@ -98,6 +99,20 @@ def message_from_event(
         return jid_str(found) if found is not None and found.User else ""
 
     return incoming_from_raw(raw_from_event(ev), lookup)
+
+
+def receipt_from_event(ev: ReceiptEv) -> TransportEvent | None:
+    """neonize Receipt (Timestamp in seconds: goneonize EncodeReceipts) -> a `receipt` event, or None."""
+    status = receipt_status(ReceiptEv.ReceiptType.Name(ev.Type) if ev.Type else "")
+    if status is None or not ev.MessageIDs:
+        return None
+    return TransportEvent(
+        kind="receipt",
+        code=status,
+        jid=jid_str(ev.MessageSource.Chat),
+        ids=tuple(ev.MessageIDs),
+        ts=timestamp_s(float(ev.Timestamp or 0)),
+    )
 
 
 def groups_from_neonize(groups: Any) -> list[tuple[str, str]]:
@@ -210,6 +225,13 @@ class NeonizeTransport(Transport):
                 sink(TransportEvent(kind="message", message=msg))
 
         client.event(MessageEv)(on_message)
+
+        def on_receipt(_c: NewClient, ev: ReceiptEv) -> None:
+            te = receipt_from_event(ev)
+            if te is not None:
+                sink(te)
+
+        client.event(ReceiptEv)(on_receipt)
         client.event.qr(lambda _c, data: sink(TransportEvent(kind="qr", code=data.decode(errors="replace"))))
         return client
 

@@ -391,6 +391,9 @@ class WhatsAppSupervisor:
             if p is not None:
                 p.outcome = msg
                 p.event.set()
+        elif t == "receipt":
+            if self.bus is not None:
+                self.bus.publish(bus_topics.WHATSAPP_RECEIPT, {k: v for k, v in msg.items() if k != "t"})
         elif t == "message":
             if self.on_message is not None:
                 try:

@@ -40,12 +40,14 @@ class IncomingMessage:
 # Events a transport reports. `kind` is the discriminator the child switches on.
 @dataclass(frozen=True)
 class TransportEvent:
-    kind: str  # qr | pair_code | paired | connected | disconnected | logged_out | stream_replaced | temporary_ban | client_outdated | connect_failure | message
+    kind: str  # receipt | qr | pair_code | paired | connected | disconnected | logged_out | stream_replaced | temporary_ban | client_outdated | connect_failure | message
     jid: str = ""  # paired / connected: our own number
     code: str = ""  # qr payload, pair code, ban reason, failure reason
     detail: str = ""
     expire_s: float = 0.0  # temporary ban: seconds until it lifts
     message: IncomingMessage | None = None
+    ids: tuple[str, ...] = ()  # receipt: the message ids it confirms (code: delivered | read)
+    ts: float = 0.0  # receipt: when, unix seconds
 
 
 EventSink = Callable[[TransportEvent], None]

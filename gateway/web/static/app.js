@@ -544,6 +544,9 @@ function alertRow(a) {
     h("div", { class: "muted small" },
       (a.recipient ? `${a.notifier} → ${a.recipient}` : a.notifier) + ` · ${a.attempts} attempt${a.attempts === 1 ? "" : "s"}`,
       a.state === "sent" && a.sent_at ? " · sent " + when(a.sent_at) : "",
+      // WhatsApp receipts: sent (server accepted) → delivered (on the phone) → read.
+      a.receipt ? " · " + ["sent", "delivered", "read"].map((r) => r === a.receipt ? r.toUpperCase() : r).join(" → ")
+        + (a.receipt_at && a.receipt !== "sent" ? " " + when(a.receipt_at) : "") : "",
       (a.state === "pending" || a.state === "failed") && a.next_attempt_at ? " · next try " + when(a.next_attempt_at) : ""),
     a.last_error ? h("div", { class: "err" }, a.last_error) : null,
   );
