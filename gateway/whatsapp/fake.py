@@ -5,15 +5,25 @@ the real child process, so tests exercise the real spawn, pipe, lock, supervisor
 and restart code; only WhatsApp itself is simulated. The folder is the "server":
 
 - `script.json` (optional): `paired_as`, `connect_error`, `qr_codes`, `qr_interval_s`,
-  `send_error`, `send_error_permanent`, `groups` (`[[jid, name], ...]`).
+  `send_error`, `send_error_permanent`, `groups` (`[[jid, name], ...]`), `not_on_whatsapp`
+  (digits: `check_numbers` says no, a send fails as whatsmeow's "no LID found ... from
+  server"), `one_connect_per_process` (reconnect = a new child, as with neonize).
 - `inbox/*.json`: events to deliver, in file-name order, each `{"kind": ...}`:
-  `message` (`text`, `sender` digits, optional `chat`, `is_group`, `hide_phone`), `scan`
-  (the user scanned the QR), `stream_replaced`, `logged_out`, `temporary_ban`
+  `message` (see `raw_message`: DMs, groups, Status, channels, LID senders with and
+  without SenderAlt, IsFromMe, old timestamps, push names), `receipt` (`id`, `type`),
+  `scan` (the user scanned the QR), `stream_replaced`, `logged_out`, `temporary_ban`
   (`expire_s`), `client_outdated`, `disconnected`, `connected`, `connect_failure`
   (`code`, `detail`), `drop` (connection ends), `crash` (abort the process, as a Go panic does).
 - `hold`: while it exists, sends block (to kill the child mid-send).
 - written by the fake: `sending.jsonl` (a send started), `sent.jsonl` (a send
-  completed, fsync'd), `pair_requests.jsonl`, `logouts.jsonl`.
+  completed, fsync'd), `pair_requests.jsonl`, `logouts.jsonl`, `lookups.jsonl`.
+
+Shapes checked against: neonize 0.5.2 (`neonize/client.py`, `events.py`,
+`proto/Neonize_pb2.pyi`), goneonize `main.go` / `utils/encoder.go` (krypton-byte/neonize
+fcd96cb: message Timestamp in ms, receipt Timestamp in s, ReceiptType mapping) and
+whatsmeow (tulir/whatsmeow 33cfac51: message.go `parseMessageSource`, send.go,
+qrchan.go `emitQRs` 60 s + 5 x 20 s, receipt types). Messages and receipts go through
+the same pure conversions as the real adapter (`gateway.whatsapp.incoming`).
 """
 
 from __future__ import annotations
