@@ -370,6 +370,7 @@ def test_a_comma_in_the_push_name_still_reads_as_paired(tmp_path: Path) -> None:
     code, out, err = _probe("paired", str(db))
     assert code == 0, err
     assert out["paired"] is True and out["jid"] == "628123456789:12@s.whatsapp.net"
+    assert out["paired_after_connect"] is True  # offline is "disconnected", not "not paired"
 
 
 @pytest.mark.parametrize("odd", ["a#b", "a?b"])

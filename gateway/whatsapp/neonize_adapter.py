@@ -267,6 +267,8 @@ class NeonizeTransport(Transport):
         with self._lock:
             if self._connected_once:
                 raise TransportError("neonize connects once per process; the child restarts to reconnect")
+            if self._paired is None:
+                self._paired = self.is_paired()  # read the file now: from here on Go holds it open
             self._connected_once = True
             self._client = self._new_client(sink)
             self._connecting = True

@@ -81,6 +81,11 @@ def main(cmd: str, arg: str) -> dict[str, Any]:
         t = na.NeonizeTransport(arg)
         out["paired"] = t.is_paired()
         out["jid"] = na.paired_jid_from_db(Path(arg)) if hasattr(na, "paired_jid_from_db") else None
+        try:
+            t.connect(lambda ev: None)  # fails offline; a paired session stays paired
+        except na.TransportError:
+            pass
+        out["paired_after_connect"] = t.is_paired()
     elif cmd == "presence":
         import ctypes
 
