@@ -260,6 +260,8 @@ def test_groups_need_a_listed_group_and_the_prefix(tmp_path: Path) -> None:
     assert port.commands == [("box1", "snapshot")] and replies.items[-1][0] == FAMILY
     h.handle(g("! status"))
     assert "box(es)" in replies.items[-1][1]
+    h.handle(g("!bantuan"))
+    assert "*!foto*" in replies.items[-1][1]  # the help says the prefix where it is needed
 
 
 def test_old_commands_from_the_backlog_are_ignored(tmp_path: Path) -> None:

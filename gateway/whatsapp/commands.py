@@ -214,7 +214,8 @@ class CommandHandler:
         lang = cmd.language or self.settings.language
         self.counters[f"command.{cmd.name}"] += 1
         if cmd.name == "help":
-            self._reply(msg.chat, texts.help_text(lang))
+            prefix = self.settings.group_prefix if self._needs_prefix(msg) else ""
+            self._reply(msg.chat, texts.help_text(lang, prefix))
         elif cmd.name == "status":
             self._reply(msg.chat, texts.status_text(self.port.list_devices(), lang, self.tz))
         elif cmd.name == "photo":
