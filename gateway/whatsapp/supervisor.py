@@ -290,6 +290,11 @@ class WhatsAppSupervisor:
     def _retry_hint(self) -> float | None:
         if self._next_start_at is not None:
             return max(self._next_start_at - time.monotonic(), 0.0) + 5.0
+        # Between a child's exit and the restart being scheduled: the last state may say until when
+        # (a temporary ban), and the outbox should wait that long rather than its short backoff.
+        retry_at = self.state().get("retry_at")
+        if retry_at and float(retry_at) > time.time():
+            return float(retry_at) - time.time() + 5.0
         return None
 
     def _request(self, msg: dict[str, Any]) -> bool:
@@ -356,8 +361,9 @@ class WhatsAppSupervisor:
     def _fail_pending(self, why: str) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+        retry = self._retry_hint() if pending else None
         for p in pending.values():
-            p.outcome = SendOutcome(ok=False, error=why)
+            p.outcome = SendOutcome(ok=False, error=why, retry_after_s=retry)
             p.event.set()
 
     def _handle(self, msg: dict[str, Any]) -> Any:
