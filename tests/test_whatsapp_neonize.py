@@ -341,11 +341,8 @@ def test_no_sqlite_connection_leaks_per_check_or_connect(tmp_path: Path) -> None
     assert out["db_fds"] <= 1, out
 
 
-def test_a_comma_in_the_push_name_still_reads_as_paired(tmp_path: Path) -> None:
-    """Issue 16 #4: neonize joins device fields with commas in Go and splits them in Python."""
-    db = tmp_path / "neonize.sqlite3"
-    code, _, err = _probe("schema", str(db))
-    assert code == 0 and db.exists(), err
+def _insert_device(db: Path, jid: str, push_name: str = "", business_name: str = "") -> None:
+    """A linked-device row in whatsmeow's table (what pairing leaves), key columns of the right sizes."""
     con = sqlite3.connect(db)
     con.execute(
         "INSERT INTO whatsmeow_device (jid, registration_id, noise_key, identity_key, signed_pre_key,"
@@ -353,7 +350,7 @@ def test_a_comma_in_the_push_name_still_reads_as_paired(tmp_path: Path) -> None:
         " adv_account_sig_key, adv_device_sig, push_name, business_name)"
         " VALUES (?, 1, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            "628123456789:12@s.whatsapp.net",
+            jid,
             *(bytes(32),) * 3,
             bytes(64),
             b"k",
@@ -361,12 +358,20 @@ def test_a_comma_in_the_push_name_still_reads_as_paired(tmp_path: Path) -> None:
             bytes(64),
             bytes(32),
             bytes(64),
-            "Siti, S.Pd",
-            "Toko Siti, Jakarta",
+            push_name,
+            business_name,
         ),
     )
     con.commit()
     con.close()
+
+
+def test_a_comma_in_the_push_name_still_reads_as_paired(tmp_path: Path) -> None:
+    """Issue 16 #4: neonize joins device fields with commas in Go and splits them in Python."""
+    db = tmp_path / "neonize.sqlite3"
+    code, _, err = _probe("schema", str(db))
+    assert code == 0 and db.exists(), err
+    _insert_device(db, "628123456789:12@s.whatsapp.net", "Siti, S.Pd", "Toko Siti, Jakarta")
     code, out, err = _probe("paired", str(db))
     assert code == 0, err
     assert out["paired"] is True and out["jid"] == "628123456789:12@s.whatsapp.net"
@@ -438,3 +443,23 @@ def test_converts_receipts() -> None:
     assert na.receipt_from_event(ev(ReceiptEv.READ)).code == "read"
     for other in (ReceiptEv.SENDER, ReceiptEv.READ_SELF, ReceiptEv.RETRY, ReceiptEv.SERVER_ERROR):
         assert na.receipt_from_event(ev(other)) is None
+
+
+def test_unlink_without_network_deletes_the_local_session(tmp_path: Path) -> None:
+    """`parcelbox whatsapp unlink` offline: the one connection attempt fails; the session is still deleted."""
+    session = tmp_path / "data" / "whatsapp"
+    session.mkdir(parents=True)
+    db = session / "neonize.sqlite3"
+    code, _, err = _probe("schema", str(db))
+    assert code == 0, err
+    _insert_device(db, "628123456789:12@s.whatsapp.net", "Ani")
+    p = subprocess.run(
+        [sys.executable, "-m", "gateway.whatsapp.cli", "unlink", "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Unlinked" in p.stdout and "could not be reached" in p.stdout
+    assert not db.exists()

@@ -133,6 +133,7 @@ class ChildRunner:
         self.phone = phone
         self.done = threading.Event()
         self.connected = threading.Event()
+        self.connect_gave_up = threading.Event()  # unlink/groups: the one connection attempt ended
         self.restart_in_s: float | None = None  # what `bye` asks the supervisor for
         self.reconnect = ""  # `bye` is a reconnect: "backoff" (the supervisor's) or "round" (new QR round)
         self._new_round = False
@@ -329,7 +330,9 @@ class ChildRunner:
                 # A fresh process connects again (neonize: one client per process); the supervisor
                 # owns the backoff across processes and says the delay in its own state.
                 if self.mode not in ("run", "pair"):
-                    self.end(state, f"{what}.", None)
+                    # unlink / groups decide what a failed connection means for them.
+                    self.set_state(state, f"{what}.")
+                    self.connect_gave_up.set()
                     break
                 detail = f"{what}; {RECONNECTING}"
                 if not paired and self.mode == "run":
@@ -478,7 +481,7 @@ class ChildRunner:
         t = threading.Thread(target=self.connect_loop, daemon=True)
         t.start()
         note = ""
-        if self.connected.wait(20):
+        if self._wait_connected(20):
             try:
                 self.transport.logout()
             except Exception as e:
@@ -491,13 +494,21 @@ class ChildRunner:
         self._forget = True
         self.end("not_paired", "Unlinked: the local WhatsApp session was deleted." + note, None)
 
+    def _wait_connected(self, timeout: float) -> bool:
+        """True once connected; False after `timeout`, or at once when the connection attempt gave up."""
+        deadline = time.monotonic() + timeout
+        while not self.connected.wait(0.1):
+            if self.connect_gave_up.is_set() or time.monotonic() > deadline:
+                return self.connected.is_set()
+        return True
+
     def _groups(self, paired: bool) -> None:
         if not paired:
             self.end("not_paired", "Not paired: nothing to list. " + HOW_TO_PAIR, None)
             return
         t = threading.Thread(target=self.connect_loop, daemon=True)
         t.start()
-        if not self.connected.wait(30):
+        if not self._wait_connected(30):
             self.end("disconnected", f"Could not connect to WhatsApp: {self.state.get('detail', '')}", None)
             return
         try:
