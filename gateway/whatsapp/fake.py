@@ -59,7 +59,8 @@ def raw_message(ev: dict[str, Any], default_id: str, now: float) -> RawMessage:
     Fields: `text`, `sender` (digits), `chat`, `is_group`, `status` (a Status post:
     Chat=status@broadcast, IsGroup=true), `newsletter` (a channel post: Chat=Sender=the
     channel), `hide_phone` (LID sender), `sender_alt` (with `hide_phone`: SenderAlt carries
-    the phone JID), `from_me` (IsFromMe), `ts` (seconds; sent on as milliseconds, as
+    the phone JID), `lid_known` (without SenderAlt: `get_pn_from_lid` knows the number),
+    `from_me` (IsFromMe), `ts` (seconds; sent on as milliseconds, as
     neonize 0.5 does), `push_name` (may contain commas), `id`.
     """
     digits = str(ev.get("sender", ""))
