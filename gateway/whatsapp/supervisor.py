@@ -372,9 +372,8 @@ class WhatsAppSupervisor:
             if msg.get("state") == "connected":
                 self._reconnect_delay = None
                 if self.mode == "run" and self._numbers_checked_at is None:
-                    self._numbers_checked_at = (
-                        0.0  # once per supervisor: look-ups of non-users are a ban signal
-                    )
+                    # Once per supervisor, not per reconnect: look-ups of non-users are a ban signal.
+                    self._numbers_checked_at = 0.0
                     threading.Thread(
                         target=self._check_recipients, name="whatsapp-check", daemon=True
                     ).start()
