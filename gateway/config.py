@@ -99,6 +99,12 @@ class WhatsAppConfig:
     session_dir: Path | None = None  # neonize session, lock and state; default <data_dir>/whatsapp
     transport: str = "neonize"  # neonize | fake (file-driven stand-in for WhatsApp: tests, demos)
     fake_dir: Path | None = None  # the fake transport's folder
+    command_groups: list[str] = field(default_factory=list)  # group ids where `!commands` are answered
+    group_prefix: str = "!"  # in groups (and on a personal number) only words with this prefix count
+    personal_number: bool = False  # the gateway uses someone's own number: never chat back
+    command_max_age_s: float = 300.0  # older commands (the backlog after a reconnect) are ignored
+    push_name: str = ""  # the sender name recipients see; "" leaves the account's name alone
+    down_notice_after_s: float = 300.0  # not connected this long: tell the other sinks; 0: off
 
 
 @dataclass

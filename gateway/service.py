@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import __version__
-from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, WHATSAPP_STATE, Bus
+from gateway.bus import (
+    COMMAND_RESULT,
+    DEVICE_CHANGED,
+    EVENT_STORED,
+    OUTBOX_CHANGED,
+    WHATSAPP_RECEIPT,
+    WHATSAPP_STATE,
+    Bus,
+)
 from gateway.captions import caption_strip, render_caption
 from gateway.config import Config
 from gateway.datalock import DataDirLock
@@ -61,11 +69,14 @@ from gateway.protocol import (
 from gateway.reassembly import Complete, Dropped, Reassembler
 from gateway.storage import atomic_write_bytes
 from gateway.store import Store, blank_device
+from gateway.whatsapp.watch import LinkWatch
 
 log = logging.getLogger("gateway")
 
 STATUS_FILE = "status.json"
 _BATTERY_HYSTERESIS_MV = 100
+# The "device" of alerts about the gateway itself (WhatsApp down/up): not a box id (those never start with _).
+GATEWAY_DEVICE = "_gateway"
 
 
 class Component(Protocol):
@@ -146,6 +157,8 @@ class GatewayService:
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
+        self.bus.subscribe(self._on_whatsapp_receipt, WHATSAPP_RECEIPT)
+        self._wa_watch = LinkWatch(float(getattr(config.whatsapp, "down_notice_after_s", 300.0)))
         self.photo_settings = PhotoSettings(
             alert_long_edge=config.photos.alert_long_edge,
             thumb_long_edge=config.photos.thumb_long_edge,
@@ -608,6 +621,19 @@ class GatewayService:
                 self.store.put_device(dev)
                 self._emit_alerts(alerts, now)
 
+    def _check_whatsapp(self) -> None:
+        """Runs on the ingest worker: WhatsApp down for a while (or back) -> a notice on the other sinks."""
+        kind = self._wa_watch.check(self._whatsapp, self.clock())
+        if kind is None:
+            return
+        st = self._whatsapp
+        ts = float((st.get("down_since") if kind == "whatsapp_down" else None) or self.clock())
+        note = str(st.get("detail") or "") if kind == "whatsapp_down" else ""
+        gateway = {"device": GATEWAY_DEVICE, "name": self.config.homeassistant.gateway_name}
+        alerts = self._plan_alerts(gateway, kind, ts, [], has_photo=False, skip=("whatsapp",), note=note)
+        log.warning("WhatsApp %s: telling %d other sink recipient(s)", kind, len(alerts))
+        self._emit_alerts(alerts, self.clock())
+
     def _emit_alerts(self, alerts: list[OutboxRecord], when: float) -> None:
         if not alerts:
             return
@@ -641,13 +667,18 @@ class GatewayService:
         *,
         has_photo: bool,
         photo_dropped: bool = False,
+        skip: tuple[str, ...] = (),
+        note: str = "",
     ) -> list[OutboxRecord]:
-        """One outbox entry per notifier and recipient. Ids are stable, so a retry never duplicates."""
+        """One outbox entry per notifier and recipient (but those in `skip`). Ids are stable, so a
+        retry never duplicates. `note` is appended to the caption."""
         now = self.clock()
         device = dev["device"]
         stem = f"{device}_{event_ids[0]}" if event_ids else f"{device}_{kind}_{int(ts * 1000)}"
         out: list[OutboxRecord] = []
         for name, notifier in self.notifiers.items():
+            if name in skip:
+                continue
             language = getattr(notifier, "language", None) or self.config.alerts.language
             caption = render_caption(
                 kind,
@@ -660,6 +691,8 @@ class GatewayService:
                 event_ids=event_ids,
                 photo_dropped=photo_dropped,
             )
+            if note:
+                caption = f"{caption} {note}"
             try:
                 recipients = notifier.recipients(device)
             except Exception:
@@ -802,7 +835,19 @@ class GatewayService:
         return dict(self._whatsapp)  # type: ignore[return-value]
 
     def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
+        was = self._whatsapp.get("state")
         self._whatsapp = {**data}  # type: ignore[typeddict-item]
+        if data.get("state") == "connected" and was != "connected" and self.dispatcher is not None:
+            # Alerts that failed while WhatsApp was away go now, not after their backoff.
+            self.dispatcher.reschedule("whatsapp")
+
+    def _on_whatsapp_receipt(self, _topic: str, data: dict[str, Any]) -> None:
+        if self.dispatcher is None or not isinstance(data, dict):
+            return
+        ids = [str(i) for i in data.get("ids") or [] if i]
+        self.dispatcher.note_receipt(
+            ids, str(data.get("status") or ""), float(data.get("ts") or self.clock())
+        )
 
     def health(self) -> dict[str, Any]:
         assert self.store is not None
@@ -873,6 +918,7 @@ class GatewayService:
     def _tick(self) -> None:
         self._dropped(self._reasm.expire())
         self._check_offline()
+        self._check_whatsapp()
         if self.broker is not None:
             self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
             self.broker.supervise()
