@@ -4,6 +4,7 @@ child are SIGKILLed and restarted at seeded random moments; then every guarantee
 
     python bench/chaos.py                       # the full run: 20 boxes x 25 deliveries = 500
     python bench/chaos.py --boxes 4 --deliveries 10 --seed 3 --gateway-kills 2
+    python bench/chaos.py --managed-broker      # the gateway's own Mosquitto, boxes with their logins
 
 Boxes are `tools/simulate.py`'s `SimulatedBox` (the real firmware modules, spool on disk), the
 broker a real Mosquitto, the gateway `parcelbox run` as a subprocess with the folder sink and WhatsApp
@@ -18,6 +19,14 @@ everything is brought back up, the boxes drain their spools, and the audit check
 - no photo file is orphaned, truncated or left as a temp file;
 - every alert reached the fake WhatsApp at least once, with duplicates only for sends cut by a kill
   (at most one per child or gateway kill).
+
+With `--managed-broker` the broker is the gateway's own Mosquitto (`broker.url` empty) instead of an
+external one: every box is registered and logs in on the box listener, a gateway SIGKILL takes its
+broker down with it (parent-death signal) and the restarted gateway must come back on the same port,
+and a broker SIGKILL is repaired by the gateway's own supervision. A thief with a registered login of
+its own keeps reconnecting under the gateway's client id and the boxes' ids (`--takeovers`); the audit
+also checks, in the broker's log, that nobody but the thief itself was ever kicked off (issue 14,
+items 3 and 13).
 
 `run_chaos()` is also the short form run by `tests/e2e/test_chaos.py` in `make test`. The full run
 prints its counts and writes bench/results/chaos.json.
@@ -66,6 +75,10 @@ class ChaosPlan:
     # records per store segment file (0: the store's default); small values make the kills land among
     # segment roll-overs
     segment_records: int = 0
+    # the gateway's own Mosquitto instead of the external `broker` (which is then unused)
+    managed_broker: bool = False
+    # managed broker: reconnects per second by a thief under the gateway's and the boxes' client ids
+    takeovers_per_s: float = 0.0
 
 
 @dataclass
@@ -128,8 +141,88 @@ def _fake_sent(fake_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+class ManagedBroker:
+    """The gateway's own Mosquitto as the chaos run sees it: the box listener's fixed address, and
+    kill / start / running like `gateway.mosquitto.Mosquitto` has. It is the gateway's child: `kill()`
+    SIGKILLs it, `start()` only waits for the gateway's supervision to bring it back."""
+
+    def __init__(self, broker_dir: Path, host: str, port: int) -> None:
+        self.dir = broker_dir
+        self.host = host
+        self.port = port
+        self.url = f"mqtt://{host}:{port}"
+
+    def pid(self) -> int | None:
+        from gateway.mosquitto import leftover_pid  # our mosquitto with our config, checked in /proc
+
+        return leftover_pid(self.dir)
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def kill(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: self.pid() != pid, 30, 0.05, "the killed broker to be gone")
+
+    def start(self) -> None:
+        from gateway.mosquitto import wait_for_port
+
+        # The gateway's housekeeping restarts it, with backoff (2, 4, 8 ... s between attempts).
+        wait_for(lambda: self.running() and wait_for_port(self.host, self.port, 0.5), 120, 0.1,
+                 "the gateway to restart its broker")  # fmt: skip
+
+
+class _Thief(threading.Thread):
+    """A registered login of its own, reconnecting under other clients' ids (issue 14, item 3)."""
+
+    def __init__(self, url: str, login: str, password: str, ids: list[str], per_s: float) -> None:
+        super().__init__(name="thief", daemon=True)
+        self.url, self.login, self.password, self.ids, self.per_s = url, login, password, ids, per_s
+        self.stop_flag = threading.Event()
+        self.connects = 0
+
+    def run(self) -> None:
+        from urllib.parse import urlparse
+
+        import paho.mqtt.client as mqtt
+
+        u = urlparse(self.url)
+        i = 0
+        while not self.stop_flag.wait(1.0 / self.per_s):
+            stolen = self.ids[i % len(self.ids)]
+            i += 1
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=stolen, clean_session=True)
+            c.username_pw_set(self.login, self.password)
+            try:
+                c.connect(u.hostname or "127.0.0.1", u.port or 1883, keepalive=10)
+                for _ in range(5):  # long enough for the CONNACK (and, on a weak broker, the kick)
+                    c.loop(0.05)
+                self.connects += 1
+                c.disconnect()
+            except OSError:
+                pass  # the broker is down (a kill): try again later
+
+
+def _kicked_clients(broker_dir: Path) -> collections.Counter[str]:
+    """Client ids Mosquitto disconnected because another connection took their id (from its log)."""
+    out: collections.Counter[str] = collections.Counter()
+    try:
+        text = (broker_dir / "mosquitto.log").read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        # mosquitto 2.0: "Client <id> already connected, closing old connection."
+        if "already connected, closing old connection" in line:
+            out[line.split("Client ", 1)[1].split(" already", 1)[0]] += 1
+    return out
+
+
 def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bool = False) -> ChaosResult:
-    """Run one chaos round against `broker` (a `gateway.mosquitto.Mosquitto`, started); see module doc."""
+    """Run one chaos round against `broker` (a `gateway.mosquitto.Mosquitto`, started); see module doc.
+
+    With `plan.managed_broker`, `broker` is not used (pass None): the gateway runs its own."""
     res = ChaosResult()
     rnd = random.Random(plan.seed)
     t0 = time.monotonic()
@@ -142,11 +235,19 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
 
     fake_dir = workdir / "fakewa"
     (fake_dir / "inbox").mkdir(parents=True, exist_ok=True)
+    managed: dict[str, Any] = {}
+    if plan.managed_broker:
+        from gateway.mosquitto import free_port
+
+        # Fixed ports, as a user's boxes are flashed with: a restarted gateway must come back on them.
+        managed = {"listen_host": "127.0.0.1", "listen_port": free_port(), "local_port": free_port(),
+                   "allow_anonymous": False}  # fmt: skip
     gw = GatewayProc(
         workdir / "gw",
-        broker.url,
+        "" if plan.managed_broker else broker.url,
         prefix,
         extra={
+            "broker": managed,
             "whatsapp": {
                 "enabled": True,
                 "transport": "fake",
@@ -168,15 +269,26 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
     spool_room = (
         {"spool_max_events": 1000, "spool_max_bytes": plan.deliveries * 500_000} if plan.spool_room else {}
     )
+    names = [f"chaos-{i:02d}" for i in range(plan.boxes)]
+    logins: dict[str, str | None] = dict.fromkeys(names)
+    thief: _Thief | None = None
+    if plan.managed_broker:
+        from gateway.devices import DeviceRegistry
+
+        registry = DeviceRegistry(gw.data_dir)  # `parcelbox device add` for each box, before the first run
+        logins = {n: registry.add(n).password for n in names}
+        broker = ManagedBroker(gw.data_dir / "broker", "127.0.0.1", managed["listen_port"])
     boxes = [
         SimulatedBox(
             broker.url,
-            f"chaos-{i:02d}",
+            n,
             prefix=prefix,
-            spool_dir=workdir / "spool" / f"chaos-{i:02d}",
+            username=n if logins[n] else None,
+            password=logins[n],
+            spool_dir=workdir / "spool" / n,
             overrides=spool_room,
         )
-        for i in range(plan.boxes)
+        for n in names
     ]
     for b in boxes:
         for _ in range(plan.deliveries):
@@ -189,6 +301,27 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
     skipped: collections.Counter[str] = collections.Counter()
     driver = _BoxDriver(boxes)
     gw.start()
+
+    def check_port() -> None:
+        """Managed: the gateway's broker is back on its configured port (boxes know no other)."""
+        if not plan.managed_broker:
+            return
+        try:
+            live = json.loads((gw.data_dir / "broker.json").read_text())
+        except (OSError, ValueError):
+            live = {}
+        if live.get("port") != managed["listen_port"]:
+            res.problems.append(f"run {gw.runs}: the broker listens on {live.get('port')}, not "
+                                f"{managed['listen_port']} (a leftover broker held it?)")  # fmt: skip
+
+    check_port()
+    if plan.managed_broker and plan.takeovers_per_s > 0:
+        from gateway.devices import DeviceRegistry
+
+        thief_pw = DeviceRegistry(gw.data_dir).add("thief").password  # a stolen box's login, say
+        gateway_id = (gw.data_dir / "broker" / "gateway-user").read_text().strip()
+        thief = _Thief(broker.url, "thief", thief_pw, [gateway_id, *names], plan.takeovers_per_s)
+        thief.start()
     driver.start()
     try:
         for share, delay, action in schedule:
@@ -204,6 +337,7 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
                 note(f"SIGKILL gateway at {driver.acked()}/{total} acked")
                 time.sleep(rnd.uniform(*plan.down_s))
                 gw.start()
+                check_port()
                 note("gateway restarted")
             elif action == "broker":
                 broker.kill()
@@ -232,6 +366,9 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
         wait_for(outbox_drained, plan.drain_timeout_s, 0.5, "the outbox to send everything")
         note("outbox drained")
     finally:
+        if thief is not None:
+            thief.stop_flag.set()
+            thief.join(30)
         driver.stop_flag.set()
         driver.join(30)
         for b in boxes:
@@ -301,6 +438,12 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
         res.problems.append(f"WhatsApp: {len(missing_wa)} alerts never sent")
     if duplicates > allowed_dups:
         res.problems.append(f"WhatsApp: {duplicates} duplicate sends, more than the {allowed_dups} kills")
+    kicked: collections.Counter[str] = collections.Counter()
+    if plan.managed_broker:
+        kicked = _kicked_clients(gw.data_dir / "broker")
+        victims = {k: n for k, n in kicked.items() if k != "thief"}
+        if victims:
+            res.problems.append(f"clients kicked off by another connection under their id: {victims}")
     photo_files = sum(1 for p in (gw.data_dir / "photos").rglob("*") if p.is_file())
     res.counts = {
         "boxes": plan.boxes,
@@ -319,6 +462,9 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
         "kills_skipped": dict(skipped),
         "gateway_runs": gw.runs,
         "box_mqtt_connects": sum(b.app.mqtt.connects for b in boxes),
+        "broker": "managed" if plan.managed_broker else "external",
+        "thief_connects": thief.connects if thief is not None else 0,
+        "clients_kicked_by_id": dict(kicked),
         "problems": len(res.problems),
         "seconds": round(time.monotonic() - t0, 1),
     }
@@ -345,6 +491,13 @@ def main(argv: list[str] | None = None) -> int:
         "--board-spool", action="store_true", help="the board's spool limits (old photos may be dropped)"
     )
     ap.add_argument("--segment-records", type=int, default=0, help="store segment size (0: default 512)")
+    ap.add_argument(
+        "--managed-broker", action="store_true", help="the gateway's own Mosquitto; boxes log in (issue 14)"
+    )
+    ap.add_argument(
+        "--takeovers", type=float, default=2.0, metavar="PER_S",
+        help="managed broker: a thief's reconnects per second under other clients' ids (0: none)",
+    )  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
     ap.add_argument("--no-json", action="store_true", help="do not write bench/results/chaos.json")
     a = ap.parse_args(argv)
@@ -360,20 +513,25 @@ def main(argv: list[str] | None = None) -> int:
         seed=a.seed,
         spool_room=not a.board_spool,
         segment_records=a.segment_records,
+        managed_broker=a.managed_broker,
+        takeovers_per_s=a.takeovers if a.managed_broker else 0.0,
     )
     work = Path(tempfile.mkdtemp(prefix="parcelbox-chaos-"))
-    broker = Mosquitto(work / "broker")
-    broker.start()
+    broker = None if a.managed_broker else Mosquitto(work / "broker")
+    if broker is not None:
+        broker.start()
     try:
         res = run_chaos(work, broker, f"chaos{a.seed}", plan, echo=True)
     finally:
-        broker.kill()
+        if broker is not None:
+            broker.kill()
     print()
-    print(f"chaos run: {plan.boxes} boxes x {plan.deliveries} deliveries, seed {plan.seed}")
+    where = "the gateway's managed broker" if plan.managed_broker else "an external broker"
+    print(f"chaos run: {plan.boxes} boxes x {plan.deliveries} deliveries, seed {plan.seed}, {where}")
     print_counts(res)
     if not a.no_json:
         path = write_json(
-            "chaos",
+            "chaos-managed" if plan.managed_broker else "chaos",
             {"machine": machine_info(), "plan": plan.__dict__, "counts": res.counts, "problems": res.problems,
              "log": res.log},
         )  # fmt: skip

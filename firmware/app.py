@@ -126,8 +126,10 @@ class App:
 
     # --- life cycle ----------------------------------------------------------
 
-    def start(self):
-        if self.camera is not None and self.cfg["camera"]:
+    def start(self, init_camera=True):
+        """`init_camera` False (a heartbeat wake in battery mode) leaves the camera off until
+        a capture needs it: init costs time and current for a photo nobody takes."""
+        if init_camera and self.camera is not None and self.cfg["camera"]:
             self.camera.init()
         self.log(
             "app: %s fw %s, %d event(s) spooled, sensor %s"
@@ -183,6 +185,11 @@ class App:
             self.reboot_pending = False
             self.mqtt.disconnect(offline_status=False)
             b.reboot()
+
+    def lid_cycle_during_boot(self):
+        """Battery mode woke on the lid but it is closed already: report that opening."""
+        self.log("app: woken by the lid, closed again before the app started: measuring")
+        self.detector.missed_cycle(self.board.ticks_ms())
 
     def busy(self):
         """True while there is work a deep sleep would interrupt."""

@@ -1,20 +1,31 @@
 """One camera adapter over the two MicroPython ESP32 camera drivers in use.
 
-- lemariva's `camera` module: module-level `camera.init(0, format=camera.JPEG,
-  fb_location=camera.PSRAM)`, `camera.framesize(camera.FRAME_SVGA)`,
-  `camera.quality(10..63, lower is better)`, `camera.capture()` -> bytes.
-- the newer camera API (`from camera import Camera`): `Camera(pixel_format=
-  PixelFormat.JPEG, frame_size=FrameSize.SVGA, jpeg_quality=0..100)`,
-  `cam.capture()` -> memoryview over the driver's frame buffer (valid until the
-  next capture, which is why the app spools and publishes a frame before it
-  takes another).
+- lemariva's `camera` module (lemariva/micropython-camera-driver src/modcamera.c):
+  module-level `camera.init(0, format=camera.JPEG, framesize=..., quality=10..63 (lower is
+  better), fb_location=camera.PSRAM)`, `camera.capture()` -> bytes (a copy), False when the
+  driver returns no frame. Two traps, both from its source: (1) init allocates the JPEG
+  buffer (width*height/5, esp32-camera cam_hal.c) for the *init* frame size, default VGA,
+  and `framesize()` later does not reallocate it, so a larger frame overflows and capture()
+  returns False: size and quality go to init(). (2) capture() hands the buffer back to the
+  driver at once; with one buffer and CAMERA_GRAB_WHEN_EMPTY the driver refills it at the
+  next VSYNC, so the next capture - hours later - returns the frame grabbed right after the
+  previous one (dark, one event behind). So one frame is discarded after the flash is lit.
+- the newer camera API (cnadler86/micropython-camera-API, `from camera import Camera`):
+  `Camera(pixel_format=PixelFormat.JPEG, frame_size=FrameSize.SVGA, jpeg_quality=0..100)`,
+  `cam.capture()` -> `memoryview('b', ...)` over the driver's frame buffer (valid until the
+  next capture, which is why the app spools and publishes a frame before it takes another).
+  The view is SIGNED: `frame[0]` of a JPEG is -1, not 0xFF (MicroPython py/binary.c), so the
+  JPEG check masks each byte. The API passes `jpeg_quality` to the driver as
+  map(q, 0, 100, 63, 0): 100 -> driver quality 0, frames bigger than the buffer and a
+  constructor that fails; it is capped at API_MAX_QUALITY (85 -> driver 10, lemariva's best).
 
 The driver module is passed in (`import camera` happens in main.py, or the
 simulator passes a fake), so this file never shadows or imports the board's
 `camera`. The first frames after init are dark or green: `warmup` of them are
 discarded. The flash LED (GPIO 4 on the AI-Thinker) is lit around a capture
 when `flash` is on. An init failure is logged and remembered in `error`; the
-box keeps working and sends events without photos.
+box keeps working and sends events without photos. Nothing initialises the
+camera until `init()` or the first `capture()` (main.py skips it on heartbeat wakes).
 """
 
 # AI-Thinker ESP32-CAM camera wiring, for camera-API firmware images built without it.
@@ -32,9 +43,19 @@ AI_THINKER_PINS = {
 }
 
 
+# The camera API's best usable jpeg_quality: map(85, 0, 100, 63, 0) = driver quality 10.
+API_MAX_QUALITY = 85
+
+
 def _lemariva_quality(q):
     # 1..100 (higher is better) -> lemariva's 10..63 (lower is better)
     return 10 + (100 - q) * 53 // 99
+
+
+def is_jpeg(frame):
+    """True for a frame starting with the JPEG SOI marker FF D8. Masks each item: the camera
+    API's view is signed ('b'), where 0xFF reads as -1."""
+    return bool(frame) and len(frame) > 2 and frame[0] & 0xFF == 0xFF and frame[1] & 0xFF == 0xD8
 
 
 class CameraAdapter:
@@ -78,7 +99,7 @@ class CameraAdapter:
                 kw = {
                     "pixel_format": d.PixelFormat.JPEG,
                     "frame_size": getattr(d.FrameSize, self.frame_size),
-                    "jpeg_quality": self.quality,
+                    "jpeg_quality": min(self.quality, API_MAX_QUALITY),
                 }
                 try:
                     self._cam = d.Camera(**kw)
@@ -90,13 +111,25 @@ class CameraAdapter:
                     self._cam = d.Camera(**kw)
             else:
                 self.api = "lemariva"
-                kw = {"format": d.JPEG}
+                size = getattr(d, "FRAME_" + self.frame_size)
+                q = _lemariva_quality(self.quality)
+                # Size and quality at init: the driver sizes its frame buffer there, once.
+                kw = {"format": d.JPEG, "framesize": size, "quality": q}
                 if hasattr(d, "PSRAM"):
                     kw["fb_location"] = d.PSRAM
-                if d.init(0, **kw) is False:
+                try:
+                    ok = d.init(0, **kw)
+                except TypeError:
+                    # An old build without these keywords: it works, but at VGA size.
+                    self.log(
+                        "camera: this camera.init() takes no framesize/quality; large frames may not fit"
+                    )
+                    del kw["framesize"], kw["quality"]
+                    ok = d.init(0, **kw)
+                if ok is False:
                     raise OSError("camera.init returned False")
-                d.framesize(getattr(d, "FRAME_" + self.frame_size))
-                d.quality(_lemariva_quality(self.quality))
+                d.framesize(size)
+                d.quality(q)
             self.ok = True
             self.error = None
             for _ in range(self.warmup):
@@ -123,9 +156,13 @@ class CameraAdapter:
                 self.flash_pin.value(1)
                 if self._sleep_ms is not None and self.flash_ms:
                     self._sleep_ms(self.flash_ms)
+            if self._cam is None:
+                # lemariva: the buffer holds the frame grabbed right after the previous
+                # capture; dropping it makes the driver grab a new one now (flash lit).
+                self._grab()
             for _ in range(2):
                 frame = self._grab()
-                if frame and len(frame) > 2 and frame[0] == 0xFF and frame[1] == 0xD8:
+                if is_jpeg(frame):
                     return frame
             self.failures += 1
             self.log("camera: capture returned no JPEG")

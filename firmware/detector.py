@@ -78,6 +78,18 @@ class Detector:
         lid someone forgot; the next timer wake measures again)."""
         return self.state == IDLE or (self.state == OPEN and self._left_reported)
 
+    def missed_cycle(self, now):
+        """The lid opened and closed while the board was booting from deep sleep (it woke on
+        the lid, which is closed again): settle and measure as after any close, against the
+        level from before the sleep, instead of absorbing the new level as the baseline."""
+        if self.state != IDLE:
+            return
+        self.state = SETTLE
+        self._t_open = now
+        self._t_close = now
+        self._left_reported = False
+        self._baseline = self.level
+
     def update(self, now, lid_open, level=None):
         """Advance to `now`; returns a tuple/list of events, each a dict with
         `type` and `sensors`. Usually empty (no allocation then)."""

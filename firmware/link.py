@@ -20,6 +20,16 @@ simulator drives them with a paho-backed client and a simulated WLAN.
   with backoff. Incoming messages only go into a bounded inbox: umqtt calls
   the callback from inside `publish()` (while waiting for a PUBACK), so the
   app must never publish from it.
+
+A silently dead link (half-open TCP: the router rebooted, the broker's host vanished) accepts
+writes and never answers. umqtt.simple (micropython-lib simple.py) would then wait forever:
+its `check_msg()` sets the socket non-blocking and `wait_msg()` sets it blocking again - with
+no timeout - after the first byte, and the PUBACK wait of a QoS 1 publish reads the same way;
+it also swallows PINGRESP (wait_msg returns None for it, as for "nothing"). So `Mqtt` passes
+a connect timeout (umqtt.simple >= 1.5 takes one) and wraps the client's socket in
+`TimeoutSocket`, which turns every "blocking" into "blocking for at most timeout_s" and counts
+the PINGRESPs going through it. A ping unanswered for `ping_timeout_ms` means the link is
+dead: it is closed and reconnected with backoff, well before the watchdog would reset the board.
 """
 
 import protocol
@@ -211,9 +221,63 @@ class Wifi:
             return None
 
 
+class TimeoutSocket:
+    """umqtt.simple's socket with a deadline on every wait, and a PINGRESP counter.
+
+    `setblocking(True)` / `settimeout(None)` (what umqtt asks for) become
+    `settimeout(timeout_s)`: a read or write that gets no answer raises OSError(ETIMEDOUT)
+    instead of hanging. A PINGRESP is the two single-byte reads D0 00 umqtt's wait_msg makes
+    (a broker never sends D0 00 otherwise: 0x00 is no packet type, and D0 00 is no valid
+    length encoding)."""
+
+    def __init__(self, sock, timeout_s):
+        self.sock = sock
+        self.timeout_s = timeout_s
+        self.pingresps = 0
+        self._d0 = False
+        sock.settimeout(timeout_s)
+
+    def setblocking(self, flag):
+        if flag:
+            self.sock.settimeout(self.timeout_s)
+        else:
+            self.sock.setblocking(False)
+
+    def settimeout(self, t):
+        self.sock.settimeout(self.timeout_s if t is None else t)
+
+    def read(self, n):
+        data = self.sock.read(n)
+        if n == 1 and data:
+            b = data[0]
+            if self._d0 and b == 0:
+                self.pingresps += 1
+            self._d0 = b == 0xD0
+        elif data:
+            self._d0 = False
+        return data
+
+    def write(self, buf, n=None):
+        if n is None:
+            return self.sock.write(buf)
+        return self.sock.write(buf, n)
+
+    def close(self):
+        self.sock.close()
+
+
 class Mqtt:
     def __init__(
-        self, client, topics, keepalive_s=60, backoff=None, ticks_diff=_diff, log=print, inbox_max=32
+        self,
+        client,
+        topics,
+        keepalive_s=60,
+        backoff=None,
+        ticks_diff=_diff,
+        log=print,
+        inbox_max=32,
+        timeout_s=10,
+        ping_timeout_ms=None,
     ):
         self.client = client
         self.topics = topics
@@ -229,6 +293,15 @@ class Mqtt:
         self.dropped_inbox = 0
         self.session_present = False
         self._last_io = 0
+        # No socket call may wait longer than this: far below the watchdog (wdt_s).
+        self.timeout_s = timeout_s
+        self.ping_timeout_ms = ping_timeout_ms if ping_timeout_ms is not None else timeout_s * 1000
+        self.pings = 0
+        self.pingresps = 0
+        self.missed_pings = 0
+        self._ping_sent = None  # ticks of the unanswered PINGREQ
+        self._ping_base = 0
+        self._connect_timeout = True  # False once umqtt said it takes no connect timeout
 
     def _on_msg(self, topic, msg):
         if len(self.inbox) >= self.inbox_max:
@@ -248,19 +321,65 @@ class Mqtt:
             for _ in range(16):  # bounded: a flood of commands cannot starve the loop
                 if self.client.check_msg() is None:
                     break
+            if not self._ping_answered(now):
+                self.missed_pings += 1
+                self.lost(now, OSError(110, "no PINGRESP within %d ms" % self.ping_timeout_ms))
+                return False
             if self.keepalive_ms and self._diff(now, self._last_io) >= self.keepalive_ms // 2:
+                sock = self.client.sock
                 self.client.ping()
+                self.pings += 1
                 self._last_io = now
+                if isinstance(sock, TimeoutSocket) and self._ping_sent is None:
+                    self._ping_sent = now
+                    self._ping_base = sock.pingresps
         except LINK_ERRORS as e:
             self.lost(now, e)
         return self.connected
+
+    def _ping_answered(self, now):
+        """False when a PINGREQ went unanswered for ping_timeout_ms (a dead link)."""
+        if self._ping_sent is None:
+            return True
+        sock = self.client.sock
+        got = sock.pingresps - self._ping_base if isinstance(sock, TimeoutSocket) else 1
+        if got > 0:
+            self.pingresps += got
+            self._ping_sent = None
+            return True
+        return self._diff(now, self._ping_sent) < self.ping_timeout_ms
+
+    def _guard_socket(self):
+        sock = getattr(self.client, "sock", None)
+        # Only a MicroPython-style stream socket (read/write) is wrapped: that is umqtt's.
+        if (
+            sock is not None
+            and hasattr(sock, "read")
+            and hasattr(sock, "settimeout")  # a TLS socket may lack it: then left as it is
+            and not isinstance(sock, TimeoutSocket)
+        ):
+            self.client.sock = TimeoutSocket(sock, self.timeout_s)
+
+    def _connect_client(self, c):
+        if self._connect_timeout:
+            try:
+                return c.connect(False, self.timeout_s)
+            except TypeError as e:
+                if "positional argument" not in str(e):
+                    raise  # a short read while parsing CONNACK, not the signature
+                # umqtt.simple < 1.5: no connect timeout (the CONNACK wait can hang until the
+                # watchdog); every later wait is bounded by TimeoutSocket.
+                self._connect_timeout = False
+                self.log("mqtt: this umqtt.simple takes no connect timeout; install >= 1.5")
+        return c.connect(False)
 
     def _connect(self, now):
         c = self.client
         try:
             c.set_callback(self._on_msg)
             c.set_last_will(self.topics.status, protocol.will_payload(), True, 1)
-            self.session_present = bool(c.connect(False))
+            self.session_present = bool(self._connect_client(c))
+            self._guard_socket()
             c.subscribe(self.topics.ack, 1)
             c.subscribe(self.topics.cmd, 1)
         except Exception as e:  # refused, auth failure, DNS, timeout: all retried
@@ -273,6 +392,7 @@ class Mqtt:
         self.connects += 1
         self.backoff.reset()
         self._last_io = now
+        self._ping_sent = None
         self.log("mqtt: connected (session present: %s)" % self.session_present)
         return True
 

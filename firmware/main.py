@@ -20,8 +20,15 @@ Modes (config `mode`):
 - `always_on`: loop forever; the watchdog resets a hung board.
 - `battery`: stay awake until there is nothing left to do (lid closed, spool
   sent and acked) or `awake_s` passed, then deep sleep until the lid opens
-  (ext0 on the lid pin) or `heartbeat_s` passes. Camera powered down and the
-  flash LED held low while asleep.
+  (ext0 on the lid pin) or `heartbeat_s` passes. Camera powered down (PWDN,
+  GPIO 32, held high) and the flash LED held low while asleep. On waking,
+  `machine.wake_reason()` says why: a timer (heartbeat) wake leaves the camera
+  off; a lid wake whose lid is already closed again (opened and closed during
+  the ~1-1.5 s boot) is measured as a lid cycle, not lost.
+
+Time: the ESP32's RTC keeps counting through deep sleep (and a soft reset), so
+a clock set by NTP before the sleep is still good after it: events carry a
+timestamp from the first moment, not `ts: null` until NTP answers again.
 """
 
 import gc
@@ -32,6 +39,13 @@ import time
 CONFIG = "config.json"
 QUIET_MARKER = "/noapp"  # present at boot: no app, no watchdog (see the module doc)
 _UNIX_2000 = 946684800  # seconds from 1970 to 2000, the ESP32 port's epoch
+# A cold boot starts the RTC at 2000-01-01; a time after this (2024-01-01) was set by NTP
+# (before a deep sleep or a soft reset, which the RTC survives).
+_VALID_AFTER = 1704067200
+_EXT0_WAKE = 2  # esp_sleep_wakeup_cause_t ESP_SLEEP_WAKEUP_EXT0 (machine.EXT0_WAKE)
+_TIMER_WAKE = 4  # ESP_SLEEP_WAKEUP_TIMER (machine.TIMER_WAKE)
+_CAMERA_PWDN = 32  # AI-Thinker: camera power-down, high = off
+_OOM_RESET = 5  # MemoryError this many steps in a row: the heap is fragmented for good
 
 
 def log(msg):
@@ -69,12 +83,14 @@ def quiet_window(marker=QUIET_MARKER):
 
 
 class NtpClock:
-    """Unix time once NTP answered, else None (events then carry ts: null)."""
+    """Unix time once NTP answered (in this boot or before a deep sleep: the RTC keeps it),
+    else None (events then carry ts: null)."""
 
-    def __init__(self, host):
+    def __init__(self, host, now_s=None):
         self.host = host
         self.synced = False
         self._last_try = None
+        self._now_s = now_s or time.time
 
     def maybe_sync(self, now_ms):
         if self.synced:
@@ -93,11 +109,11 @@ class NtpClock:
             log("ntp: not synced (%r)" % (e,))
 
     def unix_time(self):
-        if not self.synced:
-            return None
-        t = time.time()
+        t = self._now_s()
         if time.gmtime(0)[0] == 2000:
             t += _UNIX_2000
+        if not self.synced and t < _VALID_AFTER:
+            return None  # a cold boot's RTC (year 2000): not set yet
         return int(t)
 
 
@@ -114,6 +130,14 @@ def mount_sd(machine):
     except Exception as e:  # no card, no SDCard class, bad card: fall back to flash
         log("sd: mount failed (%r)" % (e,))
         return False
+
+
+def wake_reason(machine):
+    """machine.wake_reason() (an esp_sleep_wakeup_cause_t), or None where there is none."""
+    try:
+        return machine.wake_reason()
+    except Exception:
+        return None
 
 
 def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=CONFIG):
@@ -155,6 +179,9 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
     if spool_dir.startswith("/sd") and not mount_sd(machine):
         spool_dir = "/spool"
         log("spool: SD card not available, spooling to internal flash (/spool)")
+        if pins["lid"] == 13 and lid_pin.value() == 0:
+            # DAT3 low at the card's CMD0 puts it in SPI mode (settings.validate explains).
+            log("sd: GPIO13 (the card's DAT3) was low at mount: the reed switch held it low")
     box_spool = spool.Spool(spool_dir, os, cfg["spool_max_events"], cfg["spool_max_bytes"], log=log)
     wlan = network.WLAN(network.STA_IF)
     wifi = link.Wifi(
@@ -212,6 +239,9 @@ def deep_sleep(cfg, machine, the_app, parts):
         cam_.deinit()
     Pin = machine.Pin
     Pin(cfg["pins"]["flash"], Pin.OUT, value=0, hold=True)
+    if cfg["camera"]:
+        # The OV2640 draws current in deep sleep unless PWDN is held high (boot.py releases it).
+        Pin(_CAMERA_PWDN, Pin.OUT, value=1, hold=True)
     try:
         import esp32
 
@@ -220,7 +250,8 @@ def deep_sleep(cfg, machine, the_app, parts):
             # Wake when the lid opens; an open lid would wake us at once, so then
             # only the timer wakes the box (lid_left_open was already reported).
             esp32.wake_on_ext0(pin=parts["lid_pin"], level=cfg["pins"]["lid_open_level"])
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, ValueError, OSError) as e:
+        # ValueError("invalid pin"): not an RTC GPIO (settings.validate refuses that config).
         log("sleep: no ext0 wake (%r)" % (e,))
     log("sleep: %d s" % cfg["heartbeat_s"])
     machine.deepsleep(cfg["heartbeat_s"] * 1000)
@@ -257,19 +288,31 @@ def main(config_path=CONFIG, max_steps=None, idle_forever=True, quiet_marker=QUI
         except ImportError:
             log("camera: this MicroPython build has no camera module; events go out without photos")
     the_app, parts = build(cfg, machine, network, MQTTClient, driver, config_path)
-    the_app.start()
     battery = cfg["mode"] == "battery"
+    woke = wake_reason(machine) if battery else None
+    the_app.start(init_camera=woke != _TIMER_WAKE)
+    if woke == _EXT0_WAKE and not the_app.lid.is_open:
+        the_app.lid_cycle_during_boot()
     t0 = time.ticks_ms()
     steps = 0
     failures = 0
+    oom = 0
     while max_steps is None or steps < max_steps:
         steps += 1
         try:
             the_app.step()
             failures = 0
+            oom = 0
         except MemoryError:
             gc.collect()
-            log("main: out of memory in a step; collected and carrying on")
+            oom += 1
+            log("main: out of memory in a step (%d in a row); collected" % oom)
+            if oom >= _OOM_RESET:
+                # Collecting did not help: the heap is too fragmented. A reset is loss-free
+                # (the spool keeps every event) and beats a box that never sends again.
+                log("main: out of memory %d times in a row: resetting" % oom)
+                machine.reset()
+                oom = 0
         except Exception as e:
             # A bug or a driver fault must not stop the box: log it, carry on, and
             # reset only if it keeps happening (the spool keeps every event).

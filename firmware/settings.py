@@ -104,6 +104,13 @@ THRESHOLDS = {"ir": (1, 0), "ultrasonic": (30, 15), "hx711": (50, 20), "none": (
 # AI-Thinker ESP32-CAM: GPIOs the camera, PSRAM and UART use; an input there breaks them.
 CAMERA_PINS = (0, 1, 3, 5, 16, 17, 18, 19, 21, 22, 23, 25, 26, 27, 32, 34, 35, 36, 39)
 SD_PINS = (2, 14, 15)
+# The SD card's DAT3 (CD/CS). Not driven in 1-bit mode, but it must be HIGH when the card gets
+# its first command: low there puts the card in SPI mode and the mount fails (SD spec; ESP-IDF
+# sdmmc docs: "DAT3 must be pulled up even in 1-line mode").
+SD_DAT3 = 13
+# GPIOs esp32.wake_on_ext0 accepts (RTC IOs; micropython ports/esp32/modesp32.h
+# RTC_VALID_EXT_PINS, ESP32): any other lid pin raises ValueError("invalid pin") at sleep.
+RTC_PINS = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39)
 _RANGES = {
     "debounce_ms": (0, 5000),
     "settle_s": (0, 120),
@@ -236,11 +243,37 @@ def validate(cfg, need_network=True):
                 )
         if pins["lid"] in SD_PINS:
             problems.append("pins.lid=GPIO%d is used by the SD card (spool_dir on /sd)" % pins["lid"])
-    # GPIO 12 is a strapping pin (flash voltage): a pull-up there stops the board booting.
+        if pins["lid"] == SD_DAT3 and pins["lid_open_level"] == 1:
+            problems.append(
+                "pins.lid=GPIO13 is the SD card's DAT3, and the reed switch holds it low while the"
+                " lid is closed: the card then starts in SPI mode and the mount fails. Keep"
+                " spool_dir on flash (the default), or wire the reed so GPIO13 is high with the"
+                " lid closed (normally-closed reed, pins.lid_open_level 0)"
+            )
+        for name in used[1:]:
+            if pins[name] == SD_DAT3:
+                problems.append(
+                    "pins.%s=GPIO13 is the SD card's DAT3, which must stay high (spool_dir on /sd)" % name
+                )
+    # GPIO 12 is a strapping pin (flash voltage): high at reset selects 1.8 V flash and the
+    # board does not boot. Refuse anything that can hold it high at reset.
     if pins["lid"] == 12:
         problems.append("pins.lid=GPIO12: the reed switch needs a pull-up, which stops GPIO12 boards booting")
-    if cfg["sensor"] == "ir" and pins["ir"] == 12 and pins["ir_active_level"] == 0:
-        problems.append("pins.ir=GPIO12 with an active-low sensor needs a pull-up: use another GPIO")
+    if cfg["sensor"] == "ir" and pins["ir"] == 12:
+        problems.append(
+            "pins.ir=GPIO12: an IR module drives its output high (idle, or with a parcel in the box),"
+            " and GPIO12 high at reset stops the board booting: use another GPIO"
+        )
+    if cfg["sensor"] == "hx711" and pins["hx_dout"] == 12:
+        problems.append(
+            "pins.hx_dout=GPIO12: the HX711's DOUT idles high, and GPIO12 high at reset stops the"
+            " board booting: use another GPIO (pins.hx_sck may be 12)"
+        )
+    if cfg["mode"] == "battery" and 0 <= pins["lid"] <= 39 and pins["lid"] not in RTC_PINS:
+        problems.append(
+            "pins.lid=GPIO%d: battery mode wakes on the lid (ext0), which needs an RTC GPIO"
+            " (e.g. 13, the default)" % pins["lid"]
+        )
     for k in ("rise_threshold", "empty_threshold"):
         if cfg[k] is not None and cfg[k] < 0:
             problems.append("%s must be >= 0" % k)
@@ -307,6 +340,13 @@ def apply_remote(cfg, args):
 def save(path, cfg, os_mod):
     """Write the whole config (temp + rename: a power cut keeps the old file)."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(json.dumps(cfg).encode())
-    os_mod.rename(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(json.dumps(cfg).encode())
+        os_mod.rename(tmp, path)
+    except OSError:
+        try:
+            os_mod.remove(tmp)  # a full disk: leave no half-written file behind
+        except OSError:
+            pass
+        raise

@@ -138,12 +138,17 @@ class Spool:
 
     def _write(self, name, data):
         tmp = name + _TMP
-        with open(tmp, "wb") as f:
-            n = f.write(data)
-        if n is not None and n != len(data):
+        try:
+            with open(tmp, "wb") as f:
+                n = f.write(data)
+            if n is not None and n != len(data):
+                raise OSError(28)  # ENOSPC: a short write means the disk is full
+            self.os.rename(tmp, name)
+        except OSError:
+            # A full disk (or any write error): the half-written temp file would hold the
+            # very space the next write needs until the next boot's scan. Gone now.
             self._remove(tmp)
-            raise OSError(28)  # ENOSPC: a short write means the disk is full
-        self.os.rename(tmp, name)
+            raise
 
     # --- queries -----------------------------------------------------------
 

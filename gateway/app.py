@@ -84,6 +84,9 @@ def setup_logging(level: str = "INFO") -> None:
         force=True,
     )
     logging.getLogger("gateway.mqtt").setLevel(logging.WARNING)
+    from gateway import logfilter
+
+    logfilter.install(logging.getLogger().handlers)  # a flood of one line becomes a count
 
 
 def summary(service: GatewayService, config: Config) -> str:
@@ -112,11 +115,14 @@ def summary(service: GatewayService, config: Config) -> str:
             )
         if service.broker.kind == "amqtt":
             lines.append("                WARNING: pure-Python amqtt fallback, for trying things out only")
-        elif config.broker.allow_anonymous:
-            lines.append(
-                "                anonymous clients allowed (trying-out mode); set broker.allow_anonymous = false"
-            )
-            lines.append("                after registering your boxes with `parcelbox device add <name>`")
+            lines.append("                (no logins: it listens on 127.0.0.1 only)")
+        else:
+            lines.append(f"                boxes log in on {listen} (`parcelbox device add <name>`)")
+            if config.broker.allow_anonymous:
+                lines.append(
+                    f"                anonymous clients (the simulator) on {service.broker.local_url} only;"
+                    " set broker.allow_anonymous = false to turn that off"
+                )
     else:
         lines.append(f"  broker        external {broker['url']}")
     folder = config.folder_sink_path
@@ -135,7 +141,10 @@ def summary(service: GatewayService, config: Config) -> str:
         "    parcelbox status                 boxes, recent events, alerts",
     ]
     if Path("tools/simulate.py").is_file():
-        lines.append(f"    python tools/simulate.py --broker {broker['url']}   a simulated box")
+        # An anonymous simulated box: the managed broker takes those on its local listener only.
+        sim_url = getattr(service.broker, "local_url", "") or broker["url"]
+        if service.broker is None or config.broker.allow_anonymous:
+            lines.append(f"    python tools/simulate.py --broker {sim_url}   a simulated box")
     lines += ["    Ctrl-C (or SIGTERM) stops the gateway cleanly", ""]
     return "\n".join(lines)
 
@@ -143,6 +152,9 @@ def summary(service: GatewayService, config: Config) -> str:
 def run(config: Config) -> int:
     """Run until SIGTERM / SIGINT, then drain and stop. Returns the exit code."""
     setup_logging(config.log_level)
+    from gateway.fdlimit import raise_nofile_limit
+
+    raise_nofile_limit()  # before anything opens files; the dashboard's share is sized from it
     service = build_service(config)
     stop = threading.Event()
     service.start()  # raises DataDirLocked before anything else happens if another gateway owns the folder

@@ -40,9 +40,10 @@ class BrokerConfig:
     client_id: str = ""  # empty: derived from the data folder, stable across restarts
     keepalive_s: int = 30
     # Managed broker only:
-    listen_host: str = "0.0.0.0"
+    listen_host: str = "0.0.0.0"  # the box listener: registered logins only, client id = login
     listen_port: int = 1883  # if busy, a free port is used and printed
-    allow_anonymous: bool = True
+    local_port: int = 1884  # 127.0.0.1 listener for anonymous trying-out clients (tools/simulate.py)
+    allow_anonymous: bool = True  # anonymous clients on the local listener only, never on listen_host
     prefer: str = "mosquitto"  # mosquitto | amqtt
 
 
@@ -57,6 +58,10 @@ class WebConfig:
     session_hours: float = 168.0
     # Host names accepted besides loopback ones (a reverse proxy's name); any such name turns the login on
     allowed_hosts: list[str] = field(default_factory=list)
+    # LAN hygiene (gateway/web/connections.py): open connections at most (capped at a quarter of the
+    # file-descriptor limit), and how long one may sit without a request in progress.
+    max_connections: int = 100
+    idle_timeout_s: float = 10.0
 
 
 @dataclass
@@ -94,6 +99,12 @@ class WhatsAppConfig:
     session_dir: Path | None = None  # neonize session, lock and state; default <data_dir>/whatsapp
     transport: str = "neonize"  # neonize | fake (file-driven stand-in for WhatsApp: tests, demos)
     fake_dir: Path | None = None  # the fake transport's folder
+    command_groups: list[str] = field(default_factory=list)  # group ids where `!commands` are answered
+    group_prefix: str = "!"  # in groups (and on a personal number) only words with this prefix count
+    personal_number: bool = False  # the gateway uses someone's own number: never chat back
+    command_max_age_s: float = 300.0  # older commands (the backlog after a reconnect) are ignored
+    push_name: str = ""  # the sender name recipients see; "" leaves the account's name alone
+    down_notice_after_s: float = 300.0  # not connected this long: tell the other sinks; 0: off
 
 
 @dataclass
@@ -317,6 +328,8 @@ def _apply_env(obj: Any, env: dict[str, str], prefix: str, path: str) -> None:
 
 
 def _validate(cfg: Config) -> None:
+    if cfg.web.max_connections < 1 or not cfg.web.idle_timeout_s > 0:
+        raise ConfigError("web.max_connections must be >= 1 and web.idle_timeout_s > 0")
     for lang_key, lang in (
         ("whatsapp.language", cfg.whatsapp.language),
         ("alerts.language", cfg.alerts.language),

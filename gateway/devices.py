@@ -20,10 +20,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gateway.privatedir import ensure_private_dir
 from gateway.protocol import valid_device_id
 from gateway.storage import atomic_write_bytes
 
-# The gateway's own broker user; a box may not take this name.
+# The gateway's own broker user (the managed broker adds a random suffix); no box may take these names.
 GATEWAY_USER = "parcelbox-gateway"
 
 
@@ -61,7 +62,7 @@ class DeviceRegistry:
         return self._read_all()[0]
 
     def _write(self, devices: dict[str, dict], removed: dict[str, float] | None = None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.path.parent)  # `device add` often runs before the first `run`
         if removed is None:
             removed = self._read_all()[1]
         body = json.dumps({"v": 1, "devices": devices, "removed": removed}, indent=1, sort_keys=True).encode()
@@ -74,8 +75,11 @@ class DeviceRegistry:
             raise DeviceError(
                 f"bad device id {device!r}: use 1-32 of a-z, 0-9 and '-', starting with a letter or digit"
             )
-        if device == GATEWAY_USER:
-            raise DeviceError(f"{GATEWAY_USER!r} is reserved for the gateway itself")
+        if device == GATEWAY_USER or device.startswith(GATEWAY_USER + "-"):
+            # The gateway's broker login is `parcelbox-gateway-<random>` (gateway/broker.py).
+            raise DeviceError(
+                f"{GATEWAY_USER!r} and names starting with it are reserved for the gateway itself"
+            )
         with self._lock:
             devices, removed = self._read_all()
             if device in devices:

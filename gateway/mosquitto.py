@@ -2,19 +2,37 @@
 start / stop (SIGTERM, which saves persistence) / kill (SIGKILL) / restart.
 
 Used by the gateway's managed-broker mode and by the test suite's broker fixture,
-so the broker the tests exercise is configured exactly like the one users run.
+so the broker the tests exercise is configured like the one users run (the managed
+broker adds its listeners, limits and persistence policy through the constructor).
+
+A broker must not outlive the process that started it (issue 14, item 13): with
+`die_with_parent` the child asks Linux for SIGTERM when its parent dies
+(prctl PR_SET_PDEATHSIG; SIGTERM, so Mosquitto still saves its database), and every
+start writes `<data_dir>/mosquitto.pid`, so the next start can find and stop a broker
+left over from this folder (`stop_leftover`), checking in /proc that the pid really is
+a mosquitto running this folder's config before signalling it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PID_FILE = "mosquitto.pid"
+CONF_FILE = "mosquitto.conf"
 
 _SEARCH_PATH = os.pathsep.join(
     [os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"]
@@ -47,6 +65,103 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGTERM when its parent dies (Linux), else None.
+
+    libc and prctl are looked up here, before fork, so the child only calls into C. Linux sends the
+    signal when the *thread* that forked exits, so start the broker from a thread that lives as long
+    as the gateway (the main thread, or the gateway's housekeeping thread for restarts).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would signal us
+            os._exit(1)
+
+    return preexec
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not reaped yet) has an empty cmdline and holds no port.
+    return bool(_cmdline(pid)) or not Path(f"/proc/{pid}").exists()
+
+
+def leftover_pid(data_dir: Path | str) -> int | None:
+    """The pid of a Mosquitto still running this folder's config, from its pid file, or None.
+
+    Only a process whose command line is `<...>mosquitto -c <data_dir>/mosquitto.conf` counts: a pid
+    file outlives its process, and the pid may since belong to anything.
+    """
+    data_dir = Path(data_dir)
+    try:
+        pid = int((data_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 1 or pid == os.getpid():
+        return None
+    args = _cmdline(pid)
+    conf = str(data_dir / CONF_FILE)
+    if len(args) >= 3 and os.path.basename(args[0]) == "mosquitto" and args[1:3] == ["-c", conf]:
+        return pid
+    return None
+
+
+def stop_leftover(data_dir: Path | str, timeout: float = 10.0) -> int | None:
+    """Stop a broker left running from `data_dir` by a process that died (SIGTERM, then SIGKILL).
+
+    Returns its pid, or None when there was none. Call it only while holding the data folder's lock:
+    then no live gateway owns that broker.
+    """
+    pid = leftover_pid(data_dir)
+    if pid is None:
+        with contextlib.suppress(OSError):
+            (Path(data_dir) / PID_FILE).unlink()
+        return None
+    log.warning("stopping mosquitto pid %d left running from %s by a gateway that died", pid, data_dir)
+    try:
+        os.kill(pid, signal.SIGTERM)  # it saves its database on the way out
+    except ProcessLookupError:
+        return pid
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        log.warning("mosquitto pid %d ignored SIGTERM for %.0fs; killing it", pid, timeout)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+    with contextlib.suppress(OSError):
+        (Path(data_dir) / PID_FILE).unlink()
+    return pid
+
+
 class Mosquitto:
     """One Mosquitto process with its config and persistence in `data_dir`.
 
@@ -63,18 +178,33 @@ class Mosquitto:
         extra_config: Iterable[str] = (),
         allow_anonymous: bool = True,
         binary: str | None = None,
+        listener_config: Iterable[str] = (),
+        extra_listeners: Iterable[str] = (),
+        per_listener_settings: bool = False,
+        autosave_interval: int = 1,
+        autosave_on_changes: bool = False,
+        max_packet_size: int = 0,
+        die_with_parent: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
         self.extra_config = list(extra_config)
         self.allow_anonymous = allow_anonymous
+        self.listener_config = list(listener_config)  # options of the first listener
+        self.extra_listeners = list(extra_listeners)  # more `listener ...` blocks, after the first
+        self.per_listener_settings = per_listener_settings
+        self.autosave_interval = autosave_interval
+        self.autosave_on_changes = autosave_on_changes
+        self.max_packet_size = max_packet_size
+        self.die_with_parent = die_with_parent
         self.binary = binary or find_mosquitto()
         if not self.binary:
             raise BrokerError("mosquitto not found; install it with: sudo apt-get install mosquitto")
         self.proc: subprocess.Popen[bytes] | None = None
-        self.conf_path = self.data_dir / "mosquitto.conf"
+        self.conf_path = self.data_dir / CONF_FILE
         self.log_path = self.data_dir / "mosquitto.log"
+        self.pid_path = self.data_dir / PID_FILE
 
     @property
     def url(self) -> str:
@@ -85,14 +215,16 @@ class Mosquitto:
         return self.proc.pid if self.proc else None
 
     def config_text(self) -> str:
-        lines = [
-            "# generated by parcelbox; edits are overwritten",
-            f"listener {self.port} {self.host}",
-            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+        lines = ["# generated by parcelbox; edits are overwritten"]
+        if self.per_listener_settings:  # must come before any listener
+            lines.append("per_listener_settings true")
+        lines += [
             "persistence true",
             f"persistence_location {self.data_dir}/",
-            # Save the in-memory store every second: a SIGKILL loses at most ~1 s of queued QoS 1 messages.
-            "autosave_interval 1",
+            # Fixture default 1 s: a SIGKILL loses at most ~1 s of queued QoS 1 messages. The managed
+            # broker saves on changes instead (gateway/broker.py says why).
+            f"autosave_interval {self.autosave_interval}",
+            f"autosave_on_changes {'true' if self.autosave_on_changes else 'false'}",
             # 0 = no limit: queued QoS 1 messages for an offline gateway are never dropped by count.
             "max_queued_messages 0",
             # Nagle off: an ack right after a PUBACK otherwise waits for the box's delayed TCP ACK,
@@ -104,11 +236,19 @@ class Mosquitto:
             "log_type notice",
             "connection_messages true",
         ]
+        if self.max_packet_size:
+            lines.append(f"max_packet_size {self.max_packet_size}")
         if os.geteuid() == 0:
             # Mosquitto drops to user "mosquitto" when started as root, which then cannot
             # write a data folder owned by root; stay root instead.
             lines.append("user root")
         lines += self.extra_config
+        lines += [
+            f"listener {self.port} {self.host}",
+            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+            *self.listener_config,
+            *self.extra_listeners,
+        ]
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> None:
@@ -122,7 +262,13 @@ class Mosquitto:
             stdout=subprocess.DEVNULL,
             stderr=open(self.data_dir / "mosquitto.stderr", "ab"),  # noqa: SIM115 - owned by the child
             start_new_session=True,
+            preexec_fn=_pdeathsig_preexec() if self.die_with_parent else None,  # noqa: PLW1509
         )
+        # Where the next start finds this broker if we die without stopping it (stop_leftover).
+        try:
+            self.pid_path.write_text(f"{self.proc.pid}\n")
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.pid_path, exc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -147,6 +293,7 @@ class Mosquitto:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+        self._forget_pid()
 
     def kill(self) -> None:
         """SIGKILL: no chance to save; what was not autosaved is lost, as in a power cut."""
@@ -155,6 +302,12 @@ class Mosquitto:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self._forget_pid()
+
+    def _forget_pid(self) -> None:
+        if self.proc is not None and leftover_pid(self.data_dir) is None:
+            with contextlib.suppress(OSError):
+                self.pid_path.unlink()
 
     def restart(self, *, hard: bool = False) -> None:
         self.kill() if hard else self.stop()

@@ -33,12 +33,20 @@ from typing import Any, Protocol
 
 from gateway import __version__
 from gateway.budget import Budget
-from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, WHATSAPP_STATE, Bus
+from gateway.bus import (
+    COMMAND_RESULT,
+    DEVICE_CHANGED,
+    EVENT_STORED,
+    OUTBOX_CHANGED,
+    WHATSAPP_RECEIPT,
+    WHATSAPP_STATE,
+    Bus,
+)
 from gateway.captions import caption_strip, render_caption
 from gateway.commands import MAX_RESULT_BYTES, CommandTable, UnknownResult
 from gateway.config import Config
 from gateway.datalock import DataDirLock
-from gateway.devices import GATEWAY_USER, DeviceRegistry
+from gateway.devices import DeviceRegistry
 from gateway.fairqueue import FairQueue
 from gateway.health import Counters
 from gateway.ingest import MqttLink
@@ -48,6 +56,7 @@ from gateway.notify.base import Notifier
 from gateway.outbox import OutboxDispatcher, _public
 from gateway.photos import PhotoError, PhotoSettings, ProcessedPhoto, process_photo
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, OutboxState, PhotoVariant, WhatsAppState
+from gateway.privatedir import ensure_private_dir
 from gateway.protocol import (
     Event,
     Limits,
@@ -66,11 +75,14 @@ from gateway.protocol import (
 from gateway.reassembly import Complete, Dropped, Reassembler, Refused
 from gateway.storage import atomic_write_bytes
 from gateway.store import Store, blank_device
+from gateway.whatsapp.watch import LinkWatch
 
 log = logging.getLogger("gateway")
 
 STATUS_FILE = "status.json"
 _BATTERY_HYSTERESIS_MV = 100
+# The "device" of alerts about the gateway itself (WhatsApp down/up): not a box id (those never start with _).
+GATEWAY_DEVICE = "_gateway"
 
 
 class Component(Protocol):
@@ -173,6 +185,8 @@ class GatewayService:
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
+        self.bus.subscribe(self._on_whatsapp_receipt, WHATSAPP_RECEIPT)
+        self._wa_watch = LinkWatch(float(getattr(config.whatsapp, "down_notice_after_s", 300.0)))
         self.photo_settings = PhotoSettings(
             alert_long_edge=config.photos.alert_long_edge,
             thumb_long_edge=config.photos.thumb_long_edge,
@@ -199,6 +213,7 @@ class GatewayService:
         return "parcelbox-gw-" + hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
 
     def start(self) -> None:
+        ensure_private_dir(self.data_dir)  # before anything is written into it
         self._lock.acquire()  # raises DataDirLocked naming the other pid
         try:
             self._start()
@@ -224,8 +239,12 @@ class GatewayService:
             from gateway.broker import start_managed_broker
 
             self.broker = start_managed_broker(self.config, self.registry)
+            drop = getattr(self.broker, "drop_session", None)
+            if drop is not None:  # the session of the id we used before ids were bound to logins
+                drop(self.client_id)
             self.broker_url = self.broker.url
-            username, password = GATEWAY_USER, self.broker.gateway_password
+            # On the box listener the broker makes this login our client id (use_username_as_clientid).
+            username, password = self.broker.gateway_username, self.broker.gateway_password
         workers = self.config.photos.workers or max(1, os.cpu_count() or 1)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="photo")
         self._stopping.clear()
@@ -684,6 +703,19 @@ class GatewayService:
                 self.store.put_device(dev)
                 self._emit_alerts(alerts, now)
 
+    def _check_whatsapp(self) -> None:
+        """Runs on the ingest worker: WhatsApp down for a while (or back) -> a notice on the other sinks."""
+        kind = self._wa_watch.check(self._whatsapp, self.clock())
+        if kind is None:
+            return
+        st = self._whatsapp
+        ts = float((st.get("down_since") if kind == "whatsapp_down" else None) or self.clock())
+        note = str(st.get("detail") or "") if kind == "whatsapp_down" else ""
+        gateway = {"device": GATEWAY_DEVICE, "name": self.config.homeassistant.gateway_name}
+        alerts = self._plan_alerts(gateway, kind, ts, [], has_photo=False, skip=("whatsapp",), note=note)
+        log.warning("WhatsApp %s: telling %d other sink recipient(s)", kind, len(alerts))
+        self._emit_alerts(alerts, self.clock())
+
     def _emit_alerts(self, alerts: list[OutboxRecord], when: float) -> None:
         if not alerts:
             return
@@ -717,13 +749,18 @@ class GatewayService:
         *,
         has_photo: bool,
         photo_dropped: bool = False,
+        skip: tuple[str, ...] = (),
+        note: str = "",
     ) -> list[OutboxRecord]:
-        """One outbox entry per notifier and recipient. Ids are stable, so a retry never duplicates."""
+        """One outbox entry per notifier and recipient (but those in `skip`). Ids are stable, so a
+        retry never duplicates. `note` is appended to the caption."""
         now = self.clock()
         device = dev["device"]
         stem = f"{device}_{event_ids[0]}" if event_ids else f"{device}_{kind}_{int(ts * 1000)}"
         out: list[OutboxRecord] = []
         for name, notifier in self.notifiers.items():
+            if name in skip:
+                continue
             language = getattr(notifier, "language", None) or self.config.alerts.language
             caption = render_caption(
                 kind,
@@ -736,6 +773,8 @@ class GatewayService:
                 event_ids=event_ids,
                 photo_dropped=photo_dropped,
             )
+            if note:
+                caption = f"{caption} {note}"
             try:
                 recipients = notifier.recipients(device)
             except Exception:
@@ -883,7 +922,19 @@ class GatewayService:
         return dict(self._whatsapp)  # type: ignore[return-value]
 
     def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
+        was = self._whatsapp.get("state")
         self._whatsapp = {**data}  # type: ignore[typeddict-item]
+        if data.get("state") == "connected" and was != "connected" and self.dispatcher is not None:
+            # Alerts that failed while WhatsApp was away go now, not after their backoff.
+            self.dispatcher.reschedule("whatsapp")
+
+    def _on_whatsapp_receipt(self, _topic: str, data: dict[str, Any]) -> None:
+        if self.dispatcher is None or not isinstance(data, dict):
+            return
+        ids = [str(i) for i in data.get("ids") or [] if i]
+        self.dispatcher.note_receipt(
+            ids, str(data.get("status") or ""), float(data.get("ts") or self.clock())
+        )
 
     def health(self) -> dict[str, Any]:
         assert self.store is not None
@@ -899,6 +950,8 @@ class GatewayService:
                 "url": self.link.endpoint if self.link else self.broker_url,
                 "managed": self.broker.kind if self.broker else None,
                 "connected": bool(self.link and self.link.connected.is_set()),
+                # more than 1 with a healthy broker: something keeps disconnecting us (a client-id thief?)
+                "connects": self.link.connects if self.link else 0,
             },
             "events_total": self.store.event_count(),
             "alerts": self.store.outbox_counts(),
@@ -963,6 +1016,7 @@ class GatewayService:
         with self._commands_lock:
             self._commands.expire(self.clock())
         self._check_offline()
+        self._check_whatsapp()
         if self.broker is not None:
             self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
             self.broker.supervise()

@@ -69,12 +69,13 @@ def test_managed_mosquitto_enforces_passwords_and_per_box_acl(tmp_path, prefix):
             box.send(e1, make_jpeg(160, 120))
             assert box.wait_ack(e1)["ok"]
             # box-a may not speak for box-b: the broker drops the message (Mosquitto may also drop the
-            # connection), nothing is stored. A separate connection, so the box itself carries on.
+            # connection), nothing is stored. A separate connection, so the box itself carries on: on the
+            # local listener, since on the box listener the same login is the same client id ("box-a").
             rogue = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rogue-box-a")
             rogue.username_pw_set("box-a", a.password)
             from urllib.parse import urlparse
 
-            u = urlparse(url)
+            u = urlparse(svc.broker.local_url)
             rogue.connect(u.hostname, u.port)
             rogue.loop_start()
             e2 = new_event_id()
@@ -120,6 +121,24 @@ def test_amqtt_fallback_serves_events(tmp_path, prefix, caplog):
             assert box.wait_ack(eid, timeout=30)["ok"]
         finally:
             box.close()
+    finally:
+        svc.stop()
+
+
+def test_the_amqtt_fallback_never_listens_on_the_lan(tmp_path, prefix):
+    """Item 12: amqtt has no logins, client-id binding or ACL here, so it stays on 127.0.0.1 whatever
+    listen_host says (the old code bound it to every interface, anonymous)."""
+    pytest.importorskip("amqtt")
+    cfg = _managed(tmp_path, prefix, PARCELBOX_BROKER_PREFER="amqtt", PARCELBOX_BROKER_LISTEN_HOST="0.0.0.0")
+    svc = GatewayService(cfg)
+    svc.start()
+    try:
+        assert svc.broker.kind == "amqtt" and svc.wait_connected(15)
+        assert svc.broker.listen.startswith("127.0.0.1:")
+        import socket
+
+        with socket.socket() as s:  # not on another address ("the LAN")
+            assert s.connect_ex(("127.0.0.2", int(svc.broker.listen.rsplit(":", 1)[1]))) != 0
     finally:
         svc.stop()
 
@@ -190,3 +209,354 @@ def test_a_broker_file_left_by_a_crash_is_ignored(tmp_path):
         assert live is not None and live.port == 18830 and live.listen_host == "0.0.0.0"
         (data / BROKER_FILE).write_text("{not json")
         assert read_live_address(data) is None  # unreadable: ignored, never a crash
+
+
+# --- issue 14: identities, anonymous clients, retained junk, orphaned broker, data-folder mode ---------
+
+LAN = "127.0.0.2"  # a loopback address standing in for the LAN interface; 127.0.0.1 is the local listener
+
+
+def _lan(tmp_path, prefix, **env):
+    return _managed(
+        tmp_path, prefix, PARCELBOX_BROKER_LISTEN_HOST=LAN, PARCELBOX_BROKER_LOCAL_PORT="0", **env
+    )
+
+
+def _client(url: str, client_id: str, username: str | None = None, password: str | None = None):
+    """A connected paho client (its loop running) and the list of its CONNACK codes / disconnects."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    if username:
+        c.username_pw_set(username, password)
+    events: list[str] = []
+    c.on_connect = lambda _c, _u, _f, rc, _p: events.append(f"connack:{rc.value}")
+    c.on_disconnect = lambda *_a: events.append("disconnect")
+    c.connect(u.hostname, u.port)
+    c.loop_start()
+    wait_for(lambda: any(e.startswith("connack") for e in events), 10, what="CONNACK")
+    return c, events
+
+
+def _subscriber(url: str, topic_filter: str, username: str | None = None, password: str | None = None):
+    """A connected client subscribed to `topic_filter`; returns it and the list its messages land in."""
+    got: list[mqtt.MQTTMessage] = []
+    c, _events = _client(url, f"spy-{time.monotonic_ns()}", username, password)
+    c.on_message = lambda _c, _u, m: got.append(m)
+    subscribed: list[int] = []
+    c.on_subscribe = lambda *_a: subscribed.append(1)
+    c.subscribe(topic_filter, 1)
+    wait_for(lambda: subscribed, 10, what="SUBACK")
+    return c, got
+
+
+def _close(c) -> None:
+    c.disconnect()
+    c.loop_stop()
+
+
+def _count_disconnects(box: Box) -> list[int]:
+    n = [0]
+    box.c.on_disconnect = lambda *_a: n.__setitem__(0, n[0] + 1)
+    return n
+
+
+def test_a_box_cannot_take_the_gateways_or_another_boxs_client_id(tmp_path, prefix):
+    """Item 3: box-a's login connecting under the gateway's id or box-b's id kicks nobody off."""
+    cfg = _lan(tmp_path, prefix, PARCELBOX_BROKER_ALLOW_ANONYMOUS="false")
+    svc = GatewayService(cfg)
+    a = svc.registry.add("box-a")
+    b = svc.registry.add("box-b")
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        url = svc.broker.url
+        box_b = Box(url, prefix, "box-b", username="box-b", password=b.password)
+        b_drops = _count_disconnects(box_b)
+        try:
+            gateway_ids = {svc.client_id, getattr(svc.broker, "gateway_username", svc.client_id)}
+            box_b_ids = {box_b.c._client_id.decode(), "box-b"}
+            for stolen in sorted(gateway_ids | box_b_ids):
+                rogue, events = _client(url, stolen, "box-a", a.password)
+                _close(rogue)
+            e1 = new_event_id()
+            box_b.send(e1, make_jpeg(160, 120))
+            assert box_b.wait_ack(e1)["ok"]
+            assert svc.link.connects == 1, "the gateway was kicked off and reconnected"
+            assert b_drops[0] == 0, "box-b was kicked off"
+        finally:
+            box_b.close()
+    finally:
+        svc.stop()
+
+
+def test_anonymous_clients_only_on_the_local_listener_and_never_on_a_registered_box(tmp_path, prefix):
+    """Item 12: the trial works anonymously on 127.0.0.1; the box listener refuses anonymous clients, and
+    an anonymous client can neither forge a registered box's event, read its ack, nor command it."""
+    cfg = _lan(tmp_path, prefix)  # allow_anonymous: default (true)
+    svc = GatewayService(cfg)
+    a = svc.registry.add("box-a")
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        assert svc.broker.url.startswith(f"mqtt://{LAN}:")
+        assert _connect_rc(svc.broker.url, None, None) != 0  # the "LAN" listener: logins only
+        local = svc.broker.local_url
+        assert local.startswith("mqtt://127.0.0.1:")
+        # the five-minute trial: an anonymous simulated box on the local listener is acked
+        sim = Box(local, prefix, "sim-1")
+        try:
+            e0 = new_event_id()
+            sim.send(e0, make_jpeg(160, 120))
+            assert sim.wait_ack(e0)["ok"]
+        finally:
+            sim.close()
+        box_a = Box(svc.broker.url, prefix, "box-a", username="box-a", password=a.password)
+        # on the local listener: on the box listener this login would be client id "box-a" and kick box_a
+        cmds_c, cmds = _subscriber(local, f"{prefix}/box-a/cmd", "box-a", a.password)
+        spy, seen = _subscriber(local, f"{prefix}/#")
+        try:
+            forged = new_event_id()
+            spy.publish(
+                f"{prefix}/box-a/event",
+                json.dumps({"v": 1, "id": forged, "type": "delivery", "ts": None, "seq": 1, "photo": None}),
+                qos=1,
+            ).wait_for_publish(10)
+            spy.publish(f"{prefix}/box-a/cmd", json.dumps({"id": "forged-cmd-1", "cmd": "config",
+                                                              "args": {"camera": False}}), qos=1)  # fmt: skip
+            e1 = new_event_id()
+            box_a.send(e1, None)
+            assert box_a.wait_ack(e1)["ok"]  # processed after the forged event would have been
+            assert svc.get_event("box-a", forged) is None
+            real = svc.send_command("box-a", "ping")
+            first = wait_for(lambda: cmds, 10, what="the gateway's command")[0]
+            assert real in first.payload.decode() and "forged" not in first.payload.decode()
+            assert not [m.topic for m in seen if m.topic.startswith(f"{prefix}/box-a/")]
+        finally:
+            box_a.close()
+            _close(cmds_c)
+            _close(spy)
+    finally:
+        svc.stop()
+
+
+def _publish_once(url: str, login: str, password: str, topic: str, payload: bytes) -> str:
+    """Connect with `login`, publish one retained QoS 1 message: "acked" or "disconnected".
+
+    Driven by hand, without paho's network thread, which would reconnect and send the message again.
+    """
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=login)
+    c.username_pw_set(login, password)
+    outcome: list[str] = []
+    c.on_disconnect = lambda *_a: outcome.append("disconnected")
+    c.on_publish = lambda *_a: outcome.append("acked")
+    c.connect(u.hostname, u.port)
+    c.publish(topic, payload, qos=1, retain=True)
+    for _ in range(100):  # bounded: 100 x 0.1 s
+        if outcome:
+            break
+        c.loop(0.1)
+    c.disconnect()
+    return outcome[0] if outcome else "nothing"
+
+
+def _db_state(path):
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def test_retained_junk_is_bounded_and_an_idle_broker_does_not_rewrite_its_database(tmp_path, prefix):
+    """Item 6: a box's oversized retained message is refused (disconnect), one below its photo topic's
+    exact depth is dropped by the ACL, and an idle broker does not rewrite its database every second."""
+    from gateway.broker import MAX_PACKET_BYTES
+
+    cfg = _lan(tmp_path, prefix, PARCELBOX_BROKER_ALLOW_ANONYMOUS="false")
+    svc = GatewayService(cfg)
+    a = svc.registry.add("box-a")
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        url = svc.broker.url
+        big = f"{prefix}/box-a/photo/{new_event_id()}/0"
+        assert _publish_once(url, "box-a", a.password, big, b"x" * (MAX_PACKET_BYTES + 1)) == "disconnected"
+        deep = f"{prefix}/box-a/photo/{new_event_id()}/0/deeper/still"
+        _publish_once(url, "box-a", a.password, deep, b"junk")  # dropped by the ACL (PUBACK or disconnect)
+        kept = f"{prefix}/box-a/photo/{new_event_id()}/0"  # the exact depth: allowed (and small)
+        assert _publish_once(url, "box-a", a.password, kept, b"small") == "acked"
+        # Read what is retained with the gateway's login, on the local listener (free client ids there).
+        reader, got = _subscriber(
+            svc.broker.local_url,
+            f"{prefix}/box-a/#",
+            svc.broker.gateway_username,
+            svc.broker.gateway_password,
+        )
+        try:
+            wait_for(lambda: got, 10, what="retained messages")
+            assert sorted(m.topic for m in got if m.retain) == [kept]
+        finally:
+            _close(reader)
+        db = tmp_path / "data" / "broker" / "mosquitto.db"
+        before = _db_state(db)
+        # A negative observation needs a wait: the old 1 s autosave rewrote the database twice in this time.
+        time.sleep(2.5)
+        assert _db_state(db) == before, "an idle broker rewrote its database"
+    finally:
+        svc.stop()
+
+
+def test_a_broker_left_over_by_a_dead_gateway_is_stopped_and_its_port_reused(tmp_path, prefix):
+    """Item 13: a gateway that died without its broker dying (no parent-death signal) left Mosquitto
+    holding the port; the next gateway stops that broker (pid file + /proc check) and keeps the port."""
+    import os
+
+    from gateway.mosquitto import free_port, leftover_pid
+
+    cfg = _lan(
+        tmp_path,
+        prefix,
+        PARCELBOX_BROKER_ALLOW_ANONYMOUS="false",
+        PARCELBOX_BROKER_LISTEN_PORT=str(free_port(LAN)),  # a fixed port, as boxes are flashed with
+    )
+    first = GatewayService(cfg)
+    a = first.registry.add("box-a")
+    first.start()
+    assert first.wait_connected(10)
+    port = first.broker.listen
+    orphan = first.broker.mosquitto.pid
+    first.broker.mosquitto.proc = None  # forget it, as a SIGKILLed gateway would: stop() leaves it running
+    first.stop()
+    assert leftover_pid(tmp_path / "data" / "broker") == orphan
+    second = GatewayService(cfg)
+    second.start()
+    try:
+        assert second.wait_connected(10)
+        assert second.broker.listen == port  # same port: boxes flashed with it still reach it
+        assert second.broker.mosquitto.pid != orphan
+        wait_for(lambda: not os.path.exists(f"/proc/{orphan}/cmdline") or
+                 not open(f"/proc/{orphan}/cmdline", "rb").read(), 10, what="the old broker gone")  # fmt: skip
+        box = Box(second.broker.url, prefix, "box-a", username="box-a", password=a.password)
+        try:
+            eid = new_event_id()
+            box.send(eid, None)
+            assert box.wait_ack(eid)["ok"]
+        finally:
+            box.close()
+    finally:
+        second.stop()
+
+
+def test_a_pid_file_naming_another_process_is_not_trusted(tmp_path):
+    """The pid in a stale pid file may belong to anything by now: only our mosquitto with our config counts."""
+    import os
+    import subprocess
+    import sys
+
+    from gateway.mosquitto import PID_FILE, leftover_pid, stop_leftover
+
+    d = tmp_path / "broker"
+    d.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (d / PID_FILE).write_text(f"{other.pid}\n")
+        assert leftover_pid(d) is None
+        assert stop_leftover(d) is None
+        assert other.poll() is None  # untouched
+        (d / PID_FILE).write_text(f"{os.getpid()}\n")
+        assert leftover_pid(d) is None
+        (d / PID_FILE).write_text("not a pid")
+        assert stop_leftover(d) is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_data_folder_is_private(tmp_path, prefix, caplog):
+    """Item 14: a new data folder is created 0700; an existing world-readable one is tightened, logged."""
+    import logging
+
+    fresh = tmp_path / "fresh"
+    cfg = _managed(tmp_path, prefix)
+    cfg.data_dir = fresh
+    svc = GatewayService(cfg)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        assert fresh.stat().st_mode & 0o777 == 0o700
+    finally:
+        svc.stop()
+    old = tmp_path / "old"
+    old.mkdir()
+    old.chmod(0o755)
+    (old / "status.json").write_text("{}")
+    cfg.data_dir = old
+    svc = GatewayService(cfg)
+    with caplog.at_level(logging.WARNING):
+        svc.start()
+    try:
+        assert old.stat().st_mode & 0o777 == 0o700
+        assert any("now 0700" in r.getMessage() for r in caplog.records)
+    finally:
+        svc.stop()
+    # `parcelbox device add` before the first run creates it private too
+    from gateway.devices import DeviceRegistry
+
+    DeviceRegistry(tmp_path / "by-device-add").add("box-a")
+    assert (tmp_path / "by-device-add").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_service_unit_keeps_the_state_directory_private():
+    """Item 14: systemd creates /var/lib/parcelbox itself; it must create it 0700 (default 0755)."""
+    from pathlib import Path
+
+    unit = (Path(__file__).resolve().parents[1] / "deploy" / "parcelbox.service").read_text()
+    assert "\nStateDirectoryMode=0700\n" in unit
+
+
+def test_the_session_under_the_gateways_old_client_id_is_discarded(tmp_path, prefix):
+    """Upgrade: the gateway used to connect as parcelbox-gw-<hash>; that persistent session, subscribed
+    to every box's events, would queue them forever. The gateway discards it at start."""
+    cfg = _lan(tmp_path, prefix)
+    svc = GatewayService(cfg)
+    svc.start()
+    old_id = svc.client_id
+    local = svc.broker.local_url
+    # what the old gateway left: a persistent session under its id (made here with the gateway's login)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=old_id, clean_session=False)
+    c.username_pw_set(svc.broker.gateway_username, svc.broker.gateway_password)
+    from urllib.parse import urlparse
+
+    u = urlparse(local)
+    c.connect(u.hostname, u.port)
+    c.loop_start()
+    wait_for(c.is_connected, 10, what="connect")
+    done: list[int] = []
+    c.on_subscribe = lambda *_a: done.append(1)
+    c.subscribe(f"{prefix}/+/event", 1)
+    wait_for(lambda: done, 10, what="SUBACK")
+    c.disconnect()
+    c.loop_stop()
+    svc.stop()
+    svc = GatewayService(cfg)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        flags: list[bool] = []
+        probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=old_id, clean_session=False)
+        probe.username_pw_set(svc.broker.gateway_username, svc.broker.gateway_password)
+        probe.on_connect = lambda _c, _u, f, _rc, _p: flags.append(bool(f.session_present))
+        u = urlparse(svc.broker.local_url)
+        probe.connect(u.hostname, u.port)
+        probe.loop_start()
+        wait_for(lambda: flags, 10, what="CONNACK")
+        probe.disconnect()
+        probe.loop_stop()
+        assert flags == [False], "the old gateway session is still there"
+    finally:
+        svc.stop()

@@ -21,7 +21,10 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     env["HOME"] = str(home)
     # Loopback and a free port instead of 0.0.0.0:1883, no dashboard port: tests must not collide.
     env.update(
-        PARCELBOX_BROKER_LISTEN_HOST="127.0.0.1", PARCELBOX_BROKER_LISTEN_PORT="0", PARCELBOX_WEB_ENABLED="0"
+        PARCELBOX_BROKER_LISTEN_HOST="127.0.0.1",
+        PARCELBOX_BROKER_LISTEN_PORT="0",
+        PARCELBOX_BROKER_LOCAL_PORT="0",
+        PARCELBOX_WEB_ENABLED="0",
     )
     env.update(extra)
     return env
@@ -58,6 +61,10 @@ def test_fresh_machine_run_own_broker_folder_sink_summary_and_clean_sigterm(tmp_
         live = data_dir / "broker.json"
         assert f"address written to {live}" in text
         assert json.loads(live.read_text())["url"] == url
+        # the box listener takes logins only; the summary names the local listener for simulated boxes
+        trial = re.search(r"simulate\.py --broker (mqtt://127\.0\.0\.1:\d+)", text).group(1)
+        assert trial != url and json.loads(live.read_text())["local_url"] == trial
+        url = trial
         box = Box(url, "parcelbox", "box-1")
         try:
             eid = new_event_id()

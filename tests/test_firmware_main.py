@@ -11,7 +11,7 @@ import types
 import pytest
 
 from tests.support.mqtt import Collector
-from tools.simulate import LemarivaCameraSim, PahoMQTTClient, PhotoSource, SimWlan
+from tools.simulate import PahoMQTTClient, PhotoSource, SimWlan, camera_driver
 
 
 class Slept(Exception):
@@ -46,7 +46,12 @@ def _fake_modules(monkeypatch):
             wdt_feeds.append(1)
 
     machine.WDT = WDT
-    machine.reset = lambda: None
+    machine.resets = []
+    machine.reset = lambda: machine.resets.append(1)
+    # ports/esp32/modmachine.c: wake_reason() = esp_sleep_get_wakeup_cause(); 0 after a cold boot
+    machine.EXT0_WAKE, machine.TIMER_WAKE = 2, 4
+    machine.woke = 0
+    machine.wake_reason = lambda: machine.woke
 
     def deepsleep(ms):
         raise Slept(ms)
@@ -55,7 +60,14 @@ def _fake_modules(monkeypatch):
     esp32 = types.ModuleType("esp32")
     esp32.calls = []
     esp32.gpio_deep_sleep_hold = lambda on: esp32.calls.append(("hold", on))
-    esp32.wake_on_ext0 = lambda pin, level: esp32.calls.append(("ext0", pin.gpio, level))
+
+    def wake_on_ext0(pin, level):
+        # ports/esp32/modesp32.c: RTC_IS_VALID_EXT_PIN or ValueError("invalid pin")
+        if pin.gpio not in (0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39):
+            raise ValueError("invalid pin")
+        esp32.calls.append(("ext0", pin.gpio, level))
+
+    esp32.wake_on_ext0 = wake_on_ext0
     monkeypatch.setitem(sys.modules, "esp32", esp32)
     network = types.ModuleType("network")
     network.STA_IF = 0
@@ -64,7 +76,8 @@ def _fake_modules(monkeypatch):
     simple = types.ModuleType("umqtt.simple")
     simple.MQTTClient = PahoMQTTClient
     umqtt.simple = simple
-    cam = LemarivaCameraSim(PhotoSource(None), warmup=1)
+    photos = PhotoSource(None)
+    cam = camera_driver("lemariva", lambda w, h, q: photos.frame(0, True), warmup=1)
     for name, mod in (
         ("machine", machine),
         ("network", network),
@@ -147,6 +160,8 @@ def test_main_wires_the_board_and_comes_online(tmp_path, monkeypatch, mosquitto,
 def test_ntp_clock_ts_null_until_synced(synced, monkeypatch):
     import main
 
+    if not synced:  # a cold boot: the RTC starts at 2000-01-01
+        monkeypatch.setattr(time, "time", lambda: 946684800.0 + 12)
     c = main.NtpClock("pool.ntp.org")
     c.synced = synced
     t = c.unix_time()
@@ -178,6 +193,8 @@ def test_battery_mode_sleeps_when_done_with_camera_off_led_held_and_lid_wake(
     led = FakePin.made[4]
     assert led.level == 0 and led.hold is True
     assert sys.modules["camera"].inited is False  # powered down before sleep
+    pwdn = FakePin.made[32]  # and kept down: PWDN held high through the sleep (issue 13 item 8)
+    assert pwdn.level == 1 and pwdn.hold is True
 
 
 def test_sd_spool_falls_back_to_flash_when_no_card(tmp_path, monkeypatch, mosquitto, prefix, capsys):
@@ -205,6 +222,7 @@ def test_sd_spool_falls_back_to_flash_when_no_card(tmp_path, monkeypatch, mosqui
         "wifi": {"ssid": "home"},
         "broker": {"host": mosquitto.host, "port": mosquitto.port},
         "spool_dir": "/sd/spool",
+        "pins": {"lid_open_level": 0},  # the reed wired so GPIO13 (SD DAT3) is high with the lid closed
     }
     p = tmp_path / "config.json"
     p.write_text(json.dumps(cfg))
@@ -288,3 +306,190 @@ def test_quiet_window_check_runs_under_micropython(micropython, tmp_path):
     lines = res.stdout.splitlines()
     assert lines[0].startswith("parcelbox: quiet window: /data/noapp is present")
     assert lines[-2:] == ["True", "False"]
+
+
+class VirtualTime:
+    """main's loop clock, advanced by its own sleep_ms: no test waits for it."""
+
+    def __init__(self, monkeypatch):
+        self.now = 0
+        monkeypatch.setattr(time, "ticks_ms", lambda: self.now, raising=False)
+        monkeypatch.setattr(time, "sleep_ms", self.sleep_ms, raising=False)
+
+    def sleep_ms(self, ms):
+        self.now += ms
+
+
+def _battery_cfg(tmp_path, mosquitto, prefix, device, **extra):
+    cfg = {
+        "device_id": device,
+        "prefix": prefix,
+        "mode": "battery",
+        "wifi": {"ssid": "home", "password": "pw"},
+        "broker": {"host": mosquitto.host, "port": mosquitto.port},
+        "spool_dir": str(tmp_path / "spool"),
+    }
+    cfg.update(extra)
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    return p
+
+
+def test_heartbeat_wake_leaves_the_camera_off(tmp_path, monkeypatch, mosquitto, prefix):
+    """A timer wake only sends a status: the camera is not initialised (it was, every hour)."""
+    import main
+
+    _fake_modules(monkeypatch)
+    VirtualTime(monkeypatch)
+    sys.modules["machine"].woke = 4  # TIMER_WAKE
+    p = _battery_cfg(tmp_path, mosquitto, prefix, "box-10")
+    with pytest.raises(Slept):
+        main.main(str(p), max_steps=200, idle_forever=False)
+    assert [c for c in sys.modules["camera"].calls if c[0] == "init"] == []
+
+
+def test_lid_cycle_during_the_boot_from_deep_sleep_is_reported(tmp_path, monkeypatch, mosquitto, prefix):
+    """Woken by the lid, which is closed again by the time the app starts (a courier is quick,
+    the boot takes ~1-1.5 s): the opening is measured, the parcel is a delivery. It was lost,
+    and the IR reading silently became the new baseline."""
+    import main
+
+    _fake_modules(monkeypatch)
+    VirtualTime(monkeypatch)
+    sys.modules["machine"].woke = 2  # EXT0_WAKE: the lid pin
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "state.json").write_text(json.dumps({"seq": 4, "level": 0}))  # empty before the sleep
+    p = _battery_cfg(tmp_path, mosquitto, prefix, "box-11", sensor="ir", settle_s=1)
+    # FakePin levels start at 0: lid closed (open level 1), IR active-low = a parcel inside.
+    app = main.main(str(p), max_steps=150, idle_forever=False)
+    assert app is not None and app.counters["events"] == 1
+    (order,) = app.spool.orders()
+    rec = app.spool.record(order)
+    assert rec["type"] == "delivery" and rec["sensors"]["before"] == 0 and rec["sensors"]["level"] == 1
+    assert rec["photo"] is not None
+    app.mqtt.disconnect()
+
+
+def test_persistent_memory_error_resets_the_board(tmp_path, monkeypatch, mosquitto, prefix, capsys):
+    """MemoryError in every step: collecting does not help (a fragmented heap), so reset; the
+    spool keeps every event. It used to log and carry on for ever."""
+    import app as fw_app
+    import main
+
+    _fake_modules(monkeypatch)
+    VirtualTime(monkeypatch)
+
+    def oom(self):
+        raise MemoryError("memory allocation failed, allocating 8192 bytes")
+
+    monkeypatch.setattr(fw_app.App, "step", oom)
+    p = tmp_path / "config.json"
+    p.write_text(
+        json.dumps(
+            {
+                "device_id": "box-12",
+                "prefix": prefix,
+                "wifi": {"ssid": "home"},
+                "broker": {"host": mosquitto.host, "port": mosquitto.port},
+                "spool_dir": str(tmp_path / "spool"),
+            }
+        )
+    )
+    main.main(str(p), max_steps=12, idle_forever=False)
+    assert len(sys.modules["machine"].resets) == 2  # after 5 in a row, twice in 12 steps
+    assert "out of memory 5 times in a row: resetting" in capsys.readouterr().out
+
+
+def test_one_memory_error_does_not_reset(tmp_path, monkeypatch, mosquitto, prefix):
+    import app as fw_app
+    import main
+
+    _fake_modules(monkeypatch)
+    VirtualTime(monkeypatch)
+    real = fw_app.App.step
+    n = []
+
+    def sometimes(self):
+        n.append(1)
+        if len(n) % 3 == 0:
+            raise MemoryError()
+        return real(self)
+
+    monkeypatch.setattr(fw_app.App, "step", sometimes)
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"device_id": "box-13", "prefix": prefix, "wifi": {"ssid": "x"},
+                             "broker": {"host": mosquitto.host, "port": mosquitto.port},
+                             "spool_dir": str(tmp_path / "spool")}))  # fmt: skip
+    app = main.main(str(p), max_steps=12, idle_forever=False)
+    assert sys.modules["machine"].resets == []
+    app.mqtt.disconnect()
+
+
+@pytest.mark.parametrize("rtc_s,expect", [(1765000000.0, 1765000000), (946684800.0 + 35, None)])
+def test_events_keep_their_timestamp_after_a_deep_sleep_wake(monkeypatch, rtc_s, expect):
+    """The RTC keeps NTP's time through deep sleep: after a wake (NTP not asked yet in this
+    boot) the clock is good, so events carry ts (they carried null after every wake). A cold
+    boot's RTC (2000-01-01, here as Unix seconds) still gives null until NTP answers."""
+    import main
+
+    monkeypatch.setattr(time, "time", lambda: rtc_s)
+    c = main.NtpClock("pool.ntp.org")
+    assert c.synced is False and c.unix_time() == expect
+
+
+def test_a_non_rtc_lid_pin_does_not_crash_the_sleep(tmp_path, monkeypatch, capsys):
+    """settings refuses it; should one get through, deep_sleep logs and sleeps on the timer."""
+    import main
+
+    _fake_modules(monkeypatch)
+    machine = sys.modules["machine"]
+    lid = FakePin(3)
+
+    class Lid:
+        is_open = False
+
+    class App:
+        lid = Lid()
+
+        class mqtt:
+            @staticmethod
+            def disconnect(offline_status=True):
+                pass
+
+    cfg = {"pins": {"flash": 4, "lid_open_level": 1}, "heartbeat_s": 60, "camera": True}
+    with pytest.raises(Slept):
+        main.deep_sleep(cfg, machine, App(), {"camera": None, "lid_pin": lid})
+    assert "sleep: no ext0 wake (ValueError('invalid pin'))" in capsys.readouterr().out
+
+
+def test_sd_mount_hint_when_dat3_was_low(tmp_path, monkeypatch, mosquitto, prefix, capsys):
+    """The SD card starts in SPI mode when DAT3 (GPIO13) is low at its first command (the fake
+    SDCard fails then, like the card): the log names the reason instead of a bare failure."""
+    import main
+    import spool
+
+    _fake_modules(monkeypatch)
+    VirtualTime(monkeypatch)
+
+    def sdcard(slot=1, width=1):
+        if FakePin.made.get(13) is not None and FakePin.made[13].level == 0:
+            raise OSError(116)  # the SDMMC host times out on a card that answers in SPI mode
+        raise AssertionError("DAT3 high: not this test")
+
+    sys.modules["machine"].SDCard = sdcard
+    import os
+
+    monkeypatch.setattr(os, "mount", lambda dev, path: None, raising=False)  # MicroPython's os.mount
+    real = spool.Spool
+    monkeypatch.setattr(
+        spool, "Spool", lambda path, *a, **kw: real(str(tmp_path / path.strip("/")), *a, **kw)
+    )
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"device_id": "box-14", "prefix": prefix, "wifi": {"ssid": "x"},
+                             "broker": {"host": mosquitto.host, "port": mosquitto.port},
+                             "spool_dir": "/sd/spool", "pins": {"lid_open_level": 0}}))  # fmt: skip
+    app = main.main(str(p), max_steps=2, idle_forever=False)  # lid open at boot: GPIO13 low
+    out = capsys.readouterr().out
+    assert "GPIO13 (the card's DAT3) was low at mount" in out
+    app.mqtt.disconnect()

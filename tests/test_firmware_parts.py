@@ -13,51 +13,62 @@ import pytest
 import sensors
 import settings
 
-from tools.simulate import CameraApiSim, LemarivaCameraSim, PhotoSource, SimPin, SimWlan, warmup_jpeg
+from tests.mp import fake_camera
+from tools.simulate import PhotoSource, SimPin, SimWlan, camera_driver, warmup_jpeg
 
 # --- camera ----------------------------------------------------------------------------
 
 
-def _jpegs(tmp_path, n=3):
+def _scene(tmp_path, flash=None, n=3):
     d = tmp_path / "photos"
     d.mkdir()
     for i in range(n):
         (d / f"p{i}.jpg").write_bytes(b"\xff\xd8" + bytes([i]) * (1000 + i) + b"\xff\xd9")
-    return d
+    src = PhotoSource(d)
+    world = {"scene": 0}
+    return src, world, lambda w, h, q: src.frame(world["scene"], flash is None or flash.level == 1)
 
 
 def test_lemariva_driver_init_settings_warmup_and_bytes_frames(tmp_path):
-    src = PhotoSource(_jpegs(tmp_path))
-    drv = LemarivaCameraSim(src, warmup=2)
     flash = SimPin(0)
+    src, world, lens = _scene(tmp_path, flash)
+    drv = camera_driver("lemariva", lens, warmup=2)
     lines = []
     c = cam.CameraAdapter(drv, "UXGA", 100, 2, flash, True, 0, None, lines.append)
-    assert c.init() is True and c.api == "lemariva"
-    assert drv.calls[0] == ("init", 0, {"format": drv.JPEG, "fb_location": drv.PSRAM})
-    assert ("framesize", drv.FRAME_UXGA) in drv.calls and ("quality", 10) in drv.calls
+    assert c.init() is True and c.api == "lemariva", lines
+    # size and quality at init: the driver sizes its one frame buffer there
+    assert drv.calls[0] == (
+        "init",
+        0,
+        {"format": drv.JPEG, "framesize": drv.FRAME_UXGA, "quality": 10, "fb_location": drv.PSRAM},
+    )
+    world["scene"] = 1
     f = c.capture()
-    assert isinstance(f, bytes) and f == src.served[0]  # the two green warm-up frames were discarded
+    assert isinstance(f, bytes) and f == src.served[0]  # lit, this scene; warm-up frames discarded
     assert warmup_jpeg() not in src.served
     assert flash.history == [0, 1, 0] and flash.level == 0
     c.deinit()
     assert ("deinit",) in drv.calls and flash.level == 0
 
 
-def test_camera_api_driver_returns_memoryview_of_the_frame_buffer(tmp_path):
-    src = PhotoSource(_jpegs(tmp_path))
-    drv = CameraApiSim(src, warmup=1)
-    c = cam.CameraAdapter(drv, "SVGA", 85, 1, None, True, 0)
+def test_camera_api_driver_returns_a_signed_memoryview_of_the_frame_buffer(tmp_path):
+    flash = SimPin(0)
+    src, world, lens = _scene(tmp_path, flash)
+    drv = camera_driver("camera-api", lens, warmup=1)
+    c = cam.CameraAdapter(drv, "SVGA", 85, 1, flash, True, 0)
     assert c.init() and c.api == "camera.Camera"
-    assert drv.created == [{"pixel_format": 3, "frame_size": drv.FrameSize.SVGA, "jpeg_quality": 85}]
+    assert drv.created == [{"pixel_format": 4, "frame_size": drv.FrameSize.SVGA, "jpeg_quality": 85}]
+    world["scene"] = 1
     f = c.capture()
-    assert isinstance(f, memoryview) and bytes(f) == src.served[0]
+    assert isinstance(f, memoryview) and f.format == "b" and bytes(f) == src.served[0]
+    world["scene"] = 2
     assert bytes(c.capture()) == src.served[1]
 
 
-@pytest.mark.parametrize("api", ["lemariva", "camera"])
+@pytest.mark.parametrize("api", ["lemariva", "camera-api"])
 def test_camera_init_failure_is_reported_not_fatal(api, tmp_path):
-    src = PhotoSource(_jpegs(tmp_path))
-    drv = LemarivaCameraSim(src, fail_init=True) if api == "lemariva" else CameraApiSim(src, fail_init=True)
+    src, world, lens = _scene(tmp_path)
+    drv = camera_driver(api, lens, fail_init=True)
     lines = []
     c = cam.CameraAdapter(drv, log=lines.append)
     assert c.init() is False and not c.ok
@@ -308,10 +319,60 @@ def test_pin_conflicts_with_camera_and_flash_are_rejected():
 def test_sd_spool_reserves_the_sd_pins():
     cfg = settings.copy_defaults()
     cfg["spool_dir"] = "/sd/spool"
+    cfg["pins"]["lid_open_level"] = 0  # GPIO13 (DAT3) high while the lid is closed
     assert settings.validate(cfg, False) == []
     cfg["sensor"] = "ultrasonic"  # trig 14 / echo 15 are the SD card's CLK / CMD
     problems = settings.validate(cfg, False)
     assert any("pins.trig=GPIO14 is used by the SD card" in p for p in problems)
+
+
+def test_sd_spool_with_the_reed_holding_dat3_low_is_refused():
+    """Issue 13 item 6: the default reed on GPIO13 grounds the card's DAT3 while the lid is
+    closed (the normal case at boot): the card starts in SPI mode and the mount fails, so the
+    box silently spooled to flash. Was accepted."""
+    cfg = settings.copy_defaults()
+    cfg["spool_dir"] = "/sd/spool"
+    problems = settings.validate(cfg, False)
+    assert any("GPIO13 is the SD card's DAT3" in p and "SPI mode" in p for p in problems), problems
+    cfg["pins"]["lid_open_level"] = 0
+    cfg["sensor"] = "ir"
+    cfg["pins"]["lid"] = 13
+    cfg["pins"]["ir"] = 13
+    assert any("pins.ir=GPIO13 is the SD card's DAT3" in p for p in settings.validate(cfg, False))
+
+
+@pytest.mark.parametrize(
+    "sensor,pin,level",
+    [("hx711", "hx_dout", None), ("ir", "ir", 1), ("ir", "ir", 0)],
+)
+def test_nothing_that_can_hold_gpio12_high_at_reset_is_accepted(sensor, pin, level):
+    """An HX711's DOUT idles high and an active-high IR module is high with a parcel inside:
+    GPIO12 high at reset selects 1.8 V flash and the board does not boot. Only the lid and an
+    active-low IR were checked before."""
+    cfg = settings.copy_defaults()
+    cfg["sensor"] = sensor
+    cfg["pins"][pin] = 12
+    if level is not None:
+        cfg["pins"]["ir_active_level"] = level
+    assert any(f"pins.{pin}=GPIO12" in p for p in settings.validate(cfg, False))
+    if sensor == "hx711":
+        cfg["pins"]["hx_dout"], cfg["pins"]["hx_sck"] = 14, 12  # SCK is an output: fine on 12
+        assert settings.validate(cfg, False) == []
+
+
+def test_battery_mode_needs_an_rtc_lid_pin():
+    """esp32.wake_on_ext0 raises ValueError('invalid pin') for a non-RTC GPIO (modesp32.c):
+    a battery box with its lid on, say, GPIO 3 crashed at its first sleep."""
+    cfg = settings.copy_defaults()
+    cfg["mode"] = "battery"
+    cfg["camera"] = False  # camera off frees GPIO 1/3/16...: 3 (U0R) is not an RTC GPIO
+    cfg["pins"]["lid"] = 3
+    assert any("needs an RTC GPIO" in p for p in settings.validate(cfg, False))
+    cfg["pins"]["lid"] = 13
+    assert settings.validate(cfg, False) == []
+    cfg["mode"] = "always_on"
+    cfg["pins"]["lid"] = 3
+    assert settings.validate(cfg, False) == []
 
 
 def test_apply_remote_changes_only_safe_keys():
@@ -339,6 +400,17 @@ def test_save_is_atomic_and_loads_back(tmp_path):
     assert os.listdir(tmp_path) == ["config.json"]
     again, problems = settings.load(p)
     assert problems == [] and again == cfg
+
+
+def test_save_on_a_full_disk_leaves_no_tmp_file(tmp_path):
+    import os
+    import types
+
+    full = types.SimpleNamespace(rename=lambda a, b: (_ for _ in ()).throw(OSError(28)), remove=os.remove)
+    p = str(tmp_path / "config.json")
+    with pytest.raises(OSError):
+        settings.save(p, settings.copy_defaults(), full)
+    assert os.listdir(tmp_path) == []  # was: config.json.tmp until someone deleted it
 
 
 def test_thresholds_per_sensor():
@@ -436,16 +508,8 @@ def test_mqtt_persistent_session_will_subscriptions_and_backoff():
 
 
 def test_camera_api_generic_firmware_gets_ai_thinker_pins(tmp_path):
-    src = PhotoSource(_jpegs(tmp_path))
-    drv = CameraApiSim(src, warmup=0)
-    real = drv.Camera
-
-    def needs_pins(**kw):
-        if "data_pins" not in kw:
-            raise ValueError("camera pins not defined")
-        return real(**kw)
-
-    drv.Camera = needs_pins
+    src, world, lens = _scene(tmp_path)
+    drv = fake_camera.CameraApi(lens, needs_pins=True)
     lines = []
     c = cam.CameraAdapter(drv, warmup=0, log=lines.append)
     assert c.init() and bytes(c.capture()) == src.served[0]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.mqtt import Collector
 from tests.support.simhw import Acker
-from tools.simulate import PhotoSource, SimulatedBox, generated_jpeg, run_boxes, warmup_jpeg
+from tools.simulate import CAMERA_DRIVERS, PhotoSource, SimulatedBox, generated_jpeg, run_boxes, warmup_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +39,13 @@ def _photos_dir(tmp_path, n=3):
     return d
 
 
-def test_deliveries_arrive_with_photos_whose_sha256_match(mosquitto, prefix, acker, tmp_path):
+@pytest.mark.parametrize("driver", CAMERA_DRIVERS)
+def test_deliveries_arrive_with_photos_whose_sha256_match(driver, mosquitto, prefix, acker, tmp_path):
+    """Each delivery's photo is the lit scene of that delivery (served[i]), through the faithful
+    fake of either driver: not the dark frame lemariva's driver grabbed after the previous
+    capture, and not 'no frame' from the camera API's signed view (issue 13, items 1-2)."""
     photos = PhotoSource(_photos_dir(tmp_path))
-    box = _box(mosquitto, prefix, tmp_path, photos=photos)
+    box = _box(mosquitto, prefix, tmp_path, photos=photos, camera_driver=driver)
     for _ in range(4):
         box.deliver()
     try:
@@ -55,7 +59,7 @@ def test_deliveries_arrive_with_photos_whose_sha256_match(mosquitto, prefix, ack
         ev = acker.events[("box-1", eid)]
         data = acker.photos[("box-1", eid)]
         assert hashlib.sha256(data).hexdigest() == ev.photo.sha256
-        assert data == photos.served[i]  # the folder's files in turn, warm-up frames discarded
+        assert data == photos.served[i]  # the folder's files in turn, lit; warm-up frames discarded
         assert data != warmup_jpeg()
         assert ev.seq == i + 1 and ev.sensors["lid"] == "closed" and "range_mm" in ev.sensors
         assert ev.photo.chunk_size == 8192 and ev.photo.chunks > 1
@@ -91,7 +95,7 @@ def test_killing_the_broker_mid_run_loses_nothing_and_keeps_ids(mosquitto, prefi
 
 
 def test_kill_during_a_publish_then_reboot_resends_from_the_spool(mosquitto, prefix, acker, tmp_path):
-    box = _box(mosquitto, prefix, tmp_path, camera_api="camera")
+    box = _box(mosquitto, prefix, tmp_path, camera_driver="lemariva")
     box.deliver()
     box.deliver()
     # Kill the broker as soon as the first event is spooled, before its ack can arrive.
@@ -285,8 +289,8 @@ def test_cli_many_devices_with_auth_args(mosquitto, prefix, acker, tmp_path):
         "p",
         "--timeout",
         "60",
-        "--camera-api",
-        "camera",
+        "--camera-driver",
+        "lemariva",
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK: every event acked" in r.stdout

@@ -15,7 +15,7 @@ from gateway.flash import board as board_mod
 from gateway.flash.cli import main
 from gateway.flash.serialports import PortInfo
 from gateway.mosquitto import Mosquitto
-from tests.support.fakeboard import FakeBoard, MipIndex, write_firmware_tree
+from tests.support.fakeboard import FakeBoard, MipIndex, skip_boot_waits, write_firmware_tree  # noqa: F401
 from tests.support.mqtt import client
 from tests.test_flash_provision import EXAMPLE, UMQTT, provision_argv
 
@@ -83,7 +83,9 @@ def test_port_busy_names_the_program_holding_it(env, capsys):
         )  # fmt: skip
         try:
             assert holder.stdout.readline().strip() == "locked"
-            code, _, err = run(provision_argv(env, board), capsys)
+            argv = provision_argv(env, board)
+            argv[argv.index("--port") + 1] = board.port  # the pty itself: that is what is locked
+            code, _, err = run(argv, capsys)
         finally:
             holder.kill()
             holder.wait()
@@ -96,9 +98,9 @@ def test_port_busy_names_the_program_holding_it(env, capsys):
 
 def test_board_not_running_micropython(env, capsys):
     with FakeBoard(env.flash, mode="garbage") as board:
-        code, _, err = run(provision_argv(env, board, "--handshake-timeout", "1"), capsys)
+        code, _, err = run(provision_argv(env, board), capsys)
     assert code == 1
-    assert f"handshake: the board on {board.port} is not running MicroPython" in err
+    assert f"handshake: the board on {board.url} is not running MicroPython" in err
     assert "install-micropython --firmware" in err
 
 
@@ -265,7 +267,7 @@ def test_stale_online_status_is_not_taken_for_the_new_boot(env, capsys):
 
 
 def test_library_download_failure(env, capsys):
-    with FakeBoard(env.flash) as board:
+    with FakeBoard(env.flash, frozen=()) as board:
         argv = provision_argv(env, board)
         argv[argv.index("--mip-index") + 1] = "http://127.0.0.1:9/no-index"
         code, _, err = run(argv, capsys)
@@ -278,8 +280,6 @@ def test_micropython_too_old_for_compiled_modules(env, capsys):
         code, _, err = run(provision_argv(env, board), capsys)
         assert code == 1 and not (env.flash / "main.py").exists()
         assert "loads .mpy version 5, mpy-cross makes version 6" in err and "--no-compile" in err
-        # Sources need no particular .mpy version (umqtt already there as source, so mip is skipped).
-        (env.flash / "lib" / "umqtt").mkdir(parents=True)
-        (env.flash / "lib" / "umqtt" / "simple.py").write_text("# umqtt.simple source\n")
+        # Sources need no particular .mpy version.
         code, out, _ = run(provision_argv(env, board, "--no-compile", "--no-wait"), capsys)
     assert code == 0 and (env.flash / "detector.py").exists()

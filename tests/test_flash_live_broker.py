@@ -13,7 +13,7 @@ from gateway.config import load_config
 from gateway.devices import DeviceRegistry
 from gateway.flash.cli import main
 from gateway.service import GatewayService
-from tests.support.fakeboard import FakeBoard, MipIndex, write_firmware_tree
+from tests.support.fakeboard import FakeBoard, MipIndex, skip_boot_waits, write_firmware_tree  # noqa: F401
 from tests.test_flash_provision import EXAMPLE, UMQTT
 
 
@@ -58,7 +58,7 @@ def squatted(tmp_path, prefix):
 
 def _argv(env, board: FakeBoard, *extra: str) -> list[str]:
     return [
-        "provision", "--device", "box1", "--port", board.port, "--config", str(env.config),
+        "provision", "--device", "box1", "--port", board.url, "--config", str(env.config),
         "--firmware-dir", str(env.fw), "--broker-host", "127.0.0.1", "--mip-index", env.index.url,
         "--wifi-ssid", "HomeNet", "--wifi-password", "hunter22", "--online-timeout", "20",
         "--handshake-timeout", "3", *extra,

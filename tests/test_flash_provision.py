@@ -12,7 +12,7 @@ import pytest
 
 from gateway.devices import DeviceRegistry
 from gateway.flash.cli import main
-from tests.support.fakeboard import FakeBoard, MipIndex, write_firmware_tree
+from tests.support.fakeboard import FakeBoard, MipIndex, skip_boot_waits, write_firmware_tree  # noqa: F401
 from tests.support.mqtt import client
 
 # The real firmware's example config: the config the tool writes must have exactly its keys.
@@ -26,6 +26,9 @@ def _key_tree(d):
 
 def publish_status_on_boot(board: FakeBoard) -> None:
     """What the firmware's main.py does after reset: read config.json, connect, publish retained online."""
+    if not board.path("/config.json").exists():
+        board.console("parcelbox: the box cannot start:")  # what main.py says without a config
+        return
     cfg = json.loads(board.path("/config.json").read_text())
     board.console("parcelbox 0.1.0 starting")
     board.console(f"wifi: connected to {cfg['wifi']['ssid']}")
@@ -66,7 +69,7 @@ def env(tmp_path, mosquitto, prefix):
 
 def provision_argv(env, board: FakeBoard, *extra: str) -> list[str]:
     return [
-        "provision", "--device", "box1", "--port", board.port, "--config", str(env.config),
+        "provision", "--device", "box1", "--port", board.url, "--config", str(env.config),
         "--firmware-dir", str(env.fw), "--broker-host", "127.0.0.1", "--mip-index", env.index.url,
         "--wifi-ssid", "HomeNet", "--wifi-password", "hunter22", "--online-timeout", "20",
         "--handshake-timeout", "3", *extra,
@@ -87,9 +90,12 @@ def test_provision_copies_firmware_writes_config_and_waits_for_online(env, capsy
         assert data[:2] == b"M\x06", mpy
     assert not (flash / "app.py").exists() and not (flash / "sim_board.py").exists()
     assert not list(flash.rglob("*.tmp"))
-    # umqtt.simple came through mpremote's mip from the index, as compiled bytecode.
-    assert (flash / "lib" / "umqtt" / "simple.mpy").read_bytes() == UMQTT
-    assert any(r.startswith("/package/6/umqtt.simple/latest.json") for r in env.index.requests)
+    # umqtt.simple is frozen into the board's MicroPython: nothing downloaded, nothing in /lib.
+    assert not (flash / "lib").exists() and env.index.requests == []
+    assert (
+        "umqtt.simple: frozen into this MicroPython build (import umqtt.simple works), nothing to install"
+        in out
+    )
     # config.json: valid JSON, same keys as the example, this box's settings.
     cfg = json.loads((flash / "config.json").read_text())
     assert _key_tree(cfg) == _key_tree(EXAMPLE)
@@ -121,7 +127,7 @@ def test_second_run_copies_only_what_changed(env, capsys):
         assert main(provision_argv(env, board)) == 0
         out = capsys.readouterr().out
         assert "0 copied, 7 unchanged, all verified by sha256" in out
-        assert "umqtt.simple: already on the board" in out
+        assert "umqtt.simple: frozen into this MicroPython build" in out
         assert {p: p.stat().st_mtime_ns for p in env.flash.rglob("*") if p.is_file()} == before
 
         # One module edited, the Wi-Fi changed: exactly those two files travel.
@@ -162,9 +168,7 @@ def test_no_compile_copies_sources(env, capsys):
         assert main(provision_argv(env, board, "--no-compile", "--no-wait")) == 0
     assert (env.flash / "app.py").read_bytes() == (env.fw / "app.py").read_bytes()
     assert (env.flash / "drivers" / "reed.py").exists()
-    assert not list(env.flash.rglob("*.mpy")) or list(env.flash.rglob("*.mpy")) == [
-        env.flash / "lib" / "umqtt" / "simple.mpy"
-    ]
+    assert not list(env.flash.rglob("*.mpy"))
 
 
 def test_a_watchdog_reset_mid_copy_is_survived(env, capsys):
@@ -211,10 +215,13 @@ def test_dry_run_prints_the_plan_and_touches_nothing(env, capsys):
     out = capsys.readouterr().out
     assert not list(env.flash.iterdir())
     assert "dry run: the board was not touched" in out
-    assert f"connect: {board.port}" in out
+    assert f"connect: {board.url}" in out
     assert "main.py -> /main.py" in out and "detector.py -> /detector.mpy" in out
     assert "drivers/reed.py -> /drivers/reed.mpy" in out and "sim_board" not in out
-    assert f"mip install umqtt.simple from {env.index.url}" in out
+    assert (
+        f"libraries: use the firmware's frozen umqtt.simple; mip install from {env.index.url} to /lib only if "
+        "`import` fails on the board" in out
+    )
     assert f"wait up to 20 s for {env.prefix}/box1/status" in out
     assert 'wifi.ssid = "HomeNet"' in out and 'wifi.password = "********"' in out
     assert 'broker.username = "box1"' in out and 'broker.password = "********"' in out
@@ -327,7 +334,7 @@ def test_reprovision_keeps_settings_made_on_the_board_and_applies_set(env, capsy
 
 def test_mip_index_can_be_a_local_folder(env, capsys):
     """Offline installs: --mip-index pointing at a folder with the index layout."""
-    with FakeBoard(env.flash) as board:
+    with FakeBoard(env.flash, frozen=()) as board:
         argv = provision_argv(env, board, "--no-wait")
         argv[argv.index("--mip-index") + 1] = str(env.index.root)
         assert main(argv) == 0
@@ -345,3 +352,34 @@ def test_updates_files_on_a_fat_filesystem(env, capsys):
         assert main(provision_argv(env, board, "--no-wait")) == 0
     assert "1 copied" in capsys.readouterr().out
     assert not list(env.flash.rglob("*.tmp"))
+
+
+def test_umqtt_is_installed_with_mip_when_the_build_lacks_it(env, capsys):
+    """A build from a trimmed manifest (no frozen umqtt.simple): mpremote's mip installs it from the index."""
+    with FakeBoard(env.flash, frozen=()) as board:
+        assert main(provision_argv(env, board, "--no-wait")) == 0
+        out = capsys.readouterr().out
+        assert f"umqtt.simple: not in this MicroPython build: mip install from {env.index.url}" in out
+        assert (env.flash / "lib" / "umqtt" / "simple.mpy").read_bytes() == UMQTT
+        assert any(r.startswith("/package/6/umqtt.simple/latest.json") for r in env.index.requests)
+        # Next run: the board imports it from /lib, so it is not downloaded again.
+        served = len(env.index.requests)
+        assert main(provision_argv(env, board, "--no-wait")) == 0
+        assert "umqtt.simple: already on the board in /lib/umqtt/simple.mpy" in capsys.readouterr().out
+        assert len(env.index.requests) == served
+
+
+def test_frozen_umqtt_needs_no_internet(env, capsys):
+    """Issue 13 item 9: umqtt.simple is frozen into every ESP32 build, so an offline host provisions.
+    Fails on the old code, which always ran mip (and failed on the unreachable index)."""
+    with FakeBoard(env.flash) as board:
+        argv = provision_argv(env, board, "--no-wait")
+        argv[argv.index("--mip-index") + 1] = "http://127.0.0.1:9/offline"
+        assert main(argv) == 0
+        assert main([*argv, "--reinstall-libs"]) == 0
+        ran = board.executed
+    out = capsys.readouterr().out
+    assert "umqtt.simple: frozen into this MicroPython build" in out
+    assert "not reinstalled: the frozen copy comes before /lib on the board's sys.path" in out
+    assert not (env.flash / "lib").exists()
+    assert any("__import__(_n)" in code and "umqtt.simple" in code for code in ran)  # asked the board

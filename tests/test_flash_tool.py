@@ -15,13 +15,14 @@ from gateway.flash.cli import main
 from gateway.flash.devconfig import lan_address
 from gateway.flash.online import ConsoleJudge, classify_console_line, status_is_fresh
 from gateway.flash.serialports import PortInfo
-from tests.support.fakeboard import FakeBoard
+from tests.support import espimage
+from tests.support.fakeboard import FakeBoard, skip_boot_waits  # noqa: F401
 
 
 @pytest.fixture
 def image(tmp_path):
     path = tmp_path / "ESP32_GENERIC-CAM-v1.25.0.bin"
-    path.write_bytes(bytes([0xE9, 0x03, 0x02, 0x20]) + bytes(200 * 1024))
+    path.write_bytes(espimage.full_image())
     return path
 
 
@@ -58,6 +59,39 @@ def test_install_micropython_refuses_a_file_that_is_not_an_esp32_image(tmp_path,
     assert "does not start with the ESP image magic byte 0xE9" in capsys.readouterr().err
     assert main(["install-micropython", "--firmware", str(tmp_path / "nope.bin"), "--port", "x"]) == 1
     assert "image: cannot read" in capsys.readouterr().err
+
+
+def test_install_micropython_refuses_an_app_only_image(tmp_path, capsys, monkeypatch):
+    """Issue 13 item 10: micropython.bin (the app alone, for 0x10000) starts with 0xE9 too, and written at
+    0x1000 it leaves the board unbootable. Fails on the old check, which looked at the first byte only."""
+    monkeypatch.setattr(image_mod, "run_esptool", lambda argv: pytest.fail("esptool must not run"))
+    app_only = tmp_path / "micropython.bin"
+    app_only.write_bytes(espimage.app())
+    assert app_only.read_bytes()[0] == 0xE9 and len(app_only.read_bytes()) > 64 * 1024
+    assert main(["install-micropython", "--firmware", str(app_only), "--port", "/dev/ttyUSB7"]) == 1
+    err = capsys.readouterr().err
+    assert "is an app-only image" in err and "would leave the board unable to boot" in err
+    assert "ESP32_GENERIC" in err and "not micropython.bin" in err
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (espimage.full_image("esp32s3"), "is built for the ESP32-S3; the ESP32-CAM has a classic ESP32"),
+        (bytes([0xE9, 0x03, 0x02, 0x20]) + bytes(200 * 1024), "has no partition table at flash 0x8000"),
+        (espimage.full_image()[: espimage.APP_AT] + b"\xff" * 0x4000, "has no ESP image at flash 0x10000"),
+        (
+            espimage.full_image()[: espimage.APP_AT] + espimage.app()[:0x3000],
+            "has a broken ESP image at flash 0x10000",
+        ),
+    ],
+)
+def test_install_micropython_refuses_images_that_would_not_boot(tmp_path, capsys, monkeypatch, data, message):
+    monkeypatch.setattr(image_mod, "run_esptool", lambda argv: pytest.fail("esptool must not run"))
+    path = tmp_path / "firmware.bin"
+    path.write_bytes(data)
+    assert main(["install-micropython", "--firmware", str(path), "--port", "/dev/ttyUSB7"]) == 1
+    assert message in capsys.readouterr().err
 
 
 def test_install_micropython_reports_esptool_connection_failure(image, tmp_path, capsys):
@@ -98,8 +132,10 @@ def test_logs_reset_shows_the_boot(tmp_path, capsys):
     def on_boot(board):
         board.console("parcelbox 0.1.0 booting")
 
+    (tmp_path / "flash").mkdir()
+    (tmp_path / "flash" / "main.py").write_text("import app\n")  # on_boot stands for main.py
     with FakeBoard(tmp_path / "flash", on_boot=on_boot) as board:
-        assert main(["logs", "--port", board.port, "--reset", "--seconds", "1"]) == 0
+        assert main(["logs", "--port", board.url, "--reset", "--seconds", "1"]) == 0
         assert board.resets == 1
     assert "parcelbox 0.1.0 booting" in capsys.readouterr().out
 

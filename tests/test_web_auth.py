@@ -336,3 +336,132 @@ def test_security_headers_on_every_response(app, anon: TestClient, user: TestCli
         assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff", (
             path
         )
+
+
+# --- lockouts and sessions across restarts (issue 14, item 10) --------------------------------
+
+
+def test_wrong_logins_from_many_addresses_do_not_lock_the_owner_out(port, settings, clock) -> None:
+    """60 wrong passwords from 30 addresses used to lock everyone out (a global cap of 50)."""
+    limiter = LoginLimiter(clock=clock, slow_s=0.001)
+    app = create_app(port, settings, signer=SessionSigner(b"k" * 32, clock=clock), limiter=limiter)
+    for i in range(60):
+        with TestClient(
+            app, base_url=EXPOSED_BASE, follow_redirects=False, client=(f"10.0.0.{i % 30 + 1}", 40000)
+        ) as c:
+            assert login(c, f"guess {i}").status_code == 401
+    assert limiter.under_attack()
+    with TestClient(app, base_url=EXPOSED_BASE, follow_redirects=False, client=("10.0.9.9", 40000)) as owner:
+        assert login(owner, "still wrong").status_code == 401  # slowed, but checked
+        r = login(owner)
+        assert r.status_code == 303 and owner.cookies.get("pb_session")
+        assert owner.get("/api/health").json()["web"]["login_slowed"] >= 2
+    # Each address is still limited on its own.
+    with TestClient(app, base_url=EXPOSED_BASE, follow_redirects=False, client=("10.0.0.1", 40000)) as c:
+        for _ in range(3):
+            login(c, "again")
+        assert login(c).status_code == 429
+
+
+def test_the_owners_browser_gets_in_from_an_address_an_attacker_locked(app, clock) -> None:
+    """Behind a reverse proxy every client is 127.0.0.1: the device cookie tells the owner apart."""
+    with TestClient(app, base_url=EXPOSED_BASE, follow_redirects=False) as owner:
+        r = login(owner)
+        device = next(x for x in r.headers.get_list("set-cookie") if x.startswith("pb_device="))
+        assert "HttpOnly" in device and "Max-Age=" in device
+        owner.post("/logout", headers=csrf_headers(owner))
+        with TestClient(app, base_url=EXPOSED_BASE, follow_redirects=False) as attacker:
+            for _ in range(5):
+                assert login(attacker, "guess").status_code == 401
+            assert login(attacker).status_code == 429  # the shared address is locked...
+        assert login(owner).status_code == 303  # ...but not for the browser that logged in before
+        owner.post("/logout", headers=csrf_headers(owner))
+        for _ in range(5):
+            assert login(owner, "typo").status_code == 401
+        assert login(owner).status_code == 429  # a device has its own limit
+        clock.t += 301
+        assert login(owner).status_code == 303
+
+
+def test_forged_device_cookie_counts_as_none(app) -> None:
+    with TestClient(app, base_url=EXPOSED_BASE, follow_redirects=False) as c:
+        put_cookie(c, "pb_device", "eyJkZXYiOiJ4In0.forged")
+        for _ in range(5):
+            login(c, "guess")
+        assert login(c).status_code == 429
+
+
+def test_ipv6_clients_are_limited_per_64() -> None:
+    from gateway.web.auth import client_key
+
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:10.0.0.1") == "10.0.0.1" and client_key("10.0.0.1") == "10.0.0.1"
+    assert client_key("testclient") == "testclient"
+
+
+def test_logged_out_session_stays_dead_after_a_restart(port, settings) -> None:
+    with TestClient(create_app(port, settings), base_url=EXPOSED_BASE, follow_redirects=False) as c:
+        assert login(c).status_code == 303
+        stolen = c.cookies.get("pb_session")
+        assert c.post("/logout", headers=csrf_headers(c)).status_code == 200
+    assert settings.sessions_file.stat().st_mode & 0o777 == 0o600
+    # A restart: a new app reads the key and the revocations from the data folder.
+    with TestClient(create_app(port, settings), base_url=EXPOSED_BASE, follow_redirects=False) as c:
+        put_cookie(c, "pb_session", stolen)
+        assert c.get("/api/health").status_code == 401
+        assert login(c).status_code == 303 and c.get("/api/health").status_code == 200
+
+
+def test_logout_everywhere_ends_every_session_for_good(port, settings) -> None:
+    app = create_app(port, settings)
+    with (
+        TestClient(app, base_url=EXPOSED_BASE, follow_redirects=False) as phone,
+        TestClient(app, base_url=EXPOSED_BASE, follow_redirects=False) as laptop,
+    ):
+        assert login(phone).status_code == 303 and login(laptop).status_code == 303
+        kept = phone.cookies.get("pb_session")
+        r = laptop.post("/logout", json={"everywhere": True}, headers=csrf_headers(laptop))
+        assert r.status_code == 200
+        assert phone.get("/api/health").status_code == 401
+    with TestClient(create_app(port, settings), base_url=EXPOSED_BASE, follow_redirects=False) as c:
+        put_cookie(c, "pb_session", kept)
+        assert c.get("/api/health").status_code == 401
+
+
+def test_unreadable_revocations_fail_closed(port, settings) -> None:
+    with TestClient(create_app(port, settings), base_url=EXPOSED_BASE, follow_redirects=False) as c:
+        assert login(c).status_code == 303
+        kept = c.cookies.get("pb_session")
+    settings.sessions_file.write_text("{not json")
+    with TestClient(create_app(port, settings), base_url=EXPOSED_BASE, follow_redirects=False) as c:
+        put_cookie(c, "pb_session", kept)
+        assert c.get("/api/health").status_code == 401
+
+
+def test_slowed_attempts_take_turns_and_the_line_is_bounded() -> None:
+    import asyncio
+
+    limiter = LoginLimiter(slow_s=0.0, max_waiting=2)
+
+    async def scenario() -> list[bool]:
+        order: list[bool] = []
+        release = asyncio.Event()
+
+        async def attempt(hold: bool) -> None:
+            async with limiter.turn() as ok:
+                order.append(ok)
+                if ok and hold:
+                    await release.wait()
+
+        first = asyncio.create_task(attempt(True))
+        await asyncio.sleep(0)  # the first holds its turn
+        waiting = [asyncio.create_task(attempt(False)) for _ in range(2)]
+        await asyncio.sleep(0)
+        await attempt(False)  # a third in line: refused at once, not queued
+        release.set()
+        await asyncio.gather(first, *waiting)
+        return order
+
+    assert asyncio.run(scenario()) == [True, False, True, True]
+    assert limiter.slowed == 3 and limiter.refused == 1

@@ -66,9 +66,18 @@ def test_pairing_qr_code_test_message_and_unlink(setup) -> None:
 
     r = c.post("/api/whatsapp/test", json={}, headers=h)
     assert r.status_code == 200, r.text
+    # Not a configured recipient: the dashboard asks first (the button sends from the owner's account).
     r = c.post("/api/whatsapp/test", json={"recipient": "+62 812 9999 0000"}, headers=h)
+    assert (r.status_code, r.json()["error"]) == (409, "confirm_needed") and len(fake.sent()) == 1
+    r = c.post("/api/whatsapp/test", json={"recipient": "+62 812 9999 0000", "confirm": True}, headers=h)
     assert r.status_code == 200, r.text
-    assert [m["to"] for m in fake.sent()] == ["6281234567890@s.whatsapp.net", "6281299990000@s.whatsapp.net"]
+    r = c.post("/api/whatsapp/test", json={"recipient": "6281234567890@s.whatsapp.net"}, headers=h)
+    assert r.status_code == 200, r.text  # a configured one, however it is written
+    assert [m["to"] for m in fake.sent()] == [
+        "6281234567890@s.whatsapp.net",
+        "6281299990000@s.whatsapp.net",
+        "6281234567890@s.whatsapp.net",
+    ]
     assert "test message" in fake.sent()[0]["text"]
     r = c.post("/api/whatsapp/test", json={"recipient": "0812 local"}, headers=h)
     assert r.status_code == 502 and "international" in r.json()["detail"]
@@ -80,6 +89,38 @@ def test_pairing_qr_code_test_message_and_unlink(setup) -> None:
         lambda: c.get("/api/whatsapp").json()["state"] in ("pairing", "not_paired"), what="back to pairing"
     )
     assert not (comp.settings.session_dir / "fake-session.json").exists()
+
+
+def test_test_messages_are_rate_limited(setup) -> None:
+    """31 test messages in 2 s once went out to an arbitrary number; now at most 3 to one recipient
+    and 5 in all per 10 minutes (gateway/ratelimit.py), the rest refused with Retry-After."""
+    c, port, fake, comp = setup
+    fake.inject("scan")
+    wait_until(lambda: c.get("/api/whatsapp").json()["state"] == "connected", what="connected")
+    h = csrf_headers(c)
+    codes = [c.post("/api/whatsapp/test", json={}, headers=h).status_code for _ in range(31)]
+    assert codes == [200] * 3 + [429] * 28
+    stranger = {"recipient": "+62 812 7777 0000", "confirm": True}
+    codes = [c.post("/api/whatsapp/test", json=stranger, headers=h) for _ in range(31)]
+    assert [r.status_code for r in codes] == [200] * 2 + [429] * 29
+    assert int(codes[-1].headers["retry-after"]) > 0 and codes[-1].json()["error"] == "rate_limited"
+    assert len(fake.sent()) == 5
+
+
+def test_a_stranger_not_on_whatsapp_gets_no_test_message(setup) -> None:
+    """A number outside the recipients is looked up before the test message goes to it: a send to a
+    non-user fails at WhatsApp anyway, and each one is a look-up (a ban signal)."""
+    c, port, fake, comp = setup
+    fake.script(not_on_whatsapp=["6281266660000"])
+    fake.inject("scan")
+    wait_until(lambda: c.get("/api/whatsapp").json()["state"] == "connected", what="connected")
+    h = csrf_headers(c)
+    r = c.post("/api/whatsapp/test", json={"recipient": "+62 812 6666 0000", "confirm": True}, headers=h)
+    assert r.status_code == 502 and "not on WhatsApp" in r.json()["detail"], r.text
+    assert fake.sent() == []
+    r = c.post("/api/whatsapp/test", json={"recipient": "+62 812 5555 0000", "confirm": True}, headers=h)
+    assert r.status_code == 200, r.text
+    assert [m["to"] for m in fake.sent()] == ["6281255550000@s.whatsapp.net"]
 
 
 def test_whatsapp_off_means_no_actions(tmp_path: Path) -> None:

@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
 """Simulated parcel boxes: the real firmware modules on CPython, simulated hardware.
 
-    python tools/simulate.py --broker mqtt://127.0.0.1:1883 --device box-1 --deliveries 5 --photos DIR
-    python tools/simulate.py --broker mqtt://127.0.0.1:1883 --devices 3 --deliveries 2
-    python tools/simulate.py --broker mqtt://127.0.0.1:1883 --device box-1 --stay --timeout 600
+    python tools/simulate.py --broker mqtt://127.0.0.1:1884 --device box-1 --deliveries 5 --photos DIR
+    python tools/simulate.py --broker mqtt://127.0.0.1:1884 --devices 3 --deliveries 2
+    python tools/simulate.py --broker mqtt://127.0.0.1:1884 --device box-1 --stay --timeout 600
+    python tools/simulate.py --broker mqtt://127.0.0.1:1883 --device box-1 --username box-1 --password PW
+
+Port 1884 is the gateway's local listener, where anonymous simulated boxes are welcome (when
+`broker.allow_anonymous`, the default); port 1883, the box listener, takes registered logins only
+(`parcelbox device add box-1` prints the password), and there the broker makes the login the client
+id, as for a real box: the simulated box's client id is its device id, which must be its user name.
 
 What is simulated is only what sits at the edge of the board: GPIO pins (lid
-reed switch, IR occupancy sensor, flash LED), the camera driver (lemariva's
-`camera` module or the newer `camera.Camera` API, serving the JPEG files of
-`--photos` in turn, or Pillow-generated JPEGs when no folder is given), the
+reed switch, IR occupancy sensor, flash LED), the camera driver (`--camera-driver
+camera-api|lemariva`: the faithful fakes of tests/mp/fake_camera.py, which grab a frame
+when the real driver's DMA would, so a photo shows what the lens saw *then*: each lid
+opening is a new scene, taken from the JPEG files of `--photos` in turn or generated with
+Pillow, lit while the flash LED is on and dark otherwise), the
 WLAN and the clock (virtual milliseconds, `--tick-ms` per loop step with a 5 ms
 real pause, so a 2 s settle takes a fraction of a second). Detection, spooling, publishing, acks,
 commands and reconnects are `firmware/` itself; the MQTT client is
@@ -39,9 +47,11 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
 
-FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
-if str(FIRMWARE_DIR) not in sys.path:
-    sys.path.insert(0, str(FIRMWARE_DIR))
+ROOT = Path(__file__).resolve().parents[1]
+FIRMWARE_DIR = ROOT / "firmware"
+for _p in (ROOT, FIRMWARE_DIR):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 import app as fw_app  # noqa: E402
 import cam as fw_cam  # noqa: E402
@@ -50,6 +60,8 @@ import protocol as fw_protocol  # noqa: E402
 import sensors as fw_sensors  # noqa: E402
 import settings as fw_settings  # noqa: E402
 import spool as fw_spool  # noqa: E402
+
+from tests.mp import fake_camera, fake_net  # noqa: E402  (faithful board fakes; MicroPython-compatible)
 
 # --- umqtt.simple on paho ------------------------------------------------------------
 
@@ -105,7 +117,10 @@ class PahoMQTTClient:
         assert 0 <= qos <= 2 and topic
         self.lw = (self._str(topic), bytes(msg), qos, bool(retain))
 
-    def connect(self, clean_session=True):
+    def connect(self, clean_session=True, timeout=None):
+        # `timeout` as umqtt.simple >= 1.5 takes it (the connect's socket timeout, seconds).
+        if timeout is not None:
+            self.timeout = min(self.timeout, float(timeout))
         self._teardown()
         c = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
@@ -322,7 +337,14 @@ def generated_jpeg(index: int, size=(640, 480), seed: int = 0) -> bytes:
 
 
 class PhotoSource:
-    """JPEG bytes in turn: the files of a folder (sorted, cycled) or generated ones."""
+    """What the camera sees: one JPEG per scene (the files of a folder, sorted and cycled, or
+    generated ones), lit by the flash or dark without it.
+
+    A scene is what is in the box between two lid openings (`SimulatedBox.scene`). The first
+    time a scene is photographed lit, its JPEG is taken from the folder (or generated) and
+    appended to `served`: so `served[i]` is the photo the i-th photographed scene must arrive
+    with, and a dark or stale frame (what the real drivers give when used wrongly) matches
+    nothing in it."""
 
     def __init__(self, folder: str | Path | None = None, seed: int = 0) -> None:
         self.files: list[Path] = []
@@ -335,8 +357,11 @@ class PhotoSource:
         self.seed = seed
         self.n = 0
         self.served: list[bytes] = []
+        self._lit: dict[object, bytes] = {}
+        self._dark: dict[object, bytes] = {}
 
     def next(self) -> bytes:
+        """The next photo in turn (recorded in `served`)."""
         if self.files:
             data = self.files[self.n % len(self.files)].read_bytes()
         else:
@@ -344,6 +369,46 @@ class PhotoSource:
         self.n += 1
         self.served.append(data)
         return data
+
+    def frame(self, scene: object, lit: bool) -> bytes:
+        """The JPEG of `scene` as the lens sees it now: lit by the flash, or dark."""
+        if lit:
+            if scene not in self._lit:
+                self._lit[scene] = self.next()
+            return self._lit[scene]
+        if scene not in self._lit:
+            return black_jpeg()  # never lit: nothing to see (and no photo used up)
+        if scene not in self._dark:
+            self._dark[scene] = dark_jpeg(self._lit[scene])
+        return self._dark[scene]
+
+
+def dark_jpeg(data: bytes) -> bytes:
+    """The same view without the flash: a closed box is nearly black inside."""
+    from PIL import Image, ImageEnhance, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        return data[:2] + b"dark" + data[2:]  # not decodable (a test's stand-in bytes): still different
+    out = io.BytesIO()
+    ImageEnhance.Brightness(img).enhance(0.06).save(out, "JPEG", quality=70)
+    return out.getvalue()
+
+
+_BLACK_JPEG: bytes | None = None
+
+
+def black_jpeg() -> bytes:
+    """The inside of a closed box without the flash."""
+    global _BLACK_JPEG
+    if _BLACK_JPEG is None:
+        from PIL import Image
+
+        out = io.BytesIO()
+        Image.new("RGB", (640, 480), (3, 3, 3)).save(out, "JPEG")
+        _BLACK_JPEG = out.getvalue()
+    return _BLACK_JPEG
 
 
 _WARMUP_JPEG: bytes | None = None
@@ -361,89 +426,23 @@ def warmup_jpeg() -> bytes:
     return _WARMUP_JPEG
 
 
-class LemarivaCameraSim:
-    """Stands in for lemariva's `camera` module (module-level functions, bytes frames)."""
-
-    JPEG = 4
-    PSRAM = 1
-    FRAME_QVGA, FRAME_CIF, FRAME_VGA, FRAME_SVGA, FRAME_XGA, FRAME_HD, FRAME_SXGA, FRAME_UXGA = range(8)
-
-    def __init__(self, photos: PhotoSource, warmup: int = 2, fail_init: bool = False) -> None:
-        self.photos = photos
-        self.warmup_left = warmup
-        self.fail_init = fail_init
-        self.inited = False
-        self.calls: list[tuple] = []
-
-    def init(self, n, **kw):
-        self.calls.append(("init", n, kw))
-        if self.fail_init:
-            raise OSError("Camera Init Failed")
-        self.inited = True
-        return True
-
-    def framesize(self, v):
-        self.calls.append(("framesize", v))
-
-    def quality(self, v):
-        self.calls.append(("quality", v))
-
-    def capture(self):
-        if not self.inited:
-            raise OSError("camera not initialised")
-        if self.warmup_left > 0:
-            self.warmup_left -= 1
-            return warmup_jpeg()
-        return self.photos.next()
-
-    def deinit(self):
-        self.calls.append(("deinit",))
-        self.inited = False
+CAMERA_DRIVERS = ("camera-api", "lemariva")
 
 
-class CameraApiSim:
-    """Stands in for `from camera import Camera` (the newer API): capture() returns a
-    memoryview over one frame buffer that the next capture overwrites."""
-
-    class PixelFormat:
-        JPEG = 3
-
-    class FrameSize:
-        QVGA, CIF, VGA, SVGA, XGA, HD, SXGA, UXGA = range(8)
-
-    def __init__(
-        self, photos: PhotoSource, warmup: int = 2, fail_init: bool = False, fb_bytes: int = 2 << 20
-    ):
-        self.photos = photos
-        self.warmup = warmup
-        self.fail_init = fail_init
-        self.fb = bytearray(fb_bytes)
-        self.created: list[dict] = []
-        sim = self
-
-        class Camera:
-            def __init__(self, **kw):
-                sim.created.append(kw)
-                if sim.fail_init:
-                    raise OSError("Camera init failed")
-                self.warmup_left = sim.warmup
-                self.alive = True
-
-            def capture(self):
-                if not self.alive:
-                    raise OSError("camera deinitialised")
-                if self.warmup_left > 0:
-                    self.warmup_left -= 1
-                    data = warmup_jpeg()
-                else:
-                    data = sim.photos.next()
-                sim.fb[: len(data)] = data
-                return memoryview(sim.fb)[: len(data)]
-
-            def deinit(self):
-                self.alive = False
-
-        self.Camera = Camera
+def camera_driver(
+    name: str, scene: Callable[[int, int, int], bytes], warmup: int = 2, fail_init: bool = False
+):
+    """The faithful fake of a camera driver (tests/mp/fake_camera.py: sources cited there):
+    `camera-api` (cnadler86's `camera.Camera`, signed memoryview over its one buffer) or
+    `lemariva` (module-level functions; one buffer refilled as soon as capture() returns)."""
+    if name in ("camera-api", "camera"):
+        drv = fake_camera.CameraApi(scene, fail_init=fail_init, warmup_frames=warmup)
+    elif name == "lemariva":
+        drv = fake_camera.LemarivaCamera(scene, fail_init=fail_init, warmup_frames=warmup)
+    else:
+        raise ValueError(f"unknown camera driver {name!r} (use one of {', '.join(CAMERA_DRIVERS)})")
+    drv.warmup_source = warmup_jpeg
+    return drv
 
 
 # --- the box ---------------------------------------------------------------------------
@@ -495,7 +494,8 @@ class SimulatedBox:
         password: str | None = None,
         spool_dir: str | Path | None = None,
         photos: PhotoSource | str | Path | None = None,
-        camera_api: str = "lemariva",
+        camera_driver: str = "camera-api",
+        camera_api: str | None = None,
         sensor: str = "ultrasonic",
         tick_ms: int = 50,
         overrides: dict | None = None,
@@ -514,7 +514,11 @@ class SimulatedBox:
         self.clock = SimClock(tick_ms)
         self.spool_dir = str(spool_dir or tempfile.mkdtemp(prefix=f"parcelbox-sim-{device}-"))
         self.photos = photos if isinstance(photos, PhotoSource) else PhotoSource(photos, seed)
-        self.camera_api = camera_api
+        # `camera_api` is the old name of the argument ("camera" = the camera API).
+        self.camera_driver = camera_api or camera_driver
+        if self.camera_driver == "camera":
+            self.camera_driver = "camera-api"
+        self.scene = 0  # what is in the box: a new scene at every lid opening
         self.client_timeout = client_timeout
         self.lines: list[str] = []
         self._log_sink = log
@@ -558,7 +562,7 @@ class SimulatedBox:
         self.parcels = 0
         self.parcel_mm = 50
         self.flash_pin = SimPin(0)
-        self.wlan = SimWlan()
+        self.wlan: fake_net.WLAN | None = None  # the radio restarts with every boot (_build)
         self.reboots = 0
         self._actions: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         self._script_end = 0
@@ -604,10 +608,7 @@ class SimulatedBox:
             occ = fw_sensors.Ultrasonic(
                 self.trig_pin, self.echo_pin, self._time_pulse_us, lambda _us: None, cfg["empty_range_mm"]
             )
-        if self.camera_api == "camera":
-            self.driver = CameraApiSim(self.photos, warmup=cfg["warmup_frames"])
-        else:
-            self.driver = LemarivaCameraSim(self.photos, warmup=cfg["warmup_frames"])
+        self.driver = camera_driver(self.camera_driver, self._lens, warmup=cfg["warmup_frames"])
         camera = fw_cam.CameraAdapter(
             self.driver,
             cfg["frame_size"],
@@ -634,7 +635,11 @@ class SimulatedBox:
         topics = fw_protocol.Topics(cfg["device_id"], cfg["prefix"])
         backoff = fw_link.Backoff(200, 4000, clock.ticks_diff)
         mqtt = fw_link.Mqtt(client, topics, cfg["broker"]["keepalive_s"], backoff, clock.ticks_diff, self.log)
-        wifi = fw_link.Wifi(self.wlan, "sim", "sim", 20000, None, clock.ticks_diff, self.log)
+        # The faithful ESP32 station (tests/mp/fake_net.py): joins after 300 virtual ms.
+        self.wlan = fake_net.WLAN(clock, ap=("sim", "sim"), join_ms=300)
+        wifi = fw_link.Wifi(
+            self.wlan, "sim", "sim", 20000, None, clock.ticks_diff, self.log, network=fake_net.Network
+        )
         self.app = _SimApp(
             cfg,
             board,
@@ -649,6 +654,10 @@ class SimulatedBox:
             log=self.log,
         )
         self.app.start()
+
+    def _lens(self, _width: int, _height: int, _quality: int) -> bytes:
+        """What the sensor sees when the driver grabs a frame: this scene, lit or dark."""
+        return self.photos.frame(self.scene, self.flash_pin.level == 1)
 
     def _reboot_from_firmware(self) -> None:
         self.log("reboot requested")
@@ -681,6 +690,8 @@ class SimulatedBox:
         self._script_end = start + delay_ms
 
     def _lid(self, is_open: bool) -> None:
+        if is_open:
+            self.scene += 1
         lvl = self.cfg["pins"]["lid_open_level"]
         self.lid_pin.value(lvl if is_open else 1 - lvl)
 
@@ -808,7 +819,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--photos", help="folder of .jpg files served by the simulated camera (default: generated)"
     )
-    ap.add_argument("--camera-api", choices=("lemariva", "camera"), default="lemariva")
+    ap.add_argument(
+        "--camera-driver",
+        choices=CAMERA_DRIVERS,
+        default="camera-api",
+        help="which driver's faithful fake the box runs on (default: camera-api, the README's first choice)",
+    )
+    ap.add_argument("--camera-api", choices=("lemariva", "camera"), help=argparse.SUPPRESS)  # old name
     ap.add_argument("--sensor", choices=("ultrasonic", "ir", "none"), default="ultrasonic")
     ap.add_argument("--spool-dir", help="spool folder (per device: <dir>/<device>); default: a temp folder")
     ap.add_argument("--stay", action="store_true", help="stay connected answering commands until --timeout")
@@ -837,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
             password=a.password,
             spool_dir=spool,
             photos=photos if photos is not None else PhotoSource(None, a.seed * 1000 + i),
-            camera_api=a.camera_api,
+            camera_driver=a.camera_driver if a.camera_api is None else a.camera_api,
             sensor=a.sensor,
             tick_ms=a.tick_ms,
             log=log,

@@ -7,6 +7,7 @@ layer never has to understand pyserial or raw-REPL details.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -14,6 +15,37 @@ from types import SimpleNamespace
 
 from gateway.flash.errors import FlashError
 from gateway.flash.serialports import esp32_ports, why_unopenable
+
+RAW_REPL_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+# What the handshake sends until the board answers: Ctrl-C stops a running program (the app or the
+# REPL's input line), Ctrl-A enters the raw REPL. The same two mpremote sends once.
+_INTERRUPT = b"\r\x03\r\x01"
+# How long one interrupt waits for the raw REPL banner before it is sent again. A booting ESP32
+# discards what arrives (see Board.wait_for_repl), so the interrupt must be repeated, not waited on.
+PROBE_INTERVAL_S = 0.25
+_POLL_S = 0.01
+_ROM_DOWNLOAD_MODE = b"waiting for download"
+_ROM_BOOT = (b"ets ", b"rst:0x")
+
+
+class Clock:
+    """time.monotonic and time.sleep. Tests swap in the fake board's clock (`CLOCK`), so waiting for a
+    simulated boot costs no real time."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+CLOCK: Clock = Clock()
+
+
+def clock() -> Clock:
+    """The clock the flash tool waits with (looked up at call time, so a test can replace it)."""
+    return CLOCK
+
 
 # Runs on the board in the raw REPL: sha256 of each path, or "-" when it does not exist.
 # One script for all files, so comparing 20 files costs one round trip, not 20.
@@ -57,6 +89,22 @@ for _p in {paths!r}:
         pass
 """
 
+# Where the board imports each module from: MicroPython sets a frozen module's __file__ to its path
+# inside the frozen set ("umqtt/simple.py") and a filesystem one's to the file ("/lib/umqtt/simple.mpy")
+# (py/builtinimport.c, do_load).
+_IMPORT_SCRIPT = """\
+for _n in {names!r}:
+    try:
+        _m = __import__(_n)
+        for _a in _n.split('.')[1:]:
+            _m = getattr(_m, _a)
+        print(_n, 'ok', getattr(_m, '__file__', ''))
+    except ImportError:
+        print(_n, 'missing')
+    except Exception as _e:
+        print(_n, 'error', repr(_e))
+"""
+
 _INFO_SCRIPT = """\
 import sys, os
 try:
@@ -87,20 +135,72 @@ def resolve_port(port: str | None) -> str:
     return candidates[0].device
 
 
+def open_transport(port: str, baudrate: int = 115200):
+    """mpremote's `SerialTransport` on `port`, opened with DTR and RTS released.
+
+    pyserial drives DTR and RTS to the states set before `open()`, asserted by default
+    (pyserial 3.5 `serialposix.Serial.open` -> `_update_dtr_state`/`_update_rts_state`), and
+    mpremote 1.27 keeps that default everywhere but on Windows with a CP210x
+    (`mpremote/transport_serial.py`, `SerialTransport.__init__`). The ESP32-CAM-MB wires its
+    CH340's RTS# to the ESP32's EN and DTR# to IO0 with no transistor pair (ampy#103,
+    micropython#17532, ESP32-MPY-Jama#41): asserted RTS holds the board in reset, so the tool,
+    `logs` and `shell` would see nothing. Releasing both before `open()` leaves only the pulse
+    Linux gives on every open (`tty_port_open` raises DTR/RTS), which resets the board once; the
+    handshake (`Board.wait_for_repl`) waits that boot out. Boards with the two-transistor
+    auto-reset circuit (DevKitC) run with both lines released as well.
+    """
+    return _released_lines_transport()(port, baudrate)
+
+
+@functools.cache
+def _released_lines_transport():
+    import serial
+    from mpremote.transport import TransportError
+    from mpremote.transport_serial import SerialTransport
+
+    class ReleasedLinesTransport(SerialTransport):
+        """`SerialTransport.__init__` of mpremote 1.27 for one device and no wait, but with
+        DTR/RTS set False before the port opens. Everything after the open is mpremote's own;
+        tests/test_flash_serial.py checks the attributes still match mpremote's constructor."""
+
+        def __init__(self, device: str, baudrate: int = 115200) -> None:
+            self.in_raw_repl = False
+            self.use_raw_paste = True
+            self.device_name = device
+            self.mounted = False
+            try:
+                port = serial.serial_for_url(
+                    device,
+                    do_not_open=True,
+                    baudrate=baudrate,
+                    timeout=None,
+                    interCharTimeout=1,
+                    exclusive=True,
+                )
+                port.dtr = False
+                port.rts = False
+                port.open()
+            except (OSError, ValueError) as e:
+                raise TransportError("failed to access " + device) from e
+            self.serial = port
+
+    return ReleasedLinesTransport
+
+
 class Board:
     """A connected board. Use `Board.connect(port)`; close with `.close()` or a `with` block."""
 
-    def __init__(self, transport, port: str) -> None:
+    def __init__(self, transport, port: str, clock: Clock | None = None) -> None:
         self.transport = transport
         self.port = port
+        self.clock = clock if clock is not None else CLOCK
 
     @classmethod
     def connect(cls, port: str) -> Board:
         from mpremote.transport import TransportError
-        from mpremote.transport_serial import SerialTransport
 
         try:
-            transport = SerialTransport(port, baudrate=115200)
+            transport = open_transport(port)
         except TransportError:
             kind, message, hint = why_unopenable(port)
             raise FlashError("connect", message, hint) from None
@@ -123,10 +223,77 @@ class Board:
 
     # -- raw REPL ---------------------------------------------------------------------------
 
+    def wait_for_repl(self, timeout: float = 10.0) -> None:
+        """Interrupt the board until its raw REPL answers, for at most `timeout` seconds.
+
+        A board that was just reset (by the tool, by its watchdog, or by the port opening on an
+        MB programmer) is still booting: with PSRAM an ESP32 takes 1-1.5 s before MicroPython
+        starts, and MicroPython then empties the UART's receive FIFO (ports/esp32/uart.c,
+        `uart_stdout_init` -> `uart_hal_rxfifo_rst`, v1.21-v1.27), so an interrupt sent during the boot is
+        lost without a trace. One interrupt and a wait (mpremote's `enter_raw_repl`) fails every
+        time there; repeating it every PROBE_INTERVAL_S until the banner comes does not.
+        """
+        serial = self.transport.serial
+        deadline = self.clock.monotonic() + timeout
+        heard = b""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                serial.write(_INTERRUPT)
+                probe_end = min(deadline, self.clock.monotonic() + PROBE_INTERVAL_S)
+                while True:
+                    waiting = serial.in_waiting
+                    if waiting:
+                        heard = (heard + serial.read(waiting))[-2048:]
+                        if RAW_REPL_BANNER in heard:
+                            return
+                        continue
+                    if self.clock.monotonic() >= probe_end:
+                        break
+                    self.clock.sleep(_POLL_S)
+            except OSError as e:
+                raise FlashError(
+                    "handshake", f"lost the board on {self.port}: {e}", "re-plug it and retry"
+                ) from None
+            if self.clock.monotonic() >= deadline:
+                raise self._no_repl(heard, tries, timeout)
+
+    def _no_repl(self, heard: bytes, tries: int, timeout: float) -> FlashError:
+        said = heard.decode("utf-8", "replace").strip()
+        if _ROM_DOWNLOAD_MODE in heard:
+            return FlashError(
+                "handshake",
+                f"the board on {self.port} is in its ROM bootloader (download mode), not running MicroPython",
+                "release IO0 (take off the IO0-GND jumper, or let go of the MB board's IO0 button) and press RST",
+            )
+        if not said:
+            return FlashError(
+                "handshake",
+                f"the board on {self.port} does not answer: no MicroPython prompt after {tries} interrupts "
+                f"in {timeout:.0f} s",
+                "it may be asleep (battery mode: press RST), held in the bootloader (remove the IO0-GND jumper "
+                "and press RST), held in reset by another program that left RTS asserted, or have no "
+                "MicroPython yet: parcelbox flash install-micropython --firmware FILE.bin",
+            )
+        hint = "flash MicroPython first: parcelbox flash install-micropython --firmware FILE.bin"
+        if any(mark in heard for mark in _ROM_BOOT):
+            hint = (
+                "if it keeps rebooting (a boot loop, a brown-out), `parcelbox flash logs` shows why; else "
+                + hint
+            )
+        return FlashError(
+            "handshake",
+            f"the board on {self.port} is not running MicroPython (no raw REPL after {tries} interrupts; "
+            f"it said {said[:120]!r})",
+            hint,
+        )
+
     def enter_raw_repl(self, timeout: float = 10.0) -> None:
-        """Interrupt whatever runs and enter the raw REPL with a soft reset, like mpremote does."""
+        """Wait until the board answers, then enter the raw REPL with a soft reset, like mpremote does."""
         from mpremote.transport import TransportError
 
+        self.wait_for_repl(timeout)
         seen = io.StringIO()
         try:
             # mpremote prints what it received when the handshake fails; keep it for our message.
@@ -252,6 +419,21 @@ class Board:
         return {p: p in found for p in paths}
 
     # -- packages, reset, console -------------------------------------------------------------
+
+    def find_modules(self, names: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """For each module name, how `import NAME` fares on the board: ("ok", its __file__),
+        ("missing", "") or ("error", the exception), in one round trip."""
+        names = list(names)
+        out = self.exec(_IMPORT_SCRIPT.format(names=names), "libraries")
+        found: dict[str, tuple[str, str]] = {}
+        for line in out.splitlines():
+            name, _, rest = line.strip().partition(" ")
+            status, _, detail = rest.partition(" ")
+            if name in names and status in ("ok", "missing", "error"):
+                found[name] = (status, detail.strip())
+        for name in names:
+            found.setdefault(name, ("error", "the board did not report on it"))
+        return found
 
     def mip_install(
         self, package: str, index: str, target: str = "/lib", on_output: Callable[[str], None] | None = None

@@ -50,7 +50,10 @@ def do_install_micropython(args: argparse.Namespace) -> int:
     progress = Progress(3)
     progress.step(f"check image {firmware}")
     size = image_mod.check_image(firmware)
-    progress.detail(f"{size} bytes, ESP32 image, written at {hex(image_mod.ESP32_IMAGE_OFFSET)}")
+    progress.detail(
+        f"{size} bytes, a full ESP32 image (bootloader, partition table, app), "
+        f"written at {hex(image_mod.ESP32_IMAGE_OFFSET)}"
+    )
     port = args.port or (None if args.dry_run else resolve_port(None))
     commands = image_mod.esptool_commands(
         port or "<auto-detected port>", firmware, args.baud, args.connect_attempts
@@ -131,7 +134,9 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser("install-micropython", help="erase the board and write a MicroPython image (esptool)")
     _add_port(p)
     p.add_argument(
-        "--firmware", required=True, help="MicroPython .bin for the ESP32-CAM (with camera support)"
+        "--firmware",
+        required=True,
+        help="full MicroPython .bin for the ESP32-CAM (with camera support; not the app-only micropython.bin)",
     )
     p.add_argument("--baud", type=int, default=460800, help="esptool baud rate (default 460800)")
     p.add_argument("--connect-attempts", type=int, help="esptool connection attempts (default: esptool's)")

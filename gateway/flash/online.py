@@ -61,7 +61,8 @@ CONSOLE_FAILURES: list[tuple[re.Pattern[str], str, str, str]] = [
         re.compile(r"parcelbox: quiet window: (\S+) is present"),
         "firmware",
         "the box booted in its quiet window (the marker file is still on it), so its app did not start",
-        "rerun provision (it removes the marker), or: mpremote rm :noapp + reset",
+        "rerun provision (it removes the marker), or in `parcelbox flash shell` type "
+        "import os; os.remove('/noapp') and press RST",
     ),
     (
         re.compile(r'^Type "help\(\)" for more information'),

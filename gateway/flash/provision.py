@@ -1,7 +1,7 @@
 """`flash provision`: firmware, libraries and config.json onto a board, then wait until the box is online.
 
 Steps (numbered in the output): settings, broker check, compile, connect + handshake, camera check,
-libraries (mip), copy changed files (sha256 computed on the board), reset, online. Everything before
+libraries (the firmware's frozen umqtt.simple, mip only if missing), copy changed files (sha256 computed on the board), reset, online. Everything before
 the reset is idempotent, so a board that resets mid-way is reconnected and the run carries on.
 
 Quiet window: a box running its app has a watchdog that cannot be stopped (on the ESP32 it is the
@@ -19,8 +19,9 @@ import json
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
-from gateway.flash.board import Board, resolve_port
+from gateway.flash.board import Board, clock, resolve_port
 from gateway.flash.bundle import MPY_MAJOR, BoardFile, build_bundle, mpy_cross_version, planned_bundle
 from gateway.flash.devconfig import (
     BoxSettings,
@@ -109,8 +110,14 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
         mqtt_password=password,
     )
     # The broker's ACL lets a box read its own topics, so its login can watch for its status
-    # (with another client id, so the box is never kicked off).
+    # (with another client id, so the box is never kicked off). The managed broker's box listener makes
+    # a login its client id (the watcher and the box would kick each other off): watch through its
+    # local listener, where logins keep their own client ids.
     watch = BrokerAddress(host, port, user, password)
+    if view.watch_url and not args.broker_port:
+        w = urlparse(view.watch_url)
+        if w.hostname and w.port:
+            watch = BrokerAddress(w.hostname, w.port, user, password)
     return settings, watch
 
 
@@ -178,7 +185,8 @@ def _dry_run(args: argparse.Namespace, firmware_dir: Path, settings: BoxSettings
     )
     index = args.mip_index or DEFAULT_MIP_INDEX
     progress.step(
-        f"libraries: mip install {', '.join(MIP_PACKAGES)} from {index} to {MIP_TARGET} unless present"
+        f"libraries: use the firmware's frozen {', '.join(MIP_PACKAGES)}; mip install from {index} to "
+        f"{MIP_TARGET} only if `import` fails on the board"
     )
     progress.step("copy: only files whose sha256 on the board differs, then config.json:")
     progress.detail("config.json = firmware/config.example.json, with the board's current values kept, and:")
@@ -309,14 +317,14 @@ def do_provision(args: argparse.Namespace) -> int:
 
 def _reconnect(port: str, timeout: float = 10.0) -> Board:
     """Open the port again after the board dropped it (a USB-native board re-enumerates on reset)."""
-    deadline = time.monotonic() + timeout
+    deadline = clock().monotonic() + timeout
     while True:
         try:
             return Board.connect(port)
         except FlashError:
-            if time.monotonic() > deadline:
+            if clock().monotonic() > deadline:
                 raise
-            time.sleep(0.5)
+            clock().sleep(0.5)
 
 
 def _enter_quiet_window(board: Board, port: str, args: argparse.Namespace, progress: Progress) -> Board:
@@ -335,9 +343,10 @@ def _enter_quiet_window(board: Board, port: str, args: argparse.Namespace, progr
     )
     board.hard_reset()
     board.close()
-    time.sleep(0.5)  # let it reboot before we interrupt it again
     board = _reconnect(port)
     try:
+        # It is booting now and drops what it receives until MicroPython is up: the handshake
+        # repeats its interrupt until the REPL answers (Board.wait_for_repl).
         board.enter_raw_repl(timeout=args.handshake_timeout)
         if not board.exists([QUIET_MARKER], "connect")[QUIET_MARKER]:
             raise FlashError(
@@ -368,7 +377,9 @@ def _cleanup_quiet_window(port: str, args: argparse.Namespace, progress: Progres
     except (FlashError, OSError) as e:
         progress.detail(
             f"could not remove {QUIET_MARKER} from the board ({e}): the box will not start its app until it is "
-            f"removed. Rerun provision, or run: mpremote connect {port} rm :{QUIET_MARKER[1:]} + reset"
+            f"removed. Rerun provision, or in `parcelbox flash shell --port {port}` type "
+            f"import os; os.remove({QUIET_MARKER!r}) and press RST (plain mpremote holds an ESP32-CAM-MB in reset "
+            "on Linux)"
         )
         return
     progress.detail(
@@ -406,14 +417,36 @@ def _prepare_board(board: Board, args: argparse.Namespace, progress: Progress) -
 
 
 def _install_libraries(board: Board, args: argparse.Namespace, progress: Progress) -> None:
+    """mip-install a library only when the board cannot import it.
+
+    umqtt.simple is frozen into every MicroPython ESP32 build (ports/esp32/boards/manifest.py:
+    `require("umqtt.simple")`, v1.20-v1.27; in v1.19 only release builds, manifest_release.py), and
+    `.frozen` comes before `/lib` on the ESP32's sys.path (py/runtime.c, ports/esp32/main.c), so a
+    /lib copy would never even be imported.
+    Downloading it anyway made provision fail on a host without internet for nothing. Builds made
+    from a trimmed manifest (some camera builds) may lack it: then mip installs it.
+    """
+    found = board.find_modules(MIP_PACKAGES)
     for package in MIP_PACKAGES:
-        module_path = MIP_TARGET + "/" + package.replace(".", "/")
-        present = board.sha256([module_path + ".mpy", module_path + ".py"])
-        if any(present.values()) and not args.reinstall_libs:
-            progress.detail(f"{package}: already on the board (--reinstall-libs to update)")
+        status, where = found[package]
+        in_lib = status == "ok" and where.startswith(MIP_TARGET + "/")
+        if status == "ok" and not in_lib:
+            progress.detail(
+                f"{package}: frozen into this MicroPython build (import {package} works), nothing to install"
+            )
+            if args.reinstall_libs:
+                progress.detail(
+                    f"{package}: not reinstalled: the frozen copy comes before {MIP_TARGET} on the board's sys.path, "
+                    f"so a copy in {MIP_TARGET} would never be imported"
+                )
             continue
+        if in_lib and not args.reinstall_libs:
+            progress.detail(f"{package}: already on the board in {where} (--reinstall-libs to update)")
+            continue
+        if status == "error":
+            progress.detail(f"{package}: import {package} fails on the board ({where}): installing it again")
         index = args.mip_index or DEFAULT_MIP_INDEX
-        progress.detail(f"{package}: mip install from {index}")
+        progress.detail(f"{package}: not in this MicroPython build: mip install from {index}")
         board.mip_install(package, index, MIP_TARGET, on_output=lambda line: progress.detail("mip: " + line))
 
 

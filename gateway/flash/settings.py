@@ -30,6 +30,8 @@ class GatewayView:
     prefix: str
     managed_listen_host: str | None  # where the managed broker listens; None for an external broker
     live_broker_file: Path | None = None  # set when broker_port came from the running gateway's broker.json
+    # The running managed broker's local listener (127.0.0.1): logins there keep their own client ids
+    watch_url: str = ""
 
 
 def gateway_view(config_path: str | None, data_dir: str | None) -> GatewayView:
@@ -53,12 +55,14 @@ def gateway_view(config_path: str | None, data_dir: str | None) -> GatewayView:
             host = u.hostname
     folder = Path(data_dir).expanduser() if data_dir else cfg.data_dir
     live_file = None
+    watch = ""
     if not broker.url:
         # `parcelbox run` moves its broker off a taken port (a system Mosquitto on 1883) and says
         # where in <data_dir>/broker.json while it runs: that is the port the box must use.
         live = read_live_address(folder)
         if live is not None:
             port, listen, live_file = live.port, live.listen_host, live.path
+            watch = live.local_url
     return GatewayView(
         data_dir=folder,
         broker_host=host,
@@ -66,6 +70,7 @@ def gateway_view(config_path: str | None, data_dir: str | None) -> GatewayView:
         prefix=broker.prefix,
         managed_listen_host=listen,
         live_broker_file=live_file,
+        watch_url=watch,
     )
 
 

@@ -39,7 +39,9 @@ from gateway import bus as busmod
 from gateway.jsonsafe import json_safe
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id, valid_msg_id
+from gateway.ratelimit import SendLimiter
 from gateway.web.auth import (
+    DEVICE_LIFETIME_S,
     LoginLimiter,
     SessionSigner,
     load_or_create_secret,
@@ -47,7 +49,15 @@ from gateway.web.auth import (
     read_password_hash,
     verify_password,
 )
-from gateway.web.guard import CSRF_COOKIE, SESSION_COOKIE, Guard, cookie_header, parse_cookies
+from gateway.web.bodylimit import BodyLimit
+from gateway.web.guard import (
+    CSRF_COOKIE,
+    DEVICE_COOKIE,
+    SESSION_COOKIE,
+    Guard,
+    cookie_header,
+    parse_cookies,
+)
 from gateway.web.live import Broadcaster
 from gateway.web.openapi import OPENAPI
 from gateway.web.qr import qr_svg, qr_version
@@ -62,10 +72,13 @@ VARIANTS = ("original", "alert", "thumb")
 WEB_COMMANDS = ("snapshot", "reboot", "ping")
 OUTBOX_STATES = ("pending", "sent", "failed", "dead")
 MAX_PAGE = 200
-MAX_BODY = 8 * 1024
+MAX_BODY = 8 * 1024  # every route's body limit, enforced while reading (gateway/web/bodylimit.py)
 PHONE_RE = re.compile(r"\+?[0-9]{7,15}")
 # Alert ids are built by the gateway from device, event id, notifier and a hash: longer than a
 # message id, but from the same path-safe alphabet.
+# Test messages from the dashboard: (count, per seconds), overall and per recipient (gateway/ratelimit.py).
+WA_TEST_OVERALL = (5, 600.0)
+WA_TEST_PER_RECIPIENT = (3, 600.0)
 ALERT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 NO_STORE = {"cache-control": "no-store"}
 # Private but cacheable until revalidated: the browser asks again (and is refused after logout).
@@ -73,8 +86,8 @@ PRIVATE_REVALIDATE = {"cache-control": "private, no-cache"}
 
 
 class ApiError(HTTPException):
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(status, detail)
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail, headers)
         self.error = error
 
 
@@ -279,13 +292,25 @@ def api_health(request: Request) -> JSONResponse:
     h = dict(_port(request).health())
     bc: Broadcaster = request.app.state.broadcaster
     guard: Guard | None = request.app.state.guard_holder.get("guard")
+    body_limit: BodyLimit | None = request.app.state.guard_holder.get("body_limit")
     h["web"] = {
         "live_clients": bc.clients,
         "live_dropped": bc.dropped,
         "login_required": request.app.state.settings.login_required,
         "refused": dict(guard.counters) if guard else {},
         "login_rate_limited": request.app.state.limiter.refused,
+        "login_slowed": request.app.state.limiter.slowed,
+        "body_too_large": body_limit.refused if body_limit else 0,
     }
+    table = getattr(request.app.state, "connections", None)  # set by WebServer, absent in tests' clients
+    if table is not None:
+        h["web"]["connections"] = {
+            "open": len(table),
+            "max": table.max_connections,
+            "evicted": table.evicted,
+            "refused": table.refused,
+            "timed_out": table.timed_out,
+        }
     return _json(h)
 
 
@@ -362,11 +387,38 @@ async def api_whatsapp_pair_code(request: Request) -> JSONResponse:
 
 
 async def api_whatsapp_test(request: Request) -> JSONResponse:
+    """A test message, to the configured recipients or to `recipient`: one that is not configured
+    needs `"confirm": true` (409 `confirm_needed` otherwise), and all of them are rate-limited
+    (429), because the button sends from the owner's WhatsApp account, which WhatsApp bans for bursts."""
     body = await _json_body(request)
     recipient = body.get("recipient")
     if recipient is not None and (not isinstance(recipient, str) or len(recipient) > 100):
         raise ApiError(400, "bad_recipient", "recipient must be a phone number or group id")
-    return await _whatsapp_action(request, "test_message", recipient or None)
+    recipient = recipient.strip() if recipient else None
+    actions = request.app.state.whatsapp
+    if (
+        recipient
+        and body.get("confirm") is not True
+        and actions is not None
+        and actions.available()
+        and await run_in_threadpool(actions.needs_confirmation, recipient)
+    ):
+        raise ApiError(
+            409,
+            "confirm_needed",
+            f"{recipient} is not one of the alert recipients; send with confirm to go ahead",
+        )
+    limiter: SendLimiter = request.app.state.wa_test_limiter
+    wait = limiter.try_acquire(re.sub(r"[\s()+-]", "", recipient) if recipient else "configured recipients")
+    if wait > 0:
+        log.warning("web: WhatsApp test message refused: rate limit (again in %.0f s)", wait)
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many test messages; try again in {math.ceil(wait)} s",
+            {"retry-after": str(math.ceil(wait))},
+        )
+    return await _whatsapp_action(request, "test_message", recipient)
 
 
 async def api_whatsapp_unlink(request: Request) -> JSONResponse:
@@ -377,6 +429,12 @@ async def api_stream(request: Request) -> Response:
     bc: Broadcaster = request.app.state.broadcaster
     if bc.closed:
         raise ApiError(503, "stopping", "server is stopping")
+    # A stream keeps its connection busy (never evicted for a newcomer): at most half the slots.
+    table = getattr(request.app.state, "connections", None)
+    if table is not None and bc.clients >= max(1, table.max_connections // 2):
+        raise ApiError(
+            503, "busy", "too many live streams open; close a dashboard tab", {"retry-after": "10"}
+        )
     settings: WebSettings = request.app.state.settings
     still_allowed = None
     if settings.login_required:
@@ -471,8 +529,11 @@ async def login(request: Request) -> Response:
     if not cookie_csrf or form.get("csrf") != cookie_csrf:
         return login_page("The form expired; please try again.", csrf, nxt, 403)
     limiter: LoginLimiter = request.app.state.limiter
+    signer: SessionSigner = request.app.state.signer
     addr = request.client.host if request.client else "?"
-    wait = limiter.retry_after(addr)
+    device = signer.device_id(parse_cookies(request.headers).get(DEVICE_COOKIE))
+    key = limiter.key(addr, device)
+    wait = limiter.retry_after(key)
     if wait > 0:
         log.warning("web: login from %s refused: too many failed attempts", addr)
         return login_page(
@@ -482,10 +543,23 @@ async def login(request: Request) -> Response:
             429,
             {"retry-after": str(math.ceil(wait))},
         )
-    stored = await run_in_threadpool(read_password_hash, settings.password_file)
-    ok = bool(stored) and await run_in_threadpool(verify_password, form.get("password", ""), stored or "")
+    # Under a spray of wrong passwords from many addresses, browsers without a device cookie take
+    # turns (slowed, never locked out); a browser that logged in before goes straight on.
+    slow = device is None and limiter.under_attack()
+    async with limiter.turn() if slow else contextlib.nullcontext(True) as may_try:
+        if not may_try or (slow and limiter.retry_after(key) > 0):  # again: failures while it waited
+            log.warning("web: login from %s refused: too many attempts waiting", addr)
+            return login_page(
+                "Too many login attempts right now. Try again in a few seconds.",
+                csrf,
+                nxt,
+                429,
+                {"retry-after": "2"},
+            )
+        stored = await run_in_threadpool(read_password_hash, settings.password_file)
+        ok = bool(stored) and await run_in_threadpool(verify_password, form.get("password", ""), stored or "")
     if not ok:
-        limiter.failed(addr)
+        limiter.failed(key)
         log.warning("web: failed login from %s", addr)
         msg = (
             "Wrong password."
@@ -493,8 +567,7 @@ async def login(request: Request) -> Response:
             else "No password is set yet. On the gateway run: parcelbox web set-password"
         )
         return login_page(msg, csrf, nxt, 401)
-    limiter.succeeded(addr)
-    signer: SessionSigner = request.app.state.signer
+    limiter.succeeded(key)
     lifetime = int(settings.session_hours * 3600)
     session = signer.new_session(lifetime, password_fingerprint(stored or ""))
     secure = settings.cookie_secure or request.url.scheme == "https"
@@ -513,14 +586,37 @@ async def login(request: Request) -> Response:
             cookie_header(CSRF_COOKIE, session["csrf"], max_age=None, http_only=False, secure=secure),
         )
     )
+    if device is None:
+        resp.raw_headers.append(
+            (
+                b"set-cookie",
+                cookie_header(
+                    DEVICE_COOKIE,
+                    signer.new_device_token(),
+                    max_age=int(DEVICE_LIFETIME_S),
+                    http_only=True,
+                    secure=secure,
+                ),
+            )
+        )
     log.info("web: login from %s", addr)
     return resp
 
 
 async def logout(request: Request) -> Response:
+    """End this session; with `{"everywhere": true}`, every session of every browser."""
     session = request.state.session
-    if session:
-        request.app.state.signer.revoke(session)
+    body = (
+        await _json_body(request)
+        if request.headers.get("content-type", "").startswith("application/json")
+        else {}
+    )
+    signer: SessionSigner = request.app.state.signer
+    if body.get("everywhere") is True:
+        await run_in_threadpool(signer.revoke_all)
+        log.info("web: logged out everywhere")
+    elif session:
+        await run_in_threadpool(signer.revoke, session)
     settings: WebSettings = request.app.state.settings
     secure = settings.cookie_secure or request.url.scheme == "https"
     resp = _json({"ok": True, "login_required": settings.login_required})
@@ -545,7 +641,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
     if request.url.path.startswith("/api/") or exc.status_code != 404:
         return JSONResponse(
-            {"error": error, "detail": exc.detail}, status_code=exc.status_code, headers=NO_STORE
+            {"error": error, "detail": exc.detail},
+            status_code=exc.status_code,
+            headers={**NO_STORE, **(exc.headers or {})},
         )
     return HTMLResponse("<h1>Not found</h1><p><a href='/'>parcelbox</a></p>", status_code=404)
 
@@ -586,6 +684,7 @@ def create_app(
     signer: SessionSigner | None = None,
     limiter: LoginLimiter | None = None,
     whatsapp: Any = None,
+    wa_test_limiter: SendLimiter | None = None,
 ) -> Starlette:
     """The dashboard app for `port`. Live updates start when the app's lifespan starts.
 
@@ -593,7 +692,9 @@ def create_app(
     without it, optional `whatsapp_*` methods of the port are used when present.
     """
     settings = settings or WebSettings()
-    signer = signer or SessionSigner(load_or_create_secret(settings.secret_file))
+    signer = signer or SessionSigner(
+        load_or_create_secret(settings.secret_file), state_file=settings.sessions_file
+    )
     limiter = limiter or LoginLimiter(settings.login_max_failures, settings.login_window_s)
     broadcaster = Broadcaster(port.bus, live_transform)
 
@@ -615,16 +716,22 @@ def create_app(
         Route("/manifest.webmanifest", manifest, methods=["GET"]),
         Mount("/static", NoCacheStatic(directory=STATIC_DIR), name="static"),
     ]
-    guard_holder: dict[str, Guard] = {}
+    guard_holder: dict[str, Any] = {}
 
     def make_guard(app: Any) -> Guard:
         g = Guard(app, settings, signer)
         guard_holder["guard"] = g
         return g
 
+    def make_body_limit(app: Any) -> BodyLimit:
+        b = BodyLimit(app, lambda _path: MAX_BODY, timeout_s=settings.body_timeout_s)
+        guard_holder["body_limit"] = b
+        return b
+
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(make_guard)],  # type: ignore[arg-type]
+        # Outermost first: bodies are bounded before the guard or any route (login included) reads them.
+        middleware=[Middleware(make_body_limit), Middleware(make_guard)],  # type: ignore[arg-type]
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
@@ -634,5 +741,6 @@ def create_app(
     app.state.limiter = limiter
     app.state.broadcaster = broadcaster
     app.state.whatsapp = whatsapp
+    app.state.wa_test_limiter = wa_test_limiter or SendLimiter(WA_TEST_PER_RECIPIENT, WA_TEST_OVERALL)
     app.state.guard_holder = guard_holder  # filled when Starlette builds the middleware stack
     return app

@@ -27,6 +27,7 @@ from gateway.web.auth import SessionSigner, password_fingerprint, read_password_
 from gateway.web.settings import LOOPBACK_NAMES, WebSettings
 
 SESSION_COOKIE = "pb_session"
+DEVICE_COOKIE = "pb_device"  # "this browser logged in before" (gateway/web/auth.py LoginLimiter)
 CSRF_COOKIE = "pb_csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}

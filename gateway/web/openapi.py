@@ -256,13 +256,21 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/whatsapp/test": {
             "post": {
-                "summary": "Send a test message (to the configured recipients, or to `recipient`)",
+                "summary": "Send a test message (to the configured recipients, or to `recipient`); "
+                "a recipient that is not configured needs `confirm: true` (else 409 confirm_needed); "
+                "rate-limited (429 with Retry-After)",
                 "parameters": [CSRF],
                 "requestBody": {
                     "required": False,
                     "content": {
                         "application/json": {
-                            "schema": {"type": "object", "properties": {"recipient": {"type": "string"}}}
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "recipient": {"type": "string"},
+                                    "confirm": {"type": "boolean"},
+                                },
+                            }
                         }
                     },
                 },
@@ -270,6 +278,8 @@ OPENAPI: dict[str, Any] = {
                     "200": _json({"type": "object"}),
                     "400": ERR,
                     "403": ERR,
+                    "409": ERR,
+                    "429": ERR,
                     "501": ERR,
                     "502": ERR,
                 },
@@ -360,6 +370,9 @@ OPENAPI: dict[str, Any] = {
                     "next_attempt_at": {"type": ["number", "null"]},
                     "sent_at": {"type": ["number", "null"]},
                     "last_error": {"type": ["string", "null"]},
+                    "message_id": {"type": ["string", "null"]},
+                    "receipt": {"enum": ["sent", "delivered", "read", None]},
+                    "receipt_at": {"type": ["number", "null"]},
                 },
             },
             "WhatsApp": {
@@ -369,6 +382,12 @@ OPENAPI: dict[str, Any] = {
                     "detail": {"type": "string"},
                     "paired_as": {"type": ["string", "null"]},
                     "pair_code": {"type": ["string", "null"]},
+                    "pair_code_expires_at": {"type": ["number", "null"]},
+                    "qr_expires_at": {"type": ["number", "null"]},
+                    "down_since": {"type": ["number", "null"]},
+                    "down_notice_after_s": {"type": "number"},
+                    "unknown_numbers": {"type": "array", "items": {"type": "string"}},
+                    "numbers_checked_at": {"type": ["number", "null"]},
                     "qr_version": {"type": ["string", "null"]},
                     "qr_url": {"type": ["string", "null"]},
                     "updated_at": {"type": "number"},

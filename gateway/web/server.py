@@ -11,12 +11,19 @@ from typing import Any
 
 import uvicorn
 
+from gateway.fdlimit import web_connection_cap
 from gateway.ports import GatewayPort
 from gateway.web.app import create_app
 from gateway.web.auth import read_password_hash
+from gateway.web.connections import ConnectionTable, capped_protocol, sweep_forever
 from gateway.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
+
+# Connections asyncio accepts per loop pass (and the listen backlog): what can be open before the
+# connection table sees them is a small multiple of this.
+ACCEPT_BATCH = 32
+KEEP_ALIVE_S = 5
 
 
 class WebServer:
@@ -42,6 +49,7 @@ class WebServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.bound_port: int | None = None
         self.listen_socket: socket.socket | None = None
+        self.connections: ConnectionTable | None = None
 
     @property
     def url(self) -> str:
@@ -86,12 +94,22 @@ class WebServer:
         except OSError as e:
             sock.close()
             raise OSError(e.errno, f"dashboard cannot listen on {s.host}:{s.port}: {e.strerror}") from e
-        sock.listen(128)
+        cap = web_connection_cap(s.max_connections)
+        backlog = min(ACCEPT_BATCH, cap)
+        sock.listen(backlog)
         self.bound_port = sock.getsockname()[1]
         self.listen_socket = sock
+        table = self.connections = ConnectionTable(cap, s.idle_timeout_s, per_client=max(4, cap // 4))
+        self.app.state.connections = table  # for /api/health
         config = uvicorn.Config(
             self.app,
+            # Our h11 protocol behind a connection cap and idle timeout (gateway/web/connections.py);
+            # uvicorn's limit_concurrency is not used: it counts requests, not open sockets.
+            http=capped_protocol(table),
+            backlog=backlog,
+            timeout_keep_alive=KEEP_ALIVE_S,
             log_level="warning",
+            log_config=None,  # uvicorn's lines go through the gateway's handler (and its repeat filter)
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=3,
@@ -100,13 +118,20 @@ class WebServer:
         self._server = uvicorn.Server(config)
         started = threading.Event()
 
+        async def serve() -> None:
+            sweeper = asyncio.create_task(sweep_forever(table, min(1.0, s.idle_timeout_s / 4)))
+            try:
+                await self._server.serve(sockets=[sock])  # type: ignore[union-attr]
+            finally:
+                sweeper.cancel()
+
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
             started.set()
             try:
-                loop.run_until_complete(self._server.serve(sockets=[sock]))  # type: ignore[union-attr]
+                loop.run_until_complete(serve())
             except Exception:
                 log.exception("web: dashboard server stopped with an error")
             finally:
@@ -122,7 +147,12 @@ class WebServer:
             threading.Event().wait(0.01)
         if not self._server.started:
             raise RuntimeError("dashboard server did not start; see the log")
-        log.info("web: dashboard on %s%s", self.url, " (login required)" if s.login_required else "")
+        log.info(
+            "web: dashboard on %s%s (at most %d connections)",
+            self.url,
+            " (login required)" if s.login_required else "",
+            cap,
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         server, loop, thread = self._server, self._loop, self._thread

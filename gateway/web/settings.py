@@ -31,6 +31,7 @@ class WebSettings:
     require_login: bool | None = None
     password_file: Path | None = None  # scrypt hash written by `parcelbox web set-password`
     secret_file: Path | None = None  # key that signs session cookies; created on first start
+    sessions_file: Path | None = None  # logged-out sessions and the session generation (0600)
     cookie_secure: bool = False  # set when served behind https (a reverse proxy)
     session_hours: float = 24 * 7
     # Extra Host header names accepted (e.g. "parcelbox.lan"); loopback names are always accepted
@@ -38,6 +39,13 @@ class WebSettings:
     allowed_hosts: tuple[str, ...] = field(default_factory=tuple)
     login_max_failures: int = 5  # per client address within login_window_s
     login_window_s: float = 300.0
+    # Open connections at most (never more than a quarter of the file-descriptor limit, see
+    # gateway/fdlimit.py); over it, the longest-idle connection is closed to make room.
+    max_connections: int = 100
+    # A connection with no request in progress (never sent one, trickling headers, keep-alive) is
+    # closed after this long; a request body must arrive within body_timeout_s.
+    idle_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
     @property
     def login_required(self) -> bool:
@@ -63,7 +71,7 @@ class WebSettings:
                 values[f.name] = v
         if values.get("require_login") is False:
             values["require_login"] = None  # the config's "no" means "only when exposed", never "off"
-        for key in ("password_file", "secret_file"):
+        for key in ("password_file", "secret_file", "sessions_file"):
             if values.get(key) in ("", None):
                 values.pop(key, None)
         s = cls(**values)
@@ -71,12 +79,15 @@ class WebSettings:
             s.password_file = Path(s.password_file)
         if s.secret_file is not None:
             s.secret_file = Path(s.secret_file)
+        if s.sessions_file is not None:
+            s.sessions_file = Path(s.sessions_file)
         if data_dir is None and cfg is not None:
             data_dir = cfg.get("data_dir") if isinstance(cfg, dict) else getattr(cfg, "data_dir", None)
         if data_dir is not None:
             web_dir = Path(data_dir) / "web"
             s.password_file = s.password_file or web_dir / "password"
             s.secret_file = s.secret_file or web_dir / "secret"
+            s.sessions_file = s.sessions_file or web_dir / "sessions.json"
         s.allowed_hosts = tuple(s.allowed_hosts)
         s.port = int(s.port)
         return s

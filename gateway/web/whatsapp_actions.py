@@ -59,6 +59,27 @@ class WhatsAppActions:
             return {"ok": False, "error": f"no pairing code yet: {detail}"}
         return {"ok": True, "pair_code": st["pair_code"]}
 
+    def needs_confirmation(self, recipient: str) -> bool:
+        """True when `recipient` is a valid number or group that is not one of the configured
+        alert recipients: the dashboard asks before it messages a stranger from this account.
+        A malformed one is False: the send reports what is wrong with it."""
+        from gateway.whatsapp.addresses import BadRecipient, to_jid
+
+        comp = self._require()
+        try:
+            jid = to_jid(recipient)
+        except BadRecipient:
+            return False
+        s = comp.settings
+        configured = [*s.recipients, *(r for rs in getattr(s, "recipients_by_box", {}).values() for r in rs)]
+        known = set()
+        for r in configured:
+            try:
+                known.add(to_jid(r))
+            except BadRecipient:
+                continue
+        return jid not in known
+
     def test_message(self, recipient: str | None) -> dict[str, Any]:
         from gateway.whatsapp.addresses import BadRecipient, to_jid
 
@@ -70,7 +91,12 @@ class WhatsAppActions:
         results = []
         for r in targets:
             try:
-                out = comp.supervisor.send(to_jid(r), text)
+                jid = to_jid(r)
+                missing = self._not_on_whatsapp(comp, r, jid)
+                if missing:
+                    results.append({"recipient": r, "ok": False, "error": missing})
+                    continue
+                out = comp.supervisor.send(jid, text)
                 results.append({"recipient": r, "ok": out.ok, "error": out.error})
             except BadRecipient as e:
                 results.append({"recipient": r, "ok": False, "error": str(e)})
@@ -82,6 +108,23 @@ class WhatsAppActions:
                 "results": results,
             }
         return {"ok": True, "results": results}
+
+    def _not_on_whatsapp(self, comp: Any, recipient: str, jid: str) -> str | None:
+        """Why a number outside the recipients cannot get the test message, or None to send it.
+
+        Configured recipients were looked up once when WhatsApp connected; a stranger is looked up
+        now (one usync query, like the start-up check), because a send to a number that is not on
+        WhatsApp is a look-up too, and repeated look-ups of non-users are a known ban signal.
+        Groups are not looked up."""
+        if not jid.endswith("@s.whatsapp.net") or not self.needs_confirmation(recipient):
+            return None
+        digits = jid.split("@", 1)[0]
+        found = comp.supervisor.check_numbers([digits])
+        if isinstance(found, str):
+            return f"could not check the number: {found}"
+        if found.get(digits) is False:
+            return "this number is not on WhatsApp"
+        return None
 
     def unlink(self) -> dict[str, Any]:
         """Log out in the background: stop the running link, run the unlink, start again (to pair anew)."""

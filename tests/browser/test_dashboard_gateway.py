@@ -93,6 +93,23 @@ def test_live_delivery_snapshot_and_pairing_on_the_real_gateway(browser, stack) 
     page.click("#wa-test-form button")
     page.wait_for_selector("#wa-result.ok", timeout=WAIT_MS)
     assert any("test message" in m["text"] for m in fake.sent())
+    # A number that is not an alert recipient: the page asks first, and sends only once confirmed.
+    dialogs: list[str] = []
+
+    def answer(d, accept: bool) -> None:
+        dialogs.append(d.message)
+        d.accept() if accept else d.dismiss()
+
+    page.fill("#wa-recipient", "+62 812 5555 0000")
+    page.once("dialog", lambda d: answer(d, False))
+    page.click("#wa-test-form button")
+    page.wait_for_selector("#wa-result.bad", timeout=WAIT_MS)
+    page.once("dialog", lambda d: answer(d, True))
+    page.click("#wa-test-form button")
+    page.wait_for_selector("#wa-result.ok", timeout=WAIT_MS)
+    assert len(dialogs) == 2 and "not one of your alert recipients" in dialogs[0]
+    assert [m["to"] for m in fake.sent()].count("6281255550000@s.whatsapp.net") == 1
+    page.fill("#wa-recipient", "")
     shoot(page, "gateway-whatsapp-connected-desktop")
 
     # Linked now: the delivery alert that failed while unpaired goes out (retried by hand, or by the

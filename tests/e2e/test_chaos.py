@@ -23,3 +23,20 @@ def test_chaos_short_every_guarantee_holds(tmp_path, mosquitto, prefix):
     assert len(list((tmp_path / "gw" / "data" / "db").glob("events-*.json"))) >= 10
     assert c["kills"]["gateway"] == 3 and c["kills"]["broker"] == 2
     assert c["kills"].get("child", 0) + c["kills_skipped"].get("child", 0) == 3
+
+
+def test_chaos_short_managed_broker_with_a_client_id_thief(tmp_path, prefix):
+    """The gateway's own Mosquitto (issue 14, items 3 and 13): boxes log in; a gateway SIGKILL takes its
+    broker with it and the restarted gateway is back on the same port; a broker SIGKILL is repaired by
+    the gateway; a thief reconnects under the gateway's and the boxes' client ids all along, and nobody
+    but the thief is ever kicked off."""
+    plan = ChaosPlan(boxes=3, deliveries=6, gateway_kills=2, broker_kills=1, child_kills=1, seed=11,
+                     drain_timeout_s=100.0, managed_broker=True, takeovers_per_s=8.0)  # fmt: skip
+    res = run_chaos(tmp_path, None, prefix, plan)
+    print("\n".join(res.log))
+    print_counts(res)
+    assert res.problems == []
+    c = res.counts
+    assert c["deliveries_made"] == c["events_stored_distinct"] == c["events_stored"] == 18
+    assert c["kills"]["gateway"] == 2 and c["kills"]["broker"] == 1
+    assert c["thief_connects"] > 5  # it really tried

@@ -214,6 +214,19 @@ def case_events_carry_no_shared_state():
     assert a[0][2] is not b[0][2]
 
 
+def case_missed_cycle_measures_against_the_level_from_before_the_sleep():
+    # Woken by the lid, closed again before the app ran: the parcel is a delivery, not the new
+    # baseline (issue 13 item 8). Without missed_cycle() the first IDLE sample absorbs it.
+    d = Detector(settle_ms=1000, cooldown_ms=0, has_sensor=True, rise=1, empty=0, level=0)
+    d.missed_cycle(0)
+    assert not d.can_sleep()
+    evs = run_ticks(d, [(3000, False, 1)])
+    assert types(evs) == ["delivery"], evs
+    assert evs[0][2]["before"] == 0 and evs[0][2]["level"] == 1 and d.level == 1
+    d2 = Detector(settle_ms=1000, cooldown_ms=0, has_sensor=True, level=0)
+    assert run_ticks(d2, [(3000, False, 1)]) == [] and d2.level == 1  # the old loss
+
+
 CASES = [(name, fn) for name, fn in sorted(globals().items()) if name.startswith("case_") and callable(fn)]
 
 

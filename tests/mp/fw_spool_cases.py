@@ -250,6 +250,69 @@ def case_nested_spool_dir_is_created(base):
     assert files(base + "/a/b") == ["e0000000001.json"]
 
 
+class DiskFull:
+    """A full filesystem as the board shows it: the write (or the rename that commits it)
+    raises OSError(ENOSPC=28). Only `mode` calls fail; everything else is the real os."""
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def rename(self, a, b):
+        if self.mode == "rename":
+            raise OSError(28)
+        return os.rename(a, b)
+
+
+class FullFile:
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise OSError(28)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.f.close()
+
+
+def _no_tmp_left_after_enospc(base, mode):
+    import spool as spool_mod
+
+    s = Spool(base, os, log=quiet)
+    s.add(event(1))
+    s.os = DiskFull(mode)
+    real_open = open
+    if mode == "write":
+        spool_mod.open = lambda name, m="r": FullFile(real_open(name, m))
+    try:
+        try:
+            s.add(event(2, photo_bytes(3000, 2)))
+        except Exception as e:
+            assert type(e).__name__ == "SpoolError", e
+        else:
+            raise AssertionError("a full disk did not fail the add")
+        s.save_state({"seq": 2})  # logged, not raised
+    finally:
+        if mode == "write":
+            del spool_mod.open
+    # was: e0000000002.jpg.tmp stayed until the next boot, eating the space the box needs
+    assert [n for n in files(base) if n.endswith(".tmp")] == [], files(base)
+    assert files(base) == ["e0000000001.json"], files(base)
+
+
+def case_enospc_on_write_leaves_no_tmp_file(base):
+    _no_tmp_left_after_enospc(base, "write")
+
+
+def case_enospc_on_rename_leaves_no_tmp_file(base):
+    _no_tmp_left_after_enospc(base, "rename")
+
+
 CASES = [(name, fn) for name, fn in sorted(globals().items()) if name.startswith("case_") and callable(fn)]
 
 

@@ -74,8 +74,10 @@ class GatewayProc:
         *,
         extra: dict[str, dict[str, Any]] | None = None,
         log_level: str = "INFO",
+        nofile: int | None = None,
     ) -> None:
         self.root = Path(root)
+        self.nofile = nofile  # RLIMIT_NOFILE (soft = hard) for the child, like systemd's LimitNOFILE
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.root / "data"
         self.alerts_dir = self.root / "alerts"
@@ -116,9 +118,19 @@ class GatewayProc:
                 env=clean_env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self._limits if self.nofile else None,
             )
         if wait:
             self.wait_up(timeout)
+
+    def _limits(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
+
+    def open_fds(self) -> int:
+        """How many file descriptors the running gateway holds (Linux /proc)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def wait_up(self, timeout: float = 60.0) -> None:
         def up() -> bool:
