@@ -22,6 +22,7 @@ DEVICE_CHANGED = "device_changed"  # a device record (gateway.ports.DeviceRecord
 OUTBOX_CHANGED = "outbox_changed"  # an outbox record (gateway.ports.OutboxRecord)
 COMMAND_RESULT = "command_result"  # {"device", "id", "ok", "error", ...}
 WHATSAPP_STATE = "whatsapp_state"  # gateway.ports.WhatsAppState
+STORAGE_STATE = "storage_state"  # {"ok", "problems", "free_mb", "free_percent", "low"} (gateway.service)
 
 Handler = Callable[[str, dict[str, Any]], None]
 

@@ -31,11 +31,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import __version__
-from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, WHATSAPP_STATE, Bus
+from gateway.bus import (
+    COMMAND_RESULT,
+    DEVICE_CHANGED,
+    EVENT_STORED,
+    OUTBOX_CHANGED,
+    STORAGE_STATE,
+    WHATSAPP_STATE,
+    Bus,
+)
 from gateway.captions import caption_strip, render_caption
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import GATEWAY_USER, DeviceRegistry
+from gateway.diskspace import DiskThresholds, disk_report, measure, storage_report
 from gateway.health import Counters
 from gateway.ingest import MqttLink
 from gateway.notify.base import Notifier
@@ -65,6 +74,10 @@ log = logging.getLogger("gateway")
 
 STATUS_FILE = "status.json"
 _BATTERY_HYSTERESIS_MV = 100
+# A full disk fails every write, a few a second: say so once a minute (with a count), not each time.
+_STORE_WARNING_EVERY_S = 60.0
+# While storage has a problem the WARNING is repeated this often (a log line from days ago is missed).
+_STORAGE_REMINDER_S = 3600.0
 
 
 class Component(Protocol):
@@ -144,6 +157,14 @@ class GatewayService:
             "updated_at": 0.0,
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
+        self.disk_thresholds = DiskThresholds(
+            min_free_mb=config.store.min_free_mb, min_free_percent=config.store.min_free_percent
+        )
+        self._storage_seen: frozenset[str] | None = None  # kinds of storage problem last logged
+        self._storage_logged_at = 0.0
+        self._storage_published: dict[str, Any] | None = None
+        self._store_warned_at = -_STORE_WARNING_EVERY_S
+        self._store_warnings_held = 0
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
         self.photo_settings = PhotoSettings(
             alert_long_edge=config.photos.alert_long_edge,
@@ -301,10 +322,33 @@ class GatewayService:
                     self._photo_done(item[1], item[2])
                 elif item[0] == "call":
                     item[1]()
+            except OSError as exc:
+                # A full disk or a failing card (a box's status record, say): nothing was acked.
+                self._store_failed(exc, f"a change ({item[0]})", counter="device_write_errors")
             except Exception:
                 # Never let one message kill the worker; the box re-sends what was not acked.
                 log.exception("ingest worker: unexpected error; continuing")
                 self.counters.reject("internal_error")
+
+    def _store_failed(self, exc: OSError, what: str, *, counter: str = "store_write_errors") -> None:
+        """A write to the data folder failed: count it, check the disk now, warn (rate-limited).
+        `store_write_errors` counts the events refused for it (not acked)."""
+        self.counters.inc(counter)
+        now = time.monotonic()
+        if now - self._store_warned_at < _STORE_WARNING_EVERY_S:
+            self._store_warnings_held += 1
+            return
+        held, self._store_warnings_held = self._store_warnings_held, 0
+        self._store_warned_at = now
+        log.warning(
+            "could not write %s to %s: %s%s%s",
+            what,
+            self.data_dir,
+            exc,
+            "; not acked, the box keeps it and sends it again" if counter == "store_write_errors" else "",
+            f" ({held} more such failure(s) in the last minute)" if held else "",
+        )
+        self._check_storage()
 
     def _reject(self, reason: str, detail: str, where: str) -> None:
         self.counters.reject(reason)
@@ -455,7 +499,11 @@ class GatewayService:
             variants = {"alert": processed.alert_jpeg, "thumb": processed.thumb_jpeg}
             if self.config.photos.keep_original:
                 variants["original"] = original
-            self.store.write_photos(device, event.id, received_at, variants)
+            try:
+                self.store.write_photos(device, event.id, received_at, variants)
+            except OSError as exc:
+                self._store_failed(exc, f"the photo of {device}/{event.id}")
+                return
             photo_info = {
                 "size": event.photo.size,
                 "sha256": event.photo.sha256,
@@ -478,11 +526,21 @@ class GatewayService:
         dev = self._device(device)
         dev = self._apply_event_to_device(dev, record)
         outbox = self._plan_event_alerts(dev, record)
-        if not self.store.add_event(record, outbox):
+        try:
+            added = self.store.add_event(record, outbox)
+        except OSError as exc:
+            # No ack and no nack: a nack with retry makes the box re-send at once, photo and all,
+            # into the same full disk. Without an answer it re-sends after its ack timeout, backing off.
+            self._store_failed(exc, f"event {device}/{event.id}")
+            return
+        if not added:
             self.counters.inc("duplicates")
         else:
             self.counters.inc("stored")
-            self.store.put_device(dev)
+            try:
+                self.store.put_device(dev)
+            except OSError as exc:  # the event itself is durable: ack it; the box record catches up later
+                self._store_failed(exc, f"the record of box {device}", counter="device_write_errors")
             self.bus.publish(EVENT_STORED, dict(record))
             self.bus.publish(DEVICE_CHANGED, self._device_out(dev))
             for o in outbox:
@@ -818,6 +876,7 @@ class GatewayService:
             "queue": self._queue.qsize(),
             "reassembly": {"partials": len(self._reasm), "held_bytes": self._reasm.held_bytes},
             "photos_in_progress": len(self._in_flight),
+            "storage": self.storage_health(),
         }
         for k in (
             "received",
@@ -829,14 +888,65 @@ class GatewayService:
             "statuses",
             "acks",
             "nacks",
+            "store_write_errors",
         ):
             out[k] = 0
         out.update(self.counters.snapshot())
         return out
 
+    def storage_health(self) -> dict[str, Any]:
+        """Free space of the data folder's disk and the store's damage counters (`gateway.diskspace`)."""
+        assert self.store is not None
+        try:
+            disk = disk_report(measure(self.data_dir), self.disk_thresholds)
+        except OSError:
+            disk = None
+        return storage_report(disk, self.store.integrity(), self.counters.get("store_write_errors"))
+
+    def _check_storage(self) -> None:
+        """Log storage problems when they change (and hourly while they last); tell the bus."""
+        report = self.storage_health()
+        # Problems by kind, so a changing number is not a new problem.
+        seen = frozenset(report["kinds"])
+        before = self._storage_seen or frozenset()
+        now = time.monotonic()
+        remind = bool(seen) and now - self._storage_logged_at >= _STORAGE_REMINDER_S
+        for kind, problem in zip(report["kinds"], report["problems"], strict=True):
+            if remind or kind not in before:
+                log.warning("storage: %s", problem)
+        if remind or seen - before:
+            self._storage_logged_at = now
+        if before and not seen:
+            disk = report["disk"] or {}
+            log.info("storage: ok again (%.0f MB free)", disk.get("free_bytes", 0) / (1 << 20))
+        self._storage_seen = seen
+        disk = report["disk"] or {}
+        state = {
+            "ok": report["ok"],
+            "problems": report["problems"],
+            "free_mb": round(disk.get("free_bytes", 0) / (1 << 20)),
+            "free_percent": disk.get("free_percent"),
+            "low": bool(disk.get("low")),
+        }
+        last = self._storage_published
+        # Free space moves with every photo: publish when it moved by 1 % of the disk or 64 MB, not each time.
+        step = max(64, round(disk.get("total_bytes", 0) / (1 << 20) / 100))
+        if (
+            last is None
+            or {**last, "free_mb": 0} != {**state, "free_mb": 0}
+            or abs(last["free_mb"] - state["free_mb"]) >= step
+        ):
+            self._storage_published = state
+            self.bus.publish(STORAGE_STATE, dict(state))
+
+    def storage_state(self) -> dict[str, Any] | None:
+        """The last storage state published on the bus (for a subscriber that starts later)."""
+        return dict(self._storage_published) if self._storage_published else None
+
     def write_status(self) -> None:
         """`<data>/status.json`: what `parcelbox status` shows (health, boxes, recent events, outbox)."""
         assert self.store is not None
+        self._check_storage()
         snap = {
             "health": self.health(),
             "devices": self.list_devices(),
@@ -844,9 +954,14 @@ class GatewayService:
             "outbox": self.list_outbox(limit=20),
         }
         # Rewritten every 2 s: atomic but not fsync'd (SD-card wear; a lost snapshot is rewritten soon).
-        atomic_write_bytes(
-            self.data_dir / STATUS_FILE, json.dumps(snap, indent=1, default=str).encode(), durable=False
-        )
+        # At a full disk it fails: logged (rate-limited) and counted; `parcelbox status` measures the
+        # disk itself, so the warning still shows.
+        try:
+            atomic_write_bytes(
+                self.data_dir / STATUS_FILE, json.dumps(snap, indent=1, default=str).encode(), durable=False
+            )
+        except OSError as exc:
+            self._store_failed(exc, STATUS_FILE, counter="status_write_errors")
 
     def _tick_loop(self) -> None:
         """Once a second: reassembly timeouts and offline checks (on the worker), status snapshot."""

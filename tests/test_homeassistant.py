@@ -81,6 +81,8 @@ SENSOR_CLASS_UNITS: dict[str, set[str | None]] = {
     "signal_strength": {"dB", "dBm"},
     "timestamp": {None},  # "Datetime object or timestamp string (ISO 8601)", no unit
     "battery": {"%"},
+    # data_size: UnitOfInformation (core homeassistant/const.py), the byte units.
+    "data_size": {"B", "kB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"},
 }
 PLATFORMS: dict[str, dict[str, Any]] = {
     "binary_sensor": {
@@ -602,7 +604,7 @@ def test_bridge_announces_gateway_and_boxes(mosquitto, port, cfg, mirror, bridge
     configs = {
         t: m for t, m in mirror.latest.items() if t.startswith(cfg.prefix + "/") and t.endswith("/config")
     }
-    assert len(configs) == 1 + 9 + 10
+    assert len(configs) == len(d.gateway_entities(cfg)) + 9 + 10 == 3 + 9 + 10
     for topic, msg in configs.items():
         check_discovery(topic, msg.payload, cfg)
     # Every discovery message was published retained (so Home Assistant finds them after a restart).

@@ -1,0 +1,127 @@
+"""Is the data folder's disk about to fill up, and is the store healthy? Policy (pure) + one statvfs.
+
+Retention keeps everything by default, so every install fills its card one day; the store then
+refuses to ack (an event it cannot make durable stays in the box's spool), which is safe but silent
+unless someone is told well before. `storage_report` turns the disk's numbers and the store's
+damage counters into one answer that `health()`, `parcelbox status`, the dashboard and Home Assistant
+all show: `ok`, and a list of `problems` a person can act on.
+
+"Low" means free space below `min_free_mb` or below `min_free_percent` of the disk, whichever is the
+larger amount (on an 8 GB card 500 MB is the larger; on a 1 TB disk 5 % is), or free inodes (photos are
+many small files) below `min_free_percent`. Either setting 0 turns that test off.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class DiskThresholds:
+    min_free_mb: int = 500
+    min_free_percent: float = 5.0
+
+
+@dataclass(frozen=True)
+class DiskNumbers:
+    """What statvfs says about the file system holding the data folder (as an unprivileged writer)."""
+
+    free_bytes: int
+    total_bytes: int
+    free_files: int | None  # None: the file system has no inode limit (btrfs reports 0 files)
+    total_files: int | None
+
+
+def measure(path: Path) -> DiskNumbers:
+    """statvfs of `path`, or of its nearest existing parent (a data folder not created yet)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    st = os.statvfs(path)
+    files = (st.f_favail, st.f_files) if st.f_files else (None, None)
+    return DiskNumbers(st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize, files[0], files[1])
+
+
+def disk_report(n: DiskNumbers, t: DiskThresholds) -> dict[str, Any]:
+    """The disk part of the storage health: numbers, the threshold in bytes, and `low`."""
+    threshold = max(t.min_free_mb * MB, int(n.total_bytes * t.min_free_percent / 100))
+    low_space = threshold > 0 and n.free_bytes < threshold
+    low_files = (
+        n.total_files is not None
+        and n.free_files is not None
+        and t.min_free_percent > 0
+        and n.free_files < n.total_files * t.min_free_percent / 100
+    )
+    return {
+        "free_bytes": n.free_bytes,
+        "total_bytes": n.total_bytes,
+        "free_percent": round(100.0 * n.free_bytes / n.total_bytes, 1) if n.total_bytes else 0.0,
+        "free_files": n.free_files,
+        "threshold_bytes": threshold,
+        "low": low_space or low_files,
+        "low_space": low_space,
+        "low_files": low_files,
+    }
+
+
+def _size(n: int) -> str:
+    return f"{n / MB:.0f} MB" if n < 10 * 1024 * MB else f"{n / (1024 * MB):.1f} GB"
+
+
+def storage_report(disk: dict[str, Any] | None, integrity: dict[str, int], refused: int) -> dict[str, Any]:
+    """Storage health for people and machines: `ok`, human `problems`, and the numbers behind them.
+
+    `integrity` is `Store.integrity()`; `refused` counts events not acked because a write failed.
+    Torn tails (a crash mid-append, never acknowledged) are normal after a power cut: counted, not a
+    problem.
+    """
+    problems: list[str] = []
+    kinds: list[str] = []  # one stable name per problem (the texts carry changing numbers)
+
+    def add(kind: str, text: str) -> None:
+        kinds.append(kind)
+        problems.append(text)
+
+    if disk is None:
+        add("disk_unknown", "cannot read the free space of the data folder's disk")
+    elif disk["low_space"]:
+        add(
+            "disk_low",
+            f"disk almost full: {_size(disk['free_bytes'])} free of {_size(disk['total_bytes'])} "
+            f"(warning below {_size(disk['threshold_bytes'])}); set store.retention_days / "
+            "store.photo_retention_days or free space",
+        )
+    elif disk["low_files"]:
+        add("inodes_low", f"almost out of inodes: {disk['free_files']} files left on the data folder's disk")
+    if refused or integrity.get("write_errors"):
+        add(
+            "writes_failed",
+            f"{max(refused, integrity.get('write_errors', 0))} write(s) failed since start (full disk or "
+            "I/O error): those events were not acked and stay in the boxes' spools",
+        )
+    damaged = sum(integrity.get(k, 0) for k in ("journal_damaged", "files_salvaged", "records_unreadable"))
+    if damaged:
+        add(
+            "damage_found",
+            f"{damaged} damaged record(s) or file(s) found (bit rot?); the bytes are kept in "
+            "db/quarantine/, every readable record was kept",
+        )
+    if integrity.get("compaction_errors"):
+        add(
+            "compaction_failed",
+            f"{integrity['compaction_errors']} journal compaction(s) failed (no room to rewrite a file); "
+            "nothing is lost, the journals grow until there is room",
+        )
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "kinds": kinds,
+        "disk": disk,
+        "integrity": integrity,
+        "refused": refused,
+    }
