@@ -4,6 +4,7 @@ child are SIGKILLed and restarted at seeded random moments; then every guarantee
 
     python bench/chaos.py                       # the full run: 20 boxes x 25 deliveries = 500
     python bench/chaos.py --boxes 4 --deliveries 10 --seed 3 --gateway-kills 2
+    python bench/chaos.py --disk-fulls 3           # also fill the gateway's disk now and then (root)
 
 Boxes are `tools/simulate.py`'s `SimulatedBox` (the real firmware modules, spool on disk), the
 broker a real Mosquitto, the gateway `parcelbox run` as a subprocess with the folder sink and WhatsApp
@@ -18,6 +19,10 @@ everything is brought back up, the boxes drain their spools, and the audit check
 - no photo file is orphaned, truncated or left as a temp file;
 - every alert reached the fake WhatsApp at least once, with duplicates only for sends cut by a kill
   (at most one per child or gateway kill).
+
+With `--disk-fulls N` the gateway's data folder is a tmpfs (needs root) that is filled to the last
+byte N times, for a seeded few seconds each, while boxes send: whatever the gateway cannot write it
+must not ack, and everything above must still hold once there is room again.
 
 `run_chaos()` is also the short form run by `tests/e2e/test_chaos.py` in `make test`. The full run
 prints its counts and writes bench/results/chaos.json.
@@ -45,6 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.e2e import GatewayProc, audit_data_folder, wait_for  # noqa: E402
+from tests.support.fullfs import fill, free, mount_tmpfs, unmount  # noqa: E402
 from tools.simulate import SimulatedBox  # noqa: E402
 
 RECIPIENT = "+62 811-0000-0001"
@@ -66,6 +72,10 @@ class ChaosPlan:
     # records per store segment file (0: the store's default); small values make the kills land among
     # segment roll-overs
     segment_records: int = 0
+    # times the gateway's disk (then a tmpfs of disk_size) is filled up, each for full_s seconds
+    disk_fulls: int = 0
+    disk_size: str = "128m"
+    full_s: tuple[float, float] = (1.0, 4.0)
 
 
 @dataclass
@@ -159,15 +169,40 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
             "store": {"segment_records": plan.segment_records},
         },
     )
+    if plan.disk_fulls:
+        why = mount_tmpfs(gw.data_dir, plan.disk_size)
+        if why is not None:
+            raise RuntimeError(f"--disk-fulls: {why}")
+    try:
+        return _run_chaos(gw, fake_dir, workdir, broker, prefix, plan, res, rnd, note, t0)
+    finally:
+        if plan.disk_fulls:
+            unmount(gw.data_dir)
+
+
+def _run_chaos(
+    gw: GatewayProc,
+    fake_dir: Path,
+    workdir: Path,
+    broker: Any,
+    prefix: str,
+    plan: ChaosPlan,
+    res: ChaosResult,
+    rnd: random.Random,
+    note: Any,
+    t0: float,
+) -> ChaosResult:
     session = gw.data_dir / "whatsapp"
     session.mkdir(parents=True, exist_ok=True)
     (session / "fake-session.json").write_text(json.dumps({"jid": "6281100000000@s.whatsapp.net"}))
 
     # The spool is bounded on the board (oldest photos go first when it is full, by design); give the
     # simulated boxes room for a whole run so that every delivery must arrive with its photo.
-    spool_room = (
+    spool_room: dict[str, Any] = (
         {"spool_max_events": 1000, "spool_max_bytes": plan.deliveries * 500_000} if plan.spool_room else {}
     )
+    if plan.disk_fulls:
+        spool_room["ack_timeout_s"] = 5  # refused events come back soon (the firmware's minimum)
     boxes = [
         SimulatedBox(
             broker.url,
@@ -182,7 +217,12 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
         for _ in range(plan.deliveries):
             b.deliver()
     total = plan.boxes * plan.deliveries
-    actions = ["gateway"] * plan.gateway_kills + ["broker"] * plan.broker_kills + ["child"] * plan.child_kills
+    actions = (
+        ["gateway"] * plan.gateway_kills
+        + ["broker"] * plan.broker_kills
+        + ["child"] * plan.child_kills
+        + ["disk"] * plan.disk_fulls
+    )
     # Each kill fires when a seeded share of the deliveries is acked, plus a seeded delay.
     schedule = sorted((rnd.uniform(0.05, 0.85), rnd.uniform(0.0, 0.3), a) for a in actions)
     kills: collections.Counter[str] = collections.Counter()
@@ -205,6 +245,13 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
                 time.sleep(rnd.uniform(*plan.down_s))
                 gw.start()
                 note("gateway restarted")
+            elif action == "disk":
+                filler = fill(gw.data_dir, "chaos-filler")
+                note(f"disk full at {driver.acked()}/{total} acked")
+                time.sleep(rnd.uniform(*plan.full_s))
+                refused = gw.log_path.read_text(errors="replace").count("; not acked,")
+                free(filler)
+                note(f"disk has room again ({refused} refusals logged so far)")
             elif action == "broker":
                 broker.kill()
                 note(f"SIGKILL broker at {driver.acked()}/{total} acked")
@@ -318,6 +365,9 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
         "kills": dict(kills),
         "kills_skipped": dict(skipped),
         "gateway_runs": gw.runs,
+        # lines where the gateway said it could not write an event and did not ack it (rate-limited
+        # to one a minute, so a floor): shows the full disks really hit incoming events
+        "refused_writes_logged": gw.log_path.read_text(errors="replace").count("; not acked,"),
         "box_mqtt_connects": sum(b.app.mqtt.connects for b in boxes),
         "problems": len(res.problems),
         "seconds": round(time.monotonic() - t0, 1),
@@ -340,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gateway-kills", type=int, default=4)
     ap.add_argument("--broker-kills", type=int, default=3)
     ap.add_argument("--child-kills", type=int, default=4)
+    ap.add_argument(
+        "--disk-fulls", type=int, default=0, help="fill the gateway's disk (a tmpfs; root) N times"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--board-spool", action="store_true", help="the board's spool limits (old photos may be dropped)"
@@ -357,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         gateway_kills=a.gateway_kills,
         broker_kills=a.broker_kills,
         child_kills=a.child_kills,
+        disk_fulls=a.disk_fulls,
         seed=a.seed,
         spool_room=not a.board_spool,
         segment_records=a.segment_records,

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 
-@contextlib.contextmanager
-def tmpfs(folder: Path, size: str = "4m") -> Iterator[Path]:
-    """Mount a tmpfs of `size` on `folder` (created if missing) for the duration of the block."""
+def mount_tmpfs(folder: Path, size: str = "4m") -> str | None:
+    """Mount a tmpfs of `size` on `folder` (created if missing); None when mounted, else why not."""
     folder.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None:
-        pytest.skip("no mount(8) here: cannot make a small file system to fill")
+        return "no mount(8) here: cannot make a small file system to fill"
     res = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
         capture_output=True,
@@ -31,12 +30,25 @@ def tmpfs(folder: Path, size: str = "4m") -> Iterator[Path]:
         timeout=30,
     )
     if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {res.stderr.strip()}")
+        return f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): {res.stderr.strip()}"
+    return None
+
+
+def unmount(folder: Path) -> None:
+    # Lazy: a gateway subprocess killed a moment ago may still be closing its files.
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of `size` on `folder` for the duration of the block; skips the test where it cannot."""
+    why = mount_tmpfs(folder, size)
+    if why is not None:
+        pytest.skip(why)
     try:
         yield folder
     finally:
-        # Lazy: a gateway subprocess killed a moment ago may still be closing its files.
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+        unmount(folder)
 
 
 def fill(folder: Path, name: str = "filler", leave: int = 0) -> Path:
