@@ -322,7 +322,8 @@ def test_damaged_month_file_is_kept_aside_and_its_readable_records_salvaged(tmp_
     finally:
         s2.close()
     assert any(
-        "events-2026-11.json" in r.getMessage() and "salvaged 9 record" in r.getMessage() for r in caplog.records
+        "events-2026-11.json" in r.getMessage() and "salvaged 9 record" in r.getMessage()
+        for r in caplog.records
     )
 
 
