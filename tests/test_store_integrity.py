@@ -386,3 +386,33 @@ def test_unreadable_file_without_salvage_still_refuses(tmp_path):
     p.write_bytes(b'{"a": ')
     with pytest.raises(ValueError, match="unreadable"):
         storage_mod.AtomicJSONStorage(p).read()
+
+
+def test_opening_at_a_full_disk_with_a_damaged_journal_keeps_everything(tmp_path, no_compaction):
+    """Start-up at a full disk: the replay cannot rewrite the file nor quarantine the damaged line.
+    The store still opens with every readable event, and drops nothing until both can be written."""
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        s = Store(disk)
+        for i in range(4):
+            s.add_event(ev("box1", f"event000{i}", NOV))
+        journal = disk / JOURNAL
+        raw = bytearray(journal.read_bytes())
+        raw[raw.index(b"event0001") + 2] ^= 0x01  # bit rot in event0001's line
+        journal.write_bytes(bytes(raw))
+        filler = fill(disk)
+        s2 = Store(disk)  # "after a crash", at a full disk
+        try:
+            assert [s2.has_event("box1", f"event000{i}") for i in range(4)] == [True, False, True, True]
+            assert s2.integrity()["compaction_errors"] >= 1 and s2.integrity()["quarantined_files"] == 0
+            assert journal.read_bytes() == bytes(raw)  # nothing dropped while it could not be kept
+            free(filler)
+            s2.add_event(ev("box1", "event0009", NOV))
+        finally:
+            s2.close()  # room again: compaction quarantines the damaged line, then empties the journal
+        assert journal.read_bytes() == b""
+        s3 = Store(disk)
+        try:
+            assert s3.integrity()["quarantined_files"] == 1
+            assert all(s3.has_event("box1", e) for e in ("event0000", "event0002", "event0003", "event0009"))
+        finally:
+            s3.close()
