@@ -14,8 +14,11 @@ never its neighbours. Compact JSON never holds a raw newline (strings escape it)
 separator; when the damage hits a separator itself (two lines glued into one), the later line is found
 again at the end of the glued run (`_last_record`), so only the line that lost its newline is lost.
 
-Journals written before the checksum (plain JSON lines, starting with `{`) are still read: such a
-line is accepted when it parses to an object.
+A journal file starts with the header line `HEADER` (written with its first record). It tells the
+reader the format without trusting the records: journals written before the checksum (plain JSON
+lines, starting with `{`, no header) are still read, and such a line is accepted when it parses to an
+object, but in a framed journal a line is accepted only with a good CRC. (If the header itself is
+damaged, any framed-looking line decides.)
 
 `salvage_tables` reads the records out of a damaged TinyDB file (`{"events":{"1":{...},...},...}`):
 each doc is parsed on its own, so a flipped byte costs the doc it lands in, not the whole file.
@@ -31,6 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 _DECODER = json.JSONDecoder()
+HEADER = b"#parcelbox-journal crc32\n"
+# What is left of a framed line's prefix after damage: either half of it, anywhere in the file.
+_FRAMED_PREFIX = re.compile(rb"[0-9a-f]{8}[^\n]\{|[^\n]{8} \{")
 _HEX = frozenset(b"0123456789abcdef")
 _CRC_LEN = 8
 # How far back into a glued run `_last_record` looks for the start of its last record, and how many
@@ -92,16 +98,17 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _last_record(run: bytes) -> tuple[int, dict[str, Any]] | None:
+def _last_record(run: bytes, plain: bool) -> tuple[int, dict[str, Any]] | None:
     """The record that ends a damaged run of bytes, and where it starts, if one does.
 
     A run is damaged when a line lost its newline (its tail and the next line glue together) or when
     a failed append left half a line before the next one. The last line of the run still ends at the
     run's end; its start is one of the places a record can start (`<8 hex> {` or `{"`). Candidates
     are tried right to left: an object nested in a record is always followed by its parent's closing
-    brackets, so it never reads to the end of the run, and the first one that does is the record. A
-    bare `{"` right after a CRC prefix is the body of a framed record: it must pass its CRC, never be
-    taken as an old-format line (that would let a flipped digit through).
+    brackets, so it never reads to the end of the run, and the first one that does is the record.
+    Plain `{"` starts are tried only in an old-format journal (`plain`): in a framed one a bare `{"`
+    is the body of a framed record, which must pass its CRC (a damaged prefix must not let a flipped
+    digit in the body through).
     """
     lo = max(0, len(run) - _RESYNC_WINDOW)
     pos = len(run)
@@ -115,11 +122,19 @@ def _last_record(run: bytes) -> tuple[int, dict[str, Any]] | None:
                 rec = decode_line(run[start:])
                 if rec is not None:
                     return start, rec
-        elif run[pos + 1 : pos + 2] == b'"':
+        elif plain and run[pos + 1 : pos + 2] == b'"':
             rec = _json_object(run[pos:])
             if rec is not None:
                 return pos, rec
     return None
+
+
+def _looks_framed(raw: bytes) -> bool:
+    """Written by this version? Erring towards yes only costs an old journal its resynchronisation
+    (plain records are still read line by line); erring towards no could let a damaged framed record
+    in unchecked, so any trace of the header (one flip leaves one of its halves) or of a prefix counts."""
+    head = raw[: len(HEADER) + 8]
+    return b"#parcelbox-" in head or b"journal crc32" in head or _FRAMED_PREFIX.search(raw) is not None
 
 
 def scan_lines(raw: bytes, valid: Callable[[dict[str, Any]], bool] | None = None) -> Scan:
@@ -131,7 +146,12 @@ def scan_lines(raw: bytes, valid: Callable[[dict[str, Any]], bool] | None = None
     """
     entries: list[dict[str, Any]] = []
     damage: list[Damage] = []
+    # A journal is all framed or all old plain lines (the store empties it at every open). The header
+    # says which; without it (an old journal, or a damaged header) one framed-looking line anywhere does.
     pos, end = 0, len(raw)
+    if raw.startswith(HEADER):
+        pos = len(HEADER)
+    plain = not _looks_framed(raw)
     while pos < end:
         nl = raw.find(b"\n", pos)
         stop = end if nl < 0 else nl
@@ -140,7 +160,7 @@ def scan_lines(raw: bytes, valid: Callable[[dict[str, Any]], bool] | None = None
             rec = decode_line(line)
             bad_until = 0
             if rec is None:
-                found = _last_record(line)
+                found = _last_record(line, plain)
                 bad_until, rec = (found[0], found[1]) if found else (len(line), None)
             if rec is not None and valid is not None and not valid(rec):
                 damage.append(Damage(pos + bad_until, line[bad_until:], "invalid"))

@@ -26,7 +26,7 @@ from typing import Any
 
 from tinydb.storages import Storage
 
-from gateway.framing import Damage, encode_line, salvage_tables, scan_lines
+from gateway.framing import HEADER, Damage, encode_line, salvage_tables, scan_lines
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +281,8 @@ class Journal:
         if self._needs_newline:
             line = b"\n" + line
         start = os.lseek(fd, 0, os.SEEK_END)
+        if start == 0:
+            line = HEADER + line  # the format, for the reader (`gateway.framing`)
         try:
             view = memoryview(line)
             while view:
