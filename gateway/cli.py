@@ -157,9 +157,11 @@ def do_status(args: argparse.Namespace) -> int:
         st = h.get("storage") or {}
         disk = st.get("disk") or {}
         if disk:
+            from gateway.diskspace import human_size
+
             print(
-                f"storage: {'ok' if st.get('ok') else 'PROBLEM'}; {disk['free_bytes'] / (1 << 20):.0f} MB free "
-                f"of {disk['total_bytes'] / (1 << 20):.0f} MB ({disk['free_percent']}%)"
+                f"storage: {'ok' if st.get('ok') else 'PROBLEM'}; {human_size(disk['free_bytes'])} free "
+                f"of {human_size(disk['total_bytes'])} ({disk['free_percent']}%)"
             )
         for problem in st.get("problems") or []:
             print(f"  WARNING: {problem}")

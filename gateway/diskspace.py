@@ -69,7 +69,8 @@ def disk_report(n: DiskNumbers, t: DiskThresholds) -> dict[str, Any]:
     }
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
+    """`812 MB`, `74.4 GB`: how the warnings and `parcelbox status` write sizes."""
     return f"{n / MB:.0f} MB" if n < 10 * 1024 * MB else f"{n / (1024 * MB):.1f} GB"
 
 
@@ -92,8 +93,8 @@ def storage_report(disk: dict[str, Any] | None, integrity: dict[str, int], refus
     elif disk["low_space"]:
         add(
             "disk_low",
-            f"disk almost full: {_size(disk['free_bytes'])} free of {_size(disk['total_bytes'])} "
-            f"(warning below {_size(disk['threshold_bytes'])}); set store.retention_days / "
+            f"disk almost full: {human_size(disk['free_bytes'])} free of {human_size(disk['total_bytes'])} "
+            f"(warning below {human_size(disk['threshold_bytes'])}); set store.retention_days / "
             "store.photo_retention_days or free space",
         )
     elif disk["low_files"]:
@@ -105,11 +106,14 @@ def storage_report(disk: dict[str, Any] | None, integrity: dict[str, int], refus
             "I/O error): those events were not acked and stay in the boxes' spools",
         )
     damaged = sum(integrity.get(k, 0) for k in ("journal_damaged", "files_salvaged", "records_unreadable"))
-    if damaged:
+    kept = integrity.get("quarantined_damage", 0)
+    if damaged or kept:
+        # Stays a problem while the copies are in quarantine (found by this run or an earlier one, or
+        # by `parcelbox status`): deleting them, once looked at, is how the owner clears it.
         add(
             "damage_found",
-            f"{damaged} damaged record(s) or file(s) found (bit rot?); the bytes are kept in "
-            "db/quarantine/, every readable record was kept",
+            f"damaged records or files found (bit rot?): {damaged} since start, {kept} kept in "
+            "db/quarantine/; every readable record was kept (look at them, then delete them)",
         )
     if integrity.get("compaction_errors"):
         add(

@@ -842,9 +842,12 @@ class Store:
                 )
             }
         try:
-            out["quarantined_files"] = sum(1 for p in self.quarantine_dir.iterdir() if p.suffix == ".bad")
+            names = [p.name for p in self.quarantine_dir.iterdir() if p.suffix == ".bad"]
         except OSError:
-            out["quarantined_files"] = 0
+            names = []
+        out["quarantined_files"] = len(names)
+        # Torn tails are what a power cut mid-append leaves (never acked): kept, but not damage.
+        out["quarantined_damage"] = sum(1 for n in names if ".torn." not in n)
         return out
 
     def close(self) -> None:
