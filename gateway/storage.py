@@ -253,7 +253,8 @@ class Journal:
         valid: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.path = path
-        self.quarantine_dir = quarantine_dir
+        # Never None: `reset` must have somewhere to keep damaged bytes before it empties the file.
+        self.quarantine_dir = quarantine_dir or path.parent / "quarantine"
         self._valid = valid
         self._fd: int | None = None
         self._needs_newline = False  # the file ends in an unfinished line we could not cut off
@@ -335,8 +336,6 @@ class Journal:
         """Copy the damaged stretches `read` found into `quarantine_dir` (durably); raises if it cannot."""
         saved = []
         for d in list(self.damage):
-            if self.quarantine_dir is None:
-                break
             saved.append(
                 quarantine_bytes(self.quarantine_dir, f"{self.path.name}.at{d.offset}.{d.reason}", d.data)
             )

@@ -460,3 +460,27 @@ def test_scan_keeps_every_intact_line_whatever_the_damage(entries, flips, plain)
     assert all(any(g == e for g in it) for e in intact), (intact, got)  # a subsequence, in order
     if not plain:
         assert all(g in entries for g in got)
+
+
+def test_damaged_boxes_file_keeps_the_other_boxes(tmp_path):
+    s = Store(tmp_path)
+    for i, dev in enumerate(("box-a", "box-b", "box-c")):
+        s.put_device({**store_mod.blank_device(dev), "waiting": i + 1})
+    s.close()
+    boxes = tmp_path / "db" / "boxes.json"
+    raw = bytearray(boxes.read_bytes())
+    raw[raw.index(b'"box-b"') - 1] ^= 0x40  # breaks the JSON inside box-b's record
+    boxes.write_bytes(bytes(raw))
+    s2 = Store(tmp_path)  # used to raise: the gateway would not start
+    try:
+        assert s2.get_device("box-a")["waiting"] == 1 and s2.get_device("box-c")["waiting"] == 3
+        assert s2.get_device("box-b") is None  # it comes back with the box's next status
+        assert s2.integrity()["files_salvaged"] == 1 and s2.integrity()["quarantined_damage"] == 1
+        s2.put_device({**store_mod.blank_device("box-b"), "waiting": 7})
+    finally:
+        s2.close()
+    s3 = Store(tmp_path)
+    try:
+        assert [d["device"] for d in s3.list_devices()] == ["box-a", "box-b", "box-c"]
+    finally:
+        s3.close()
