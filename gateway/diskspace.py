@@ -129,3 +129,52 @@ def storage_report(disk: dict[str, Any] | None, integrity: dict[str, int], refus
         "integrity": integrity,
         "refused": refused,
     }
+
+
+# While storage has a problem its WARNING is repeated this often (a log line from days ago is missed).
+REMIND_EVERY_S = 3600.0
+
+
+class StorageWatch:
+    """What to say about storage, and when: pure (the caller logs and publishes what `update` returns).
+
+    A problem is logged when it appears (by kind, so a changing number is not a new problem) and
+    again every `REMIND_EVERY_S` while any lasts; recovery is said once. The state for Home Assistant
+    is published when the kinds of problem change, or free space moved by 1 % of the disk (64 MB at
+    least; 8 MB once low): free space moves with every photo, and a retained message per photo is noise.
+    """
+
+    def __init__(self) -> None:
+        self._seen: frozenset[str] = frozenset()
+        self._logged_at: float | None = None
+        self.published: dict[str, Any] | None = None
+        self._published_key: tuple[Any, ...] | None = None
+
+    def update(self, report: dict[str, Any], now: float) -> tuple[list[str], bool, dict[str, Any] | None]:
+        """(problems to log now, whether storage just became ok again, state to publish or None)."""
+        seen = frozenset(report["kinds"])
+        remind = bool(seen) and self._logged_at is not None and now - self._logged_at >= REMIND_EVERY_S
+        to_log = [
+            p
+            for k, p in zip(report["kinds"], report["problems"], strict=True)
+            if remind or k not in self._seen
+        ]
+        if to_log:
+            self._logged_at = now
+        recovered = bool(self._seen) and not seen
+        self._seen = seen
+        disk = report["disk"] or {}
+        state = {
+            "ok": report["ok"],
+            "problems": report["problems"],
+            "free_mb": round(disk.get("free_bytes", 0) / MB),
+            "free_percent": disk.get("free_percent"),
+            "low": bool(disk.get("low")),
+        }
+        last, key = self.published, (state["ok"], seen, state["low"])
+        # Finer steps once low: the last few hundred MB are the ones someone is watching.
+        step = 8 if state["low"] else max(64, round(disk.get("total_bytes", 0) / MB / 100))
+        if last is None or key != self._published_key or abs(last["free_mb"] - state["free_mb"]) >= step:
+            self.published, self._published_key = state, key
+            return to_log, recovered, dict(state)
+        return to_log, recovered, None

@@ -44,7 +44,7 @@ from gateway.captions import caption_strip, render_caption
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import GATEWAY_USER, DeviceRegistry
-from gateway.diskspace import DiskThresholds, disk_report, measure, storage_report
+from gateway.diskspace import DiskThresholds, StorageWatch, disk_report, measure, storage_report
 from gateway.health import Counters
 from gateway.ingest import MqttLink
 from gateway.notify.base import Notifier
@@ -76,8 +76,6 @@ STATUS_FILE = "status.json"
 _BATTERY_HYSTERESIS_MV = 100
 # A full disk fails every write, a few a second: say so once a minute (with a count), not each time.
 _STORE_WARNING_EVERY_S = 60.0
-# While storage has a problem the WARNING is repeated this often (a log line from days ago is missed).
-_STORAGE_REMINDER_S = 3600.0
 
 
 class Component(Protocol):
@@ -160,9 +158,7 @@ class GatewayService:
         self.disk_thresholds = DiskThresholds(
             min_free_mb=config.store.min_free_mb, min_free_percent=config.store.min_free_percent
         )
-        self._storage_seen: frozenset[str] | None = None  # kinds of storage problem last logged
-        self._storage_logged_at = 0.0
-        self._storage_published: dict[str, Any] | None = None
+        self._storage_watch = StorageWatch()
         self._store_warned_at = -_STORE_WARNING_EVERY_S
         self._store_warnings_held = 0
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
@@ -904,44 +900,22 @@ class GatewayService:
         return storage_report(disk, self.store.integrity(), self.counters.get("store_write_errors"))
 
     def _check_storage(self) -> None:
-        """Log storage problems when they change (and hourly while they last); tell the bus."""
+        """Log storage problems when they appear (and hourly while they last); tell the bus."""
         report = self.storage_health()
-        # Problems by kind, so a changing number is not a new problem.
-        seen = frozenset(report["kinds"])
-        before = self._storage_seen or frozenset()
-        now = time.monotonic()
-        remind = bool(seen) and now - self._storage_logged_at >= _STORAGE_REMINDER_S
-        for kind, problem in zip(report["kinds"], report["problems"], strict=True):
-            if remind or kind not in before:
-                log.warning("storage: %s", problem)
-        if remind or seen - before:
-            self._storage_logged_at = now
-        if before and not seen:
-            disk = report["disk"] or {}
-            log.info("storage: ok again (%.0f MB free)", disk.get("free_bytes", 0) / (1 << 20))
-        self._storage_seen = seen
-        disk = report["disk"] or {}
-        state = {
-            "ok": report["ok"],
-            "problems": report["problems"],
-            "free_mb": round(disk.get("free_bytes", 0) / (1 << 20)),
-            "free_percent": disk.get("free_percent"),
-            "low": bool(disk.get("low")),
-        }
-        last = self._storage_published
-        # Free space moves with every photo: publish when it moved by 1 % of the disk or 64 MB, not each time.
-        step = max(64, round(disk.get("total_bytes", 0) / (1 << 20) / 100))
-        if (
-            last is None
-            or {**last, "free_mb": 0} != {**state, "free_mb": 0}
-            or abs(last["free_mb"] - state["free_mb"]) >= step
-        ):
-            self._storage_published = state
-            self.bus.publish(STORAGE_STATE, dict(state))
+        to_log, recovered, publish = self._storage_watch.update(report, time.monotonic())
+        for problem in to_log:
+            log.warning("storage: %s", problem)
+        if recovered:
+            log.info(
+                "storage: ok again (%.0f MB free)", (report["disk"] or {}).get("free_bytes", 0) / (1 << 20)
+            )
+        if publish is not None:
+            self.bus.publish(STORAGE_STATE, publish)
 
     def storage_state(self) -> dict[str, Any] | None:
         """The last storage state published on the bus (for a subscriber that starts later)."""
-        return dict(self._storage_published) if self._storage_published else None
+        last = self._storage_watch.published
+        return dict(last) if last else None
 
     def write_status(self) -> None:
         """`<data>/status.json`: what `parcelbox status` shows (health, boxes, recent events, outbox)."""

@@ -9,7 +9,15 @@ import logging
 import pytest
 
 from gateway.bus import STORAGE_STATE
-from gateway.diskspace import MB, DiskNumbers, DiskThresholds, disk_report, storage_report
+from gateway.diskspace import (
+    MB,
+    REMIND_EVERY_S,
+    DiskNumbers,
+    DiskThresholds,
+    StorageWatch,
+    disk_report,
+    storage_report,
+)
 from gateway.service import GatewayService
 from gateway.store import Store
 from tests.support.fullfs import fill, free, tmpfs
@@ -42,6 +50,28 @@ def test_storage_report_problems_are_actionable():
     assert "2 write(s) failed" in text and "quarantine" in text
     torn_only = storage_report(ok["disk"], {"journal_torn_tails": 1}, 0)
     assert torn_only["ok"]  # a crash mid-append is normal after a power cut, never acked
+
+
+def test_storage_watch_logs_new_problems_reminds_hourly_and_publishes_sparingly():
+    def report(free_mb: int, refused: int = 0) -> dict:
+        disk = disk_report(DiskNumbers(free_mb * MB, 8000 * MB, None, None), DiskThresholds())
+        return storage_report(disk, {}, refused)
+
+    w = StorageWatch()
+    logs, recovered, pub = w.update(report(4000), 0.0)
+    assert logs == [] and not recovered and pub["ok"] and pub["free_mb"] == 4000  # first state: published
+    assert w.update(report(3990), 2.0)[2] is None  # 10 MB less: not worth a retained message
+    logs, _, pub = w.update(report(400), 4.0)  # below the 500 MB floor
+    assert [p.split(":")[0] for p in logs] == ["disk almost full"] and pub["ok"] is False
+    logs, _, pub = w.update(report(399, refused=1), 6.0)
+    assert len(logs) == 1 and "write(s) failed" in logs[0]  # only the new problem
+    assert pub is not None  # the problem list changed
+    logs, _, _ = w.update(report(398, refused=2), 8.0)
+    assert logs == []  # same kinds, other numbers: not news
+    logs, _, _ = w.update(report(398, refused=2), 6.0 + REMIND_EVERY_S)
+    assert len(logs) == 2  # the hourly reminder repeats every problem
+    logs, recovered, pub = w.update(report(4000), 7.0 + REMIND_EVERY_S)
+    assert logs == [] and recovered and pub["ok"]
 
 
 def test_full_disk_no_ack_counted_warned_then_acked_again(tmp_path, mosquitto, prefix, caplog):
