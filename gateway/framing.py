@@ -174,7 +174,7 @@ def scan_lines(raw: bytes, valid: Callable[[dict[str, Any]], bool] | None = None
     return Scan(entries, damage)
 
 
-_DOC_KEY = re.compile(r'"(\d{1,12})":\{')
+_DOC_KEY = re.compile(r'"(\d{1,12})"\s*:\s*\{')  # TinyDB's own JSONStorage writes spaces
 
 
 def salvage_tables(
@@ -193,7 +193,7 @@ def salvage_tables(
     pos = 0
     while (m := _DOC_KEY.search(text, pos)) is not None:
         try:
-            doc, end = _DECODER.raw_decode(text, m.end() - 1)
+            doc, end = _DECODER.raw_decode(text, m.end() - 1)  # the match ends with the doc's "{"
         except ValueError:
             doc, end = None, 0
         table = classify(doc) if isinstance(doc, dict) else None

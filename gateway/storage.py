@@ -145,7 +145,9 @@ class AtomicJSONStorage(Storage):
             return {}
         try:
             data = json.loads(raw)
-            if isinstance(data, dict) and all(isinstance(t, dict) for t in data.values()):
+            if isinstance(data, dict) and all(
+                isinstance(t, dict) and all(isinstance(d, dict) for d in t.values()) for t in data.values()
+            ):
                 return data
             problem = "not a TinyDB document"
         except ValueError as exc:  # includes UnicodeDecodeError

@@ -553,7 +553,7 @@ class Store:
             # Read, never open for writing: opening an old segment would evict (and compact) the
             # one being written just because someone looked at an old photo.
             doc = self._events_for_read(loc[0]).get(str(loc[1]))
-            return _event_out(doc) if doc else None
+            return _event_out(doc) if isinstance(doc, dict) else None
 
     def list_events(
         self,
@@ -591,7 +591,9 @@ class Store:
                 table = self._events_for_read(part)
                 for pos, key, doc_id in wanted:
                     doc = table.get(str(doc_id))
-                    if doc is None:  # index and file disagree: say so, never crash the dashboard
+                    if not isinstance(
+                        doc, dict
+                    ):  # index and file disagree: say so, never crash the dashboard
                         log.error("%s: event doc %d is in the index but not in the file", part, doc_id)
                         continue
                     out[pos] = rec = _event_out(doc)

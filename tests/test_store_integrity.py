@@ -484,3 +484,20 @@ def test_damaged_boxes_file_keeps_the_other_boxes(tmp_path):
         assert [d["device"] for d in s3.list_devices()] == ["box-a", "box-b", "box-c"]
     finally:
         s3.close()
+
+
+def test_a_doc_that_is_not_an_object_is_salvage_not_a_crash(tmp_path):
+    s = Store(tmp_path)
+    for i in range(3):
+        s.add_event(ev("box1", f"event000{i}", NOV))
+    s.close()
+    month = tmp_path / "db" / "events-2026-11.json"
+    data = json.loads(month.read_bytes())
+    data["events"]["2"] = 5  # parses, but is no record
+    month.write_text(json.dumps(data))
+    s2 = Store(tmp_path)  # used to raise in TinyDB
+    try:
+        assert [s2.has_event("box1", f"event000{i}") for i in range(3)] == [True, False, True]
+        assert s2.integrity()["files_salvaged"] == 1
+    finally:
+        s2.close()
