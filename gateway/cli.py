@@ -73,7 +73,10 @@ def _fresh_storage(config: Any, health: dict[str, Any], integrity: dict[str, int
     except OSError:
         disk = None
     health["storage"] = storage_report(
-        disk, integrity if integrity is not None else old.get("integrity") or {}, old.get("refused", 0)
+        disk,
+        integrity if integrity is not None else old.get("integrity") or {},
+        old.get("refused", 0),
+        failed_recently="writes_failed" in (old.get("kinds") or []),
     )
 
 

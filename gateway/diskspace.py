@@ -74,10 +74,18 @@ def human_size(n: int) -> str:
     return f"{n / MB:.0f} MB" if n < 10 * 1024 * MB else f"{n / (1024 * MB):.1f} GB"
 
 
-def storage_report(disk: dict[str, Any] | None, integrity: dict[str, int], refused: int) -> dict[str, Any]:
+# A refused write stays a problem this long after the last one (then the boxes have re-sent, and a
+# problem sensor stuck on "on" for good would teach people to ignore it); the counters stay.
+WRITE_FAILURE_SHOWN_S = 900.0
+
+
+def storage_report(
+    disk: dict[str, Any] | None, integrity: dict[str, int], refused: int, *, failed_recently: bool = True
+) -> dict[str, Any]:
     """Storage health for people and machines: `ok`, human `problems`, and the numbers behind them.
 
-    `integrity` is `Store.integrity()`; `refused` counts events not acked because a write failed.
+    `integrity` is `Store.integrity()`; `refused` counts events not acked because a write failed;
+    `failed_recently`: the last failed write is less than `WRITE_FAILURE_SHOWN_S` old.
     Torn tails (a crash mid-append, never acknowledged) are normal after a power cut: counted, not a
     problem.
     """
@@ -99,7 +107,7 @@ def storage_report(disk: dict[str, Any] | None, integrity: dict[str, int], refus
         )
     elif disk["low_files"]:
         add("inodes_low", f"almost out of inodes: {disk['free_files']} files left on the data folder's disk")
-    if refused or integrity.get("write_errors"):
+    if failed_recently and (refused or integrity.get("write_errors")):
         add(
             "writes_failed",
             f"{max(refused, integrity.get('write_errors', 0))} write(s) failed since start (full disk or "

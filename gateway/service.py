@@ -44,7 +44,14 @@ from gateway.captions import caption_strip, render_caption
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import GATEWAY_USER, DeviceRegistry
-from gateway.diskspace import DiskThresholds, StorageWatch, disk_report, measure, storage_report
+from gateway.diskspace import (
+    WRITE_FAILURE_SHOWN_S,
+    DiskThresholds,
+    StorageWatch,
+    disk_report,
+    measure,
+    storage_report,
+)
 from gateway.health import Counters
 from gateway.ingest import MqttLink
 from gateway.notify.base import Notifier
@@ -161,6 +168,7 @@ class GatewayService:
         self._storage_watch = StorageWatch()
         self._store_warned_at = -_STORE_WARNING_EVERY_S
         self._store_warnings_held = 0
+        self._store_failed_at: float | None = None  # monotonic time of the last refused event
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
         self.photo_settings = PhotoSettings(
             alert_long_edge=config.photos.alert_long_edge,
@@ -331,6 +339,8 @@ class GatewayService:
         `store_write_errors` counts the events refused for it (not acked)."""
         self.counters.inc(counter)
         now = time.monotonic()
+        if counter == "store_write_errors":
+            self._store_failed_at = now
         if now - self._store_warned_at < _STORE_WARNING_EVERY_S:
             self._store_warnings_held += 1
             return
@@ -897,7 +907,13 @@ class GatewayService:
             disk = disk_report(measure(self.data_dir), self.disk_thresholds)
         except OSError:
             disk = None
-        return storage_report(disk, self.store.integrity(), self.counters.get("store_write_errors"))
+        failed_at = self._store_failed_at
+        return storage_report(
+            disk,
+            self.store.integrity(),
+            self.counters.get("store_write_errors"),
+            failed_recently=failed_at is not None and time.monotonic() - failed_at < WRITE_FAILURE_SHOWN_S,
+        )
 
     def _check_storage(self) -> None:
         """Log storage problems when they appear (and hourly while they last); tell the bus."""

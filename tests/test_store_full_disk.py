@@ -50,6 +50,8 @@ def test_storage_report_problems_are_actionable():
     assert "2 write(s) failed" in text and "quarantine" in text
     torn_only = storage_report(ok["disk"], {"journal_torn_tails": 1}, 0)
     assert torn_only["ok"]  # a crash mid-append is normal after a power cut, never acked
+    # 15 minutes after the last refused write the boxes have re-sent: counted, no longer a problem.
+    assert storage_report(ok["disk"], {"write_errors": 3}, 3, failed_recently=False)["ok"]
 
 
 def test_storage_watch_logs_new_problems_reminds_hourly_and_publishes_sparingly():
