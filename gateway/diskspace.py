@@ -123,10 +123,10 @@ def storage_report(
             f"damaged records or files found (bit rot?): {damaged} since start, {kept} kept in "
             "db/quarantine/; every readable record was kept (look at them, then delete them)",
         )
-    if integrity.get("compaction_errors"):
+    if integrity.get("compaction_failing"):
         add(
             "compaction_failed",
-            f"{integrity['compaction_errors']} journal compaction(s) failed (no room to rewrite a file); "
+            f"{integrity['compaction_failing']} file(s) could not be rewritten from their journal (no room); "
             "nothing is lost, the journals grow until there is room",
         )
     return {

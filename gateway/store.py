@@ -233,6 +233,7 @@ class Store:
         self.quarantine_dir = self.db_dir / QUARANTINE_DIR
         # What went wrong with the disk since start (`integrity()`): damage found, writes refused.
         self._problems: Counter[str] = Counter()
+        self._compaction_failing: set[str] = set()  # files whose last rewrite failed (journal growing)
         self.db_dir.mkdir(parents=True, exist_ok=True)
         self.photo_dir.mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temp_files(self.data_dir)
@@ -303,9 +304,11 @@ class Store:
         try:
             storage.flush()
             journal.reset()
+            self._compaction_failing.discard(storage.path.name)
             return True
         except OSError as exc:
             self._problems["compaction_errors"] += 1
+            self._compaction_failing.add(storage.path.name)
             journal.entries_since_reset = max(0, pending - COMPACT_EVERY)
             log.warning(
                 "%s: could not rewrite the file from its journal (%s); the journal keeps every change",
@@ -855,6 +858,7 @@ class Store:
         except OSError:
             names = []
         out["quarantined_files"] = len(names)
+        out["compaction_failing"] = len(self._compaction_failing)
         # Torn tails are what a power cut mid-append leaves (never acked): kept, but not damage.
         out["quarantined_damage"] = sum(1 for n in names if ".torn." not in n)
         return out
