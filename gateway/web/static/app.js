@@ -284,9 +284,15 @@ async function loadHealth() {
   if (a.pending) parts.push(n(a.pending, "alert pending", "alerts pending"));
   if (bad) parts.push(n(bad, "alert failed", "alerts failed"));
   if (hl.uptime_s != null) parts.push("up " + ago(Date.now() / 1000 - hl.uptime_s).replace(" ago", "").replace("just now", "< 1 min"));
+  // Storage: free space always, and the first problem (disk almost full, refused writes, damage) in words.
+  const st = hl.storage || {};
+  const storageBad = st.ok === false;
+  if (st.disk && st.disk.free_bytes != null) parts.push(`${Math.round(st.disk.free_bytes / 1048576)} MB free`);
+  if (storageBad && st.problems && st.problems.length) parts.push("storage: " + st.problems[0]);
   const el = $("#gw-health");
   el.textContent = parts.join(" · ");
-  el.classList.toggle("bad", Boolean(bad) || (hl.broker && hl.broker.connected === false));
+  el.title = (st.problems || []).join("\n");
+  el.classList.toggle("bad", Boolean(bad) || storageBad || (hl.broker && hl.broker.connected === false));
 }
 
 function fillBoxFilter() {
