@@ -25,6 +25,8 @@ import platformdirs
 
 ENV_PREFIX = "PARCELBOX_"
 SECRET_KEYS = frozenset({"password", "token", "headers", "secret"})
+# Apprise URLs hold bot tokens and passwords: shown as their recipient ids (gateway.notify.apprise).
+SECRET_URL_LISTS = frozenset({"urls", "urls_by_box"})
 
 
 class ConfigError(ValueError):
@@ -80,9 +82,22 @@ class WebhookSinkConfig:
 
 
 @dataclass
+class AppriseSinkConfig:
+    # Apprise URLs (https://github.com/caronc/apprise/wiki): each one a recipient in the outbox.
+    # Secrets: shown only as "<scheme>-<hash>" ids in logs, `status` and the dashboard.
+    urls: list[str] = field(default_factory=list)
+    # box id -> its URLs (TOML list or one string), replacing `urls` for that box
+    urls_by_box: dict[str, str] = field(default_factory=dict)
+    title: str = "parcelbox"  # title prefix (e-mail subject, bold line): "parcelbox: Front gate"
+    timeout_s: float = 30.0  # one send to one URL, attachment upload included
+    rate_per_minute: int = 0  # per URL; 0: unlimited
+
+
+@dataclass
 class NotifyConfig:
     folder: FolderSinkConfig = field(default_factory=FolderSinkConfig)
     webhook: WebhookSinkConfig = field(default_factory=WebhookSinkConfig)
+    apprise: AppriseSinkConfig = field(default_factory=AppriseSinkConfig)
 
 
 @dataclass
@@ -238,12 +253,22 @@ def _redact(d: Any) -> Any:
         for k, v in d.items():
             if k in SECRET_KEYS and v:
                 out[k] = "***"
+            elif k in SECRET_URL_LISTS and v:
+                out[k] = _redact_url_list(v)
             elif k == "url" and isinstance(v, str) and "@" in v:
                 out[k] = _redact_url(v)
             else:
                 out[k] = _redact(v)
         return out
     return d
+
+
+def _redact_url_list(v: Any) -> Any:
+    from gateway.notify.apprise import recipient_id, split_urls
+
+    if isinstance(v, dict):
+        return {k: [recipient_id(u) for u in split_urls(x)] for k, x in v.items()}
+    return [recipient_id(u) for u in split_urls(v)]
 
 
 def _redact_url(url: str) -> str:
@@ -292,7 +317,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 return {k.strip(): v.strip() for k, v in pairs}
             if not isinstance(value, dict):
                 raise ValueError("not a table")
-            return {str(k): str(v) for k, v in value.items()}
+            # A list value (box = ["a", "b"]) becomes "a, b": the consumers split on commas.
+            return {
+                str(k): ", ".join(str(x) for x in v) if isinstance(v, list) else str(v)
+                for k, v in value.items()
+            }
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: {exc}") from None
     return value
@@ -340,6 +369,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("store.partition must be 'month' or 'day'")
     if cfg.store.segment_records and not 8 <= cfg.store.segment_records <= 1_000_000:
         raise ConfigError("store.segment_records must be 0 (default) or between 8 and 1000000")
+    if cfg.notify.apprise.timeout_s <= 0 or cfg.notify.apprise.rate_per_minute < 0:
+        raise ConfigError("notify.apprise.timeout_s must be > 0 and rate_per_minute >= 0")
     if cfg.notify.webhook.format not in ("json", "multipart"):
         raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
     ing = cfg.ingest
