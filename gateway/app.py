@@ -42,6 +42,8 @@ def build_notifiers(config: Config) -> list[Notifier]:
                 timeout_s=w.timeout_s,
                 headers=w.headers,
                 rate_per_minute=w.rate_per_minute,
+                secret=w.signing_key,
+                events=w.events,
             )
         )
     a = config.notify.apprise

@@ -24,7 +24,7 @@ from typing import Any
 import platformdirs
 
 ENV_PREFIX = "PARCELBOX_"
-SECRET_KEYS = frozenset({"password", "token", "headers", "secret"})
+SECRET_KEYS = frozenset({"password", "token", "headers", "secret", "signing_key"})
 # Apprise URLs hold bot tokens and passwords: shown as their recipient ids (gateway.notify.apprise).
 SECRET_URL_LISTS = frozenset({"urls", "urls_by_box"})
 
@@ -79,6 +79,10 @@ class WebhookSinkConfig:
     timeout_s: float = 10.0
     headers: dict[str, str] = field(default_factory=dict)
     rate_per_minute: int = 0  # 0: unlimited
+    signing_key: str = (
+        ""  # shared secret; non-empty: each body signed, X-Parcelbox-Signature-256 (docs/webhooks.md)
+    )
+    events: str = "all"  # all: every stored event and status change | alerts: only alerts.kinds
 
 
 @dataclass
@@ -371,6 +375,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("store.segment_records must be 0 (default) or between 8 and 1000000")
     if cfg.notify.apprise.timeout_s <= 0 or cfg.notify.apprise.rate_per_minute < 0:
         raise ConfigError("notify.apprise.timeout_s must be > 0 and rate_per_minute >= 0")
+    if cfg.notify.webhook.events not in ("all", "alerts"):
+        raise ConfigError("notify.webhook.events must be 'all' or 'alerts'")
     if cfg.notify.webhook.format not in ("json", "multipart"):
         raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
     ing = cfg.ingest

@@ -664,8 +664,9 @@ class GatewayService:
         alerts: list[OutboxRecord] = []
         if st.online and dev.get("offline_alerted"):
             dev["offline_alerted"] = False
-            if self.config.alerts.online_alert:
-                alerts += self._plan_alerts(dev, "online", received_at, [], has_photo=False)
+            skip = () if self.config.alerts.online_alert else self._not_every_event()
+            if len(skip) < len(self.notifiers):
+                alerts += self._plan_alerts(dev, "online", received_at, [], has_photo=False, skip=skip)
         low = self.config.alerts.low_battery_mv
         if st.online and low and st.battery_mv is not None:
             if st.battery_mv < low and not dev.get("low_battery_alerted"):
@@ -729,8 +730,12 @@ class GatewayService:
     # --- alerts -----------------------------------------------------------------------
 
     def _plan_event_alerts(self, dev: dict[str, Any], ev: EventRecord) -> list[OutboxRecord]:
+        skip: tuple[str, ...] = ()
         if ev["type"] not in self.config.alerts.kinds:
-            return []
+            # Not an alert for people; sinks that take every stored event (the webhook) still get it.
+            skip = self._not_every_event()
+            if len(skip) == len(self.notifiers):
+                return []
         return self._plan_alerts(
             dev,
             ev["type"],
@@ -738,7 +743,12 @@ class GatewayService:
             [ev["id"]],
             has_photo=ev["photo"] is not None,
             photo_dropped=bool(ev.get("photo_dropped")),
+            skip=skip,
         )
+
+    def _not_every_event(self) -> tuple[str, ...]:
+        """The sinks that get alerts only (all but the webhook with `events = "all"`)."""
+        return tuple(n for n, s in self.notifiers.items() if not getattr(s, "every_event", False))
 
     def _plan_alerts(
         self,
