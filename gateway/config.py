@@ -64,6 +64,8 @@ class WebConfig:
     # file-descriptor limit), and how long one may sit without a request in progress.
     max_connections: int = 100
     idle_timeout_s: float = 10.0
+    # Requests per API token per minute (`parcelbox web token create`; the send API, docs in README).
+    api_rate_per_minute: int = 30
 
 
 @dataclass
@@ -361,6 +363,8 @@ def _apply_env(obj: Any, env: dict[str, str], prefix: str, path: str) -> None:
 
 
 def _validate(cfg: Config) -> None:
+    if cfg.web.api_rate_per_minute < 1:
+        raise ConfigError("web.api_rate_per_minute must be at least 1")
     if cfg.web.max_connections < 1 or not cfg.web.idle_timeout_s > 0:
         raise ConfigError("web.max_connections must be >= 1 and web.idle_timeout_s > 0")
     for lang_key, lang in (

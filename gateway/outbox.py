@@ -42,6 +42,7 @@ class OutboxDispatcher:
         *,
         bus: Bus,
         photo_path: Callable[[str, str], Path | None],
+        attachment_path: Callable[[str], Path | None] = lambda _name: None,
         backoff_initial_s: float = 2.0,
         backoff_max_s: float = 300.0,
         dead_after_s: float = 86_400.0,
@@ -52,6 +53,7 @@ class OutboxDispatcher:
         self.notifiers = notifiers
         self.bus = bus
         self.photo_path = photo_path
+        self.attachment_path = attachment_path  # photos sent with the send API (`photo_file`)
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.dead_after_s = dead_after_s
@@ -175,7 +177,9 @@ class OutboxDispatcher:
 
     def _alert(self, rec: dict[str, Any]) -> Alert:
         photo = None
-        if rec.get("has_photo") and rec.get("event_ids"):
+        if rec.get("photo_file"):
+            photo = self.attachment_path(rec["photo_file"])
+        elif rec.get("has_photo") and rec.get("event_ids"):
             photo = self.photo_path(rec["device"], rec["event_ids"][-1])
         return Alert(
             id=rec["id"],

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -73,6 +74,7 @@ from gateway.protocol import (
     valid_msg_id,
 )
 from gateway.reassembly import Complete, Dropped, Reassembler, Refused
+from gateway.sendapi import BadRequest, SendRequest, resolve_sinks
 from gateway.storage import atomic_write_bytes
 from gateway.store import Store, blank_device
 from gateway.whatsapp.watch import LinkWatch
@@ -83,6 +85,8 @@ STATUS_FILE = "status.json"
 _BATTERY_HYSTERESIS_MV = 100
 # The "device" of alerts about the gateway itself (WhatsApp down/up): not a box id (those never start with _).
 GATEWAY_DEVICE = "_gateway"
+API_PHOTO_DIR = "api-photos"  # photos sent with the send API, by message id (<data>/api-photos/)
+_API_PHOTO = re.compile(r"msg[0-9a-f]{16}\.jpg")
 
 
 class Component(Protocol):
@@ -255,6 +259,7 @@ class GatewayService:
             self.notifiers,
             bus=self.bus,
             photo_path=lambda d, e: self.photo_path(d, e, "alert"),
+            attachment_path=self._api_photo_path,
             backoff_initial_s=self.config.outbox.backoff_initial_s,
             backoff_max_s=self.config.outbox.backoff_max_s,
             dead_after_s=self.config.outbox.dead_after_s,
@@ -924,6 +929,83 @@ class GatewayService:
     def list_outbox(self, state: OutboxState | None = None, limit: int = 100) -> list[OutboxRecord]:
         assert self.store is not None
         return self.store.list_outbox(state, limit)
+
+    # --- the send API (gateway/sendapi.py, POST /api/notify) ----------------------------
+
+    def sink_names(self) -> list[str]:
+        """The configured sinks a message can be sent through."""
+        return list(self.notifiers)
+
+    def _api_photo_path(self, name: str) -> Path | None:
+        if not _API_PHOTO.fullmatch(name):
+            return None
+        p = self.data_dir / API_PHOTO_DIR / name
+        return p if p.is_file() else None
+
+    def queue_message(self, req: SendRequest) -> dict[str, Any]:
+        """Queue a message to the chosen sinks; durable when this returns (the API then answers 202).
+
+        Raises `BadRequest` (nothing queued) for an unknown sink or a photo `process_photo` refuses.
+        The photo's alert copy (validated, re-encoded, metadata gone) is written before the entries,
+        so an entry never points at a photo that is not on disk.
+        """
+        assert self.store is not None
+        sinks = resolve_sinks(req.sinks, self.sink_names())
+        msg_id = f"msg{uuid.uuid4().hex[:16]}"
+        photo_file = None
+        if req.photo is not None:
+            try:
+                processed = process_photo(req.photo, self.photo_settings)
+            except PhotoError as e:
+                self.counters.inc("api_photos_refused")
+                raise BadRequest("bad_photo", f"photo refused ({e.reason}): {e.detail}"[:300]) from None
+            photo_file = f"{msg_id}.jpg"
+            d = self.data_dir / API_PHOTO_DIR
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(d / photo_file, processed.alert_jpeg, mode=0o600)
+        device = req.box or GATEWAY_DEVICE
+        dev = (self.store.get_device(req.box) if req.box else None) or {}
+        name = dev.get("name") or req.box or self.config.homeassistant.gateway_name
+        caption = f"{req.title}\n{req.text}" if req.title else req.text
+        now = self.clock()
+        out: list[dict[str, Any]] = []
+        for sink in sinks:
+            try:
+                recipients = self.notifiers[sink].recipients(device)
+            except Exception:
+                log.exception("notifier %s: recipients() failed", sink)
+                recipients = []
+            for r in recipients:
+                out.append(
+                    {
+                        "id": f"{msg_id}_{sink}_{_rhash(r)}",
+                        "kind": "message",
+                        "device": device,
+                        "event_ids": [],
+                        "notifier": sink,
+                        "recipient": r,
+                        "state": "pending",
+                        "attempts": 0,
+                        "created_at": now,
+                        "next_attempt_at": now,
+                        "sent_at": None,
+                        "last_error": None,
+                        "ts": now,
+                        "device_name": name,
+                        "caption": caption,
+                        "has_photo": False,
+                        "photo_file": photo_file,
+                        "alert_state": {},
+                    }
+                )
+        self._emit_alerts(out, now)  # type: ignore[arg-type]
+        self.counters.inc("api_messages")
+        log.info("send API: message %s queued as %d alert(s) via %s", msg_id, len(out), ", ".join(sinks))
+        return {"id": msg_id, "alerts": [o["id"] for o in out], "sinks": sinks}
+
+    def get_alert(self, alert_id: str) -> dict[str, Any] | None:
+        assert self.store is not None
+        return self.store.get_outbox(alert_id)
 
     def retry_alert(self, alert_id: str) -> bool:
         return self.dispatcher.retry(alert_id) if self.dispatcher else False

@@ -36,7 +36,7 @@ class HttpSink:
     arrived: threading.Condition = field(default_factory=threading.Condition)
     server: Any = None
 
-    def start(self) -> HttpSink:
+    def start(self, port: int = 0) -> HttpSink:
         sink = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -60,7 +60,7 @@ class HttpSink:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
