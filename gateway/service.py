@@ -942,7 +942,7 @@ class GatewayService:
         p = self.data_dir / API_PHOTO_DIR / name
         return p if p.is_file() else None
 
-    def queue_message(self, req: SendRequest) -> dict[str, Any]:
+    def queue_message(self, req: SendRequest, recipient: str | None = None) -> dict[str, Any]:
         """Queue a message to the chosen sinks; durable when this returns (the API then answers 202).
 
         Raises `BadRequest` (nothing queued) for an unknown sink or a photo `process_photo` refuses.
@@ -975,6 +975,8 @@ class GatewayService:
             except Exception:
                 log.exception("notifier %s: recipients() failed", sink)
                 recipients = []
+            if recipient is not None:  # a test to one recipient (the dashboard's "Send test")
+                recipients = [recipient]
             for r in recipients:
                 out.append(
                     {
@@ -1002,6 +1004,42 @@ class GatewayService:
         self.counters.inc("api_messages")
         log.info("send API: message %s queued as %d alert(s) via %s", msg_id, len(out), ", ".join(sinks))
         return {"id": msg_id, "alerts": [o["id"] for o in out], "sinks": sinks}
+
+    def channels(self) -> list[dict[str, Any]]:
+        """Per-URL state of the Apprise sink for the dashboard: ids, routing, last outcome, queue.
+
+        Never a URL: `describe` gives the non-secret id and scheme only.
+        """
+        assert self.store is not None
+        sink = self.notifiers.get("apprise")
+        if sink is None:
+            return []
+        rows = self.store.list_outbox(None, 500)
+        out = []
+        for rid in sink.all_recipients():  # type: ignore[attr-defined]
+            mine = [r for r in rows if r["notifier"] == "apprise" and r["recipient"] == rid]
+            counts = {
+                st: sum(1 for r in mine if r["state"] == st) for st in ("pending", "failed", "dead", "sent")
+            }
+            last = max(mine, key=lambda r: r["created_at"], default=None)
+            out.append(
+                {
+                    **sink.describe(rid),  # type: ignore[attr-defined]
+                    "sink": "apprise",
+                    "recent": counts,
+                    "last_alert": _public(dict(last)) if last else None,
+                }
+            )
+        return out
+
+    def test_channel(self, sink: str, recipient: str) -> dict[str, Any]:
+        """Queue a test message to one recipient of `sink` (through the outbox: retries, dead letter)."""
+        n = self.notifiers.get(sink)
+        known = getattr(n, "all_recipients", None)
+        if n is None or known is None or recipient not in known():
+            raise LookupError(f"no {sink} recipient {recipient}")
+        text = "parcelbox test message: this channel gets the box alerts."
+        return self.queue_message(SendRequest(text, None, (sink,), None, None), recipient=recipient)
 
     def get_alert(self, alert_id: str) -> dict[str, Any] | None:
         assert self.store is not None

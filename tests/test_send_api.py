@@ -329,3 +329,34 @@ def test_whatsapp_message_through_the_api_reports_delivered_from_the_receipt(tmp
         wait_for(lambda: c.get(f"/api/alerts/{aid}").json()["state"] == "delivered", what="delivered")
     finally:
         svc.stop()
+
+
+def test_dashboard_lists_each_apprise_url_by_id_and_sends_a_test_to_one(gw):
+    c = client(gw, LOOPBACK)
+    prime(c)
+    ok_id = recipient_id(f"json://127.0.0.1:{gw.hook.port}/apprise")
+    gone_id = recipient_id(f"json://127.0.0.1:{gw.hook.port}/gone")
+    r = c.get("/api/channels")
+    assert r.status_code == 200
+    assert str(gw.hook.port) not in r.text  # the URLs never leave the gateway
+    assert {ch["id"] for ch in r.json()["channels"]} == {ok_id, gone_id}
+
+    r = c.post(f"/api/channels/apprise/{gone_id}/test", headers=csrf_headers(c))
+    assert r.status_code == 202, r.text
+    [aid] = r.json()["alerts"]
+    assert settled(c, aid)["state"] == "failed"  # 404 from that service: dead at once, reason kept
+    r = c.post(f"/api/channels/apprise/{ok_id}/test", headers=csrf_headers(c))
+    [aid] = r.json()["alerts"]
+    assert settled(c, aid)["state"] == "sent"
+    [req] = gw.hook.wait_for("/apprise")
+    assert "test message" in json.loads(req.body)["message"]
+    assert gw.hook.to("/gone") and len(gw.hook.to("/apprise")) == 1  # each test reached its own URL only
+
+    chans = {ch["id"]: ch for ch in c.get("/api/channels").json()["channels"]}
+    assert (
+        chans[gone_id]["last_alert"]["state"] == "dead"
+        and "HTTP 404" in chans[gone_id]["last_alert"]["last_error"]
+    )
+    assert chans[ok_id]["recent"]["sent"] == 1
+    assert c.post("/api/channels/apprise/tgram-0000000000/test", headers=csrf_headers(c)).status_code == 404
+    assert c.post(f"/api/channels/apprise/{ok_id}/test").status_code == 403  # CSRF, like every action

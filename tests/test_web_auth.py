@@ -89,6 +89,8 @@ def all_requests(app) -> list[tuple[str, str]]:
         "variant": "thumb",
         "cmd_id": "cmd-000000000000",
         "alert_id": "bbbbbbbbbbbb",
+        "sink": "apprise",
+        "recipient": "json-0123456789",
     }
     out = []
     for r in app.routes:

@@ -374,6 +374,36 @@ def api_alert(request: Request) -> JSONResponse:
     return _json(alert_state(rec))
 
 
+def api_channels(request: Request) -> JSONResponse:
+    """Per-URL state of the Apprise sink (ids, routing, last outcome); never a URL."""
+    fn = getattr(_port(request), "channels", None)
+    return _json({"channels": fn() if fn is not None else []})
+
+
+async def api_channel_test(request: Request) -> JSONResponse:
+    sink, rid = request.path_params["sink"], request.path_params["recipient"]
+    if sink != "apprise" or not ALERT_ID_RE.fullmatch(rid):
+        raise ApiError(404, "not_found", "no such channel")
+    fn = getattr(_port(request), "test_channel", None)
+    if fn is None:
+        raise ApiError(501, "not_available", "this gateway does not offer channel tests")
+    limiter: SendLimiter = request.app.state.channel_test_limiter
+    wait = limiter.try_acquire(rid)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many test messages; try again in {math.ceil(wait)} s",
+            {"retry-after": str(math.ceil(wait))},
+        )
+    try:
+        result = await run_in_threadpool(fn, sink, rid)
+    except LookupError:
+        raise ApiError(404, "not_found", "no such channel") from None
+    log.info("web: test message queued to %s %s", sink, rid)
+    return _json(result, 202)
+
+
 WA_ACTIONS = {
     "pair_code": "whatsapp_pair_code",
     "test_message": "whatsapp_test_message",
@@ -711,6 +741,8 @@ API_ROUTES = [
     Route("/api/outbox/{alert_id}/retry", api_outbox_retry, methods=["POST"]),
     Route("/api/notify", api_notify, methods=["POST"]),
     Route("/api/alerts/{alert_id}", api_alert, methods=["GET"]),
+    Route("/api/channels", api_channels, methods=["GET"]),
+    Route("/api/channels/{sink}/{recipient}/test", api_channel_test, methods=["POST"]),
     Route("/api/whatsapp", api_whatsapp, methods=["GET"]),
     Route("/api/whatsapp/qr.svg", api_whatsapp_qr, methods=["GET"]),
     Route("/api/whatsapp/pair-code", api_whatsapp_pair_code, methods=["POST"]),
@@ -790,6 +822,7 @@ def create_app(
     app.state.whatsapp = whatsapp
     app.state.wa_test_limiter = wa_test_limiter or SendLimiter(WA_TEST_PER_RECIPIENT, WA_TEST_OVERALL)
     app.state.tokens = tokens
+    app.state.channel_test_limiter = SendLimiter(WA_TEST_PER_RECIPIENT, WA_TEST_OVERALL)
     app.state.api_refused = 0
     app.state.guard_holder = guard_holder  # filled when Starlette builds the middleware stack
     return app

@@ -273,6 +273,29 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json(_ref("AlertState")), "400": ERR, "401": ERR, "404": ERR},
             }
         },
+        "/api/channels": {
+            "get": {
+                "summary": "Apprise URLs by id (scheme + hash, never the URL), their routing and last outcome",
+                "responses": {"200": _json({"type": "object"})},
+            }
+        },
+        "/api/channels/{sink}/{recipient}/test": {
+            "post": {
+                "summary": "Queue a test message to one Apprise URL (rate limited)",
+                "parameters": [
+                    {"name": "sink", "in": "path", "required": True, "schema": {"const": "apprise"}},
+                    {
+                        "name": "recipient",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "the URL's id from GET /api/channels",
+                    },
+                    CSRF,
+                ],
+                "responses": {"202": _json(_ref("NotifyQueued"), "Queued"), "404": ERR, "429": ERR},
+            }
+        },
         "/api/whatsapp": {
             "get": {
                 "summary": "WhatsApp link state; `qr_url` while pairing; which actions this gateway offers",
@@ -505,6 +528,6 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
             },
-        }
+        },
     },
 }
