@@ -119,6 +119,23 @@ def _peek_event_id(payload: bytes) -> str | None:
     return eid if valid_msg_id(eid) else None
 
 
+def prune_api_photos(folder: Path, now: float, max_age_s: float) -> int:
+    """Remove send-API photos older than `max_age_s` (by file time); returns how many."""
+    n = 0
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return 0
+    for p in entries:
+        try:
+            if _API_PHOTO.fullmatch(p.name) and now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+                n += 1
+        except OSError as e:  # one unremovable file must not stop the rest
+            log.warning("retention: cannot remove %s: %s", p, e)
+    return n
+
+
 class GatewayService:
     """The gateway core; see the module docstring. Implements `gateway.ports.GatewayPort`."""
 
@@ -1154,6 +1171,12 @@ class GatewayService:
     def _retention(self) -> None:
         assert self.store is not None
         s = self.config.store
+        if s.photo_retention_days:
+            # Send-API photos: kept as long as box photos, and never before their alerts are settled.
+            age = max(s.photo_retention_days * 86400.0, self.config.outbox.dead_after_s + 3600.0)
+            n = prune_api_photos(self.data_dir / API_PHOTO_DIR, self.clock(), age)
+            if n:
+                log.info("retention removed %d send-API photo(s)", n)
         if s.retention_days or s.photo_retention_days:
             removed = self.store.apply_retention(self.clock(), s.retention_days, s.photo_retention_days)
             if any(removed.values()):

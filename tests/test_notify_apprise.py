@@ -340,3 +340,13 @@ def test_gateway_delivery_reaches_email_with_photo_and_no_secret_anywhere(
         svc.stop()
         box.close()
         smtp.stop()
+
+
+def test_a_service_slower_than_the_timeout_is_a_temporary_failure(http_sink):
+    slow = f"json://127.0.0.1:{http_sink.port}/slow"
+    gate = http_sink.hold("/slow")
+    try:
+        res = AppriseNotifier([slow], timeout_s=1).send(alert(recipient_id(slow)))
+        assert not res.ok and not res.permanent and "timed out" in res.error
+    finally:
+        gate.set()

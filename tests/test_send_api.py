@@ -360,3 +360,22 @@ def test_dashboard_lists_each_apprise_url_by_id_and_sends_a_test_to_one(gw):
     assert chans[ok_id]["recent"]["sent"] == 1
     assert c.post("/api/channels/apprise/tgram-0000000000/test", headers=csrf_headers(c)).status_code == 404
     assert c.post(f"/api/channels/apprise/{ok_id}/test").status_code == 403  # CSRF, like every action
+
+
+def test_send_api_photos_are_pruned_with_the_photo_retention(tmp_path):
+    import os
+
+    from gateway.service import prune_api_photos
+
+    folder = tmp_path / API_PHOTO_DIR
+    folder.mkdir()
+    old, new, other = folder / f"msg{'a' * 16}.jpg", folder / f"msg{'b' * 16}.jpg", folder / "notes.txt"
+    for p in (old, new, other):
+        p.write_bytes(b"x")
+    now = 1_900_000_000.0
+    os.utime(old, (now - 10 * 86400, now - 10 * 86400))
+    os.utime(new, (now - 3600, now - 3600))
+    os.utime(other, (now - 10 * 86400, now - 10 * 86400))
+    assert prune_api_photos(folder, now, 7 * 86400) == 1
+    assert not old.exists() and new.exists() and other.exists()
+    assert prune_api_photos(tmp_path / "missing", now, 1) == 0
