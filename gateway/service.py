@@ -969,17 +969,14 @@ class GatewayService:
         assert self.store is not None
         sinks = resolve_sinks(req.sinks, self.sink_names())
         msg_id = f"msg{uuid.uuid4().hex[:16]}"
-        photo_file = None
+        processed = None
         if req.photo is not None:
             try:
                 processed = process_photo(req.photo, self.photo_settings)
             except PhotoError as e:
                 self.counters.inc("api_photos_refused")
                 raise BadRequest("bad_photo", f"photo refused ({e.reason}): {e.detail}"[:300]) from None
-            photo_file = f"{msg_id}.jpg"
-            d = self.data_dir / API_PHOTO_DIR
-            d.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(d / photo_file, processed.alert_jpeg, mode=0o600)
+        photo_file = f"{msg_id}.jpg" if processed is not None else None
         device = req.box or GATEWAY_DEVICE
         dev = (self.store.get_device(req.box) if req.box else None) or {}
         name = dev.get("name") or req.box or self.config.homeassistant.gateway_name
@@ -1017,6 +1014,12 @@ class GatewayService:
                         "alert_state": {},
                     }
                 )
+        if not out:
+            raise BadRequest("no_recipients", f"{', '.join(sinks)}: no recipient configured for this message")
+        if processed is not None and photo_file is not None:
+            d = self.data_dir / API_PHOTO_DIR
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(d / photo_file, processed.alert_jpeg, mode=0o600)
         self._emit_alerts(out, now)  # type: ignore[arg-type]
         self.counters.inc("api_messages")
         log.info("send API: message %s queued as %d alert(s) via %s", msg_id, len(out), ", ".join(sinks))

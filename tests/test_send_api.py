@@ -112,8 +112,9 @@ def test_token_commands_store_only_a_hash_in_a_private_file(tmp_path, capsys):
 
 
 def test_scopes():
-    assert scope_allows("send", "POST", "/api/notify") and scope_allows("send", "GET", "/api/alerts/x")
+    assert scope_allows("send", "POST", "/api/notify") and scope_allows("send", "GET", "/api/alerts/msg0_x")
     assert not scope_allows("send", "GET", "/api/events")
+    assert not scope_allows("send", "GET", "/api/alerts/box1_e1_whatsapp_x")  # box alerts: read scope
     assert scope_allows("read", "GET", "/api/events") and scope_allows("read", "GET", "/api/alerts/x")
     assert not scope_allows("read", "POST", "/api/notify") and not scope_allows(
         "read", "POST", "/api/outbox/x/retry"
@@ -287,7 +288,8 @@ def test_a_message_with_a_photo_reaches_every_sink_and_reports_its_state(gw):
     [ap_req] = gw.hook.wait_for("/apprise")
     assert base64.b64decode(json.loads(ap_req.body)["attachments"][0]["base64"]) == jpg
 
-    assert c.get("/api/alerts/nope_nope").status_code == 404
+    assert c.get("/api/alerts/msgnope_nope").status_code == 404
+    assert c.get("/api/alerts/nope_nope").status_code == 403  # not a send-API message: read scope only
     assert c.get("/api/alerts/..%2F..%2Fetc").status_code in (400, 404)
 
 
@@ -379,3 +381,21 @@ def test_send_api_photos_are_pruned_with_the_photo_retention(tmp_path):
     assert prune_api_photos(folder, now, 7 * 86400) == 1
     assert not old.exists() and new.exists() and other.exists()
     assert prune_api_photos(tmp_path / "missing", now, 1) == 0
+
+
+def test_box_routing_and_a_sink_without_recipients(gw):
+    """`box` routes like that box's alerts (urls_by_box); a message that would reach nobody is a 400."""
+    from gateway.notify.apprise import AppriseNotifier
+
+    garage = f"json://127.0.0.1:{gw.hook.port}/garage"
+    gw.svc.notifiers["apprise"] = AppriseNotifier([], urls_by_box={"garage": garage})
+    c = client(gw, token=gw.tokens.create("t", "send"))
+    before = counts(gw)
+    r = c.post("/api/notify", json={"text": "x", "sinks": ["apprise"]})
+    assert r.status_code == 400 and r.json()["error"] == "no_recipients"
+    assert counts(gw) == before and api_photos(gw) == []
+    r = c.post("/api/notify", json={"text": "for the garage", "sinks": ["apprise"], "box": "garage"})
+    assert r.status_code == 202
+    [aid] = r.json()["alerts"]
+    assert settled(c, aid)["recipient"] == recipient_id(garage)
+    assert json.loads(gw.hook.wait_for("/garage")[0].body)["message"] == "for the garage"

@@ -6,7 +6,7 @@ name, the scope and the times, in `<data_dir>/web/tokens.json`, mode 0600. The r
 re-reads the file when it changes, so a `revoke` takes effect on the next request.
 
 Scopes: `send` may queue messages (`POST /api/notify`) and read their state
-(`GET /api/alerts/{id}`); `read` may use every GET of the API and nothing else.
+(`GET /api/alerts/{id}` of those messages); `read` may use every GET of the API and nothing else.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ SCOPES = ("send", "read")
 TOKEN_PREFIX = "pbx_"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 MAX_TOKENS = 100
-# What each scope may do: (method, path prefix or exact path).
-SEND_PATHS = ("/api/notify", "/api/alerts/")
 
 
 def _digest(token: str) -> str:
@@ -42,8 +40,10 @@ def _digest(token: str) -> str:
 def scope_allows(scope: str, method: str, path: str) -> bool:
     """Whether a token of `scope` may make this request (pure)."""
     if scope == "send":
+        # Only the state of messages sent through the API (ids "msg..."), not of box alerts and their
+        # recipients.
         return (method == "POST" and path == "/api/notify") or (
-            method in ("GET", "HEAD") and path.startswith("/api/alerts/")
+            method in ("GET", "HEAD") and path.startswith("/api/alerts/msg")
         )
     if scope == "read":
         return method in ("GET", "HEAD") and path.startswith("/api/") and path != "/api/stream"
