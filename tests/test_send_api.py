@@ -290,7 +290,7 @@ def test_a_message_with_a_photo_reaches_every_sink_and_reports_its_state(gw):
 
     assert c.get("/api/alerts/msgnope_nope").status_code == 404
     assert c.get("/api/alerts/nope_nope").status_code == 403  # not a send-API message: read scope only
-    assert c.get("/api/alerts/..%2F..%2Fetc").status_code in (400, 404)
+    assert c.get("/api/alerts/msg..%2F..%2Fetc").status_code in (400, 404)
 
 
 def test_openapi_lists_the_send_api(gw):
