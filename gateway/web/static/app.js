@@ -610,7 +610,9 @@ function onOutbox(a) {
   else state.alerts.set(a.id, a);
   if (state.page === "alerts") {
     renderAlerts();
-    if (a.notifier === "apprise") loadChannels();
+    if (a.notifier === "apprise" && !state.channelsDue) {  // coalesce a burst of changes into one reload
+      state.channelsDue = setTimeout(() => { state.channelsDue = null; loadChannels(); }, 1000);
+    }
   }
 }
 
