@@ -45,7 +45,10 @@ OPENAPI: dict[str, Any] = {
         "version": "1",
         "description": (
             "JSON API behind the parcelbox dashboard. On a non-loopback bind every call needs the session "
-            "cookie from POST /login. Every POST needs the X-CSRF-Token header equal to the pb_csrf cookie."
+            "cookie from POST /login. Every POST needs the X-CSRF-Token header equal to the pb_csrf cookie. "
+            "Instead of both, scripts send an API token (`Authorization: Bearer <token>`, `parcelbox web token "
+            "create NAME --scope send|read`): `send` for POST /api/notify and GET /api/alerts/{id} of its "
+            "messages, `read` for every GET."
         ),
     },
     "paths": {
