@@ -42,6 +42,21 @@ def build_notifiers(config: Config) -> list[Notifier]:
                 timeout_s=w.timeout_s,
                 headers=w.headers,
                 rate_per_minute=w.rate_per_minute,
+                secret=w.signing_key,
+                events=w.events,
+            )
+        )
+    a = config.notify.apprise
+    if a.urls or a.urls_by_box:
+        from gateway.notify.apprise import AppriseNotifier
+
+        out.append(
+            AppriseNotifier(
+                a.urls,
+                urls_by_box=dict(a.urls_by_box),
+                title=a.title,
+                timeout_s=a.timeout_s,
+                rate_per_minute=a.rate_per_minute,
             )
         )
     return out
@@ -130,6 +145,10 @@ def summary(service: GatewayService, config: Config) -> str:
         lines.append(f"  folder sink   {folder}  (one <alert id>.json + .jpg per alert)")
     if config.notify.webhook.url:
         lines.append("  webhook sink  on")
+    apprise_sink = service.notifiers.get("apprise")
+    if apprise_sink is not None:
+        ids = ", ".join(apprise_sink.all_recipients())  # type: ignore[attr-defined]
+        lines.append(f"  apprise sink  {ids}")
     for c in service.components:
         line = getattr(c, "summary", None)
         if line:

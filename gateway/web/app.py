@@ -40,6 +40,8 @@ from gateway.jsonsafe import json_safe
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.ratelimit import SendLimiter
+from gateway.sendapi import MAX_BODY as NOTIFY_MAX_BODY
+from gateway.sendapi import BadRequest, alert_state, parse_json, parse_multipart
 from gateway.web.auth import (
     DEVICE_LIFETIME_S,
     LoginLimiter,
@@ -62,6 +64,7 @@ from gateway.web.live import Broadcaster
 from gateway.web.openapi import OPENAPI
 from gateway.web.qr import qr_svg, qr_version
 from gateway.web.settings import WebSettings
+from gateway.web.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ WEB_COMMANDS = ("snapshot", "reboot", "ping")
 OUTBOX_STATES = ("pending", "sent", "failed", "dead")
 MAX_PAGE = 200
 MAX_BODY = 8 * 1024  # every route's body limit, enforced while reading (gateway/web/bodylimit.py)
+# ...but the send API's, which carries a photo (gateway/sendapi.py).
+BODY_LIMITS = {"/api/notify": NOTIFY_MAX_BODY}
 PHONE_RE = re.compile(r"\+?[0-9]{7,15}")
 # Alert ids are built by the gateway from device, event id, notifier and a hash: longer than a
 # message id, but from the same path-safe alphabet.
@@ -301,6 +306,7 @@ def api_health(request: Request) -> JSONResponse:
         "login_rate_limited": request.app.state.limiter.refused,
         "login_slowed": request.app.state.limiter.slowed,
         "body_too_large": body_limit.refused if body_limit else 0,
+        "api_refused": request.app.state.api_refused,
     }
     table = getattr(request.app.state, "connections", None)  # set by WebServer, absent in tests' clients
     if table is not None:
@@ -330,6 +336,72 @@ def api_outbox_retry(request: Request) -> JSONResponse:
         raise ApiError(409, "not_retryable", "no failed or dead alert with this id")
     log.info("web: alert %s queued for retry", alert_id)
     return _json({"ok": True, "id": alert_id})
+
+
+async def api_notify(request: Request) -> JSONResponse:
+    """Queue a message through the outbox to the chosen sinks; 202 with the alert ids once durable."""
+    port = _port(request)
+    queue = getattr(port, "queue_message", None)
+    if queue is None:
+        raise ApiError(501, "not_available", "this gateway does not offer the send API")
+    ctype = request.headers.get("content-type", "")
+    body = await request.body()  # bounded by BodyLimit (BODY_LIMITS) while it streamed in
+    try:
+        if ctype.startswith("application/json"):
+            req = parse_json(body)
+        elif ctype.startswith("multipart/form-data"):
+            req = parse_multipart(ctype, body)
+        else:
+            raise BadRequest("bad_content_type", "send application/json or multipart/form-data")
+        result = await run_in_threadpool(queue, req)
+    except BadRequest as e:
+        request.app.state.api_refused += 1
+        log.warning("send API: refused (%s): %s", e.error, e.detail[:200])
+        raise ApiError(413 if e.error == "too_large" else 400, e.error, e.detail) from None
+    who = getattr(request.state, "token", None) or "dashboard session"
+    log.info("send API: message %s from %s", result["id"], who)
+    return _json(result, 202)
+
+
+def api_alert(request: Request) -> JSONResponse:
+    alert_id = request.path_params["alert_id"]
+    if not ALERT_ID_RE.fullmatch(alert_id):
+        raise ApiError(400, "bad_alert_id", "alert id must match [A-Za-z0-9_-]{1,200}")
+    get = getattr(_port(request), "get_alert", None)
+    rec = get(alert_id) if get is not None else None
+    if rec is None:
+        raise ApiError(404, "not_found", "no such alert")
+    return _json(alert_state(rec))
+
+
+def api_channels(request: Request) -> JSONResponse:
+    """Per-URL state of the Apprise sink (ids, routing, last outcome); never a URL."""
+    fn = getattr(_port(request), "channels", None)
+    return _json({"channels": fn() if fn is not None else []})
+
+
+async def api_channel_test(request: Request) -> JSONResponse:
+    sink, rid = request.path_params["sink"], request.path_params["recipient"]
+    if sink != "apprise" or not ALERT_ID_RE.fullmatch(rid):
+        raise ApiError(404, "not_found", "no such channel")
+    fn = getattr(_port(request), "test_channel", None)
+    if fn is None:
+        raise ApiError(501, "not_available", "this gateway does not offer channel tests")
+    limiter: SendLimiter = request.app.state.channel_test_limiter
+    wait = limiter.try_acquire(rid)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many test messages; try again in {math.ceil(wait)} s",
+            {"retry-after": str(math.ceil(wait))},
+        )
+    try:
+        result = await run_in_threadpool(fn, sink, rid)
+    except LookupError:
+        raise ApiError(404, "not_found", "no such channel") from None
+    log.info("web: test message queued to %s %s", sink, rid)
+    return _json(result, 202)
 
 
 WA_ACTIONS = {
@@ -667,6 +739,10 @@ API_ROUTES = [
     Route("/api/health", api_health, methods=["GET"]),
     Route("/api/outbox", api_outbox, methods=["GET"]),
     Route("/api/outbox/{alert_id}/retry", api_outbox_retry, methods=["POST"]),
+    Route("/api/notify", api_notify, methods=["POST"]),
+    Route("/api/alerts/{alert_id}", api_alert, methods=["GET"]),
+    Route("/api/channels", api_channels, methods=["GET"]),
+    Route("/api/channels/{sink}/{recipient}/test", api_channel_test, methods=["POST"]),
     Route("/api/whatsapp", api_whatsapp, methods=["GET"]),
     Route("/api/whatsapp/qr.svg", api_whatsapp_qr, methods=["GET"]),
     Route("/api/whatsapp/pair-code", api_whatsapp_pair_code, methods=["POST"]),
@@ -685,6 +761,7 @@ def create_app(
     limiter: LoginLimiter | None = None,
     whatsapp: Any = None,
     wa_test_limiter: SendLimiter | None = None,
+    tokens: TokenStore | None = None,
 ) -> Starlette:
     """The dashboard app for `port`. Live updates start when the app's lifespan starts.
 
@@ -696,6 +773,8 @@ def create_app(
         load_or_create_secret(settings.secret_file), state_file=settings.sessions_file
     )
     limiter = limiter or LoginLimiter(settings.login_max_failures, settings.login_window_s)
+    tokens = tokens or TokenStore(settings.tokens_file)
+    token_limiter = SendLimiter((settings.api_rate_per_minute, 60.0), None)
     broadcaster = Broadcaster(port.bus, live_transform)
 
     @contextlib.asynccontextmanager
@@ -719,12 +798,12 @@ def create_app(
     guard_holder: dict[str, Any] = {}
 
     def make_guard(app: Any) -> Guard:
-        g = Guard(app, settings, signer)
+        g = Guard(app, settings, signer, tokens, token_limiter)
         guard_holder["guard"] = g
         return g
 
     def make_body_limit(app: Any) -> BodyLimit:
-        b = BodyLimit(app, lambda _path: MAX_BODY, timeout_s=settings.body_timeout_s)
+        b = BodyLimit(app, lambda path: BODY_LIMITS.get(path, MAX_BODY), timeout_s=settings.body_timeout_s)
         guard_holder["body_limit"] = b
         return b
 
@@ -742,5 +821,8 @@ def create_app(
     app.state.broadcaster = broadcaster
     app.state.whatsapp = whatsapp
     app.state.wa_test_limiter = wa_test_limiter or SendLimiter(WA_TEST_PER_RECIPIENT, WA_TEST_OVERALL)
+    app.state.tokens = tokens
+    app.state.channel_test_limiter = SendLimiter(WA_TEST_PER_RECIPIENT, WA_TEST_OVERALL)
+    app.state.api_refused = 0
     app.state.guard_holder = guard_holder  # filled when Starlette builds the middleware stack
     return app

@@ -286,3 +286,38 @@ def test_storage_problem_shows_on_the_boxes_page(browser, server, port: MemoryPo
     assert "80 MB free" in text and "storage: disk almost full" in text
     assert errors == []
     ctx.close()
+
+
+def test_alerts_page_lists_apprise_urls_by_id_with_a_send_test_button(
+    browser, server, port: MemoryPort
+) -> None:
+    """Issue 19: per-URL state and "Send test" per URL; the page only ever gets ids, never URLs."""
+    tested: list[tuple[str, str]] = []
+    port.channels = lambda: [  # type: ignore[attr-defined]
+        {
+            "id": "tgram-3f9a0c21d4",
+            "scheme": "tgram",
+            "sink": "apprise",
+            "default": True,
+            "boxes": [],
+            "last": {},
+            "recent": {"pending": 0, "failed": 0, "dead": 1, "sent": 4},
+            "last_alert": {"state": "dead", "last_error": "apprise: HTTP 401 (permanent)", "sent_at": None},
+        }
+    ]
+
+    def test_channel(sink: str, rid: str) -> dict:
+        tested.append((sink, rid))
+        return {"id": "msg0", "alerts": ["msg0_apprise_x"], "sinks": [sink]}
+
+    port.test_channel = test_channel  # type: ignore[attr-defined]
+    ctx, page, errors = open_page(browser, server, "/alerts")
+    page.wait_for_selector('[data-channel="tgram-3f9a0c21d4"]', timeout=WAIT_MS)
+    assert "HTTP 401" in page.inner_text('[data-channel="tgram-3f9a0c21d4"] .err')
+    page.click('[data-channel="tgram-3f9a0c21d4"] button.channel-test')
+    page.wait_for_function("() => document.body.innerText.includes('Test message queued')", timeout=WAIT_MS)
+    assert tested == [("apprise", "tgram-3f9a0c21d4")]
+    page.click('#alert-states button[data-state="dead"]')  # the filter counts alerts, not channels
+    page.wait_for_function("() => document.querySelectorAll('.alert').length === 1", timeout=WAIT_MS)
+    assert errors == []
+    ctx.close()

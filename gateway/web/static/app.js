@@ -533,6 +533,42 @@ async function loadAlerts() {
   const data = await api("/api/outbox" + q);
   state.alerts = new Map(data.alerts.map((a) => [a.id, a]));
   renderAlerts();
+  loadChannels();
+}
+
+// Apprise URLs, one row each: shown by id (scheme + hash; the URL holds secrets and never leaves the gateway).
+async function loadChannels() {
+  let data;
+  try { data = await api("/api/channels"); } catch { return; }
+  const rows = (data.channels || []).map(channelRow);
+  $("#channels").replaceChildren(...rows);
+  $("#channels").hidden = rows.length === 0;
+}
+
+function channelRow(c) {
+  const last = c.last_alert;
+  const st = last ? last.state : "unused";
+  return h("article", { class: "channel card s-" + st, "data-channel": c.id },
+    h("div", { class: "al-top" },
+      h("span", { class: "badge " + (({ sent: "ok", pending: "warn", failed: "bad", dead: "bad" })[st] || "") }, st),
+      h("b", {}, c.scheme + " · " + c.id),
+      h("span", { class: "muted small grow" }, c.boxes.length ? "boxes: " + c.boxes.join(", ") : "all boxes"),
+      h("button", { class: "small-btn channel-test", onclick: () => testChannel(c) }, "Send test")),
+    h("div", { class: "muted small" },
+      `${c.recent.sent} sent · ${c.recent.pending + c.recent.failed} waiting · ${c.recent.dead} dead`,
+      last && last.sent_at ? " · last sent " + when(last.sent_at) : ""),
+    last && last.last_error ? h("div", { class: "err" }, last.last_error) : null,
+  );
+}
+
+async function testChannel(c) {
+  try {
+    await api(`/api/channels/${encodeURIComponent(c.sink)}/${encodeURIComponent(c.id)}/test`, { method: "POST" });
+    toast("Test message queued to " + c.id);
+    loadChannels();
+  } catch (e) {
+    toast(e.message, true);
+  }
 }
 
 function alertRow(a) {
@@ -578,7 +614,12 @@ async function retryAlert(a) {
 function onOutbox(a) {
   if (state.alertState && a.state !== state.alertState) state.alerts.delete(a.id);
   else state.alerts.set(a.id, a);
-  if (state.page === "alerts") renderAlerts();
+  if (state.page === "alerts") {
+    renderAlerts();
+    if (a.notifier === "apprise" && !state.channelsDue) {  // coalesce a burst of changes into one reload
+      state.channelsDue = setTimeout(() => { state.channelsDue = null; loadChannels(); }, 1000);
+    }
+  }
 }
 
 // --- live --------------------------------------------------------------------------
