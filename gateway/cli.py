@@ -92,7 +92,8 @@ def _status_data(config: Any) -> dict[str, Any]:
             data_dir, partition=config.store.partition, segment_records=config.store.segment_records
         )
         try:
-            keys = ("device", "name", "online", "last_seen", "fw", "rssi", "battery_mv", "spooled", "waiting")
+            keys = ("device", "name", "online", "last_seen", "fw", "rssi", "battery_mv", "spooled",
+                    "status_at", "waiting")  # fmt: skip
             out["devices"] = [{k: d.get(k) for k in keys} for d in store.list_devices()]
             out["events"] = store.list_events(limit=10)
             out["outbox"] = store.list_outbox(limit=20)
@@ -140,8 +141,10 @@ def do_status(args: argparse.Namespace) -> int:
         print(
             f"  {d['device']:<20} {'online ' if d.get('online') else 'offline'}  last seen {_fmt_ts(d.get('last_seen'))}"
             f"  fw {d.get('fw') or '-'}  rssi {d.get('rssi') if d.get('rssi') is not None else '-'}  {batt}"
-            f"  waiting {d.get('waiting', 0)}"
+            f"  spooled {d.get('spooled') if d.get('spooled') is not None else '-'}  waiting {d.get('waiting', 0)}"
         )
+        if d.get("fw") or d.get("spooled") is not None:
+            print(f"  {'':<20} (fw, rssi, battery, spooled as reported {_fmt_ts(d.get('status_at'))})")
     if not data.get("devices"):
         print("  (none yet)")
     print("\nrecent events:")

@@ -146,20 +146,28 @@ def _limit(q: dict[str, str], default: int) -> int:
     return int(raw)
 
 
-def parse_cursor(raw: str) -> tuple[float, str]:
-    """`<ts>:<event id>` -> (ts, id); the colon never occurs in ids."""
-    ts_s, sep, eid = raw.partition(":")
-    try:
-        ts = float(ts_s)
-    except ValueError:
-        ts = math.nan
-    if not sep or not math.isfinite(ts) or not valid_msg_id(eid):
+def parse_cursor(raw: str) -> tuple[float, int, str]:
+    """`<ts>:<seq>:<event id>` -> (ts, seq, id); the colon never occurs in ids. A `<ts>:<id>` cursor
+    from a page served before the order took `seq` into account still works (its ties come again)."""
+    parts = raw.split(":")
+    if len(parts) == 2:
+        parts.insert(1, str(2**53))
+    ts = math.nan
+    seq = -1
+    if len(parts) == 3:
+        try:
+            ts = float(parts[0])
+        except ValueError:
+            pass
+        if parts[1].isdigit() and len(parts[1]) <= 16:
+            seq = int(parts[1])
+    if not math.isfinite(ts) or seq < 0 or not valid_msg_id(parts[-1]):
         raise ApiError(400, "bad_before", "before must be a cursor from a previous page")
-    return ts, eid
+    return ts, seq, parts[-1]
 
 
 def make_cursor(e: dict[str, Any]) -> str:
-    return f"{e['ts']!r}:{e['id']}"
+    return f"{e['ts']!r}:{int(e.get('seq') or 0)}:{e['id']}"
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

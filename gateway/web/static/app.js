@@ -223,7 +223,9 @@ function onEvent(e) {
   if (state.events.some((x) => x.id === e.id && x.device === e.device)) return;
   if (!matchesFilters(e)) return;
   // Newest first: insert before the first older row (events from a spool can arrive late).
-  let i = state.events.findIndex((x) => x.ts < e.ts || (x.ts === e.ts && x.id < e.id));
+  // Same order as the server: (ts, seq, id), so events of one second keep the box's own order.
+  const older = (x) => x.ts < e.ts || (x.ts === e.ts && ((x.seq || 0) < (e.seq || 0) || ((x.seq || 0) === (e.seq || 0) && x.id < e.id)));
+  let i = state.events.findIndex(older);
   if (i < 0) {
     if (state.next) return; // older than everything loaded: it belongs on a later page
     i = state.events.length;
@@ -319,6 +321,11 @@ function boxCard(d) {
       fact("Spooled", d.spooled == null ? "—" : String(d.spooled)),
       fact("Firmware", d.fw || "—"),
     ),
+    // Signal, battery, spool and firmware are the box's last report, which may be older than "last
+    // seen" (events also count as seen): say when it was made.
+    d.fw != null || d.spooled != null
+      ? h("p", { class: "muted small reported" }, "Signal, battery, spooled: reported " + (d.status_at ? when(d.status_at) + " (" + ago(d.status_at) + ")" : "at an unknown time"))
+      : null,
     h("div", { class: "actions" },
       h("button", { class: "cmd", "data-cmd": "snapshot", onclick: () => command(d, "snapshot") }, "Take snapshot"),
       h("button", { class: "ghost cmd", "data-cmd": "reboot", onclick: () => command(d, "reboot") }, "Reboot"),
