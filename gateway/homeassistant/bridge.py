@@ -813,7 +813,6 @@ class HomeAssistantBridge:
             del self._image_sent[key]
         self._count("removed")
 
-
     def _send_removal(self, device: str) -> None:
         for topic, payload, retain in d.removal_messages(self.cfg, device):
             self._publish(topic, payload, force=True, retain=retain)
