@@ -90,8 +90,17 @@ def summary(service: GatewayService, config: Config) -> str:
     """What is where and what to do next, printed once the gateway is up."""
     h: dict[str, Any] = service.health()
     broker = h["broker"]
-    lines = ["", "parcelbox gateway is running", ""]
+    from gateway.cli import command
+    from gateway.config import demo_data_dir
+
+    pb, py = command("parcelbox"), command("python")
+    demo = Path(service.data_dir) == demo_data_dir()
+    lines = ["", "parcelbox gateway is running" + (" (TRIAL: --demo)" if demo else ""), ""]
     lines.append(f"  data folder   {service.data_dir}")
+    if demo:
+        lines.append(
+            "                the trial's own folder, apart from a real install's; delete it to start over"
+        )
     if config.source:
         lines.append(f"  config        {config.source}")
     else:
@@ -107,16 +116,14 @@ def summary(service: GatewayService, config: Config) -> str:
 
         live_file = Path(service.data_dir) / BROKER_FILE
         if live_file.is_file():
-            lines.append(
-                f"                address written to {live_file} (`parcelbox flash provision` reads it)"
-            )
+            lines.append(f"                address written to {live_file} (`{pb} flash provision` reads it)")
         if service.broker.kind == "amqtt":
             lines.append("                WARNING: pure-Python amqtt fallback, for trying things out only")
         elif config.broker.allow_anonymous:
             lines.append(
                 "                anonymous clients allowed (trying-out mode); set broker.allow_anonymous = false"
             )
-            lines.append("                after registering your boxes with `parcelbox device add <name>`")
+            lines.append(f"                after registering your boxes with `{pb} device add <name>`")
     else:
         lines.append(f"  broker        external {broker['url']}")
     folder = config.folder_sink_path
@@ -128,14 +135,16 @@ def summary(service: GatewayService, config: Config) -> str:
         line = getattr(c, "summary", None)
         if line:
             lines.append(f"  {line}")
-    lines += [
-        "",
-        "  next:",
-        "    parcelbox device add <name>      register a box and print the settings to flash",
-        "    parcelbox status                 boxes, recent events, alerts",
+    # Commands as they work when pasted into a plain shell (no activated venv): `.venv/bin/parcelbox`.
+    cfg_arg = " --demo" if demo else f" --config {config.source}" if config.source else ""
+    cmds = [
+        (f"{pb} device add <name>{cfg_arg}", "register a box and print the settings to flash"),
+        (f"{pb} status{cfg_arg}", "boxes, recent events, alerts"),
     ]
     if Path("tools/simulate.py").is_file():
-        lines.append(f"    python tools/simulate.py --broker {broker['url']}   a simulated box")
+        cmds.append((f"{py} tools/simulate.py --broker {broker['url']}", "a simulated box"))
+    width = max(len(c) for c, _ in cmds) + 3
+    lines += ["", "  next:", *(f"    {c:<{width}}{what}" for c, what in cmds)]
     lines += ["    Ctrl-C (or SIGTERM) stops the gateway cleanly", ""]
     return "\n".join(lines)
 

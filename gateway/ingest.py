@@ -132,6 +132,9 @@ class MqttLink:
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
 
     def stop(self) -> None:
+        # paho 2.2's network thread may run its loop once more after DISCONNECT and log "Client is not
+        # connected" at ERROR on every clean stop; nothing it says from here on is news.
+        self.client.disable_logger()
         try:
             self.client.disconnect()
         finally:
