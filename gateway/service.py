@@ -140,7 +140,9 @@ class GatewayService:
         self._commands: dict[str, dict[str, Any]] = {}
         self._whatsapp: WhatsAppState = {
             "state": "disabled",
-            "detail": "WhatsApp is not enabled",
+            "detail": "WhatsApp is not enabled. To turn it on: install it (.venv/bin/pip install -e '.[whatsapp]' "
+            "in the parcelbox folder), set [whatsapp] enabled = true in the config, restart the gateway, "
+            "then pair here.",
             "updated_at": 0.0,
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})

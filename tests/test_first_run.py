@@ -384,3 +384,28 @@ def test_packaging_metadata_uses_an_spdx_licence():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "MIT"
     assert any(r.replace(" ", "").startswith("setuptools>=77") for r in meta["build-system"]["requires"])
+
+
+# --- item 6: WhatsApp guidance that agrees with itself (CLI and state texts only) ------------------------------------
+
+
+def test_whatsapp_guidance_names_the_readme_install_and_how_to_enable(tmp_path):
+    env = _env(tmp_path)
+    # neonize missing: old code said "not paired" and sent the user to pair.
+    hide = "import sys; sys.modules['neonize'] = None; from gateway.cli import main; sys.exit(main())"
+    r = subprocess.run([sys.executable, "-c", hide, "whatsapp", "status"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (
+        "not installed: .venv/bin/pip install -e '.[whatsapp]'" in r.stdout and "not paired" not in r.stdout
+    )
+    readme = (ROOT / "README.md").read_text()
+    assert ".venv/bin/pip install -e '.[whatsapp]'" in readme
+    # The dashboard's WhatsApp page shows the gateway's state detail: with WhatsApp off it says how to
+    # turn it on (old code: only "WhatsApp is not enabled").
+    from gateway.service import GatewayService as _S
+
+    detail = _S(gateway_config(tmp_path / "d", "mqtt://127.0.0.1:1", "p")).whatsapp_state()["detail"]
+    assert "[whatsapp] enabled = true" in detail and ".venv/bin/pip install -e '.[whatsapp]'" in detail
+    child = (ROOT / "gateway" / "whatsapp" / "child.py").read_text()
+    assert "pip install 'parcelbox[whatsapp]'" not in child  # one install hint, the README's

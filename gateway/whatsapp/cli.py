@@ -9,6 +9,7 @@ with `--phone +62...` prints a pairing code to type on the phone instead.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -189,7 +190,8 @@ def do_status(args: argparse.Namespace) -> int:
     running = data["gateway_pid"] is not None
     print(f"gateway        {'running, pid ' + str(data['gateway_pid']) if running else 'not running'}")
     owner = data["session_owner_pid"]
-    present = "session database present" if data["session_exists"] else "no session yet: not paired"
+    missing = settings.transport == "neonize" and importlib.util.find_spec("neonize") is None
+    present = "session database present" if data["session_exists"] else "no session yet"
     print(f"session        {settings.session_dir} ({present})")
     if owner is not None:
         print(f"session owner  pid {owner}")
@@ -201,7 +203,10 @@ def do_status(args: argparse.Namespace) -> int:
             print(f"linked number  +{st['paired_as']}")
         print(f"               {st.get('detail', '')}")
     elif not data["session_exists"]:
-        print("state          not paired: run `parcelbox whatsapp pair`")
+        if missing:
+            print("state          not installed: .venv/bin/pip install -e '.[whatsapp]', then pair")
+        else:
+            print("state          not paired: run `parcelbox whatsapp pair`")
     return 0
 
 
