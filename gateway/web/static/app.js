@@ -34,7 +34,18 @@ async function api(path, opts = {}) {
       init.body = JSON.stringify(opts.body);
     }
   }
-  const r = await fetch(path, init);
+  let r;
+  try {
+    r = await fetch(path, init);
+  } catch {
+    offline(null); // no service worker (first visit) or not a GET: say it plainly
+    throw new Error("Can't reach your gateway");
+  }
+  // Answered by the service worker from what it saved, because the gateway is out of reach.
+  const saved = r.headers.get("x-pb-saved-at");
+  if (saved) offline(Number(saved));
+  else if (r.headers.get("x-pb-offline")) offline(null);
+  else online();
   if (r.status === 401) {
     location.href = "/login?next=" + encodeURIComponent(location.pathname);
     throw new Error("login required");
@@ -47,6 +58,45 @@ async function api(path, opts = {}) {
     throw err;
   }
   return data;
+}
+
+// --- away from home: the gateway out of reach ---------------------------------------
+// While it cannot be reached the page shows what the service worker saved, says from when, and
+// checks every few seconds; once the gateway answers it reloads what is on screen by itself.
+
+const away = { since: null, shownTs: null, timer: null };
+
+function offline(savedTs) {
+  if (savedTs != null && (away.shownTs == null || savedTs < away.shownTs)) away.shownTs = savedTs;
+  if (away.since == null) away.since = Date.now();
+  const el = $("#offline");
+  const at = away.shownTs != null
+    ? new Date(away.shownTs * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : null;
+  el.textContent = at
+    ? `Can't reach your gateway — showing what was seen at ${at}. Trying again…`
+    : "Can't reach your gateway. Nothing saved to show yet; trying again…";
+  el.hidden = false;
+  document.body.classList.add("is-offline");
+  if (!away.timer) away.timer = setInterval(probe, 5000);
+}
+
+function online() {
+  if (away.since == null) return;
+  away.since = away.shownTs = null;
+  clearInterval(away.timer);
+  away.timer = null;
+  $("#offline").hidden = true;
+  document.body.classList.remove("is-offline");
+}
+
+async function probe() {
+  try {
+    const r = await fetch("/api/health", { credentials: "same-origin", cache: "no-store" });
+    if (r.ok && !r.headers.get("x-pb-saved-at") && !r.headers.get("x-pb-offline")) {
+      online();
+      load(state.page);
+    }
+  } catch { /* still away */ }
 }
 
 // --- formatting ----------------------------------------------------------------
@@ -584,8 +634,9 @@ function connectLive() {
     setLive(false, "reconnecting");
     if (es.readyState === EventSource.CLOSED) {
       // Closed for good (e.g. 401 after the session ended): check the login, then retry.
-      try { await api("/api/health"); } catch { return; }
-      setTimeout(connectLive, 3000);
+      // Out of reach (the phone away from home): keep trying; the offline banner says so.
+      try { await api("/api/health"); } catch (e) { if (e.message === "login required") return; }
+      setTimeout(connectLive, away.since != null ? 10000 : 3000);
     }
   };
 }
