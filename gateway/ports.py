@@ -88,7 +88,7 @@ class GatewayPort(Protocol):
         self,
         *,
         device: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,  # several: any of them
         since: float | None = None,
         until: float | None = None,
         before: tuple[float, int, str]

@@ -779,7 +779,7 @@ class GatewayService:
         self,
         *,
         device: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,
         since: float | None = None,
         until: float | None = None,
         before: tuple[float, int, str] | None = None,

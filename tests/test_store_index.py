@@ -395,3 +395,33 @@ def test_reading_a_file_with_another_layout_or_a_crash_journal(tmp_path, monkeyp
         check_store(s3, events + [rec], rng, 40)
     finally:
         s3.close()
+
+
+def test_several_types_page_like_the_contract(tmp_path):
+    """The dashboard's default list (issue 15 item 11): deliveries and pickups, paged with the cursor."""
+    rng = random.Random(7)
+    events = make_events(rng, 300)
+    s = Store(tmp_path)
+    try:
+        for e in events:
+            s.add_event(dict(e))
+        want = [
+            (e["device"], e["id"])
+            for e in sorted(events, key=lambda e: (e["ts"], e["seq"], e["id"], e["device"]), reverse=True)
+            if e["type"] in ("delivery", "pickup")
+        ]
+        got, before = [], None
+        for _ in range(100):
+            rows = s.list_events(type=("delivery", "pickup"), before=before, limit=7)
+            got += [(r["device"], r["id"]) for r in rows]
+            if len(rows) < 7:
+                break
+            before = (rows[-1]["ts"], rows[-1]["seq"], rows[-1]["id"])
+        assert got == want
+        assert [r["id"] for r in s.list_events(type=("pickup",), limit=5)] == [
+            i
+            for d, i in want
+            if next(e for e in events if e["id"] == i and e["device"] == d)["type"] == "pickup"
+        ][:5]
+    finally:
+        s.close()

@@ -201,9 +201,12 @@ def api_events(request: Request) -> JSONResponse:
     device = q.get("device") or None
     if device is not None:
         _device(device)
-    etype = q.get("type") or None
-    if etype is not None and etype not in EVENT_TYPES:
-        raise ApiError(400, "bad_type", f"type must be one of {', '.join(EVENT_TYPES)}")
+    etype: str | tuple[str, ...] | None = None
+    if q.get("type"):
+        types = tuple(q["type"].split(","))  # `delivery,pickup`: any of them
+        if len(types) > len(EVENT_TYPES) or any(t not in EVENT_TYPES for t in types):
+            raise ApiError(400, "bad_type", f"type must be one or more of {', '.join(EVENT_TYPES)}")
+        etype = types[0] if len(types) == 1 else types
     before = parse_cursor(q["before"]) if q.get("before") else None
     limit = _limit(q, 50)
     rows = _port(request).list_events(

@@ -192,12 +192,13 @@ class MemoryPort:
         self,
         *,
         device: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,
         since: float | None = None,
         until: float | None = None,
         before: tuple[float, int, str] | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
+        types = (type,) if isinstance(type, str) else type
         with self._lock:
             hi = len(self._keys) if before is None else bisect.bisect_left(self._keys, before)
             if until is not None:
@@ -208,7 +209,7 @@ class MemoryPort:
                 rec = self._events[self._keys[i]]
                 if since is not None and rec["ts"] < since:
                     break
-                if (device is None or rec["device"] == device) and (type is None or rec["type"] == type):
+                if (device is None or rec["device"] == device) and (types is None or rec["type"] in types):
                     out.append(dict(rec))
                 i -= 1
             return out

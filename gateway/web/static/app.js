@@ -104,7 +104,12 @@ async function probe() {
 const TYPE_LABEL = {
   delivery: "Delivery", pickup: "Pickup", lid_closed: "Lid closed",
   lid_left_open: "Lid left open", snapshot: "Snapshot",
+  // alert kinds that are not events
+  offline: "Offline", online: "Back online", low_battery: "Low battery",
 };
+// The Deliveries page's default: what a user looks for; the rest is behind the type filter.
+const DEFAULT_TYPES = ["delivery", "pickup"];
+const FILTER_KEYS = ["device", "type", "from", "to"];
 
 function ago(ts) {
   if (ts == null) return "never";
@@ -163,9 +168,35 @@ const state = {
 
 const PAGES = { "/": "deliveries", "/boxes": "boxes", "/whatsapp": "whatsapp", "/alerts": "alerts" };
 
+// The Deliveries filters live in the address (?device=&type=&from=&to=): a reload, a bookmark or a
+// shared link shows the same list.
+function filterUrl() {
+  const q = new URLSearchParams();
+  for (const k of FILTER_KEYS) if (state.filters[k]) q.set(k, state.filters[k]);
+  const qs = q.toString();
+  return "/" + (qs ? "?" + qs : "");
+}
+
+function filtersToUrl() {
+  if (state.page === "deliveries") history.replaceState(history.state, "", filterUrl());
+}
+
+function filtersFromUrl() {
+  const q = new URLSearchParams(location.search);
+  const form = $("#filters");
+  for (const k of FILTER_KEYS) {
+    state.filters[k] = q.get(k) || "";
+    const el = form.elements[k];
+    if (k === "device" && state.filters[k] && ![...el.options].some((o) => o.value === state.filters[k])) {
+      el.append(h("option", { value: state.filters[k] }, state.filters[k])); // the box list is not loaded yet
+    }
+    el.value = state.filters[k];
+  }
+}
+
 function show(path, push) {
   const page = PAGES[path] || "deliveries";
-  if (push) history.pushState({}, "", path);
+  if (push) history.pushState({}, "", page === "deliveries" ? filterUrl() : path);
   state.page = page;
   for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + page;
   for (const a of document.querySelectorAll("[data-page]")) a.classList.toggle("on", a.dataset.page === page);
@@ -192,7 +223,8 @@ function eventQuery(before) {
   const f = state.filters;
   const q = new URLSearchParams({ limit: "30" });
   if (f.device) q.set("device", f.device);
-  if (f.type) q.set("type", f.type);
+  if (!f.type) q.set("type", DEFAULT_TYPES.join(","));
+  else if (f.type !== "all") q.set("type", f.type);
   const since = dateToTs(f.from, false), until = dateToTs(f.to, true);
   if (since != null) q.set("since", since);
   if (until != null) q.set("until", until);
@@ -203,7 +235,8 @@ function eventQuery(before) {
 function matchesFilters(e) {
   const f = state.filters;
   if (f.device && e.device !== f.device) return false;
-  if (f.type && e.type !== f.type) return false;
+  if (!f.type && !DEFAULT_TYPES.includes(e.type)) return false;
+  if (f.type && f.type !== "all" && e.type !== f.type) return false;
   const since = dateToTs(f.from, false), until = dateToTs(f.to, true);
   if (since != null && e.ts < since) return false;
   if (until != null && e.ts >= until) return false;
@@ -346,6 +379,7 @@ function fillBoxFilter() {
   const cur = sel.value;
   sel.replaceChildren(h("option", { value: "" }, "All boxes"),
     ...[...state.devices.values()].map((d) => h("option", { value: d.device }, d.name || d.device)));
+  if (cur && !state.devices.has(cur)) sel.append(h("option", { value: cur }, cur)); // from the address
   sel.value = cur;
 }
 
@@ -357,7 +391,9 @@ function boxCard(d) {
   const waiting = d.waiting || 0;
   return h("article", { class: "card box" + (d.online ? "" : " off"), "data-device": d.device },
     h("div", { class: "box-head" },
-      h("div", {}, h("h2", {}, d.name || d.device), h("div", { class: "muted small" }, d.device)),
+      // The id under the name only when they differ (a box without a name would say it twice).
+      h("div", {}, h("h2", {}, d.name || d.device),
+        d.name && d.name !== d.device ? h("div", { class: "muted small" }, d.device) : null),
       h("span", { class: "badge " + (d.online ? "ok" : "bad") }, d.online ? "online" : "offline"),
     ),
     h("div", { class: "waiting" + (waiting ? " has" : "") },
@@ -650,12 +686,17 @@ function init() {
     ev.preventDefault();
     show(new URL(a.href).pathname, true);
   });
-  window.addEventListener("popstate", () => show(location.pathname, false));
+  window.addEventListener("popstate", () => {
+    if (location.pathname === "/") filtersFromUrl();
+    show(location.pathname, false);
+  });
 
   const filters = $("#filters");
+  filtersFromUrl();
   filters.addEventListener("change", () => {
     const f = new FormData(filters);
     state.filters = { device: f.get("device"), type: f.get("type"), from: f.get("from"), to: f.get("to") };
+    filtersToUrl();
     loadEvents().catch((e) => toast(e.message, true));
   });
   filters.addEventListener("reset", () => setTimeout(() => filters.dispatchEvent(new Event("change")), 0));
