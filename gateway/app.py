@@ -86,6 +86,23 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("gateway.mqtt").setLevel(logging.WARNING)
 
 
+def whatsapp_install_warning(config: Config) -> str | None:
+    """The banner's flag for `[whatsapp] enabled` without neonize installed (alerts would only queue)."""
+    import importlib.util
+
+    wa = config.whatsapp
+    if not wa.enabled or getattr(wa, "transport", "neonize") != "neonize":
+        return None
+    if importlib.util.find_spec("neonize") is not None:
+        return None
+    from gateway.cli import command
+
+    return (
+        f"WARNING: [whatsapp] enabled but neonize is not installed: {command('pip')} install -e '.[whatsapp]'"
+        " then restart; WhatsApp alerts wait in the outbox until then"
+    )
+
+
 def summary(service: GatewayService, config: Config) -> str:
     """What is where and what to do next, printed once the gateway is up."""
     h: dict[str, Any] = service.health()
@@ -135,6 +152,9 @@ def summary(service: GatewayService, config: Config) -> str:
         line = getattr(c, "summary", None)
         if line:
             lines.append(f"  {line}")
+    wa_warning = whatsapp_install_warning(config)
+    if wa_warning:
+        lines.append(f"                {wa_warning}")
     # Commands as they work when pasted into a plain shell (no activated venv): `.venv/bin/parcelbox`.
     cfg_arg = " --demo" if demo else f" --config {config.source}" if config.source else ""
     cmds = [

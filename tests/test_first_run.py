@@ -409,3 +409,22 @@ def test_whatsapp_guidance_names_the_readme_install_and_how_to_enable(tmp_path):
     assert "[whatsapp] enabled = true" in detail and ".venv/bin/pip install -e '.[whatsapp]'" in detail
     child = (ROOT / "gateway" / "whatsapp" / "child.py").read_text()
     assert "pip install 'parcelbox[whatsapp]'" not in child  # one install hint, the README's
+
+
+def test_banner_flags_whatsapp_enabled_without_neonize(tmp_path, monkeypatch):
+    """Item 6: old code said nothing at start; each alert then logged a WARNING per retry."""
+    import importlib.util
+
+    from gateway import app
+    from gateway.config import load_config
+
+    cfg = load_config(None, env={"PARCELBOX_DATA_DIR": str(tmp_path), "PARCELBOX_WHATSAPP_ENABLED": "1"})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "neonize" else real(name, *a)
+    )
+    warning = app.whatsapp_install_warning(cfg)
+    assert warning and "install -e '.[whatsapp]'" in warning and "outbox" in warning
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    cfg_off = load_config(None, env={"PARCELBOX_DATA_DIR": str(tmp_path)})
+    assert app.whatsapp_install_warning(cfg_off) is None
