@@ -65,7 +65,8 @@ def open_page(browser, server, path: str, viewport=DESKTOP):
 def test_delivery_appears_live_and_opens(browser, server, port: MemoryPort) -> None:
     ctx, page, errors = open_page(browser, server, "/")
     page.wait_for_selector("li.event", timeout=WAIT_MS)
-    assert page.locator("li.event").count() == 4  # deliveries and pickups; "lid left open" is behind the filter
+    # Deliveries and pickups by default; the fixture's "lid left open" is behind the type filter.
+    assert page.locator("li.event").count() == 4
     img_loaded(page, "li.event img.thumb")
     in_thread(port.add_event, "gate", "delivery", event_id="newparcel0001")
     sel = 'li.event[data-id="newparcel0001"]'

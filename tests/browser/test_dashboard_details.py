@@ -141,3 +141,23 @@ def test_banner_gives_a_lan_address_not_a_wildcard(tmp_path) -> None:
     lan = web_server._phone_host("0.0.0.0")
     assert "0.0.0.0" not in srv.url or lan == "0.0.0.0"  # a machine with no LAN route keeps the wildcard
     assert srv.url == f"http://{lan}:8080"
+
+
+def test_box_card_says_when_its_figures_were_reported(browser, port: MemoryPort, server) -> None:
+    """Item 1: after a restart "Spooled" showed a stale figure as if current; the card now says when the
+    box reported it."""
+    port.add_device(
+        "attic", "Attic", spooled=4, status_at=time.time() - 19 * 60, last_seen=time.time() - 19 * 60
+    )
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    try:
+        page.goto(server.url + "/boxes")
+        page.wait_for_selector('.box[data-device="attic"] .reported', timeout=WAIT_MS)
+        text = page.inner_text('.box[data-device="attic"] .reported')
+        assert "reported" in text and "19 min ago" in text, text
+        assert "19 min ago" in page.inner_text(
+            '.box[data-device="attic"] .facts'
+        )  # last seen, not "just now"
+    finally:
+        ctx.close()
