@@ -79,7 +79,8 @@ def command(name: str) -> str:
     if found and os.path.abspath(found) == target:
         return name
     rel = os.path.relpath(target)
-    return rel if not rel.startswith("..") else target
+    # Relative only from the folder it lives under (`make run` in a clone); a service runs from `/`.
+    return rel if os.getcwd() != "/" and not rel.startswith("..") else target
 
 
 def _load(args: argparse.Namespace):

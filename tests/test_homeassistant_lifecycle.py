@@ -141,6 +141,7 @@ def test_restarts_and_reconnects_do_not_resend_unchanged_photos(mosquitto, port,
             assert bridge.wait_idle()
         finally:
             bridge.stop()
+    ha.sync()  # every stopped bridge's publishes have reached Home Assistant
     mirror._drain(0.3)
     assert sum(1 for m in mirror.log if m.topic == topic) == 1
     assert ha.image_updates[uid] == 1
@@ -152,7 +153,9 @@ def test_restarts_and_reconnects_do_not_resend_unchanged_photos(mosquitto, port,
         ev2 = port.event("box-1", "delivery")
         want = port.photo_path("box-1", ev2["id"], "alert").read_bytes()
         mirror.wait(lambda: mirror.payload(topic) == want, what="new photo")
+        ha.wait(lambda: ha.image_updates[uid] == 2, what="the new photo in Home Assistant")
         assert bridge.wait_idle()
+        ha.sync()
         assert ha.image_updates[uid] == 2
         assert bridge.health()["images_unchanged"] >= 1
     finally:
@@ -183,5 +186,27 @@ def test_registered_box_is_announced_unavailable_before_it_connects(mosquitto, p
         # And once it talks, it is the gateway's record that counts.
         port.add_device("box-9", name="Back gate")
         mirror.wait(lambda: mirror.payload(d.availability_topic(cfg, "box-9")) == b"online", what="online")
+    finally:
+        bridge.stop()
+
+
+def test_a_probe_that_never_returns_does_not_keep_home_assistant_uninformed(mosquitto, port, cfg, mirror):
+    """A broker ACL may drop our publishes to the sync topic without a word (MQTT 3.1.1 still acks them):
+    after a few seconds the bridge publishes everything as before."""
+
+    class Deaf(HomeAssistantBridge):
+        def _on_subscribe(self, client, userdata, mid, reasons, props):  # the probe is lost
+            return None
+
+    port.add_device("box-1")
+    port.event("box-1", "delivery")
+    bridge = Deaf(port, mosquitto.url, cfg)
+    bridge.start()
+    try:
+        mirror.wait(lambda: all_configs_present(mirror, cfg, {"box-1": False}), timeout=20, what="configs")
+        mirror.wait(
+            lambda: d.image_topic(cfg, "box-1", "delivery") in mirror.latest, timeout=20, what="photo"
+        )
+        assert bridge.wait_idle()
     finally:
         bridge.stop()

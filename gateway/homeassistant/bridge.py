@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 DEVICE_REMOVED = "device_removed"
 
 _MAX_BACKOFF_S = 30.0
+# The sync probe normally returns within milliseconds; a broker that silently drops our publishes to it
+# (an ACL without write access there) must not keep Home Assistant from being told anything.
+_PROBE_TIMEOUT_S = 5.0
 
 
 # --- MQTT connection helpers ---------------------------------------------------------------------
@@ -202,6 +205,7 @@ class HomeAssistantBridge:
         # message, so a re-sent photo fired automations). Written by paho's thread, under _lock.
         self._retained_images: dict[tuple[str, str], str] = {}
         self._probe: str | None = None  # sync probe in flight: the retained images are not all in yet
+        self._probe_at = 0.0
         self._sub_mid: int | None = None
         # Worker-only state.
         self._published: dict[str, bytes] = {}  # topic -> payload last published this session
@@ -395,6 +399,7 @@ class HomeAssistantBridge:
             self._ha_online = None
             self._retained_images.clear()
             self._probe = uuid.uuid4().hex
+            self._probe_at = self._clock()
         _rc, self._sub_mid = client.subscribe(
             [
                 (self.cfg.birth_topic, 1),
@@ -493,6 +498,14 @@ class HomeAssistantBridge:
                 break
             if not self._client.is_connected() or self._clock() < self._retry_at:
                 continue
+            if self._probe is not None and self._clock() - self._probe_at > _PROBE_TIMEOUT_S:
+                self.log.warning(
+                    "homeassistant: no answer on %s (broker ACL?); photos are re-sent on every connect",
+                    d.sync_probe_topic(self.cfg),
+                )
+                with self._lock:
+                    self._probe = None
+                    self._full_resync = True
             self._check_registry()
             with self._lock:
                 work = (

@@ -42,27 +42,34 @@ class FakeHomeAssistant:
         self._image_topics: dict[str, set[str]] = {}  # image topic -> unique ids, this run only
         self._client: mqtt.Client | None = None
         self.unhandled = 0  # empty configs for entities not discovered this run
+        self._probe = f"{prefix}/fake-ha-probe/{uuid.uuid4().hex}"
+        self._probe_seen = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect, take in every retained config, then say `online` (the birth message)."""
-        probe = f"{self.prefix}/fake-ha-probe/{uuid.uuid4().hex}"
-        got_probe = threading.Event()
 
         def on_message(c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
-            if m.topic == probe:
-                got_probe.set()
+            if m.topic == self._probe:
+                self._probe_seen.set()
                 return
             self._on_message(c, m.topic, bytes(m.payload))
 
         c = client(self.url, on_message=on_message)
         self._client = c
-        c.subscribe([(f"{self.prefix}/+/+/config", 0), (f"{self.prefix}/+/+/+/config", 0), (probe, 0)])
-        c.publish(probe, b"x", qos=1)  # comes back after the retained configs (one connection keeps order)
-        if not got_probe.wait(10):
-            raise TimeoutError("fake Home Assistant did not finish its start")
+        c.subscribe([(f"{self.prefix}/+/+/config", 0), (f"{self.prefix}/+/+/+/config", 0), (self._probe, 0)])
+        self.sync()  # comes back after the retained configs (one connection keeps order)
         c.publish(self.birth_topic, b"online", qos=0).wait_for_publish(5)
+
+    def sync(self, timeout: float = 10.0) -> None:
+        """Return once everything the broker received before now has reached this Home Assistant: a
+        message to ourselves is routed after them (Mosquitto routes each publish as it arrives)."""
+        assert self._client is not None
+        self._probe_seen.clear()
+        self._client.publish(self._probe, b"x", qos=1).wait_for_publish(timeout)
+        if not self._probe_seen.wait(timeout):
+            raise TimeoutError("fake Home Assistant: sync probe did not come back")
 
     def stop(self) -> None:
         """Home Assistant shuts down: everything discovered in this run is forgotten; the registry stays."""
