@@ -89,6 +89,11 @@ def test_readme_trial_commands_work_as_printed_in_a_plain_shell(tmp_path):
     and the trial wrote into the real install's data folder."""
     if not _netns_works():
         pytest.skip("needs `unshare -rn` (a private network namespace, so ports 1883 and 8080 are free)")
+    # `make demo` first brings .venv up to date with pyproject.toml; do that part here, where pip can
+    # reach its index (the namespace below has no network), so the trial itself starts at once.
+    subprocess.run(
+        ["make", "-s", ".venv/.installed-run"], cwd=ROOT, capture_output=True, timeout=600, check=True
+    )
     home = tmp_path / "home"
     home.mkdir()
     report_path = tmp_path / "report.json"
