@@ -416,6 +416,24 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"alerts.timezone: unknown time zone {cfg.alerts.timezone!r}") from None
 
 
+def demo_data_dir() -> Path:
+    """The trial's own data folder, next to (never inside) a real install's."""
+    return Path(platformdirs.user_data_dir("parcelbox-demo"))
+
+
+def demo_config(env: dict[str, str] | None = None) -> Config:
+    """`parcelbox run --demo`: defaults only, in `demo_data_dir()`. No config file is read and
+    `PARCELBOX_DATA_DIR` / `PARCELBOX_CONFIG` are ignored, so simulated boxes never land in a real
+    install's folder or meet its broker; other `PARCELBOX_*` overrides (ports) still apply."""
+    env = dict(os.environ) if env is None else env
+    env = {k: v for k, v in env.items() if k not in (ENV_PREFIX + "DATA_DIR", ENV_PREFIX + "CONFIG")}
+    cfg = Config()
+    _apply_env(cfg, env, ENV_PREFIX, "")
+    cfg.data_dir = demo_data_dir()
+    _validate(cfg)
+    return cfg
+
+
 def load_config(path: Path | str | None = None, env: dict[str, str] | None = None) -> Config:
     """Build the config: defaults, then the TOML file (see module doc), then environment overrides."""
     env = dict(os.environ) if env is None else env

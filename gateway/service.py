@@ -212,7 +212,9 @@ class GatewayService:
         self._log_throttle = LogThrottle()
         self._whatsapp: WhatsAppState = {
             "state": "disabled",
-            "detail": "WhatsApp is not enabled",
+            "detail": "WhatsApp is not enabled. To turn it on: install it (.venv/bin/pip install -e '.[whatsapp]' "
+            "in the parcelbox folder), set [whatsapp] enabled = true in the config, restart the gateway, "
+            "then pair here.",
             "updated_at": 0.0,
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
@@ -371,9 +373,10 @@ class GatewayService:
 
     # --- ingest -----------------------------------------------------------------------
 
-    def _deliver(self, topic_name: str, payload: bytes, received_at: float) -> None:
+    def _deliver(self, topic_name: str, payload: bytes, received_at: float, retained: bool = False) -> None:
         """paho's thread: cheap checks and enqueue only, never blocking (it also carries every box's
-        keepalives and our acks). Each box has its own share of the queue (gateway.fairqueue)."""
+        keepalives and our acks). Each box has its own share of the queue (gateway.fairqueue).
+        `retained`: a copy the broker replays from its retained store (gateway.ingest)."""
         self.counters.inc("received")
         # Nothing valid is bigger than a chunk: refused before it is queued, so a big payload costs this
         # check only. (JSON between its own 16 KiB limit and this is refused by the worker, which can
@@ -395,7 +398,8 @@ class GatewayService:
                     f"photo {device}",
                 )
                 return
-        for box, reason in self._queue.put(device, ("msg", topic_name, payload, received_at), len(payload)):
+        item = ("msg", topic_name, payload, received_at, retained)
+        for box, reason in self._queue.put(device, item, len(payload)):
             self._reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
 
     def _work(self) -> None:
@@ -406,7 +410,7 @@ class GatewayService:
                 continue
             try:
                 if item[0] == "msg":
-                    self._handle(item[1], item[2], item[3])
+                    self._handle(item[1], item[2], item[3], item[4] if len(item) > 4 else False)
                 elif item[0] == "photo_done":
                     self._photo_done(item[1], item[2])
                 elif item[0] == "call":
@@ -465,7 +469,7 @@ class GatewayService:
         removed_at = self._registry_view()[1].get(dev["device"])
         return removed_at is not None and (dev.get("last_seen") or 0.0) <= removed_at
 
-    def _handle(self, topic_name: str, payload: bytes, received_at: float) -> None:
+    def _handle(self, topic_name: str, payload: bytes, received_at: float, retained: bool = False) -> None:
         try:
             t = parse_topic(self.prefix, topic_name, self.limits)
         except ProtocolError as exc:
@@ -476,7 +480,7 @@ class GatewayService:
             self._reject("unknown_device", f"{t.device} is not registered (parcelbox device add)", topic_name)
             return
         if t.kind == "status":
-            self._on_status(t.device, payload, received_at)
+            self._on_status(t.device, payload, received_at, retained)
         elif t.kind == "event":
             self._on_event(t.device, payload, received_at)
             self._note_busy(t.device)
@@ -720,7 +724,7 @@ class GatewayService:
                 dev["lid_open"] = True
         return dev
 
-    def _on_status(self, device: str, payload: bytes, received_at: float) -> None:
+    def _on_status(self, device: str, payload: bytes, received_at: float, retained: bool = False) -> None:
         assert self.store is not None
         try:
             st = decode_status(payload, self.limits)
@@ -732,11 +736,26 @@ class GatewayService:
         if not st.online and self._is_removed(dev):
             return  # the last will of a box just removed: expected, and must not bring it back
         was_online = bool(dev.get("online"))
+        if retained and dev.get("last_seen") is not None:
+            # The broker replays a box's retained status whenever we (re)subscribe (every gateway start
+            # or reconnect): it is what the box said at some earlier, unknown time, not a sign of life
+            # now. Taking it as one reset every box's "last seen" to the restart. Keep only its
+            # online/offline state (it is the latest the broker has), never the time or the figures.
+            self.counters.inc("statuses_replayed")
+            if st.online == was_online:
+                return
+            dev["online"] = st.online
+            dev["offline_since"] = None if st.online else dev["last_seen"]
+            self.store.put_device(dev)
+            self.bus.publish(DEVICE_CHANGED, self._device_out(dev))
+            return
         dev["online"] = st.online
-        dev["last_seen"] = received_at
+        if not retained:  # a box known only from a replay has no known "last seen" yet
+            dev["last_seen"] = received_at
         if st.online:
             for k in ("fw", "rssi", "battery_mv", "heap_free", "uptime_s", "spooled"):
                 dev[k] = getattr(st, k)
+            dev["status_at"] = None if retained else received_at  # when these figures were reported
             dev["offline_since"] = None
         elif was_online or dev.get("offline_since") is None:
             dev["offline_since"] = received_at
@@ -977,10 +996,10 @@ class GatewayService:
         self,
         *,
         device: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,
         since: float | None = None,
         until: float | None = None,
-        before: tuple[float, str] | None = None,
+        before: tuple[float, int, str] | None = None,
         limit: int = 50,
     ) -> list[EventRecord]:
         assert self.store is not None

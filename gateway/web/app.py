@@ -180,20 +180,28 @@ def _limit(q: dict[str, str], default: int) -> int:
     return int(raw)
 
 
-def parse_cursor(raw: str) -> tuple[float, str]:
-    """`<ts>:<event id>` -> (ts, id); the colon never occurs in ids."""
-    ts_s, sep, eid = raw.partition(":")
-    try:
-        ts = float(ts_s)
-    except ValueError:
-        ts = math.nan
-    if not sep or not math.isfinite(ts) or not valid_msg_id(eid):
+def parse_cursor(raw: str) -> tuple[float, int, str]:
+    """`<ts>:<seq>:<event id>` -> (ts, seq, id); the colon never occurs in ids. A `<ts>:<id>` cursor
+    from a page served before the order took `seq` into account still works (its ties come again)."""
+    parts = raw.split(":")
+    if len(parts) == 2:
+        parts.insert(1, str(2**53))
+    ts = math.nan
+    seq = -1
+    if len(parts) == 3:
+        try:
+            ts = float(parts[0])
+        except ValueError:
+            pass
+        if parts[1].isdigit() and len(parts[1]) <= 16:
+            seq = int(parts[1])
+    if not math.isfinite(ts) or seq < 0 or not valid_msg_id(parts[-1]):
         raise ApiError(400, "bad_before", "before must be a cursor from a previous page")
-    return ts, eid
+    return ts, seq, parts[-1]
 
 
 def make_cursor(e: dict[str, Any]) -> str:
-    return f"{e['ts']!r}:{e['id']}"
+    return f"{e['ts']!r}:{int(e.get('seq') or 0)}:{e['id']}"
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -227,9 +235,12 @@ def api_events(request: Request) -> JSONResponse:
     device = q.get("device") or None
     if device is not None:
         _device(device)
-    etype = q.get("type") or None
-    if etype is not None and etype not in EVENT_TYPES:
-        raise ApiError(400, "bad_type", f"type must be one of {', '.join(EVENT_TYPES)}")
+    etype: str | tuple[str, ...] | None = None
+    if q.get("type"):
+        types = tuple(q["type"].split(","))  # `delivery,pickup`: any of them
+        if len(types) > len(EVENT_TYPES) or any(t not in EVENT_TYPES for t in types):
+            raise ApiError(400, "bad_type", f"type must be one or more of {', '.join(EVENT_TYPES)}")
+        etype = types[0] if len(types) == 1 else types
     before = parse_cursor(q["before"]) if q.get("before") else None
     limit = _limit(q, 50)
     rows = _port(request).list_events(

@@ -107,19 +107,40 @@ def token_command(store: Any, command: str, args: Any) -> int:
         print(f"No active token named {args.name!r}.", file=sys.stderr)
         return 1
     raise ValueError(command)
+def _too_short_or_long(pw: str) -> bool:
+    return len(pw) < MIN_PASSWORD_LEN or len(pw.encode()) > MAX_PASSWORD_BYTES
 
 
 def set_password_command(password_file: Path, *, from_stdin: bool = False) -> int:
     """Ask for a password twice (or read one line from stdin) and store its scrypt hash."""
+    rule = (
+        f"Use at least {MIN_PASSWORD_LEN} characters (at most {MAX_PASSWORD_BYTES} bytes); nothing changed."
+    )
     if from_stdin:
         pw = sys.stdin.readline().rstrip("\r\n")
     else:
-        pw = getpass.getpass("New dashboard password: ")
-        if getpass.getpass("Again: ") != pw:
+        if not sys.stdin.isatty():
+            # getpass would fall back to reading an echoed line from the pipe, or fail with EOFError.
+            print(
+                "No terminal to ask for the password on. Pipe it in instead:\n"
+                "  printf '%s\\n' \"$PASSWORD\" | parcelbox web set-password --stdin",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            pw = getpass.getpass("New dashboard password: ")
+            if _too_short_or_long(pw):  # say so now, not after typing it twice
+                print(rule, file=sys.stderr)
+                return 1
+            again = getpass.getpass("Again: ")
+        except EOFError:  # Ctrl-D at the prompt
+            print("\nCancelled; nothing changed.", file=sys.stderr)
+            return 1
+        if again != pw:
             print("The two passwords differ; nothing changed.", file=sys.stderr)
             return 1
-    if len(pw) < MIN_PASSWORD_LEN or len(pw.encode()) > MAX_PASSWORD_BYTES:
-        print(f"Use at least {MIN_PASSWORD_LEN} characters; nothing changed.", file=sys.stderr)
+    if _too_short_or_long(pw):
+        print(rule, file=sys.stderr)
         return 1
     set_password(password_file, pw)
     print(f"Password saved (scrypt hash) in {password_file}. Existing dashboard sessions are logged out.")

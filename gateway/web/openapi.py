@@ -59,8 +59,8 @@ OPENAPI: dict[str, Any] = {
                     _q("device", {"type": "string"}, "only this box"),
                     _q(
                         "type",
-                        {"enum": ["delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]},
-                        "only this type",
+                        {"type": "string"},
+                        "only these types, comma separated: delivery, pickup, lid_closed, lid_left_open, snapshot",
                     ),
                     _q("since", {"type": "number"}, "event time >= (seconds since 1970)"),
                     _q("until", {"type": "number"}, "event time < (seconds since 1970)"),

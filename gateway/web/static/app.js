@@ -34,7 +34,18 @@ async function api(path, opts = {}) {
       init.body = JSON.stringify(opts.body);
     }
   }
-  const r = await fetch(path, init);
+  let r;
+  try {
+    r = await fetch(path, init);
+  } catch {
+    offline(null); // no service worker (first visit) or not a GET: say it plainly
+    throw new Error("Can't reach your gateway");
+  }
+  // Answered by the service worker from what it saved, because the gateway is out of reach.
+  const saved = r.headers.get("x-pb-saved-at");
+  if (saved) offline(Number(saved));
+  else if (r.headers.get("x-pb-offline")) offline(null);
+  else online();
   if (r.status === 401) {
     location.href = "/login?next=" + encodeURIComponent(location.pathname);
     throw new Error("login required");
@@ -49,12 +60,56 @@ async function api(path, opts = {}) {
   return data;
 }
 
+// --- away from home: the gateway out of reach ---------------------------------------
+// While it cannot be reached the page shows what the service worker saved, says from when, and
+// checks every few seconds; once the gateway answers it reloads what is on screen by itself.
+
+const away = { since: null, shownTs: null, timer: null };
+
+function offline(savedTs) {
+  if (savedTs != null && (away.shownTs == null || savedTs < away.shownTs)) away.shownTs = savedTs;
+  if (away.since == null) away.since = Date.now();
+  const el = $("#offline");
+  const at = away.shownTs != null
+    ? new Date(away.shownTs * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : null;
+  el.textContent = at
+    ? `Can't reach your gateway — showing what was seen at ${at}. Trying again…`
+    : "Can't reach your gateway. Nothing saved to show yet; trying again…";
+  el.hidden = false;
+  document.body.classList.add("is-offline");
+  if (!away.timer) away.timer = setInterval(probe, 5000);
+}
+
+function online() {
+  if (away.since == null) return;
+  away.since = away.shownTs = null;
+  clearInterval(away.timer);
+  away.timer = null;
+  $("#offline").hidden = true;
+  document.body.classList.remove("is-offline");
+}
+
+async function probe() {
+  try {
+    const r = await fetch("/api/health", { credentials: "same-origin", cache: "no-store" });
+    if (r.ok && !r.headers.get("x-pb-saved-at") && !r.headers.get("x-pb-offline")) {
+      online();
+      load(state.page);
+    }
+  } catch { /* still away */ }
+}
+
 // --- formatting ----------------------------------------------------------------
 
 const TYPE_LABEL = {
   delivery: "Delivery", pickup: "Pickup", lid_closed: "Lid closed",
   lid_left_open: "Lid left open", snapshot: "Snapshot",
+  // alert kinds that are not events
+  offline: "Offline", online: "Back online", low_battery: "Low battery",
 };
+// The Deliveries page's default: what a user looks for; the rest is behind the type filter.
+const DEFAULT_TYPES = ["delivery", "pickup"];
+const FILTER_KEYS = ["device", "type", "from", "to"];
 
 function ago(ts) {
   if (ts == null) return "never";
@@ -113,9 +168,35 @@ const state = {
 
 const PAGES = { "/": "deliveries", "/boxes": "boxes", "/whatsapp": "whatsapp", "/alerts": "alerts" };
 
+// The Deliveries filters live in the address (?device=&type=&from=&to=): a reload, a bookmark or a
+// shared link shows the same list.
+function filterUrl() {
+  const q = new URLSearchParams();
+  for (const k of FILTER_KEYS) if (state.filters[k]) q.set(k, state.filters[k]);
+  const qs = q.toString();
+  return "/" + (qs ? "?" + qs : "");
+}
+
+function filtersToUrl() {
+  if (state.page === "deliveries") history.replaceState(history.state, "", filterUrl());
+}
+
+function filtersFromUrl() {
+  const q = new URLSearchParams(location.search);
+  const form = $("#filters");
+  for (const k of FILTER_KEYS) {
+    state.filters[k] = q.get(k) || "";
+    const el = form.elements[k];
+    if (k === "device" && state.filters[k] && ![...el.options].some((o) => o.value === state.filters[k])) {
+      el.append(h("option", { value: state.filters[k] }, state.filters[k])); // the box list is not loaded yet
+    }
+    el.value = state.filters[k];
+  }
+}
+
 function show(path, push) {
   const page = PAGES[path] || "deliveries";
-  if (push) history.pushState({}, "", path);
+  if (push) history.pushState({}, "", page === "deliveries" ? filterUrl() : path);
   state.page = page;
   for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + page;
   for (const a of document.querySelectorAll("[data-page]")) a.classList.toggle("on", a.dataset.page === page);
@@ -142,7 +223,8 @@ function eventQuery(before) {
   const f = state.filters;
   const q = new URLSearchParams({ limit: "30" });
   if (f.device) q.set("device", f.device);
-  if (f.type) q.set("type", f.type);
+  if (!f.type) q.set("type", DEFAULT_TYPES.join(","));
+  else if (f.type !== "all") q.set("type", f.type);
   const since = dateToTs(f.from, false), until = dateToTs(f.to, true);
   if (since != null) q.set("since", since);
   if (until != null) q.set("until", until);
@@ -153,7 +235,8 @@ function eventQuery(before) {
 function matchesFilters(e) {
   const f = state.filters;
   if (f.device && e.device !== f.device) return false;
-  if (f.type && e.type !== f.type) return false;
+  if (!f.type && !DEFAULT_TYPES.includes(e.type)) return false;
+  if (f.type && f.type !== "all" && e.type !== f.type) return false;
   const since = dateToTs(f.from, false), until = dateToTs(f.to, true);
   if (since != null && e.ts < since) return false;
   if (until != null && e.ts >= until) return false;
@@ -223,7 +306,9 @@ function onEvent(e) {
   if (state.events.some((x) => x.id === e.id && x.device === e.device)) return;
   if (!matchesFilters(e)) return;
   // Newest first: insert before the first older row (events from a spool can arrive late).
-  let i = state.events.findIndex((x) => x.ts < e.ts || (x.ts === e.ts && x.id < e.id));
+  // Same order as the server: (ts, seq, id), so events of one second keep the box's own order.
+  const older = (x) => x.ts < e.ts || (x.ts === e.ts && ((x.seq || 0) < (e.seq || 0) || ((x.seq || 0) === (e.seq || 0) && x.id < e.id)));
+  let i = state.events.findIndex(older);
   if (i < 0) {
     if (state.next) return; // older than everything loaded: it belongs on a later page
     i = state.events.length;
@@ -300,6 +385,7 @@ function fillBoxFilter() {
   const cur = sel.value;
   sel.replaceChildren(h("option", { value: "" }, "All boxes"),
     ...[...state.devices.values()].map((d) => h("option", { value: d.device }, d.name || d.device)));
+  if (cur && !state.devices.has(cur)) sel.append(h("option", { value: cur }, cur)); // from the address
   sel.value = cur;
 }
 
@@ -311,7 +397,9 @@ function boxCard(d) {
   const waiting = d.waiting || 0;
   return h("article", { class: "card box" + (d.online ? "" : " off"), "data-device": d.device },
     h("div", { class: "box-head" },
-      h("div", {}, h("h2", {}, d.name || d.device), h("div", { class: "muted small" }, d.device)),
+      // The id under the name only when they differ (a box without a name would say it twice).
+      h("div", {}, h("h2", {}, d.name || d.device),
+        d.name && d.name !== d.device ? h("div", { class: "muted small" }, d.device) : null),
       h("span", { class: "badge " + (d.online ? "ok" : "bad") }, d.online ? "online" : "offline"),
     ),
     h("div", { class: "waiting" + (waiting ? " has" : "") },
@@ -325,6 +413,11 @@ function boxCard(d) {
       fact("Spooled", d.spooled == null ? "—" : String(d.spooled)),
       fact("Firmware", d.fw || "—"),
     ),
+    // Signal, battery, spool and firmware are the box's last report, which may be older than "last
+    // seen" (events also count as seen): say when it was made.
+    d.fw != null || d.spooled != null
+      ? h("p", { class: "muted small reported" }, "Signal, battery, spooled: reported " + (d.status_at ? when(d.status_at) + " (" + ago(d.status_at) + ")" : "at an unknown time"))
+      : null,
     h("div", { class: "actions" },
       h("button", { class: "cmd", "data-cmd": "snapshot", onclick: () => command(d, "snapshot") }, "Take snapshot"),
       h("button", { class: "ghost cmd", "data-cmd": "reboot", onclick: () => command(d, "reboot") }, "Reboot"),
@@ -651,8 +744,9 @@ function connectLive() {
     setLive(false, "reconnecting");
     if (es.readyState === EventSource.CLOSED) {
       // Closed for good (e.g. 401 after the session ended): check the login, then retry.
-      try { await api("/api/health"); } catch { return; }
-      setTimeout(connectLive, 3000);
+      // Out of reach (the phone away from home): keep trying; the offline banner says so.
+      try { await api("/api/health"); } catch (e) { if (e.message === "login required") return; }
+      setTimeout(connectLive, away.since != null ? 10000 : 3000);
     }
   };
 }
@@ -666,12 +760,17 @@ function init() {
     ev.preventDefault();
     show(new URL(a.href).pathname, true);
   });
-  window.addEventListener("popstate", () => show(location.pathname, false));
+  window.addEventListener("popstate", () => {
+    if (location.pathname === "/") filtersFromUrl();
+    show(location.pathname, false);
+  });
 
   const filters = $("#filters");
+  filtersFromUrl();
   filters.addEventListener("change", () => {
     const f = new FormData(filters);
     state.filters = { device: f.get("device"), type: f.get("type"), from: f.get("from"), to: f.get("to") };
+    filtersToUrl();
     loadEvents().catch((e) => toast(e.message, true));
   });
   filters.addEventListener("reset", () => setTimeout(() => filters.dispatchEvent(new Event("change")), 0));
