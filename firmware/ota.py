@@ -25,6 +25,16 @@ NEED_RETRY_MS = 5000
 _SPACE_MARGIN = 16384  # left free for the spool and the journal files
 
 
+def _outcome(op, r):
+    extra = {
+        "set": r.get("set"),
+        "version": r.get("version"),
+        "from": r.get("from"),
+        "reason": r.get("reason"),
+    }
+    return protocol.ota_reply_payload(op, r.get("id"), **extra)
+
+
 class Updater:
     def __init__(self, fl, fw_version, log=print, ticks_diff=None, buf_size=1024):
         self.fl = fl
@@ -68,8 +78,7 @@ class Updater:
         if r is None:
             return []
         op = "updated" if r.get("ok") else "update_failed"
-        return [protocol.ota_reply_payload(op, r.get("id"), set=r.get("set"), version=r.get("version"),
-                                           reason=r.get("reason"))]  # fmt: skip
+        return [_outcome(op, r)]
 
     # --- messages ----------------------------------------------------------------
 
@@ -102,8 +111,7 @@ class Updater:
             return []
         self.result = res
         self.log("ota: %s confirmed by the gateway: kept" % res.get("version"))
-        return [protocol.ota_reply_payload("updated", res.get("id"), set=res.get("set"),
-                                           version=res.get("version"), reason=None)]  # fmt: skip
+        return [_outcome("updated", res)]
 
     def _on_offer(self, d, now):
         uid = d["id"]
