@@ -339,13 +339,13 @@ def main(config_path=CONFIG, max_steps=None, idle_forever=True, quiet_marker=QUI
     return the_app
 
 
-def give_up_trial(e, reset):
+def give_up_trial(e, reset, root="/"):
     """A new set that crashes (an exception on import, a bug at start) during its trial is rolled
     back: record why and reset, boot.py does the rest. False when no update is in its trial."""
     try:
         import otaboot
 
-        if not otaboot.give_up(otaboot.Flash("/", os), "crashed: %r" % (e,)):
+        if not otaboot.give_up(otaboot.Flash(root, os), "crashed: %r" % (e,)):
             return False
     except Exception:
         return False

@@ -279,6 +279,23 @@ def _rollback(fl, st, log):
     log("ota: rolled back to %s: %s" % (st.get("from"), st.get("reason")))
 
 
+def boot_hook(os_mod, machine, root="/", quiet_marker="/noapp", wdt_ms=120000, log=print):
+    """What boot.py runs: nothing in the quiet window (main.py's /noapp: no switch, no trial count,
+    no watchdog); else at_boot(), and for a set on trial a watchdog, so a new main.py that never
+    gets as far as starting its own (a syntax error drops to the REPL) still resets the board and
+    the boot count rolls it back. main.py's WDT(timeout=wdt_s) then reconfigures it (ESP-IDF
+    esp_task_wdt_reconfigure). Returns the trial state or None."""
+    try:
+        os_mod.stat(quiet_marker)
+        return None
+    except OSError:
+        pass
+    st = at_boot(Flash(root, os_mod), log)
+    if st is not None and machine is not None and hasattr(machine, "WDT"):
+        machine.WDT(timeout=wdt_ms)
+    return st
+
+
 # --- called by the running app -------------------------------------------------------
 
 

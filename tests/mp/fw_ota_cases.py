@@ -405,6 +405,33 @@ def case_need_unanswered_is_asked_again(base):
     assert again == [first], again
 
 
+class FakeMachine:
+    """machine.WDT as the ESP32 port has it (ports/esp32/machine_wdt.c): WDT(timeout=ms)."""
+
+    def __init__(self):
+        self.wdt = []
+
+    def WDT(self, timeout=5000):
+        self.wdt.append(timeout)
+
+
+def case_boot_hook_quiet_window_and_trial_watchdog(base):
+    install(base, OLD)
+    fl = flash(base, Power())
+    transfer(ota.Updater(fl, "0.1.0", quiet), offer_for(NEW))
+    m = FakeMachine()
+    with open(base + "/noapp", "w") as f:
+        f.write("")
+    # The quiet window: nothing switches, no watchdog (provisioning needs a board it can stop).
+    assert otaboot.boot_hook(os, m, base, base + "/noapp", log=quiet) is None
+    assert which_set(base) == "old" and m.wdt == []
+    os.remove(base + "/noapp")
+    st = otaboot.boot_hook(os, m, base, base + "/noapp", log=quiet)
+    assert st["phase"] == "trial" and which_set(base) == "new" and m.wdt == [120000]
+    otaboot.commit(fl)
+    assert otaboot.boot_hook(os, m, base, base + "/noapp", log=quiet) is None and m.wdt == [120000]
+
+
 CASES = [(name, fn) for name, fn in sorted(globals().items()) if name.startswith("case_") and callable(fn)]
 
 
