@@ -65,6 +65,7 @@ class Updater:
         d = {"set": self.running()[1], "flash_free": self.fl.free_bytes()}
         if self.trial is not None:
             d["trial"] = True
+            d["trial_set"] = self.trial.get("set")  # what the gateway's confirm must name
         if self.result is not None:
             d["update"] = self.result
         if self.offer is not None:
@@ -127,11 +128,18 @@ class Updater:
         running, running_sha = self.running()
         if d["set"] == running_sha:
             return [protocol.ota_reply_payload("current", uid, set=running_sha, version=self.fw)]
+        if d["partial"]:
+            running = dict(running)
+            cp = fl.path(protocol.OTA_CONFIG)
+            if fl.size(cp) >= 0:
+                running[protocol.OTA_CONFIG] = (fl.size(cp), otaboot.file_sha(fl, cp, self.buf))
         ready = fl.read_json(otaboot.ota_dir(fl, "ready.json"))
         if ready is not None and ready.get("set") == d["set"]:
             self.reboot_wanted = True
             return [protocol.ota_reply_payload("staged", uid, set=d["set"])]
         want = [f[0] for f in files if running.get(f[0], (0, None))[1] != f[2]]
+        if not want:
+            return [protocol.ota_reply_payload("current", uid, set=d["set"], version=self.fw)]
         need_bytes = 0
         for f in files:
             if f[0] in want:
@@ -143,7 +151,7 @@ class Updater:
         if o is None or o.get("set") != d["set"]:
             self._wipe_stage()
             o = {"id": uid, "version": d["version"], "set": d["set"], "files": files, "want": want,
-                 "chunk": d["chunk"], "trial_boots": d["trial_boots"], "trial_s": d["trial_s"],
+                 "chunk": d["chunk"], "trial_boots": d["trial_boots"], "trial_s": d["trial_s"], "partial": d["partial"],
                  "from": self.fw, "from_set": running_sha}  # fmt: skip
             fl.mkdir(otaboot.ota_dir(fl))
             fl.mkdir(otaboot.ota_dir(fl, "stage"))
@@ -208,8 +216,13 @@ class Updater:
                 self.log("ota: %s failed its sha256 check: fetching it again" % f[0])
                 fl.remove(self._staged_path(f[0]))
                 return self._next(now)
+        if protocol.OTA_CONFIG in o["want"]:
+            problems = self._config_problems()
+            if problems:
+                self._wipe_stage()
+                return self._nack(o["id"], "bad_config: " + "; ".join(problems))
         ready = {"id": o["id"], "version": o["version"], "set": o["set"], "from": o["from"],
-                 "from_set": o["from_set"], "files": staged, "staged": o["want"],
+                 "from_set": o["from_set"], "files": staged, "staged": o["want"], "partial": o.get("partial", False),
                  "trial_boots": o["trial_boots"], "trial_s": o["trial_s"]}  # fmt: skip
         fl.write_json(otaboot.ota_dir(fl, "ready.json"), ready)
         fl.remove(otaboot.ota_dir(fl, "stage.json"))
@@ -218,6 +231,13 @@ class Updater:
         self.reboot_wanted = True
         self.log("ota: %s staged and checked: switching at the next reboot" % o["version"])
         return [protocol.ota_reply_payload("staged", o["id"], set=o["set"])]
+
+    def _config_problems(self):
+        """What settings.load says about the staged config.json (the box would refuse to start)."""
+        import settings
+
+        _cfg, problems = settings.load(self._staged_path(protocol.OTA_CONFIG), True, lambda m: None)
+        return problems
 
     def on_chunk(self, payload, now):
         """A chunk on `ota/data`. Returns reply payloads; never raises on bad input."""

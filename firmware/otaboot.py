@@ -225,8 +225,9 @@ def _start_switch(fl, ready, log):
         "from": ready.get("from"),
         "from_set": ready.get("from_set"),
         "staged": staged,
-        "remove": [n for n in running if n not in names],
-        "absent": [n for n in staged if n not in running],
+        # A partial set (a config update) changes only what it lists.
+        "remove": [] if ready.get("partial") else [n for n in running if n not in names],
+        "absent": [n for n in staged if not fl.exists(fl.path(n))],
         "trial_boots": ready.get("trial_boots", DEFAULT_TRIAL_BOOTS),
         "trial_s": ready.get("trial_s", DEFAULT_TRIAL_S),
         "boots": 0,

@@ -43,6 +43,8 @@ _OTA_NAME_MAX = const(32)
 _OTA_HEADER_MAX = const(200)
 # The boot files run the switch and the rollback; an update never replaces them (otaboot.py).
 OTA_BOOT_FILES = ("boot.py", "otaboot.py", "otaboot.mpy")
+# The box's config travels the same way (a "partial" offer: only the files it lists change).
+OTA_CONFIG = "config.json"
 
 _DEVICE_ID_MAX = const(32)
 _MSG_ID_MIN = const(8)
@@ -277,7 +279,9 @@ def _is_hex64(s):
 
 def valid_ota_name(s):
     """An app file directly in the app folder: `[a-z0-9_]{1,28}` + `.py` or `.mpy`, never a
-    boot file. No `/`, so nothing outside the app folder can be named."""
+    boot file, or `config.json`. No `/`, so nothing outside the app folder can be named."""
+    if s == OTA_CONFIG:
+        return True
     if not isinstance(s, str) or not 4 <= len(s) <= _OTA_NAME_MAX or s in OTA_BOOT_FILES:
         return False
     if s.endswith(".py"):
@@ -340,6 +344,12 @@ def decode_ota(payload):
         total += size
     if total > OTA_MAX_SET_BYTES:
         raise ProtocolError("oversize", total)
+    p = d.get("partial", False)
+    if p is not True and p is not False:
+        raise ProtocolError("bad_schema", "partial")
+    d["partial"] = p
+    if OTA_CONFIG in seen and not p:
+        raise ProtocolError("bad_schema", "config.json only in a partial offer")
     d["chunk"] = _int_in(d, "chunk", 256, OTA_MAX_CHUNK_BYTES, OTA_DEFAULT_CHUNK_BYTES)
     d["trial_boots"] = _int_in(d, "trial_boots", 1, 10, 3)
     d["trial_s"] = _int_in(d, "trial_s", 30, 3600, 300)

@@ -195,6 +195,7 @@ class Status:
     set: str | None = None
     flash_free: int | None = None
     trial: bool = False
+    trial_set: str | None = None  # the set on trial (a config update's differs from `set`)
     updating: str | None = None
     update: dict[str, Any] | None = None
 
@@ -240,6 +241,7 @@ def decode_status(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Status:
         set=_sha_or_none(obj.get("set")),
         flash_free=_opt_int(obj, "flash_free", 0),
         trial=obj.get("trial") is True,
+        trial_set=_sha_or_none(obj.get("trial_set")),
         updating=_short_str(obj, "updating", 32),
         update=_update_outcome(obj.get("update")),
     )

@@ -22,6 +22,7 @@ from gateway.ota.manifest import (
     Manifest,
     UpdateRefused,
     check_fits,
+    config_update,
     firmware_version,
     from_board_files,
 )
@@ -88,6 +89,11 @@ def follow(
 
 def outcome_line(device: str, prog: dict[str, Any]) -> str:
     state = prog.get("state")
+    if state == "done" and prog.get("version") == "config":
+        secs = max(0.0, (prog.get("finished_at") or 0) - (prog.get("offered_at") or 0))
+        return f"{device} config updated ({secs:.0f} s)"
+    if state == "failed" and prog.get("version") == "config":
+        return f"{device} config update failed and was rolled back: {prog.get('reason')}"
     if state == "done":
         secs = max(0.0, (prog.get("finished_at") or 0) - (prog.get("offered_at") or 0))
         n = len(prog.get("sent") or {})
@@ -106,7 +112,15 @@ def do_update(args: argparse.Namespace, config: Any) -> int:
     data_dir = Path(config.data_dir).expanduser()
     root = pending.ota_root(data_dir)
     try:
-        m = build_manifest(Path(args.firmware_dir or DEFAULT_FIRMWARE), compile=not args.no_compile)
+        if args.config_file:
+            if not args.name or args.all:
+                raise UpdateRefused("a config is for one box: name it (no --all)")
+            m = config_update(args.name, Path(args.config_file).read_bytes())
+        else:
+            m = build_manifest(Path(args.firmware_dir or DEFAULT_FIRMWARE), compile=not args.no_compile)
+    except OSError as e:
+        print(f"error: cannot read {args.config_file}: {e.strerror or e}", file=sys.stderr)
+        return 1
     except UpdateRefused as e:
         print(f"error: update refused: {e}", file=sys.stderr)
         return 1
@@ -135,7 +149,7 @@ def do_update(args: argparse.Namespace, config: Any) -> int:
             )
             rc = 1
             continue
-        if box.get("set") == m.set_sha:
+        if box.get("set") == m.set_sha and not m.partial:
             print(f"{device} already runs this firmware ({m.version}, set {m.set_sha[:12]})")
             continue
         try:
@@ -153,9 +167,13 @@ def do_update(args: argparse.Namespace, config: Any) -> int:
             trial_boots=args.trial_boots,
             chunk=DEFAULT_CHUNK,
         )
-        print(
-            f"{device}: {box.get('fw') or '?'} -> {m.version}, {len(m.files)} files in the set ({_kb(m.total_bytes)})"
-        )
+        if m.partial:
+            print(f"{device}: new config.json ({_kb(m.total_bytes)})")
+        else:
+            print(
+                f"{device}: {box.get('fw') or '?'} -> {m.version}, {len(m.files)} files in the set "
+                f"({_kb(m.total_bytes)})"
+            )
         if not running:
             print(
                 f"{device}: queued; the gateway sends it when it runs (parcelbox run); parcelbox status shows it"
@@ -196,3 +214,9 @@ def add_parser(dsub: Any) -> None:
     u.add_argument("--trial-boots", type=int, default=3, help="boots the new set has to be confirmed (1-10)")
     u.add_argument("--wait", type=float, default=600.0, help="seconds to follow the update (default 600)")
     u.add_argument("--no-wait", action="store_true", help="queue and return")
+    u.add_argument(
+        "--config-file",
+        metavar="FILE",
+        help="send this config.json instead of firmware (Wi-Fi, broker, pins, sensor); "
+        "a box that cannot reach the gateway with it goes back to its previous config",
+    )

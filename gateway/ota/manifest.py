@@ -24,6 +24,8 @@ MAX_OFFER_BYTES = 6144
 DEFAULT_CHUNK = 4096
 SPACE_MARGIN = 16384  # the box keeps this much free besides the new files (firmware/ota.py)
 NAME_RE = re.compile(r"[a-z0-9_]{1,28}\.(py|mpy)")
+CONFIG_NAME = "config.json"  # firmware/protocol.py OTA_CONFIG: only in a partial (config) offer
+MAX_CONFIG_BYTES = 8192
 _VERSION_RE = re.compile(r'^FW_VERSION\s*=\s*"([^"\n]{1,32})"', re.M)
 
 
@@ -45,6 +47,7 @@ class SetFile:
 class Manifest:
     version: str
     files: tuple[SetFile, ...]  # sorted by name
+    partial: bool = False  # only these files change (a config update); else the whole app set
 
     @property
     def set_sha(self) -> str:
@@ -73,6 +76,7 @@ class Manifest:
             "trial_s": trial_s,
             "trial_boots": trial_boots,
             "files": [[f.name, len(f.data), f.sha256] for f in self.files],
+            "partial": self.partial,
         }
 
 
@@ -132,6 +136,25 @@ def from_board_files(version: str, files: list[tuple[str, bytes]]) -> Manifest:
     if len(json.dumps(m.offer("x" * 40)).encode()) > MAX_OFFER_BYTES:
         raise UpdateRefused("the file list does not fit in one offer message (too many files)")
     return m
+
+
+def config_update(device: str, data: bytes) -> Manifest:
+    """A config update: the box's whole new config.json. The box checks it with its own settings.load
+    before it switches; this refuses what is plainly not a config for `device`."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UpdateRefused(f"the config is {len(data)} bytes, over {MAX_CONFIG_BYTES}")
+    try:
+        cfg = json.loads(data)
+    except ValueError as e:
+        raise UpdateRefused(f"the config is not JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise UpdateRefused("the config must be a JSON object (like firmware/config.example.json)")
+    if cfg.get("device_id") != device:
+        raise UpdateRefused(f"the config is for {cfg.get('device_id')!r}, not {device!r} (its device_id)")
+    wifi = cfg.get("wifi")
+    if not isinstance(wifi, dict) or not wifi.get("ssid"):
+        raise UpdateRefused("the config has no wifi.ssid")
+    return Manifest("config", (SetFile(CONFIG_NAME, data),), partial=True)
 
 
 def check_fits(m: Manifest, flash_free: int | None) -> None:

@@ -166,9 +166,9 @@ def enc(d):
     return json.dumps(d).encode()
 
 
-def chunk_for(offer, need, corrupt=False):
+def chunk_for(offer, need, corrupt=False, source=None):
     name = offer["files"][need["f"]][0]
-    data = NEW[name][need["o"] : need["o"] + need["n"]]
+    data = (source or NEW)[name][need["o"] : need["o"] + need["n"]]
     h = {"v": 1, "id": offer["id"], "f": need["f"], "o": need["o"], "sha": sha(data)}
     if corrupt:
         data = b"X" + data[1:]
@@ -179,7 +179,7 @@ def replies(payloads):
     return [json.loads(p) for p in payloads]
 
 
-def transfer(u, offer, corrupt_at=None):
+def transfer(u, offer, corrupt_at=None, source=None):
     """Play the gateway: answer every need until the box says something else. Returns the
     last non-need replies and how many chunks went."""
     out = replies(u.on_ota(enc(offer), 0))
@@ -189,7 +189,7 @@ def transfer(u, offer, corrupt_at=None):
         if not needs:
             return out, sent
         sent += 1
-        out = replies(u.on_chunk(chunk_for(offer, needs[0], corrupt=sent == corrupt_at), 0))
+        out = replies(u.on_chunk(chunk_for(offer, needs[0], sent == corrupt_at, source), 0))
     raise AssertionError("no end to the transfer")
 
 
@@ -403,6 +403,85 @@ def case_need_unanswered_is_asked_again(base):
     assert u.poll(1000 + ota.NEED_RETRY_MS - 1, 0, True, True, True) == []
     again = replies(u.poll(1000 + ota.NEED_RETRY_MS, 0, True, True, True))
     assert again == [first], again
+
+
+# --- a config update: the same machinery, a partial set of one file ---------------------------
+
+CFG_OLD = (
+    b'{"device_id": "box-1", "wifi": {"ssid": "home", "password": "right"}, "broker": {"host": "10.0.0.2"}}'
+)
+CFG_NEW = (
+    b'{"device_id": "box-1", "wifi": {"ssid": "home", "password": "wrong"}, "broker": {"host": "10.0.0.2"}}'
+)
+CFG = {"config.json": CFG_NEW}
+
+
+def config_now(base):
+    with open(base + "/config.json", "rb") as f:
+        return f.read()
+
+
+def config_life(base, power, confirm):
+    fl = flash(base, power)
+    st = otaboot.at_boot(fl, quiet)
+    assert which_set(base) == "old"  # a config update never touches the app
+    assert config_now(base) in (CFG_OLD, CFG_NEW), config_now(base)
+    u = ota.Updater(fl, "0.1.0", quiet)
+    if u.result is not None:
+        return "done"
+    if st is not None:
+        if confirm:
+            replies(u.on_ota(enc({"v": 1, "op": "confirm", "set": st["set"]}), 0))
+            return "done"
+        u.poll(0, 60000, False, False, False)  # never joined the new Wi-Fi: give up
+        return "reboot"
+    out, _ = transfer(u, offer_for(CFG, partial=True, trial_s=60), source=CFG)
+    assert out[-1]["op"] in ("staged", "current"), out
+    return "reboot"
+
+
+def case_config_update_power_cut_at_every_write(base):
+    for confirm, expect in ((True, CFG_NEW), (False, CFG_OLD)):
+        total = Power(None)
+        d0 = base + "/count%d" % confirm
+        _mk(d0)
+        install(d0, OLD)
+        with open(d0 + "/config.json", "wb") as f:
+            f.write(CFG_OLD)
+        for _ in range(10):
+            if config_life(d0, total, confirm) == "done":
+                break
+        for k in range(total.ops):
+            d = base + "/c%d-%d" % (confirm, k)
+            _mk(d)
+            install(d, OLD)
+            with open(d + "/config.json", "wb") as f:
+                f.write(CFG_OLD)
+            power = Power(k)
+            for _ in range(10):
+                try:
+                    if config_life(d, power, confirm) == "done":
+                        break
+                except PowerCut:
+                    power.budget = None
+            assert config_now(d) == expect, (confirm, k, config_now(d))
+        with open(d0 + "/.ota/result.json") as f:
+            res = json.loads(f.read())
+        assert res["ok"] is confirm and (confirm or res["reason"] == "no Wi-Fi within 60 s"), res
+
+
+def case_a_config_the_box_cannot_use_is_refused_before_the_switch(base):
+    install(base, OLD)
+    with open(base + "/config.json", "wb") as f:
+        f.write(CFG_OLD)
+    u = ota.Updater(flash(base, Power()), "0.1.0", quiet)
+    bad = {"config.json": b'{"device_id": "box-1", "wifi": {"ssid": ""}}'}
+    out, _ = transfer(u, offer_for(bad, partial=True), source=bad)
+    assert out[-1]["op"] == "nack" and out[-1]["error"].startswith("bad_config"), out
+    assert config_now(base) == CFG_OLD and not u.reboot_wanted
+    # config.json only in a partial offer (a whole set never replaces the config).
+    out = replies(u.on_ota(enc(offer_for(CFG)), 0))
+    assert out[0]["op"] == "nack" and "partial" in out[0]["error"], out
 
 
 class FakeMachine:
