@@ -207,3 +207,25 @@ def test_trial_status_is_confirmed_and_the_outcome_recorded(tmp_path):
     srv.on_reply("box-1", json.dumps({"v": 1, "op": "updated", "id": offer["id"]}).encode())
     assert pending.read_progress(tmp_path / "ota", "box-1")["state"] == "done"
     assert pending.pending(tmp_path / "ota", "box-1") is None
+
+
+def test_a_config_offer_goes_out_partial_and_its_trial_is_confirmed_by_its_own_set(tmp_path):
+    root = tmp_path / "ota"
+    cfg = json.dumps({"device_id": "box-1", "wifi": {"ssid": "home", "password": "x"}}).encode()
+    m = manifest.config_update("box-1", cfg)
+    offer = pending.write_offer(root, "box-1", m, from_version="0.1.0", trial_s=60, trial_boots=3, chunk=4096)
+    sent = _Sent()
+    srv = OtaServer(root, "pfx", sent.publish, sent.reject, clock=lambda: 1.0)
+    srv.tick()
+    wire = fw_protocol.decode_ota(sent.msgs.pop()[1])  # the box accepts it: partial, config.json
+    assert wire["partial"] is True and wire["files"][0][0] == "config.json"
+    st = decode_status(
+        json.dumps(
+            {"v": 1, "online": True, "set": "c" * 64, "trial": True, "trial_set": offer["set"]}
+        ).encode()
+    )
+    srv.on_status("box-1", st)
+    assert json.loads(sent.msgs.pop()[1])["set"] == offer["set"]  # not the app set "ccc..."
+    for bad, why in ((b"{", "not JSON"), (json.dumps({"device_id": "box-2"}).encode(), "not 'box-1'")):
+        with pytest.raises(manifest.UpdateRefused, match=why):
+            manifest.config_update("box-1", bad)

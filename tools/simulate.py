@@ -613,6 +613,12 @@ class SimulatedBox:
         if problems:
             raise ValueError("; ".join(problems))
         self.cfg = cfg
+        if self.flash_dir is not None:
+            # The access point is ("sim", "sim"); the box's config.json is written once, like provision.
+            cfg["wifi"] = {"ssid": "sim", "password": "sim"}
+            conf = self.flash_dir / "config.json"
+            if not conf.exists():
+                conf.write_text(json.dumps(cfg))
         # Pins keep their level across reboots, like real wiring.
         self.lid_pin = SimPin(1 - cfg["pins"]["lid_open_level"])
         self.ir_pin = SimPin(1 - cfg["pins"]["ir_active_level"])
@@ -668,6 +674,8 @@ class SimulatedBox:
         fw_link, fw_protocol, fw_app_ = mods["link"], mods["protocol"], mods["app"]
         self.fw_version = fw_app_.FW_VERSION
         saved = Path(self.spool_dir) / "config.json"
+        if self.flash_dir is not None:
+            saved = self.flash_dir / "config.json"  # the box's own config, as on the board
         if saved.exists():
             # A `config` command persisted settings: a reboot runs with them, as on the board.
             cfg, problems = fw_settings.load(str(saved), need_network=False, warn=self.log)
@@ -724,8 +732,11 @@ class SimulatedBox:
         mqtt = fw_link.Mqtt(client, topics, cfg["broker"]["keepalive_s"], backoff, clock.ticks_diff, self.log)
         # The faithful ESP32 station (tests/mp/fake_net.py): joins after 300 virtual ms.
         self.wlan = fake_net.WLAN(clock, ap=("sim", "sim"), join_ms=300)
+        ssid, password = "sim", "sim"
+        if self.flash_dir is not None:  # the config's Wi-Fi (an update can get it wrong) against the AP's
+            ssid, password = cfg["wifi"]["ssid"], cfg["wifi"]["password"]
         wifi = fw_link.Wifi(
-            self.wlan, "sim", "sim", 20000, None, clock.ticks_diff, self.log, network=fake_net.Network
+            self.wlan, ssid, password, 20000, None, clock.ticks_diff, self.log, network=fake_net.Network
         )
         updater = None
         app_cls = _SimApp
@@ -742,7 +753,7 @@ class SimulatedBox:
             wifi=wifi,
             occupancy=occ,
             camera=camera,
-            config_path=str(Path(self.spool_dir) / "config.json"),
+            config_path=str(saved),
             os_mod=os,
             log=self.log,
             updater=updater,

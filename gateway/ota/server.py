@@ -58,10 +58,8 @@ class OtaServer:
             prog = pending.read_progress(self.root, device)
             if prog is not None and prog.get("id") == offer.get("id"):
                 continue
-            wire = {
-                k: offer[k]
-                for k in ("v", "op", "id", "version", "set", "chunk", "trial_s", "trial_boots", "files")
-            }
+            keys = ("v", "op", "id", "version", "set", "chunk", "trial_s", "trial_boots", "files", "partial")
+            wire = {k: offer[k] for k in keys if k in offer}
             self._publish(topic(self.prefix, device, "ota"), json.dumps(wire).encode(), True)
             self._files.pop(device, None)
             prog = {
@@ -194,10 +192,11 @@ class OtaServer:
             return
         self.boxes[device] = {"online": True, "fw": st.fw, "set": st.set, "flash_free": st.flash_free,
                               "trial": st.trial, "update": st.update, "updating": st.updating}  # fmt: skip
-        if st.trial and st.set:
+        trial_set = st.trial_set or st.set  # a config update's set is not the app's
+        if st.trial and trial_set:
             self._publish(
                 topic(self.prefix, device, "ota"),
-                json.dumps({"v": 1, "op": "confirm", "set": st.set}).encode(),
+                json.dumps({"v": 1, "op": "confirm", "set": trial_set}).encode(),
                 False,
             )
         u = st.update

@@ -164,3 +164,43 @@ def test_a_set_that_raises_on_import_is_rolled_back_and_reported(box_and_gateway
     _step_until(box, box.all_acked, what="the delivery after the rollback to be acked")
     st = gw.status()
     assert "box-1" not in (st.get("updates") or {})  # nothing pending any more
+
+
+def _config_update(
+    gw: GatewayProc, box: SimulatedBox, tmp_path: Path, name: str, **change
+) -> tuple[int, str]:
+    cfg = json.loads((tmp_path / "flash" / "config.json").read_text())
+    for k, v in change.items():
+        if k == "wifi_password":
+            cfg["wifi"]["password"] = v
+        else:
+            cfg[k] = v
+    f = tmp_path / name
+    f.write_text(json.dumps(cfg))
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "device", "--config", str(gw.config), "update", "box-1",
+         "--config-file", str(f), "--trial-s", "30", "--wait", "120"],
+        cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _step_until(box, lambda: cli.poll() is not None, timeout=120, what="the update command to end")
+        out, err = cli.communicate()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    return cli.returncode, out + err
+
+
+def test_a_config_with_a_wrong_wifi_password_is_rolled_back(box_and_gateway):
+    box, gw, tmp_path = box_and_gateway
+    rc, out = _config_update(gw, box, tmp_path, "good.json", debounce_ms=60)
+    assert rc == 0 and "box-1 config updated" in out, out
+    assert box.cfg["debounce_ms"] == 60
+    rc, out = _config_update(gw, box, tmp_path, "bad.json", wifi_password="not-the-password")
+    assert rc == 1, out
+    assert "box-1 config update failed and was rolled back: no Wi-Fi within 30 s" in out, out
+    assert any("wifi: join failed: wrong_password" in line for line in box.lines)
+    assert json.loads((tmp_path / "flash" / "config.json").read_text())["wifi"]["password"] == "sim"
+    assert box.cfg["debounce_ms"] == 60  # the previous config, not the one before it
+    box.deliver()
+    _step_until(box, box.all_acked, what="the delivery after the rollback to be acked")
