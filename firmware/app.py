@@ -210,7 +210,11 @@ class App:
 
     def busy(self):
         """True while there is work a deep sleep would interrupt."""
-        return self.detector.state != IDLE or len(self.spool) > 0 or self.reboot_pending
+        u = self.updater
+        # An update being received, staged, or on trial (it needs the gateway's confirm) keeps a
+        # battery box awake: a deep sleep would cost a wake (and a trial boot) per chunk.
+        updating = u is not None and (u.offer is not None or u.reboot_wanted or u.trial is not None)
+        return self.detector.state != IDLE or len(self.spool) > 0 or self.reboot_pending or updating
 
     def uptime_s(self):
         return self._uptime_ms // 1000
