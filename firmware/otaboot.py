@@ -179,6 +179,14 @@ def at_boot(fl, log=print):
         _rollback(fl, st, log)
         return None
     if phase == "trial":
+        if _replaced_meanwhile(fl, st):
+            # Someone provisioned over USB during the trial: those files are the truth now, and
+            # renaming old/ back over some of them would make a mix. The update is over.
+            log("ota: the files on trial were replaced (a USB provision?): update journal dropped")
+            fl.remove(ota_dir(fl, "state.json"))
+            for n in fl.listdir(ota_dir(fl, "old")):
+                fl.remove(ota_dir(fl, "old", n))
+            return None
         boots = st.get("boots", 0) + 1
         limit = st.get("trial_boots", DEFAULT_TRIAL_BOOTS)
         if st.get("give_up") or boots > limit:
@@ -205,6 +213,18 @@ def at_boot(fl, log=print):
     return None
 
 
+def _replaced_meanwhile(fl, st):
+    expect = st.get("expect")
+    if not isinstance(expect, dict):
+        return False
+    buf = bytearray(512)
+    for n in expect:
+        p = fl.path(n)
+        if fl.size(p) < 0 or file_sha(fl, p, buf) != expect[n]:
+            return True
+    return False
+
+
 def _start_switch(fl, ready, log):
     names = ready.get("files")
     staged = ready.get("staged")
@@ -225,6 +245,7 @@ def _start_switch(fl, ready, log):
         "from": ready.get("from"),
         "from_set": ready.get("from_set"),
         "staged": staged,
+        "expect": dict((n, names[n][1]) for n in staged if n in names),  # name -> sha256 of the new file
         # A partial set (a config update) changes only what it lists.
         "remove": [] if ready.get("partial") else [n for n in running if n not in names],
         "absent": [n for n in staged if not fl.exists(fl.path(n))],
