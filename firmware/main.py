@@ -210,7 +210,7 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
         log,
     )
     clock = NtpClock(cfg["ntp_host"])
-    wdt = machine.WDT(timeout=cfg["wdt_s"] * 1000) if hasattr(machine, "WDT") else None
+    wdt = start_watchdog(machine, cfg["wdt_s"] * 1000)
 
     def rand_bytes(n):
         try:
@@ -234,6 +234,22 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
     )
     parts = {"flash": flash, "lid_pin": lid_pin, "camera": camera, "clock": clock, "wifi": wifi, "wdt": wdt}
     return the_app, parts
+
+
+def start_watchdog(machine, timeout_ms):
+    """machine.WDT(timeout), or None without one. When boot.py already started one for an update's
+    trial and this MicroPython (< 1.21) cannot reconfigure it, feed that one instead."""
+    if not hasattr(machine, "WDT"):
+        return None
+    try:
+        return machine.WDT(timeout=timeout_ms)
+    except OSError as e:
+        import otaboot
+
+        if otaboot.BOOT_WDT is None:
+            raise
+        log("wdt: kept boot.py's trial watchdog (%r)" % (e,))
+        return otaboot.BOOT_WDT
 
 
 def deep_sleep(cfg, machine, the_app, parts):

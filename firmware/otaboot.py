@@ -305,17 +305,25 @@ def boot_hook(os_mod, machine, root="/", quiet_marker="/noapp", wdt_ms=120000, l
     """What boot.py runs: nothing in the quiet window (main.py's /noapp: no switch, no trial count,
     no watchdog); else at_boot(), and for a set on trial a watchdog, so a new main.py that never
     gets as far as starting its own (a syntax error drops to the REPL) still resets the board and
-    the boot count rolls it back. main.py's WDT(timeout=wdt_s) then reconfigures it (ESP-IDF
-    esp_task_wdt_reconfigure). Returns the trial state or None."""
+    the boot count rolls it back. main.py's WDT(timeout=wdt_s) then reconfigures it (MicroPython
+    >= 1.21: esp_task_wdt_reconfigure) or, on older builds, feeds BOOT_WDT. Returns the trial
+    state or None."""
     try:
         os_mod.stat(quiet_marker)
         return None
     except OSError:
         pass
+    global BOOT_WDT
     st = at_boot(Flash(root, os_mod), log)
     if st is not None and machine is not None and hasattr(machine, "WDT"):
-        machine.WDT(timeout=wdt_ms)
+        BOOT_WDT = machine.WDT(timeout=wdt_ms)
     return st
+
+
+# The watchdog boot_hook started for a trial. Before MicroPython 1.21 (ESP-IDF 4) a second
+# machine.WDT() raises (esp_task_wdt_init: ESP_ERR_INVALID_STATE) instead of reconfiguring, so
+# main.py then feeds this one (ports/esp32/machine_wdt.c, v1.20 vs v1.21).
+BOOT_WDT = None
 
 
 # --- called by the running app -------------------------------------------------------

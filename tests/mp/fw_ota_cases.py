@@ -529,6 +529,35 @@ def case_boot_hook_quiet_window_and_trial_watchdog(base):
     assert otaboot.boot_hook(os, m, base, base + "/noapp", log=quiet) is None and m.wdt == [120000]
 
 
+class OldMachine(FakeMachine):
+    """MicroPython < 1.21 (ESP-IDF 4): WDT() calls esp_task_wdt_init, which fails the second
+    time with ESP_ERR_INVALID_STATE (0x103) (ports/esp32/machine_wdt.c at v1.20.0)."""
+
+    def WDT(self, timeout=5000):
+        if self.wdt:
+            raise OSError(259)
+        self.wdt.append(timeout)
+        return ("wdt", timeout)
+
+
+def case_main_keeps_the_trial_watchdog_on_an_old_micropython(base):
+    import main
+
+    install(base, OLD)
+    fl = flash(base, Power())
+    transfer(ota.Updater(fl, "0.1.0", quiet), offer_for(NEW))
+    m = OldMachine()
+    otaboot.boot_hook(os, m, base, base + "/noapp", log=quiet)
+    assert main.start_watchdog(m, 60000) == ("wdt", 120000)  # boot.py's, fed by the app
+    otaboot.BOOT_WDT = None
+    try:
+        main.start_watchdog(m, 60000)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("without a trial watchdog the error must not be hidden")
+
+
 CASES = [(name, fn) for name, fn in sorted(globals().items()) if name.startswith("case_") and callable(fn)]
 
 
