@@ -229,3 +229,21 @@ def test_a_config_offer_goes_out_partial_and_its_trial_is_confirmed_by_its_own_s
     for bad, why in ((b"{", "not JSON"), (json.dumps({"device_id": "box-2"}).encode(), "not 'box-1'")):
         with pytest.raises(manifest.UpdateRefused, match=why):
             manifest.config_update("box-1", bad)
+
+
+def test_all_queues_every_box_that_can_take_it_and_says_why_not_for_the_rest(env, tmp_path, capsys):
+    fw = _fw(tmp_path)
+    m = manifest.from_board_files(
+        "0.1.0", [(f"/{p.name}", p.read_bytes()) for p in sorted(fw.glob("*.py"))]
+    )  # what --no-compile sends: the box running exactly this is up to date
+    boxes = {
+        "box-1": {"online": False, "fw": "0.0.9", "set": "a" * 64, "flash_free": 2_000_000},
+        "box-2": {"online": True, "fw": "0.1.0", "set": m.set_sha, "flash_free": 2_000_000},
+        "box-3": {"online": True, "fw": "0.0.1", "set": None},
+    }
+    (env / "status.json").write_text(json.dumps({"ota": boxes}))
+    assert cli.main(["device", "update", "--all", "--no-compile", "--firmware-dir", str(fw)]) == 1
+    out, err = capsys.readouterr()
+    assert "box-1: queued" in out and "box-2 already runs this firmware (0.1.0" in out, out
+    assert "box-3 has not reported a firmware that updates over the air" in err, err
+    assert sorted(pending.devices(env / "ota")) == ["box-1"]

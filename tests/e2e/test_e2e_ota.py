@@ -204,3 +204,32 @@ def test_a_config_with_a_wrong_wifi_password_is_rolled_back(box_and_gateway):
     assert box.cfg["debounce_ms"] == 60  # the previous config, not the one before it
     box.deliver()
     _step_until(box, box.all_acked, what="the delivery after the rollback to be acked")
+
+
+def test_a_sleeping_box_takes_the_update_at_its_next_wake(box_and_gateway, mosquitto, prefix):
+    box, gw, tmp_path = box_and_gateway
+    box.close(goodbye=True)  # asleep: its status says offline
+    deadline = time.monotonic() + 30
+    while _reported(gw).get("online") is not False:
+        assert time.monotonic() < deadline, "the gateway never saw the box go offline"
+        time.sleep(0.1)
+    new = _firmware_copy(tmp_path, "fw-new", "0.2.0")
+    r = gw.cli("device", "update", "box-1", "--no-compile", "--firmware-dir", str(new))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "box-1 is asleep or offline: it takes the update at its next wake" in r.stdout, r.stdout
+    deadline = time.monotonic() + 30
+    while "box-1" not in (gw.status().get("updates") or {}):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    text = gw.cli("status").stdout
+    assert "update pending (0.2.0" in text, text
+    # The box wakes (the same flash and spool): the retained offer is waiting for it.
+    woke = SimulatedBox(
+        mosquitto.url, "box-1", prefix=prefix, spool_dir=tmp_path / "spool", flash_dir=tmp_path / "flash"
+    )
+    try:
+        _step_until(woke, lambda: _progress(gw).get("state") == "done", timeout=60, what="the update at wake")
+        assert woke.fw_version == "0.2.0"
+        _step_until(woke, lambda: "box-1" not in (gw.status().get("updates") or {}), what="pending to clear")
+    finally:
+        woke.close()
