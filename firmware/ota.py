@@ -138,7 +138,9 @@ class Updater:
             self.reboot_wanted = True
             return [protocol.ota_reply_payload("staged", uid, set=d["set"])]
         want = [f[0] for f in files if running.get(f[0], (0, None))[1] != f[2]]
-        if not want:
+        names = [f[0] for f in files]
+        removes = not d["partial"] and [n for n in running if n not in names]
+        if not want and not removes:
             return [protocol.ota_reply_payload("current", uid, set=d["set"], version=self.fw)]
         need_bytes = 0
         for f in files:

@@ -10,6 +10,7 @@ resumes: the box asks again for what it still needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -158,8 +159,6 @@ class OtaServer:
                 return
             cache[sha] = data
         part = data[o : o + n]
-        import hashlib
-
         header = {"v": 1, "id": offer["id"], "f": f, "o": o, "sha": hashlib.sha256(part).hexdigest()}
         self._publish(
             topic(self.prefix, device, "ota_data"), json.dumps(header).encode() + b"\n" + part, False

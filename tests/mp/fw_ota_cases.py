@@ -502,6 +502,17 @@ def case_a_usb_provision_during_the_trial_ends_it_without_a_mix(base):
     assert otaboot.read_state(fl) is None and os.listdir(base + "/.ota/old") == []
 
 
+def case_a_set_that_only_removes_a_file_is_applied(base):
+    install(base, OLD)
+    fl = flash(base, Power())
+    smaller = dict(OLD)
+    del smaller["gone.mpy"]
+    out, sent = transfer(ota.Updater(fl, "0.1.0", quiet), offer_for(smaller))
+    assert out[-1]["op"] == "staged" and sent == 0, out  # nothing to fetch, still a new set
+    otaboot.at_boot(fl, quiet)
+    assert app_folder(base) == smaller
+
+
 class FakeMachine:
     """machine.WDT as the ESP32 port has it (ports/esp32/machine_wdt.c): WDT(timeout=ms)."""
 
