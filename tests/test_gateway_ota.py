@@ -247,3 +247,18 @@ def test_all_queues_every_box_that_can_take_it_and_says_why_not_for_the_rest(env
     assert "box-1: queued" in out and "box-2 already runs this firmware (0.1.0" in out, out
     assert "box-3 has not reported a firmware that updates over the air" in err, err
     assert sorted(pending.devices(env / "ota")) == ["box-1"]
+
+
+def test_dry_run_says_update_available_and_sends_nothing(env, tmp_path, capsys):
+    _box_reported(env)
+    assert (
+        cli.main(
+            ["device", "update", "box-1", "--dry-run", "--no-compile", "--firmware-dir", str(_fw(tmp_path))]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert (
+        "box-1: runs 0.1.0 (set aaaaaaaaaaaa); this checkout: 0.1.0" in out and "update available" in out
+    ), out
+    assert pending.devices(env / "ota") == []

@@ -149,6 +149,13 @@ def do_update(args: argparse.Namespace, config: Any) -> int:
             )
             rc = 1
             continue
+        if args.dry_run:
+            state = "up to date" if box.get("set") == m.set_sha else "update available"
+            print(
+                f"{device}: runs {box.get('fw') or '?'} (set {str(box.get('set'))[:12]}); this checkout: "
+                f"{m.version} (set {m.set_sha[:12]}): {state}"
+            )
+            continue
         if box.get("set") == m.set_sha and not m.partial:
             print(f"{device} already runs this firmware ({m.version}, set {m.set_sha[:12]})")
             continue
@@ -214,6 +221,11 @@ def add_parser(dsub: Any) -> None:
     u.add_argument("--trial-boots", type=int, default=3, help="boots the new set has to be confirmed (1-10)")
     u.add_argument("--wait", type=float, default=600.0, help="seconds to follow the update (default 600)")
     u.add_argument("--no-wait", action="store_true", help="queue and return")
+    u.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say which boxes run another firmware than this checkout; send nothing",
+    )
     u.add_argument(
         "--config-file",
         metavar="FILE",

@@ -233,3 +233,25 @@ def test_a_sleeping_box_takes_the_update_at_its_next_wake(box_and_gateway, mosqu
         _step_until(woke, lambda: "box-1" not in (gw.status().get("updates") or {}), what="pending to clear")
     finally:
         woke.close()
+
+
+def test_a_box_reset_in_the_middle_of_a_transfer_resumes_where_its_files_end(box_and_gateway):
+    box, gw, tmp_path = box_and_gateway
+    pad = "# padding\n" + "".join(f"Y{i} = {i * 104729}\n" for i in range(3500))
+    new = _firmware_copy(tmp_path, "fw-new", "0.2.0", {"extra_mod.py": pad})
+    cli = _update(gw, new)
+    try:
+        _step_until(box, lambda: _progress(gw).get("chunks", 0) >= 5, what="the transfer to start")
+        box.reboot()  # power cycle: RAM gone, the staged files stay
+        _step_until(box, lambda: cli.poll() is not None, timeout=120, what="the update command to end")
+        out, err = cli.communicate()
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0 and "box-1 updated 0.1.0 -> 0.2.0" in out, out + err
+    assert box.fw_version == "0.2.0" and _app_files(tmp_path / "flash") == _app_files(new)
+    assert sum("ota: receiving 0.2.0" in line for line in box.lines) == 1  # resumed, not restarted
+    prog = _progress(gw)
+    files = {p.name: p.stat().st_size for p in new.glob("*.py")}
+    wanted = files["app.py"] + files["extra_mod.py"]
+    assert prog["bytes"] == wanted and prog["chunks"] <= wanted // 4096 + 4, prog  # at most a chunk again
