@@ -72,6 +72,7 @@ class App:
         config_path=None,
         os_mod=None,
         log=print,
+        updater=None,
     ):
         self.cfg = cfg
         self.board = board
@@ -84,6 +85,8 @@ class App:
         self.config_path = config_path
         self.os = os_mod
         self.log = log
+        self.updater = updater  # ota.Updater, or None (no over-the-air updates)
+        self._connected_once = False
         self.topics = mqtt.topics
         self.chunk_size = cfg["chunk_size"]
         # Allocated once, early (before RAM fragments): every spooled photo is
@@ -171,9 +174,23 @@ class App:
         if up and not self._was_connected:
             # A new connection: everything unacked goes again, oldest first.
             self._sent = {}
+            self._connected_once = True
             self._publish_status(now)
+            if self.updater is not None:
+                self._ota_send(self.updater.on_connect(), now)
         self._was_connected = up
         self._handle_inbox(now)
+        u = self.updater
+        if u is not None:
+            self._ota_send(
+                u.poll(now, self._uptime_ms, self.wifi is None or self.wifi.up, up, self._connected_once), now
+            )
+            if u.reboot_wanted and self.detector.state == IDLE and not self.reboot_pending:
+                # A staged set switches (or a failed trial rolls back) at boot; the spool keeps
+                # every event across the reset.
+                u.reboot_wanted = False
+                self.log("ota: rebooting to switch sets")
+                self.reboot_pending = True
         if self.mqtt.connected:
             if (
                 self._last_status is None
@@ -193,7 +210,11 @@ class App:
 
     def busy(self):
         """True while there is work a deep sleep would interrupt."""
-        return self.detector.state != IDLE or len(self.spool) > 0 or self.reboot_pending
+        u = self.updater
+        # An update being received, staged, or on trial (it needs the gateway's confirm) keeps a
+        # battery box awake: a deep sleep would cost a wake (and a trial boot) per chunk.
+        updating = u is not None and (u.offer is not None or u.reboot_wanted or u.trial is not None)
+        return self.detector.state != IDLE or len(self.spool) > 0 or self.reboot_pending or updating
 
     def uptime_s(self):
         return self._uptime_ms // 1000
@@ -339,6 +360,15 @@ class App:
                 self._on_ack(msg)
             elif topic == self.topics.cmd:
                 self._on_cmd(msg, now)
+            elif self.updater is not None and topic == self.topics.ota:
+                self._ota_send(self.updater.on_ota(msg, now), now)
+                self._publish_status(now)  # "updating" / "trial" changed: the gateway shows it
+            elif self.updater is not None and topic == self.topics.ota_data:
+                self._ota_send(self.updater.on_chunk(msg, now), now)
+
+    def _ota_send(self, replies, now):
+        for p in replies:
+            self.mqtt.publish(self.topics.ota_reply, p, False, 1, now)
 
     def _on_ack(self, msg):
         try:
@@ -458,6 +488,7 @@ class App:
             self.board.heap_free(),
             self.board.battery_mv(),
             len(self.spool),
+            self.updater.status_fields() if self.updater is not None else None,
         )
         if self.mqtt.publish(self.topics.status, payload, True, 1, now):
             self._last_status = now

@@ -382,6 +382,8 @@ class Mqtt:
             self._guard_socket()
             c.subscribe(self.topics.ack, 1)
             c.subscribe(self.topics.cmd, 1)
+            c.subscribe(self.topics.ota, 1)  # retained offer: a sleeping box finds it at its wake
+            c.subscribe(self.topics.ota_data, 1)
         except Exception as e:  # refused, auth failure, DNS, timeout: all retried
             self.failures += 1
             self.backoff.fail(now)

@@ -145,6 +145,8 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
     import app
     import cam
     import link
+    import ota
+    import otaboot
     import protocol
     import sensors
     import spool
@@ -208,7 +210,7 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
         log,
     )
     clock = NtpClock(cfg["ntp_host"])
-    wdt = machine.WDT(timeout=cfg["wdt_s"] * 1000) if hasattr(machine, "WDT") else None
+    wdt = start_watchdog(machine, cfg["wdt_s"] * 1000)
 
     def rand_bytes(n):
         try:
@@ -226,9 +228,28 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
         reboot=machine.reset,
         feed=wdt.feed if wdt is not None else None,
     )
-    the_app = app.App(cfg, board, lid, box_spool, mqtt, wifi, occupancy, camera, config_path, os, log)
+    updater = ota.Updater(otaboot.Flash("/", os), app.FW_VERSION, log, time.ticks_diff)
+    the_app = app.App(
+        cfg, board, lid, box_spool, mqtt, wifi, occupancy, camera, config_path, os, log, updater=updater
+    )
     parts = {"flash": flash, "lid_pin": lid_pin, "camera": camera, "clock": clock, "wifi": wifi, "wdt": wdt}
     return the_app, parts
+
+
+def start_watchdog(machine, timeout_ms):
+    """machine.WDT(timeout), or None without one. When boot.py already started one for an update's
+    trial and this MicroPython (< 1.21) cannot reconfigure it, feed that one instead."""
+    if not hasattr(machine, "WDT"):
+        return None
+    try:
+        return machine.WDT(timeout=timeout_ms)
+    except OSError as e:
+        import otaboot
+
+        if otaboot.BOOT_WDT is None:
+            raise
+        log("wdt: kept boot.py's trial watchdog (%r)" % (e,))
+        return otaboot.BOOT_WDT
 
 
 def deep_sleep(cfg, machine, the_app, parts):
@@ -334,10 +355,31 @@ def main(config_path=CONFIG, max_steps=None, idle_forever=True, quiet_marker=QUI
     return the_app
 
 
+def give_up_trial(e, reset, root="/"):
+    """A new set that crashes (an exception on import, a bug at start) during its trial is rolled
+    back: record why and reset, boot.py does the rest. False when no update is in its trial."""
+    try:
+        import otaboot
+
+        if not otaboot.give_up(otaboot.Flash(root, os), "crashed: %r" % (e,)):
+            return False
+    except Exception:
+        return False
+    print("parcelbox: the new firmware crashed in its trial: rolling back")
+    reset()
+    return True
+
+
 if __name__ == "__main__":
     try:
         main()
     except Exception as e:
         # Last resort: print why, then let the watchdog (if started) or the user reset.
         sys.print_exception(e) if hasattr(sys, "print_exception") else print(repr(e))
+        try:
+            import machine
+
+            give_up_trial(e, machine.reset)
+        except ImportError:
+            pass
         safe_idle(["crashed: %r" % (e,)])

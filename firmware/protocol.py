@@ -31,6 +31,21 @@ MAX_CHUNK_BYTES = const(65536)
 EVENT_TYPES = ("delivery", "pickup", "lid_closed", "lid_left_open", "snapshot")
 COMMANDS = ("snapshot", "reboot", "ping", "config")
 
+# Over-the-air update limits (docs/protocol.md, "Over-the-air update"). The gateway refuses a set
+# beyond them before sending; the box refuses an offer beyond them.
+OTA_MAX_FILES = const(48)
+OTA_MAX_FILE_BYTES = const(131072)
+OTA_MAX_SET_BYTES = const(1048576)
+OTA_MAX_CHUNK_BYTES = const(8192)
+OTA_DEFAULT_CHUNK_BYTES = const(4096)
+OTA_MAX_OFFER_BYTES = const(6144)
+_OTA_NAME_MAX = const(32)
+_OTA_HEADER_MAX = const(200)
+# The boot files run the switch and the rollback; an update never replaces them (otaboot.py).
+OTA_BOOT_FILES = ("boot.py", "otaboot.py", "otaboot.mpy")
+# The box's config travels the same way (a "partial" offer: only the files it lists change).
+OTA_CONFIG = "config.json"
+
 _DEVICE_ID_MAX = const(32)
 _MSG_ID_MIN = const(8)
 _MSG_ID_MAX = const(40)
@@ -94,6 +109,9 @@ class Topics:
         self.ack = (base + "ack").encode()
         self.cmd = (base + "cmd").encode()
         self.cmd_result = (base + "cmd/result").encode()
+        self.ota = (base + "ota").encode()  # gateway -> box: offer (retained), confirm
+        self.ota_data = (base + "ota/data").encode()  # gateway -> box: one chunk per need
+        self.ota_reply = (base + "ota/reply").encode()  # box -> gateway: need, staged, outcome
 
     def photo(self, event_id, index):
         return ("%sphoto/%s/%d" % (self.base, event_id, index)).encode()
@@ -106,19 +124,21 @@ def _dumps(obj):
     return json.dumps(obj).encode()
 
 
-def status_payload(fw, uptime_s, rssi, heap_free, battery_mv, spooled):
-    return _dumps(
-        {
-            "v": VERSION,
-            "online": True,
-            "fw": fw,
-            "uptime_s": uptime_s,
-            "rssi": rssi,
-            "heap_free": heap_free,
-            "battery_mv": battery_mv,
-            "spooled": spooled,
-        }
-    )
+def status_payload(fw, uptime_s, rssi, heap_free, battery_mv, spooled, extra=None):
+    d = {
+        "v": VERSION,
+        "online": True,
+        "fw": fw,
+        "uptime_s": uptime_s,
+        "rssi": rssi,
+        "heap_free": heap_free,
+        "battery_mv": battery_mv,
+        "spooled": spooled,
+    }
+    if extra:
+        for k in extra:
+            d[k] = extra[k]
+    return _dumps(d)
 
 
 def will_payload():
@@ -243,3 +263,131 @@ def decode_cmd(payload):
     if not isinstance(args, dict):
         raise ProtocolError("bad_schema", "args")
     return cid, cmd, args
+
+
+# --- over-the-air update -------------------------------------------------------
+
+
+def _is_hex64(s):
+    if not isinstance(s, str) or len(s) != 64:
+        return False
+    for c in s:
+        if not (("0" <= c <= "9") or ("a" <= c <= "f")):
+            return False
+    return True
+
+
+def valid_ota_name(s):
+    """An app file directly in the app folder: `[a-z0-9_]{1,28}` + `.py` or `.mpy`, never a
+    boot file, or `config.json`. No `/`, so nothing outside the app folder can be named."""
+    if s == OTA_CONFIG:
+        return True
+    if not isinstance(s, str) or not 4 <= len(s) <= _OTA_NAME_MAX or s in OTA_BOOT_FILES:
+        return False
+    if s.endswith(".py"):
+        stem = s[:-3]
+    elif s.endswith(".mpy"):
+        stem = s[:-4]
+    else:
+        return False
+    if not stem:
+        return False
+    for c in stem:
+        if not (("a" <= c <= "z") or ("0" <= c <= "9") or c == "_"):
+            return False
+    return True
+
+
+def _int_in(d, key, lo, hi, default):
+    x = d.get(key, default)
+    if not isinstance(x, int) or isinstance(x, bool) or not lo <= x <= hi:
+        raise ProtocolError("bad_schema", key)
+    return x
+
+
+def decode_ota(payload):
+    """A message on `<prefix>/<device>/ota` -> dict with a valid "op" ("offer" or "confirm").
+    Raises ProtocolError for anything malformed or over the limits."""
+    d = _load(payload, OTA_MAX_OFFER_BYTES)
+    op = d.get("op")
+    if op == "confirm":
+        if not _is_hex64(d.get("set")):
+            raise ProtocolError("bad_schema", "set")
+        return d
+    if op != "offer":
+        raise ProtocolError("bad_op", op)
+    if not valid_msg_id(d.get("id")):
+        raise ProtocolError("bad_update_id", d.get("id"))
+    ver = d.get("version")
+    if not isinstance(ver, str) or not 1 <= len(ver) <= 32:
+        raise ProtocolError("bad_schema", "version")
+    if not _is_hex64(d.get("set")):
+        raise ProtocolError("bad_schema", "set")
+    files = d.get("files")
+    if not isinstance(files, list) or not 1 <= len(files) <= OTA_MAX_FILES:
+        raise ProtocolError("bad_schema", "files")
+    total = 0
+    seen = {}
+    for f in files:
+        if not isinstance(f, list) or len(f) != 3:
+            raise ProtocolError("bad_schema", "file")
+        name, size, sha = f
+        if not valid_ota_name(name):
+            raise ProtocolError("bad_path", name)
+        if name in seen:
+            raise ProtocolError("bad_schema", "duplicate " + name)
+        seen[name] = True
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= OTA_MAX_FILE_BYTES:
+            raise ProtocolError("oversize", name)
+        if not _is_hex64(sha):
+            raise ProtocolError("bad_schema", "sha256 of " + name)
+        total += size
+    if total > OTA_MAX_SET_BYTES:
+        raise ProtocolError("oversize", total)
+    p = d.get("partial", False)
+    if p is not True and p is not False:
+        raise ProtocolError("bad_schema", "partial")
+    d["partial"] = p
+    if OTA_CONFIG in seen and not p:
+        raise ProtocolError("bad_schema", "config.json only in a partial offer")
+    d["chunk"] = _int_in(d, "chunk", 256, OTA_MAX_CHUNK_BYTES, OTA_DEFAULT_CHUNK_BYTES)
+    d["trial_boots"] = _int_in(d, "trial_boots", 1, 10, 3)
+    d["trial_s"] = _int_in(d, "trial_s", 30, 3600, 300)
+    return d
+
+
+def decode_ota_chunk(payload):
+    """`<header JSON>\n<data>` on `<prefix>/<device>/ota/data` -> (update id, file index, offset,
+    sha256 hex of data, memoryview of data). The data is a view: never copied."""
+    mv = memoryview(payload)
+    end = -1
+    for i in range(min(len(mv), _OTA_HEADER_MAX)):
+        if mv[i] == 10:
+            end = i
+            break
+    if end < 0:
+        raise ProtocolError("bad_chunk", "no header")
+    try:
+        h = json.loads(bytes(mv[:end]))
+    except ValueError:
+        raise ProtocolError("bad_chunk", "header not JSON")
+    if not isinstance(h, dict) or h.get("v") != VERSION:
+        raise ProtocolError("bad_chunk", "header")
+    uid = h.get("id")
+    f = h.get("f")
+    o = h.get("o")
+    if not valid_msg_id(uid) or not isinstance(f, int) or not isinstance(o, int) or f < 0 or o < 0:
+        raise ProtocolError("bad_chunk", "header fields")
+    if not _is_hex64(h.get("sha")):
+        raise ProtocolError("bad_chunk", "sha256")
+    data = mv[end + 1 :]
+    if len(data) > OTA_MAX_CHUNK_BYTES:
+        raise ProtocolError("oversize", len(data))
+    return uid, f, o, h["sha"], data
+
+
+def ota_reply_payload(op, uid, **extra):
+    d = {"v": VERSION, "op": op, "id": uid}
+    for k in extra:
+        d[k] = extra[k]
+    return _dumps(d)

@@ -141,6 +141,9 @@ def acl_text(
             f"topic write {prefix}/+/cmd/result",
             f"topic read {prefix}/+/ack",
             f"topic read {prefix}/+/cmd",
+            f"topic read {prefix}/+/ota",
+            f"topic read {prefix}/+/ota/data",
+            f"topic write {prefix}/+/ota/reply",
         ]
     lines += [
         "",
@@ -157,6 +160,10 @@ def acl_text(
         f"pattern write {prefix}/%u/cmd/result",
         f"pattern read {prefix}/%u/ack",
         f"pattern read {prefix}/%u/cmd",
+        # Over-the-air update (docs/protocol.md): a box reads its own offer and chunks only.
+        f"pattern read {prefix}/%u/ota",
+        f"pattern read {prefix}/%u/ota/data",
+        f"pattern write {prefix}/%u/ota/reply",
     ]
     return "\n".join(lines) + "\n"
 

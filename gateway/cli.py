@@ -154,6 +154,7 @@ def _status_data(config: Any) -> dict[str, Any]:
         from gateway.web.server import read_live_url
 
         out["dashboard"] = read_live_url(data_dir)
+    out["updates"] = _pending_updates(data_dir)
     if owner is not None or not (data_dir / "db").is_dir():
         # The running gateway owns the database; its snapshot is at most a few seconds old.
         out.update(
@@ -191,6 +192,19 @@ def _status_data(config: Any) -> dict[str, Any]:
             store.close()
     finally:
         lock.release()
+    return out
+
+
+def _pending_updates(data_dir: Path) -> dict[str, Any]:
+    """Over-the-air updates queued and not finished, per box (`parcelbox device update`)."""
+    from gateway.ota import pending
+
+    root = pending.ota_root(data_dir)
+    out = {}
+    for device in pending.devices(root):
+        p = pending.pending(root, device)
+        if p is not None:
+            out[device] = p
     return out
 
 
@@ -236,11 +250,13 @@ def do_status(args: argparse.Namespace) -> int:
         print(f"dashboard: {data['dashboard']}")
     print("\nboxes:")
     for d in data.get("devices") or []:
+        upd = (data.get("updates") or {}).get(d["device"])
         batt = f"{d['battery_mv']} mV" if d.get("battery_mv") else "mains"
         print(
             f"  {d['device']:<20} {'online ' if d.get('online') else 'offline'}  last seen {_fmt_ts(d.get('last_seen'))}"
             f"  fw {d.get('fw') or '-'}  rssi {d.get('rssi') if d.get('rssi') is not None else '-'}  {batt}"
             f"  spooled {d.get('spooled') if d.get('spooled') is not None else '-'}  waiting {d.get('waiting', 0)}"
+            + (f"  update pending ({upd['version']}, {upd['state']})" if upd else "")
         )
         if d.get("fw") or d.get("spooled") is not None:
             print(f"  {'':<20} (fw, rssi, battery, spooled as reported {_fmt_ts(d.get('status_at'))})")
@@ -302,6 +318,13 @@ def do_device(args: argparse.Namespace) -> int:
     from gateway.devices import DeviceError, DeviceRegistry
 
     config = _load(args)
+    if args.device_cmd == "update":
+        from gateway.ota.cli import do_update
+
+        if not 30 <= args.trial_s <= 3600 or not 1 <= args.trial_boots <= 10:
+            print("error: --trial-s is 30-3600 and --trial-boots 1-10", file=sys.stderr)
+            return 2
+        return do_update(args, config)
     reg = DeviceRegistry(config.data_dir)
     if args.device_cmd == "add":
         try:
@@ -380,6 +403,9 @@ def register(subparsers: Any) -> None:
         r.add_argument("name")
     g = dsub.add_parser("list", help="registered boxes")
     g.add_argument("--json", action="store_true")
+    from gateway.ota.cli import add_parser as add_update_parser
+
+    add_update_parser(dsub)
     p.set_defaults(func=do_device)
 
 

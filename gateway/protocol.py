@@ -60,7 +60,7 @@ def valid_msg_id(s: object) -> bool:
 
 # --- topics ------------------------------------------------------------------
 
-TopicKind = Literal["status", "event", "photo", "ack", "cmd", "cmd_result"]
+TopicKind = Literal["status", "event", "photo", "ack", "cmd", "cmd_result", "ota", "ota_data", "ota_reply"]
 
 
 @dataclass(frozen=True)
@@ -79,12 +79,22 @@ def topic(
         return f"{base}/photo/{event_id}/{index}"
     if kind == "cmd_result":
         return f"{base}/cmd/result"
+    if kind == "ota_data":
+        return f"{base}/ota/data"
+    if kind == "ota_reply":
+        return f"{base}/ota/reply"
     return f"{base}/{kind}"
 
 
 def subscriptions(prefix: str = DEFAULT_PREFIX) -> list[str]:
     """What the gateway subscribes to (device -> gateway traffic only)."""
-    return [f"{prefix}/+/status", f"{prefix}/+/event", f"{prefix}/+/photo/+/+", f"{prefix}/+/cmd/result"]
+    return [
+        f"{prefix}/+/status",
+        f"{prefix}/+/event",
+        f"{prefix}/+/photo/+/+",
+        f"{prefix}/+/cmd/result",
+        f"{prefix}/+/ota/reply",
+    ]
 
 
 def parse_topic(prefix: str, name: str, limits: Limits = DEFAULT_LIMITS) -> Topic:
@@ -103,6 +113,8 @@ def parse_topic(prefix: str, name: str, limits: Limits = DEFAULT_LIMITS) -> Topi
         return Topic(device, rest[0])  # type: ignore[arg-type]
     if rest == ["cmd", "result"]:
         return Topic(device, "cmd_result")
+    if rest == ["ota", "reply"]:
+        return Topic(device, "ota_reply")
     if len(rest) == 3 and rest[0] == "photo":
         eid, idx = rest[1], rest[2]
         if not valid_msg_id(eid):
@@ -179,6 +191,35 @@ class Status:
     heap_free: int | None = None
     battery_mv: int | None = None
     spooled: int | None = None
+    # Over-the-air update (docs/protocol.md, "Over-the-air update"): None from boxes without it.
+    set: str | None = None
+    flash_free: int | None = None
+    trial: bool = False
+    trial_set: str | None = None  # the set on trial (a config update's differs from `set`)
+    updating: str | None = None
+    update: dict[str, Any] | None = None
+
+
+def _short_str(obj: dict[str, Any], key: str, n: int) -> str | None:
+    x = obj.get(key)
+    if x is None:
+        return None
+    if not isinstance(x, str) or len(x) > n:
+        raise ProtocolError("bad_schema", f"{key} must be a string of at most {n} characters")
+    return x
+
+
+def _update_outcome(x: object) -> dict[str, Any] | None:
+    """The box's last update outcome, reduced to known keys of known types."""
+    if x is None:
+        return None
+    if not isinstance(x, dict) or not isinstance(x.get("ok"), bool):
+        raise ProtocolError("bad_schema", "update must be an object with ok")
+    out: dict[str, Any] = {"ok": x["ok"]}
+    for k, n in (("id", 40), ("set", 64), ("version", 32), ("from", 32), ("reason", 300)):
+        v = x.get(k)
+        out[k] = v[:n] if isinstance(v, str) else None
+    return out
 
 
 def decode_status(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Status:
@@ -197,7 +238,21 @@ def decode_status(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Status:
         heap_free=_opt_int(obj, "heap_free", 0),
         battery_mv=_opt_int(obj, "battery_mv", 0, 100_000),
         spooled=_opt_int(obj, "spooled", 0),
+        set=_sha_or_none(obj.get("set")),
+        flash_free=_opt_int(obj, "flash_free", 0),
+        trial=obj.get("trial") is True,
+        trial_set=_sha_or_none(obj.get("trial_set")),
+        updating=_short_str(obj, "updating", 32),
+        update=_update_outcome(obj.get("update")),
     )
+
+
+def _sha_or_none(x: object) -> str | None:
+    if x is None:
+        return None
+    if not isinstance(x, str) or SHA256_RE.fullmatch(x) is None:
+        raise ProtocolError("bad_schema", "set must be 64 lowercase hex digits")
+    return x
 
 
 @dataclass(frozen=True)

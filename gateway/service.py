@@ -63,6 +63,8 @@ from gateway.ingest import MqttLink
 from gateway.jsonsafe import json_safe
 from gateway.lograte import LogThrottle
 from gateway.notify.base import Notifier
+from gateway.ota.pending import ota_root
+from gateway.ota.server import OtaServer
 from gateway.outbox import OutboxDispatcher, _public
 from gateway.photos import PhotoError, PhotoSettings, ProcessedPhoto, process_photo
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, OutboxState, PhotoVariant, WhatsAppState
@@ -208,6 +210,14 @@ class GatewayService:
         # (a new dict each time, so paho's thread reads a consistent one without a lock).
         self._busy: dict[str, frozenset[str]] = {}
         self._commands = CommandTable()
+        # Over-the-air updates: offers queued by `parcelbox device update`, served from the worker.
+        self.ota = OtaServer(
+            ota_root(self.data_dir),
+            self.prefix,
+            publish=self._publish_ota,
+            reject=self._reject,
+            clock=self.clock,
+        )
         self._commands_lock = threading.Lock()  # send_command runs on web/HA/WhatsApp threads
         self._log_throttle = LogThrottle()
         self._whatsapp: WhatsAppState = {
@@ -490,6 +500,8 @@ class GatewayService:
             self._note_busy(t.device)
         elif t.kind == "cmd_result":
             self._on_cmd_result(t.device, payload)
+        elif t.kind == "ota_reply":
+            self.ota.on_reply(t.device, payload)
 
     def _ack(self, device: str, event_id: str) -> None:
         assert self.link is not None
@@ -732,6 +744,7 @@ class GatewayService:
             self._reject(exc.reason, exc.detail, f"status from {device}")
             return
         self.counters.inc("statuses")
+        self.ota.on_status(device, st)
         dev = self._device(device)
         if not st.online and self._is_removed(dev):
             return  # the last will of a box just removed: expected, and must not bring it back
@@ -985,6 +998,10 @@ class GatewayService:
             self._commands.sent(cmd_id, device, cmd, self.clock())
         self.link.publish(topic(self.prefix, device, "cmd"), payload)
         return cmd_id
+
+    def _publish_ota(self, topic_name: str, payload: bytes, retain: bool) -> None:
+        if self.link is not None:
+            self.link.publish(topic_name, payload, retain=retain)
 
     def command_result(self, cmd_id: str) -> dict[str, Any] | None:
         with self._commands_lock:
@@ -1249,6 +1266,7 @@ class GatewayService:
             "devices": self.list_devices(),
             "events": self.list_events(limit=10),
             "outbox": self.list_outbox(limit=20),
+            "ota": self.ota.snapshot(),
         }
         # Rewritten every 2 s: atomic but not fsync'd (SD-card wear; a lost snapshot is rewritten soon).
         # At a full disk it fails: logged (rate-limited) and counted; `parcelbox status` measures the
@@ -1284,6 +1302,7 @@ class GatewayService:
             self._commands.expire(self.clock())
         self._check_offline()
         self._check_whatsapp()
+        self.ota.tick()
         if self.broker is not None:
             self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
             self.broker.supervise()

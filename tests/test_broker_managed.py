@@ -560,3 +560,36 @@ def test_the_session_under_the_gateways_old_client_id_is_discarded(tmp_path, pre
         assert flags == [False], "the old gateway session is still there"
     finally:
         svc.stop()
+
+
+def test_a_box_reads_only_its_own_update_topics(tmp_path, prefix):
+    """Over-the-air update: the gateway's offer and chunks for box-a reach box-a only (the ACL's
+    `pattern read <prefix>/%u/ota`, `.../ota/data`); box-b subscribing to them gets nothing."""
+    cfg = _managed(tmp_path, prefix, PARCELBOX_BROKER_ALLOW_ANONYMOUS="false")
+    svc = GatewayService(cfg)
+    a = svc.registry.add("box-a")
+    b = svc.registry.add("box-b")
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        # The local listener: there several clients may share a login (on the box listener the login
+        # is the client id, so a second one would take the first one's session).
+        url = svc.broker.local_url
+        spy_a, got_a = _subscriber(url, f"{prefix}/box-a/ota/#", "box-a", a.password)
+        spy_a2, got_a2 = _subscriber(url, f"{prefix}/box-a/ota", "box-a", a.password)
+        spy_b, got_b = _subscriber(url, f"{prefix}/+/ota/#", "box-b", b.password)
+        spy_b2, got_b2 = _subscriber(url, f"{prefix}/box-a/ota", "box-b", b.password)
+        try:
+            svc.link.publish(f"{prefix}/box-a/ota", b'{"v":1,"op":"offer"}', retain=True)
+            svc.link.publish(f"{prefix}/box-a/ota/data", b"chunk")
+            svc.link.publish(f"{prefix}/box-b/ota/data", b"for b")  # b's own: it arrives, after a's
+            wait_for(lambda: len(got_a) >= 2 and got_a2 and got_b, 10, what="the update messages")
+            assert sorted(m.topic for m in got_a) == [f"{prefix}/box-a/ota", f"{prefix}/box-a/ota/data"]
+            assert [m.topic for m in got_b] == [f"{prefix}/box-b/ota/data"]
+            assert got_b2 == []
+        finally:
+            for c in (spy_a, spy_a2, spy_b, spy_b2):
+                _close(c)
+            svc.link.publish(f"{prefix}/box-a/ota", b"", retain=True)
+    finally:
+        svc.stop()

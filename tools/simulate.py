@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib
+import importlib.util
 import io
 import json
 import math
@@ -449,7 +451,53 @@ def camera_driver(
 # --- the box ---------------------------------------------------------------------------
 
 
-class _SimApp(fw_app.App):
+# --- the app folder of a box (over-the-air updates) --------------------------------------------
+
+# What main.build() imports; loaded from the box's app folder when it has one.
+_FLASH_MODULES = ("protocol", "settings", "sensors", "cam", "spool", "link", "app", "ota", "otaboot")
+
+
+def provision_flash(folder: Path) -> None:
+    """A fresh box's app folder: the firmware's sources, as `flash provision --no-compile` copies them
+    (the simulator runs on CPython, which cannot load .mpy)."""
+    from gateway.flash.bundle import firmware_sources
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "main.py").exists():
+        return
+    for src in firmware_sources(FIRMWARE_DIR):
+        (folder / src.name).write_bytes(src.read_bytes())
+
+
+def load_flash_modules_boot(folder: Path):
+    """The box's own otaboot.py (a boot file: never replaced by an update), loaded alone."""
+    spec = importlib.util.spec_from_file_location("_sim_otaboot", folder / "otaboot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load_flash_modules(folder: Path) -> dict:
+    """Import the firmware modules from the box's app folder, in isolation: sys.modules and sys.path
+    are put back afterwards, so the modules of this process (and other boxes) are untouched; the
+    loaded modules keep the references their own top-level imports made."""
+    names = (
+        {p.stem for p in folder.glob("*.py")}
+        | set(_FLASH_MODULES)
+        | {p.stem for p in FIRMWARE_DIR.glob("*.py")}
+    )
+    saved = {n: sys.modules.pop(n) for n in list(names) if n in sys.modules}
+    sys.path.insert(0, str(folder))
+    try:
+        return {n: importlib.import_module(n) for n in _FLASH_MODULES}
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+        sys.path.remove(str(folder))
+
+
+class _SimAppMixin:
     """The firmware's App, with the ids it makes and sees acked recorded for reporting."""
 
     def __init__(self, *a, **kw):
@@ -475,6 +523,10 @@ class _SimApp(fw_app.App):
             self.acked_ids.append(eid)
         elif known and not retry:
             self.refused_ids.append(eid)
+
+
+class _SimApp(_SimAppMixin, fw_app.App):
+    pass
 
 
 class SimulatedBox:
@@ -503,6 +555,7 @@ class SimulatedBox:
         seed: int = 0,
         log: Callable[[str], None] | None = None,
         client_timeout: float = 5.0,
+        flash_dir: str | Path | None = None,
     ) -> None:
         u = urlparse(broker if "://" in broker else "mqtt://" + broker)
         if u.scheme not in ("mqtt", "tcp", ""):
@@ -520,6 +573,12 @@ class SimulatedBox:
         if self.camera_driver == "camera":
             self.camera_driver = "camera-api"
         self.scene = 0  # what is in the box: a new scene at every lid opening
+        # The box's app folder: given, the firmware runs from it and takes over-the-air updates
+        # (boot: otaboot.at_boot, as boot.py; a crash at start in a trial: give up and reset, as main.py).
+        self.flash_dir = Path(flash_dir) if flash_dir is not None else None
+        if self.flash_dir is not None:
+            provision_flash(self.flash_dir)
+        self.fw_version = fw_app.FW_VERSION
         self.client_timeout = client_timeout
         self.lines: list[str] = []
         self._log_sink = log
@@ -555,6 +614,12 @@ class SimulatedBox:
         if problems:
             raise ValueError("; ".join(problems))
         self.cfg = cfg
+        if self.flash_dir is not None:
+            # The access point is ("sim", "sim"); the box's config.json is written once, like provision.
+            cfg["wifi"] = {"ssid": "sim", "password": "sim"}
+            conf = self.flash_dir / "config.json"
+            if not conf.exists():
+                conf.write_text(json.dumps(cfg))
         # Pins keep their level across reboots, like real wiring.
         self.lid_pin = SimPin(1 - cfg["pins"]["lid_open_level"])
         self.ir_pin = SimPin(1 - cfg["pins"]["ir_active_level"])
@@ -580,8 +645,38 @@ class SimulatedBox:
         if self._log_sink is not None:
             self._log_sink(line)
 
+    def _boot(self) -> dict:
+        """boot.py + main.py's imports on the box's app folder: the modules to build the app from."""
+        if self.flash_dir is None:
+            return {"protocol": fw_protocol, "settings": fw_settings, "sensors": fw_sensors, "cam": fw_cam,
+                    "spool": fw_spool, "link": fw_link, "app": fw_app, "ota": None, "otaboot": None}  # fmt: skip
+        for _ in range(12):  # bounded: every crash in a trial ends in a rollback within trial_boots
+            boot = load_flash_modules_boot(self.flash_dir)
+            fl = boot.Flash(str(self.flash_dir), os)
+            boot.at_boot(fl, self.log)
+            try:
+                return load_flash_modules(self.flash_dir)
+            except Exception as e:  # an exception on import: what main.py's last-resort handler sees
+                self.log(f"main: crashed at start: {e!r}")
+                if not boot.give_up(fl, f"crashed: {e!r}"):
+                    raise
+                self.log("parcelbox: the new firmware crashed in its trial: rolling back")
+                self.reboots += 1
+        raise RuntimeError("the box never started")
+
     def _build(self) -> None:
+        mods = self._boot()
+        fw_settings, fw_sensors, fw_cam, fw_spool = (
+            mods["settings"],
+            mods["sensors"],
+            mods["cam"],
+            mods["spool"],
+        )
+        fw_link, fw_protocol, fw_app_ = mods["link"], mods["protocol"], mods["app"]
+        self.fw_version = fw_app_.FW_VERSION
         saved = Path(self.spool_dir) / "config.json"
+        if self.flash_dir is not None:
+            saved = self.flash_dir / "config.json"  # the box's own config, as on the board
         if saved.exists():
             # A `config` command persisted settings: a reboot runs with them, as on the board.
             cfg, problems = fw_settings.load(str(saved), need_network=False, warn=self.log)
@@ -591,7 +686,7 @@ class SimulatedBox:
                 self.cfg = cfg
         cfg = self.cfg
         clock = self.clock
-        board = fw_app.Board(
+        board = fw_app_.Board(
             ticks_ms=clock.ticks_ms,
             ticks_diff=clock.ticks_diff,
             unix_time=lambda: int(time.time()),
@@ -638,10 +733,19 @@ class SimulatedBox:
         mqtt = fw_link.Mqtt(client, topics, cfg["broker"]["keepalive_s"], backoff, clock.ticks_diff, self.log)
         # The faithful ESP32 station (tests/mp/fake_net.py): joins after 300 virtual ms.
         self.wlan = fake_net.WLAN(clock, ap=("sim", "sim"), join_ms=300)
+        ssid, password = "sim", "sim"
+        if self.flash_dir is not None:  # the config's Wi-Fi (an update can get it wrong) against the AP's
+            ssid, password = cfg["wifi"]["ssid"], cfg["wifi"]["password"]
         wifi = fw_link.Wifi(
-            self.wlan, "sim", "sim", 20000, None, clock.ticks_diff, self.log, network=fake_net.Network
+            self.wlan, ssid, password, 20000, None, clock.ticks_diff, self.log, network=fake_net.Network
         )
-        self.app = _SimApp(
+        updater = None
+        app_cls = _SimApp
+        if mods["ota"] is not None:
+            fl = mods["otaboot"].Flash(str(self.flash_dir), os)
+            updater = mods["ota"].Updater(fl, fw_app_.FW_VERSION, self.log, clock.ticks_diff)
+            app_cls = type("_SimApp", (_SimAppMixin, fw_app_.App), {})
+        self.app = app_cls(
             cfg,
             board,
             lid,
@@ -650,9 +754,10 @@ class SimulatedBox:
             wifi=wifi,
             occupancy=occ,
             camera=camera,
-            config_path=str(Path(self.spool_dir) / "config.json"),
+            config_path=str(saved),
             os_mod=os,
             log=self.log,
+            updater=updater,
         )
         self.app.start()
 
@@ -837,6 +942,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sensor", choices=("ultrasonic", "ir", "none"), default="ultrasonic")
     ap.add_argument("--spool-dir", help="spool folder (per device: <dir>/<device>); default: a temp folder")
     ap.add_argument(
+        "--flash-dir",
+        help="the box's app folder (per device: <dir>/<device>): the firmware runs from it and takes "
+        "over-the-air updates (parcelbox device update --no-compile); kept between runs",
+    )
+    ap.add_argument(
         "--stay", action="store_true", help="stay connected answering commands until Ctrl-C (or --timeout)"
     )
     ap.add_argument(
@@ -864,6 +974,7 @@ def main(argv: list[str] | None = None) -> int:
         b = SimulatedBox(
             a.broker,
             n,
+            flash_dir=Path(a.flash_dir) / n if a.flash_dir else None,
             prefix=a.prefix,
             username=a.username,
             password=a.password,

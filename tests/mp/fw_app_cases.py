@@ -106,7 +106,8 @@ class Client:
 
 
 class Rig:
-    def __init__(self, base, sensor="ir", spool_kw=None):
+    def __init__(self, base, sensor="ir", spool_kw=None, updater=None):
+        self.updater = updater
         cfg = settings.copy_defaults()
         cfg["device_id"] = "box-1"
         cfg["prefix"] = "pb"
@@ -141,7 +142,18 @@ class Rig:
         mqtt = link.Mqtt(self.client, topics, 60, link.Backoff(100, 1000), log=self.log)
         self.topics = topics
         self.app = app.App(
-            cfg, board, lid, sp, mqtt, None, occ, camera, self.base + "/config.json", os, self.log
+            cfg,
+            board,
+            lid,
+            sp,
+            mqtt,
+            None,
+            occ,
+            camera,
+            self.base + "/config.json",
+            os,
+            self.log,
+            updater=self.updater,
         )
         self.app.start()
 
@@ -172,6 +184,50 @@ class Rig:
 
     def inject(self, topic, obj):
         self.client.pending.append((topic, json.dumps(obj).encode()))
+
+
+def case_ota_offer_over_the_link_status_and_staying_awake(base):
+    """The app wiring of an update: the status names the running set, an offer on `ota` is answered
+    with a need on `ota/reply`, chunks on `ota/data` are written, and the box stays busy (awake)
+    until it has switched; a malformed offer is nacked and the box runs on."""
+    try:
+        import fw_ota_cases as oc  # MicroPython: tests/mp is on the path
+    except ImportError:
+        from tests.mp import fw_ota_cases as oc
+    import ota
+    import otaboot
+
+    app_dir = base + "/flash"
+    os.mkdir(app_dir)
+    oc.install(app_dir, oc.OLD)
+    u = ota.Updater(otaboot.Flash(app_dir, os), "0.1.0", r_log)
+    r = Rig(base + "/rig", updater=u)
+    r.run(200)
+    st = [json.loads(m) for t, m, _ in r.client.pub if t == r.topics.status][-1]
+    assert st["set"] == u.running()[1] and st["fw"] == app.FW_VERSION, st
+    assert not r.app.busy()
+    r.client.pending.append((r.topics.ota, b"{not json"))
+    r.run(100)
+    offer = oc.offer_for(oc.NEW)
+    r.inject(r.topics.ota, offer)
+    for _ in range(60):
+        r.run(50)
+        needs = [json.loads(m) for t, m, _ in r.client.pub if t == r.topics.ota_reply]
+        r.client.pub = [p for p in r.client.pub if p[0] != r.topics.ota_reply]
+        ops = [n["op"] for n in needs]
+        if "staged" in ops:
+            break
+        assert r.app.busy()
+        for n in needs:
+            if n["op"] == "need":
+                r.client.pending.append((r.topics.ota_data, oc.chunk_for(offer, n)))
+    assert "staged" in ops, ops
+    assert r.app.busy() or r.app.reboot_pending
+    assert r.app.counters["bad_cmd"] == 0 and u.counters["bad_ota"] == 1  # the bad offer, nacked
+
+
+def r_log(_m):
+    pass
 
 
 def case_delivery_is_spooled_published_and_removed_on_ack(base):
