@@ -46,6 +46,42 @@ PAYLOAD_PRESS = "PRESS"
 IMAGE_KINDS: tuple[str, ...] = ("delivery", "snapshot")
 
 GATEWAY_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+LANGUAGES: tuple[str, ...] = ("en", "id")
+DEFAULT_GATEWAY_NAME = "parcelbox gateway"
+
+# Entity names by language (`[homeassistant] language`). Only names change with the language: unique ids,
+# discovery object ids and `default_entity_id` come from the keys and the English names, so switching
+# language never renames an entity id and never breaks an automation. Indonesian wording follows the
+# WhatsApp captions (gateway/captions.py, gateway/whatsapp/texts.py): "Tutup", "Paket terakhir", "foto".
+ENTITY_NAMES: dict[str, dict[str, str]] = {
+    "en": {
+        "status": "Status",
+        "online": "Online",
+        "lid": "Lid",
+        "package": "Package waiting",
+        "waiting": "Deliveries waiting",
+        "last_delivery": "Last delivery",
+        "battery": "Battery",
+        "rssi": "Signal strength",
+        "delivery_photo": "Last delivery photo",
+        "snapshot_photo": "Last snapshot",
+        "snapshot": "Take snapshot",
+    },
+    "id": {
+        "status": "Status",
+        "online": "Online",
+        "lid": "Tutup",
+        "package": "Ada paket",
+        "waiting": "Paket menunggu",
+        "last_delivery": "Paket terakhir",
+        "battery": "Baterai",
+        "rssi": "Kekuatan sinyal",
+        "delivery_photo": "Foto paket terakhir",
+        "snapshot_photo": "Foto terakhir",
+        "snapshot": "Ambil foto",
+    },
+}
+GATEWAY_NAMES = {"en": DEFAULT_GATEWAY_NAME, "id": "Gateway parcelbox"}
 
 
 @dataclass(frozen=True)
@@ -61,13 +97,16 @@ class HAConfig:
     protocol_prefix: str = DEFAULT_PREFIX
     # Tells several gateways on one Home Assistant apart: part of every unique_id and device identifier.
     gateway_id: str = "parcelbox"
-    gateway_name: str = "parcelbox gateway"
+    gateway_name: str = DEFAULT_GATEWAY_NAME  # left at the default, it follows `language`
     dashboard_url: str | None = None  # shown as the devices' configuration_url when http(s)
     # A button press arriving sooner than this after the previous one for the same box is dropped (counted).
     snapshot_min_interval_s: float = 5.0
     image_max_px: int = 1280  # long edge when an image must be made from the original
+    language: str = "en"  # entity and device names: en | id (ids never change with it)
 
     def __post_init__(self) -> None:
+        if self.language not in LANGUAGES:
+            raise ValueError(f"homeassistant.language must be 'en' or 'id', got {self.language!r}")
         for name in ("prefix", "protocol_prefix"):
             value = getattr(self, name)
             if not isinstance(value, str) or PREFIX_RE.fullmatch(value) is None:
@@ -218,10 +257,29 @@ def _availability(topic: str) -> dict[str, str]:
     return {"topic": topic, "payload_available": PAYLOAD_ONLINE, "payload_not_available": PAYLOAD_OFFLINE}
 
 
+def entity_name(cfg: HAConfig, key: str) -> str:
+    return ENTITY_NAMES[cfg.language][key]
+
+
+def default_entity_id(component: str, owner: str, key: str) -> str:
+    """`<component>.<owner>_<English name>`, e.g. `sensor.front_door_deliveries_waiting`.
+
+    Sent as `default_entity_id` (Home Assistant 2025.10+; it replaced `object_id`), so a new entity's id
+    comes from the box id and the English name, never from the translated name: an automation written
+    against an English install works on an Indonesian one, and the ids are the ones Home Assistant made
+    from the English names before (for a box without a display name). An entity already in Home
+    Assistant's registry keeps whatever id it has."""
+    slug = ENTITY_NAMES["en"][key].lower().replace(" ", "_")
+    return f"{component}.{owner}_{slug}".replace("-", "_")
+
+
 def gateway_device_block(cfg: HAConfig) -> dict[str, Any]:
+    name = cfg.gateway_name
+    if name == DEFAULT_GATEWAY_NAME:
+        name = GATEWAY_NAMES[cfg.language]
     return {
         "identifiers": [gateway_identifier(cfg)],
-        "name": cfg.gateway_name,
+        "name": name,
         "model": GATEWAY_MODEL,
         "manufacturer": MANUFACTURER,
         "sw_version": __version__,
@@ -253,8 +311,9 @@ def gateway_entities(cfg: HAConfig) -> list[Entity]:
             node,
             "status",
             {
-                "name": "Status",
+                "name": entity_name(cfg, "status"),
                 "unique_id": f"{node}_status",
+                "default_entity_id": default_entity_id("binary_sensor", node, "status"),
                 "device_class": "connectivity",
                 "entity_category": "diagnostic",
                 "state_topic": gateway_availability_topic(cfg),
@@ -297,10 +356,11 @@ def box_entities(
         "availability_mode": "all",
     }
 
-    def common(key: str, name: str, avail: dict[str, Any]) -> dict[str, Any]:
+    def common(key: str, component: str, avail: dict[str, Any]) -> dict[str, Any]:
         return {
-            "name": name,
+            "name": entity_name(cfg, key),
             "unique_id": f"{node}_{key}",
+            "default_entity_id": default_entity_id(component, device, key),
             "device": dev,
             "origin": _origin(),
             "qos": 1,
@@ -325,7 +385,7 @@ def box_entities(
             node,
             "online",
             {
-                **common("online", "Online", gateway_only),
+                **common("online", "binary_sensor", gateway_only),
                 "device_class": "connectivity",
                 "state_topic": st,
                 "value_template": flag("online"),
@@ -336,7 +396,7 @@ def box_entities(
             node,
             "lid",
             {
-                **common("lid", "Lid", both),
+                **common("lid", "binary_sensor", both),
                 "device_class": "opening",
                 "state_topic": st,
                 "value_template": flag("lid_open"),
@@ -347,7 +407,7 @@ def box_entities(
             node,
             "package",
             {
-                **common("package", "Package waiting", both),
+                **common("package", "binary_sensor", both),
                 "device_class": "occupancy",
                 "state_topic": st,
                 "value_template": flag("package"),
@@ -358,7 +418,7 @@ def box_entities(
             node,
             "waiting",
             {
-                **common("waiting", "Deliveries waiting", both),
+                **common("waiting", "sensor", both),
                 "state_topic": st,
                 "value_template": value("waiting"),
                 "state_class": "measurement",
@@ -370,7 +430,7 @@ def box_entities(
             node,
             "last_delivery",
             {
-                **common("last_delivery", "Last delivery", both),
+                **common("last_delivery", "sensor", both),
                 "device_class": "timestamp",
                 "state_topic": st,
                 "value_template": value("last_delivery"),
@@ -384,7 +444,7 @@ def box_entities(
                 node,
                 "battery",
                 {
-                    **common("battery", "Battery", both),
+                    **common("battery", "sensor", both),
                     "device_class": "voltage",
                     "unit_of_measurement": "V",
                     "state_class": "measurement",
@@ -401,7 +461,7 @@ def box_entities(
             node,
             "rssi",
             {
-                **common("rssi", "Signal strength", both),
+                **common("rssi", "sensor", both),
                 "device_class": "signal_strength",
                 "unit_of_measurement": "dBm",
                 "state_class": "measurement",
@@ -416,7 +476,7 @@ def box_entities(
             "delivery_photo",
             {
                 # The photo stays meaningful while the box is offline: follow the gateway only.
-                **common("delivery_photo", "Last delivery photo", gateway_only),
+                **common("delivery_photo", "image", gateway_only),
                 "image_topic": image_topic(cfg, device, "delivery"),
                 "content_type": "image/jpeg",
             },
@@ -426,7 +486,7 @@ def box_entities(
             node,
             "snapshot_photo",
             {
-                **common("snapshot_photo", "Last snapshot", gateway_only),
+                **common("snapshot_photo", "image", gateway_only),
                 "image_topic": image_topic(cfg, device, "snapshot"),
                 "content_type": "image/jpeg",
             },
@@ -436,7 +496,7 @@ def box_entities(
             node,
             "snapshot",
             {
-                **common("snapshot", "Take snapshot", both),
+                **common("snapshot", "button", both),
                 "command_topic": press_topic(cfg, device),
                 "payload_press": PAYLOAD_PRESS,
                 "retain": False,
