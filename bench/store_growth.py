@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             for n in sizes:
                 r = run_case(n, scenario, partition, args.writes, root, segment_docs)
                 rows.append(r)
-                print(f"  {scenario:<9} {r['files']:<11} {n:>7}: {r['median_ms']:.2f} ms/event", file=sys.stderr)
+                print(
+                    f"  {scenario:<9} {r['files']:<11} {n:>7}: {r['median_ms']:.2f} ms/event", file=sys.stderr
+                )
     finally:
         if not args.dir:
             shutil.rmtree(root, ignore_errors=True)

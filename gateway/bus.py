@@ -22,6 +22,7 @@ DEVICE_CHANGED = "device_changed"  # a device record (gateway.ports.DeviceRecord
 OUTBOX_CHANGED = "outbox_changed"  # an outbox record (gateway.ports.OutboxRecord)
 COMMAND_RESULT = "command_result"  # {"device", "id", "ok", "error", ...}
 WHATSAPP_STATE = "whatsapp_state"  # gateway.ports.WhatsAppState
+WHATSAPP_RECEIPT = "whatsapp_receipt"  # {"ids": [message id, ...], "status": delivered|read, "ts", "chat"}
 
 Handler = Callable[[str, dict[str, Any]], None]
 

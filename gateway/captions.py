@@ -25,6 +25,9 @@ _EVENT: dict[str, dict[str, str]] = {
         "offline": "🔌 {box} is offline (since {time}).",
         "online": "🔌 {box} is back online ({time}).",
         "low_battery": "🔋 {box} battery is low: {volts} V ({time}).",
+        "whatsapp_down": "⚠️ {box}: WhatsApp alerts have stopped since {time}. Open the dashboard's WhatsApp "
+        "page. (WhatsApp unlinks the gateway when the phone was offline for about 14 days: pair it again.)",
+        "whatsapp_up": "✅ {box}: WhatsApp alerts work again ({time}).",
     },
     "id": {
         "delivery": "📦 Paket diterima di {box} pukul {time}.",
@@ -36,6 +39,9 @@ _EVENT: dict[str, dict[str, str]] = {
         "offline": "🔌 {box} offline (sejak {time}).",
         "online": "🔌 {box} kembali online ({time}).",
         "low_battery": "🔋 Baterai {box} lemah: {volts} V ({time}).",
+        "whatsapp_down": "⚠️ {box}: notifikasi WhatsApp berhenti sejak {time}. Buka halaman WhatsApp di "
+        "dasbor. (WhatsApp melepas gateway bila ponsel offline sekitar 14 hari: pasangkan lagi.)",
+        "whatsapp_up": "✅ {box}: notifikasi WhatsApp berfungsi lagi ({time}).",
     },
 }
 

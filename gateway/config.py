@@ -102,6 +102,12 @@ class WhatsAppConfig:
     session_dir: Path | None = None  # neonize session, lock and state; default <data_dir>/whatsapp
     transport: str = "neonize"  # neonize | fake (file-driven stand-in for WhatsApp: tests, demos)
     fake_dir: Path | None = None  # the fake transport's folder
+    command_groups: list[str] = field(default_factory=list)  # group ids where `!commands` are answered
+    group_prefix: str = "!"  # in groups (and on a personal number) only words with this prefix count
+    personal_number: bool = False  # the gateway uses someone's own number: never chat back
+    command_max_age_s: float = 300.0  # older commands (the backlog after a reconnect) are ignored
+    push_name: str = ""  # the sender name recipients see; "" leaves the account's name alone
+    down_notice_after_s: float = 300.0  # not connected this long: tell the other sinks; 0: off
 
 
 @dataclass
@@ -173,7 +179,18 @@ class DevicesConfig:
 class IngestConfig:
     reassembly_timeout_s: float = 60.0
     reassembly_max_bytes: int = 64 * 1024 * 1024
+    # Per-box bounds on unfinished photos and on the ingest queue (issue 14 item 5); defaults from
+    # gateway.reassembly and gateway.fairqueue, which say why.
+    reassembly_max_partials: int = 1024
+    reassembly_device_max_partials: int = 32
+    reassembly_device_max_bytes: int = 16 * 1024 * 1024
+    # Complete photos waiting for the photo pool: per box (the firmware's max_inflight is 4), and bytes
+    # in total (per box: reassembly_device_max_bytes; count in total: reassembly_max_partials).
+    device_photos_in_progress: int = 8
+    photos_in_progress_bytes: int = 128 * 1024 * 1024
     queue_size: int = 10_000
+    device_queue_size: int = 2_000
+    device_queue_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass
@@ -333,6 +350,20 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("store.segment_records must be 0 (default) or between 8 and 1000000")
     if cfg.notify.webhook.format not in ("json", "multipart"):
         raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
+    ing = cfg.ingest
+    for key in (
+        "reassembly_max_bytes",
+        "reassembly_max_partials",
+        "reassembly_device_max_partials",
+        "reassembly_device_max_bytes",
+        "device_photos_in_progress",
+        "photos_in_progress_bytes",
+        "queue_size",
+        "device_queue_size",
+        "device_queue_bytes",
+    ):
+        if getattr(ing, key) < 1:
+            raise ConfigError(f"ingest.{key} must be at least 1")
     if cfg.broker.prefer not in ("mosquitto", "amqtt"):
         raise ConfigError("broker.prefer must be 'mosquitto' or 'amqtt'")
     if cfg.broker.url and not cfg.broker.url.startswith(("mqtt://", "mqtts://")):

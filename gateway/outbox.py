@@ -138,8 +138,9 @@ class OutboxDispatcher:
         now = self.clock()
         attempts = int(rec.get("attempts") or 0) + 1
         if result.ok:
+            extra = {"message_id": result.message_id, "receipt": "sent"} if result.message_id else {}
             new = self.store.update_outbox(
-                rec["id"], state="sent", attempts=attempts, sent_at=now, next_attempt_at=None
+                rec["id"], state="sent", attempts=attempts, sent_at=now, next_attempt_at=None, **extra
             )
             log.info("alert %s sent via %s", rec["id"], notifier.name)
         else:
@@ -172,6 +173,46 @@ class OutboxDispatcher:
         if new is not None:
             self.bus.publish(OUTBOX_CHANGED, _public(new))
 
+    def reschedule(self, notifier: str) -> int:
+        """Make `notifier`'s waiting entries due now: its channel just came back (WhatsApp connected).
+
+        Attempts and the dead-letter clock are untouched; only the backoff wait is cut
+        short, so alerts queued during an outage go out at once instead of minutes later.
+        """
+        now = self.clock()
+        n = 0
+        for rec in self.store.open_outbox():
+            if rec["notifier"] != notifier or (rec.get("next_attempt_at") or 0) <= now:
+                continue
+            new = self.store.update_outbox(rec["id"], next_attempt_at=now)
+            if new is not None:
+                n += 1
+                self.bus.publish(OUTBOX_CHANGED, _public(new))
+        if n:
+            log.info("outbox %s: %d waiting alert(s) due now", notifier, n)
+            self.wake()
+        return n
+
+    def note_receipt(self, message_ids: list[str], status: str, ts: float, *, scan: int = 500) -> int:
+        """A recipient's phone confirmed messages (WhatsApp receipts): sent -> delivered -> read.
+
+        Only moves forward (a late "delivered" never hides "read"); looks among the newest
+        `scan` sent entries. Returns how many entries changed.
+        """
+        rank = RECEIPT_ORDER.get(status)
+        wanted = set(message_ids)
+        if rank is None or not wanted:
+            return 0
+        n = 0
+        for rec in self.store.list_outbox("sent", scan):
+            if rec.get("message_id") not in wanted or RECEIPT_ORDER.get(rec.get("receipt") or "", 0) >= rank:
+                continue
+            new = self.store.update_outbox(rec["id"], receipt=status, receipt_at=ts)
+            if new is not None:
+                n += 1
+                self.bus.publish(OUTBOX_CHANGED, _public(new))
+        return n
+
     def retry(self, alert_id: str) -> bool:
         rec = self.store.get_outbox(alert_id)
         if rec is None or rec["state"] not in ("failed", "dead"):
@@ -184,6 +225,8 @@ class OutboxDispatcher:
         self.wake()
         return True
 
+
+RECEIPT_ORDER = {"sent": 1, "delivered": 2, "read": 3}
 
 _PUBLIC_KEYS = (
     "id",
@@ -198,6 +241,9 @@ _PUBLIC_KEYS = (
     "next_attempt_at",
     "sent_at",
     "last_error",
+    "message_id",
+    "receipt",
+    "receipt_at",
 )
 
 

@@ -69,6 +69,9 @@ class OutboxRecord(TypedDict):
     next_attempt_at: float | None
     sent_at: float | None
     last_error: str | None
+    message_id: str | None  # the sink's id of the sent message (WhatsApp), for receipts
+    receipt: str | None  # WhatsApp: sent | delivered | read (what the recipient's phone confirmed)
+    receipt_at: float | None
 
 
 class WhatsAppState(TypedDict, total=False):
@@ -77,6 +80,12 @@ class WhatsAppState(TypedDict, total=False):
     paired_as: str | None  # phone number (JID user) once paired
     qr: str | None  # current pairing QR payload while pairing
     pair_code: str | None  # phone-number pairing code, when requested
+    pair_code_expires_at: float | None  # when that code stops working (its QR round ends)
+    qr_expires_at: float | None  # when the shown QR code stops working
+    down_since: float | None  # when it last left `connected`; None while connected
+    down_notice_after_s: float  # down this long: notices on the other sinks, dashboard banner
+    unknown_numbers: list[str]  # configured recipients WhatsApp says are not users (digits)
+    numbers_checked_at: float | None
     updated_at: float
 
 

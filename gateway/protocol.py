@@ -10,6 +10,7 @@ side and decode on the other.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -122,11 +123,27 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    """`1e999` is valid JSON grammar, but Python's json turns it into infinity, which the store keeps
+    and no strict JSON encoder (the dashboard's) can write back. Refused here, at the boundary, in
+    every field however deep (sensors included)."""
+    x = float(text)
+    if not math.isfinite(x):
+        raise _NotFinite(f"{text[:40]} is not a finite number")
+    return x
+
+
 def _load_object(payload: bytes, limits: Limits) -> dict[str, Any]:
     if len(payload) > limits.max_json_bytes:
         raise ProtocolError("oversize", f"{len(payload)} bytes > {limits.max_json_bytes}")
     try:
-        obj = json.loads(payload, parse_constant=_reject_constant)
+        obj = json.loads(payload, parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise ProtocolError("bad_number", str(exc)[:120]) from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError("bad_json", str(exc)[:120]) from None
     if not isinstance(obj, dict):

@@ -8,7 +8,8 @@ component (`gateway.app.build_components`). `stop()` stops the components, drain
 received messages and photos in progress (acking what gets stored), finishes the
 send in flight, writes a last status snapshot and releases everything.
 
-Threads: paho's network thread only enqueues; one ingest worker does all
+Threads: paho's network thread only makes cheap checks and enqueues, on one bounded
+sub-queue per box served in turn (`gateway.fairqueue`); one ingest worker does all
 decoding, reassembly, store writes and acks (so the store has a single writer for
 events); the photo pool runs `gateway.photos.process_photo`; each notifier has a
 sending thread (`gateway.outbox`).
@@ -31,13 +32,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import __version__
-from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, WHATSAPP_STATE, Bus
+from gateway.budget import Budget
+from gateway.bus import (
+    COMMAND_RESULT,
+    DEVICE_CHANGED,
+    EVENT_STORED,
+    OUTBOX_CHANGED,
+    WHATSAPP_RECEIPT,
+    WHATSAPP_STATE,
+    Bus,
+)
 from gateway.captions import caption_strip, render_caption
+from gateway.commands import MAX_RESULT_BYTES, CommandTable, UnknownResult
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import DeviceRegistry
+from gateway.fairqueue import FairQueue
 from gateway.health import Counters
 from gateway.ingest import MqttLink
+from gateway.jsonsafe import json_safe
+from gateway.lograte import LogThrottle
 from gateway.notify.base import Notifier
 from gateway.outbox import OutboxDispatcher, _public
 from gateway.photos import PhotoError, PhotoSettings, ProcessedPhoto, process_photo
@@ -58,14 +72,17 @@ from gateway.protocol import (
     valid_device_id,
     valid_msg_id,
 )
-from gateway.reassembly import Complete, Dropped, Reassembler
+from gateway.reassembly import Complete, Dropped, Reassembler, Refused
 from gateway.storage import atomic_write_bytes
 from gateway.store import Store, blank_device
+from gateway.whatsapp.watch import LinkWatch
 
 log = logging.getLogger("gateway")
 
 STATUS_FILE = "status.json"
 _BATTERY_HYSTERESIS_MV = 100
+# The "device" of alerts about the gateway itself (WhatsApp down/up): not a box id (those never start with _).
+GATEWAY_DEVICE = "_gateway"
 
 
 class Component(Protocol):
@@ -127,18 +144,40 @@ class GatewayService:
         self.link: MqttLink | None = None
         self.dispatcher: OutboxDispatcher | None = None
         self._lock = DataDirLock(self.data_dir)
-        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=config.ingest.queue_size)
+        ing = config.ingest
+        self._queue = FairQueue(
+            max_messages=ing.queue_size,
+            device_max_messages=ing.device_queue_size,
+            device_max_bytes=ing.device_queue_bytes,
+        )
         self._reasm = Reassembler(
-            timeout_s=config.ingest.reassembly_timeout_s, max_bytes=config.ingest.reassembly_max_bytes
+            timeout_s=ing.reassembly_timeout_s,
+            max_bytes=ing.reassembly_max_bytes,
+            max_partials=ing.reassembly_max_partials,
+            device_max_partials=ing.reassembly_device_max_partials,
+            device_max_bytes=ing.reassembly_device_max_bytes,
         )
         self._in_flight: set[tuple[str, str]] = set()
+        # Complete photos waiting for (or in) the photo pool, per box and in total: they have left the
+        # reassembler but still hold their bytes until stored (gateway/budget.py says why).
+        self._photo_budget = Budget(
+            per_key_count=ing.device_photos_in_progress,
+            per_key_bytes=ing.reassembly_device_max_bytes,
+            total_count=ing.reassembly_max_partials,
+            total_bytes=ing.photos_in_progress_bytes,
+        )
         self._pool: concurrent.futures.Executor | None = None
         self._worker: threading.Thread | None = None
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._started_at: float | None = None
-        self._commands: dict[str, dict[str, Any]] = {}
+        # Boxes at their limit of unfinished photos -> the event ids they hold: written by the worker
+        # (a new dict each time, so paho's thread reads a consistent one without a lock).
+        self._busy: dict[str, frozenset[str]] = {}
+        self._commands = CommandTable()
+        self._commands_lock = threading.Lock()  # send_command runs on web/HA/WhatsApp threads
+        self._log_throttle = LogThrottle()
         self._whatsapp: WhatsAppState = {
             "state": "disabled",
             "detail": "WhatsApp is not enabled",
@@ -146,6 +185,8 @@ class GatewayService:
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
+        self.bus.subscribe(self._on_whatsapp_receipt, WHATSAPP_RECEIPT)
+        self._wa_watch = LinkWatch(float(getattr(config.whatsapp, "down_notice_after_s", 300.0)))
         self.photo_settings = PhotoSettings(
             alert_long_edge=config.photos.alert_long_edge,
             thumb_long_edge=config.photos.thumb_long_edge,
@@ -291,8 +332,31 @@ class GatewayService:
     # --- ingest -----------------------------------------------------------------------
 
     def _deliver(self, topic_name: str, payload: bytes, received_at: float) -> None:
-        """paho's thread: enqueue only."""
-        self._queue.put(("msg", topic_name, payload, received_at))
+        """paho's thread: cheap checks and enqueue only, never blocking (it also carries every box's
+        keepalives and our acks). Each box has its own share of the queue (gateway.fairqueue)."""
+        self.counters.inc("received")
+        # Nothing valid is bigger than a chunk: refused before it is queued, so a big payload costs this
+        # check only. (JSON between its own 16 KiB limit and this is refused by the worker, which can
+        # still nack the event so the box drops it.)
+        limit = self.limits.max_chunk_bytes
+        if len(payload) > limit:
+            self._reject("oversize", f"{len(payload)} bytes > {limit}", topic_name[:120])
+            return
+        device, _, rest = topic_name[len(self.prefix) + 1 :].partition("/")
+        busy = self._busy.get(device)
+        if busy is not None and rest.startswith("photo/"):
+            # The box is at its limit of unfinished photos (the worker keeps `_busy` current): a chunk
+            # that would start one more is refused here, costing the worker nothing.
+            eid = rest[6:].partition("/")[0]
+            if eid not in busy:
+                self._reject(
+                    "reassembly_device_busy",
+                    f"{device} is at its limit of unfinished photos",
+                    f"photo {device}",
+                )
+                return
+        for box, reason in self._queue.put(device, ("msg", topic_name, payload, received_at), len(payload)):
+            self._reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -314,7 +378,12 @@ class GatewayService:
 
     def _reject(self, reason: str, detail: str, where: str) -> None:
         self.counters.reject(reason)
-        log.warning("rejected %s: %s (%s)", where, reason, detail)
+        # Every rejection is counted; the log gets a few lines per reason a minute, so a box flooding
+        # bad input fills a counter instead of the disk (issue 14 items 4 and 5).
+        ok, suppressed = self._log_throttle.allow(reason)
+        if ok:
+            more = f"; {suppressed} more {reason} not logged" if suppressed else ""
+            log.warning("rejected %s: %s (%s)%s", where, reason, detail, more)
 
     def _registry_view(self) -> tuple[set[str], dict[str, float]]:
         """(registered boxes, removed box -> when), re-read only when devices.json changed."""
@@ -332,7 +401,6 @@ class GatewayService:
         return removed_at is not None and (dev.get("last_seen") or 0.0) <= removed_at
 
     def _handle(self, topic_name: str, payload: bytes, received_at: float) -> None:
-        self.counters.inc("received")
         try:
             t = parse_topic(self.prefix, topic_name, self.limits)
         except ProtocolError as exc:
@@ -346,9 +414,11 @@ class GatewayService:
             self._on_status(t.device, payload, received_at)
         elif t.kind == "event":
             self._on_event(t.device, payload, received_at)
+            self._note_busy(t.device)
         elif t.kind == "photo":
             assert t.event_id is not None and t.index is not None
             self._on_chunk(t.device, t.event_id, t.index, payload)
+            self._note_busy(t.device)
         elif t.kind == "cmd_result":
             self._on_cmd_result(t.device, payload)
 
@@ -381,7 +451,7 @@ class GatewayService:
         if (device, event.id) in self._in_flight:
             self.counters.inc("duplicates")
             return
-        self._reassembled(self._reasm.add_event(device, event), received_at)
+        self._reassembled(self._reasm.add_event(device, event, size=len(payload)), received_at)
 
     def _on_chunk(self, device: str, event_id: str, index: int, payload: bytes) -> None:
         assert self.store is not None
@@ -400,12 +470,16 @@ class GatewayService:
             self._nack(device, event_id, exc.detail, retry=True)
             return
         self._reassembled(done, self.clock())
-        # Chunks are the only thing that grows memory: enforce the cap right away.
-        if self._reasm.held_bytes > self._reasm.max_bytes:
-            self._dropped(self._reasm.expire())
+        # Chunks are what grows memory: enforce the byte caps (per box and in total) right away.
+        self._dropped(self._reasm.shed())
 
-    def _reassembled(self, done: Complete | Dropped | None, received_at: float) -> None:
+    def _reassembled(self, done: Complete | Dropped | Refused | None, received_at: float) -> None:
         if done is None:
+            return
+        if isinstance(done, Refused):
+            # Over its box's share (or the total) of unfinished photos: nothing kept, no nack (see
+            # gateway.reassembly.Refused); the box re-sends after its ack timeout.
+            self._reject(done.reason, done.detail, f"photo {done.device}/{done.event_id}")
             return
         if isinstance(done, Dropped):
             self._dropped([done])
@@ -414,6 +488,16 @@ class GatewayService:
             self._store_event(done.device, done.event, received_at, None)
             return
         job = _PhotoJob(done.device, done.event, received_at, done.photo)
+        over = self._photo_budget.take(done.device, len(done.photo))
+        if over is not None:
+            # Not acked, so the box sends it again after its ack timeout; meanwhile it cannot queue
+            # more photos ahead of other boxes' than its share.
+            b = self._photo_budget
+            n, size = b.used(done.device) if over == "device" else (b.count, b.size)
+            who = "this box" if over == "device" else "all boxes"
+            detail = f"{who}: {n} photos ({size} bytes) in progress"
+            self._reject("photo_pool_busy", detail, f"photo {done.device}/{done.event.id}")
+            return
         self._in_flight.add((done.device, done.event.id))
         assert self._pool is not None
         name = self._device_name(done.device)
@@ -422,10 +506,20 @@ class GatewayService:
             caption_strip(name, ts, self.config.alerts.timezone) if self.config.photos.caption_strip else None
         )
         fut = self._pool.submit(process_photo, done.photo, self.photo_settings, caption)
-        fut.add_done_callback(lambda f, job=job: self._queue.put(("photo_done", job, f)))
+        fut.add_done_callback(lambda f, job=job: self._queue.put_control(("photo_done", job, f)))
+
+    def _note_busy(self, device: str) -> None:
+        """Tell paho's thread whether `device` is at its limit of unfinished photos (and which it holds)."""
+        if self._reasm.busy(device):
+            ids = self._reasm.partial_ids(device)
+            if self._busy.get(device) != ids:
+                self._busy = {**self._busy, device: ids}
+        elif device in self._busy:
+            self._busy = {k: v for k, v in self._busy.items() if k != device}
 
     def _dropped(self, drops: list[Dropped]) -> None:
         for d in drops:
+            self._note_busy(d.device)
             self._reject(d.reason, d.detail, f"photo {d.device}/{d.event_id}")
             self._nack(d.device, d.event_id, f"{d.reason}: {d.detail}"[:200], retry=True)
 
@@ -449,6 +543,7 @@ class GatewayService:
             self._store_event(job.device, job.event, job.received_at, (job.photo, result))
         finally:
             self._in_flight.discard(key)
+            self._photo_budget.give(job.device, len(job.photo))
 
     def _store_event(
         self, device: str, event: Event, received_at: float, photo: tuple[bytes, ProcessedPhoto] | None
@@ -608,6 +703,19 @@ class GatewayService:
                 self.store.put_device(dev)
                 self._emit_alerts(alerts, now)
 
+    def _check_whatsapp(self) -> None:
+        """Runs on the ingest worker: WhatsApp down for a while (or back) -> a notice on the other sinks."""
+        kind = self._wa_watch.check(self._whatsapp, self.clock())
+        if kind is None:
+            return
+        st = self._whatsapp
+        ts = float((st.get("down_since") if kind == "whatsapp_down" else None) or self.clock())
+        note = str(st.get("detail") or "") if kind == "whatsapp_down" else ""
+        gateway = {"device": GATEWAY_DEVICE, "name": self.config.homeassistant.gateway_name}
+        alerts = self._plan_alerts(gateway, kind, ts, [], has_photo=False, skip=("whatsapp",), note=note)
+        log.warning("WhatsApp %s: telling %d other sink recipient(s)", kind, len(alerts))
+        self._emit_alerts(alerts, self.clock())
+
     def _emit_alerts(self, alerts: list[OutboxRecord], when: float) -> None:
         if not alerts:
             return
@@ -641,13 +749,18 @@ class GatewayService:
         *,
         has_photo: bool,
         photo_dropped: bool = False,
+        skip: tuple[str, ...] = (),
+        note: str = "",
     ) -> list[OutboxRecord]:
-        """One outbox entry per notifier and recipient. Ids are stable, so a retry never duplicates."""
+        """One outbox entry per notifier and recipient (but those in `skip`). Ids are stable, so a
+        retry never duplicates. `note` is appended to the caption."""
         now = self.clock()
         device = dev["device"]
         stem = f"{device}_{event_ids[0]}" if event_ids else f"{device}_{kind}_{int(ts * 1000)}"
         out: list[OutboxRecord] = []
         for name, notifier in self.notifiers.items():
+            if name in skip:
+                continue
             language = getattr(notifier, "language", None) or self.config.alerts.language
             caption = render_caption(
                 kind,
@@ -660,6 +773,8 @@ class GatewayService:
                 event_ids=event_ids,
                 photo_dropped=photo_dropped,
             )
+            if note:
+                caption = f"{caption} {note}"
             try:
                 recipients = notifier.recipients(device)
             except Exception:
@@ -740,8 +855,15 @@ class GatewayService:
         except ProtocolError as exc:
             self._reject(exc.reason, exc.detail, f"command result from {device}")
             return
-        data = {"device": device, "id": res.id, "ok": res.ok, "error": res.error, **res.extra}
-        self._commands[res.id] = {**self._commands.get(res.id, {}), "result": data}
+        extra = res.extra if len(payload) <= MAX_RESULT_BYTES else {"extra_dropped": True}
+        data = {"device": device, "id": res.id, "ok": res.ok, "error": res.error, **extra}
+        try:
+            with self._commands_lock:
+                self._commands.answer(device, res.id, data, self.clock())
+        except UnknownResult as exc:
+            # Only answers to commands this gateway sent to this box are kept (issue 14 item 4).
+            self._reject(exc.reason, exc.detail, f"command result from {device}")
+            return
         self.bus.publish(COMMAND_RESULT, data)
 
     def send_command(self, device: str, cmd: str, args: dict[str, Any] | None = None) -> str:
@@ -751,16 +873,14 @@ class GatewayService:
             raise RuntimeError("gateway is not running")
         cmd_id = f"cmd-{uuid.uuid4().hex[:12]}"
         payload = encode_cmd(cmd_id, cmd, args)  # raises ProtocolError for unknown commands
-        self._commands[cmd_id] = {"device": device, "cmd": cmd, "sent_at": self.clock(), "result": None}
-        if len(self._commands) > 1000:
-            for old in list(self._commands)[:100]:
-                del self._commands[old]
+        with self._commands_lock:  # before publishing: the answer can come back before publish returns
+            self._commands.sent(cmd_id, device, cmd, self.clock())
         self.link.publish(topic(self.prefix, device, "cmd"), payload)
         return cmd_id
 
     def command_result(self, cmd_id: str) -> dict[str, Any] | None:
-        entry = self._commands.get(cmd_id)
-        return entry.get("result") if entry else None
+        with self._commands_lock:
+            return self._commands.result(cmd_id, self.clock())
 
     # --- GatewayPort reads ------------------------------------------------------------
 
@@ -802,7 +922,19 @@ class GatewayService:
         return dict(self._whatsapp)  # type: ignore[return-value]
 
     def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
+        was = self._whatsapp.get("state")
         self._whatsapp = {**data}  # type: ignore[typeddict-item]
+        if data.get("state") == "connected" and was != "connected" and self.dispatcher is not None:
+            # Alerts that failed while WhatsApp was away go now, not after their backoff.
+            self.dispatcher.reschedule("whatsapp")
+
+    def _on_whatsapp_receipt(self, _topic: str, data: dict[str, Any]) -> None:
+        if self.dispatcher is None or not isinstance(data, dict):
+            return
+        ids = [str(i) for i in data.get("ids") or [] if i]
+        self.dispatcher.note_receipt(
+            ids, str(data.get("status") or ""), float(data.get("ts") or self.clock())
+        )
 
     def health(self) -> dict[str, Any]:
         assert self.store is not None
@@ -824,8 +956,13 @@ class GatewayService:
             "events_total": self.store.event_count(),
             "alerts": self.store.outbox_counts(),
             "queue": self._queue.qsize(),
-            "reassembly": {"partials": len(self._reasm), "held_bytes": self._reasm.held_bytes},
+            "reassembly": {
+                "partials": len(self._reasm),
+                "held_bytes": self._reasm.held_bytes,
+                "accounted_bytes": self._reasm.accounted_bytes,
+            },
             "photos_in_progress": len(self._in_flight),
+            "commands_held": len(self._commands),
         }
         for k in (
             "received",
@@ -852,27 +989,34 @@ class GatewayService:
             "outbox": self.list_outbox(limit=20),
         }
         # Rewritten every 2 s: atomic but not fsync'd (SD-card wear; a lost snapshot is rewritten soon).
-        atomic_write_bytes(
-            self.data_dir / STATUS_FILE, json.dumps(snap, indent=1, default=str).encode(), durable=False
-        )
+        try:
+            body = json.dumps(snap, indent=1, default=str, allow_nan=False)
+        except ValueError:  # a non-finite number in a record stored before the protocol refused them
+            body = json.dumps(json_safe(snap), indent=1, default=str)
+        atomic_write_bytes(self.data_dir / STATUS_FILE, body.encode(), durable=False)
 
     def _tick_loop(self) -> None:
         """Once a second: reassembly timeouts and offline checks (on the worker), status snapshot."""
         last_status = 0.0
         last_retention = 0.0
         while not self._stopping.wait(1.0):
-            self._queue.put(("call", self._tick))
+            self._queue.put_control(("call", self._tick))
             now = time.monotonic()
             if now - last_status >= 2.0:
                 last_status = now
-                self._queue.put(("call", self.write_status))
+                self._queue.put_control(("call", self.write_status))
             if now - last_retention >= 3600.0:
                 last_retention = now
-                self._queue.put(("call", self._retention))
+                self._queue.put_control(("call", self._retention))
 
     def _tick(self) -> None:
         self._dropped(self._reasm.expire())
+        for device in list(self._busy):
+            self._note_busy(device)
+        with self._commands_lock:
+            self._commands.expire(self.clock())
         self._check_offline()
+        self._check_whatsapp()
         if self.broker is not None:
             self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
             self.broker.supervise()

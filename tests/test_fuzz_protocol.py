@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import protocol as fw
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateway import protocol as gw
@@ -74,6 +76,45 @@ def test_gateway_decoders_on_near_valid_objects(obj):
             if msg.photo:
                 assert 0 < msg.photo.size <= gw.DEFAULT_LIMITS.max_photo_bytes
                 assert msg.photo.chunks == -(-msg.photo.size // msg.photo.chunk_size)
+
+
+def _finite_everywhere(x) -> bool:
+    if isinstance(x, float):
+        return math.isfinite(x)
+    if isinstance(x, dict):
+        return all(_finite_everywhere(v) for v in x.values())
+    if isinstance(x, list | tuple):
+        return all(_finite_everywhere(v) for v in x)
+    if isinstance(x, gw.Event | gw.Status | gw.CommandResult):
+        return _finite_everywhere(vars(x))
+    return True
+
+
+@FUZZ
+@given(near_valid, st.sampled_from(["1e999", "-1E400", "2e308", "1.5e+1000"]), st.sampled_from(KEYS[1:]))
+def test_a_number_too_big_to_be_finite_is_refused_wherever_it_is(obj, huge, key):
+    """Issue 14 item 7: whatever else the message holds, a number that parses to infinity anywhere in
+    it (a top-level field or deep in `sensors`) is refused as bad_number; nothing accepted ever holds
+    a non-finite float."""
+    assume(_finite_everywhere(obj))  # json.dumps writes inf as `Infinity`: bad_json, tested elsewhere
+    marker = "__huge_number__"
+    obj = {**obj, key: {"deep": [marker]} if key == "sensors" else marker}
+    data = json.dumps(obj).replace(f'"{marker}"', huge).encode()
+    for decode in _decoders():
+        with pytest.raises(gw.ProtocolError) as ei:
+            decode(data)
+        assert ei.value.reason in ("bad_number", "oversize")
+
+
+@FUZZ
+@given(near_valid)
+def test_nothing_accepted_holds_a_non_finite_float(obj):
+    data = json.dumps(obj).encode()
+    for decode in _decoders():
+        try:
+            assert _finite_everywhere(decode(data))
+        except gw.ProtocolError:
+            pass
 
 
 @FUZZ

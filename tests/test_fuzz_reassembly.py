@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.protocol import Event, PhotoMeta, ProtocolError
-from gateway.reassembly import Complete, Dropped, Reassembler
+from gateway.reassembly import Complete, Dropped, Reassembler, Refused
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DROP_REASONS = {"reassembly_timeout", "reassembly_overflow", "sha256_mismatch", "size_mismatch", "bad_chunk"}
@@ -50,7 +50,13 @@ def _held_is_consistent(r: Reassembler) -> None:
     partials = list(r._partials.values())
     assert r.held_bytes == sum(p.held for p in partials) >= 0
     assert all(p.held == sum(len(c) for c in p.chunks.values()) for p in partials)
-    assert len(r) == len(partials)
+    assert len(r) == len(partials) <= r.max_partials
+    # the accounting the caps use: bytes + bookkeeping, per box and in total, never drifting
+    assert r.accounted_bytes == sum(p.cost for p in partials)
+    for dev in {p.device for p in partials}:
+        mine = [p for p in partials if p.device == dev]
+        assert r.device_usage(dev) == (len(mine), sum(p.cost for p in mine))
+        assert len(mine) <= r.device_max_partials
 
 
 @FUZZ
@@ -104,15 +110,25 @@ op = st.one_of(
 @given(
     photos=photos,
     ops=st.lists(op, max_size=60),
-    max_bytes=st.integers(0, 6000),
+    max_bytes=st.integers(0, 12000),
     device=st.sampled_from(["box-1", "box-2"]),
+    device_max_partials=st.integers(1, 4),
+    device_max_bytes=st.integers(0, 8000),
 )
-def test_hostile_traffic_only_protocol_errors_and_invariants_hold(photos, ops, max_bytes, device):
+def test_hostile_traffic_only_protocol_errors_and_invariants_hold(
+    photos, ops, max_bytes, device, device_max_partials, device_max_bytes
+):
     clock = Clock()
-    r = Reassembler(timeout_s=30.0, max_bytes=max_bytes, clock=clock)
+    r = Reassembler(
+        timeout_s=30.0,
+        max_bytes=max_bytes,
+        device_max_partials=device_max_partials,
+        device_max_bytes=device_max_bytes,
+        clock=clock,
+    )
     claimed: dict[str, Event] = {}
     for o in ops:
-        out: Complete | Dropped | list[Dropped] | None = None
+        out: Complete | Dropped | Refused | list[Dropped] | None = None
         kind = o[0]
         if kind in ("event", "chunk", "discard"):
             n = o[1] % len(photos)
@@ -152,7 +168,9 @@ def test_hostile_traffic_only_protocol_errors_and_invariants_hold(photos, ops, m
             clock.t += o[1]
         elif kind == "expire":
             out = r.expire()
-            assert r.held_bytes <= max_bytes  # the memory cap holds after every expire()
+            # the memory caps hold after every expire(), counting bookkeeping, in total and per box
+            assert r.held_bytes <= r.accounted_bytes <= max_bytes
+            assert r.device_usage(device)[1] <= device_max_bytes
         else:
             r.discard(device, eid)
         for res in out if isinstance(out, list) else [out]:
@@ -165,6 +183,9 @@ def test_hostile_traffic_only_protocol_errors_and_invariants_hold(photos, ops, m
                 assert r._partials.get((device, ev.id)) is None  # released
             elif isinstance(res, Dropped):
                 assert res.reason in DROP_REASONS and res.device == device
+            elif isinstance(res, Refused):
+                assert res.reason in ("reassembly_device_busy", "reassembly_full") and res.device == device
+                assert r._partials.get((device, res.event_id)) is None  # nothing kept
             else:
                 assert res is None
         _held_is_consistent(r)

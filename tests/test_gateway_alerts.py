@@ -132,6 +132,46 @@ def test_send_command_and_result_on_bus(tmp_path, mosquitto, prefix, box):
         svc.stop()
 
 
+def test_command_results_kept_only_for_commands_sent_to_that_box(tmp_path, mosquitto, prefix, box):
+    """Issue 14 item 4: every result with a made-up id used to be kept forever (63 -> 364 MB in 14 s).
+    Now only the answer to a command this gateway sent to that same box is kept (once); the rest is
+    counted under rejected.unknown_command and holds no memory."""
+    svc = _start(tmp_path, mosquitto, prefix)
+    results: list[dict] = []
+    svc.bus.subscribe(lambda t, d: results.append(d), COMMAND_RESULT)
+    other = Box(mosquitto.url, prefix, "box2")
+    try:
+        cid = svc.send_command("box1", "ping")
+        n = 300
+        for i in range(n):  # made-up ids, each with a fat payload
+            box.pub(
+                "cmd/result",
+                json.dumps({"v": 1, "id": f"madeup-{i:06d}", "ok": True, "x": "y" * 8000}).encode(),
+            )
+        other.pub("cmd/result", json.dumps({"v": 1, "id": cid, "ok": False, "error": "mine"}).encode())
+        box.pub("cmd/result", json.dumps({"v": 1, "id": cid, "ok": True}).encode())
+        box.pub("cmd/result", json.dumps({"v": 1, "id": cid, "ok": False, "error": "again"}).encode())
+        wait_for(
+            lambda: (
+                svc.health()["rejected"].get("unknown_command", 0) == n + 1
+                and svc.health()["rejected"].get("duplicate_cmd_result") == 1
+            ),
+            what="every unknown result counted",
+        )
+        assert [r["id"] for r in results] == [cid] and results[0]["ok"] is True
+        assert svc.command_result(cid) == {"device": "box1", "id": cid, "ok": True, "error": None}
+        assert svc.command_result("madeup-000001") is None
+        assert svc.health()["commands_held"] == 1
+        # a real answer carrying 8 KB of junk is kept without the junk
+        big = svc.send_command("box1", "ping")
+        box.pub("cmd/result", json.dumps({"v": 1, "id": big, "ok": True, "x": "y" * 8000}).encode())
+        got = wait_for(lambda: svc.command_result(big), what="the big result")
+        assert got == {"device": "box1", "id": big, "ok": True, "error": None, "extra_dropped": True}
+    finally:
+        other.close()
+        svc.stop()
+
+
 def test_silent_box_counts_as_offline_when_configured(tmp_path, mosquitto, prefix, box):
     """A battery box disconnects cleanly to sleep (no last will); one that never wakes again is reported."""
     svc = _start(tmp_path, mosquitto, prefix, PARCELBOX_ALERTS_SILENT_AFTER_S="1")

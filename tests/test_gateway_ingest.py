@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import threading
 import time
 
 import pytest
@@ -259,4 +260,148 @@ def test_gateway_started_before_its_broker_connects_when_it_comes_up(tmp_path, m
         finally:
             box.close()
     finally:
+        svc.stop()
+
+
+def test_one_box_flooding_partials_neither_delays_nor_hurts_another(tmp_path, mosquitto, prefix, caplog):
+    """Issue 14 item 5: 500k empty chunks with made-up ids made 348k partials and put another box's
+    event behind the whole backlog (its ack 30 s late). The worker is held still (a bus subscriber
+    blocks it) while box `evil` queues its flood and box `good` one event; then released. `good`'s
+    event must be handled after at most one of `evil`'s messages, not after all of them; `evil`
+    holds at most its share of partials, and what went over its share of the queue is refused.
+    No timing is asserted: only the order in which the worker handled things."""
+    from gateway.bus import DEVICE_CHANGED, EVENT_STORED
+
+    cfg = gateway_config(
+        tmp_path / "data",
+        mosquitto.url,
+        prefix,
+        PARCELBOX_INGEST_DEVICE_QUEUE_SIZE="200",
+        PARCELBOX_INGEST_REASSEMBLY_DEVICE_MAX_PARTIALS="32",
+    )
+    svc = GatewayService(cfg)
+    hold, held = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def block_worker(_t, data):
+        if data.get("device") == "gate" and not hold.is_set():
+            held.set()
+            hold.wait(60)
+
+    def note(_t, data):
+        if data["device"] == "good":
+            seen["chunks_before_good"] = svc.counters.get("chunks")
+
+    svc.bus.subscribe(block_worker, DEVICE_CHANGED)
+    svc.bus.subscribe(note, EVENT_STORED)
+    svc.start()
+    boxes = {d: Box(mosquitto.url, prefix, d) for d in ("gate", "evil", "good")}
+    try:
+        assert svc.wait_connected(10)
+        boxes["gate"].pub("status", b'{"v":1,"online":true}')
+        wait_for(held.is_set, what="the worker held")
+        n = 300
+        for i in range(n):
+            boxes["evil"].chunk(f"madeup{i:06d}", 0, b"")
+        wait_for(lambda: svc.health()["queue"] >= 200, what="evil's flood queued")
+        eid = new_event_id()
+        boxes["good"].event(eid, event_payload(eid))
+        wait_for(lambda: svc.health()["queue"] >= 201, what="good's event queued")
+        hold.set()
+        assert boxes["good"].wait_ack(eid) == {"v": 1, "id": eid, "ok": True}
+        assert seen["chunks_before_good"] <= 1  # one of evil's had its turn; the old FIFO: all 200
+        h = wait_for(
+            lambda: (h := svc.health())["queue"] == 0 and sum(h["rejected"].values()) >= n - 32 and h,
+            what="the flood handled",
+        )
+        assert h["rejected"] == {"device_queue_full": n - 200, "reassembly_device_busy": 200 - 32}
+        assert h["reassembly"]["partials"] == 32
+        assert h["reassembly"]["accounted_bytes"] >= 32 * 1024  # bookkeeping counts, not just bytes
+        # Now evil is known to be at its limit: more made-up chunks are refused in paho's callback and
+        # never reach the worker (its chunk count stays put).
+        chunks = h["chunks"]
+        for i in range(50):
+            boxes["evil"].chunk(f"more{i:06d}", 0, b"")
+        wait_for(
+            lambda: svc.health()["rejected"]["reassembly_device_busy"] == 200 - 32 + 50, what="early refusals"
+        )
+        assert svc.health()["chunks"] == chunks
+        # every refusal counted, but the log gets a few lines per reason, not one per message
+        lines = [r for r in caplog.records if r.getMessage().startswith("rejected ")]
+        assert 2 <= len(lines) <= 2 * 10
+    finally:
+        hold.set()
+        for b in boxes.values():
+            b.close()
+        svc.stop()
+
+
+def test_a_box_at_its_photo_limit_is_let_in_again_once_its_partials_expire(tmp_path, mosquitto, prefix):
+    """The early refusal in paho's callback (a box at its limit of unfinished photos) is lifted when
+    the worker drops that box's partials: a box is never shut out for good."""
+    cfg = gateway_config(
+        tmp_path / "data",
+        mosquitto.url,
+        prefix,
+        PARCELBOX_INGEST_REASSEMBLY_TIMEOUT_S="1",
+        PARCELBOX_INGEST_REASSEMBLY_DEVICE_MAX_PARTIALS="2",
+    )
+    svc = GatewayService(cfg)
+    svc.start()
+    evil = Box(mosquitto.url, prefix, "evil")
+    try:
+        assert svc.wait_connected(10)
+        for i in range(5):
+            evil.chunk(f"madeup{i:06d}", 0, b"x")
+        wait_for(lambda: svc.health()["rejected"].get("reassembly_device_busy") == 3, what="3 refused")
+        wait_for(lambda: svc.health()["rejected"].get("reassembly_timeout") == 2, what="the 2 held expire")
+        wait_for(lambda: "evil" not in svc._busy, what="evil let in again")
+        evil.chunk("madeup-again01", 0, b"x")
+        wait_for(lambda: svc.health()["reassembly"]["partials"] == 1, what="a new partial accepted")
+        assert svc.health()["rejected"]["reassembly_device_busy"] == 3
+    finally:
+        evil.close()
+        svc.stop()
+
+
+def test_complete_photos_waiting_for_the_pool_are_bounded_per_box(tmp_path, mosquitto, prefix, monkeypatch):
+    """A box sending complete photos faster than the pool decodes them could queue them without limit
+    (each holding its bytes) ahead of every other box's. The pool is held still here by wrapping the
+    service's `process_photo` (a stand-in for a slow pool: the real function still does the work once
+    released); `evil` sends 6 photos without waiting for acks, `good` one."""
+    import gateway.service as service_mod
+
+    hold = threading.Event()
+    real = service_mod.process_photo
+
+    def slow(*a, **kw):
+        hold.wait(60)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(service_mod, "process_photo", slow)
+    cfg = gateway_config(
+        tmp_path / "data", mosquitto.url, prefix, PARCELBOX_INGEST_DEVICE_PHOTOS_IN_PROGRESS="4"
+    )
+    svc = GatewayService(cfg)
+    svc.start()
+    evil, good = Box(mosquitto.url, prefix, "evil"), Box(mosquitto.url, prefix, "good")
+    try:
+        assert svc.wait_connected(10)
+        ids = [new_event_id() for _ in range(6)]
+        for eid in ids:
+            evil.send(eid, PHOTO)
+        wait_for(lambda: svc.health()["rejected"].get("photo_pool_busy") == 2, what="2 of evil's refused")
+        gid = new_event_id()
+        good.send(gid, PHOTO)
+        wait_for(lambda: svc.health()["photos_in_progress"] == 5, what="good's photo taken in")
+        hold.set()
+        assert good.wait_ack(gid)["ok"] is True
+        for eid in ids[:4]:
+            assert evil.wait_ack(eid)["ok"] is True
+        assert evil.next_ack(timeout=0.5) is None  # the 2 refused got no answer: the box re-sends later
+        assert svc.health()["rejected"] == {"photo_pool_busy": 2}
+    finally:
+        hold.set()
+        evil.close()
+        good.close()
         svc.stop()

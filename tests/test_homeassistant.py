@@ -1106,3 +1106,24 @@ def test_unreadable_registry_does_not_stop_the_bridge(mosquitto, port, cfg, mirr
         mirror.wait(lambda: mirror.payload(button) == b"", what="box-2 cleared once readable")
     finally:
         bridge.stop()
+
+
+def test_whatsapp_linked_sensor_follows_the_whatsapp_state(mosquitto, port, cfg, mirror, bridge):
+    """Issue 16 (session loss): Home Assistant gets a "WhatsApp linked" binary sensor, so an automation
+    can reach the owner another way when WhatsApp alerts stop."""
+    from gateway.bus import WHATSAPP_STATE
+
+    bridge.start()
+    mirror.wait(lambda: mirror.payload(d.gateway_availability_topic(cfg)) == b"online", what="gateway online")
+    assert bridge.wait_idle()
+    ent = d.whatsapp_entity(cfg)
+    assert ent.topic(cfg) not in mirror.latest  # WhatsApp not enabled: no entity
+    port.bus.publish(WHATSAPP_STATE, {"state": "connected", "detail": "Linked as +628"})
+    mirror.wait(lambda: mirror.payload(d.whatsapp_topic(cfg)) == b"ON", what="WhatsApp linked ON")
+    component, conf = check_discovery(ent.topic(cfg), mirror.payload(ent.topic(cfg)), cfg)
+    assert component == "binary_sensor" and conf["device"]["identifiers"] == [d.gateway_identifier(cfg)]
+    assert conf["state_topic"] == d.whatsapp_topic(cfg) and conf["device_class"] == "connectivity"
+    port.bus.publish(WHATSAPP_STATE, {"state": "not_paired", "detail": "Logged out by WhatsApp"})
+    mirror.wait(lambda: mirror.payload(d.whatsapp_topic(cfg)) == b"OFF", what="WhatsApp linked OFF")
+    port.bus.publish(WHATSAPP_STATE, "garbage")  # hostile bus input is counted, never raised
+    assert bridge.wait_idle() and bridge.counters["bus_rejected.bad_whatsapp"] == 1

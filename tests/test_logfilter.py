@@ -50,4 +50,4 @@ def test_the_table_of_lines_is_bounded() -> None:
     logger, out, f = make_logger(clock)
     for i in range(5000):
         logger.info("line %d", i)
-    assert len(f._seen) <= 1024 and out.getvalue().count("\n") == 5000
+    assert f.tracked() <= 1024 and out.getvalue().count("\n") == 5000

@@ -192,6 +192,32 @@ def test_event_rejections(payload, reason):
     assert str(ei.value)  # a readable message for the log
 
 
+@pytest.mark.parametrize(
+    "decode,payload",
+    [
+        (gw.decode_event, mutate().replace(b'"sensors": {}', b'"sensors": {"range_mm": 1e999}')),
+        (gw.decode_event, mutate().replace(b'"sensors": {}', b'"sensors": {"a": {"b": [1, -1E400]}}')),
+        (gw.decode_event, mutate().replace(b'"ts": null', b'"ts": 1e999')),
+        (gw.decode_status, b'{"v":1,"online":true,"extra":{"t":-1e309}}'),
+        (gw.decode_cmd_result, b'{"v":1,"id":"abcdefgh","ok":true,"temp":1e999}'),
+    ],
+)
+def test_non_finite_numbers_refused_at_any_depth(decode, payload):
+    """Issue 14 item 7: `1e999` is valid JSON grammar that Python parses as infinity; once stored it
+    broke every /api/events answer. Every decoder refuses it, however deeply nested."""
+    assert b"e999" in payload or b"E400" in payload or b"e309" in payload
+    with pytest.raises(gw.ProtocolError) as ei:
+        decode(payload)
+    assert ei.value.reason == "bad_number"
+
+
+def test_finite_floats_and_big_exponents_that_fit_still_decode():
+    ev = gw.decode_event(
+        mutate().replace(b'"sensors": {}', b'"sensors": {"range_mm": 1.5e3, "t": -2.5E-300}')
+    )
+    assert ev.sensors == {"range_mm": 1500.0, "t": -2.5e-300}
+
+
 def test_good_reference_event_decodes():
     assert gw.decode_event(mutate()).photo.chunks == 1
 

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.app import build_service
 from gateway.web.server import WebServer
-from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
+from tests.support.gateway_core import Box, event_payload, gateway_config, make_jpeg, new_event_id, wait_for
 from tests.support.web import BoxRunner, SSEReader
 
 PHOTO = make_jpeg(640, 480, seed=3)
@@ -121,3 +121,64 @@ def test_web_disabled_in_config(tmp_path, mosquitto, prefix) -> None:
     cfg = gateway_config(tmp_path / "d2", mosquitto.url, prefix, PARCELBOX_WEB_ENABLED="false")
     svc = build_service(cfg)
     assert not [c for c in svc.components if isinstance(c, WebServer)]
+
+
+def test_a_stored_non_finite_sensor_value_never_breaks_the_api(tmp_path, mosquitto, prefix) -> None:
+    """Issue 14 item 7: a record stored with `range_mm: inf` (before the protocol refused `1e999`) made
+    every /api/events answer 500, for good. The record is written by the real store, the gateway
+    started on that data folder afterwards (as after a restart), and a new `1e999` is refused."""
+    import json
+    import math
+
+    from gateway.store import Store
+
+    data = tmp_path / "data"
+    store = Store(data)
+    bad = new_event_id()
+    record = {
+        "device": "box1",
+        "id": bad,
+        "type": "delivery",
+        "ts": 1_700_000_000.0,
+        "received_at": 1_700_000_000.0,
+        "seq": 1,
+        "sensors": {"range_mm": math.inf, "deep": {"x": [math.nan, -math.inf, 2.5]}},
+        "photo": None,
+        "cmd": None,
+    }
+    assert store.add_event(record)  # type: ignore[arg-type]
+    store.close()
+
+    cfg = gateway_config(data, mosquitto.url, prefix, PARCELBOX_WEB_PORT="0")
+    svc = build_service(cfg)
+    svc.start()
+    box = Box(mosquitto.url, prefix, "box1")
+    try:
+        assert svc.wait_connected(10)
+        with httpx.Client(base_url=web_of(svc).url, timeout=10) as c:
+            r = c.get("/api/events")
+            assert r.status_code == 200, r.text
+            (ev,) = r.json()["events"]
+            assert ev["sensors"] == {"range_mm": None, "deep": {"x": [None, None, 2.5]}}
+            one = c.get(f"/api/events/box1/{bad}")
+            assert one.status_code == 200 and one.json()["sensors"]["range_mm"] is None
+            # a new one is refused at the protocol boundary (and the box told not to send it again)
+            eid = new_event_id()
+            payload = json.loads(event_payload(eid))
+            payload["sensors"] = {"range_mm": 1}
+            raw = json.dumps(payload).replace('"range_mm": 1', '"range_mm": 1e999').encode()
+            box.event(eid, raw)
+            nack = box.wait_ack(eid)
+            assert nack["ok"] is False and nack["retry"] is False and nack["error"].startswith("bad_number")
+            assert c.get("/api/health").json()["rejected"] == {"bad_number": 1}
+            assert [e["id"] for e in c.get("/api/events").json()["events"]] == [bad]
+        # status.json (what `parcelbox status --json` prints) is strict JSON too
+
+        def strict(name: str) -> None:
+            raise ValueError(f"{name} in status.json")
+
+        snap = json.loads((data / "status.json").read_text(), parse_constant=strict)
+        assert snap["events"][0]["sensors"]["range_mm"] is None
+    finally:
+        box.close()
+        svc.stop()

@@ -107,6 +107,22 @@ def test_test_messages_are_rate_limited(setup) -> None:
     assert len(fake.sent()) == 5
 
 
+def test_a_stranger_not_on_whatsapp_gets_no_test_message(setup) -> None:
+    """A number outside the recipients is looked up before the test message goes to it: a send to a
+    non-user fails at WhatsApp anyway, and each one is a look-up (a ban signal)."""
+    c, port, fake, comp = setup
+    fake.script(not_on_whatsapp=["6281266660000"])
+    fake.inject("scan")
+    wait_until(lambda: c.get("/api/whatsapp").json()["state"] == "connected", what="connected")
+    h = csrf_headers(c)
+    r = c.post("/api/whatsapp/test", json={"recipient": "+62 812 6666 0000", "confirm": True}, headers=h)
+    assert r.status_code == 502 and "not on WhatsApp" in r.json()["detail"], r.text
+    assert fake.sent() == []
+    r = c.post("/api/whatsapp/test", json={"recipient": "+62 812 5555 0000", "confirm": True}, headers=h)
+    assert r.status_code == 200, r.text
+    assert [m["to"] for m in fake.sent()] == ["6281255550000@s.whatsapp.net"]
+
+
 def test_whatsapp_off_means_no_actions(tmp_path: Path) -> None:
     port = MemoryPort(tmp_path)
     app = create_app(

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.bus import WHATSAPP_STATE, Bus
 from gateway.notify.base import Alert
 from gateway.notify.whatsapp import WhatsAppNotifier
@@ -202,6 +204,25 @@ def test_client_outdated_says_upgrade_neonize_and_stops(tmp_path: Path) -> None:
         assert sup.finished.wait(15) and sup.restarts == 0
 
 
+def test_the_outdated_advice_stays_inside_the_tested_neonize_versions(tmp_path: Path) -> None:
+    """Issue 16 #11: the advice `pip install -U neonize` contradicted the pin in pyproject.toml."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    [pin] = pyproject["project"]["optional-dependencies"]["whatsapp"]
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        fake.inject("client_outdated")
+        st = wait_state(sup, "outdated")
+    assert f"pip install -U '{pin}'" in st["detail"] and "`pip install -U neonize`" not in st["detail"]
+    from gateway.whatsapp import NEONIZE_REQUIREMENT
+
+    assert NEONIZE_REQUIREMENT == pin  # one home per fact: the adapter's tested range
+
+
 def test_cannot_reach_whatsapp_retries_with_backoff_and_reports_it(tmp_path: Path) -> None:
     settings = fake_settings(tmp_path)
     fake = FakeWhatsApp(settings.fake_dir)
@@ -376,3 +397,44 @@ def test_a_hung_child_is_killed_and_restarted(tmp_path: Path) -> None:
         assert sup.hung_kills == 1
         wait_state(sup, lambda s: s.get("state") == "connected" and sup.child_pid() not in (None, pid))
         assert n.send(_alert(1)).ok and n.send(_alert(2)).ok
+
+
+@pytest.mark.parametrize("one_connect", [False, True], ids=["in-process", "process-per-connect"])
+def test_phone_code_pairing_gets_a_new_code_each_round(tmp_path: Path, one_connect: bool) -> None:
+    """Issue 16 #3: after the first round (~160 s) no new code came and the QR stayed hidden."""
+    settings = fake_settings(tmp_path, qr_round_s=0.5)
+    fake = FakeWhatsApp(settings.fake_dir)
+    fake.script(qr_codes=["2@round-qr"], qr_interval_s=0.1, one_connect_per_process=one_connect)
+    with running(settings, mode="pair", phone="628123456789") as sup:
+        st = wait_state(sup, lambda s: s.get("pair_code") == "FAKE-C0DE")
+        assert st["pair_code_expires_at"] > time.time() and "a new code follows" in st["detail"]
+        st = wait_state(sup, lambda s: s.get("pair_code") == "FAKE-C002")
+        assert st["state"] == "pairing"
+        # Nobody typed any code: after a few rounds the QR is shown again (no more push notifications).
+        st = wait_state(sup, lambda s: bool(s.get("qr")), timeout=60)
+    assert len(fake.pair_requests()) >= 2
+
+
+def test_an_expired_qr_code_is_taken_down_at_once(tmp_path: Path) -> None:
+    """Issue 16 #10: the last QR of a round stayed on the dashboard until qr_round_s (75 s) passed,
+    although whatsmeow (qrchan.go) gives each code 60 s (the first) or 20 s."""
+    settings = fake_settings(tmp_path, qr_valid_s=(0.5, 0.5))  # qr_round_s stays at its 75 s
+    fake = FakeWhatsApp(settings.fake_dir)
+    fake.script(qr_codes=["2@only-code"], qr_interval_s=0.1)
+    with running(settings, mode="pair") as sup:
+        st = wait_state(sup, lambda s: s.get("qr") == "2@only-code")
+        assert st["qr_expires_at"] > time.time() - 1
+        st = wait_state(sup, lambda s: s.get("state") == "pairing" and not s.get("qr"), timeout=30)
+        assert "expired" in st["detail"]
+        wait_state(sup, lambda s: s.get("qr") == "2@only-code")  # the next round's code
+
+
+def test_while_the_gateway_runs_the_text_points_to_the_dashboard(tmp_path: Path) -> None:
+    """Issue 16 #10: in the gateway (mode run) `parcelbox whatsapp pair` refuses; say so."""
+    settings = fake_settings(tmp_path)
+    FakeWhatsApp(settings.fake_dir)
+    with running(settings) as sup:
+        st = wait_state(sup, "not_paired")
+        assert "dashboard's WhatsApp page" in st["detail"]
+        assert not st["detail"].split("Pair it", 1)[1].startswith(": run `parcelbox whatsapp pair`")
+        assert "only while the gateway is stopped" in st["detail"]

@@ -226,3 +226,93 @@ def test_end_to_end_through_the_real_child(tmp_path: Path) -> None:
         wait_until(lambda: comp.counters()["whatsapp.commands.replied"] == 2, what="the reply count")
     finally:
         comp.stop()
+
+
+FAMILY = "120363012345678901@g.us"
+
+
+def test_status_broadcast_and_channels_are_never_answered(tmp_path: Path) -> None:
+    """Issue 16 #1: a reply to status@broadcast posts a Status to every contact (whatsmeow send.go)."""
+    h, port, replies = _handler(tmp_path, [_dev("box1", "Front gate")], command_groups=[FAMILY])
+    owner = f"{OWNER}@s.whatsapp.net"
+    status = IncomingMessage("s1", "status@broadcast", owner, OWNER, "foto", time.time(), is_group=True)
+    channel = IncomingMessage("n1", "120363111@newsletter", "120363111@newsletter", "", "status", time.time())
+    blist = IncomingMessage("b1", "1700000000@broadcast", owner, OWNER, "!foto", time.time(), is_group=True)
+    for m in (status, channel, blist):
+        h.submit(m)
+        h.handle(m)
+    assert replies.items == [] and port.commands == []
+    assert h.counters["ignored_broadcast"] == 6
+
+
+def test_groups_need_a_listed_group_and_the_prefix(tmp_path: Path) -> None:
+    h, port, replies = _handler(tmp_path, [_dev("box1", "Front gate")], command_groups=[FAMILY])
+
+    def g(text: str, chat: str = FAMILY) -> IncomingMessage:
+        return IncomingMessage("g1", chat, f"{OWNER}@s.whatsapp.net", OWNER, text, time.time(), is_group=True)
+
+    for m in (g("foto"), g("status please"), g("!dance"), g("!help", chat="120363999999999999@g.us")):
+        h.handle(m)
+    assert replies.items == [] and port.commands == []
+    assert h.counters["ignored_chat"] == 2 and h.counters["ignored_unknown"] == 1
+    assert h.counters["ignored_group"] == 1
+    h.handle(g("!foto"))
+    assert port.commands == [("box1", "snapshot")] and replies.items[-1][0] == FAMILY
+    h.handle(g("! status"))
+    assert "box(es)" in replies.items[-1][1]
+    h.handle(g("!bantuan"))
+    assert "*!foto*" in replies.items[-1][1]  # the help says the prefix where it is needed
+
+
+def test_old_commands_from_the_backlog_are_ignored(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    port = Port(tmp_path, [_dev("box1", "Front gate")])
+    replies = Replies()
+    s = fake_settings(tmp_path, allow=[OWNER], command_max_age_s=300.0)
+    h = CommandHandler(port, replies, s, clock=lambda: now[0])
+    old = IncomingMessage(
+        "o1", f"{OWNER}@s.whatsapp.net", f"{OWNER}@s.whatsapp.net", OWNER, "foto", now[0] - 3600
+    )
+    h.handle(old)
+    assert port.commands == [] and h.counters["ignored_stale"] == 1
+    fresh = IncomingMessage("o2", old.chat, old.sender, OWNER, "status", now[0] - 10)
+    h.handle(fresh)
+    assert len(replies.items) == 1
+
+
+def test_personal_number_answers_only_prefixed_commands(tmp_path: Path) -> None:
+    h, _, replies = _handler(tmp_path, [_dev("box1", "Front gate")], personal_number=True)
+    h.handle(_msg("hi, are you coming for dinner?"))
+    h.handle(_msg("status"))
+    h.handle(_msg("!what"))
+    assert replies.items == []
+    h.handle(_msg("!status"))
+    assert "box(es)" in replies.items[-1][1]
+
+
+def test_group_status_and_backlog_shapes_through_the_real_child(tmp_path: Path) -> None:
+    """The fake's shapes (whatsmeow parseMessageSource) take the adapter's path; only the DM is answered."""
+    settings = fake_settings(tmp_path, allow=[f"+{OWNER}"], command_groups=[FAMILY])
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    port = Port(tmp_path, [_dev("box1", "Front gate")])
+    comp = WhatsAppComponent(port, settings)
+    comp.start()
+    try:
+        wait_state(comp.supervisor, "connected")
+        fake.inject("message", sender=OWNER, text="foto", status=True)  # a Status the owner posted
+        fake.inject("message", sender=OWNER, text="foto", newsletter=True)
+        fake.inject("message", sender=OWNER, text="foto", chat=FAMILY, is_group=True)  # chatter
+        fake.inject("message", sender=OWNER, text="status", from_me=True)
+        fake.inject("message", sender=OWNER, text="foto", ts=time.time() - 86_400)  # backlog
+        fake.inject(
+            "message", sender=OWNER, text="status", hide_phone=True, sender_alt=True, push_name="Siti, S.Pd"
+        )
+        sent = wait_until(lambda: fake.sent(), what="the status reply")
+        wait_until(lambda: comp.counters()["whatsapp.commands.replied"] == 1, what="the reply count")
+        c = comp.commands.counters
+        assert c["ignored_chat"] == 1 and c["ignored_stale"] == 1, c
+        assert len(sent) == 1 and "box(es)" in sent[0]["text"] and sent[0]["to"].endswith("@lid")
+        assert port.commands == []
+    finally:
+        comp.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -69,7 +70,9 @@ def test_no_network_real_neonize_gateway_keeps_working(tmp_path, mosquitto, pref
             what="a failed WhatsApp attempt",
         )[0]
         assert "not connected" in rec["last_error"] and rec["recipient"] == OWNER
-        assert comp.supervisor.crashes == 0 and comp.supervisor.child_pid() is not None
+        assert comp.supervisor.crashes == 0
+        # Reconnects are fresh child processes (one neonize client per process): one is up again.
+        wait_for(comp.supervisor.child_pid, timeout=60, what="the WhatsApp child")
     finally:
         svc.stop()
     assert comp.supervisor.child_pid() is None
@@ -150,5 +153,189 @@ def test_build_service_wires_whatsapp_from_the_config(tmp_path, mosquitto, prefi
         assert box.wait_ack(eid)["ok"]
         sent = wait_for(lambda: fake.sent(), what="the alert on WhatsApp")
         assert sent[0]["text"].startswith("📦 Paket diterima di Front gate") and sent[0]["image_bytes"] > 0
+    finally:
+        svc.stop()
+
+
+def test_alerts_go_out_as_soon_as_whatsapp_is_back(tmp_path, mosquitto, prefix, box) -> None:
+    """Issue 16 #9: an alert that failed while WhatsApp was away waited out its backoff (up to 5 min)."""
+    cfg = _config(
+        tmp_path,
+        mosquitto,
+        prefix,
+        PARCELBOX_OUTBOX_BACKOFF_INITIAL_S="3600",
+        PARCELBOX_OUTBOX_BACKOFF_MAX_S="3600",
+    )
+    settings = fake_settings(tmp_path, recipients=[OWNER], rate_per_minute=1000, rate_per_minute_overall=1000)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    svc = GatewayService(cfg)
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        wait_state(comp.supervisor, "connected")
+        fake.inject("disconnected")
+        wait_state(comp.supervisor, "disconnected")
+        eid = new_event_id()
+        box.send(eid, PHOTO)
+        assert box.wait_ack(eid)["ok"]
+        rec = wait_for(
+            lambda: [o for o in _whatsapp_outbox(svc) if o["state"] == "failed"], what="a failed attempt"
+        )[0]
+        assert rec["next_attempt_at"] > rec["created_at"] + 3000  # the backoff would hold it an hour
+        fake.inject("connected")
+        wait_for(lambda: fake.sent(), timeout=30, what="the alert once WhatsApp is back")
+        wait_for(lambda: _whatsapp_outbox(svc)[0]["state"] == "sent", what="the outbox to agree")
+        assert _whatsapp_outbox(svc)[0]["attempts"] == 2
+    finally:
+        svc.stop()
+
+
+def test_a_recipient_not_on_whatsapp_is_checked_once_and_fails_permanently(
+    tmp_path, mosquitto, prefix, box
+) -> None:
+    """Issue 16 #7: 'no LID found' was retried for 24 h; frequent look-ups of non-users are a ban signal."""
+    stranger = "+62 899-0000-0000"
+    cfg = _config(tmp_path, mosquitto, prefix, PARCELBOX_WHATSAPP_RECIPIENTS=f"{OWNER},{stranger}")
+    settings = fake_settings(
+        tmp_path, recipients=[OWNER, stranger], rate_per_minute=1000, rate_per_minute_overall=1000
+    )
+    fake = FakeWhatsApp(settings.fake_dir)
+    fake.script(not_on_whatsapp=["6289900000000"])
+    pair_fake(settings)
+    svc = GatewayService(cfg)
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        st = wait_state(comp.supervisor, lambda s: s.get("unknown_numbers") is not None)
+        assert st["unknown_numbers"] == ["6289900000000"]
+        for _ in range(2):
+            eid = new_event_id()
+            box.send(eid, PHOTO)
+            assert box.wait_ack(eid)["ok"]
+        wait_for(
+            lambda: sorted(o["state"] for o in _whatsapp_outbox(svc)) == ["dead", "dead", "sent", "sent"],
+            what="two sent, two dead at once",
+        )
+        dead = [o for o in _whatsapp_outbox(svc) if o["state"] == "dead"]
+        assert all(o["attempts"] == 1 and "not on WhatsApp" in o["last_error"] for o in dead)
+        assert {s["to"] for s in fake.sent()} == {"628123456789@s.whatsapp.net"}
+        lookups = [json.loads(x) for x in (settings.fake_dir / "lookups.jsonl").read_text().splitlines()]
+        assert [sorted(x["phones"]) for x in lookups] == [["628123456789", "6289900000000"]]
+        assert comp.counters()["whatsapp.not_on_whatsapp"] == 2
+    finally:
+        svc.stop()
+
+
+def test_no_lid_found_from_whatsapp_is_a_permanent_failure(tmp_path) -> None:
+    """A number that left WhatsApp after the start-up check: the send error itself is permanent."""
+    pytest.importorskip("neonize")
+    from gateway.whatsapp.neonize_adapter import send_error_is_permanent
+
+    assert send_error_is_permanent(
+        "SendMessageError: no LID found for 6289900000000@s.whatsapp.net from server"
+    )
+    assert not send_error_is_permanent("SendMessageError: websocket not connected")
+    settings = fake_settings(tmp_path)
+    fake = FakeWhatsApp(settings.fake_dir)
+    fake.script(not_on_whatsapp=["6289900000000"])
+    pair_fake(settings)
+    from tests.support.whatsapp import running
+
+    with running(settings) as sup:
+        wait_state(sup, "connected")
+        out = sup.send("6289900000000@s.whatsapp.net", "hello")
+    assert not out.ok and out.permanent and "no LID found" in out.error
+
+
+def test_whatsapp_down_for_a_while_is_told_through_the_other_sinks(tmp_path, mosquitto, prefix, box) -> None:
+    """Issue 16 (session loss): a logout (the 14-day rule, a ban, stream replaced) stopped alerts
+    silently; now the folder sink (and the webhook) get a notice, and another when it is back."""
+    from gateway.notify.folder import FolderNotifier
+
+    cfg = _config(tmp_path, mosquitto, prefix, PARCELBOX_WHATSAPP_DOWN_NOTICE_AFTER_S="0.5")
+    settings = fake_settings(tmp_path, recipients=[OWNER])
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    alerts_dir = tmp_path / "alerts"
+    svc = GatewayService(cfg, notifiers=[FolderNotifier(alerts_dir)])
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        wait_state(comp.supervisor, "connected")
+        wait_for(lambda: svc.whatsapp_state().get("state") == "connected", what="connected on the gateway")
+        assert svc.whatsapp_state()["down_since"] is None
+        fake.inject("stream_replaced")
+        wait_state(comp.supervisor, "stream_replaced")
+
+        def notices(kind: str) -> list[dict]:
+            docs = (
+                [json.loads(p.read_text()) for p in alerts_dir.glob("*.json")] if alerts_dir.exists() else []
+            )
+            return [d for d in docs if d["kind"] == kind]
+
+        [down] = wait_for(lambda: notices("whatsapp_down"), what="the down notice in the folder sink")
+        assert "WhatsApp alerts have stopped" in down["caption"] and "14 days" in down["caption"]
+        assert "Another client took over" in down["caption"]  # the state's own explanation
+        assert down["device"] == "_gateway"
+        assert not [
+            o
+            for o in svc.list_outbox(limit=100)
+            if o["kind"].startswith("whatsapp_") and o["notifier"] == "whatsapp"
+        ]
+        comp.supervisor.restart()  # the owner dealt with it
+        wait_state(comp.supervisor, "connected")
+        [up] = wait_for(lambda: notices("whatsapp_up"), what="the back-again notice")
+        assert "work again" in up["caption"]
+        assert len(notices("whatsapp_down")) == 1
+    finally:
+        svc.stop()
+
+
+def test_receipts_move_an_alert_from_sent_to_delivered_to_read(tmp_path, mosquitto, prefix, box) -> None:
+    """Issue 16 (receipts): "sent" meant only that the server took it; the recipient's phone tells more."""
+    cfg = _config(tmp_path, mosquitto, prefix)
+    settings = fake_settings(tmp_path, recipients=[OWNER], rate_per_minute=1000, rate_per_minute_overall=1000)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    svc = GatewayService(cfg)
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        wait_state(comp.supervisor, "connected")
+        eid = new_event_id()
+        box.send(eid, PHOTO)
+        assert box.wait_ack(eid)["ok"]
+        [sent] = wait_for(lambda: fake.sent(), what="the alert on WhatsApp")
+        rec = wait_for(lambda: [o for o in _whatsapp_outbox(svc) if o["state"] == "sent"], what="sent")[0]
+        assert rec["message_id"] == sent["id"] and rec["receipt"] == "sent"
+        fake.inject("receipt", id=sent["id"], type="DELIVERED")
+        wait_for(lambda: _whatsapp_outbox(svc)[0]["receipt"] == "delivered", what="delivered")
+        fake.inject("receipt", id=sent["id"], type="READ_SELF")  # our own phone read it: not the recipient
+        fake.inject("receipt", id=sent["id"], type="READ")
+        wait_for(lambda: _whatsapp_outbox(svc)[0]["receipt"] == "read", what="read")
+        fake.inject("receipt", id=sent["id"], type="DELIVERED")  # late: never goes backwards
+        fake.inject("receipt", id="3EB0NOTOURS", type="READ")  # someone else's message: ignored
+        status = svc.data_dir / "status.json"
+        wait_for(
+            lambda: (
+                status.exists()
+                and any(o.get("receipt") == "read" for o in json.loads(status.read_text())["outbox"])
+            ),
+            what="the receipt in status.json (parcelbox status --json)",
+        )
+        assert _whatsapp_outbox(svc)[0]["receipt"] == "read" and _whatsapp_outbox(svc)[0]["receipt_at"]
     finally:
         svc.stop()

@@ -183,3 +183,53 @@ garage = ["120363012345678901@g.us", "+62 833 3333 333"]
     assert s.session_dir == Path(cfg.data_dir) / "whatsapp"
     assert s.recipients_for("garage") == ["120363012345678901@g.us", "+62 833 3333 333"]
     assert s.recipients_for("front") == ["+62 811 1111 111"]
+
+
+def test_link_watch_tells_once_per_outage_and_when_back() -> None:
+    from gateway.whatsapp.watch import DOWN, UP, LinkWatch
+
+    w = LinkWatch(after_s=300)
+    assert w.check({"state": "disabled"}, 0) is None
+    assert w.check({"state": "connected", "down_since": None}, 100) is None
+    down = {"state": "not_paired", "down_since": 1000.0}
+    assert w.check(down, 1200) is None  # not long enough yet
+    assert w.check(down, 1300) == DOWN
+    assert w.check(down, 5000) is None  # once per outage
+    assert w.check({**down, "state": "disconnected"}, 6000) is None  # same outage, other state
+    assert w.check({"state": "connected", "down_since": None}, 7000) == UP
+    assert w.check({"state": "connected", "down_since": None}, 7001) is None
+    assert LinkWatch(after_s=0).check(down, 10**9) is None  # off
+
+
+def test_the_fake_message_shapes_follow_whatsmeow() -> None:
+    """gateway.whatsapp.fake.raw_message makes what whatsmeow parseMessageSource makes; the shared
+    conversion then keeps or drops them exactly as for real neonize events."""
+    from gateway.whatsapp.fake import STATUS_BROADCAST, lid_for, raw_message
+    from gateway.whatsapp.incoming import incoming_from_raw
+
+    now = 1_800_000_000.0
+    dm = raw_message({"sender": "628123", "text": "status", "push_name": "Siti, S.Pd"}, "m1", now)
+    assert (
+        dm.chat == dm.sender == "628123@s.whatsapp.net" and dm.timestamp == now * 1000
+    )  # ms, as neonize 0.5
+    m = incoming_from_raw(dm)
+    assert m is not None and m.ts == now and m.push_name == "Siti, S.Pd" and m.sender_phone == "628123"
+    status = raw_message({"sender": "628123", "text": "foto", "status": True}, "m2", now)
+    assert status.chat == STATUS_BROADCAST and status.is_group and incoming_from_raw(status) is None
+    channel = raw_message({"sender": "628123", "text": "foto", "newsletter": True}, "m3", now)
+    assert channel.chat == channel.sender and channel.chat.endswith("@newsletter")
+    assert incoming_from_raw(channel) is None
+    assert (
+        incoming_from_raw(raw_message({"sender": "628123", "text": "x", "from_me": True}, "m4", now)) is None
+    )
+    hidden = {"sender": "628123", "text": "status", "hide_phone": True}
+    lid = raw_message(hidden, "m5", now)
+    assert lid.sender == lid_for("628123") and lid.sender.endswith("@lid") and lid.sender_alt == ""
+    assert incoming_from_raw(lid).sender_phone == ""  # unknown: not authorised
+    assert incoming_from_raw(lid, lambda _l: "628123@s.whatsapp.net").sender_phone == "628123"
+    alt = raw_message({**hidden, "sender_alt": True}, "m6", now)
+    assert alt.sender_alt == "628123@s.whatsapp.net" and incoming_from_raw(alt).sender_phone == "628123"
+    group = raw_message({"sender": "628123", "text": "!foto", "is_group": True}, "m7", now)
+    assert group.chat.endswith("@g.us") and group.sender == "628123@s.whatsapp.net" and group.is_group
+    old = raw_message({"sender": "628123", "text": "foto", "ts": now - 86_400}, "m8", now)
+    assert incoming_from_raw(old).ts == now - 86_400  # the backlog keeps its own time

@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 
-from gateway.bus import DEVICE_CHANGED, EVENT_STORED
+from gateway.bus import DEVICE_CHANGED, EVENT_STORED, WHATSAPP_STATE
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.discovery import HAConfig
 from gateway.ports import GatewayPort
@@ -190,6 +190,8 @@ class HomeAssistantBridge:
         self._presses: dict[str, bytes] = {}
         self._removals: set[str] = set()
         self._restores: set[str] = set()
+        self._whatsapp: bytes | None = None  # "WhatsApp linked" ON/OFF; None: WhatsApp not enabled
+        self._whatsapp_dirty = False
         # Worker-only state.
         self._published: dict[str, bytes] = {}  # topic -> payload last published this session
         self._image_sent: dict[tuple[str, str], str] = {}
@@ -264,6 +266,7 @@ class HomeAssistantBridge:
             bus.subscribe(self._on_device_changed, DEVICE_CHANGED),
             bus.subscribe(self._on_event_stored, EVENT_STORED),
             bus.subscribe(self._on_device_removed, DEVICE_REMOVED),
+            bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE),
         ]
         self._stop.clear()
         self._worker = threading.Thread(target=self._run, name="homeassistant-bridge", daemon=True)
@@ -375,6 +378,18 @@ class HomeAssistantBridge:
         if valid_device_id(device):
             self.remove_device(device)
 
+    def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
+        if not isinstance(data, dict):
+            self._count("bus_rejected.bad_whatsapp")
+            return
+        payload = d.whatsapp_payload(data)
+
+        def change() -> None:
+            if payload != self._whatsapp:
+                self._whatsapp, self._whatsapp_dirty = payload, True
+
+        self._mark(change)
+
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if getattr(reason, "is_failure", False):
             self.log.warning("homeassistant: broker refused the connection: %s", reason)
@@ -421,6 +436,7 @@ class HomeAssistantBridge:
             or self._presses
             or self._removals
             or self._restores
+            or self._whatsapp_dirty
         )
 
     def _run(self) -> None:
@@ -445,9 +461,12 @@ class HomeAssistantBridge:
                 self._full_resync = self._discovery_resync = False
                 self._devices, self._images, self._presses = {}, {}, {}
                 self._removals, self._restores = set(), set()
+                whatsapp, self._whatsapp_dirty = self._whatsapp if self._whatsapp_dirty else None, False
                 self._busy = True
             try:
                 self._process(*work)
+                if whatsapp is not None and not (work[0] or work[1]):  # a resync already sent it
+                    self._publish_whatsapp(whatsapp, force=False)
                 self._backoff = 1.0
             except Exception as exc:  # a failing port or disk must not kill the worker
                 self._count("errors")
@@ -617,6 +636,15 @@ class HomeAssistantBridge:
     def _publish_gateway(self, *, force: bool) -> None:
         for ent in d.gateway_entities(self.cfg):
             self._publish(ent.topic(self.cfg), ent.payload(), force=force)
+        with self._lock:
+            whatsapp = self._whatsapp
+        if whatsapp is not None:
+            self._publish_whatsapp(whatsapp, force=force)
+
+    def _publish_whatsapp(self, payload: bytes, *, force: bool) -> None:
+        ent = d.whatsapp_entity(self.cfg)
+        self._publish(ent.topic(self.cfg), ent.payload(), force=force)  # config first, then its state
+        self._publish(d.whatsapp_topic(self.cfg), payload, force=force)
 
     def _publish_box(self, rec: dict[str, Any], *, force: bool) -> None:
         device = rec["device"]

@@ -151,6 +151,15 @@ def gateway_availability_topic(cfg: HAConfig) -> str:
     return f"{cfg.base}/gateway/availability"
 
 
+def whatsapp_topic(cfg: HAConfig) -> str:
+    """The gateway's "WhatsApp linked" state: ON while connected (retained)."""
+    return f"{cfg.base}/gateway/whatsapp"
+
+
+def whatsapp_payload(state: Mapping[str, Any]) -> bytes:
+    return b"ON" if state.get("state") == "connected" else b"OFF"
+
+
 def box_topic(cfg: HAConfig, device: str, leaf: str) -> str:
     return f"{cfg.base}/box/{device}/{leaf}"
 
@@ -325,6 +334,29 @@ def gateway_entities(cfg: HAConfig) -> list[Entity]:
             },
         )
     ]
+
+
+def whatsapp_entity(cfg: HAConfig) -> Entity:
+    """ "WhatsApp linked" on the gateway's device (announced once WhatsApp is enabled): an automation
+    can tell the owner another way when alerts stop (the phone offline ~14 days, a ban, a logout)."""
+    node = gateway_identifier(cfg)
+    return Entity(
+        "binary_sensor",
+        node,
+        "whatsapp",
+        {
+            "name": "WhatsApp linked",
+            "unique_id": f"{node}_whatsapp",
+            "device_class": "connectivity",
+            "state_topic": whatsapp_topic(cfg),
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "availability": [_availability(gateway_availability_topic(cfg))],
+            "qos": 1,
+            "device": gateway_device_block(cfg),
+            "origin": _origin(),
+        },
+    )
 
 
 def box_entities(

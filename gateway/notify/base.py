@@ -21,6 +21,8 @@ ALERT_KINDS = (
     "offline",
     "online",
     "low_battery",
+    "whatsapp_down",  # to the other sinks: WhatsApp alerts stopped (gateway.whatsapp.watch)
+    "whatsapp_up",
 )
 
 
@@ -63,6 +65,8 @@ class SendResult:
     retry_after_s: float | None = None
     # Retrying cannot help (bad recipient, not paired...): the outbox dead-letters it at once.
     permanent: bool = False
+    # The sink's id of the sent message (WhatsApp), kept with the entry so receipts can find it.
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gateway.notify.base import Alert, RateLimit, SendResult
 from gateway.ratelimit import SendLimiter
-from gateway.whatsapp.addresses import BadRecipient, to_jid
+from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.supervisor import SendOutcome
 from gateway.whatsapp.texts import alert_text
@@ -74,7 +74,7 @@ class WhatsAppNotifier:
         )
         self.limiter = SendLimiter(self.rate_limit.per_recipient, self.rate_limit.overall)
         self.language = settings.language  # the outbox renders captions in this language
-        self.counters = {"sent": 0, "failed": 0, "rate_limited": 0, "bad_recipient": 0}
+        self.counters = {"sent": 0, "failed": 0, "rate_limited": 0, "bad_recipient": 0, "not_on_whatsapp": 0}
 
     def recipients(self, device: str) -> list[str]:
         return self.settings.recipients_for(device)
@@ -96,6 +96,12 @@ class WhatsAppNotifier:
         except OSError as e:
             self.counters["failed"] += 1
             return SendResult(ok=False, error=f"cannot read the alert photo: {e}")
+        if not is_group(msg.to) and _not_on_whatsapp(self.sender, jid_user(msg.to)):
+            # Checked once at start: retrying (a look-up of a non-user each time) is a ban signal.
+            self.counters["not_on_whatsapp"] += 1
+            return SendResult(
+                ok=False, error=f"{alert.recipient} is not on WhatsApp (checked at start)", permanent=True
+            )
         wait = self.limiter.try_acquire(msg.to)
         if wait > 0:
             self.counters["rate_limited"] += 1
@@ -107,7 +113,7 @@ class WhatsAppNotifier:
         out: SendOutcome = self.sender.send(msg.to, msg.text, msg.image)
         if out.ok:
             self.counters["sent"] += 1
-            return SendResult(ok=True)
+            return SendResult(ok=True, message_id=out.message_id)
         self.counters["failed"] += 1
         return SendResult(
             ok=False,
@@ -119,3 +125,8 @@ class WhatsAppNotifier:
     def close(self) -> None:
         # The supervisor is owned by the WhatsApp component, which stops it.
         pass
+
+
+def _not_on_whatsapp(sender: object, digits: str) -> bool:
+    check = getattr(sender, "not_on_whatsapp", None)
+    return bool(check(digits)) if check is not None else False

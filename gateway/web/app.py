@@ -36,6 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import bus as busmod
+from gateway.jsonsafe import json_safe
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.ratelimit import SendLimiter
@@ -94,9 +95,24 @@ class ApiError(HTTPException):
 # --- record shaping ------------------------------------------------------------
 
 
+class SafeJSONResponse(JSONResponse):
+    """Strict JSON (Starlette's default refuses NaN/Infinity with a 500); a non-finite number that
+    slipped into a record is written as null instead of failing the whole response."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except ValueError:
+            log.warning("non-finite number in an API response written as null")
+            return super().render(json_safe(content))
+
+
 def event_out(e: dict[str, Any]) -> dict[str, Any]:
-    """An EventRecord plus the URLs of its photos (served by id, never by path)."""
+    """An EventRecord plus the URLs of its photos (served by id, never by path); sensor values that
+    are not finite numbers (stored before the protocol refused them) become null."""
     out = dict(e)
+    if "sensors" in out:
+        out["sensors"] = json_safe(out["sensors"])
     if e.get("photo"):
         base = f"/api/photos/{e['device']}/{e['id']}"
         out["photos"] = {v: f"{base}/{v}" for v in VARIANTS}
@@ -196,7 +212,7 @@ def _port(request: Request) -> GatewayPort:
 
 
 def _json(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(data, status_code=status, headers=NO_STORE)
+    return SafeJSONResponse(data, status_code=status, headers=NO_STORE)
 
 
 # --- API endpoints -------------------------------------------------------------

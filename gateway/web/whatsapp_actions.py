@@ -91,7 +91,12 @@ class WhatsAppActions:
         results = []
         for r in targets:
             try:
-                out = comp.supervisor.send(to_jid(r), text)
+                jid = to_jid(r)
+                missing = self._not_on_whatsapp(comp, r, jid)
+                if missing:
+                    results.append({"recipient": r, "ok": False, "error": missing})
+                    continue
+                out = comp.supervisor.send(jid, text)
                 results.append({"recipient": r, "ok": out.ok, "error": out.error})
             except BadRecipient as e:
                 results.append({"recipient": r, "ok": False, "error": str(e)})
@@ -103,6 +108,23 @@ class WhatsAppActions:
                 "results": results,
             }
         return {"ok": True, "results": results}
+
+    def _not_on_whatsapp(self, comp: Any, recipient: str, jid: str) -> str | None:
+        """Why a number outside the recipients cannot get the test message, or None to send it.
+
+        Configured recipients were looked up once when WhatsApp connected; a stranger is looked up
+        now (one usync query, like the start-up check), because a send to a number that is not on
+        WhatsApp is a look-up too, and repeated look-ups of non-users are a known ban signal.
+        Groups are not looked up."""
+        if not jid.endswith("@s.whatsapp.net") or not self.needs_confirmation(recipient):
+            return None
+        digits = jid.split("@", 1)[0]
+        found = comp.supervisor.check_numbers([digits])
+        if isinstance(found, str):
+            return f"could not check the number: {found}"
+        if found.get(digits) is False:
+            return "this number is not on WhatsApp"
+        return None
 
     def unlink(self) -> dict[str, Any]:
         """Log out in the background: stop the running link, run the unlink, start again (to pair anew)."""

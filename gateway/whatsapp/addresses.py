@@ -7,6 +7,10 @@ import re
 USER_SERVER = "s.whatsapp.net"
 GROUP_SERVER = "g.us"
 LID_SERVER = "lid"
+# whatsmeow types/jid.go: BroadcastServer ("status@broadcast" is WhatsApp Status; a reply there
+# posts a Status to every contact) and NewsletterServer (channels). Never answered.
+BROADCAST_SERVER = "broadcast"
+NEWSLETTER_SERVER = "newsletter"
 
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()\-.]{5,22}$")
 _GROUP = re.compile(r"^[0-9]{5,20}(-[0-9]{5,20})?@g\.us$")
@@ -55,3 +59,9 @@ def is_group(jid: str) -> bool:
 def jid_user(jid: str) -> str:
     """'628123@s.whatsapp.net' or '628123:12@s.whatsapp.net' -> '628123'."""
     return jid.split("@", 1)[0].split(":", 1)[0].split(".", 1)[0]
+
+
+def is_broadcast_or_channel(jid: str) -> bool:
+    """Status (`status@broadcast`), broadcast lists and channels: chats the gateway never writes to."""
+    server = jid.rpartition("@")[2]
+    return server in (BROADCAST_SERVER, NEWSLETTER_SERVER)

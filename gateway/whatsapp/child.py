@@ -10,12 +10,15 @@ the Go side prints to - it is redirected to `<session_dir>/whatsapp-go.log`):
 parent -> child
     {"op": "send", "id", "to": JID, "text", "image": bytes | None}
     {"op": "pair_phone", "phone": digits}
+    {"op": "check_numbers", "id", "phones": [digits, ...]}
     {"op": "stop"}
 child -> parent
     {"t": "hello", "pid", "transport", "mode"}
     {"t": "state", "state", "detail", "qr", "pair_code", "paired_as", "retry_at", "updated_at"}
     {"t": "sent", "id", "ok", "error", "retry_after_s", "permanent", "message_id"}
+    {"t": "numbers", "id", "ok", "numbers": {digits: on WhatsApp?}, "error"}
     {"t": "message", "msg": IncomingMessage as dict}
+    {"t": "receipt", "ids": [message id, ...], "status": "delivered" | "read", "ts", "chat"}
     {"t": "groups", "groups": [[jid, name], ...]}
     {"t": "bye", "restart_in_s": float | None}   (None: do not restart; a person must act)
 
@@ -36,15 +39,24 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from gateway.whatsapp import NEONIZE_REQUIREMENT
 from gateway.whatsapp.addresses import jid_user
 from gateway.whatsapp.lock import SessionLock, SessionLocked
-from gateway.whatsapp.settings import WhatsAppSettings
+from gateway.whatsapp.settings import BadSessionPath, WhatsAppSettings, check_session_path
 from gateway.whatsapp.transport import Transport, TransportError, TransportEvent
 
 log = logging.getLogger("gateway.whatsapp.child")
 
 GO_LOG_NAME = "whatsapp-go.log"
 _GO_LOG_MAX = 5 * 1024 * 1024
+
+# A phone pairing code belongs to the QR round it was asked in: whatsmeow's QR channel
+# (pair.go / qrchan.go) offers codes for 60 s + 5 x 20 s = 160 s, then the round ends.
+PAIR_CODE_VALID_S = 160.0
+QR_GRACE_S = 3.0  # a code past its time: wait this long for the next before starting a new round
+PHONE_CODE_ROUNDS = 3  # rounds with a fresh phone code before falling back to the QR
+
+RECONNECTING = "reconnecting."  # the supervisor replaces it with "retrying in N s."
 
 # Restart delays the child asks for when it ends on purpose.
 RESTART_AFTER_LOCKED_S = 30.0
@@ -56,6 +68,12 @@ _LOGGED_OUT_REASONS = {"LOGGED_OUT", "MAIN_DEVICE_GONE", "UNKNOWN_LOGOUT"}
 HOW_TO_PAIR = (
     "Pair it: run `parcelbox whatsapp pair` on the gateway (or open the dashboard's WhatsApp page) "
     "and scan the QR code with WhatsApp on your phone (Settings > Linked devices > Link a device)."
+)
+# While the gateway runs it owns the session and `parcelbox whatsapp pair` refuses.
+HOW_TO_PAIR_RUNNING = (
+    "Pair it on the dashboard's WhatsApp page: scan the QR code with WhatsApp on your phone "
+    "(Settings > Linked devices > Link a device), or ask for a pairing code there. (`parcelbox whatsapp "
+    "pair` works only while the gateway is stopped.)"
 )
 
 
@@ -88,9 +106,10 @@ def make_transport(settings: WhatsAppSettings) -> Transport:
             raise ValueError("whatsapp.transport = 'fake' needs whatsapp.fake_dir")
         return FakeTransport(settings.fake_dir, settings.session_dir)
     if settings.transport == "neonize":
+        check_session_path(settings.session_db)  # before importing neonize: a clear refusal
         from gateway.whatsapp.neonize_adapter import NeonizeTransport
 
-        return NeonizeTransport(settings.session_db)
+        return NeonizeTransport(settings.session_db, push_name=settings.push_name)
     raise ValueError(f"unknown whatsapp transport {settings.transport!r}")
 
 
@@ -114,13 +133,23 @@ class ChildRunner:
         self.phone = phone
         self.done = threading.Event()
         self.connected = threading.Event()
+        self.connect_gave_up = threading.Event()  # unlink/groups: the one connection attempt ended
         self.restart_in_s: float | None = None  # what `bye` asks the supervisor for
+        self.reconnect = ""  # `bye` is a reconnect: "backoff" (the supervisor's) or "round" (new QR round)
+        self._new_round = False
+        self._phone_rounds = 0  # rounds (in this process) with a phone code nobody entered
         self._state_lock = threading.Lock()
         self.state: dict[str, Any] = {"state": "starting", "detail": "", "paired_as": None}
         self._last_qr_at: float | None = None
+        self._qr_expires: float | None = None  # monotonic: when the newest QR code stops working
+        self._qrs_in_round = 0
         self._pair_requested = False
         self._ban_until = 0.0
         self._forget = False  # delete the local session on the way out (logged out / unlinked)
+
+    @property
+    def how_to_pair(self) -> str:
+        return HOW_TO_PAIR_RUNNING if self.mode == "run" else HOW_TO_PAIR
 
     # -- state -------------------------------------------------------------------------------
     def set_state(self, state: str, detail: str, **extra: Any) -> None:
@@ -130,6 +159,8 @@ class ChildRunner:
                 "detail": detail,
                 "qr": extra.get("qr"),
                 "pair_code": extra.get("pair_code"),
+                "pair_code_expires_at": extra.get("pair_code_expires_at"),
+                "qr_expires_at": extra.get("qr_expires_at"),
                 "paired_as": extra.get("paired_as", self.state.get("paired_as")),
                 "retry_at": extra.get("retry_at"),
                 "updated_at": time.time(),
@@ -159,10 +190,21 @@ class ChildRunner:
             if self.mode == "run" and ev.message is not None:
                 self.link.send({"t": "message", "msg": ev.message.to_dict()})
             return
+        if k == "receipt":
+            if self.mode == "run":
+                self.link.send(
+                    {"t": "receipt", "ids": list(ev.ids), "status": ev.code, "ts": ev.ts, "chat": ev.jid}
+                )
+            return
         if self.done.is_set():
             return  # already ending; later events (disconnected...) would only blur the reason
         if k == "qr":
             self._last_qr_at = time.monotonic()
+            # whatsmeow qrchan.go emitQRs: the first code of a round is valid 60 s, the others 20 s.
+            first, later = self.settings.qr_valid_s
+            valid = first if self._qrs_in_round == 0 else later
+            self._qrs_in_round += 1
+            self._qr_expires = self._last_qr_at + valid
             if self.phone:
                 if not self._pair_requested:
                     self._pair_requested = True
@@ -173,14 +215,18 @@ class ChildRunner:
                 "Scan this QR code with WhatsApp on your phone: Settings > Linked devices > Link a device. "
                 "It changes every 20-60 s.",
                 qr=ev.code,
+                qr_expires_at=time.time() + valid,
             )
         elif k == "pair_code":
             self._last_qr_at = time.monotonic()
+            expires = time.time() + PAIR_CODE_VALID_S
             self.set_state(
                 "pairing",
                 f"On your phone: WhatsApp > Settings > Linked devices > Link a device > "
-                f"Link with phone number instead, and enter {ev.code}.",
+                f"Link with phone number instead, and enter {ev.code}. It works until "
+                f"{time.strftime('%H:%M:%S', time.localtime(expires))}; a new code follows automatically.",
                 pair_code=ev.code,
+                pair_code_expires_at=expires,
             )
         elif k == "paired":
             self._last_qr_at = None
@@ -204,7 +250,7 @@ class ChildRunner:
             self._forget = True  # before end(): the main loop may act on `done` at once
             self.end(
                 "not_paired",
-                f"Logged out by WhatsApp ({reason}): this gateway is no longer a linked device. {HOW_TO_PAIR}",
+                f"Logged out by WhatsApp ({reason}): this gateway is no longer a linked device. {self.how_to_pair}",
                 RESTART_AFTER_LOGOUT_S if self.mode == "run" else None,
                 paired_as=None,
             )
@@ -233,8 +279,10 @@ class ChildRunner:
         elif k == "client_outdated" or (k == "connect_failure" and ev.code == "CLIENT_OUTDATED"):
             self.end(
                 "outdated",
-                "WhatsApp rejected this client as outdated: upgrade neonize "
-                "(`pip install -U neonize`, or reinstall parcelbox with the `whatsapp` extra), then restart.",
+                "WhatsApp rejected this client as outdated: upgrade neonize within the tested versions "
+                f"(`pip install -U '{NEONIZE_REQUIREMENT}'`), then restart. If the newest of those is still "
+                "outdated, upgrade parcelbox: it widens the range once its neonize tests pass on the next "
+                "version (README, 'neonize versions').",
                 None,
             )
         elif k == "connect_failure":
@@ -259,6 +307,7 @@ class ChildRunner:
         delay = first
         while not self.done.is_set():
             started = time.monotonic()
+            self._qrs_in_round = 0
             error: str | None = None
             try:
                 self.transport.connect(self.on_event)
@@ -276,10 +325,26 @@ class ChildRunner:
                 what = f"Cannot reach WhatsApp ({error})"
             else:
                 what = "The connection to WhatsApp ended"
+            state = "disconnected" if paired else "not_paired"
+            if self.transport.one_connect_per_process:
+                # A fresh process connects again (neonize: one client per process); the supervisor
+                # owns the backoff across processes and says the delay in its own state.
+                if self.mode not in ("run", "pair"):
+                    # unlink / groups decide what a failed connection means for them.
+                    self.set_state(state, f"{what}.")
+                    self.connect_gave_up.set()
+                    break
+                detail = f"{what}; {RECONNECTING}"
+                if not paired and self.mode == "run":
+                    detail += " Not paired yet. " + self.how_to_pair
+                # A new QR round is not a failure: start it at once, without growing the backoff.
+                self.reconnect = "round" if self._new_round else "backoff"
+                self.end(state, detail, first)
+                break
             detail = f"{what}; retrying in {seconds(delay)} s."
             if not paired and self.mode == "run":
-                detail += " Not paired yet. " + HOW_TO_PAIR
-            self.set_state("disconnected" if paired else "not_paired", detail, retry_at=time.time() + delay)
+                detail += " Not paired yet. " + self.how_to_pair
+            self.set_state(state, detail, retry_at=time.time() + delay)
             if self.done.wait(delay):
                 break
             delay = min(delay * 2, cap)
@@ -296,14 +361,26 @@ class ChildRunner:
         op = msg.get("op")
         if op == "send":
             self.link.send({"t": "sent", "id": msg.get("id"), **self._send(msg)})
+        elif op == "check_numbers":
+            self.link.send({"t": "numbers", "id": msg.get("id"), **self._check_numbers(msg)})
         elif op == "pair_phone":
             self.phone = str(msg.get("phone") or "")
             self._pair_requested = False
+            self._phone_rounds = 0
         elif op == "stop":
             self.restart_in_s = None
             self.done.set()
         else:
             log.warning("unknown request from the gateway: %r", op)
+
+    def _check_numbers(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.state.get("state") != "connected":
+            return {"ok": False, "error": f"WhatsApp is not connected ({self.state.get('state')})"}
+        try:
+            found = self.transport.check_numbers([str(p) for p in msg.get("phones") or []])
+        except Exception as e:
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        return {"ok": True, "numbers": found, "error": None}
 
     def _send(self, msg: dict[str, Any]) -> dict[str, Any]:
         st = self.state.get("state")
@@ -349,7 +426,7 @@ class ChildRunner:
         elif not paired and self.mode == "pair":
             self.set_state("not_paired", "Connecting to WhatsApp to start pairing.")
         elif not paired:
-            self.set_state("not_paired", "Not paired with a WhatsApp account yet. " + HOW_TO_PAIR)
+            self.set_state("not_paired", "Not paired with a WhatsApp account yet. " + self.how_to_pair)
         else:
             self.set_state("starting", "Connecting to WhatsApp.")
         linker = None
@@ -376,9 +453,25 @@ class ChildRunner:
     def _qr_watchdog(self) -> None:
         # neonize's QR loop ends silently when every code expired; start a fresh round instead of
         # showing a dead QR forever.
-        if self._last_qr_at is not None and time.monotonic() - self._last_qr_at > self.settings.qr_round_s:
-            self._last_qr_at = None
+        if self._last_qr_at is None:
+            return
+        now = time.monotonic()
+        expired = self._qr_expires is not None and now > self._qr_expires + QR_GRACE_S
+        if expired or now - self._last_qr_at > self.settings.qr_round_s:
+            self._last_qr_at = self._qr_expires = None
+            if not self.phone and self.state.get("qr"):
+                # Never leave a dead QR on the dashboard while the next round starts.
+                self.set_state("pairing", "The QR code expired; getting a new one from WhatsApp.")
             log.info("pairing QR codes expired; starting a new round")
+            self._new_round = True
+            self._pair_requested = False  # the code belonged to the round that ended: ask for a new one
+            if self.phone:
+                self._phone_rounds += 1
+                if self._phone_rounds >= PHONE_CODE_ROUNDS:
+                    log.info(
+                        "no pairing code was used in %d rounds; showing the QR code again", PHONE_CODE_ROUNDS
+                    )
+                    self.phone = None
             self.transport.stop()
 
     def _unlink(self, paired: bool) -> None:
@@ -388,7 +481,7 @@ class ChildRunner:
         t = threading.Thread(target=self.connect_loop, daemon=True)
         t.start()
         note = ""
-        if self.connected.wait(20):
+        if self._wait_connected(20):
             try:
                 self.transport.logout()
             except Exception as e:
@@ -401,13 +494,21 @@ class ChildRunner:
         self._forget = True
         self.end("not_paired", "Unlinked: the local WhatsApp session was deleted." + note, None)
 
+    def _wait_connected(self, timeout: float) -> bool:
+        """True once connected; False after `timeout`, or at once when the connection attempt gave up."""
+        deadline = time.monotonic() + timeout
+        while not self.connected.wait(0.1):
+            if self.connect_gave_up.is_set() or time.monotonic() > deadline:
+                return self.connected.is_set()
+        return True
+
     def _groups(self, paired: bool) -> None:
         if not paired:
             self.end("not_paired", "Not paired: nothing to list. " + HOW_TO_PAIR, None)
             return
         t = threading.Thread(target=self.connect_loop, daemon=True)
         t.start()
-        if not self.connected.wait(30):
+        if not self._wait_connected(30):
             self.end("disconnected", f"Could not connect to WhatsApp: {self.state.get('detail', '')}", None)
             return
         try:
@@ -481,6 +582,10 @@ def child_main(
         _exit(conn, 0)
     try:
         transport = make_transport(settings)
+    except BadSessionPath as e:
+        link.send({"t": "state", "state": "error", "detail": str(e), "updated_at": time.time()})
+        link.send({"t": "bye", "restart_in_s": None})  # a restart cannot fix the path
+        _exit(conn, 0)
     except ImportError as e:
         link.send(
             {
@@ -512,7 +617,7 @@ def child_main(
         runner.set_state("error", f"WhatsApp child failed: {e}")
         runner.restart_in_s = 10.0 if mode == "run" else None
         code = 1
-    link.send({"t": "bye", "restart_in_s": runner.restart_in_s})
+    link.send({"t": "bye", "restart_in_s": runner.restart_in_s, "reconnect": runner.reconnect})
     lock.release()
     _exit(conn, code)
 

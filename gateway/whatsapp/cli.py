@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from gateway.whatsapp.addresses import phone_digits
+from gateway.whatsapp.addresses import jid_user, phone_digits
 from gateway.whatsapp.lock import LOCK_NAME, holder_of
+from gateway.whatsapp.session_db import paired_jid_from_db
 from gateway.whatsapp.settings import TRANSPORTS, WhatsAppSettings, settings_from_config
 
 GATEWAY_LOCK = "gateway.lock"
@@ -162,6 +164,18 @@ def do_groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paired_as(settings: WhatsAppSettings) -> str | None:
+    """The linked number read from the session store itself (not from the file's existence)."""
+    try:
+        fake = settings.session_dir / "fake-session.json"
+        if fake.exists():
+            return jid_user(json.loads(fake.read_text())["jid"])
+        jid = paired_jid_from_db(settings.session_db)
+    except (OSError, ValueError, KeyError, sqlite3.Error):
+        return None
+    return jid_user(jid) if jid else None
+
+
 def status_data(settings: WhatsAppSettings, data_dir: Path) -> dict[str, Any]:
     """What `status` prints: who owns the session and the last state the gateway reported."""
     out: dict[str, Any] = {
@@ -170,8 +184,10 @@ def status_data(settings: WhatsAppSettings, data_dir: Path) -> dict[str, Any]:
         "session_owner_pid": holder_of(settings.session_dir / LOCK_NAME),
         "session_exists": settings.session_db.exists()
         or (settings.session_dir / "fake-session.json").exists(),
+        "paired_as": _paired_as(settings),
         "last_state": None,
     }
+    out["paired"] = bool(out["paired_as"])
     try:
         out["last_state"] = json.loads(settings.state_file.read_text())
     except (OSError, ValueError):
@@ -189,7 +205,12 @@ def do_status(args: argparse.Namespace) -> int:
     running = data["gateway_pid"] is not None
     print(f"gateway        {'running, pid ' + str(data['gateway_pid']) if running else 'not running'}")
     owner = data["session_owner_pid"]
-    present = "session database present" if data["session_exists"] else "no session yet: not paired"
+    if data["paired"]:
+        present = f"linked to +{data['paired_as']}"
+    elif data["session_exists"]:
+        present = "no linked device in it: not paired"  # a connect that never paired creates the file
+    else:
+        present = "no session yet: not paired"
     print(f"session        {settings.session_dir} ({present})")
     if owner is not None:
         print(f"session owner  pid {owner}")
@@ -200,7 +221,7 @@ def do_status(args: argparse.Namespace) -> int:
         if st.get("paired_as"):
             print(f"linked number  +{st['paired_as']}")
         print(f"               {st.get('detail', '')}")
-    elif not data["session_exists"]:
+    elif not data["paired"]:
         print("state          not paired: run `parcelbox whatsapp pair`")
     return 0
 

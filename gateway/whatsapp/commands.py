@@ -2,7 +2,19 @@
 
 Only numbers on the allowlist (`whatsapp.allow`) are answered; everyone else is
 ignored and counted (`ignored_unauthorised`), so a stranger cannot make the
-gateway talk (WhatsApp bans numbers that reply to spam). Commands:
+gateway talk (WhatsApp bans numbers that reply to spam). Where a message is
+answered (`admit`):
+
+- never in WhatsApp Status (`status@broadcast`), broadcast lists or channels: a
+  reply to `status@broadcast` would post a Status to every contact (whatsmeow
+  send.go / broadcast.go), with `foto` the box photo;
+- in a group only when the group is in `whatsapp.command_groups` and the text starts
+  with `whatsapp.group_prefix` (`!foto`), and an unknown word is never answered there;
+- with `whatsapp.personal_number`, DMs need the prefix too and get no "unknown" reply;
+- never when older than `whatsapp.command_max_age_s` (WhatsApp replays the backlog
+  after a reconnect).
+
+Commands:
 
 - `photo` / `foto` [box]: ask the box for a snapshot, wait for it, reply with the photo
 - `status`: every box's state
@@ -29,7 +41,7 @@ from gateway import bus as topics
 from gateway.ports import GatewayPort
 from gateway.ratelimit import SendLimiter
 from gateway.whatsapp import texts
-from gateway.whatsapp.addresses import phone_digits
+from gateway.whatsapp.addresses import GROUP_SERVER, is_broadcast_or_channel, phone_digits
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.transport import IncomingMessage
 
@@ -98,8 +110,18 @@ Reply = Callable[[str, str, bytes | None], Any]  # (chat JID, text, image) -> Se
 class CommandHandler:
     """Answers commands from allowlisted numbers. `submit` is cheap and thread-safe."""
 
-    def __init__(self, port: GatewayPort, reply: Reply, settings: WhatsAppSettings, *, tz: str = "") -> None:
+    def __init__(
+        self,
+        port: GatewayPort,
+        reply: Reply,
+        settings: WhatsAppSettings,
+        *,
+        tz: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.port = port
+        self.clock = clock
+        self.command_groups = {g.strip() for g in settings.command_groups if g.strip()}
         self.reply_fn = reply
         self.settings = settings
         self.tz = tz
@@ -113,11 +135,29 @@ class CommandHandler:
     def is_allowed(self, msg: IncomingMessage) -> bool:
         return bool(msg.sender_phone) and phone_digits(msg.sender_phone) in self.allow
 
-    def submit(self, msg: IncomingMessage) -> None:
+    def _needs_prefix(self, msg: IncomingMessage) -> bool:
+        return _in_group(msg) or self.settings.personal_number
+
+    def admit(self, msg: IncomingMessage) -> str | None:
+        """None when `msg` may be answered, else the counter naming why not (pure, no side effects)."""
+        if is_broadcast_or_channel(msg.chat):
+            return "ignored_broadcast"
         if not self.is_allowed(msg):
-            self.counters["ignored_unauthorised"] += 1
+            return "ignored_unauthorised"
+        if _in_group(msg) and msg.chat not in self.command_groups:
+            return "ignored_group"
+        if self._needs_prefix(msg) and not msg.text.lstrip().startswith(self.settings.group_prefix):
+            return "ignored_chat"  # ordinary conversation, not addressed to the gateway
+        if msg.ts and self.clock() - msg.ts > self.settings.command_max_age_s:
+            return "ignored_stale"
+        return None
+
+    def submit(self, msg: IncomingMessage) -> None:
+        why = self.admit(msg)
+        if why is not None:
+            self.counters[why] += 1
             log.info(
-                "ignored a WhatsApp message from %s (not on whatsapp.allow)", msg.sender_phone or msg.sender
+                "ignored a WhatsApp message from %s in %s (%s)", msg.sender_phone or msg.sender, msg.chat, why
             )
             return
         if self._limiter.try_acquire(msg.sender_phone) > 0:
@@ -159,22 +199,30 @@ class CommandHandler:
 
     # -- one command --------------------------------------------------------------------------
     def handle(self, msg: IncomingMessage) -> None:
-        """Answer one message (authorisation already checked by `submit`; checked again here)."""
-        if not self.is_allowed(msg):
-            self.counters["ignored_unauthorised"] += 1
+        """Answer one message (`submit` already admitted it; checked again here)."""
+        why = self.admit(msg)
+        if why is not None:
+            self.counters[why] += 1
             return
-        cmd = parse_command(msg.text)
+        text = msg.text.lstrip()
+        if self._needs_prefix(msg):
+            text = text[len(self.settings.group_prefix) :]
+        cmd = parse_command(text)
         if cmd is None:
             self.counters["ignored_empty"] += 1
             return
         lang = cmd.language or self.settings.language
         self.counters[f"command.{cmd.name}"] += 1
         if cmd.name == "help":
-            self._reply(msg.chat, texts.help_text(lang))
+            prefix = self.settings.group_prefix if self._needs_prefix(msg) else ""
+            self._reply(msg.chat, texts.help_text(lang, prefix))
         elif cmd.name == "status":
             self._reply(msg.chat, texts.status_text(self.port.list_devices(), lang, self.tz))
         elif cmd.name == "photo":
             self._photo(msg.chat, cmd.arg, lang)
+        elif self._needs_prefix(msg):
+            # A group or someone's own number: "!something" may be meant for another bot or a person.
+            self.counters["ignored_unknown"] += 1
         else:
             self._reply(msg.chat, texts.text("unknown", lang, word=cmd.word))
 
@@ -269,3 +317,7 @@ class CommandHandler:
                 except OSError:
                     log.warning("cannot read %s", path, exc_info=True)
         return None
+
+
+def _in_group(msg: IncomingMessage) -> bool:
+    return msg.is_group or msg.chat.endswith("@" + GROUP_SERVER)

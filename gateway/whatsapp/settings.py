@@ -14,6 +14,27 @@ from typing import Any
 
 TRANSPORTS = ("neonize", "fake")
 
+# neonize 0.5.2 opens its session as `file:<path>?_foreign_keys=on` (goneonize main.go `getDB`)
+# without escaping: a `#` ends the path (a URI fragment), a `?` starts the parameters, a `%` is
+# decoded - the database would land outside the 0700 session folder, or elsewhere entirely.
+_URI_UNSAFE = "#?%"
+
+
+class BadSessionPath(ValueError):
+    """The session folder's path cannot be handed to neonize safely."""
+
+
+def check_session_path(path: Path | str) -> None:
+    """Raise `BadSessionPath` for a path neonize would misread; names the character and the fix."""
+    bad = sorted({c for c in str(path) if c in _URI_UNSAFE})
+    if bad:
+        raise BadSessionPath(
+            f"the WhatsApp session path {str(path)!r} contains {' and '.join(repr(c) for c in bad)}: "
+            "neonize puts it into a SQLite `file:` URI unescaped, so the session database (the "
+            "account's keys) would be written somewhere else. Move the data folder (or set "
+            "[whatsapp] session_dir) to a path without '#', '?' or '%'."
+        )
+
 
 @dataclass
 class WhatsAppSettings:
@@ -34,6 +55,21 @@ class WhatsAppSettings:
     reconnect_backoff_s: tuple[float, float] = (2.0, 300.0)  # "cannot reach WhatsApp" retries: first, max
     stable_after_s: float = 60.0  # a child that ran this long resets the restart backoff
     qr_round_s: float = 75.0  # no new QR code for this long while pairing = start a new round
+    qr_valid_s: tuple[float, float] = (60.0, 20.0)  # whatsmeow qrchan.go: first code of a round, the others
+    # Groups where commands are answered (group ids, "...@g.us"); in them only `group_prefix`ed
+    # words count (`!foto`), so family chatter never gets a reply. Empty: commands in DMs only.
+    command_groups: list[str] = field(default_factory=list)
+    group_prefix: str = "!"
+    # The gateway runs on someone's personal number: DMs need the prefix too and ordinary chat
+    # never gets an "unknown command" reply.
+    personal_number: bool = False
+    # Commands older than this are ignored: after a reconnect WhatsApp replays the backlog, and a
+    # "foto" from yesterday must not take a photo now.
+    command_max_age_s: float = 300.0
+    # The name recipients see for the gateway's number; set on connect when it differs ("": leave
+    # the account's own name alone, e.g. on a personal number).
+    push_name: str = ""
+    down_notice_after_s: float = 300.0  # not connected this long: the other sinks and the dashboard say so
 
     @property
     def session_db(self) -> Path:
@@ -83,4 +119,10 @@ def settings_from_config(wa: Any, data_dir: Path | str) -> WhatsAppSettings:
         fake_dir=Path(fake_dir) if fake_dir else None,
         send_timeout_s=float(getattr(wa, "send_timeout_s", defaults.send_timeout_s)),
         snapshot_timeout_s=float(getattr(wa, "snapshot_timeout_s", defaults.snapshot_timeout_s)),
+        command_groups=_address_list(getattr(wa, "command_groups", []) or []),
+        group_prefix=str(getattr(wa, "group_prefix", defaults.group_prefix) or defaults.group_prefix),
+        personal_number=bool(getattr(wa, "personal_number", False)),
+        command_max_age_s=float(getattr(wa, "command_max_age_s", defaults.command_max_age_s)),
+        push_name=str(getattr(wa, "push_name", "") or ""),
+        down_notice_after_s=float(getattr(wa, "down_notice_after_s", defaults.down_notice_after_s)),
     )

@@ -28,7 +28,8 @@ from typing import Any
 from gateway import bus as bus_topics
 from gateway.bus import Bus
 from gateway.ports import WhatsAppState
-from gateway.whatsapp.child import child_main, seconds
+from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
+from gateway.whatsapp.child import PHONE_CODE_ROUNDS, RECONNECTING, child_main, seconds
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.transport import IncomingMessage
 
@@ -55,7 +56,20 @@ class _Pending:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.outcome: SendOutcome | None = None
+        self.outcome: Any = None  # SendOutcome for a send, the child's reply dict for a check
+
+
+def recipient_phones(settings: WhatsAppSettings) -> list[str]:
+    """The digits of every configured phone recipient (groups and bad addresses left out)."""
+    out: set[str] = set()
+    for r in [*settings.recipients, *(r for rs in settings.recipients_by_box.values() for r in rs)]:
+        try:
+            jid = to_jid(r)
+        except BadRecipient:
+            continue
+        if not is_group(jid):
+            out.add(jid_user(jid))
+    return sorted(out)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -98,6 +112,8 @@ class WhatsAppSupervisor:
         self._changed = threading.Condition(self._lock)
         self._state: dict[str, Any] = {
             "state": "starting",
+            "down_since": time.time(),  # when it last left `connected` (None while connected)
+            "down_notice_after_s": settings.down_notice_after_s,  # the dashboard's banner delay
             "detail": "Starting the WhatsApp process.",
             "paired_as": None,
             "qr": None,
@@ -117,6 +133,11 @@ class WhatsAppSupervisor:
         self.groups: list[tuple[str, str]] | None = None  # mode "groups": what the child listed
         self._timeouts = 0  # sends in a row the child did not confirm in time
         self.hung_kills = 0
+        self.phone_rounds = 0  # pairing rounds with a phone code nobody entered
+        self._numbers_checked_at: float | None = None
+        self._not_on_whatsapp: set[str] = set()  # digits WhatsApp said have no account
+        self._bye_reconnect = ""  # the last child ended to reconnect: "backoff" | "round" (new QR round)
+        self._reconnect_delay: float | None = None  # the backoff across reconnecting children
 
     # -- public API ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,6 +185,7 @@ class WhatsAppSupervisor:
 
     def pair_phone(self, phone_digits: str) -> None:
         self.phone = phone_digits
+        self.phone_rounds = 0
         self._request({"op": "pair_phone", "phone": phone_digits})
 
     def send(
@@ -176,7 +198,8 @@ class WhatsAppSupervisor:
             st = self.state()
             return SendOutcome(
                 ok=False,
-                error=f"WhatsApp process is not running ({st.get('state')}: {st.get('detail', '')})",
+                error=f"WhatsApp is not connected: its process is not running ({st.get('state')}: "
+                f"{st.get('detail', '')})",
                 retry_after_s=self._retry_hint(),
             )
         req_id = uuid.uuid4().hex
@@ -209,10 +232,69 @@ class WhatsAppSupervisor:
         assert pending.outcome is not None
         return pending.outcome
 
+    def check_numbers(self, phones: list[str], timeout: float = 30.0) -> dict[str, bool] | str:
+        """digits -> on WhatsApp? (one look-up for all, through the child); an error text on failure.
+
+        Also what the dashboard's test message uses before sending. Numbers found
+        missing are remembered: alerts to them fail as permanent (`not_on_whatsapp`).
+        """
+        conn, proc = self._conn, self._proc
+        if conn is None or proc is None or not proc.is_alive():
+            return "WhatsApp is not connected"
+        req_id = uuid.uuid4().hex
+        pending = _Pending()
+        with self._lock:
+            self._pending[req_id] = pending
+        if not self._request({"op": "check_numbers", "id": req_id, "phones": list(phones)}):
+            with self._lock:
+                self._pending.pop(req_id, None)
+            return "could not ask the WhatsApp process"
+        if not pending.event.wait(timeout):
+            with self._lock:
+                self._pending.pop(req_id, None)
+            return f"WhatsApp did not answer within {timeout:.0f} s"
+        reply = pending.outcome
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            return str(reply.get("error") if isinstance(reply, dict) else "the WhatsApp process stopped")
+        found = {str(k): bool(v) for k, v in (reply.get("numbers") or {}).items()}
+        with self._lock:
+            self._not_on_whatsapp |= {p for p, ok in found.items() if not ok}
+            self._not_on_whatsapp -= {p for p, ok in found.items() if ok}
+            unknown = sorted(self._not_on_whatsapp)
+        self._numbers_checked_at = time.time()
+        self._set_state({"unknown_numbers": unknown, "numbers_checked_at": self._numbers_checked_at})
+        return found
+
+    def not_on_whatsapp(self, digits: str) -> bool:
+        """True when a check said this number has no WhatsApp account."""
+        with self._lock:
+            return digits in self._not_on_whatsapp
+
+    def _check_recipients(self) -> None:
+        phones = recipient_phones(self.settings)
+        if not phones:
+            return
+        result = self.check_numbers(phones)
+        if isinstance(result, str):
+            log.warning("could not check the WhatsApp recipients: %s", result)
+            self._numbers_checked_at = None  # try again at the next connection
+            return
+        missing = [p for p, ok in result.items() if not ok]
+        if missing:
+            log.error(
+                "not on WhatsApp: %s - alerts to them fail at once; fix [whatsapp] recipients",
+                ", ".join("+" + p for p in missing),
+            )
+
     # -- internals ----------------------------------------------------------------------------
     def _retry_hint(self) -> float | None:
         if self._next_start_at is not None:
             return max(self._next_start_at - time.monotonic(), 0.0) + 5.0
+        # Between a child's exit and the restart being scheduled: the last state may say until when
+        # (a temporary ban), and the outbox should wait that long rather than its short backoff.
+        retry_at = self.state().get("retry_at")
+        if retry_at and float(retry_at) > time.time():
+            return float(retry_at) - time.time() + 5.0
         return None
 
     def _request(self, msg: dict[str, Any]) -> bool:
@@ -236,7 +318,13 @@ class WhatsAppSupervisor:
             if merged.get("state") != "pairing":
                 merged["qr"] = None
                 merged["pair_code"] = None
+                merged["pair_code_expires_at"] = None
+                merged["qr_expires_at"] = None
             merged.setdefault("updated_at", time.time())
+            if merged.get("state") == "connected":
+                merged["down_since"] = None
+            elif merged.get("down_since") is None:
+                merged["down_since"] = merged["updated_at"]
             changed = {k: v for k, v in merged.items() if k != "updated_at"} != {
                 k: v for k, v in self._state.items() if k != "updated_at"
             }
@@ -273,13 +361,22 @@ class WhatsAppSupervisor:
     def _fail_pending(self, why: str) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+        retry = self._retry_hint() if pending else None
         for p in pending.values():
-            p.outcome = SendOutcome(ok=False, error=why)
+            p.outcome = SendOutcome(ok=False, error=why, retry_after_s=retry)
             p.event.set()
 
     def _handle(self, msg: dict[str, Any]) -> Any:
         t = msg.get("t")
         if t == "state":
+            if msg.get("state") == "connected":
+                self._reconnect_delay = None
+                if self.mode == "run" and self._numbers_checked_at is None:
+                    # Once per supervisor, not per reconnect: look-ups of non-users are a ban signal.
+                    self._numbers_checked_at = 0.0
+                    threading.Thread(
+                        target=self._check_recipients, name="whatsapp-check", daemon=True
+                    ).start()
             self._set_state({k: v for k, v in msg.items() if k != "t"})
         elif t == "sent":
             with self._lock:
@@ -293,6 +390,15 @@ class WhatsAppSupervisor:
                     message_id=msg.get("message_id"),
                 )
                 p.event.set()
+        elif t == "numbers":
+            with self._lock:
+                p = self._pending.pop(str(msg.get("id")), None)
+            if p is not None:
+                p.outcome = msg
+                p.event.set()
+        elif t == "receipt":
+            if self.bus is not None:
+                self.bus.publish(bus_topics.WHATSAPP_RECEIPT, {k: v for k, v in msg.items() if k != "t"})
         elif t == "message":
             if self.on_message is not None:
                 try:
@@ -302,6 +408,7 @@ class WhatsAppSupervisor:
         elif t == "groups":
             self.groups = [(str(j), str(n)) for j, n in msg.get("groups") or []]
         elif t == "bye":
+            self._bye_reconnect = str(msg.get("reconnect") or "")
             return msg.get("restart_in_s")
         elif t == "hello":
             log.info(
@@ -311,6 +418,28 @@ class WhatsAppSupervisor:
                 msg.get("mode"),
             )
         return _NO_BYE
+
+    def _next_reconnect_delay(self, first: float, new_round: bool = False) -> float:
+        """Exponential backoff across children that ended to reconnect; reset by a connection."""
+        if new_round:
+            if self.phone:
+                self.phone_rounds += 1
+                if self.phone_rounds >= PHONE_CODE_ROUNDS:
+                    # Nobody typed the codes: stop pushing notifications to that phone, show the QR.
+                    log.info(
+                        "no pairing code was used in %d rounds; showing the QR code again", PHONE_CODE_ROUNDS
+                    )
+                    self.phone = None
+                    self.phone_rounds = 0
+            return min(first, 1.0)
+        cap = self.settings.reconnect_backoff_s[1]
+        wait = first if self._reconnect_delay is None else min(self._reconnect_delay * 2, cap)
+        self._reconnect_delay = wait
+        detail = str(self.state().get("detail") or "").replace(
+            RECONNECTING, f"retrying in {seconds(wait)} s.", 1
+        )
+        self._set_state({"detail": detail, "retry_at": time.time() + wait})
+        return wait
 
     def _run_child_once(self) -> tuple[Any, int | None]:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
@@ -401,6 +530,8 @@ class WhatsAppSupervisor:
                             "Alerts wait in the outbox meanwhile.",
                         }
                     )
+                elif bye is not None and self._bye_reconnect and self.mode in ("run", "pair"):
+                    wait = self._next_reconnect_delay(float(bye), self._bye_reconnect == "round")
                 elif bye is None or not self.restart_enabled or self.state().get("state") in FINAL_STATES:
                     break  # it ended for a reason a restart cannot fix; the state says what to do
                 else:

@@ -20,6 +20,7 @@ _T: dict[str, dict[str, str]] = {
             "• *status* – every box: online, packages waiting, battery\n"
             "• *help* – this list"
         ),
+        "help_prefix": "Here, start each command with {prefix}: *{prefix}photo*, *{prefix}status*.",
         "unknown": "Sorry, I don't know {word!r}. Send *help* for the commands.",
         "which_box": "Which box? Send *photo <box>*, one of: {boxes}.",
         "no_box": "No box called {name!r}. Boxes: {boxes}.",
@@ -49,6 +50,7 @@ _T: dict[str, dict[str, str]] = {
             "• *status* – semua kotak: online, paket menunggu, baterai\n"
             "• *bantuan* – daftar ini"
         ),
+        "help_prefix": "Di sini, awali setiap perintah dengan {prefix}: *{prefix}foto*, *{prefix}status*.",
         "unknown": "Maaf, perintah {word!r} tidak dikenal. Kirim *bantuan* untuk daftar perintah.",
         "which_box": "Kotak yang mana? Kirim *foto <kotak>*, salah satu dari: {boxes}.",
         "no_box": "Tidak ada kotak bernama {name!r}. Kotak: {boxes}.",
@@ -80,8 +82,10 @@ def text(key: str, language: str = "en", **kw: Any) -> str:
     return table.get(key, _T["en"][key]).format(**kw)
 
 
-def help_text(language: str = "en") -> str:
-    return text("help", language)
+def help_text(language: str = "en", prefix: str = "") -> str:
+    """The command list; `prefix` when this chat needs it (a group, a personal number)."""
+    out = text("help", language)
+    return f"{out}\n{text('help_prefix', language, prefix=prefix)}" if prefix else out
 
 
 def box_label(dev: Mapping[str, Any]) -> str:

@@ -40,12 +40,14 @@ class IncomingMessage:
 # Events a transport reports. `kind` is the discriminator the child switches on.
 @dataclass(frozen=True)
 class TransportEvent:
-    kind: str  # qr | pair_code | paired | connected | disconnected | logged_out | stream_replaced | temporary_ban | client_outdated | connect_failure | message
+    kind: str  # receipt | qr | pair_code | paired | connected | disconnected | logged_out | stream_replaced | temporary_ban | client_outdated | connect_failure | message
     jid: str = ""  # paired / connected: our own number
     code: str = ""  # qr payload, pair code, ban reason, failure reason
     detail: str = ""
     expire_s: float = 0.0  # temporary ban: seconds until it lifts
     message: IncomingMessage | None = None
+    ids: tuple[str, ...] = ()  # receipt: the message ids it confirms (code: delivered | read)
+    ts: float = 0.0  # receipt: when, unix seconds
 
 
 EventSink = Callable[[TransportEvent], None]
@@ -64,6 +66,8 @@ class Transport(ABC):
     """What the child needs from a WhatsApp client library."""
 
     name: str = "transport"
+    # True: `connect` works once per process; to reconnect the child ends and a new one starts.
+    one_connect_per_process: bool = False
 
     @abstractmethod
     def is_paired(self) -> bool:
@@ -83,6 +87,10 @@ class Transport(ABC):
 
         Raises `TransportError` on failure. Blocks until WhatsApp accepted it.
         """
+
+    def check_numbers(self, phones: list[str]) -> dict[str, bool]:
+        """Phone digits -> registered on WhatsApp? (needs a connection; one request for all)."""
+        raise TransportError("this transport cannot check numbers")
 
     @abstractmethod
     def pair_phone(self, phone_digits: str) -> str:

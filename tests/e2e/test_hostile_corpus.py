@@ -2,7 +2,8 @@
 
 Each corpus file is one attack (its name says which): a list of MQTT messages (topic relative to the
 prefix; payload as `text`, `b64`, `json`, `repeat` {text, count}, or a `photo_event` built here from a
-small real JPEG; `pad_bytes` N adds an N-byte key to a `json` payload) and the rejection counters it must raise (`"each"`: one per message); `nack`,
+small real JPEG; `pad_bytes` N adds an N-byte key to a `json` payload; `times` N repeats a message
+with `$N` replaced by its number) and the rejection counters it must raise (`"each"`: one per message); `nack`,
 when present, is the `retry` flag of the nack the box must get (null: no answer at all). The gateway
 must survive all of them, count each under its reason and nothing else, write nothing outside its
 data folder, and still store and ack a valid event sent right after.
@@ -103,10 +104,24 @@ def _subst(obj: Any, eid: str) -> Any:
     return obj
 
 
+def _subst_n(obj: Any, n: str) -> Any:
+    if isinstance(obj, str):
+        return obj.replace("$N", n)
+    if isinstance(obj, list):
+        return [_subst_n(x, n) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _subst_n(v, n) for k, v in obj.items() if k != "times"}
+    return obj
+
+
 def expand(doc: dict[str, Any], eid: str) -> list[tuple[str, bytes, bool]]:
     """A corpus file's messages as (topic relative to the prefix, payload, retain)."""
     out: list[tuple[str, bytes, bool]] = []
-    for msg in doc["messages"]:
+    messages: list[dict[str, Any]] = []
+    for msg in doc["messages"]:  # "times": N sends a message N times, `$N` its number in ids
+        n = msg.get("times", 1)
+        messages += [_subst_n(msg, f"{i:04d}") for i in range(n)] if "times" in msg else [msg]
+    for msg in messages:
         if "photo_event" in msg:
             out += [(t, p, False) for t, p in _photo_event(msg["photo_event"], eid)]
             continue

@@ -446,16 +446,38 @@ async function loadWhatsApp() {
   renderWhatsApp(await api("/api/whatsapp"));
 }
 
+// On every page: WhatsApp alerts have stopped (down longer than the server's notice delay).
+function renderBanner() {
+  const wa = state.wa || {};
+  const after = wa.down_notice_after_s || 0;
+  const down = wa.down_since && after > 0 && !["connected", "disabled", "not_installed"].includes(wa.state)
+    && Date.now() / 1000 - wa.down_since >= after;
+  const b = $("#wa-banner");
+  b.hidden = !down;
+  if (down) {
+    b.replaceChildren("WhatsApp alerts have stopped since " + new Date(wa.down_since * 1000).toLocaleString()
+      + ". ", Object.assign(document.createElement("a"), { href: "/whatsapp", textContent: "Open the WhatsApp page" }),
+      " (the phone offline for ~14 days unlinks the gateway: pair again).");
+    b.querySelector("a").setAttribute("data-nav", "");
+  }
+}
+
 function renderWhatsApp(wa) {
   const prev = state.wa || {};
   state.wa = { ...prev, ...wa, actions: wa.actions || prev.actions };
   wa = state.wa;
+  renderBanner();
   const [label, cls] = WA_LABEL[wa.state] || [wa.state, "muted"];
   const badge = $("#wa-badge");
   badge.textContent = label;
   badge.className = "badge " + cls;
   $("#wa-as").textContent = wa.paired_as ? "as +" + String(wa.paired_as).replace(/^\+/, "") : "";
   $("#wa-detail").textContent = wa.detail || "";
+  const unknown = wa.unknown_numbers || [];
+  $("#wa-unknown").hidden = !unknown.length;
+  $("#wa-unknown").textContent = unknown.length
+    ? "Not on WhatsApp (alerts to them fail at once; fix [whatsapp] recipients): " + unknown.map((n) => "+" + n).join(", ")
+    : "";
   const pairing = ["pairing", "not_paired", "logged_out"].includes(wa.state);
   $("#wa-pair").hidden = !pairing;
   $("#wa-linked").hidden = wa.state !== "connected";
@@ -524,6 +546,9 @@ function alertRow(a) {
     h("div", { class: "muted small" },
       (a.recipient ? `${a.notifier} → ${a.recipient}` : a.notifier) + ` · ${a.attempts} attempt${a.attempts === 1 ? "" : "s"}`,
       a.state === "sent" && a.sent_at ? " · sent " + when(a.sent_at) : "",
+      // WhatsApp receipts: sent (server accepted) → delivered (on the phone) → read.
+      a.receipt ? " · " + ["sent", "delivered", "read"].map((r) => r === a.receipt ? r.toUpperCase() : r).join(" → ")
+        + (a.receipt_at && a.receipt !== "sent" ? " " + when(a.receipt_at) : "") : "",
       (a.state === "pending" || a.state === "failed") && a.next_attempt_at ? " · next try " + when(a.next_attempt_at) : ""),
     a.last_error ? h("div", { class: "err" }, a.last_error) : null,
   );
@@ -636,6 +661,10 @@ function init() {
     await waAction("/api/whatsapp/unlink", undefined, () => "Unlinked.");
     loadWhatsApp().catch(() => {});
   });
+
+  // The banner shows on every page: load the WhatsApp state once, then live updates keep it current.
+  loadWhatsApp().catch(() => {});
+  setInterval(renderBanner, 30000);
 
   $("#logout").addEventListener("click", async () => {
     try { await api("/logout", { method: "POST" }); } catch { /* going to the login page anyway */ }
