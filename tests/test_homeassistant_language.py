@@ -14,6 +14,7 @@ from gateway.homeassistant.discovery import (
     box_config_topics,
     box_entities,
     gateway_entities,
+    whatsapp_entity,
 )
 
 RECORDS = [
@@ -24,7 +25,7 @@ RECORDS = [
 
 def ids(language: str) -> dict[str, set]:
     cfg = HAConfig(language=language, dashboard_url="http://parcelbox.lan")
-    ents = gateway_entities(cfg) + [e for r in RECORDS for e in box_entities(cfg, r, with_battery=True)]
+    ents = gateway_entities(cfg) + [whatsapp_entity(cfg)] + [e for r in RECORDS for e in box_entities(cfg, r, with_battery=True)]
     return {
         "unique_id": {e.config["unique_id"] for e in ents},
         "object_id": {(e.component, e.node_id, e.object_id) for e in ents},
@@ -40,10 +41,11 @@ def test_switching_language_keeps_every_id() -> None:
     en, id_ = ids("en"), ids("id")
     for key in ("unique_id", "object_id", "topic", "default_entity_id", "device_identifiers"):
         assert en[key] == id_[key], key
-    assert len(en["unique_id"]) == 1 + 2 * 10  # nothing collapsed into one id
+    assert len(en["unique_id"]) == 2 + 2 * 10  # nothing collapsed into one id
     # ...and the names did change: an Indonesian Home Assistant shows Indonesian names.
     assert {"Tutup", "Paket menunggu", "Paket terakhir", "Ambil foto", "Baterai"} <= id_["names"]
     assert not ({"Lid", "Deliveries waiting", "Take snapshot"} & id_["names"])
+    assert "WhatsApp tertaut" in id_["names"]
     assert "Gateway parcelbox" in id_["device_names"] and "parcelbox gateway" in en["device_names"]
     # Box names are the owner's, never translated.
     assert {"Pintu depan", "gate"} <= id_["device_names"]
@@ -62,7 +64,7 @@ def test_entity_ids_come_from_box_id_and_english_name() -> None:
 def test_both_languages_name_every_entity_the_removal_list_knows() -> None:
     cfg = HAConfig(language="id")
     keys = {topic.rsplit("/", 2)[1] for topic in box_config_topics(cfg, "gate")}
-    assert keys | {"status"} == set(ENTITY_NAMES["en"]) == set(ENTITY_NAMES["id"])
+    assert keys | {"status", "whatsapp"} == set(ENTITY_NAMES["en"]) == set(ENTITY_NAMES["id"])
 
 
 def test_owner_gateway_name_is_kept_in_both_languages() -> None:

@@ -56,6 +56,7 @@ DEFAULT_GATEWAY_NAME = "parcelbox gateway"
 ENTITY_NAMES: dict[str, dict[str, str]] = {
     "en": {
         "status": "Status",
+        "whatsapp": "WhatsApp linked",
         "online": "Online",
         "lid": "Lid",
         "package": "Package waiting",
@@ -69,6 +70,7 @@ ENTITY_NAMES: dict[str, dict[str, str]] = {
     },
     "id": {
         "status": "Status",
+        "whatsapp": "WhatsApp tertaut",
         "online": "Online",
         "lid": "Tutup",
         "package": "Ada paket",
@@ -345,8 +347,9 @@ def whatsapp_entity(cfg: HAConfig) -> Entity:
         node,
         "whatsapp",
         {
-            "name": "WhatsApp linked",
+            "name": entity_name(cfg, "whatsapp"),
             "unique_id": f"{node}_whatsapp",
+            "default_entity_id": default_entity_id("binary_sensor", node, "whatsapp"),
             "device_class": "connectivity",
             "state_topic": whatsapp_topic(cfg),
             "payload_on": "ON",
