@@ -25,7 +25,11 @@ RECORDS = [
 
 def ids(language: str) -> dict[str, set]:
     cfg = HAConfig(language=language, dashboard_url="http://parcelbox.lan")
-    ents = gateway_entities(cfg) + [whatsapp_entity(cfg)] + [e for r in RECORDS for e in box_entities(cfg, r, with_battery=True)]
+    ents = (
+        gateway_entities(cfg)
+        + [whatsapp_entity(cfg)]
+        + [e for r in RECORDS for e in box_entities(cfg, r, with_battery=True)]
+    )
     return {
         "unique_id": {e.config["unique_id"] for e in ents},
         "object_id": {(e.component, e.node_id, e.object_id) for e in ents},
