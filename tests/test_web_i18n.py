@@ -215,3 +215,53 @@ def test_web_language_defaults_from_whatsapp_language_and_zone_from_alerts(tmp_p
     assert s.language == "en" and s.timezone == i18n.host_timezone()
     with pytest.raises(ConfigError, match="web.language"):
         component_settings(tmp_path, '[web]\nlanguage = "jv"\n')
+
+
+# --- the catalogue and the code agree ----------------------------------------------------------
+
+STATIC = Path(i18n.__file__).parents[1] / "static"
+# Keys app.js builds from an API name (t("type." + e.type)): the prefix stands for every key under it.
+DYNAMIC_PREFIXES = (
+    "type.",
+    "cmd.",
+    "nav.",
+    "alerts.state.",
+    "alerts.receipt.",
+    "wa.state.",
+    "box.signal_",
+    "error.",
+)
+
+
+def used_keys() -> tuple[set[str], set[str]]:
+    """(literal keys, dynamic prefixes) used by the page, the script, the worker and the server."""
+    html_ = (STATIC / "index.html").read_text() + (STATIC / "login.html").read_text()
+    js = (STATIC / "app.js").read_text() + (STATIC / "lang.js").read_text() + (STATIC / "sw.js").read_text()
+    js = re.sub(r"(?m)^\s*//.*$|\s//\s.*$", "", js)  # comments mention t("key") as an example
+    py = (STATIC.parent / "app.py").read_text()
+    keys = set(re.findall(r'data-i18n="([a-z0-9_.]+)"', html_))
+    for attr in re.findall(r'data-i18n-attr="([^"]+)"', html_):
+        keys |= {pair.split(":")[1].strip() for pair in attr.split(";")}
+    keys |= set(re.findall(r"\{\{t:([a-z0-9_.]+)\}\}", html_))
+    keys |= set(re.findall(r'\bt\("([a-z0-9_.]+)"', js))
+    keys |= {k for k in re.findall(r'"([a-z]+\.[a-z0-9_.]+)"', js) if k in EN}  # t(cond ? "a.b" : "a.c")
+    keys |= {f"{k}_{n}" for k in re.findall(r'\btn\("([a-z0-9_.]+)"', js) for n in ("one", "other")}
+    keys |= set(re.findall(r'word\("([a-z0-9_.]+)"', js))
+    keys |= set(re.findall(r'label\("([a-z0-9_.]+)"', js))  # label("cmd.", name): a prefix
+    keys |= set(re.findall(r'i18n\.t\(\s*lang,\s*"([a-z0-9_.]+)"', py))
+    keys |= {k for k in re.findall(r'"([a-z]+\.[a-z0-9_.]+)"', py) if k in EN}
+    prefixes = {k for k in keys if k.endswith((".", "_"))}
+    return keys - prefixes, prefixes
+
+
+def test_every_key_used_exists_and_every_key_is_used() -> None:
+    keys, prefixes = used_keys()
+    missing = sorted(k for k in keys if k not in EN)
+    assert not missing, f"used but not in the catalogues: {missing}"
+    assert prefixes <= set(DYNAMIC_PREFIXES), prefixes - set(DYNAMIC_PREFIXES)
+    for p in prefixes:
+        assert any(k.startswith(p) for k in EN), p
+    # offline.notice: the "can't reach your gateway" line of the offline mode (issue 15), translated
+    # ahead of it so the two branches meet in one catalogue.
+    unused = sorted(k for k in EN if k not in keys | {"offline.notice"} and not k.startswith(tuple(prefixes)))
+    assert not unused, f"in the catalogues but used nowhere: {unused}"
