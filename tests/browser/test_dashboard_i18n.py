@@ -24,6 +24,7 @@ import pytest
 from gateway.web import WebServer, WebSettings, i18n
 from gateway.web.auth import set_password
 from tests.browser.helpers import PHONE, WAIT_MS, close_viewer, img_loaded, in_thread, shoot
+from tests.browser.test_dashboard_gateway import stack  # noqa: F401  (the whole gateway, as a fixture)
 from tests.support.web import MemoryPort
 
 WORD_RE = re.compile(r"[A-Za-z][A-Za-z'’]+")
@@ -141,7 +142,7 @@ def server(port: MemoryPort):
         srv.stop()
 
 
-def new_page(browser, lang: str):
+def new_page(browser, lang: str, accept_dialogs: bool = True):
     locale = {"id": "id-ID", "en": "en-US"}[lang]
     ctx = browser.new_context(
         viewport=PHONE, device_scale_factor=1, locale=locale, timezone_id="Europe/London"
@@ -155,7 +156,8 @@ def new_page(browser, lang: str):
         dialogs.append(d.message)
         d.accept()
 
-    page.on("dialog", on_dialog)
+    if accept_dialogs:
+        page.on("dialog", on_dialog)
     return ctx, page, errors, dialogs
 
 
@@ -303,4 +305,48 @@ def test_service_worker_offline_page_in_the_phones_language(browser, server) -> 
     assert page.inner_text("main.offline h1") == i18n.catalogue("id")["offline.title"]
     assert page.get_attribute("html", "lang") == "id"
     check_page(page, "sw-offline", "id")
+    ctx.close()
+
+
+def test_empty_dashboard_in_indonesian(browser, tmp_path: Path) -> None:
+    """A fresh install: the empty states, in Indonesian, fit the phone."""
+    srv = WebServer(MemoryPort(tmp_path / "empty"), WebSettings(host="127.0.0.1", port=0))
+    srv.start()
+    try:
+        ctx, page, errors, _ = new_page(browser, "id")
+        page.goto(srv.url + "/")
+        page.wait_for_selector("#events-empty:not([hidden])", timeout=WAIT_MS)
+        check_page(page, "empty-deliveries", "id")
+        go(page, "/boxes", "#boxes-empty:not([hidden])")
+        check_page(page, "empty-boxes", "id")
+        go(page, "/alerts", "#alerts-empty:not([hidden])")
+        check_page(page, "empty-alerts", "id")
+        assert errors == []
+        ctx.close()
+    finally:
+        srv.stop()
+
+
+def test_whatsapp_prompts_and_errors_in_indonesian_on_the_real_gateway(browser, stack) -> None:  # noqa: F811
+    """The whole gateway (simulated box, WhatsApp child on the fake): the test-message prompt for a
+    number outside the recipients (the web branch's confirm()) and its refusal are in Indonesian."""
+    svc, web, runner, fake = stack
+    ctx, page, errors, _ = new_page(browser, "id", accept_dialogs=False)
+    answers: list[str] = []
+
+    page.goto(web.url + "/whatsapp")
+    page.wait_for_selector("#wa-qr:not([hidden])", timeout=WAIT_MS)
+    fake.inject("scan")
+    page.wait_for_selector("#wa-linked:not([hidden])", timeout=WAIT_MS)
+    assert page.inner_text("#wa-badge") == i18n.catalogue("id")["wa.state.connected"]
+    page.fill("#wa-recipient", "+62 812 5555 0000")
+    page.once("dialog", lambda d: (answers.append(d.message), d.dismiss()))
+    page.click("#wa-test-form button")
+    page.wait_for_selector("#wa-result.bad", timeout=WAIT_MS)
+    assert answers and not english_in(answers), answers
+    assert "+62 812 5555 0000 bukan penerima notifikasi" in answers[0]
+    assert page.inner_text("#wa-result") == i18n.catalogue("id")["error.confirm_needed"]
+    check_page(page, "gateway-whatsapp", "id")
+    assert not [m for m in fake.sent() if m["to"].startswith("6281255550000")]  # nothing sent
+    assert errors == []
     ctx.close()
