@@ -265,3 +265,15 @@ def test_every_key_used_exists_and_every_key_is_used() -> None:
     # ahead of it so the two branches meet in one catalogue.
     unused = sorted(k for k in EN if k not in keys | {"offline.notice"} and not k.startswith(tuple(prefixes)))
     assert not unused, f"in the catalogues but used nowhere: {unused}"
+
+
+def test_served_page_is_already_in_the_page_language(port) -> None:
+    """The server fills in the words too, so the first paint (and the worker's saved copy) is right."""
+    with local(port) as c:
+        body = c.get("/", headers={"accept-language": "id-ID"}).text
+    texts = re.findall(r'data-i18n="([a-z0-9_.]+)"[^<>]*>([^<]*)<', body)
+    assert len(texts) > 30
+    for key, text in texts:
+        assert text == ID[key], key
+    for attr, key in re.findall(r'data-i18n-attr="([a-z-]+):([a-z0-9_.]+)"', body):
+        assert f'{attr}="{ID[key]}"' in body, key

@@ -475,11 +475,40 @@ def page_language(request: Request) -> str:
     )
 
 
+I18N_TEXT_RE = re.compile(r'(<[a-z0-9]+[^<>]*\sdata-i18n="([a-z0-9_.]+)"[^<>]*>)([^<]*)(?=<)')
+I18N_ATTR_RE = re.compile(r'<[a-z0-9]+[^<>]*\sdata-i18n-attr="([^"]+)"[^<>]*>')
+
+
+def translate_page(template: str, lang: str) -> str:
+    """index.html in `lang`: the text of every `data-i18n` element and every `data-i18n-attr` attribute.
+
+    app.js does the same from /i18n.js (and again on a language switch); doing it here too means the
+    first paint, the copy the service worker keeps and a reader without JavaScript are already right.
+    """
+
+    def attrs(m: re.Match[str]) -> str:
+        tag = m.group(0)
+        for pair in m.group(1).split(";"):
+            attr, _, key = pair.partition(":")
+            value = html.escape(i18n.t(lang, key.strip()))
+            tag = re.sub(
+                rf'(\s{re.escape(attr.strip())}=")[^"]*(")',
+                lambda a, v=value: a.group(1) + v + a.group(2),
+                tag,
+            )
+        return tag
+
+    out = I18N_TEXT_RE.sub(
+        lambda m: m.group(1) + html.escape(i18n.t(lang, m.group(2)), quote=False), template
+    )
+    out = I18N_ATTR_RE.sub(attrs, out)
+    return out.replace('<html lang="en">', f'<html lang="{lang}">', 1)
+
+
 def page(request: Request) -> Response:
-    # The page's words are filled in by app.js from /i18n.js; the server only names the language, so
-    # the first paint and screen readers already have the right one.
-    body = INDEX_HTML.replace('<html lang="en">', f'<html lang="{page_language(request)}">', 1)
-    return HTMLResponse(body, headers={**PRIVATE_REVALIDATE, **VARY_LANGUAGE})
+    return HTMLResponse(
+        translate_page(INDEX_HTML, page_language(request)), headers={**PRIVATE_REVALIDATE, **VARY_LANGUAGE}
+    )
 
 
 def i18n_script(request: Request) -> Response:
