@@ -5,6 +5,7 @@ child are SIGKILLed and restarted at seeded random moments; then every guarantee
     python bench/chaos.py                       # the full run: 20 boxes x 25 deliveries = 500
     python bench/chaos.py --boxes 4 --deliveries 10 --seed 3 --gateway-kills 2
     python bench/chaos.py --managed-broker      # the gateway's own Mosquitto, boxes with their logins
+    python bench/chaos.py --disk-fulls 3           # also fill the gateway's disk now and then (root)
 
 Boxes are `tools/simulate.py`'s `SimulatedBox` (the real firmware modules, spool on disk), the
 broker a real Mosquitto, the gateway `parcelbox run` as a subprocess with the folder sink and WhatsApp
@@ -27,6 +28,9 @@ and a broker SIGKILL is repaired by the gateway's own supervision. A thief with 
 its own keeps reconnecting under the gateway's client id and the boxes' ids (`--takeovers`); the audit
 also checks, in the broker's log, that nobody but the thief itself was ever kicked off (issue 14,
 items 3 and 13).
+With `--disk-fulls N` the gateway's data folder is a tmpfs (needs root) that is filled to the last
+byte N times, for a seeded few seconds each, while boxes send: whatever the gateway cannot write it
+must not ack, and everything above must still hold once there is room again.
 
 `run_chaos()` is also the short form run by `tests/e2e/test_chaos.py` in `make test`. The full run
 prints its counts and writes bench/results/chaos.json.
@@ -54,6 +58,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.support.e2e import GatewayProc, audit_data_folder, wait_for  # noqa: E402
+from tests.support.fullfs import fill, free, mount_tmpfs, unmount  # noqa: E402
 from tools.simulate import SimulatedBox  # noqa: E402
 
 RECIPIENT = "+62 811-0000-0001"
@@ -79,6 +84,10 @@ class ChaosPlan:
     managed_broker: bool = False
     # managed broker: reconnects per second by a thief under the gateway's and the boxes' client ids
     takeovers_per_s: float = 0.0
+    # times the gateway's disk (then a tmpfs of disk_size) is filled up, each for full_s seconds
+    disk_fulls: int = 0
+    disk_size: str = "128m"
+    full_s: tuple[float, float] = (1.0, 4.0)
 
 
 @dataclass
@@ -260,13 +269,37 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
             "store": {"segment_records": plan.segment_records},
         },
     )
+    if plan.disk_fulls:
+        why = mount_tmpfs(gw.data_dir, plan.disk_size)
+        if why is not None:
+            raise RuntimeError(f"--disk-fulls: {why}")
+    try:
+        return _run_chaos(gw, fake_dir, workdir, broker, prefix, plan, res, rnd, note, t0, managed)
+    finally:
+        if plan.disk_fulls:
+            unmount(gw.data_dir)
+
+
+def _run_chaos(
+    gw: GatewayProc,
+    fake_dir: Path,
+    workdir: Path,
+    broker: Any,
+    prefix: str,
+    plan: ChaosPlan,
+    res: ChaosResult,
+    rnd: random.Random,
+    note: Any,
+    t0: float,
+    managed: dict[str, Any],
+) -> ChaosResult:
     session = gw.data_dir / "whatsapp"
     session.mkdir(parents=True, exist_ok=True)
     (session / "fake-session.json").write_text(json.dumps({"jid": "6281100000000@s.whatsapp.net"}))
 
     # The spool is bounded on the board (oldest photos go first when it is full, by design); give the
     # simulated boxes room for a whole run so that every delivery must arrive with its photo.
-    spool_room = (
+    spool_room: dict[str, Any] = (
         {"spool_max_events": 1000, "spool_max_bytes": plan.deliveries * 500_000} if plan.spool_room else {}
     )
     names = [f"chaos-{i:02d}" for i in range(plan.boxes)]
@@ -278,6 +311,8 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
         registry = DeviceRegistry(gw.data_dir)  # `parcelbox device add` for each box, before the first run
         logins = {n: registry.add(n).password for n in names}
         broker = ManagedBroker(gw.data_dir / "broker", "127.0.0.1", managed["listen_port"])
+    if plan.disk_fulls:
+        spool_room["ack_timeout_s"] = 5  # refused events come back soon (the firmware's minimum)
     boxes = [
         SimulatedBox(
             broker.url,
@@ -294,7 +329,12 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
         for _ in range(plan.deliveries):
             b.deliver()
     total = plan.boxes * plan.deliveries
-    actions = ["gateway"] * plan.gateway_kills + ["broker"] * plan.broker_kills + ["child"] * plan.child_kills
+    actions = (
+        ["gateway"] * plan.gateway_kills
+        + ["broker"] * plan.broker_kills
+        + ["child"] * plan.child_kills
+        + ["disk"] * plan.disk_fulls
+    )
     # Each kill fires when a seeded share of the deliveries is acked, plus a seeded delay.
     schedule = sorted((rnd.uniform(0.05, 0.85), rnd.uniform(0.0, 0.3), a) for a in actions)
     kills: collections.Counter[str] = collections.Counter()
@@ -339,6 +379,13 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
                 gw.start()
                 check_port()
                 note("gateway restarted")
+            elif action == "disk":
+                filler = fill(gw.data_dir, "chaos-filler")
+                note(f"disk full at {driver.acked()}/{total} acked")
+                time.sleep(rnd.uniform(*plan.full_s))
+                refused = gw.log_path.read_text(errors="replace").count("; not acked,")
+                free(filler)
+                note(f"disk has room again ({refused} refusals logged so far)")
             elif action == "broker":
                 broker.kill()
                 note(f"SIGKILL broker at {driver.acked()}/{total} acked")
@@ -461,6 +508,9 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
         "kills": dict(kills),
         "kills_skipped": dict(skipped),
         "gateway_runs": gw.runs,
+        # lines where the gateway said it could not write an event and did not ack it (rate-limited
+        # to one a minute, so a floor): shows the full disks really hit incoming events
+        "refused_writes_logged": gw.log_path.read_text(errors="replace").count("; not acked,"),
         "box_mqtt_connects": sum(b.app.mqtt.connects for b in boxes),
         "broker": "managed" if plan.managed_broker else "external",
         "thief_connects": thief.connects if thief is not None else 0,
@@ -486,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gateway-kills", type=int, default=4)
     ap.add_argument("--broker-kills", type=int, default=3)
     ap.add_argument("--child-kills", type=int, default=4)
+    ap.add_argument(
+        "--disk-fulls", type=int, default=0, help="fill the gateway's disk (a tmpfs; root) N times"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--board-spool", action="store_true", help="the board's spool limits (old photos may be dropped)"
@@ -510,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         gateway_kills=a.gateway_kills,
         broker_kills=a.broker_kills,
         child_kills=a.child_kills,
+        disk_fulls=a.disk_fulls,
         seed=a.seed,
         spool_room=not a.board_spool,
         segment_records=a.segment_records,

@@ -57,6 +57,29 @@ def do_run(args: argparse.Namespace) -> int:
 # --- status -------------------------------------------------------------------------
 
 
+def _fresh_storage(config: Any, health: dict[str, Any], integrity: dict[str, int] | None = None) -> None:
+    """Measure the disk here and now: at a full disk the gateway cannot rewrite status.json, and
+    that is exactly when the warning matters."""
+    from gateway.diskspace import DiskThresholds, disk_report, measure, storage_report
+
+    old = health.get("storage") or {}
+    try:
+        disk = disk_report(
+            measure(Path(config.data_dir)),
+            DiskThresholds(
+                min_free_mb=config.store.min_free_mb, min_free_percent=config.store.min_free_percent
+            ),
+        )
+    except OSError:
+        disk = None
+    health["storage"] = storage_report(
+        disk,
+        integrity if integrity is not None else old.get("integrity") or {},
+        old.get("refused", 0),
+        failed_recently="writes_failed" in (old.get("kinds") or []),
+    )
+
+
 def _status_data(config: Any) -> dict[str, Any]:
     from gateway.datalock import DataDirLock, DataDirLocked
     from gateway.service import STATUS_FILE
@@ -78,6 +101,8 @@ def _status_data(config: Any) -> dict[str, Any]:
         out.update(
             {k: snap.get(k, [] if k != "health" else {}) for k in ("health", "devices", "events", "outbox")}
         )
+        out["health"] = dict(out["health"])
+        _fresh_storage(config, out["health"])
         return out
     try:
         lock.acquire()
@@ -86,6 +111,8 @@ def _status_data(config: Any) -> dict[str, Any]:
         out.update(
             {k: snap.get(k, [] if k != "health" else {}) for k in ("health", "devices", "events", "outbox")}
         )
+        out["health"] = dict(out["health"])
+        _fresh_storage(config, out["health"])
         return out
     try:
         store = Store(
@@ -99,6 +126,7 @@ def _status_data(config: Any) -> dict[str, Any]:
             health = dict(snap.get("health", {}))
             health["events_total"] = store.event_count()
             health["alerts"] = store.outbox_counts()
+            _fresh_storage(config, health, store.integrity())
             out["health"] = health
         finally:
             store.close()
@@ -129,6 +157,17 @@ def do_status(args: argparse.Namespace) -> int:
         )
         al = h.get("alerts") or {}
         print("alerts: " + ", ".join(f"{k} {al.get(k, 0)}" for k in ("pending", "failed", "sent", "dead")))
+        st = h.get("storage") or {}
+        disk = st.get("disk") or {}
+        if disk:
+            from gateway.diskspace import human_size
+
+            print(
+                f"storage: {'ok' if st.get('ok') else 'PROBLEM'}; {human_size(disk['free_bytes'])} free "
+                f"of {human_size(disk['total_bytes'])} ({disk['free_percent']}%)"
+            )
+        for problem in st.get("problems") or []:
+            print(f"  WARNING: {problem}")
         b = h.get("broker") or {}
         if b:
             print(

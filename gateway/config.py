@@ -145,6 +145,10 @@ class StoreConfig:
     segment_records: int = 0  # records per segment file (bounds RAM and rewrite cost); 0: the store's 512
     retention_days: int = 0  # event records; 0 keeps them forever
     photo_retention_days: int = 0  # photo files; 0 keeps them forever
+    # Warn (log, status, dashboard, Home Assistant) when the data folder's disk has less free than
+    # this many MB or this % of its size, whichever is more (gateway.diskspace); 0 turns a test off.
+    min_free_mb: int = 500
+    min_free_percent: float = 5.0
 
 
 @dataclass
@@ -348,6 +352,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("store.partition must be 'month' or 'day'")
     if cfg.store.segment_records and not 8 <= cfg.store.segment_records <= 1_000_000:
         raise ConfigError("store.segment_records must be 0 (default) or between 8 and 1000000")
+    if cfg.store.min_free_mb < 0 or not 0 <= cfg.store.min_free_percent <= 50:
+        raise ConfigError("store.min_free_mb must be >= 0 and store.min_free_percent between 0 and 50")
     if cfg.notify.webhook.format not in ("json", "multipart"):
         raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
     ing = cfg.ingest

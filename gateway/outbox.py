@@ -61,6 +61,9 @@ class OutboxDispatcher:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        # Per notifier: results of sends that happened but could not be written (full disk), by alert
+        # id. Such an alert is not sent again by this process; the result is written once there is room.
+        self._unrecorded: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in notifiers}
 
     def start(self) -> None:
         self._stop.clear()
@@ -97,11 +100,21 @@ class OutboxDispatcher:
         """Send every due entry of notifier `name` once; True if anything was attempted."""
         notifier = self.notifiers[name]
         limiter = self._limiters[name]
+        unrecorded = self._unrecorded[name]
+        for alert_id, fields in list(unrecorded.items()):
+            try:
+                new = self.store.update_outbox(alert_id, **fields)
+            except OSError:
+                break  # still no room; try again next pass
+            del unrecorded[alert_id]
+            log.info("alert %s: its %s state is written now", alert_id, fields["state"])
+            if new is not None:
+                self.bus.publish(OUTBOX_CHANGED, _public(new))
         did = False
         for rec in self.store.open_outbox():
             if self._stop.is_set():
                 break
-            if rec["notifier"] != name:
+            if rec["notifier"] != name or rec["id"] in unrecorded:
                 continue
             now = self.clock()
             if (rec.get("next_attempt_at") or 0) > now:
@@ -137,31 +150,28 @@ class OutboxDispatcher:
             result = SendResult(ok=False, error=f"{type(exc).__name__}: {exc}")
         now = self.clock()
         attempts = int(rec.get("attempts") or 0) + 1
+        fields: dict[str, Any]
         if result.ok:
-            extra = {"message_id": result.message_id, "receipt": "sent"} if result.message_id else {}
-            new = self.store.update_outbox(
-                rec["id"], state="sent", attempts=attempts, sent_at=now, next_attempt_at=None, **extra
-            )
+            fields = {"state": "sent", "attempts": attempts, "sent_at": now, "next_attempt_at": None}
+            if result.message_id:  # receipts (delivered, read) are matched by it later
+                fields.update(message_id=result.message_id, receipt="sent")
             log.info("alert %s sent via %s", rec["id"], notifier.name)
         else:
             error = (result.error or "send failed")[:500]
             age = now - (rec.get("retried_at") or rec["created_at"])
             if result.permanent or age >= self.dead_after_s:
-                new = self.store.update_outbox(
-                    rec["id"], state="dead", attempts=attempts, last_error=error, next_attempt_at=None
-                )
+                fields = {"state": "dead", "attempts": attempts, "last_error": error, "next_attempt_at": None}
                 log.error("alert %s dead after %d attempts: %s", rec["id"], attempts, error)
             else:
                 delay = backoff_s(attempts, self.backoff_initial_s, self.backoff_max_s)
                 if result.retry_after_s:
                     delay = max(delay, result.retry_after_s)
-                new = self.store.update_outbox(
-                    rec["id"],
-                    state="failed",
-                    attempts=attempts,
-                    last_error=error,
-                    next_attempt_at=now + delay,
-                )
+                fields = {
+                    "state": "failed",
+                    "attempts": attempts,
+                    "last_error": error,
+                    "next_attempt_at": now + delay,
+                }
                 log.warning(
                     "alert %s via %s failed (attempt %d, retry in %.0fs): %s",
                     rec["id"],
@@ -170,6 +180,15 @@ class OutboxDispatcher:
                     delay,
                     error,
                 )
+        try:
+            new = self.store.update_outbox(rec["id"], **fields)
+        except OSError as exc:
+            # Full disk: the send happened (or failed) but cannot be written. Sending again on every
+            # pass would spam the recipient for as long as the disk stays full; a crash before the
+            # write loses only this memory, and then the alert goes out once more (at least once).
+            self._unrecorded[notifier.name][rec["id"]] = fields
+            log.warning("alert %s: cannot write its %s state yet (%s)", rec["id"], fields["state"], exc)
+            return
         if new is not None:
             self.bus.publish(OUTBOX_CHANGED, _public(new))
 

@@ -38,6 +38,7 @@ from gateway.bus import (
     DEVICE_CHANGED,
     EVENT_STORED,
     OUTBOX_CHANGED,
+    STORAGE_STATE,
     WHATSAPP_RECEIPT,
     WHATSAPP_STATE,
     Bus,
@@ -47,6 +48,14 @@ from gateway.commands import MAX_RESULT_BYTES, CommandTable, UnknownResult
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import DeviceRegistry
+from gateway.diskspace import (
+    WRITE_FAILURE_SHOWN_S,
+    DiskThresholds,
+    StorageWatch,
+    disk_report,
+    measure,
+    storage_report,
+)
 from gateway.fairqueue import FairQueue
 from gateway.health import Counters
 from gateway.ingest import MqttLink
@@ -83,6 +92,8 @@ STATUS_FILE = "status.json"
 _BATTERY_HYSTERESIS_MV = 100
 # The "device" of alerts about the gateway itself (WhatsApp down/up): not a box id (those never start with _).
 GATEWAY_DEVICE = "_gateway"
+# A full disk fails every write, a few a second: say so once a minute (with a count), not each time.
+_STORE_WARNING_EVERY_S = 60.0
 
 
 class Component(Protocol):
@@ -184,6 +195,13 @@ class GatewayService:
             "updated_at": 0.0,
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
+        self.disk_thresholds = DiskThresholds(
+            min_free_mb=config.store.min_free_mb, min_free_percent=config.store.min_free_percent
+        )
+        self._storage_watch = StorageWatch()
+        self._store_warned_at = -_STORE_WARNING_EVERY_S
+        self._store_warnings_held = 0
+        self._store_failed_at: float | None = None  # monotonic time of the last refused event
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
         self.bus.subscribe(self._on_whatsapp_receipt, WHATSAPP_RECEIPT)
         self._wa_watch = LinkWatch(float(getattr(config.whatsapp, "down_notice_after_s", 300.0)))
@@ -371,10 +389,35 @@ class GatewayService:
                     self._photo_done(item[1], item[2])
                 elif item[0] == "call":
                     item[1]()
+            except OSError as exc:
+                # A full disk or a failing card (a box's status record, say): nothing was acked.
+                self._store_failed(exc, f"a change ({item[0]})", counter="device_write_errors")
             except Exception:
                 # Never let one message kill the worker; the box re-sends what was not acked.
                 log.exception("ingest worker: unexpected error; continuing")
                 self.counters.reject("internal_error")
+
+    def _store_failed(self, exc: OSError, what: str, *, counter: str = "store_write_errors") -> None:
+        """A write to the data folder failed: count it, check the disk now, warn (rate-limited).
+        `store_write_errors` counts the events refused for it (not acked)."""
+        self.counters.inc(counter)
+        now = time.monotonic()
+        if counter == "store_write_errors":
+            self._store_failed_at = now
+        if now - self._store_warned_at < _STORE_WARNING_EVERY_S:
+            self._store_warnings_held += 1
+            return
+        held, self._store_warnings_held = self._store_warnings_held, 0
+        self._store_warned_at = now
+        log.warning(
+            "could not write %s to %s: %s%s%s",
+            what,
+            self.data_dir,
+            exc,
+            "; not acked, the box keeps it and sends it again" if counter == "store_write_errors" else "",
+            f" ({held} more such failure(s) in the last minute)" if held else "",
+        )
+        self._check_storage()
 
     def _reject(self, reason: str, detail: str, where: str) -> None:
         self.counters.reject(reason)
@@ -556,7 +599,11 @@ class GatewayService:
             variants = {"alert": processed.alert_jpeg, "thumb": processed.thumb_jpeg}
             if self.config.photos.keep_original:
                 variants["original"] = original
-            self.store.write_photos(device, event.id, received_at, variants)
+            try:
+                self.store.write_photos(device, event.id, received_at, variants)
+            except OSError as exc:
+                self._store_failed(exc, f"the photo of {device}/{event.id}")
+                return
             photo_info = {
                 "size": event.photo.size,
                 "sha256": event.photo.sha256,
@@ -579,11 +626,21 @@ class GatewayService:
         dev = self._device(device)
         dev = self._apply_event_to_device(dev, record)
         outbox = self._plan_event_alerts(dev, record)
-        if not self.store.add_event(record, outbox):
+        try:
+            added = self.store.add_event(record, outbox)
+        except OSError as exc:
+            # No ack and no nack: a nack with retry makes the box re-send at once, photo and all,
+            # into the same full disk. Without an answer it re-sends after its ack timeout, backing off.
+            self._store_failed(exc, f"event {device}/{event.id}")
+            return
+        if not added:
             self.counters.inc("duplicates")
         else:
             self.counters.inc("stored")
-            self.store.put_device(dev)
+            try:
+                self.store.put_device(dev)
+            except OSError as exc:  # the event itself is durable: ack it; the box record catches up later
+                self._store_failed(exc, f"the record of box {device}", counter="device_write_errors")
             self.bus.publish(EVENT_STORED, dict(record))
             self.bus.publish(DEVICE_CHANGED, self._device_out(dev))
             for o in outbox:
@@ -963,6 +1020,7 @@ class GatewayService:
             },
             "photos_in_progress": len(self._in_flight),
             "commands_held": len(self._commands),
+            "storage": self.storage_health(),
         }
         for k in (
             "received",
@@ -974,14 +1032,49 @@ class GatewayService:
             "statuses",
             "acks",
             "nacks",
+            "store_write_errors",
         ):
             out[k] = 0
         out.update(self.counters.snapshot())
         return out
 
+    def storage_health(self) -> dict[str, Any]:
+        """Free space of the data folder's disk and the store's damage counters (`gateway.diskspace`)."""
+        assert self.store is not None
+        try:
+            disk = disk_report(measure(self.data_dir), self.disk_thresholds)
+        except OSError:
+            disk = None
+        failed_at = self._store_failed_at
+        return storage_report(
+            disk,
+            self.store.integrity(),
+            self.counters.get("store_write_errors"),
+            failed_recently=failed_at is not None and time.monotonic() - failed_at < WRITE_FAILURE_SHOWN_S,
+        )
+
+    def _check_storage(self) -> None:
+        """Log storage problems when they appear (and hourly while they last); tell the bus."""
+        report = self.storage_health()
+        to_log, recovered, publish = self._storage_watch.update(report, time.monotonic())
+        for problem in to_log:
+            log.warning("storage: %s", problem)
+        if recovered:
+            log.info(
+                "storage: ok again (%.0f MB free)", (report["disk"] or {}).get("free_bytes", 0) / (1 << 20)
+            )
+        if publish is not None:
+            self.bus.publish(STORAGE_STATE, publish)
+
+    def storage_state(self) -> dict[str, Any] | None:
+        """The last storage state published on the bus (for a subscriber that starts later)."""
+        last = self._storage_watch.published
+        return dict(last) if last else None
+
     def write_status(self) -> None:
         """`<data>/status.json`: what `parcelbox status` shows (health, boxes, recent events, outbox)."""
         assert self.store is not None
+        self._check_storage()
         snap = {
             "health": self.health(),
             "devices": self.list_devices(),
@@ -989,11 +1082,16 @@ class GatewayService:
             "outbox": self.list_outbox(limit=20),
         }
         # Rewritten every 2 s: atomic but not fsync'd (SD-card wear; a lost snapshot is rewritten soon).
+        # At a full disk it fails: logged (rate-limited) and counted; `parcelbox status` measures the
+        # disk itself, so the warning still shows.
         try:
             body = json.dumps(snap, indent=1, default=str, allow_nan=False)
         except ValueError:  # a non-finite number in a record stored before the protocol refused them
             body = json.dumps(json_safe(snap), indent=1, default=str)
-        atomic_write_bytes(self.data_dir / STATUS_FILE, body.encode(), durable=False)
+        try:
+            atomic_write_bytes(self.data_dir / STATUS_FILE, body.encode(), durable=False)
+        except OSError as exc:
+            self._store_failed(exc, STATUS_FILE, counter="status_write_errors")
 
     def _tick_loop(self) -> None:
         """Once a second: reassembly timeouts and offline checks (on the worker), status snapshot."""

@@ -16,13 +16,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tinydb.storages import Storage
+
+from gateway.framing import HEADER, Damage, encode_line, salvage_tables, scan_lines
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -94,9 +100,23 @@ def remove_stale_temp_files(folder: Path, *, recursive: bool = True) -> int:
 
 
 class AtomicJSONStorage(Storage):
-    """A TinyDB storage: whole-file atomic replace on every (batched) write, data cached in memory."""
+    """A TinyDB storage: whole-file atomic replace on every (batched) write, data cached in memory.
 
-    def __init__(self, path: str | Path, create_dirs: bool = True, **_: Any) -> None:
+    With `classify` (doc -> table name, or None for "not a doc of this file"), a file that does not
+    parse is not the end: its readable docs are salvaged (`gateway.framing.salvage_tables`), the
+    damaged file is copied to `quarantine_dir` first, and the salvaged data replaces it. Without
+    `classify` an unreadable file raises, as before.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        create_dirs: bool = True,
+        *,
+        quarantine_dir: Path | None = None,
+        classify: Callable[[dict[str, Any]], str | None] | None = None,
+        **_: Any,
+    ) -> None:
         self.path = Path(path)
         if create_dirs:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +126,10 @@ class AtomicJSONStorage(Storage):
         # buffered: writes stay in memory until flush(); the owner keeps them durable in a `Journal`.
         self.buffered = False
         self.writes = 0  # durable writes done (for tests and benches)
+        self.quarantine_dir = quarantine_dir
+        self.classify = classify
+        self.salvaged: list[dict[str, Any]] = []  # one report per damaged file read
+        self._unsaved: bytes | None = None  # the damaged original, until it is in quarantine
 
     def read(self) -> dict[str, dict[str, Any]] | None:
         if self._data is None:
@@ -113,10 +137,47 @@ class AtomicJSONStorage(Storage):
                 raw = self.path.read_bytes()
             except FileNotFoundError:
                 return None
-            # A torn file cannot happen with atomic replace; if it is unreadable something
-            # outside us broke it, and refusing to start beats silently starting empty.
-            self._data = json.loads(raw) if raw.strip() else {}
+            self._data = self._parse(raw)
         return self._data
+
+    def _parse(self, raw: bytes) -> dict[str, dict[str, Any]]:
+        if not raw.strip():
+            return {}
+        try:
+            data = json.loads(raw)
+            if isinstance(data, dict) and all(
+                isinstance(t, dict) and all(isinstance(d, dict) for d in t.values()) for t in data.values()
+            ):
+                return data
+            problem = "not a TinyDB document"
+        except ValueError as exc:  # includes UnicodeDecodeError
+            problem = str(exc)[:200]
+        if self.classify is None or self.quarantine_dir is None:
+            # Atomic replace cannot tear a file; something outside us broke it. Without a way to
+            # salvage, refusing to start beats silently starting empty.
+            raise ValueError(f"{self.path}: unreadable ({problem})")
+        tables, skipped = salvage_tables(raw, self.classify)
+        kept = sum(len(t) for t in tables.values())
+        log.warning(
+            "%s: unreadable (%s); salvaged %d record(s), %d unreadable stretch(es); "
+            "the damaged file is kept in %s",
+            self.path,
+            problem,
+            kept,
+            skipped,
+            self.quarantine_dir,
+        )
+        self.salvaged.append({"file": self.path.name, "problem": problem, "kept": kept, "skipped": skipped})
+        self._unsaved = raw
+        self._data = tables
+        self._dirty = True
+        try:
+            self._flush()  # quarantine first, then the salvaged file
+        except OSError as exc:
+            # Keep serving the salvaged data; the damaged file stays in place until a flush works.
+            log.error("%s: could not write the salvaged file yet (%s)", self.path, exc)
+            self._data, self._dirty = tables, True
+        return tables
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
         self._data = data
@@ -133,9 +194,17 @@ class AtomicJSONStorage(Storage):
     def _flush(self) -> None:
         assert self._data is not None
         try:
+            if self._unsaved is not None:  # never overwrite a damaged file before it is kept aside
+                saved = quarantine_bytes(
+                    self.quarantine_dir or self.path.parent, self.path.name, self._unsaved
+                )
+                log.warning("%s: damaged file kept in %s", self.path.name, saved)
+                self._unsaved = None
             atomic_write_bytes(self.path, json.dumps(self._data, separators=(",", ":")).encode())
         except BaseException:
-            self._data = None  # forget what did not reach the disk; reread the old file
+            if not self.buffered:
+                self._data = None  # forget what did not reach the disk; reread the old file
+            # Buffered: memory holds what the journal holds, the truth until a flush works.
             raise
         self._dirty = False
         self.writes += 1
@@ -164,51 +233,122 @@ class AtomicJSONStorage(Storage):
 
 
 class Journal:
-    """An append-only log of JSON lines, fsync'd per append: durability in O(size of the change).
+    """An append-only log of framed JSON lines (`gateway.framing`), fsync'd per append: durability in
+    O(size of the change).
 
     The store appends each change here before applying it in memory, and now and then writes the
     whole file atomically (`AtomicJSONStorage.flush`) and empties the journal. On open it replays the
-    journal over the file; replay is idempotent, so a crash between the two steps is harmless. A line
-    torn by a crash mid-append was never fsync'd, so never acknowledged: it and anything after it are
-    ignored (and dropped by the compaction that follows the replay).
+    journal over the file; replay is idempotent, so a crash between the two steps is harmless.
+
+    Damage never costs more than the damaged line. An append that fails (ENOSPC, EIO) is cut off
+    again (truncated back to where it began), so it leaves no half line for the next one to follow. A
+    line that does not read back (bit rot, or a half line a crash left) is skipped and every readable
+    line after it is kept; the bytes that were not understood are reported (`damage`, logged with the
+    file and offset) and copied to `quarantine_dir` before `reset()` may drop them.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        quarantine_dir: Path | None = None,
+        valid: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         self.path = path
+        # Never None: `reset` must have somewhere to keep damaged bytes before it empties the file.
+        self.quarantine_dir = quarantine_dir or path.parent / "quarantine"
+        self._valid = valid
         self._fd: int | None = None
+        self._needs_newline = False  # the file ends in an unfinished line we could not cut off
         self.entries_since_reset = 0
+        self.damage: list[Damage] = []  # read but not yet quarantined
+        self.cut_failures = 0  # failed appends whose bytes could not be truncated away
 
-    def append(self, entry: dict[str, Any]) -> None:
-        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+    def _open(self) -> int:
         if self._fd is None:
             existed = self.path.exists()
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            size = os.fstat(fd).st_size
+            # A crash left an unfinished line (and the store could not reset the journal): start ours
+            # on a line of its own, so the reader loses only the unfinished one.
+            self._needs_newline = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            self._fd = fd
             if not existed:
                 fsync_dir(self.path.parent)
-        view = memoryview(line)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        os.fsync(self._fd)
+        return self._fd
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """Make `entry` durable, or raise leaving the journal as it was (no partial line)."""
+        line = encode_line(entry)
+        fd = self._open()
+        if self._needs_newline:
+            line = b"\n" + line
+        start = os.lseek(fd, 0, os.SEEK_END)
+        if start == 0:
+            line = HEADER + line  # the format, for the reader (`gateway.framing`)
+        try:
+            view = memoryview(line)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        except BaseException:
+            self._cut(fd, start)
+            raise
+        self._needs_newline = False
         self.entries_since_reset += 1
 
+    def _cut(self, fd: int, start: int) -> None:
+        """Undo a failed append: shrinking a file needs no free space, so this works at a full disk."""
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError as exc:
+            self.cut_failures += 1
+            self._needs_newline = True  # the reader resynchronises past what is left
+            log.error("%s: could not cut a failed append back to %d bytes (%s)", self.path, start, exc)
+
     def read(self) -> list[dict[str, Any]]:
+        """The readable records, in order. Damaged stretches are logged and kept in `damage`."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return []
-        out = []
-        for line in raw.split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                break  # torn tail
-        return out
+        scan = scan_lines(raw, self._valid)
+        for d in scan.damage:
+            if d.reason == "torn":
+                log.warning(
+                    "%s: unfinished last line at byte %d (%d bytes; a crash mid-append, never acknowledged)",
+                    self.path,
+                    d.offset,
+                    len(d.data),
+                )
+            else:
+                log.warning(
+                    "%s: %d unreadable byte(s) at byte %d (%s); every readable record after them is kept",
+                    self.path,
+                    len(d.data),
+                    d.offset,
+                    d.reason,
+                )
+        self.damage = scan.damage
+        return scan.entries
+
+    def quarantine(self) -> list[Path]:
+        """Copy the damaged stretches `read` found into `quarantine_dir` (durably); raises if it cannot."""
+        saved = []
+        for d in list(self.damage):
+            saved.append(
+                quarantine_bytes(self.quarantine_dir, f"{self.path.name}.at{d.offset}.{d.reason}", d.data)
+            )
+            self.damage.remove(d)
+        return saved
 
     def reset(self) -> None:
-        """Empty the journal (after its content reached the main file durably)."""
+        """Empty the journal (after its content reached the main file durably). Damaged bytes are
+        quarantined first: a reset never drops bytes that were not understood."""
+        for path in self.quarantine():
+            log.warning("%s: damaged bytes kept in %s", self.path.name, path)
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             os.fsync(self._fd)
@@ -216,6 +356,7 @@ class Journal:
             with open(self.path, "r+b") as f:
                 f.truncate(0)
                 os.fsync(f.fileno())
+        self._needs_newline = False
         self.entries_since_reset = 0
 
     def close(self) -> None:
@@ -229,3 +370,16 @@ class Journal:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+def quarantine_bytes(folder: Path, name: str, data: bytes) -> Path:
+    """Keep bytes the store could not read in `folder` (durably, never overwriting an earlier copy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path = folder / f"{name}.{stamp}.bad"
+    n = 1
+    while path.exists():
+        n += 1
+        path = folder / f"{name}.{stamp}-{n}.bad"
+    atomic_write_bytes(path, data, mode=0o600)
+    return path

@@ -37,7 +37,7 @@ import re
 import shutil
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,8 @@ _DECODER = json.JSONDecoder()
 # month on every refresh, holding the store lock while ingest waits. ~1.5 KB each.
 _RECORD_CACHE = 2_000
 JOURNAL_SUFFIX = ".journal"
+# Bytes the store could not read (damaged journal lines, damaged files) are kept here, never dropped.
+QUARANTINE_DIR = "quarantine"
 # Rewrite a month file from memory after this many journal entries: bounds the journal (and replay
 # time) while spreading the O(file size) rewrite over many events.
 COMPACT_EVERY = 256
@@ -81,6 +83,72 @@ COMPACT_EVERY = 256
 
 class StoreError(RuntimeError):
     pass
+
+
+_STATES = ("pending", "sent", "failed", "dead")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _event_doc_ok(doc: Any) -> bool:
+    """An event record has what the indexes read (a damaged old-format line may parse without it)."""
+    # Spelled out, not a loop over the keys: this runs for every stored event at start (100k: ~40 ms).
+    return (
+        isinstance(doc, dict)
+        and isinstance(doc.get("key"), str)
+        and isinstance(doc.get("id"), str)
+        and isinstance(doc.get("device"), str)
+        and isinstance(doc.get("type"), str)
+    )
+
+
+def _outbox_doc_ok(doc: Any) -> bool:
+    return (
+        isinstance(doc, dict)
+        and isinstance(doc.get("id"), str)
+        and isinstance(doc.get("notifier"), str)
+        and doc.get("state") in _STATES
+        and _num(doc.get("created_at"))
+    )
+
+
+def _valid_entry(e: dict[str, Any]) -> bool:
+    """A journal entry of an events file has the shape `_commit` writes (replay must not crash)."""
+    if not any(k in e for k in ("ev", "ob", "up")):
+        return False
+    if "ev" in e and not _event_doc_ok(e["ev"]):
+        return False
+    ob = e.get("ob", [])
+    if not (isinstance(ob, list) and all(_outbox_doc_ok(o) for o in ob)):
+        return False
+    if "up" in e:
+        f = e.get("f")
+        return (
+            isinstance(e["up"], str)
+            and isinstance(e.get("doc_id"), int)
+            and isinstance(f, dict)
+            and f.get("state", "pending") in _STATES
+        )
+    return True
+
+
+def _valid_device_entry(e: dict[str, Any]) -> bool:
+    return isinstance(e.get("doc_id"), int) and isinstance(e.get("dev"), dict) and "device" in e["dev"]
+
+
+def _classify_part_doc(doc: dict[str, Any]) -> str | None:
+    """Which table of an events file a salvaged doc belongs to, by its shape."""
+    if _event_doc_ok(doc):
+        return EVENTS
+    if _outbox_doc_ok(doc):
+        return OUTBOX
+    return None
+
+
+def _classify_device_doc(doc: dict[str, Any]) -> str | None:
+    return "devices" if isinstance(doc.get("device"), str) else None
 
 
 def event_key(device: str, event_id: str) -> str:
@@ -162,6 +230,10 @@ class Store:
         self._outbox_counts: dict[str, int] = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
         self._devices: dict[str, dict[str, Any]] = {}
         self._devices_db: TinyDB | None = None
+        self.quarantine_dir = self.db_dir / QUARANTINE_DIR
+        # What went wrong with the disk since start (`integrity()`): damage found, writes refused.
+        self._problems: Counter[str] = Counter()
+        self._compaction_failing: set[str] = set()  # files whose last rewrite failed (journal growing)
         self.db_dir.mkdir(parents=True, exist_ok=True)
         self.photo_dir.mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temp_files(self.data_dir)
@@ -184,19 +256,66 @@ class Store:
         db = self._dbs.get(part)
         if db is None:
             self._read_cache.pop(part, None)  # from now on the open TinyDB is the truth
-            db = TinyDB(self.db_dir / part, storage=AtomicJSONStorage)
-            db.storage.buffered = True  # type: ignore[attr-defined]
-            journal = Journal(self.db_dir / (part + JOURNAL_SUFFIX))
+            db = self._open_tinydb(part, _classify_part_doc)
+            journal = self._journal(part + JOURNAL_SUFFIX, _valid_entry)
             self._dbs[part] = db
             self._journals[part] = journal
             self._replay(db, journal)
             while len(self._dbs) > _CACHED_PARTITIONS:
                 old_part = next(iter(self._dbs))
+                # Closing after a failed compaction is safe too: the journal keeps the changes and
+                # the next open replays them.
                 self._compact(old_part)
                 self._close_part(old_part)
         else:
             self._dbs.move_to_end(part)
         return db
+
+    def _open_tinydb(self, name: str, classify: Any) -> TinyDB:
+        db = TinyDB(
+            self.db_dir / name,
+            storage=AtomicJSONStorage,
+            quarantine_dir=self.quarantine_dir,
+            classify=classify,
+        )
+        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        storage.buffered = True
+        try:
+            storage.read()  # parse now, so a damaged file is salvaged (and counted) at open
+        finally:
+            if storage.salvaged:
+                self._problems["files_salvaged"] += len(storage.salvaged)
+                storage.salvaged.clear()
+        return db
+
+    def _journal(self, name: str, valid: Any) -> Journal:
+        return Journal(self.db_dir / name, quarantine_dir=self.quarantine_dir, valid=valid)
+
+    def _read_journal(self, journal: Journal) -> list[dict[str, Any]]:
+        entries = journal.read()
+        for d in journal.damage:
+            self._problems["journal_torn_tails" if d.reason == "torn" else "journal_damaged"] += 1
+        return entries
+
+    def _durable_flush(self, storage: AtomicJSONStorage, journal: Journal, pending: int) -> bool:
+        """Write a file from memory and empty its journal. On failure (full disk, EIO) both stay as
+        they are: the journal still holds every change, so nothing is lost, and the next attempt
+        comes after another COMPACT_EVERY changes rather than on every one."""
+        try:
+            storage.flush()
+            journal.reset()
+            self._compaction_failing.discard(storage.path.name)
+            return True
+        except OSError as exc:
+            self._problems["compaction_errors"] += 1
+            self._compaction_failing.add(storage.path.name)
+            journal.entries_since_reset = max(0, pending - COMPACT_EVERY)
+            log.warning(
+                "%s: could not rewrite the file from its journal (%s); the journal keeps every change",
+                storage.path.name,
+                exc,
+            )
+            return False
 
     def _close_part(self, part: str) -> None:
         self._read_cache.pop(part, None)
@@ -209,7 +328,7 @@ class Store:
 
     def _replay(self, db: TinyDB, journal: Journal) -> None:
         """Apply journal entries the file does not have yet (idempotent), then compact."""
-        entries = journal.read()
+        entries = self._read_journal(journal)
         if not entries and not journal.path.exists():
             return
         keys = {d["key"] for d in db.table(EVENTS).all()}
@@ -228,16 +347,17 @@ class Store:
         if entries:
             log.info("%s: replayed %d journal entries", journal.path.name, len(entries))
         storage._dirty = True
-        storage.flush()
-        journal.reset()
+        self._durable_flush(storage, journal, len(entries) + COMPACT_EVERY)
 
-    def _compact(self, part: str) -> None:
-        """Write a partition's file from memory and empty its journal."""
+    def _compact(self, part: str) -> bool:
+        """Write a partition's file from memory and empty its journal. False if that failed."""
         db, journal = self._dbs.get(part), self._journals.get(part)
-        if db is None or journal is None or journal.entries_since_reset == 0:
-            return
-        db.storage.flush()  # type: ignore[attr-defined]
-        journal.reset()
+        if db is None or journal is None:
+            return True
+        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        if journal.entries_since_reset == 0 and not storage._dirty and not journal.damage:
+            return True
+        return self._durable_flush(storage, journal, journal.entries_since_reset)
 
     @staticmethod
     def _apply(db: TinyDB, entry: dict[str, Any]) -> tuple[int | None, list[int]]:
@@ -273,7 +393,11 @@ class Store:
     def _commit(self, part: str, entry: dict[str, Any]) -> tuple[int | None, list[int]]:
         """Make one change durable (journal append + fsync), then apply it in memory."""
         db = self._db(part)
-        self._journals[part].append(entry)
+        try:
+            self._journals[part].append(entry)
+        except OSError:
+            self._problems["write_errors"] += 1
+            raise
         try:
             ev_id, out_ids = self._apply(db, entry)
         except BaseException:
@@ -293,23 +417,28 @@ class Store:
             db = self._db(part)
             self._note_segment(part, len(db.table(EVENTS)) + len(db.table(OUTBOX)))
             for doc in db.table(EVENTS).all():  # one read builds both the dedupe and timeline indexes
+                if not _event_doc_ok(doc):
+                    self._unreadable_doc(part, EVENTS, doc.doc_id)
+                    continue
                 self._event_index[doc["key"]] = (part, doc.doc_id)
                 timeline[doc["key"]] = entry_for(doc)
             for doc in db.table(OUTBOX).all():
+                if not _outbox_doc_ok(doc):
+                    self._unreadable_doc(part, OUTBOX, doc.doc_id)
+                    continue
                 self._outbox_index[doc["id"]] = (part, doc.doc_id)
                 self._outbox_counts[doc["state"]] = self._outbox_counts.get(doc["state"], 0) + 1
                 if doc["state"] in _OPEN_STATES:
                     self._open_outbox[doc["id"]] = dict(doc)
         self._timeline.build(timeline.values())
         del timeline
-        self._devices_db = TinyDB(self.db_dir / "boxes.json", storage=AtomicJSONStorage)
+        self._devices_db = self._open_tinydb("boxes.json", _classify_device_doc)
         # Box records change with every event; rewriting the whole file each time made one event cost
         # O(boxes) (40 % of the gateway's GIL time with 1,000 boxes, bench/ingest.py). Journal them
         # like events: one fsync'd line per change, the file rewritten every COMPACT_EVERY changes.
         storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
-        storage.buffered = True
-        self._devices_journal = Journal(self.db_dir / ("boxes.json" + JOURNAL_SUFFIX))
-        entries = self._devices_journal.read()
+        self._devices_journal = self._journal("boxes.json" + JOURNAL_SUFFIX, _valid_device_entry)
+        entries = self._read_journal(self._devices_journal)
         if entries or self._devices_journal.path.exists():
             data = storage.read() or {}
             table = data.setdefault("devices", {})
@@ -317,12 +446,18 @@ class Store:
                 table[str(e["doc_id"])] = e["dev"]
             storage.write(data)
             storage._dirty = True
-            storage.flush()
-            self._devices_journal.reset()
+            self._durable_flush(storage, self._devices_journal, len(entries) + COMPACT_EVERY)
             if entries:
                 log.info("boxes.json: replayed %d journal entries", len(entries))
         for doc in self._devices_db.table("devices").all():
             self._devices[doc["device"]] = {**doc, "_doc_id": doc.doc_id}
+
+    def _unreadable_doc(self, part: str, table: str, doc_id: int) -> None:
+        """A doc of the wrong shape (damage that still parses): left in its file, never indexed."""
+        self._problems["records_unreadable"] += 1
+        log.warning(
+            "%s: %s doc %s is damaged (fields missing); left in the file, not listed", part, table, doc_id
+        )
 
     def _note_segment(self, part: str, docs: int) -> None:
         """Remember `part` as its period's latest segment if it is (files are visited oldest first)."""
@@ -421,7 +556,7 @@ class Store:
             # Read, never open for writing: opening an old segment would evict (and compact) the
             # one being written just because someone looked at an old photo.
             doc = self._events_for_read(loc[0]).get(str(loc[1]))
-            return _event_out(doc) if doc else None
+            return _event_out(doc) if isinstance(doc, dict) else None
 
     def list_events(
         self,
@@ -459,7 +594,9 @@ class Store:
                 table = self._events_for_read(part)
                 for pos, key, doc_id in wanted:
                     doc = table.get(str(doc_id))
-                    if doc is None:  # index and file disagree: say so, never crash the dashboard
+                    if not isinstance(
+                        doc, dict
+                    ):  # index and file disagree: say so, never crash the dashboard
                         log.error("%s: event doc %d is in the index but not in the file", part, doc_id)
                         continue
                     out[pos] = rec = _event_out(doc)
@@ -489,6 +626,8 @@ class Store:
         if journal.exists() and journal.stat().st_size:
             return (self._db(part).storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
         table = _read_events_table(self.db_dir / part)
+        if table is None:  # damaged since it was last opened: the ordinary open salvages it
+            return (self._db(part).storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
         self._read_cache[part] = table
         while len(self._read_cache) > 1 and (
             len(self._read_cache) > _READ_CACHED_PARTITIONS
@@ -510,8 +649,13 @@ class Store:
             raw = (self.db_dir / part).read_bytes()
         except FileNotFoundError:
             return {}
-        data = json.loads(raw) if raw.strip() else {}
-        return data.get(OUTBOX, {}) if isinstance(data, dict) else {}
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):  # damaged: the ordinary open salvages it
+            return (self._db(part).storage.read() or {}).get(OUTBOX, {})  # type: ignore[attr-defined]
+        return data.get(OUTBOX, {})
 
     def photo_path(self, device: str, event_id: str, variant: PhotoVariant) -> Path | None:
         if variant not in _PHOTO_SUFFIX or not (valid_device_id(device) and valid_msg_id(event_id)):
@@ -623,14 +767,17 @@ class Store:
                 doc_id = existing.get("_doc_id") if existing else None
             if doc_id is None:
                 doc_id = _next_id(table)
-            self._devices_journal.append({"doc_id": doc_id, "dev": rec})  # durable from here
+            try:
+                self._devices_journal.append({"doc_id": doc_id, "dev": rec})  # durable from here
+            except OSError:
+                self._problems["write_errors"] += 1
+                raise
             table[str(doc_id)] = rec
             storage.write(data)  # buffered: memory only until the next compaction
             self._devices_db.table("devices").clear_cache()
             self._devices[rec["device"]] = {**rec, "_doc_id": doc_id}
             if self._devices_journal.entries_since_reset >= COMPACT_EVERY:
-                storage.flush()
-                self._devices_journal.reset()
+                self._durable_flush(storage, self._devices_journal, self._devices_journal.entries_since_reset)
 
     # --- retention ----------------------------------------------------------------
 
@@ -692,15 +839,41 @@ class Store:
                     pass
         return {"bytes": total}
 
+    def integrity(self) -> dict[str, int]:
+        """Damage found and writes refused since start, and the files kept in quarantine (ever)."""
+        with self._lock:
+            out = {
+                k: self._problems.get(k, 0)
+                for k in (
+                    "journal_damaged",
+                    "journal_torn_tails",
+                    "files_salvaged",
+                    "records_unreadable",
+                    "write_errors",
+                    "compaction_errors",
+                )
+            }
+        try:
+            names = [p.name for p in self.quarantine_dir.iterdir() if p.suffix == ".bad"]
+        except OSError:
+            names = []
+        out["quarantined_files"] = len(names)
+        out["compaction_failing"] = len(self._compaction_failing)
+        # Torn tails are what a power cut mid-append leaves (never acked): kept, but not damage.
+        out["quarantined_damage"] = sum(1 for n in names if ".torn." not in n)
+        return out
+
     def close(self) -> None:
         with self._lock:
             for part in list(self._dbs):
                 self._compact(part)
                 self._close_part(part)
             if self._devices_db is not None:
-                if self._devices_journal.entries_since_reset:
-                    self._devices_db.storage.flush()  # type: ignore[attr-defined]
-                    self._devices_journal.reset()
+                storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
+                if self._devices_journal.entries_since_reset or storage._dirty:
+                    self._durable_flush(
+                        storage, self._devices_journal, self._devices_journal.entries_since_reset
+                    )
                 self._devices_journal.close()
                 self._devices_db.close()
 
@@ -712,13 +885,15 @@ def _next_id(table: dict[str, Any]) -> int:
     return int(next(reversed(table))) + 1
 
 
-def _read_events_table(path: Path) -> dict[str, Any]:
+def _read_events_table(path: Path) -> dict[str, Any] | None:
     """The events table of a partition file, parsing only that table when it comes first (it does in
-    every file this store writes); any other layout is parsed whole."""
+    every file this store writes); any other layout is parsed whole. None if the file is damaged."""
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError:
+        return None
     prefix = '{"' + EVENTS + '":'
     if raw.startswith(prefix):
         try:
@@ -727,8 +902,11 @@ def _read_events_table(path: Path) -> dict[str, Any]:
             table = None
         if isinstance(table, dict):
             return table
-    data = json.loads(raw) if raw.strip() else {}
-    return data.get(EVENTS, {}) if isinstance(data, dict) else {}
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        return None
+    return data.get(EVENTS, {}) if isinstance(data, dict) else None
 
 
 def _event_out(doc: dict[str, Any]) -> EventRecord:

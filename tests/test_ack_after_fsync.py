@@ -9,7 +9,6 @@ which events it then held), and every ack is checked against that record at the 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.framing import decode_line
 from gateway.service import GatewayService
 from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
 
@@ -41,11 +41,8 @@ class FsyncLog:
             self.seq += 1
             if path.endswith(".journal"):
                 for line in Path(path).read_bytes().splitlines():
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        continue
-                    if "ev" in entry:
+                    entry = decode_line(line)
+                    if entry is not None and "ev" in entry:
                         self.journal_keys.add(entry["ev"]["key"])
             elif os.path.isdir(path):
                 self.dirs[path] = self.seq

@@ -71,3 +71,33 @@ def test_plugin_commands_and_broken_plugin_does_not_break_cli(monkeypatch):
     parser = cli.build_parser()
     choices = parser._subparsers._group_actions[0].choices
     assert {"run", "status", "device"} <= set(choices)
+
+
+def test_status_warns_of_a_disk_filling_up_and_of_damage_found(env, monkeypatch, capsys):
+    """Issue 14: `parcelbox status` measures the disk itself (a full disk stops status.json) and
+    reports what the store found when it opened the data folder."""
+    from gateway.store import Store
+    from tests.test_store import NOV, ev
+
+    s = Store(env)
+    s.add_event(ev("box1", "event0001", NOV))
+    s.add_event(ev("box1", "event0002", NOV))
+    journal = env / "db" / "events-2026-11.json.journal"
+    raw = bytearray(journal.read_bytes())
+    raw[raw.index(b"event0001") + 3] ^= 0x01  # bit rot; the store was never closed (a crash)
+    journal.write_bytes(bytes(raw))
+    monkeypatch.setenv("PARCELBOX_STORE_MIN_FREE_PERCENT", "50")
+    monkeypatch.setenv("PARCELBOX_STORE_MIN_FREE_MB", str(10**9))  # "almost full" on any disk
+    assert cli.main(["status", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)["health"]["storage"]
+    assert not st["ok"] and st["disk"]["low"] and st["integrity"]["journal_damaged"] == 1
+    monkeypatch.setenv("PARCELBOX_STORE_MIN_FREE_MB", "0")
+    monkeypatch.setenv("PARCELBOX_STORE_MIN_FREE_PERCENT", "0")
+    assert cli.main(["status"]) == 0
+    out = capsys.readouterr().out
+    # Found by the first status (which opened the store); still shown while its copy is in quarantine.
+    assert "WARNING: damaged records or files found" in out and "1 kept in db/quarantine/" in out
+    for p in (env / "db" / "quarantine").glob("*.bad"):
+        p.unlink()  # looked at, deleted: the warning goes
+    assert cli.main(["status"]) == 0
+    assert "storage: ok" in capsys.readouterr().out

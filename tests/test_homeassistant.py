@@ -81,6 +81,8 @@ SENSOR_CLASS_UNITS: dict[str, set[str | None]] = {
     "signal_strength": {"dB", "dBm"},
     "timestamp": {None},  # "Datetime object or timestamp string (ISO 8601)", no unit
     "battery": {"%"},
+    # data_size: UnitOfInformation (core homeassistant/const.py), the byte units.
+    "data_size": {"B", "kB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"},
 }
 PLATFORMS: dict[str, dict[str, Any]] = {
     "binary_sensor": {
@@ -602,7 +604,7 @@ def test_bridge_announces_gateway_and_boxes(mosquitto, port, cfg, mirror, bridge
     configs = {
         t: m for t, m in mirror.latest.items() if t.startswith(cfg.prefix + "/") and t.endswith("/config")
     }
-    assert len(configs) == 1 + 9 + 10
+    assert len(configs) == len(d.gateway_entities(cfg)) + 9 + 10 == 3 + 9 + 10
     for topic, msg in configs.items():
         check_discovery(topic, msg.payload, cfg)
     # Every discovery message was published retained (so Home Assistant finds them after a restart).
@@ -1127,3 +1129,34 @@ def test_whatsapp_linked_sensor_follows_the_whatsapp_state(mosquitto, port, cfg,
     mirror.wait(lambda: mirror.payload(d.whatsapp_topic(cfg)) == b"OFF", what="WhatsApp linked OFF")
     port.bus.publish(WHATSAPP_STATE, "garbage")  # hostile bus input is counted, never raised
     assert bridge.wait_idle() and bridge.counters["bus_rejected.bad_whatsapp"] == 1
+
+
+def test_storage_problem_reaches_home_assistant(mosquitto, port, cfg, mirror, bridge):
+    """The gateway's storage state (STORAGE_STATE on the bus) becomes a retained state that the
+    gateway device's "Storage" problem sensor and "Disk free" sensor read (issue 14)."""
+    from gateway.bus import STORAGE_STATE
+
+    bridge.start()
+    topic = d.gateway_storage_topic(cfg)
+    port.bus.publish(STORAGE_STATE, {"ok": True, "problems": [], "free_mb": 5000, "free_percent": 61.0})
+    mirror.wait(lambda: mirror.payload(topic) is not None, what="storage state")
+    assert mirror.json(topic) == {"ok": True, "problems": [], "free_mb": 5000, "free_percent": 61.0}
+    full = ["disk almost full: 80 MB free of 8000 MB (warning below 500 MB); set store.retention_days"]
+    port.bus.publish(STORAGE_STATE, {"ok": False, "problems": full, "free_mb": 80, "free_percent": 1.0})
+    mirror.wait(lambda: mirror.json(topic)["ok"] is False, what="the problem")
+    assert mirror.json(topic)["problems"] == full
+    fresh = Mirror(mosquitto.url, topic)  # retained: Home Assistant sees it after its own restart
+    try:
+        fresh.wait(lambda: fresh.payload(topic) is not None, what="retained storage state")
+        assert fresh.latest[topic].retain and json.loads(fresh.payload(topic))["ok"] is False
+    finally:
+        fresh.close()
+    problem = json.loads(
+        mirror.payload(d.config_topic(cfg, "binary_sensor", d.gateway_identifier(cfg), "storage"))
+    )
+    assert problem["device_class"] == "problem" and problem["state_topic"] == topic
+    # Home Assistant renders value_template with Jinja; the template must map ok -> OFF, problem -> ON.
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment()
+    for ok, want in ((True, "OFF"), (False, "ON")):
+        assert env.from_string(problem["value_template"]).render(value_json={"ok": ok}) == want

@@ -45,7 +45,7 @@ def test_switching_language_keeps_every_id() -> None:
     en, id_ = ids("en"), ids("id")
     for key in ("unique_id", "object_id", "topic", "default_entity_id", "device_identifiers"):
         assert en[key] == id_[key], key
-    assert len(en["unique_id"]) == 2 + 2 * 10  # nothing collapsed into one id
+    assert len(en["unique_id"]) == 4 + 2 * 10  # nothing collapsed into one id
     # ...and the names did change: an Indonesian Home Assistant shows Indonesian names.
     assert {"Tutup", "Paket menunggu", "Paket terakhir", "Ambil foto", "Baterai"} <= id_["names"]
     assert not ({"Lid", "Deliveries waiting", "Take snapshot"} & id_["names"])
@@ -68,12 +68,16 @@ def test_entity_ids_come_from_box_id_and_english_name() -> None:
 def test_both_languages_name_every_entity_the_removal_list_knows() -> None:
     cfg = HAConfig(language="id")
     keys = {topic.rsplit("/", 2)[1] for topic in box_config_topics(cfg, "gate")}
-    assert keys | {"status", "whatsapp"} == set(ENTITY_NAMES["en"]) == set(ENTITY_NAMES["id"])
+    assert (
+        keys | {"status", "whatsapp", "storage", "disk_free"}
+        == set(ENTITY_NAMES["en"])
+        == set(ENTITY_NAMES["id"])
+    )
 
 
 def test_owner_gateway_name_is_kept_in_both_languages() -> None:
-    (ent,) = gateway_entities(HAConfig(language="id", gateway_name="Rumah"))
-    assert ent.config["device"]["name"] == "Rumah"
+    for ent in gateway_entities(HAConfig(language="id", gateway_name="Rumah")):
+        assert ent.config["device"]["name"] == "Rumah"
 
 
 def test_language_comes_from_config_and_is_checked(tmp_path) -> None:

@@ -212,3 +212,32 @@ def test_dispatcher_threads_send_and_stop(store):
         d.stop()
     assert store.outbox_counts()["sent"] == 2
     assert len(sink.sent) == 1 and len(folder_like.sent) == 1
+
+
+def test_a_send_that_cannot_be_recorded_at_a_full_disk_is_not_sent_again(store, monkeypatch):
+    """Issue 14: the WhatsApp message went out, then the disk is full and `sent` cannot be written.
+    Sending it again on every pass (every poll_s) would spam the recipient for as long as the disk
+    stays full; the dispatcher remembers it in memory and records it once there is room."""
+    import errno
+
+    clock = Clock()
+    sink = ScriptedSink(results=[SendResult(True), SendResult(False, "remote down")])
+    store.add_outbox([entry(1, clock.t), entry(2, clock.t)], clock.t)
+    d, changes = make(store, sink, clock)
+    real_update = store.update_outbox
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "update_outbox", full)
+    for _ in range(5):
+        d._pass("remote")
+        clock.t += 60
+    assert [a.id for a in sink.sent] == ["a1_remote", "a2_remote"]  # each once, however many passes
+    monkeypatch.setattr(store, "update_outbox", real_update)  # room again
+    d._pass("remote")
+    assert store.get_outbox("a1_remote")["state"] == "sent"
+    # a2's failure was written first (attempt 1); its retry was long due, so the same pass sent it again.
+    a2 = store.get_outbox("a2_remote")
+    assert a2["state"] == "sent" and a2["attempts"] == 2 and a2["last_error"] == "remote down"
+    assert [a.id for a in sink.sent] == ["a1_remote", "a2_remote", "a2_remote"]  # a1 never twice

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from gateway.framing import scan_lines
 from gateway.storage import AtomicJSONStorage, atomic_write_bytes
 from gateway.store import Store, StoreError
 
@@ -117,9 +118,9 @@ def test_event_and_outbox_in_one_file_dedupe_and_reopen(tmp_path):
     assert not s.add_event(ev("box1", "event0001", NOV + 5), [ob("al2", "box1", "event0001", NOV)])
     assert s.add_event(ev("box2", "event0001", NOV))  # same id, other box: a different event
     # one durable write (one fsync'd journal line) holds the event and its outbox entry
-    lines = (tmp_path / "db" / "events-2026-11.json.journal").read_text().splitlines()
-    assert len(lines) == 2 and json.loads(lines[0])["ev"]["id"] == "event0001"
-    assert json.loads(lines[0])["ob"][0]["id"] == "al1"
+    lines = scan_lines((tmp_path / "db" / "events-2026-11.json.journal").read_bytes()).entries
+    assert len(lines) == 2 and lines[0]["ev"]["id"] == "event0001"
+    assert lines[0]["ob"][0]["id"] == "al1"
     s.close()
     raw = json.loads((tmp_path / "db" / "events-2026-11.json").read_text())
     assert len(raw["events"]) == 2 and len(raw["outbox"]) == 1

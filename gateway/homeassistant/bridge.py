@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 
-from gateway.bus import DEVICE_CHANGED, EVENT_STORED, WHATSAPP_STATE
+from gateway.bus import DEVICE_CHANGED, EVENT_STORED, STORAGE_STATE, WHATSAPP_STATE
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.discovery import HAConfig
 from gateway.ports import GatewayPort
@@ -192,6 +192,8 @@ class HomeAssistantBridge:
         self._restores: set[str] = set()
         self._whatsapp: bytes | None = None  # "WhatsApp linked" ON/OFF; None: WhatsApp not enabled
         self._whatsapp_dirty = False
+        self._storage: dict[str, Any] | None = None  # the service's last STORAGE_STATE, to publish
+        self._storage_dirty = False
         # Worker-only state.
         self._published: dict[str, bytes] = {}  # topic -> payload last published this session
         self._image_sent: dict[tuple[str, str], str] = {}
@@ -267,7 +269,13 @@ class HomeAssistantBridge:
             bus.subscribe(self._on_event_stored, EVENT_STORED),
             bus.subscribe(self._on_device_removed, DEVICE_REMOVED),
             bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE),
+            bus.subscribe(self._on_storage_state, STORAGE_STATE),
         ]
+        latest = getattr(self.port, "storage_state", None)
+        if callable(latest):  # published before we subscribed
+            state = latest()
+            if state:
+                self._on_storage_state(STORAGE_STATE, state)
         self._stop.clear()
         self._worker = threading.Thread(target=self._run, name="homeassistant-bridge", daemon=True)
         self._worker.start()
@@ -373,6 +381,16 @@ class HomeAssistantBridge:
 
         self._mark(change)
 
+    def _on_storage_state(self, _topic: str, data: dict[str, Any]) -> None:
+        if not isinstance(data, dict):
+            return
+
+        def change() -> None:
+            self._storage = dict(data)
+            self._storage_dirty = True
+
+        self._mark(change)
+
     def _on_device_removed(self, _topic: str, data: dict[str, Any]) -> None:
         device = data.get("device") if isinstance(data, dict) else None
         if valid_device_id(device):
@@ -437,6 +455,7 @@ class HomeAssistantBridge:
             or self._removals
             or self._restores
             or self._whatsapp_dirty
+            or self._storage_dirty
         )
 
     def _run(self) -> None:
@@ -462,11 +481,17 @@ class HomeAssistantBridge:
                 self._devices, self._images, self._presses = {}, {}, {}
                 self._removals, self._restores = set(), set()
                 whatsapp, self._whatsapp_dirty = self._whatsapp if self._whatsapp_dirty else None, False
+                # After a (re)connect or an HA restart the storage state is sent again with the configs.
+                storage = self._storage if (self._storage_dirty or work[0] or work[1]) else None
+                self._storage_dirty = False
                 self._busy = True
             try:
                 self._process(*work)
                 if whatsapp is not None and not (work[0] or work[1]):  # a resync already sent it
                     self._publish_whatsapp(whatsapp, force=False)
+                if storage is not None:
+                    payload = d.storage_payload(storage)
+                    self._publish(d.gateway_storage_topic(self.cfg), payload, force=work[0] or work[1])
                 self._backoff = 1.0
             except Exception as exc:  # a failing port or disk must not kill the worker
                 self._count("errors")

@@ -18,6 +18,7 @@ this namespace by a per-box ACL, and no topic here matches the gateway's own ing
 | topic | retained | payload |
 |---|---|---|
 | ``<state_prefix>/gateway/availability`` | yes | ``online`` / ``offline`` (the bridge's last will) |
+| ``<state_prefix>/gateway/storage`` | yes | storage JSON, see `storage_payload` |
 | ``<state_prefix>/box/<device>/availability`` | yes | ``online`` / ``offline`` (the box's status) |
 | ``<state_prefix>/box/<device>/state`` | yes | state JSON, see `box_state` |
 | ``<state_prefix>/box/<device>/image/delivery`` | yes | raw JPEG: the last delivery's alert copy |
@@ -57,6 +58,8 @@ ENTITY_NAMES: dict[str, dict[str, str]] = {
     "en": {
         "status": "Status",
         "whatsapp": "WhatsApp linked",
+        "storage": "Storage",
+        "disk_free": "Disk free",
         "online": "Online",
         "lid": "Lid",
         "package": "Package waiting",
@@ -71,6 +74,8 @@ ENTITY_NAMES: dict[str, dict[str, str]] = {
     "id": {
         "status": "Status",
         "whatsapp": "WhatsApp tertaut",
+        "storage": "Penyimpanan",
+        "disk_free": "Sisa ruang disk",
         "online": "Online",
         "lid": "Tutup",
         "package": "Ada paket",
@@ -160,6 +165,10 @@ def whatsapp_topic(cfg: HAConfig) -> str:
 
 def whatsapp_payload(state: Mapping[str, Any]) -> bytes:
     return b"ON" if state.get("state") == "connected" else b"OFF"
+
+
+def gateway_storage_topic(cfg: HAConfig) -> str:
+    return f"{cfg.base}/gateway/storage"
 
 
 def box_topic(cfg: HAConfig, device: str, leaf: str) -> str:
@@ -334,7 +343,49 @@ def gateway_entities(cfg: HAConfig) -> list[Entity]:
                 "device": gateway_device_block(cfg),
                 "origin": _origin(),
             },
-        )
+        ),
+        # Storage: a problem sensor (disk almost full, writes refused, damage found; the reasons are
+        # its attributes) and the free space, so an automation can warn long before the card is full.
+        Entity(
+            "binary_sensor",
+            node,
+            "storage",
+            {
+                "name": entity_name(cfg, "storage"),
+                "unique_id": f"{node}_storage",
+                "default_entity_id": default_entity_id("binary_sensor", node, "storage"),
+                "device_class": "problem",
+                "entity_category": "diagnostic",
+                "state_topic": gateway_storage_topic(cfg),
+                "value_template": "{% if value_json.ok %}OFF{% else %}ON{% endif %}",
+                "json_attributes_topic": gateway_storage_topic(cfg),
+                "json_attributes_template": "{{ {'problems': value_json.problems} | tojson }}",
+                "availability": [_availability(gateway_availability_topic(cfg))],
+                "qos": 1,
+                "device": gateway_device_block(cfg),
+                "origin": _origin(),
+            },
+        ),
+        Entity(
+            "sensor",
+            node,
+            "disk_free",
+            {
+                "name": entity_name(cfg, "disk_free"),
+                "unique_id": f"{node}_disk_free",
+                "default_entity_id": default_entity_id("sensor", node, "disk_free"),
+                "device_class": "data_size",
+                "unit_of_measurement": "MB",
+                "state_class": "measurement",
+                "entity_category": "diagnostic",
+                "state_topic": gateway_storage_topic(cfg),
+                "value_template": "{{ value_json.free_mb }}",
+                "availability": [_availability(gateway_availability_topic(cfg))],
+                "qos": 1,
+                "device": gateway_device_block(cfg),
+                "origin": _origin(),
+            },
+        ),
     ]
 
 
@@ -360,6 +411,20 @@ def whatsapp_entity(cfg: HAConfig) -> Entity:
             "origin": _origin(),
         },
     )
+
+
+def storage_payload(state: Mapping[str, Any]) -> bytes:
+    """The gateway's storage state (the service's STORAGE_STATE bus message), for Home Assistant."""
+    problems = state.get("problems") or []
+    return json.dumps(
+        {
+            "ok": bool(state.get("ok")),
+            "problems": [str(p) for p in problems][:10],
+            "free_mb": state.get("free_mb"),
+            "free_percent": state.get("free_percent"),
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def box_entities(

@@ -180,7 +180,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/health": {
             "get": {
-                "summary": "Gateway counters (received, stored, duplicates, rejected.*, alerts, uptime) and web counters",
+                "summary": "Gateway counters (received, stored, duplicates, rejected.*, alerts, uptime), storage "
+                "(ok, problems, disk free space, store damage counters) and web counters",
                 "responses": {"200": _json({"type": "object"})},
             }
         },

@@ -269,3 +269,20 @@ def test_login_when_exposed(browser, port: MemoryPort, tmp_path: Path) -> None:
         ctx.close()
     finally:
         srv.stop()
+
+
+def test_storage_problem_shows_on_the_boxes_page(browser, server, port: MemoryPort) -> None:
+    """Issue 14: the disk filling up is said where the owner looks, not only in the log."""
+    port.counters["storage"] = {
+        "ok": False,
+        "problems": [
+            "disk almost full: 80 MB free of 7500 MB (warning below 500 MB); set store.retention_days"
+        ],
+        "disk": {"free_bytes": 80 * 1048576, "total_bytes": 7500 * 1048576},
+    }
+    ctx, page, errors = open_page(browser, server, "/boxes")
+    page.wait_for_selector("#gw-health.bad", timeout=WAIT_MS)
+    text = page.inner_text("#gw-health")
+    assert "80 MB free" in text and "storage: disk almost full" in text
+    assert errors == []
+    ctx.close()

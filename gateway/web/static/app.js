@@ -286,9 +286,16 @@ async function loadHealth() {
   if (a.pending) parts.push(tn("health.pending", a.pending));
   if (bad) parts.push(tn("health.failed", bad));
   if (hl.uptime_s != null) parts.push(t("health.uptime", { duration: duration(hl.uptime_s) }));
+  // Storage: free space always, and the first problem (disk almost full, refused writes, damage) in words
+  // (the gateway's own words: shown as they come).
+  const st = hl.storage || {};
+  const storageBad = st.ok === false;
+  if (st.disk && st.disk.free_bytes != null) parts.push(t("health.disk_free", { mb: Math.round(st.disk.free_bytes / 1048576) }));
+  if (storageBad && st.problems && st.problems.length) parts.push(t("health.storage_problem", { problem: st.problems[0] }));
   const el = $("#gw-health");
   el.textContent = parts.join(" · ");
-  el.classList.toggle("bad", Boolean(bad) || (hl.broker && hl.broker.connected === false));
+  el.title = (st.problems || []).join("\n");
+  el.classList.toggle("bad", Boolean(bad) || storageBad || (hl.broker && hl.broker.connected === false));
 }
 
 function fillBoxFilter() {
