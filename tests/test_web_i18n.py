@@ -228,6 +228,7 @@ DYNAMIC_PREFIXES = (
     "alerts.state.",
     "alerts.receipt.",
     "wa.state.",
+    "wa.desc.",
     "box.signal_",
     "error.",
 )

@@ -481,7 +481,11 @@ function renderWhatsApp(wa) {
   badge.textContent = label;
   badge.className = "badge " + cls;
   $("#wa-as").textContent = wa.paired_as ? t("wa.paired_as", { number: String(wa.paired_as).replace(/^\+/, "") }) : "";
+  // The page's own words for the state; the WhatsApp process's own line (English, with specifics such
+  // as a pid or a number) under "Details", as it came.
+  $("#wa-desc").textContent = WA_CLASS[wa.state] ? t("wa.desc." + wa.state) : "";
   $("#wa-detail").textContent = wa.detail || "";
+  $("#wa-details").hidden = !wa.detail;
   const unknown = wa.unknown_numbers || [];
   $("#wa-unknown").hidden = !unknown.length;
   $("#wa-unknown").textContent = unknown.length
