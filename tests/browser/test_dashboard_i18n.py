@@ -260,6 +260,12 @@ def test_times_use_the_gateway_zone_and_the_locale(browser, server, port) -> Non
     page.wait_for_selector('li.event[data-id="zonecheck0001"]', timeout=WAIT_MS)
     shown = page.inner_text('li.event[data-id="zonecheck0001"] time')
     assert "12.30" in shown and "Jan" in shown, shown  # Indonesian clock style, Jakarta's hour
+    # The date filter cuts days where the gateway's zone does (midnight in Jakarta, not in London)...
+    assert page.evaluate("dayStart('2026-01-01')") == 1_767_200_400  # 2026-01-01T00:00+07:00
+    # ...and across a daylight-saving change too (London in summer is UTC+1).
+    zone_tz = "(tz) => { I18N.timezone = tz; return dayStart('2026-07-01'); }"
+    assert page.evaluate(zone_tz, "Europe/London") == 1_782_860_400  # 2026-06-30T23:00Z
+    page.evaluate("() => { I18N.timezone = 'Asia/Jakarta'; }")
     go(page, "/boxes", ".box")
     card = page.inner_text('.box[data-device="gate"]')
     # Relative times as Indonesian apps say them: the last delivery (the one above) and last seen (now).
