@@ -1,11 +1,12 @@
-# Two entry points: `make run` (gateway) and `make test` (whole suite). Both build .venv themselves.
+# Entry points: `make run` (gateway), `make demo` (the trial, its own data folder), `make test` (whole suite).
+# Each builds .venv itself.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_DEV  := $(VENV)/.installed-dev
 
-.PHONY: run test lint venv mosquitto clean
+.PHONY: run demo test lint venv mosquitto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ venv: $(STAMP_DEV)
 
 run: $(STAMP_RUN)
 	$(BIN)/parcelbox run
+
+# The five-minute trial: defaults, its own data folder (see `parcelbox run --demo`), never a real install's.
+demo: $(STAMP_RUN)
+	$(BIN)/parcelbox run --demo
 
 mosquitto:
 	@sh tools/ensure_packages.sh mosquitto

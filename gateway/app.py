@@ -42,6 +42,21 @@ def build_notifiers(config: Config) -> list[Notifier]:
                 timeout_s=w.timeout_s,
                 headers=w.headers,
                 rate_per_minute=w.rate_per_minute,
+                secret=w.signing_key,
+                events=w.events,
+            )
+        )
+    a = config.notify.apprise
+    if a.urls or a.urls_by_box:
+        from gateway.notify.apprise import AppriseNotifier
+
+        out.append(
+            AppriseNotifier(
+                a.urls,
+                urls_by_box=dict(a.urls_by_box),
+                title=a.title,
+                timeout_s=a.timeout_s,
+                rate_per_minute=a.rate_per_minute,
             )
         )
     return out
@@ -89,12 +104,38 @@ def setup_logging(level: str = "INFO") -> None:
     logfilter.install(logging.getLogger().handlers)  # a flood of one line becomes a count
 
 
+def whatsapp_install_warning(config: Config) -> str | None:
+    """The banner's flag for `[whatsapp] enabled` without neonize installed (alerts would only queue)."""
+    import importlib.util
+
+    wa = config.whatsapp
+    if not wa.enabled or getattr(wa, "transport", "neonize") != "neonize":
+        return None
+    if importlib.util.find_spec("neonize") is not None:
+        return None
+    from gateway.cli import command
+
+    return (
+        f"WARNING: [whatsapp] enabled but neonize is not installed: {command('pip')} install -e '.[whatsapp]'"
+        " then restart; WhatsApp alerts wait in the outbox until then"
+    )
+
+
 def summary(service: GatewayService, config: Config) -> str:
     """What is where and what to do next, printed once the gateway is up."""
     h: dict[str, Any] = service.health()
     broker = h["broker"]
-    lines = ["", "parcelbox gateway is running", ""]
+    from gateway.cli import command
+    from gateway.config import demo_data_dir
+
+    pb, py = command("parcelbox"), command("python")
+    demo = Path(service.data_dir) == demo_data_dir()
+    lines = ["", "parcelbox gateway is running" + (" (TRIAL: --demo)" if demo else ""), ""]
     lines.append(f"  data folder   {service.data_dir}")
+    if demo:
+        lines.append(
+            "                the trial's own folder, apart from a real install's; delete it to start over"
+        )
     if config.source:
         lines.append(f"  config        {config.source}")
     else:
@@ -110,14 +151,12 @@ def summary(service: GatewayService, config: Config) -> str:
 
         live_file = Path(service.data_dir) / BROKER_FILE
         if live_file.is_file():
-            lines.append(
-                f"                address written to {live_file} (`parcelbox flash provision` reads it)"
-            )
+            lines.append(f"                address written to {live_file} (`{pb} flash provision` reads it)")
         if service.broker.kind == "amqtt":
             lines.append("                WARNING: pure-Python amqtt fallback, for trying things out only")
             lines.append("                (no logins: it listens on 127.0.0.1 only)")
         else:
-            lines.append(f"                boxes log in on {listen} (`parcelbox device add <name>`)")
+            lines.append(f"                boxes log in on {listen} (`{pb} device add <name>`)")
             if config.broker.allow_anonymous:
                 lines.append(
                     f"                anonymous clients (the simulator) on {service.broker.local_url} only;"
@@ -130,21 +169,30 @@ def summary(service: GatewayService, config: Config) -> str:
         lines.append(f"  folder sink   {folder}  (one <alert id>.json + .jpg per alert)")
     if config.notify.webhook.url:
         lines.append("  webhook sink  on")
+    apprise_sink = service.notifiers.get("apprise")
+    if apprise_sink is not None:
+        ids = ", ".join(apprise_sink.all_recipients())  # type: ignore[attr-defined]
+        lines.append(f"  apprise sink  {ids}")
     for c in service.components:
         line = getattr(c, "summary", None)
         if line:
             lines.append(f"  {line}")
-    lines += [
-        "",
-        "  next:",
-        "    parcelbox device add <name>      register a box and print the settings to flash",
-        "    parcelbox status                 boxes, recent events, alerts",
+    wa_warning = whatsapp_install_warning(config)
+    if wa_warning:
+        lines.append(f"                {wa_warning}")
+    # Commands as they work when pasted into a plain shell (no activated venv): `.venv/bin/parcelbox`.
+    cfg_arg = " --demo" if demo else f" --config {config.source}" if config.source else ""
+    cmds = [
+        (f"{pb} device add <name>{cfg_arg}", "register a box and print the settings to flash"),
+        (f"{pb} status{cfg_arg}", "boxes, recent events, alerts"),
     ]
     if Path("tools/simulate.py").is_file():
         # An anonymous simulated box: the managed broker takes those on its local listener only.
         sim_url = getattr(service.broker, "local_url", "") or broker["url"]
         if service.broker is None or config.broker.allow_anonymous:
-            lines.append(f"    python tools/simulate.py --broker {sim_url}   a simulated box")
+            cmds.append((f"{py} tools/simulate.py --broker {sim_url}", "a simulated box"))
+    width = max(len(c) for c, _ in cmds) + 3
+    lines += ["", "  next:", *(f"    {c:<{width}}{what}" for c, what in cmds)]
     lines += ["    Ctrl-C (or SIGTERM) stops the gateway cleanly", ""]
     return "\n".join(lines)
 

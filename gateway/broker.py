@@ -59,7 +59,7 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import GATEWAY_USER, DeviceRegistry
-from gateway.mosquitto import Mosquitto, find_mosquitto, free_port, stop_leftover, wait_for_port
+from gateway.mosquitto import Mosquitto, find_mosquitto, free_port, stop_leftover
 from gateway.protocol import DEFAULT_LIMITS
 from gateway.storage import atomic_write_bytes
 
@@ -331,7 +331,8 @@ class ManagedMosquitto:
             self.write_auth()
             if self.mosquitto.running() and self.mosquitto.proc is not None:
                 self.mosquitto.proc.send_signal(signal.SIGHUP)
-                log.info("broker credentials reloaded (%d boxes registered)", len(self.registry.list()))
+                n = len(self.registry.list())
+                log.info("broker credentials reloaded (%d %s registered)", n, "box" if n == 1 else "boxes")
 
     def supervise(self) -> None:
         if self.mosquitto.running() or time.monotonic() < self._next_restart:
@@ -371,6 +372,10 @@ class ManagedAmqtt:
     def start(self) -> None:
         from amqtt.broker import Broker
 
+        # amqtt logs every session step at INFO (and its `transitions` state machine every state
+        # change): dozens of lines per start that say nothing to a user. Its warnings still show.
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         ready = threading.Event()
         cfg = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
@@ -397,8 +402,10 @@ class ManagedAmqtt:
         ready.wait(15)
         if self._error is not None:
             raise RuntimeError(f"amqtt broker failed to start: {self._error}")
-        if not wait_for_port(_client_host(self.host), self.port, 10):
+        if not ready.is_set():
             raise RuntimeError(f"amqtt broker did not open {self.listen}")
+        # No connect-and-close probe of the port here (as for Mosquitto): `Broker.start()` returns once
+        # its listener is bound, and amqtt logs a probe that sends no CONNECT as an ERROR.
 
     def refresh(self) -> None:
         pass

@@ -13,6 +13,8 @@ import argparse
 import importlib
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,15 +29,67 @@ EXIT_LOCKED = 3  # another gateway owns the data folder (message names its pid)
 COMMAND_MODULES: tuple[str, ...] = ("gateway.flash.cli", "gateway.web.cli", "gateway.whatsapp.cli")
 
 
+_CONFIG_HELP = "TOML config (default: $PARCELBOX_CONFIG, then the user config dir)"
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG_HELP)
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", metavar="FILE", help="TOML config (default: $PARCELBOX_CONFIG, then the user config dir)"
+        "--demo",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="the trial install: defaults only, its own data folder (never a real install's)",
     )
 
 
-def _load(args: argparse.Namespace):
-    from gateway.config import load_config
+def _config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` works in every position: `parcelbox --config F device add x`,
+    `parcelbox device --config F add x` and `parcelbox device add x --config F`.
 
+    Every parser of the tree gets the option with a SUPPRESS default: argparse copies a sub-parser's
+    defaults over what its parent parsed, so a `None` default at the leaf would undo an earlier
+    `--config`. Plug-in commands that declare their own keep their help; only the default changes.
+    """
+    own = [a for a in parser._actions if "--config" in a.option_strings]
+    if own:
+        for a in own:
+            a.default = argparse.SUPPRESS
+    else:
+        _add_config(parser)
+    if not any("--demo" in a.option_strings for a in parser._actions):
+        _add_demo(parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _config_everywhere(sub)
+
+
+def command(name: str) -> str:
+    """How to type `parcelbox` or `python` in a plain shell so it runs this installation: the bare name
+    only when PATH finds this very one (an activated venv, a system install), otherwise its path
+    (`.venv/bin/parcelbox`, relative to the current folder when under it)."""
+    exe = os.path.abspath(sys.executable)
+    target = exe if name == "python" else os.path.join(os.path.dirname(exe), name)
+    if name != "python" and not os.path.exists(target):
+        return f"{command('python')} -m gateway"  # run as `python -m gateway` without the script
+    found = shutil.which(name)
+    if found and os.path.abspath(found) == target:
+        return name
+    rel = os.path.relpath(target)
+    # Relative only from the folder it lives under (`make run` in a clone); a service runs from `/`.
+    return rel if os.getcwd() != "/" and not rel.startswith("..") else target
+
+
+def _load(args: argparse.Namespace):
+    from gateway.config import ConfigError, demo_config, load_config
+
+    if getattr(args, "demo", False):
+        if getattr(args, "config", None):
+            raise ConfigError("--demo runs on defaults in its own data folder; drop --config (or --demo)")
+        return demo_config()
     return load_config(getattr(args, "config", None))
 
 
@@ -96,6 +150,10 @@ def _status_data(config: Any) -> dict[str, Any]:
     lock = DataDirLock(data_dir)
     owner = lock.is_held_elsewhere()
     out: dict[str, Any] = {"running": owner is not None, "pid": owner or None, "data_dir": str(data_dir)}
+    if owner is not None:
+        from gateway.web.server import read_live_url
+
+        out["dashboard"] = read_live_url(data_dir)
     if owner is not None or not (data_dir / "db").is_dir():
         # The running gateway owns the database; its snapshot is at most a few seconds old.
         out.update(
@@ -119,7 +177,8 @@ def _status_data(config: Any) -> dict[str, Any]:
             data_dir, partition=config.store.partition, segment_records=config.store.segment_records
         )
         try:
-            keys = ("device", "name", "online", "last_seen", "fw", "rssi", "battery_mv", "spooled", "waiting")
+            keys = ("device", "name", "online", "last_seen", "fw", "rssi", "battery_mv", "spooled",
+                    "status_at", "waiting")  # fmt: skip
             out["devices"] = [{k: d.get(k) for k in keys} for d in store.list_devices()]
             out["events"] = store.list_events(limit=10)
             out["outbox"] = store.list_outbox(limit=20)
@@ -173,14 +232,18 @@ def do_status(args: argparse.Namespace) -> int:
             print(
                 f"broker: {b.get('url')} ({b.get('managed') or 'external'}), connected: {b.get('connected')}"
             )
+    if data.get("dashboard"):
+        print(f"dashboard: {data['dashboard']}")
     print("\nboxes:")
     for d in data.get("devices") or []:
         batt = f"{d['battery_mv']} mV" if d.get("battery_mv") else "mains"
         print(
             f"  {d['device']:<20} {'online ' if d.get('online') else 'offline'}  last seen {_fmt_ts(d.get('last_seen'))}"
             f"  fw {d.get('fw') or '-'}  rssi {d.get('rssi') if d.get('rssi') is not None else '-'}  {batt}"
-            f"  waiting {d.get('waiting', 0)}"
+            f"  spooled {d.get('spooled') if d.get('spooled') is not None else '-'}  waiting {d.get('waiting', 0)}"
         )
+        if d.get("fw") or d.get("spooled") is not None:
+            print(f"  {'':<20} (fw, rssi, battery, spooled as reported {_fmt_ts(d.get('status_at'))})")
     if not data.get("devices"):
         print("  (none yet)")
     print("\nrecent events:")
@@ -215,6 +278,26 @@ def _broker_hint(config: Any) -> str:
     return f"mqtt://{host}:{config.broker.listen_port}"
 
 
+def seen_boxes(data_dir: Path) -> set[str]:
+    """Boxes the gateway has a record of, read without opening the store (a running gateway owns it):
+    the status snapshot (rewritten every few seconds and on a clean stop) and the box file."""
+    from gateway.protocol import valid_device_id
+    from gateway.service import STATUS_FILE
+
+    out: set[str] = set()
+    try:
+        snap = json.loads((data_dir / STATUS_FILE).read_text())
+        out |= {d.get("device") for d in snap.get("devices") or [] if isinstance(d, dict)}
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        table = json.loads((data_dir / "db" / "boxes.json").read_text()).get("devices") or {}
+        out |= {d.get("device") for d in table.values() if isinstance(d, dict)}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {d for d in out if isinstance(d, str) and valid_device_id(d)}
+
+
 def do_device(args: argparse.Namespace) -> int:
     from gateway.devices import DeviceError, DeviceRegistry
 
@@ -236,17 +319,22 @@ def do_device(args: argparse.Namespace) -> int:
         print(f"  topic prefix   {config.broker.prefix}")
         print("a running gateway picks the new credentials up within a few seconds.")
         return 0
-    if args.device_cmd == "remove":
+    if args.device_cmd in ("remove", "forget"):
         if reg.remove(args.name):
             print(f"box {args.name!r} removed; its broker login stops working within a few seconds.")
-            from gateway.homeassistant import clear_removed_box
+        elif args.name in seen_boxes(Path(config.data_dir)) and reg.forget(args.name):
+            # Never registered (a simulated box, registration not required): hide it all the same.
+            print(f"box {args.name!r} forgotten: it leaves the box list (it had no broker login).")
+        else:
+            print(f"error: no box named {args.name!r} (registered or seen)", file=sys.stderr)
+            return 1
+        print("Its deliveries stay in the history. If it is heard from again, it comes back.")
+        from gateway.homeassistant import clear_removed_box
 
-            note = clear_removed_box(config, args.name)
-            if note:
-                print(note)
-            return 0
-        print(f"error: no box named {args.name!r}", file=sys.stderr)
-        return 1
+        note = clear_removed_box(config, args.name)
+        if note:
+            print(note)
+        return 0
     creds = reg.list()
     if args.json:
         print(
@@ -255,10 +343,16 @@ def do_device(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if creds:
+        print(f"{'DEVICE':<24} {'NAME':<24} REGISTERED")
     for c in creds:
-        print(f"{c.device:<24} {c.name:<24} registered {_fmt_ts(c.created_at)}")
-    if not creds:
-        print("no boxes registered (parcelbox device add <name>)")
+        print(f"{c.device:<24} {c.name:<24} {_fmt_ts(c.created_at)}")
+    n = len(creds)
+    print(
+        f"{n} {'box' if n == 1 else 'boxes'} registered"
+        if creds
+        else f"no boxes registered ({command('parcelbox')} device add <name>)"
+    )
     return 0
 
 
@@ -279,8 +373,11 @@ def register(subparsers: Any) -> None:
     a = dsub.add_parser("add", help="register a box and print the settings to flash")
     a.add_argument("name", help="device id: 1-32 of a-z 0-9 -")
     a.add_argument("--label", help="human name used in alerts (default: the id)")
-    r = dsub.add_parser("remove", help="forget a box and revoke its broker login")
-    r.add_argument("name")
+    for verb in ("remove", "forget"):
+        r = dsub.add_parser(
+            verb, help="remove a box (registered or only seen): revoke its login, hide it; history stays"
+        )
+        r.add_argument("name")
     g = dsub.add_parser("list", help="registered boxes")
     g.add_argument("--json", action="store_true")
     p.set_defaults(func=do_device)
@@ -296,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
             importlib.import_module(name).register(sub)
         except Exception as exc:  # a broken plug-in must not break run/status
             logging.getLogger("gateway.cli").warning("commands from %s unavailable: %s", name, exc)
+    _config_everywhere(parser)
     return parser
 
 
@@ -303,13 +401,25 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    if not hasattr(args, "demo"):
+        args.demo = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at interpreter exit
+        return code
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `parcelbox status | head`: the reader has what it wanted. Point stdout at /dev/null so
+        # Python's final flush does not complain either (the recipe in the `signal` module's docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

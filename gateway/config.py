@@ -24,7 +24,9 @@ from typing import Any
 import platformdirs
 
 ENV_PREFIX = "PARCELBOX_"
-SECRET_KEYS = frozenset({"password", "token", "headers", "secret"})
+SECRET_KEYS = frozenset({"password", "token", "headers", "secret", "signing_key"})
+# Apprise URLs hold bot tokens and passwords: shown as their recipient ids (gateway.notify.apprise).
+SECRET_URL_LISTS = frozenset({"urls", "urls_by_box"})
 
 
 class ConfigError(ValueError):
@@ -65,6 +67,8 @@ class WebConfig:
     # The dashboard's language when the browser neither picked one in the page nor asks for en/id
     # (Accept-Language): en | id; empty follows whatsapp.language.
     language: str = ""
+    # Requests per API token per minute (`parcelbox web token create`; the send API, docs in README).
+    api_rate_per_minute: int = 30
 
 
 @dataclass
@@ -80,12 +84,29 @@ class WebhookSinkConfig:
     timeout_s: float = 10.0
     headers: dict[str, str] = field(default_factory=dict)
     rate_per_minute: int = 0  # 0: unlimited
+    signing_key: str = (
+        ""  # shared secret; non-empty: each body signed, X-Parcelbox-Signature-256 (docs/webhooks.md)
+    )
+    events: str = "all"  # all: every stored event and status change | alerts: only alerts.kinds
+
+
+@dataclass
+class AppriseSinkConfig:
+    # Apprise URLs (https://github.com/caronc/apprise/wiki): each one a recipient in the outbox.
+    # Secrets: shown only as "<scheme>-<hash>" ids in logs, `status` and the dashboard.
+    urls: list[str] = field(default_factory=list)
+    # box id -> its URLs (TOML list or one string), replacing `urls` for that box
+    urls_by_box: dict[str, str] = field(default_factory=dict)
+    title: str = "parcelbox"  # title prefix (e-mail subject, bold line): "parcelbox: Front gate"
+    timeout_s: float = 30.0  # one send to one URL, attachment upload included
+    rate_per_minute: int = 0  # per URL; 0: unlimited
 
 
 @dataclass
 class NotifyConfig:
     folder: FolderSinkConfig = field(default_factory=FolderSinkConfig)
     webhook: WebhookSinkConfig = field(default_factory=WebhookSinkConfig)
+    apprise: AppriseSinkConfig = field(default_factory=AppriseSinkConfig)
 
 
 @dataclass
@@ -248,12 +269,22 @@ def _redact(d: Any) -> Any:
         for k, v in d.items():
             if k in SECRET_KEYS and v:
                 out[k] = "***"
+            elif k in SECRET_URL_LISTS and v:
+                out[k] = _redact_url_list(v)
             elif k == "url" and isinstance(v, str) and "@" in v:
                 out[k] = _redact_url(v)
             else:
                 out[k] = _redact(v)
         return out
     return d
+
+
+def _redact_url_list(v: Any) -> Any:
+    from gateway.notify.apprise import recipient_id, split_urls
+
+    if isinstance(v, dict):
+        return {k: [recipient_id(u) for u in split_urls(x)] for k, x in v.items()}
+    return [recipient_id(u) for u in split_urls(v)]
 
 
 def _redact_url(url: str) -> str:
@@ -302,7 +333,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 return {k.strip(): v.strip() for k, v in pairs}
             if not isinstance(value, dict):
                 raise ValueError("not a table")
-            return {str(k): str(v) for k, v in value.items()}
+            # A list value (box = ["a", "b"]) becomes "a, b": the consumers split on commas.
+            return {
+                str(k): ", ".join(str(x) for x in v) if isinstance(v, list) else str(v)
+                for k, v in value.items()
+            }
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: {exc}") from None
     return value
@@ -338,6 +373,8 @@ def _apply_env(obj: Any, env: dict[str, str], prefix: str, path: str) -> None:
 
 
 def _validate(cfg: Config) -> None:
+    if cfg.web.api_rate_per_minute < 1:
+        raise ConfigError("web.api_rate_per_minute must be at least 1")
     if cfg.web.max_connections < 1 or not cfg.web.idle_timeout_s > 0:
         raise ConfigError("web.max_connections must be >= 1 and web.idle_timeout_s > 0")
     for lang_key, lang in (
@@ -354,6 +391,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("store.segment_records must be 0 (default) or between 8 and 1000000")
     if cfg.store.min_free_mb < 0 or not 0 <= cfg.store.min_free_percent <= 50:
         raise ConfigError("store.min_free_mb must be >= 0 and store.min_free_percent between 0 and 50")
+    if cfg.notify.apprise.timeout_s <= 0 or cfg.notify.apprise.rate_per_minute < 0:
+        raise ConfigError("notify.apprise.timeout_s must be > 0 and rate_per_minute >= 0")
+    if cfg.notify.webhook.events not in ("all", "alerts"):
+        raise ConfigError("notify.webhook.events must be 'all' or 'alerts'")
     if cfg.notify.webhook.format not in ("json", "multipart"):
         raise ConfigError("notify.webhook.format must be 'json' or 'multipart'")
     ing = cfg.ingest
@@ -381,6 +422,24 @@ def _validate(cfg: Config) -> None:
             ZoneInfo(cfg.alerts.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"alerts.timezone: unknown time zone {cfg.alerts.timezone!r}") from None
+
+
+def demo_data_dir() -> Path:
+    """The trial's own data folder, next to (never inside) a real install's."""
+    return Path(platformdirs.user_data_dir("parcelbox-demo"))
+
+
+def demo_config(env: dict[str, str] | None = None) -> Config:
+    """`parcelbox run --demo`: defaults only, in `demo_data_dir()`. No config file is read and
+    `PARCELBOX_DATA_DIR` / `PARCELBOX_CONFIG` are ignored, so simulated boxes never land in a real
+    install's folder or meet its broker; other `PARCELBOX_*` overrides (ports) still apply."""
+    env = dict(os.environ) if env is None else env
+    env = {k: v for k, v in env.items() if k not in (ENV_PREFIX + "DATA_DIR", ENV_PREFIX + "CONFIG")}
+    cfg = Config()
+    _apply_env(cfg, env, ENV_PREFIX, "")
+    cfg.data_dir = demo_data_dir()
+    _validate(cfg)
+    return cfg
 
 
 def load_config(path: Path | str | None = None, env: dict[str, str] | None = None) -> Config:

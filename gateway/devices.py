@@ -111,6 +111,18 @@ class DeviceRegistry:
             self._write(devices, removed)
             return True
 
+    def forget(self, device: str) -> bool:
+        """Hide a box that was never registered (seen only): noted as removed now, like `remove`."""
+        if not valid_device_id(device):
+            return False
+        with self._lock:
+            devices, removed = self._read_all()
+            if device in devices:
+                return False
+            removed[device] = time.time()
+            self._write(devices, removed)
+            return True
+
     def removed(self) -> dict[str, float]:
         """Boxes removed (and not added again), with the time each was removed."""
         with self._lock:

@@ -1,13 +1,14 @@
 """An in-memory, sorted index of stored events, so the dashboard's timeline never scans history.
 
-Each event is one small tuple `(ts, id, device, type)`, kept in sorted lists: one for all events,
+Each event is one small tuple `(ts, seq, id, device, type)`, kept in sorted lists: one for all events,
 one per box, one per type and one per (box, type) pair. Whatever filters a query has, it picks the
 list that already holds exactly the matching boxes/types; the remaining filters (`since`, `until`
 and the keyset cursor `before`) are bounds on `(ts, id)`, found by bisection. A page is then a
 slice: O(log n + limit) whatever the history, and a type that never occurs has no list at all.
 
-The order is `(ts, id, device)`; `before=(ts, id)` excludes every event whose `(ts, id)` is at or
-after the cursor, as the store's contract has always said. Deliveries arrive mostly in time order,
+The order is `(ts, seq, id, device)`: a box stamps whole seconds, so events of one second are
+told apart by the box's own counter `seq` (the order it saw them in), not by their random ids.
+`before=(ts, seq, id)` excludes every event whose `(ts, seq, id)` is at or after the cursor. Deliveries arrive mostly in time order,
 so an insert is usually an append; an out-of-order one is a bisection plus a move of the entries
 after it (a `memmove` of pointers, short because late events are late by seconds or minutes).
 
@@ -17,18 +18,23 @@ interned and shared): roughly 150 bytes per event, ~15 MB at 100,000 events.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import sys
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-Entry = tuple[float, str, str, str]  # (ts, event id, device, type)
+Entry = tuple[float, int, str, str, str]  # (ts, seq, event id, device, type)
+Cursor = tuple[float, int, str]  # (ts, seq, event id) of the last row of the previous page
 
 
 def entry_for(doc: Mapping[str, Any]) -> Entry:
     """The index entry of a stored event record (ts falls back to the receive time if unusable)."""
-    return (_sort_ts(doc), str(doc["id"]), sys.intern(str(doc["device"])), sys.intern(str(doc["type"])))
+    seq = doc.get("seq")
+    seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
+    return (_sort_ts(doc), seq, str(doc["id"]), sys.intern(str(doc["device"])), sys.intern(str(doc["type"])))
 
 
 def _sort_ts(doc: Mapping[str, Any]) -> float:
@@ -68,15 +74,15 @@ class EventIndex:
     def _split(self) -> None:
         self._by_device, self._by_type, self._by_pair = {}, {}, {}
         for e in self._all:  # in order, so every sub-list comes out sorted
-            self._by_device.setdefault(e[2], []).append(e)
-            self._by_type.setdefault(e[3], []).append(e)
-            self._by_pair.setdefault((e[2], e[3]), []).append(e)
+            self._by_device.setdefault(e[3], []).append(e)
+            self._by_type.setdefault(e[4], []).append(e)
+            self._by_pair.setdefault((e[3], e[4]), []).append(e)
 
     def add(self, e: Entry) -> None:
         _add(self._all, e)
-        _add(self._by_device.setdefault(e[2], []), e)
-        _add(self._by_type.setdefault(e[3], []), e)
-        _add(self._by_pair.setdefault((e[2], e[3]), []), e)
+        _add(self._by_device.setdefault(e[3], []), e)
+        _add(self._by_type.setdefault(e[4], []), e)
+        _add(self._by_pair.setdefault((e[3], e[4]), []), e)
 
     def remove_if(self, drop: Callable[[Entry], bool]) -> int:
         """Remove every entry `drop` says to (retention): one pass over the index. Returns how many."""
@@ -90,13 +96,25 @@ class EventIndex:
         self,
         *,
         device: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,
         since: float | None = None,
         until: float | None = None,
-        before: tuple[float, str] | None = None,
+        before: Cursor | None = None,
         limit: int = 50,
     ) -> list[Entry]:
-        """Up to `limit` matching entries, newest first; bounds as in `GatewayPort.list_events`."""
+        """Up to `limit` matching entries, newest first; bounds as in `GatewayPort.list_events`.
+
+        Several types (the dashboard's default "deliveries and pickups"): one page per type, merged;
+        still O(types x (log n + limit))."""
+        if isinstance(type, tuple):
+            types = sorted(set(type))
+            if len(types) != 1:
+                pages = [
+                    self.page(device=device, type=t, since=since, until=until, before=before, limit=limit)
+                    for t in types
+                ]
+                return list(itertools.islice(heapq.merge(*pages, reverse=True), max(0, limit)))
+            type = types[0]
         if device is not None and type is not None:
             lst = self._by_pair.get((device, type))
         elif device is not None:
@@ -112,7 +130,7 @@ class EventIndex:
         if until is not None:
             hi = bisect_left(lst, (until,), 0, hi)
         if before is not None:
-            hi = bisect_left(lst, (before[0], str(before[1])), 0, hi)  # (ts, id) at the cursor excluded
+            hi = bisect_left(lst, (before[0], int(before[1]), str(before[2])), 0, hi)  # cursor row excluded
         lo = bisect_left(lst, (since,), 0, hi) if since is not None else 0
         start = max(lo, hi - limit)
         return lst[start:hi][::-1]

@@ -24,7 +24,9 @@ from gateway.protocol import subscriptions
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[str, bytes, float], None]
+# (topic, payload, received at, retained): `retained` marks a copy the broker replays from its
+# retained store because we (re)subscribed, said by the box at some earlier, unknown time.
+Deliver = Callable[[str, bytes, float, bool], None]
 
 
 def _no_delay(client: mqtt.Client) -> None:
@@ -116,7 +118,7 @@ class MqttLink:
             )
 
     def _on_message(self, _client, _ud, msg: mqtt.MQTTMessage) -> None:
-        self.deliver(msg.topic, bytes(msg.payload), time.time())
+        self.deliver(msg.topic, bytes(msg.payload), time.time(), bool(msg.retain))
 
     def start(self, wait_s: float = 0.0) -> None:
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)
@@ -130,6 +132,9 @@ class MqttLink:
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
 
     def stop(self) -> None:
+        # paho 2.2's network thread may run its loop once more after DISCONNECT and log "Client is not
+        # connected" at ERROR on every clean stop; nothing it says from here on is news.
+        self.client.disable_logger()
         try:
             self.client.disconnect()
         finally:

@@ -2,7 +2,10 @@
 exponential backoff, rate limits and a dead-letter state.
 
 One sending thread per notifier, so a slow webhook never holds up the folder sink
-or WhatsApp. An entry leaves `pending`/`failed` only when its notifier confirms
+or WhatsApp. A notifier with `parallel_recipients = True` (Apprise: each recipient is a
+different service) gets one lane per recipient instead: its thread hands each due entry
+to a short-lived sender thread, at most one per recipient at a time, so one slow URL never
+delays the others while each recipient's alerts still go out one by one, in order. An entry leaves `pending`/`failed` only when its notifier confirms
 the send (`sent`), or when it has failed for longer than `dead_after_s` or the
 notifier says retrying cannot help (`dead`). Every state change is written to the
 store before the next send, so a crash re-sends at most the one in-flight entry;
@@ -39,6 +42,7 @@ class OutboxDispatcher:
         *,
         bus: Bus,
         photo_path: Callable[[str, str], Path | None],
+        attachment_path: Callable[[str], Path | None] = lambda _name: None,
         backoff_initial_s: float = 2.0,
         backoff_max_s: float = 300.0,
         dead_after_s: float = 86_400.0,
@@ -49,6 +53,7 @@ class OutboxDispatcher:
         self.notifiers = notifiers
         self.bus = bus
         self.photo_path = photo_path
+        self.attachment_path = attachment_path  # photos sent with the send API (`photo_file`)
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.dead_after_s = dead_after_s
@@ -64,6 +69,8 @@ class OutboxDispatcher:
         # Per notifier: results of sends that happened but could not be written (full disk), by alert
         # id. Such an alert is not sent again by this process; the result is written once there is room.
         self._unrecorded: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in notifiers}
+        self._lanes: dict[tuple[str, str], threading.Thread] = {}  # (notifier, recipient) -> sender
+        self._lanes_lock = threading.Lock()
 
     def start(self) -> None:
         self._stop.clear()
@@ -84,6 +91,10 @@ class OutboxDispatcher:
         for t in self._threads:
             t.join(max(0.1, deadline - time.monotonic()))
         self._threads.clear()
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        for t in lanes:
+            t.join(max(0.1, deadline - time.monotonic()))
 
     def _run(self, name: str) -> None:
         while not self._stop.is_set():
@@ -119,15 +130,69 @@ class OutboxDispatcher:
             now = self.clock()
             if (rec.get("next_attempt_at") or 0) > now:
                 continue
+            parallel = bool(getattr(notifier, "parallel_recipients", False))
+            if parallel:
+                if self._lane_busy(name, rec["recipient"]):
+                    continue  # this recipient's previous send is still running; others go on
+                # The list above may predate a lane that just finished this very entry: re-read it.
+                fresh = self.store.get_outbox(rec["id"])
+                if fresh is None or fresh["state"] not in ("pending", "failed"):
+                    continue
+                if (fresh.get("next_attempt_at") or 0) > now:
+                    continue
+                rec = fresh
             if limiter.try_acquire(rec["recipient"], now) > 0:
                 continue  # rate limited: not a failure, the entry just waits its turn
-            self._send(notifier, rec)
+            if parallel:
+                self._start_lane(notifier, rec)
+            else:
+                self._send(notifier, rec)
             did = True
         return did
 
+    def wait_lanes(self, timeout: float = 30.0) -> bool:
+        """Wait for the per-recipient senders in flight to finish; False if some still run."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lanes_lock:
+                lanes = list(self._lanes.values())
+            if not lanes:
+                return True
+            for t in lanes:
+                t.join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                with self._lanes_lock:
+                    return not self._lanes
+
+    def _lane_busy(self, name: str, recipient: str) -> bool:
+        with self._lanes_lock:
+            t = self._lanes.get((name, recipient))
+            return t is not None and t.is_alive()
+
+    def _start_lane(self, notifier: Notifier, rec: dict[str, Any]) -> None:
+        key = (notifier.name, rec["recipient"])
+
+        def run() -> None:
+            try:
+                self._send(notifier, rec)
+            except Exception:
+                log.exception("outbox %s: send of %s failed", notifier.name, rec["id"])
+            finally:
+                with self._lanes_lock:
+                    if self._lanes.get(key) is threading.current_thread():
+                        del self._lanes[key]
+                self._wake.set()  # the recipient's next entry may be due
+
+        t = threading.Thread(target=run, name=f"outbox-{notifier.name}-lane", daemon=True)
+        with self._lanes_lock:
+            self._lanes[key] = t
+        t.start()
+
     def _alert(self, rec: dict[str, Any]) -> Alert:
         photo = None
-        if rec.get("has_photo") and rec.get("event_ids"):
+        if rec.get("photo_file"):
+            photo = self.attachment_path(rec["photo_file"])
+        elif rec.get("has_photo") and rec.get("event_ids"):
             photo = self.photo_path(rec["device"], rec["event_ids"][-1])
         return Alert(
             id=rec["id"],

@@ -47,6 +47,7 @@ class DeviceRecord(TypedDict):
     heap_free: int | None
     uptime_s: int | None
     spooled: int | None
+    status_at: NotRequired[float | None]  # when fw/rssi/battery/heap/uptime/spooled were reported
     waiting: int  # deliveries since the last pickup
     lid_open: bool | None
     last_delivery_ts: float | None
@@ -96,11 +97,11 @@ class GatewayPort(Protocol):
         self,
         *,
         device: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,  # several: any of them
         since: float | None = None,
         until: float | None = None,
-        before: tuple[float, str]
-        | None = None,  # keyset cursor: (ts, id) of the last row of the previous page
+        before: tuple[float, int, str]
+        | None = None,  # keyset cursor: (ts, seq, id) of the last row of the previous page
         limit: int = 50,
     ) -> list[EventRecord]:
         """Newest first."""

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import uuid
@@ -82,6 +83,7 @@ from gateway.protocol import (
     valid_msg_id,
 )
 from gateway.reassembly import Complete, Dropped, Reassembler, Refused
+from gateway.sendapi import BadRequest, SendRequest, resolve_sinks
 from gateway.storage import atomic_write_bytes
 from gateway.store import Store, blank_device
 from gateway.whatsapp.watch import LinkWatch
@@ -94,6 +96,8 @@ _BATTERY_HYSTERESIS_MV = 100
 GATEWAY_DEVICE = "_gateway"
 # A full disk fails every write, a few a second: say so once a minute (with a count), not each time.
 _STORE_WARNING_EVERY_S = 60.0
+API_PHOTO_DIR = "api-photos"  # photos sent with the send API, by message id (<data>/api-photos/)
+_API_PHOTO = re.compile(r"msg[0-9a-f]{16}\.jpg")
 
 
 class Component(Protocol):
@@ -124,6 +128,23 @@ def _peek_event_id(payload: bytes) -> str | None:
         return None
     eid = obj.get("id") if isinstance(obj, dict) else None
     return eid if valid_msg_id(eid) else None
+
+
+def prune_api_photos(folder: Path, now: float, max_age_s: float) -> int:
+    """Remove send-API photos older than `max_age_s` (by file time); returns how many."""
+    n = 0
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return 0
+    for p in entries:
+        try:
+            if _API_PHOTO.fullmatch(p.name) and now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+                n += 1
+        except OSError as e:  # one unremovable file must not stop the rest
+            log.warning("retention: cannot remove %s: %s", p, e)
+    return n
 
 
 class GatewayService:
@@ -191,7 +212,9 @@ class GatewayService:
         self._log_throttle = LogThrottle()
         self._whatsapp: WhatsAppState = {
             "state": "disabled",
-            "detail": "WhatsApp is not enabled",
+            "detail": "WhatsApp is not enabled. To turn it on: install it (.venv/bin/pip install -e '.[whatsapp]' "
+            "in the parcelbox folder), set [whatsapp] enabled = true in the config, restart the gateway, "
+            "then pair here.",
             "updated_at": 0.0,
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
@@ -273,6 +296,7 @@ class GatewayService:
             self.notifiers,
             bus=self.bus,
             photo_path=lambda d, e: self.photo_path(d, e, "alert"),
+            attachment_path=self._api_photo_path,
             backoff_initial_s=self.config.outbox.backoff_initial_s,
             backoff_max_s=self.config.outbox.backoff_max_s,
             dead_after_s=self.config.outbox.dead_after_s,
@@ -349,9 +373,10 @@ class GatewayService:
 
     # --- ingest -----------------------------------------------------------------------
 
-    def _deliver(self, topic_name: str, payload: bytes, received_at: float) -> None:
+    def _deliver(self, topic_name: str, payload: bytes, received_at: float, retained: bool = False) -> None:
         """paho's thread: cheap checks and enqueue only, never blocking (it also carries every box's
-        keepalives and our acks). Each box has its own share of the queue (gateway.fairqueue)."""
+        keepalives and our acks). Each box has its own share of the queue (gateway.fairqueue).
+        `retained`: a copy the broker replays from its retained store (gateway.ingest)."""
         self.counters.inc("received")
         # Nothing valid is bigger than a chunk: refused before it is queued, so a big payload costs this
         # check only. (JSON between its own 16 KiB limit and this is refused by the worker, which can
@@ -373,7 +398,8 @@ class GatewayService:
                     f"photo {device}",
                 )
                 return
-        for box, reason in self._queue.put(device, ("msg", topic_name, payload, received_at), len(payload)):
+        item = ("msg", topic_name, payload, received_at, retained)
+        for box, reason in self._queue.put(device, item, len(payload)):
             self._reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
 
     def _work(self) -> None:
@@ -384,7 +410,7 @@ class GatewayService:
                 continue
             try:
                 if item[0] == "msg":
-                    self._handle(item[1], item[2], item[3])
+                    self._handle(item[1], item[2], item[3], item[4] if len(item) > 4 else False)
                 elif item[0] == "photo_done":
                     self._photo_done(item[1], item[2])
                 elif item[0] == "call":
@@ -443,7 +469,7 @@ class GatewayService:
         removed_at = self._registry_view()[1].get(dev["device"])
         return removed_at is not None and (dev.get("last_seen") or 0.0) <= removed_at
 
-    def _handle(self, topic_name: str, payload: bytes, received_at: float) -> None:
+    def _handle(self, topic_name: str, payload: bytes, received_at: float, retained: bool = False) -> None:
         try:
             t = parse_topic(self.prefix, topic_name, self.limits)
         except ProtocolError as exc:
@@ -454,7 +480,7 @@ class GatewayService:
             self._reject("unknown_device", f"{t.device} is not registered (parcelbox device add)", topic_name)
             return
         if t.kind == "status":
-            self._on_status(t.device, payload, received_at)
+            self._on_status(t.device, payload, received_at, retained)
         elif t.kind == "event":
             self._on_event(t.device, payload, received_at)
             self._note_busy(t.device)
@@ -698,7 +724,7 @@ class GatewayService:
                 dev["lid_open"] = True
         return dev
 
-    def _on_status(self, device: str, payload: bytes, received_at: float) -> None:
+    def _on_status(self, device: str, payload: bytes, received_at: float, retained: bool = False) -> None:
         assert self.store is not None
         try:
             st = decode_status(payload, self.limits)
@@ -710,19 +736,35 @@ class GatewayService:
         if not st.online and self._is_removed(dev):
             return  # the last will of a box just removed: expected, and must not bring it back
         was_online = bool(dev.get("online"))
+        if retained and dev.get("last_seen") is not None:
+            # The broker replays a box's retained status whenever we (re)subscribe (every gateway start
+            # or reconnect): it is what the box said at some earlier, unknown time, not a sign of life
+            # now. Taking it as one reset every box's "last seen" to the restart. Keep only its
+            # online/offline state (it is the latest the broker has), never the time or the figures.
+            self.counters.inc("statuses_replayed")
+            if st.online == was_online:
+                return
+            dev["online"] = st.online
+            dev["offline_since"] = None if st.online else dev["last_seen"]
+            self.store.put_device(dev)
+            self.bus.publish(DEVICE_CHANGED, self._device_out(dev))
+            return
         dev["online"] = st.online
-        dev["last_seen"] = received_at
+        if not retained:  # a box known only from a replay has no known "last seen" yet
+            dev["last_seen"] = received_at
         if st.online:
             for k in ("fw", "rssi", "battery_mv", "heap_free", "uptime_s", "spooled"):
                 dev[k] = getattr(st, k)
+            dev["status_at"] = None if retained else received_at  # when these figures were reported
             dev["offline_since"] = None
         elif was_online or dev.get("offline_since") is None:
             dev["offline_since"] = received_at
         alerts: list[OutboxRecord] = []
         if st.online and dev.get("offline_alerted"):
             dev["offline_alerted"] = False
-            if self.config.alerts.online_alert:
-                alerts += self._plan_alerts(dev, "online", received_at, [], has_photo=False)
+            skip = () if self.config.alerts.online_alert else self._not_every_event()
+            if len(skip) < len(self.notifiers):
+                alerts += self._plan_alerts(dev, "online", received_at, [], has_photo=False, skip=skip)
         low = self.config.alerts.low_battery_mv
         if st.online and low and st.battery_mv is not None:
             if st.battery_mv < low and not dev.get("low_battery_alerted"):
@@ -786,8 +828,12 @@ class GatewayService:
     # --- alerts -----------------------------------------------------------------------
 
     def _plan_event_alerts(self, dev: dict[str, Any], ev: EventRecord) -> list[OutboxRecord]:
+        skip: tuple[str, ...] = ()
         if ev["type"] not in self.config.alerts.kinds:
-            return []
+            # Not an alert for people; sinks that take every stored event (the webhook) still get it.
+            skip = self._not_every_event()
+            if len(skip) == len(self.notifiers):
+                return []
         return self._plan_alerts(
             dev,
             ev["type"],
@@ -795,7 +841,12 @@ class GatewayService:
             [ev["id"]],
             has_photo=ev["photo"] is not None,
             photo_dropped=bool(ev.get("photo_dropped")),
+            skip=skip,
         )
+
+    def _not_every_event(self) -> tuple[str, ...]:
+        """The sinks that get alerts only (all but the webhook with `events = "all"`)."""
+        return tuple(n for n, s in self.notifiers.items() if not getattr(s, "every_event", False))
 
     def _plan_alerts(
         self,
@@ -945,10 +996,10 @@ class GatewayService:
         self,
         *,
         device: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,
         since: float | None = None,
         until: float | None = None,
-        before: tuple[float, str] | None = None,
+        before: tuple[float, int, str] | None = None,
         limit: int = 50,
     ) -> list[EventRecord]:
         assert self.store is not None
@@ -971,6 +1022,124 @@ class GatewayService:
     def list_outbox(self, state: OutboxState | None = None, limit: int = 100) -> list[OutboxRecord]:
         assert self.store is not None
         return self.store.list_outbox(state, limit)
+
+    # --- the send API (gateway/sendapi.py, POST /api/notify) ----------------------------
+
+    def sink_names(self) -> list[str]:
+        """The configured sinks a message can be sent through."""
+        return list(self.notifiers)
+
+    def _api_photo_path(self, name: str) -> Path | None:
+        if not _API_PHOTO.fullmatch(name):
+            return None
+        p = self.data_dir / API_PHOTO_DIR / name
+        return p if p.is_file() else None
+
+    def queue_message(self, req: SendRequest, recipient: str | None = None) -> dict[str, Any]:
+        """Queue a message to the chosen sinks; durable when this returns (the API then answers 202).
+
+        Raises `BadRequest` (nothing queued) for an unknown sink or a photo `process_photo` refuses.
+        The photo's alert copy (validated, re-encoded, metadata gone) is written before the entries,
+        so an entry never points at a photo that is not on disk.
+        """
+        assert self.store is not None
+        sinks = resolve_sinks(req.sinks, self.sink_names())
+        msg_id = f"msg{uuid.uuid4().hex[:16]}"
+        processed = None
+        if req.photo is not None:
+            try:
+                processed = process_photo(req.photo, self.photo_settings)
+            except PhotoError as e:
+                self.counters.inc("api_photos_refused")
+                raise BadRequest("bad_photo", f"photo refused ({e.reason}): {e.detail}"[:300]) from None
+        photo_file = f"{msg_id}.jpg" if processed is not None else None
+        device = req.box or GATEWAY_DEVICE
+        dev = (self.store.get_device(req.box) if req.box else None) or {}
+        name = dev.get("name") or req.box or self.config.homeassistant.gateway_name
+        caption = f"{req.title}\n{req.text}" if req.title else req.text
+        now = self.clock()
+        out: list[dict[str, Any]] = []
+        for sink in sinks:
+            try:
+                recipients = self.notifiers[sink].recipients(device)
+            except Exception:
+                log.exception("notifier %s: recipients() failed", sink)
+                recipients = []
+            if recipient is not None:  # a test to one recipient (the dashboard's "Send test")
+                recipients = [recipient]
+            for r in recipients:
+                out.append(
+                    {
+                        "id": f"{msg_id}_{sink}_{_rhash(r)}",
+                        "kind": "message",
+                        "device": device,
+                        "event_ids": [],
+                        "notifier": sink,
+                        "recipient": r,
+                        "state": "pending",
+                        "attempts": 0,
+                        "created_at": now,
+                        "next_attempt_at": now,
+                        "sent_at": None,
+                        "last_error": None,
+                        "ts": now,
+                        "device_name": name,
+                        "caption": caption,
+                        "has_photo": False,
+                        "photo_file": photo_file,
+                        "alert_state": {},
+                    }
+                )
+        if not out:
+            raise BadRequest("no_recipients", f"{', '.join(sinks)}: no recipient configured for this message")
+        if processed is not None and photo_file is not None:
+            d = self.data_dir / API_PHOTO_DIR
+            d.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(d / photo_file, processed.alert_jpeg, mode=0o600)
+        self._emit_alerts(out, now)  # type: ignore[arg-type]
+        self.counters.inc("api_messages")
+        log.info("send API: message %s queued as %d alert(s) via %s", msg_id, len(out), ", ".join(sinks))
+        return {"id": msg_id, "alerts": [o["id"] for o in out], "sinks": sinks}
+
+    def channels(self) -> list[dict[str, Any]]:
+        """Per-URL state of the Apprise sink for the dashboard: ids, routing, last outcome, queue.
+
+        Never a URL: `describe` gives the non-secret id and scheme only.
+        """
+        assert self.store is not None
+        sink = self.notifiers.get("apprise")
+        if sink is None:
+            return []
+        rows = self.store.list_outbox(None, 500)
+        out = []
+        for rid in sink.all_recipients():  # type: ignore[attr-defined]
+            mine = [r for r in rows if r["notifier"] == "apprise" and r["recipient"] == rid]
+            counts = {
+                st: sum(1 for r in mine if r["state"] == st) for st in ("pending", "failed", "dead", "sent")
+            }
+            last = max(mine, key=lambda r: r["created_at"], default=None)
+            out.append(
+                {
+                    **sink.describe(rid),  # type: ignore[attr-defined]
+                    "sink": "apprise",
+                    "recent": counts,
+                    "last_alert": _public(dict(last)) if last else None,
+                }
+            )
+        return out
+
+    def test_channel(self, sink: str, recipient: str) -> dict[str, Any]:
+        """Queue a test message to one recipient of `sink` (through the outbox: retries, dead letter)."""
+        n = self.notifiers.get(sink)
+        known = getattr(n, "all_recipients", None)
+        if n is None or known is None or recipient not in known():
+            raise LookupError(f"no {sink} recipient {recipient}")
+        text = "parcelbox test message: this channel gets the box alerts."
+        return self.queue_message(SendRequest(text, None, (sink,), None, None), recipient=recipient)
+
+    def get_alert(self, alert_id: str) -> dict[str, Any] | None:
+        assert self.store is not None
+        return self.store.get_outbox(alert_id)
 
     def retry_alert(self, alert_id: str) -> bool:
         return self.dispatcher.retry(alert_id) if self.dispatcher else False
@@ -1122,6 +1291,12 @@ class GatewayService:
     def _retention(self) -> None:
         assert self.store is not None
         s = self.config.store
+        if s.photo_retention_days:
+            # Send-API photos: kept as long as box photos, and never before their alerts are settled.
+            age = max(s.photo_retention_days * 86400.0, self.config.outbox.dead_after_s + 3600.0)
+            n = prune_api_photos(self.data_dir / API_PHOTO_DIR, self.clock(), age)
+            if n:
+                log.info("retention removed %d send-API photo(s)", n)
         if s.retention_days or s.photo_retention_days:
             removed = self.store.apply_retention(self.clock(), s.retention_days, s.photo_retention_days)
             if any(removed.values()):

@@ -17,7 +17,7 @@ memory); older ones are read from disk when asked for. Keys seen in every file s
 in-memory index, so de-duplication by (device, event id) still spans all history.
 
 The dashboard's timeline (`list_events`) is answered from a second in-memory index, sorted by
-(ts, id) with sub-lists per box, per type and per (box, type) (`gateway.event_index`, ~20 MB at
+(ts, seq, id) with sub-lists per box, per type and per (box, type) (`gateway.event_index`, ~20 MB at
 100,000 events), built in the same pass over the files as the dedupe index: a page costs
 O(log n + page size) plus reading the page's own records, whatever the filters and the depth.
 
@@ -562,13 +562,14 @@ class Store:
         self,
         *,
         device: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,
         since: float | None = None,
         until: float | None = None,
-        before: tuple[float, str] | None = None,
+        before: tuple[float, int, str] | None = None,
         limit: int = 50,
     ) -> list[EventRecord]:
-        """Newest first by (ts, id, device); `before` is the (ts, id) of the previous page's last row.
+        """Newest first by (ts, seq, id, device); `before` is the (ts, seq, id) of the previous page's
+        last row.
 
         The page comes from the in-memory timeline index (`gateway.event_index`): only the records on
         the page are read, grouped by file so each file is opened at most once per call.
@@ -580,7 +581,7 @@ class Store:
             )
             out: list[EventRecord | None] = [None] * len(entries)
             by_part: dict[str, list[tuple[int, str, int]]] = {}
-            for pos, (_ts, eid, dev, _type) in enumerate(entries):
+            for pos, (_ts, _seq, eid, dev, _type) in enumerate(entries):
                 key = event_key(dev, eid)
                 cached = self._record_cache.get(key)
                 if cached is not None:
@@ -801,7 +802,7 @@ class Store:
                     Journal(self.db_dir / (part + JOURNAL_SUFFIX)).remove()
                     gone = {k for k, v in self._event_index.items() if v[0] == part}
                     self._event_index = {k: v for k, v in self._event_index.items() if v[0] != part}
-                    self._timeline.remove_if(lambda e, gone=gone: event_key(e[2], e[1]) in gone)
+                    self._timeline.remove_if(lambda e, gone=gone: event_key(e[3], e[2]) in gone)
                     for k in gone:
                         self._record_cache.pop(k, None)  # the same key may be stored again later
                     for aid in [a for a, loc in self._outbox_index.items() if loc[0] == part]:

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.notify.base import Alert
 from gateway.notify.folder import FolderNotifier, build_payload
-from gateway.notify.webhook import WebhookNotifier, build_request
+from gateway.notify.webhook import WebhookNotifier, build_request, verify
 
 
 def alert(tmp_path=None, photo: bytes | None = None, aid: str = "box1_evt00001_folder_abc") -> Alert:
@@ -182,3 +182,82 @@ def test_webhook_retried_by_outbox_until_server_accepts(tmp_path, server):
 def test_build_request_without_photo():
     r = build_request(alert(), None, "json")
     assert json.loads(r.body)["photo_jpeg_base64"] is None
+
+
+# --- signed webhooks (issue 19) --------------------------------------------------------------
+
+
+def test_webhook_body_is_signed_with_hmac_sha256_of_the_shared_secret(tmp_path):
+    """The receiver's side, written from the docs (docs/webhooks.md), against the real request."""
+    import hashlib
+    import hmac
+
+    from tests.support.servers import HttpSink
+
+    sink_server = HttpSink().start()
+    try:
+        url = f"http://127.0.0.1:{sink_server.port}/hook"
+        sink = WebhookNotifier(url, secret="sh4red", clock=lambda: 1_700_000_123.0)
+        for fmt in ("json", "multipart"):
+            sink.fmt = fmt
+            assert sink.send(alert(tmp_path, b"\xff\xd8photo\xff\xd9")).ok
+        reqs = sink_server.wait_for("/hook", 2)
+        for req in reqs:
+            expected = "sha256=" + hmac.new(b"sh4red", req.body, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(req.headers["X-Parcelbox-Signature-256"], expected)
+            assert req.headers["X-Parcelbox-Delivery"] == alert().id
+        doc = json.loads(reqs[0].body)
+        assert doc["sent_at"] == 1_700_000_123.0  # inside the signature: old bodies can be refused
+        assert verify("sh4red", reqs[0].body, reqs[0].headers["X-Parcelbox-Signature-256"])
+        assert not verify("sh4red", reqs[0].body + b" ", reqs[0].headers["X-Parcelbox-Signature-256"])
+        assert not verify("other", reqs[0].body, reqs[0].headers["X-Parcelbox-Signature-256"])
+        assert not verify("sh4red", reqs[0].body, None)
+        # Without a secret: no signature header (and nothing pretends to be one).
+        WebhookNotifier(url).send(alert())
+        assert "X-Parcelbox-Signature-256" not in sink_server.wait_for("/hook", 3)[-1].headers
+    finally:
+        sink_server.stop()
+
+
+def test_webhook_gets_every_stored_event_and_status_change(tmp_path, mosquitto, prefix):
+    """lid_closed and snapshot are not alerts (alerts.kinds) but the webhook gets them, signed."""
+    from gateway.app import build_notifiers
+    from gateway.service import GatewayService
+    from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
+    from tests.support.servers import HttpSink
+
+    hook = HttpSink().start()
+    cfg = gateway_config(
+        tmp_path / "data",
+        mosquitto.url,
+        prefix,
+        PARCELBOX_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{hook.port}/events",
+        PARCELBOX_NOTIFY_WEBHOOK_SIGNING_KEY="sh4red",
+    )
+    svc = GatewayService(cfg)
+    for n in build_notifiers(cfg):
+        svc.add_notifier(n)
+    box = Box(mosquitto.url, prefix, "box1")
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        ids = {}
+        for etype in ("delivery", "lid_closed", "snapshot"):
+            ids[etype] = new_event_id()
+            box.send(ids[etype], make_jpeg(64, 48) if etype != "lid_closed" else None, etype=etype)
+            assert box.wait_ack(ids[etype])["ok"]
+        reqs = hook.wait_for("/events", 3)
+        docs = {json.loads(r.body)["kind"]: json.loads(r.body) for r in reqs}
+        assert set(docs) >= {"delivery", "lid_closed", "snapshot"}
+        assert all(verify("sh4red", r.body, r.headers["X-Parcelbox-Signature-256"]) for r in reqs)
+        assert docs["lid_closed"]["event_ids"] == [ids["lid_closed"]]
+        # ...while the folder sink (people's alerts) got only the delivery.
+        kinds = wait_for(
+            lambda: [json.loads(p.read_text())["kind"] for p in cfg.folder_sink_path.glob("*.json")],
+            what="the folder alert",
+        )
+        assert kinds == ["delivery"]
+    finally:
+        svc.stop()
+        box.close()
+        hook.stop()

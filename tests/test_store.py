@@ -143,7 +143,7 @@ def test_one_file_per_month_newest_first_and_paging(tmp_path):
     ]
     page = s.list_events(limit=3)
     assert [e["id"] for e in page] == ["nov000004", "nov000003", "nov000002"]
-    page2 = s.list_events(limit=4, before=(page[-1]["ts"], page[-1]["id"]))
+    page2 = s.list_events(limit=4, before=(page[-1]["ts"], page[-1]["seq"], page[-1]["id"]))
     assert [e["id"] for e in page2] == ["nov000001", "nov000000", "oct000004", "oct000003"]
     assert [e["id"] for e in s.list_events(type="pickup")] == ["nov000004"]
     assert len(s.list_events(since=NOV, limit=100)) == 5

@@ -67,9 +67,9 @@ def brute(events: list[dict[str, Any]], **q: Any) -> list[tuple[str, str]]:
         and (q.get("type") is None or e["type"] == q["type"])
         and (q.get("since") is None or e["ts"] >= q["since"])
         and (q.get("until") is None or e["ts"] < q["until"])
-        and (q.get("before") is None or (e["ts"], e["id"]) < tuple(q["before"]))
+        and (q.get("before") is None or (e["ts"], e["seq"], e["id"]) < tuple(q["before"]))
     ]
-    rows.sort(key=lambda e: (e["ts"], e["id"], e["device"]), reverse=True)
+    rows.sort(key=lambda e: (e["ts"], e["seq"], e["id"], e["device"]), reverse=True)
     return [(e["device"], e["id"]) for e in rows[: q.get("limit", 50)]]
 
 
@@ -86,7 +86,9 @@ def random_query(rng: random.Random, events: list[dict[str, Any]]) -> dict[str, 
     if rng.random() < 0.4:
         e = rng.choice(events)
         # a cursor from a real row (ties on ts around it), or one between rows
-        q["before"] = rng.choice([(e["ts"], e["id"]), (e["ts"], "ev"), (rng.uniform(START, END), "zz")])
+        q["before"] = rng.choice(
+            [(e["ts"], e["seq"], e["id"]), (e["ts"], e["seq"], "ev"), (rng.uniform(START, END), 0, "zz")]
+        )
     return q
 
 
@@ -100,7 +102,7 @@ def page_through(store: Store, **q: Any) -> list[tuple[str, str]]:
         got += [(r["device"], r["id"]) for r in rows]
         if len(rows) < limit:
             return got
-        before = (rows[-1]["ts"], rows[-1]["id"])
+        before = (rows[-1]["ts"], rows[-1]["seq"], rows[-1]["id"])
     raise AssertionError("paging did not end")
 
 
@@ -115,10 +117,10 @@ def check_store(store: Store, events: list[dict[str, Any]], rng: random.Random, 
         rows = store.list_events(**q)
         assert [(r["device"], r["id"]) for r in rows] == brute(events, **q), q
         assert all(r == by_key[(r["device"], r["id"])] for r in rows)  # whole records, from any file
-    # Paging through with the cursor yields every match once, newest first. The cursor is (ts, id),
-    # as the API's is: two events sharing both (same id on two boxes, same second) can be split by a
-    # page boundary and the second one skipped, so the exact check needs (ts, id) unique.
-    unique = len({(e["ts"], e["id"]) for e in events}) == len(events)
+    # Paging through with the cursor yields every match once, newest first. The cursor is (ts, seq, id),
+    # as the API's is: two events sharing all three (same id on two boxes, same second) can be split by
+    # a page boundary and the second one skipped, so the exact check needs (ts, seq, id) unique.
+    unique = len({(e["ts"], e["seq"], e["id"]) for e in events}) == len(events)
     for _ in range(queries // 4):
         q = random_query(rng, events)
         q["limit"] = rng.choice([1, 3, 10, 50])
@@ -291,13 +293,35 @@ def test_event_index_unit():
     ]
     idx.build(entry_for(d) for d in docs[:2])
     idx.add(entry_for(docs[2]))  # older than everything: an insert, not an append
-    assert [e[1] for e in idx.page()] == ["x2", "x1", "x3"]
-    assert [e[1] for e in idx.page(before=(5, "x2"))] == ["x1", "x3"]
-    assert [e[1] for e in idx.page(device="a", type="pickup")] == ["x3"]
-    assert [e[1] for e in idx.page(since=2, until=5.0)] == []
+    assert [e[2] for e in idx.page()] == ["x2", "x1", "x3"]
+    assert [e[2] for e in idx.page(before=(5, 0, "x2"))] == ["x1", "x3"]
+    assert [e[2] for e in idx.page(device="a", type="pickup")] == ["x3"]
+    assert [e[2] for e in idx.page(since=2, until=5.0)] == []
     assert idx.count(type="pickup") == 2 and idx.count(device="a") == 2
-    assert idx.remove_if(lambda e: e[2] == "a") == 2
-    assert [e[1] for e in idx.page()] == ["x1"] and idx.count(device="a") == 0
+    assert idx.remove_if(lambda e: e[3] == "a") == 2
+    assert [e[2] for e in idx.page()] == ["x1"] and idx.count(device="a") == 0
+
+
+def test_same_second_events_follow_the_box_seq(tmp_path):
+    """Issue 15 item 2: a box stamps whole seconds; within one, its `seq` says which came first (the
+    random ids do not). Old code ordered ties by id: seq 6 was listed above seq 7."""
+    t = 1_794_000_000.0
+    s = Store(tmp_path)
+    try:
+        for seq, eid in ((5, "ffff0005"), (6, "eeee0006"), (7, "aaaa0007"), (8, "cccc0008")):
+            s.add_event({"device": "box1", "id": eid, "type": "delivery", "ts": t, "received_at": t,
+                         "seq": seq, "sensors": {}, "photo": None, "cmd": None})  # fmt: skip
+        assert [e["seq"] for e in s.list_events()] == [8, 7, 6, 5]
+        page = s.list_events(limit=2)
+        rest = s.list_events(limit=10, before=(page[-1]["ts"], page[-1]["seq"], page[-1]["id"]))
+        assert [e["seq"] for e in page + rest] == [8, 7, 6, 5]
+    finally:
+        s.close()
+    s2 = Store(tmp_path)  # the order rebuilt from the files is the same
+    try:
+        assert [e["seq"] for e in s2.list_events()] == [8, 7, 6, 5]
+    finally:
+        s2.close()
 
 
 def test_reading_history_does_not_evict_the_month_being_written(tmp_path, monkeypatch):
@@ -371,3 +395,33 @@ def test_reading_a_file_with_another_layout_or_a_crash_journal(tmp_path, monkeyp
         check_store(s3, events + [rec], rng, 40)
     finally:
         s3.close()
+
+
+def test_several_types_page_like_the_contract(tmp_path):
+    """The dashboard's default list (issue 15 item 11): deliveries and pickups, paged with the cursor."""
+    rng = random.Random(7)
+    events = make_events(rng, 300)
+    s = Store(tmp_path)
+    try:
+        for e in events:
+            s.add_event(dict(e))
+        want = [
+            (e["device"], e["id"])
+            for e in sorted(events, key=lambda e: (e["ts"], e["seq"], e["id"], e["device"]), reverse=True)
+            if e["type"] in ("delivery", "pickup")
+        ]
+        got, before = [], None
+        for _ in range(100):
+            rows = s.list_events(type=("delivery", "pickup"), before=before, limit=7)
+            got += [(r["device"], r["id"]) for r in rows]
+            if len(rows) < 7:
+                break
+            before = (rows[-1]["ts"], rows[-1]["seq"], rows[-1]["id"])
+        assert got == want
+        assert [r["id"] for r in s.list_events(type=("pickup",), limit=5)] == [
+            i
+            for d, i in want
+            if next(e for e in events if e["id"] == i and e["device"] == d)["type"] == "pickup"
+        ][:5]
+    finally:
+        s.close()

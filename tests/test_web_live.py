@@ -99,9 +99,17 @@ def test_stop_ends_open_streams_and_frees_the_port(port: MemoryPort) -> None:
 
 
 def test_bind_failure_is_reported(port: MemoryPort, server: WebServer) -> None:
+    # A taken port is not a failure any more (issue 15 item 4): the dashboard moves to a free one.
     other = WebServer(port, WebSettings(host="127.0.0.1", port=server.bound_port))
+    other.start()
+    try:
+        assert other.moved_from == server.bound_port and other.bound_port != server.bound_port
+    finally:
+        other.stop()
+    # An address this machine does not have still stops the start with a clear message.
+    elsewhere = WebServer(port, WebSettings(host="192.0.2.1", port=0))
     with pytest.raises(OSError, match="dashboard cannot listen"):
-        other.start()
+        elsewhere.start()
 
 
 def test_disabled_server_does_nothing(port: MemoryPort) -> None:

@@ -378,7 +378,7 @@ def test_neonize_missing_says_how_to_install_and_does_not_loop(tmp_path: Path, m
     settings = fake_settings(tmp_path, transport="neonize")
     with running(settings) as sup:
         st = wait_state(sup, "not_installed")
-        assert "pip install 'parcelbox[whatsapp]'" in st["detail"]
+        assert ".venv/bin/pip install -e '.[whatsapp]'" in st["detail"]
         assert sup.finished.wait(15) and sup.restarts == 0 and sup.crashes == 0
 
 

@@ -3,7 +3,7 @@
 
     python tools/simulate.py --broker mqtt://127.0.0.1:1884 --device box-1 --deliveries 5 --photos DIR
     python tools/simulate.py --broker mqtt://127.0.0.1:1884 --devices 3 --deliveries 2
-    python tools/simulate.py --broker mqtt://127.0.0.1:1884 --device box-1 --stay --timeout 600
+    python tools/simulate.py --broker mqtt://127.0.0.1:1884 --device box-1 --stay   # until Ctrl-C
     python tools/simulate.py --broker mqtt://127.0.0.1:1883 --device box-1 --username box-1 --password PW
 
 Port 1884 is the gateway's local listener, where anonymous simulated boxes are welcome (when
@@ -36,6 +36,7 @@ import argparse
 import collections
 import io
 import json
+import math
 import os
 import random
 import sys
@@ -796,6 +797,13 @@ def run_boxes(boxes: list[SimulatedBox], timeout: float, stay: bool = False, tic
     return all(b.all_acked() for b in boxes)
 
 
+def run_timeout(timeout: float | None, stay: bool) -> float:
+    """--stay means "until Ctrl-C": no deadline unless one is given; otherwise 120 s by default."""
+    if timeout is not None:
+        return timeout
+    return math.inf if stay else 120.0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--broker", required=True, help="mqtt://host:port")
@@ -828,8 +836,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camera-api", choices=("lemariva", "camera"), help=argparse.SUPPRESS)  # old name
     ap.add_argument("--sensor", choices=("ultrasonic", "ir", "none"), default="ultrasonic")
     ap.add_argument("--spool-dir", help="spool folder (per device: <dir>/<device>); default: a temp folder")
-    ap.add_argument("--stay", action="store_true", help="stay connected answering commands until --timeout")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up (bounded run)")
+    ap.add_argument(
+        "--stay", action="store_true", help="stay connected answering commands until Ctrl-C (or --timeout)"
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds before giving up (default 120; with --stay: none, it runs until Ctrl-C)",
+    )
     ap.add_argument("--tick-ms", type=int, default=50, help="virtual milliseconds per simulation step")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
@@ -870,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
             rnd.choice((b.deliver, b.deliver, b.pickup, b.peek))()
         boxes.append(b)
     try:
-        ok = run_boxes(boxes, a.timeout, stay=a.stay)
+        ok = run_boxes(boxes, run_timeout(a.timeout, a.stay), stay=a.stay)
     except KeyboardInterrupt:
         ok = all(b.all_acked() for b in boxes)
     finally:

@@ -12,6 +12,7 @@ What it publishes and why is in `gateway.homeassistant.discovery` and docs/homea
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 DEVICE_REMOVED = "device_removed"
 
 _MAX_BACKOFF_S = 30.0
+# The sync probe normally returns within milliseconds; a broker that silently drops our publishes to it
+# (an ACL without write access there) must not keep Home Assistant from being told anything.
+_PROBE_TIMEOUT_S = 5.0
 
 
 # --- MQTT connection helpers ---------------------------------------------------------------------
@@ -175,7 +179,12 @@ class HomeAssistantBridge:
         self._registry = registry
         self._state_path = Path(state_path) if state_path is not None else None
         self._registry_seen: tuple[float, set[str]] | None = None
+        self._registry_names: dict[str, str] = {}  # registered box -> its name, for boxes never heard from
         self._removed: set[str] = set()  # removed while running: not announced again from the port's list
+        # Removed boxes whose removal Home Assistant may not have seen (it was down): sent again at every
+        # start and after its birth message, which confirms it (see `discovery.removal_messages`).
+        self._tombstones: set[str] = set()
+        self._ha_online: bool | None = None  # from Home Assistant's birth / last will; None: not known
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -194,6 +203,14 @@ class HomeAssistantBridge:
         self._whatsapp_dirty = False
         self._storage: dict[str, Any] | None = None  # the service's last STORAGE_STATE, to publish
         self._storage_dirty = False
+        self._ha_birth = False  # Home Assistant (re)started: it has seen nothing we sent before
+        # sha256 of each image retained on the broker, read back through our own subscription; an image
+        # is published only when it differs (Home Assistant's image entity changes state on every
+        # message, so a re-sent photo fired automations). Written by paho's thread, under _lock.
+        self._retained_images: dict[tuple[str, str], str] = {}
+        self._probe: str | None = None  # sync probe in flight: the retained images are not all in yet
+        self._probe_at = 0.0
+        self._sub_mid: int | None = None
         # Worker-only state.
         self._published: dict[str, bytes] = {}  # topic -> payload last published this session
         self._image_sent: dict[tuple[str, str], str] = {}
@@ -217,6 +234,7 @@ class HomeAssistantBridge:
         c.enable_logger(logging.getLogger(__name__ + ".paho"))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
         return c
 
@@ -328,7 +346,7 @@ class HomeAssistantBridge:
         deadline = time.monotonic() + timeout
         with self._idle:
             while True:
-                if self.connected and not self._busy and not self._has_work():
+                if self.connected and self._probe is None and not self._busy and not self._has_work():
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -413,16 +431,40 @@ class HomeAssistantBridge:
             self.log.warning("homeassistant: broker refused the connection: %s", reason)
             return
         client.publish(d.gateway_availability_topic(self.cfg), d.PAYLOAD_ONLINE, qos=1, retain=True)
-        client.subscribe([(self.cfg.birth_topic, 1), (d.press_subscription(self.cfg), 1)])
+        with self._lock:
+            self._ha_online = None
+            self._retained_images.clear()
+            self._probe = uuid.uuid4().hex
+            self._probe_at = self._clock()
+        _rc, self._sub_mid = client.subscribe(
+            [
+                (self.cfg.birth_topic, 1),
+                (d.press_subscription(self.cfg), 1),
+                (d.image_subscription(self.cfg), 1),
+                (d.sync_probe_topic(self.cfg), 1),
+            ]
+        )
         self.log.info(
             "homeassistant: connected; discovery on %s/, states on %s/", self.cfg.prefix, self.cfg.base
         )
 
-        def change() -> None:
-            # The broker may have restarted without its retained messages: publish everything again.
-            self._full_resync = True
-
-        self._mark(change)
+    def _on_subscribe(self, client: mqtt.Client, _userdata: Any, mid: int, reasons: Any, _props: Any) -> None:
+        if mid != self._sub_mid:
+            return
+        if any(getattr(r, "is_failure", False) for r in reasons):
+            # A broker ACL without read access to our own topics: we cannot tell which photos the
+            # broker already holds, so every connect sends them again (as before).
+            self.log.warning(
+                "homeassistant: the broker refused a subscription (%s); photos are re-sent on every "
+                "connect. Let this login read %s/#",
+                [str(r) for r in reasons],
+                self.cfg.base,
+            )
+            self._probe = None
+            self._mark(lambda: setattr(self, "_full_resync", True))
+            return
+        # Comes back after every retained image of the subscription (see `discovery.sync_probe_topic`).
+        client.publish(d.sync_probe_topic(self.cfg), (self._probe or "").encode(), qos=1, retain=False)
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
@@ -434,7 +476,34 @@ class HomeAssistantBridge:
         topic, payload = msg.topic, bytes(msg.payload)
         if topic == self.cfg.birth_topic:
             if payload.strip() == d.PAYLOAD_ONLINE.encode():
-                self._mark(lambda: setattr(self, "_discovery_resync", True))
+
+                def birth() -> None:
+                    self._ha_online = True
+                    self._discovery_resync = self._ha_birth = True
+
+                self._mark(birth)
+            elif payload.strip() == d.PAYLOAD_OFFLINE.encode():
+                with self._lock:
+                    self._ha_online = False
+            return
+        if topic == d.sync_probe_topic(self.cfg):
+            if self._probe is not None and payload.decode("ascii", "replace") == self._probe:
+
+                def synced() -> None:
+                    # The broker may have restarted without its retained messages: publish everything
+                    # again (photos only where the broker's copy differs).
+                    self._probe = None
+                    self._full_resync = True
+
+                self._mark(synced)
+            return
+        image = d.image_from_topic(self.cfg, topic)
+        if image is not None:
+            with self._lock:
+                if payload:
+                    self._retained_images[image] = hashlib.sha256(payload).hexdigest()
+                else:
+                    self._retained_images.pop(image, None)
             return
         device = d.device_from_press_topic(self.cfg, topic)
         if device is None:
@@ -456,6 +525,7 @@ class HomeAssistantBridge:
             or self._restores
             or self._whatsapp_dirty
             or self._storage_dirty
+            or self._ha_birth
         )
 
     def _run(self) -> None:
@@ -466,6 +536,14 @@ class HomeAssistantBridge:
                 break
             if not self._client.is_connected() or self._clock() < self._retry_at:
                 continue
+            if self._probe is not None and self._clock() - self._probe_at > _PROBE_TIMEOUT_S:
+                self.log.warning(
+                    "homeassistant: no answer on %s (broker ACL?); photos are re-sent on every connect",
+                    d.sync_probe_topic(self.cfg),
+                )
+                with self._lock:
+                    self._probe = None
+                    self._full_resync = True
             self._check_registry()
             with self._lock:
                 work = (
@@ -476,8 +554,9 @@ class HomeAssistantBridge:
                     self._presses,
                     self._removals,
                     self._restores,
+                    self._ha_birth,
                 )
-                self._full_resync = self._discovery_resync = False
+                self._full_resync = self._discovery_resync = self._ha_birth = False
                 self._devices, self._images, self._presses = {}, {}, {}
                 self._removals, self._restores = set(), set()
                 whatsapp, self._whatsapp_dirty = self._whatsapp if self._whatsapp_dirty else None, False
@@ -516,7 +595,9 @@ class HomeAssistantBridge:
         """Registry snapshot at start, compared with the one saved last time: boxes removed while the
         gateway was down are cleared now."""
         assert self._registry is not None
-        now = {c.device for c in self._registry.list()}
+        creds = self._registry.list()
+        now = {c.device for c in creds}
+        self._registry_names = {c.device: getattr(c, "name", None) or c.device for c in creds}
         self._registry_seen = (self._registry.mtime(), now)
         if self._state_path is None:
             return
@@ -524,13 +605,15 @@ class HomeAssistantBridge:
             saved = json.loads(self._state_path.read_bytes())
             before = {x for x in saved.get("registered", []) if valid_device_id(x)}
             removed = {x for x in saved.get("removed", []) if valid_device_id(x)}
+            unseen = {x for x in saved.get("unconfirmed_removals", []) if valid_device_id(x)}
         except FileNotFoundError:
-            before, removed = set(), set()
+            before, removed, unseen = set(), set(), set()
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             self.log.warning("homeassistant: ignoring unreadable %s: %s", self._state_path, exc)
             self._count("state_file_errors")
-            before, removed = set(), set()
+            before, removed, unseen = set(), set(), set()
         self._removed = (removed - now) | (before - now)
+        self._tombstones = unseen - now
         with self._lock:
             self._removals |= before - now
         self._save_registry_state()
@@ -539,7 +622,12 @@ class HomeAssistantBridge:
         if self._state_path is None or self._registry_seen is None:
             return
         body = json.dumps(
-            {"v": 1, "registered": sorted(self._registry_seen[1]), "removed": sorted(self._removed)}
+            {
+                "v": 1,
+                "registered": sorted(self._registry_seen[1]),
+                "removed": sorted(self._removed),
+                "unconfirmed_removals": sorted(self._tombstones),
+            }
         ).encode()
         try:
             atomic_write(self._state_path, body)
@@ -562,7 +650,8 @@ class HomeAssistantBridge:
             mtime = self._registry.mtime()
             if mtime == self._registry_seen[0]:
                 return
-            now = {c.device for c in self._registry.list()}
+            creds = self._registry.list()
+            now = {c.device for c in creds}
         except Exception as exc:  # a half-written or unreadable registry: try again next round
             self._count("registry_errors")
             self.log.warning("homeassistant: cannot read the device registry: %s", exc)
@@ -570,11 +659,14 @@ class HomeAssistantBridge:
         gone = self._registry_seen[1] - now
         back = now - self._registry_seen[1]
         self._registry_seen = (mtime, now)
+        self._registry_names = {c.device: getattr(c, "name", None) or c.device for c in creds}
         self._save_registry_state()
         for device in sorted(gone):
             self.remove_device(device)
         for device in sorted(back & self._removed):
             self.restore_device(device)
+        for device in sorted(back - self._removed):  # newly registered: announced at once (unavailable)
+            self._mark(lambda device=device: self._devices.__setitem__(device, None))
 
     def _process(
         self,
@@ -585,6 +677,7 @@ class HomeAssistantBridge:
         presses: dict[str, bytes],
         removals: set[str],
         restores: set[str],
+        ha_birth: bool = False,
     ) -> None:
         for device in sorted(removals):
             self._removed.add(device)
@@ -594,9 +687,24 @@ class HomeAssistantBridge:
             for key in [k for k in images if k[0] == device]:
                 del images[key]
         self._removed -= restores
+        self._tombstones -= restores
         for device in restores:
             devices.setdefault(device, None)
-        if removals or restores:
+            # Its images were cleared with it: send the last photos again, or both image entities
+            # stay "unknown" until the box's next photo.
+            for kind in d.IMAGE_KINDS:
+                eid = self._latest_event_with_photo(device, kind)
+                if eid:
+                    images.setdefault((device, kind), eid)
+        if (full or ha_birth) and self._tombstones:
+            # Home Assistant may have been down when these boxes were removed: remove them again. After
+            # its birth message it is listening, so that removal is the one it sees.
+            for device in sorted(self._tombstones):
+                self._send_removal(device)
+            if ha_birth:
+                self.log.info("homeassistant: removal of %s confirmed", ", ".join(sorted(self._tombstones)))
+                self._tombstones.clear()
+        if removals or restores or ha_birth:
             self._save_registry_state()
         if full or discovery:
             records = self._list_devices()
@@ -640,11 +748,19 @@ class HomeAssistantBridge:
 
     def _list_devices(self) -> list[dict[str, Any]]:
         # The gateway's store keeps the history of removed boxes; Home Assistant should not show them.
-        return [
+        out = [
             dict(r)
             for r in self.port.list_devices()
             if valid_device_id(r.get("device")) and r["device"] not in self._removed
         ]
+        if self._registry_seen is not None:
+            # Registered but never heard from: announced now, unavailable until it connects.
+            have = {r["device"] for r in out}
+            for device in sorted(self._registry_seen[1] - have - self._removed):
+                if valid_device_id(device):
+                    name = self._registry_names.get(device) or device
+                    out.append({"device": device, "name": name, "online": False, "waiting": 0})
+        return out
 
     def _publish(self, topic: str, payload: bytes, *, force: bool, retain: bool = True) -> None:
         if not force and self._published.get(topic) == payload:
@@ -696,6 +812,15 @@ class HomeAssistantBridge:
             self._count("image_missing")
             self.log.warning("homeassistant: no photo file for %s event %s; image not updated", device, eid)
             return
+        sha = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            unchanged = self._retained_images.get((device, kind)) == sha
+        if unchanged:  # the broker already holds exactly this photo: Home Assistant has it
+            self._image_sent[(device, kind)] = eid
+            self._count("images_unchanged")
+            return
+        with self._lock:
+            self._retained_images[(device, kind)] = sha
         self._publish(d.image_topic(self.cfg, device, kind), data, force=True)
         self._published.pop(d.image_topic(self.cfg, device, kind), None)  # keep big payloads out of memory
         self._image_sent[(device, kind)] = eid
@@ -745,14 +870,22 @@ class HomeAssistantBridge:
         self.log.warning("homeassistant: snapshot button for %s ignored: %s (%s)", device, reason, detail)
 
     def _clear(self, device: str) -> None:
-        for topic in d.box_config_topics(self.cfg, device) + d.retained_box_topics(self.cfg, device):
-            self._publish(topic, b"", force=True)
-            self._published.pop(topic, None)
+        self._send_removal(device)
+        if not self._ha_online:  # down, or not known to be up: repeat after its next birth message
+            self._tombstones.add(device)
+        with self._lock:
+            for kind in d.IMAGE_KINDS:
+                self._retained_images.pop((device, kind), None)
         self._known.discard(device)
         self._battery_seen.discard(device)
         for key in [k for k in self._image_sent if k[0] == device]:
             del self._image_sent[key]
         self._count("removed")
+
+    def _send_removal(self, device: str) -> None:
+        for topic, payload, retain in d.removal_messages(self.cfg, device):
+            self._publish(topic, payload, force=True, retain=retain)
+            self._published.pop(topic, None)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -206,6 +206,28 @@ def device_from_press_topic(cfg: HAConfig, topic: str) -> str | None:
     return device if valid_device_id(device) else None
 
 
+def image_subscription(cfg: HAConfig) -> str:
+    """The bridge reads its own retained images back, to publish a photo only when it changed."""
+    return f"{cfg.base}/box/+/image/+"
+
+
+def image_from_topic(cfg: HAConfig, topic: str) -> tuple[str, str] | None:
+    """(device, kind) of an image topic, or None."""
+    head = f"{cfg.base}/box/"
+    if not topic.startswith(head):
+        return None
+    device, sep, rest = topic[len(head) :].partition("/image/")
+    if not sep or rest not in IMAGE_KINDS or not valid_device_id(device):
+        return None
+    return device, rest
+
+
+def sync_probe_topic(cfg: HAConfig) -> str:
+    """A non-retained message the bridge sends itself after subscribing: when it comes back, the broker
+    has delivered every retained message of that subscription before it (one connection keeps order)."""
+    return f"{cfg.base}/gateway/sync"
+
+
 def retained_box_topics(cfg: HAConfig, device: str) -> list[str]:
     """Every retained non-discovery topic the bridge may have written for a box."""
     return [
@@ -647,3 +669,21 @@ def state_payload(record: Mapping[str, Any]) -> bytes:
 
 def availability_payload(record: Mapping[str, Any]) -> bytes:
     return (PAYLOAD_ONLINE if record.get("online") else PAYLOAD_OFFLINE).encode()
+
+
+def removal_messages(cfg: HAConfig, device: str) -> list[tuple[str, bytes, bool]]:
+    """(topic, payload, retain) that take a box out of a Home Assistant that may not know it this run.
+
+    Home Assistant ignores an empty discovery config for an entity it has not discovered since it
+    started (core `mqtt/discovery.py`, `async_process_discovery_payload`: "Unhandled discovery
+    message"), so an empty config alone never removes a box that was removed while it was down: it
+    stays as an orphan device. A config first (not retained: it must not outlive this message) makes
+    Home Assistant discover the entity again under its unique id; the empty config right after (queued
+    behind the first by Home Assistant's pending-discovery deque) then removes it, and the device with
+    its last entity. Every entity a box can have is listed, battery included."""
+    rec = {"device": device, "name": device}
+    out: list[tuple[str, bytes, bool]] = [
+        (ent.topic(cfg), ent.payload(), False) for ent in box_entities(cfg, rec, with_battery=True)
+    ]
+    out += [(t, b"", True) for t in box_config_topics(cfg, device) + retained_box_topics(cfg, device)]
+    return out

@@ -23,6 +23,7 @@ ALERT_KINDS = (
     "low_battery",
     "whatsapp_down",  # to the other sinks: WhatsApp alerts stopped (gateway.whatsapp.watch)
     "whatsapp_up",
+    "message",  # sent through the send API (POST /api/notify, gateway/sendapi.py)
 )
 
 

@@ -40,6 +40,8 @@ from gateway.jsonsafe import json_safe
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.ratelimit import SendLimiter
+from gateway.sendapi import MAX_BODY as NOTIFY_MAX_BODY
+from gateway.sendapi import BadRequest, alert_state, parse_json, parse_multipart
 from gateway.web import i18n
 from gateway.web.auth import (
     DEVICE_LIFETIME_S,
@@ -63,6 +65,7 @@ from gateway.web.live import Broadcaster
 from gateway.web.openapi import OPENAPI
 from gateway.web.qr import qr_svg, qr_version
 from gateway.web.settings import WebSettings
+from gateway.web.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ WEB_COMMANDS = ("snapshot", "reboot", "ping")
 OUTBOX_STATES = ("pending", "sent", "failed", "dead")
 MAX_PAGE = 200
 MAX_BODY = 8 * 1024  # every route's body limit, enforced while reading (gateway/web/bodylimit.py)
+# ...but the send API's, which carries a photo (gateway/sendapi.py).
+BODY_LIMITS = {"/api/notify": NOTIFY_MAX_BODY}
 PHONE_RE = re.compile(r"\+?[0-9]{7,15}")
 # Alert ids are built by the gateway from device, event id, notifier and a hash: longer than a
 # message id, but from the same path-safe alphabet.
@@ -176,20 +181,28 @@ def _limit(q: dict[str, str], default: int) -> int:
     return int(raw)
 
 
-def parse_cursor(raw: str) -> tuple[float, str]:
-    """`<ts>:<event id>` -> (ts, id); the colon never occurs in ids."""
-    ts_s, sep, eid = raw.partition(":")
-    try:
-        ts = float(ts_s)
-    except ValueError:
-        ts = math.nan
-    if not sep or not math.isfinite(ts) or not valid_msg_id(eid):
+def parse_cursor(raw: str) -> tuple[float, int, str]:
+    """`<ts>:<seq>:<event id>` -> (ts, seq, id); the colon never occurs in ids. A `<ts>:<id>` cursor
+    from a page served before the order took `seq` into account still works (its ties come again)."""
+    parts = raw.split(":")
+    if len(parts) == 2:
+        parts.insert(1, str(2**53))
+    ts = math.nan
+    seq = -1
+    if len(parts) == 3:
+        try:
+            ts = float(parts[0])
+        except ValueError:
+            pass
+        if parts[1].isdigit() and len(parts[1]) <= 16:
+            seq = int(parts[1])
+    if not math.isfinite(ts) or seq < 0 or not valid_msg_id(parts[-1]):
         raise ApiError(400, "bad_before", "before must be a cursor from a previous page")
-    return ts, eid
+    return ts, seq, parts[-1]
 
 
 def make_cursor(e: dict[str, Any]) -> str:
-    return f"{e['ts']!r}:{e['id']}"
+    return f"{e['ts']!r}:{int(e.get('seq') or 0)}:{e['id']}"
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -223,9 +236,12 @@ def api_events(request: Request) -> JSONResponse:
     device = q.get("device") or None
     if device is not None:
         _device(device)
-    etype = q.get("type") or None
-    if etype is not None and etype not in EVENT_TYPES:
-        raise ApiError(400, "bad_type", f"type must be one of {', '.join(EVENT_TYPES)}")
+    etype: str | tuple[str, ...] | None = None
+    if q.get("type"):
+        types = tuple(q["type"].split(","))  # `delivery,pickup`: any of them
+        if len(types) > len(EVENT_TYPES) or any(t not in EVENT_TYPES for t in types):
+            raise ApiError(400, "bad_type", f"type must be one or more of {', '.join(EVENT_TYPES)}")
+        etype = types[0] if len(types) == 1 else types
     before = parse_cursor(q["before"]) if q.get("before") else None
     limit = _limit(q, 50)
     rows = _port(request).list_events(
@@ -302,6 +318,7 @@ def api_health(request: Request) -> JSONResponse:
         "login_rate_limited": request.app.state.limiter.refused,
         "login_slowed": request.app.state.limiter.slowed,
         "body_too_large": body_limit.refused if body_limit else 0,
+        "api_refused": request.app.state.api_refused,
     }
     table = getattr(request.app.state, "connections", None)  # set by WebServer, absent in tests' clients
     if table is not None:
@@ -331,6 +348,72 @@ def api_outbox_retry(request: Request) -> JSONResponse:
         raise ApiError(409, "not_retryable", "no failed or dead alert with this id")
     log.info("web: alert %s queued for retry", alert_id)
     return _json({"ok": True, "id": alert_id})
+
+
+async def api_notify(request: Request) -> JSONResponse:
+    """Queue a message through the outbox to the chosen sinks; 202 with the alert ids once durable."""
+    port = _port(request)
+    queue = getattr(port, "queue_message", None)
+    if queue is None:
+        raise ApiError(501, "not_available", "this gateway does not offer the send API")
+    ctype = request.headers.get("content-type", "")
+    body = await request.body()  # bounded by BodyLimit (BODY_LIMITS) while it streamed in
+    try:
+        if ctype.startswith("application/json"):
+            req = parse_json(body)
+        elif ctype.startswith("multipart/form-data"):
+            req = parse_multipart(ctype, body)
+        else:
+            raise BadRequest("bad_content_type", "send application/json or multipart/form-data")
+        result = await run_in_threadpool(queue, req)
+    except BadRequest as e:
+        request.app.state.api_refused += 1
+        log.warning("send API: refused (%s): %s", e.error, e.detail[:200])
+        raise ApiError(413 if e.error == "too_large" else 400, e.error, e.detail) from None
+    who = getattr(request.state, "token", None) or "dashboard session"
+    log.info("send API: message %s from %s", result["id"], who)
+    return _json(result, 202)
+
+
+def api_alert(request: Request) -> JSONResponse:
+    alert_id = request.path_params["alert_id"]
+    if not ALERT_ID_RE.fullmatch(alert_id):
+        raise ApiError(400, "bad_alert_id", "alert id must match [A-Za-z0-9_-]{1,200}")
+    get = getattr(_port(request), "get_alert", None)
+    rec = get(alert_id) if get is not None else None
+    if rec is None:
+        raise ApiError(404, "not_found", "no such alert")
+    return _json(alert_state(rec))
+
+
+def api_channels(request: Request) -> JSONResponse:
+    """Per-URL state of the Apprise sink (ids, routing, last outcome); never a URL."""
+    fn = getattr(_port(request), "channels", None)
+    return _json({"channels": fn() if fn is not None else []})
+
+
+async def api_channel_test(request: Request) -> JSONResponse:
+    sink, rid = request.path_params["sink"], request.path_params["recipient"]
+    if sink != "apprise" or not ALERT_ID_RE.fullmatch(rid):
+        raise ApiError(404, "not_found", "no such channel")
+    fn = getattr(_port(request), "test_channel", None)
+    if fn is None:
+        raise ApiError(501, "not_available", "this gateway does not offer channel tests")
+    limiter: SendLimiter = request.app.state.channel_test_limiter
+    wait = limiter.try_acquire(rid)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many test messages; try again in {math.ceil(wait)} s",
+            {"retry-after": str(math.ceil(wait))},
+        )
+    try:
+        result = await run_in_threadpool(fn, sink, rid)
+    except LookupError:
+        raise ApiError(404, "not_found", "no such channel") from None
+    log.info("web: test message queued to %s %s", sink, rid)
+    return _json(result, 202)
 
 
 WA_ACTIONS = {
@@ -750,6 +833,10 @@ API_ROUTES = [
     Route("/api/health", api_health, methods=["GET"]),
     Route("/api/outbox", api_outbox, methods=["GET"]),
     Route("/api/outbox/{alert_id}/retry", api_outbox_retry, methods=["POST"]),
+    Route("/api/notify", api_notify, methods=["POST"]),
+    Route("/api/alerts/{alert_id}", api_alert, methods=["GET"]),
+    Route("/api/channels", api_channels, methods=["GET"]),
+    Route("/api/channels/{sink}/{recipient}/test", api_channel_test, methods=["POST"]),
     Route("/api/whatsapp", api_whatsapp, methods=["GET"]),
     Route("/api/whatsapp/qr.svg", api_whatsapp_qr, methods=["GET"]),
     Route("/api/whatsapp/pair-code", api_whatsapp_pair_code, methods=["POST"]),
@@ -768,6 +855,7 @@ def create_app(
     limiter: LoginLimiter | None = None,
     whatsapp: Any = None,
     wa_test_limiter: SendLimiter | None = None,
+    tokens: TokenStore | None = None,
 ) -> Starlette:
     """The dashboard app for `port`. Live updates start when the app's lifespan starts.
 
@@ -779,6 +867,8 @@ def create_app(
         load_or_create_secret(settings.secret_file), state_file=settings.sessions_file
     )
     limiter = limiter or LoginLimiter(settings.login_max_failures, settings.login_window_s)
+    tokens = tokens or TokenStore(settings.tokens_file)
+    token_limiter = SendLimiter((settings.api_rate_per_minute, 60.0), None)
     broadcaster = Broadcaster(port.bus, live_transform)
 
     @contextlib.asynccontextmanager
@@ -803,12 +893,12 @@ def create_app(
     guard_holder: dict[str, Any] = {}
 
     def make_guard(app: Any) -> Guard:
-        g = Guard(app, settings, signer)
+        g = Guard(app, settings, signer, tokens, token_limiter)
         guard_holder["guard"] = g
         return g
 
     def make_body_limit(app: Any) -> BodyLimit:
-        b = BodyLimit(app, lambda _path: MAX_BODY, timeout_s=settings.body_timeout_s)
+        b = BodyLimit(app, lambda path: BODY_LIMITS.get(path, MAX_BODY), timeout_s=settings.body_timeout_s)
         guard_holder["body_limit"] = b
         return b
 
@@ -826,5 +916,8 @@ def create_app(
     app.state.broadcaster = broadcaster
     app.state.whatsapp = whatsapp
     app.state.wa_test_limiter = wa_test_limiter or SendLimiter(WA_TEST_PER_RECIPIENT, WA_TEST_OVERALL)
+    app.state.tokens = tokens
+    app.state.channel_test_limiter = SendLimiter(WA_TEST_PER_RECIPIENT, WA_TEST_OVERALL)
+    app.state.api_refused = 0
     app.state.guard_holder = guard_holder  # filled when Starlette builds the middleware stack
     return app

@@ -10,6 +10,11 @@ A pure ASGI middleware (not BaseHTTPMiddleware) so Server-Sent Events stream thr
   reachable from a hostile page in the same browser): the Origin (or Sec-Fetch-Site) must be this
   site, and the `X-CSRF-Token` header must equal the session's token (login) or the `pb_csrf`
   cookie (no login, double-submit). The login form carries the token as a form field instead.
+- API tokens (gateway/web/tokens.py): a request with `Authorization: Bearer <token>` is judged by
+  its token alone - known, not revoked, its scope allows this method and path, within its rate
+  limit - and needs no session or CSRF token (no cookie carries it, so no other site can make a
+  browser send it). The send API (`POST /api/notify`) from any address but loopback needs a token;
+  on loopback the dashboard's session and CSRF token do too.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from urllib.parse import quote, urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.ratelimit import SendLimiter
 from gateway.web.auth import SessionSigner, password_fingerprint, read_password_hash
-from gateway.web.settings import LOOPBACK_NAMES, WebSettings
+from gateway.web.settings import LOOPBACK_NAMES, WebSettings, is_loopback
+from gateway.web.tokens import TokenStore, bearer, scope_allows
 
 SESSION_COOKIE = "pb_session"
 DEVICE_COOKIE = "pb_device"  # "this browser logged in before" (gateway/web/auth.py LoginLimiter)
@@ -32,6 +39,7 @@ CSRF_COOKIE = "pb_csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PUBLIC_PATHS = {"/login"}
+TOKEN_REQUIRED_BEYOND_LOOPBACK = {"/api/notify"}
 # On every response. No framing (a hostile page could otherwise overlay the Unlink or Reboot buttons),
 # scripts only from our own files, no referrer leaking dashboard URLs, no MIME sniffing.
 CSP = (
@@ -84,10 +92,19 @@ def host_name(host_header: str) -> str:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, settings: WebSettings, signer: SessionSigner) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: WebSettings,
+        signer: SessionSigner,
+        tokens: TokenStore | None = None,
+        token_limiter: SendLimiter | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.signer = signer
+        self.tokens = tokens
+        self.token_limiter = token_limiter
         self.counters: dict[str, int] = {}
 
     def _count(self, name: str) -> None:
@@ -129,6 +146,20 @@ class Guard:
         if not self._host_ok(headers):
             self._count("bad_host")
             await _plain(send, 400, {"error": "bad_host", "detail": "this Host name is not served here"})
+            return
+
+        token = bearer(headers)
+        if token is not None:
+            await self._with_token(token, scope, receive, send)
+            return
+        client = scope.get("client") or ("", 0)
+        if path in TOKEN_REQUIRED_BEYOND_LOOPBACK and not is_loopback(str(client[0])):
+            self._count("token_required")
+            await _plain(
+                send,
+                401,
+                {"error": "token_required", "detail": "send an API token: Authorization: Bearer ..."},
+            )
             return
 
         cookies = parse_cookies(headers)
@@ -186,12 +217,52 @@ class Guard:
 
         await self.app(scope, receive, send_with_cookie)
 
+    async def _with_token(self, token: str, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        info = self.tokens.check(token) if self.tokens is not None and path.startswith("/api/") else None
+        if info is None:
+            self._count("bad_token")
+            await _plain(send, 401, {"error": "bad_token", "detail": "unknown or revoked API token"})
+            return
+        if not scope_allows(info.scope, method, path):
+            self._count("token_scope")
+            await _plain(
+                send,
+                403,
+                {"error": "insufficient_scope", "detail": f"a {info.scope!r} token may not {method} {path}"},
+            )
+            return
+        if self.token_limiter is not None:
+            wait = self.token_limiter.try_acquire(info.name)
+            if wait > 0:
+                self._count("token_rate_limited")
+                secs = str(max(1, int(wait + 0.999)))
+                await _plain(
+                    send,
+                    429,
+                    {"error": "rate_limited", "detail": f"token {info.name!r}: too many requests"},
+                    [(b"retry-after", secs.encode())],
+                )
+                return
+        scope.setdefault("state", {})
+        scope["state"].update({"session": None, "csrf": "", "token": info.name})
+
+        async def send_secure(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) + SECURITY_HEADERS}
+            await send(message)
+
+        await self.app(scope, receive, send_secure)
+
 
 def _quote(s: str) -> str:
     return quote(s, safe="/")
 
 
-async def _plain(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _plain(
+    send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     data = json.dumps(body).encode()
     await send(
         {
@@ -202,6 +273,7 @@ async def _plain(send: Send, status: int, body: dict[str, Any]) -> None:
                 (b"content-length", str(len(data)).encode()),
                 (b"cache-control", b"no-store"),
                 *SECURITY_HEADERS,
+                *(extra or []),
             ],
         }
     )

@@ -45,7 +45,10 @@ OPENAPI: dict[str, Any] = {
         "version": "1",
         "description": (
             "JSON API behind the parcelbox dashboard. On a non-loopback bind every call needs the session "
-            "cookie from POST /login. Every POST needs the X-CSRF-Token header equal to the pb_csrf cookie."
+            "cookie from POST /login. Every POST needs the X-CSRF-Token header equal to the pb_csrf cookie. "
+            "Instead of both, scripts send an API token (`Authorization: Bearer <token>`, `parcelbox web token "
+            "create NAME --scope send|read`): `send` for POST /api/notify and GET /api/alerts/{id} of its "
+            "messages, `read` for every GET."
         ),
     },
     "paths": {
@@ -56,8 +59,8 @@ OPENAPI: dict[str, Any] = {
                     _q("device", {"type": "string"}, "only this box"),
                     _q(
                         "type",
-                        {"enum": ["delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]},
-                        "only this type",
+                        {"type": "string"},
+                        "only these types, comma separated: delivery, pickup, lid_closed, lid_left_open, snapshot",
                     ),
                     _q("since", {"type": "number"}, "event time >= (seconds since 1970)"),
                     _q("until", {"type": "number"}, "event time < (seconds since 1970)"),
@@ -218,6 +221,85 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "409": ERR},
             }
         },
+        "/api/notify": {
+            "post": {
+                "summary": "Send a message (and a photo) through the gateway's sinks; queued durably",
+                "description": (
+                    "Queues one outbox entry per chosen sink and recipient (retries, rate limits and dead "
+                    "letter as for box alerts) and answers 202 once they are on disk. From any address but "
+                    "loopback it needs an API token (`Authorization: Bearer <token>`, scope `send`; "
+                    "`parcelbox web token create NAME`); on loopback the dashboard session and X-CSRF-Token "
+                    "work too. Bodies up to 5 MiB + 64 KiB; photos are JPEG, at most 5 MiB, validated and "
+                    "re-encoded. Rate limited per token (web.api_rate_per_minute): 429 with Retry-After."
+                ),
+                "security": [{"bearer": []}, {}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("NotifyRequest")},
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["text"],
+                                "properties": {
+                                    "text": {"type": "string", "maxLength": 4096},
+                                    "title": {"type": "string", "maxLength": 200},
+                                    "sinks": {"type": "string", "description": 'comma separated, or "all"'},
+                                    "box": {"type": "string"},
+                                    "photo": {"type": "string", "format": "binary", "description": "JPEG"},
+                                },
+                            }
+                        },
+                    },
+                },
+                "responses": {
+                    "202": _json(_ref("NotifyQueued"), "Queued"),
+                    "400": ERR,
+                    "401": ERR,
+                    "403": ERR,
+                    "413": ERR,
+                    "429": ERR,
+                },
+            }
+        },
+        "/api/alerts/{alert_id}": {
+            "get": {
+                "summary": "State of one alert (an id from POST /api/notify, or any outbox id)",
+                "security": [{"bearer": []}, {}],
+                "parameters": [
+                    {
+                        "name": "alert_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,200}$"},
+                    }
+                ],
+                "responses": {"200": _json(_ref("AlertState")), "400": ERR, "401": ERR, "404": ERR},
+            }
+        },
+        "/api/channels": {
+            "get": {
+                "summary": "Apprise URLs by id (scheme + hash, never the URL), their routing and last outcome",
+                "responses": {"200": _json({"type": "object"})},
+            }
+        },
+        "/api/channels/{sink}/{recipient}/test": {
+            "post": {
+                "summary": "Queue a test message to one Apprise URL (rate limited)",
+                "parameters": [
+                    {"name": "sink", "in": "path", "required": True, "schema": {"const": "apprise"}},
+                    {
+                        "name": "recipient",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                        "description": "the URL's id from GET /api/channels",
+                    },
+                    CSRF,
+                ],
+                "responses": {"202": _json(_ref("NotifyQueued"), "Queued"), "404": ERR, "429": ERR},
+            }
+        },
         "/api/whatsapp": {
             "get": {
                 "summary": "WhatsApp link state; `qr_url` while pairing; which actions this gateway offers",
@@ -306,7 +388,55 @@ OPENAPI: dict[str, Any] = {
         },
     },
     "components": {
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API token from `parcelbox web token create NAME --scope send|read`",
+            }
+        },
         "schemas": {
+            "NotifyRequest": {
+                "type": "object",
+                "required": ["text"],
+                "additionalProperties": False,
+                "properties": {
+                    "text": {"type": "string", "minLength": 1, "maxLength": 4096},
+                    "title": {"type": "string", "maxLength": 200},
+                    "sinks": {
+                        "oneOf": [
+                            {"const": "all"},
+                            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        ],
+                        "description": "whatsapp, apprise, webhook, folder (those configured), or all",
+                    },
+                    "box": {"type": "string", "description": "route like this box's alerts, and name it"},
+                },
+            },
+            "NotifyQueued": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "alerts": {"type": "array", "items": {"type": "string"}},
+                    "sinks": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "AlertState": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "state": {"enum": ["pending", "sent", "delivered", "read", "failed"]},
+                    "sink": {"type": "string"},
+                    "recipient": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "attempts": {"type": "integer"},
+                    "created_at": {"type": "number"},
+                    "sent_at": {"type": ["number", "null"]},
+                    "receipt_at": {"type": ["number", "null"]},
+                    "next_attempt_at": {"type": ["number", "null"]},
+                    "error": {"type": ["string", "null"]},
+                },
+            },
             "Error": {
                 "type": "object",
                 "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
@@ -402,6 +532,6 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
             },
-        }
+        },
     },
 }

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import json
 import logging
+import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,31 @@ log = logging.getLogger(__name__)
 # connection table sees them is a small multiple of this.
 ACCEPT_BATCH = 32
 KEEP_ALIVE_S = 5
+# Where the dashboard really listens (it moves to a free port when `[web] port` is taken), for
+# `parcelbox status`; removed on a clean stop, like the broker's broker.json.
+WEB_FILE = "web.json"
+
+
+def read_live_url(data_dir: Path | str) -> str | None:
+    """The running dashboard's URL from `<data_dir>/web.json`, or None."""
+    try:
+        doc = json.loads((Path(data_dir) / WEB_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    url = doc.get("url") if isinstance(doc, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def _phone_host(host: str) -> str:
+    """A host a phone on the LAN can open: a wildcard bind (0.0.0.0, ::) is not an address."""
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            from gateway.flash.devconfig import lan_address
+
+            return lan_address() or host
+        except Exception:
+            return host
+    return host
 
 
 class WebServer:
@@ -50,10 +80,12 @@ class WebServer:
         self.bound_port: int | None = None
         self.listen_socket: socket.socket | None = None
         self.connections: ConnectionTable | None = None
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.moved_from: int | None = None  # the configured port, when it was taken
 
     @property
     def url(self) -> str:
-        host = self.settings.host
+        host = _phone_host(self.settings.host)
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.bound_port}"
@@ -70,8 +102,17 @@ class WebServer:
                 if read_password_hash(s.password_file)
                 else "NO PASSWORD SET: run `parcelbox web set-password`"
             )
-            return f"dashboard     {self.url}  ({how})"
-        return f"dashboard     {self.url}  (this machine only; set [web] host to share it, with a password)"
+            line = f"dashboard     {self.url}  ({how})"
+        else:
+            line = (
+                f"dashboard     {self.url}  (this machine only; set [web] host to share it, with a password)"
+            )
+        if self.moved_from is not None:
+            line += (
+                f"\n                port {self.moved_from} was taken; set [web] port (or PARCELBOX_WEB_PORT) "
+                "to choose another"
+            )
+        return line
 
     def start(self) -> None:
         if not self.settings.enabled:
@@ -92,8 +133,14 @@ class WebServer:
         try:
             sock.bind((s.host, s.port))
         except OSError as e:
-            sock.close()
-            raise OSError(e.errno, f"dashboard cannot listen on {s.host}:{s.port}: {e.strerror}") from e
+            if e.errno != errno.EADDRINUSE or not s.port:
+                sock.close()
+                raise OSError(e.errno, f"dashboard cannot listen on {s.host}:{s.port}: {e.strerror}") from e
+            # Taken (another program, a second gateway's dashboard): move to a free port, as the managed
+            # broker does, rather than exit (and restart-loop under systemd). The banner, the log and
+            # `parcelbox status` say where it went.
+            sock.bind((s.host, 0))
+            self.moved_from = s.port
         cap = web_connection_cap(s.max_connections)
         backlog = min(ACCEPT_BATCH, cap)
         sock.listen(backlog)
@@ -101,6 +148,14 @@ class WebServer:
         self.listen_socket = sock
         table = self.connections = ConnectionTable(cap, s.idle_timeout_s, per_client=max(4, cap // 4))
         self.app.state.connections = table  # for /api/health
+        if self.moved_from is not None:
+            log.warning(
+                "web: port %d on %s is in use; the dashboard uses port %d instead (set [web] port or "
+                "PARCELBOX_WEB_PORT to choose one)",
+                self.moved_from,
+                s.host,
+                self.bound_port,
+            )
         config = uvicorn.Config(
             self.app,
             # Our h11 protocol behind a connection cap and idle timeout (gateway/web/connections.py);
@@ -153,6 +208,32 @@ class WebServer:
             " (login required)" if s.login_required else "",
             cap,
         )
+        self._write_live_url()
+
+    def _write_live_url(self) -> None:
+        if self.data_dir is None:
+            return
+        from gateway.storage import atomic_write_bytes
+
+        doc = {
+            "v": 1,
+            "url": self.url,
+            "port": self.bound_port,
+            "pid": os.getpid(),
+            "started_at": int(time.time()),
+        }
+        try:
+            atomic_write_bytes(self.data_dir / WEB_FILE, (json.dumps(doc) + "\n").encode(), durable=False)
+        except OSError as exc:  # the dashboard works without it; only `status` cannot show the URL
+            log.warning("web: could not write %s: %s", self.data_dir / WEB_FILE, exc)
+
+    def _clear_live_url(self) -> None:
+        if self.data_dir is None:
+            return
+        path = self.data_dir / WEB_FILE
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
 
     def stop(self, timeout: float = 10.0) -> None:
         server, loop, thread = self._server, self._loop, self._thread
@@ -171,6 +252,7 @@ class WebServer:
             thread.join(timeout)
         self._server = self._thread = self._loop = None
         self.listen_socket = None
+        self._clear_live_url()
 
 
 def web_component(service: Any, config: Any) -> WebServer | None:

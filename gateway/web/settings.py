@@ -32,6 +32,8 @@ class WebSettings:
     password_file: Path | None = None  # scrypt hash written by `parcelbox web set-password`
     secret_file: Path | None = None  # key that signs session cookies; created on first start
     sessions_file: Path | None = None  # logged-out sessions and the session generation (0600)
+    tokens_file: Path | None = None  # API tokens, hashed (gateway/web/tokens.py; 0600)
+    api_rate_per_minute: int = 30  # requests per API token per minute (the send API's callers)
     cookie_secure: bool = False  # set when served behind https (a reverse proxy)
     session_hours: float = 24 * 7
     # Extra Host header names accepted (e.g. "parcelbox.lan"); loopback names are always accepted
@@ -78,7 +80,7 @@ class WebSettings:
             values.pop("language", None)  # the config's "" means "follow whatsapp.language"
         if values.get("require_login") is False:
             values["require_login"] = None  # the config's "no" means "only when exposed", never "off"
-        for key in ("password_file", "secret_file", "sessions_file"):
+        for key in ("password_file", "secret_file", "sessions_file", "tokens_file"):
             if values.get(key) in ("", None):
                 values.pop(key, None)
         s = cls(**values)
@@ -88,6 +90,8 @@ class WebSettings:
             s.secret_file = Path(s.secret_file)
         if s.sessions_file is not None:
             s.sessions_file = Path(s.sessions_file)
+        if s.tokens_file is not None:
+            s.tokens_file = Path(s.tokens_file)
         if data_dir is None and cfg is not None:
             data_dir = cfg.get("data_dir") if isinstance(cfg, dict) else getattr(cfg, "data_dir", None)
         if data_dir is not None:
@@ -95,6 +99,7 @@ class WebSettings:
             s.password_file = s.password_file or web_dir / "password"
             s.secret_file = s.secret_file or web_dir / "secret"
             s.sessions_file = s.sessions_file or web_dir / "sessions.json"
+            s.tokens_file = s.tokens_file or web_dir / "tokens.json"
         s.allowed_hosts = tuple(s.allowed_hosts)
         s.port = int(s.port)
         return s

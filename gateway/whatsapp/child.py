@@ -591,7 +591,7 @@ def child_main(
             {
                 "t": "state",
                 "state": "not_installed",
-                "detail": f"neonize is not installed ({e}): pip install 'parcelbox[whatsapp]'",
+                "detail": f"neonize is not installed ({e}): .venv/bin/pip install -e '.[whatsapp]' (as in the README)",
                 "updated_at": time.time(),
             }
         )

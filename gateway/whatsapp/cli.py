@@ -9,6 +9,7 @@ with `--phone +62...` prints a pairing code to type on the phone instead.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sqlite3
 import sys
@@ -205,6 +206,7 @@ def do_status(args: argparse.Namespace) -> int:
     running = data["gateway_pid"] is not None
     print(f"gateway        {'running, pid ' + str(data['gateway_pid']) if running else 'not running'}")
     owner = data["session_owner_pid"]
+    missing = settings.transport == "neonize" and importlib.util.find_spec("neonize") is None
     if data["paired"]:
         present = f"linked to +{data['paired_as']}"
     elif data["session_exists"]:
@@ -222,7 +224,10 @@ def do_status(args: argparse.Namespace) -> int:
             print(f"linked number  +{st['paired_as']}")
         print(f"               {st.get('detail', '')}")
     elif not data["paired"]:
-        print("state          not paired: run `parcelbox whatsapp pair`")
+        if missing:
+            print("state          not installed: .venv/bin/pip install -e '.[whatsapp]', then pair")
+        else:
+            print("state          not paired: run `parcelbox whatsapp pair`")
     return 0
 
 

@@ -65,7 +65,8 @@ def open_page(browser, server, path: str, viewport=DESKTOP):
 def test_delivery_appears_live_and_opens(browser, server, port: MemoryPort) -> None:
     ctx, page, errors = open_page(browser, server, "/")
     page.wait_for_selector("li.event", timeout=WAIT_MS)
-    assert page.locator("li.event").count() == 5
+    # Deliveries and pickups by default; the fixture's "lid left open" is behind the type filter.
+    assert page.locator("li.event").count() == 4
     img_loaded(page, "li.event img.thumb")
     in_thread(port.add_event, "gate", "delivery", event_id="newparcel0001")
     sel = 'li.event[data-id="newparcel0001"]'
@@ -98,7 +99,8 @@ def test_keyset_pages_load_older(browser, server, port: MemoryPort) -> None:
     page.wait_for_selector("li.event", timeout=WAIT_MS)
     assert page.locator("li.event").count() == 30
     page.click("#more")
-    page.wait_for_function("() => document.querySelectorAll('li.event').length === 45", timeout=WAIT_MS)
+    # 40 + the fixture's 4 deliveries and pickups (its "lid left open" is behind the type filter)
+    page.wait_for_function("() => document.querySelectorAll('li.event').length === 44", timeout=WAIT_MS)
     assert page.is_hidden("#more")
     assert errors == []
     ctx.close()
@@ -284,5 +286,40 @@ def test_storage_problem_shows_on_the_boxes_page(browser, server, port: MemoryPo
     page.wait_for_selector("#gw-health.bad", timeout=WAIT_MS)
     text = page.inner_text("#gw-health")
     assert "80 MB free" in text and "storage: disk almost full" in text
+    assert errors == []
+    ctx.close()
+
+
+def test_alerts_page_lists_apprise_urls_by_id_with_a_send_test_button(
+    browser, server, port: MemoryPort
+) -> None:
+    """Issue 19: per-URL state and "Send test" per URL; the page only ever gets ids, never URLs."""
+    tested: list[tuple[str, str]] = []
+    port.channels = lambda: [  # type: ignore[attr-defined]
+        {
+            "id": "tgram-3f9a0c21d4",
+            "scheme": "tgram",
+            "sink": "apprise",
+            "default": True,
+            "boxes": [],
+            "last": {},
+            "recent": {"pending": 0, "failed": 0, "dead": 1, "sent": 4},
+            "last_alert": {"state": "dead", "last_error": "apprise: HTTP 401 (permanent)", "sent_at": None},
+        }
+    ]
+
+    def test_channel(sink: str, rid: str) -> dict:
+        tested.append((sink, rid))
+        return {"id": "msg0", "alerts": ["msg0_apprise_x"], "sinks": [sink]}
+
+    port.test_channel = test_channel  # type: ignore[attr-defined]
+    ctx, page, errors = open_page(browser, server, "/alerts")
+    page.wait_for_selector('[data-channel="tgram-3f9a0c21d4"]', timeout=WAIT_MS)
+    assert "HTTP 401" in page.inner_text('[data-channel="tgram-3f9a0c21d4"] .err')
+    page.click('[data-channel="tgram-3f9a0c21d4"] button.channel-test')
+    page.wait_for_function("() => document.body.innerText.includes('Test message queued')", timeout=WAIT_MS)
+    assert tested == [("apprise", "tgram-3f9a0c21d4")]
+    page.click('#alert-states button[data-state="dead"]')  # the filter counts alerts, not channels
+    page.wait_for_function("() => document.querySelectorAll('.alert').length === 1", timeout=WAIT_MS)
     assert errors == []
     ctx.close()

@@ -174,6 +174,9 @@ def test_every_page_in_both_languages_at_phone_width(browser, server, port: Memo
     assert page.get_attribute("html", "lang") == lang
     page.wait_for_selector("li.event img.thumb", timeout=WAIT_MS)
     check_page(page, "deliveries", lang)
+    page.select_option("#filters select[name=type]", "all")  # the default shows deliveries and pickups
+    page.wait_for_selector("li.event.t-lid_left_open", timeout=WAIT_MS)
+    check_page(page, "deliveries-all-types", lang)
 
     page.click('li.event[data-id="recentparcel1"]')
     page.wait_for_selector("dialog#viewer[open]", timeout=WAIT_MS)
@@ -356,3 +359,31 @@ def test_whatsapp_prompts_and_errors_in_indonesian_on_the_real_gateway(browser, 
     assert not [m for m in fake.sent() if m["to"].startswith("6281255550000")]  # nothing sent
     assert errors == []
     ctx.close()
+
+
+def test_offline_notice_in_indonesian(browser, port: MemoryPort) -> None:
+    """Away from home (issue 15's offline mode): the notice over the saved deliveries, in Indonesian."""
+    srv = WebServer(port, WebSettings(host="127.0.0.1", port=0, timezone="Asia/Jakarta"))
+    srv.start()
+    ctx, page, errors, _ = new_page(browser, "id")
+    try:
+        page.goto(srv.url + "/")
+        page.wait_for_function(
+            "() => !!(navigator.serviceWorker && navigator.serviceWorker.controller)", timeout=WAIT_MS
+        )
+        page.reload()  # every request through the service worker, which keeps what it saw
+        page.wait_for_selector("#live.on", timeout=WAIT_MS)
+        page.wait_for_selector("li.event img.thumb", timeout=WAIT_MS)
+        srv.stop()
+        page.reload()
+        page.wait_for_selector("#offline:not([hidden])", timeout=WAIT_MS)
+        text = page.inner_text("#offline")
+        assert re.fullmatch(
+            r"Gateway tidak dapat dihubungi — menampilkan data terakhir pukul \d\d\.\d\d\. Mencoba lagi…",
+            text,
+        ), text
+        page.wait_for_selector("li.event", timeout=WAIT_MS)
+        check_page(page, "offline-notice", "id")
+    finally:
+        ctx.close()
+        srv.stop()

@@ -58,7 +58,7 @@ class MemoryPort:
         self.box_answers = box_answers
         self.answer_delay = answer_delay
         self._lock = threading.RLock()
-        self._keys: list[tuple[float, str]] = []  # ascending (ts, id); newest is last
+        self._keys: list[tuple[float, int, str]] = []  # ascending (ts, seq, id) as the store; newest last
         self._events: dict[tuple[float, str], dict[str, Any]] = {}
         self._by_id: dict[tuple[str, str], dict[str, Any]] = {}
         self._photos: dict[tuple[str, str, str], Path] = {}
@@ -141,7 +141,7 @@ class MemoryPort:
             "cmd": cmd,
         }
         with self._lock:
-            key = (ts, eid)
+            key = (ts, rec["seq"], eid)
             bisect.insort(self._keys, key)
             self._events[key] = rec
             self._by_id[(device, eid)] = rec
@@ -192,23 +192,24 @@ class MemoryPort:
         self,
         *,
         device: str | None = None,
-        type: str | None = None,
+        type: str | tuple[str, ...] | None = None,
         since: float | None = None,
         until: float | None = None,
-        before: tuple[float, str] | None = None,
+        before: tuple[float, int, str] | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
+        types = (type,) if isinstance(type, str) else type
         with self._lock:
             hi = len(self._keys) if before is None else bisect.bisect_left(self._keys, before)
             if until is not None:
-                hi = min(hi, bisect.bisect_left(self._keys, (until, "")))
+                hi = min(hi, bisect.bisect_left(self._keys, (until,)))
             out: list[dict[str, Any]] = []
             i = hi - 1
             while i >= 0 and len(out) < limit:
                 rec = self._events[self._keys[i]]
                 if since is not None and rec["ts"] < since:
                     break
-                if (device is None or rec["device"] == device) and (type is None or rec["type"] == type):
+                if (device is None or rec["device"] == device) and (types is None or rec["type"] in types):
                     out.append(dict(rec))
                 i -= 1
             return out

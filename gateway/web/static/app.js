@@ -39,13 +39,21 @@ async function api(path, opts = {}) {
   try {
     r = await fetch(path, init);
   } catch {
+    offline(null); // no service worker (first visit) or not a GET: say it plainly
     const err = new TypeError(t("error.network")); // still a TypeError, as fetch's own
     err.code = "network";
     throw err;
   }
+  // Answered by the service worker from what it saved, because the gateway is out of reach.
+  const saved = r.headers.get("x-pb-saved-at");
+  if (saved) offline(Number(saved));
+  else if (r.headers.get("x-pb-offline")) offline(null);
+  else online();
   if (r.status === 401) {
     location.href = "/login?next=" + encodeURIComponent(location.pathname);
-    throw new Error(t("error.login_required"));
+    const err = new Error(t("error.login_required"));
+    err.code = "login_required"; // what callers test (the message is in the page's language)
+    throw err;
   }
   let data = null;
   try { data = await r.json(); } catch { data = null; }
@@ -62,10 +70,46 @@ async function api(path, opts = {}) {
   return data;
 }
 
+// --- away from home: the gateway out of reach ---------------------------------------
+// While it cannot be reached the page shows what the service worker saved, says from when, and
+// checks every few seconds; once the gateway answers it reloads what is on screen by itself.
+
+const away = { since: null, shownTs: null, timer: null };
+
+function offline(savedTs) {
+  if (savedTs != null && (away.shownTs == null || savedTs < away.shownTs)) away.shownTs = savedTs;
+  if (away.since == null) away.since = Date.now();
+  const el = $("#offline");
+  const at = away.shownTs != null ? clock(away.shownTs) : null;
+  el.textContent = at ? t("offline.notice", { time: at }) : t("offline.nothing_saved");
+  el.hidden = false;
+  document.body.classList.add("is-offline");
+  if (!away.timer) away.timer = setInterval(probe, 5000);
+}
+
+function online() {
+  if (away.since == null) return;
+  away.since = away.shownTs = null;
+  clearInterval(away.timer);
+  away.timer = null;
+  $("#offline").hidden = true;
+  document.body.classList.remove("is-offline");
+}
+
+async function probe() {
+  try {
+    const r = await fetch("/api/health", { credentials: "same-origin", cache: "no-store" });
+    if (r.ok && !r.headers.get("x-pb-saved-at") && !r.headers.get("x-pb-offline")) {
+      online();
+      load(state.page);
+    }
+  } catch { /* still away */ }
+}
+
 // --- formatting ----------------------------------------------------------------
 
-// Event types, commands and alert states: the catalogue's words for the API's English names
-// (a name the catalogue does not know is shown as it is).
+// Event types (and alert kinds that are not events: offline, online, low_battery), commands and alert
+// states: the catalogue's words for the API's English names (an unknown name is shown as it is).
 function label(prefix, name) {
   const key = prefix + name;
   return t(key) === key ? String(name) : t(key);
@@ -73,8 +117,11 @@ function label(prefix, name) {
 const typeLabel = (type) => label("type.", type);
 const cmdLabel = (cmd) => label("cmd.", cmd);
 const alertStateLabel = (st) => label("alerts.state.", st);
+// The Deliveries page's default: what a user looks for; the rest is behind the type filter.
+const DEFAULT_TYPES = ["delivery", "pickup"];
+const FILTER_KEYS = ["device", "type", "from", "to"];
 
-// ago(), when(), fullDate(), duration(), dayStart(): lang.js (the locale's format, the gateway's zone).
+// ago(), when(), clock(), fullDate(), duration(), dayStart(): lang.js (the locale's format, the gateway's zone).
 
 function signal(rssi) {
   if (rssi == null) return "—";
@@ -115,9 +162,35 @@ const state = {
 
 const PAGES = { "/": "deliveries", "/boxes": "boxes", "/whatsapp": "whatsapp", "/alerts": "alerts" };
 
+// The Deliveries filters live in the address (?device=&type=&from=&to=): a reload, a bookmark or a
+// shared link shows the same list.
+function filterUrl() {
+  const q = new URLSearchParams();
+  for (const k of FILTER_KEYS) if (state.filters[k]) q.set(k, state.filters[k]);
+  const qs = q.toString();
+  return "/" + (qs ? "?" + qs : "");
+}
+
+function filtersToUrl() {
+  if (state.page === "deliveries") history.replaceState(history.state, "", filterUrl());
+}
+
+function filtersFromUrl() {
+  const q = new URLSearchParams(location.search);
+  const form = $("#filters");
+  for (const k of FILTER_KEYS) {
+    state.filters[k] = q.get(k) || "";
+    const el = form.elements[k];
+    if (k === "device" && state.filters[k] && ![...el.options].some((o) => o.value === state.filters[k])) {
+      el.append(h("option", { value: state.filters[k] }, state.filters[k])); // the box list is not loaded yet
+    }
+    el.value = state.filters[k];
+  }
+}
+
 function show(path, push) {
   const page = PAGES[path] || "deliveries";
-  if (push) history.pushState({}, "", path);
+  if (push) history.pushState({}, "", page === "deliveries" ? filterUrl() : path);
   state.page = page;
   for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + page;
   for (const a of document.querySelectorAll("[data-page]")) a.classList.toggle("on", a.dataset.page === page);
@@ -145,7 +218,8 @@ function eventQuery(before) {
   const f = state.filters;
   const q = new URLSearchParams({ limit: "30" });
   if (f.device) q.set("device", f.device);
-  if (f.type) q.set("type", f.type);
+  if (!f.type) q.set("type", DEFAULT_TYPES.join(","));
+  else if (f.type !== "all") q.set("type", f.type);
   const since = dateToTs(f.from, false), until = dateToTs(f.to, true);
   if (since != null) q.set("since", since);
   if (until != null) q.set("until", until);
@@ -156,7 +230,8 @@ function eventQuery(before) {
 function matchesFilters(e) {
   const f = state.filters;
   if (f.device && e.device !== f.device) return false;
-  if (f.type && e.type !== f.type) return false;
+  if (!f.type && !DEFAULT_TYPES.includes(e.type)) return false;
+  if (f.type && f.type !== "all" && e.type !== f.type) return false;
   const since = dateToTs(f.from, false), until = dateToTs(f.to, true);
   if (since != null && e.ts < since) return false;
   if (until != null && e.ts >= until) return false;
@@ -226,7 +301,9 @@ function onEvent(e) {
   if (state.events.some((x) => x.id === e.id && x.device === e.device)) return;
   if (!matchesFilters(e)) return;
   // Newest first: insert before the first older row (events from a spool can arrive late).
-  let i = state.events.findIndex((x) => x.ts < e.ts || (x.ts === e.ts && x.id < e.id));
+  // Same order as the server: (ts, seq, id), so events of one second keep the box's own order.
+  const older = (x) => x.ts < e.ts || (x.ts === e.ts && ((x.seq || 0) < (e.seq || 0) || ((x.seq || 0) === (e.seq || 0) && x.id < e.id)));
+  let i = state.events.findIndex(older);
   if (i < 0) {
     if (state.next) return; // older than everything loaded: it belongs on a later page
     i = state.events.length;
@@ -303,6 +380,7 @@ function fillBoxFilter() {
   const cur = sel.value;
   sel.replaceChildren(h("option", { value: "", "data-i18n": "events.all_boxes" }, t("events.all_boxes")),
     ...[...state.devices.values()].map((d) => h("option", { value: d.device }, d.name || d.device)));
+  if (cur && !state.devices.has(cur)) sel.append(h("option", { value: cur }, cur)); // from the address
   sel.value = cur;
 }
 
@@ -314,7 +392,9 @@ function boxCard(d) {
   const waiting = d.waiting || 0;
   return h("article", { class: "card box" + (d.online ? "" : " off"), "data-device": d.device },
     h("div", { class: "box-head" },
-      h("div", { "data-verbatim": true }, h("h2", {}, d.name || d.device), h("div", { class: "muted small" }, d.device)),
+      // The id under the name only when they differ (a box without a name would say it twice).
+      h("div", { "data-verbatim": true }, h("h2", {}, d.name || d.device),
+        d.name && d.name !== d.device ? h("div", { class: "muted small" }, d.device) : null),
       h("span", { class: "badge " + (d.online ? "ok" : "bad") }, t(d.online ? "box.online" : "box.offline")),
     ),
     h("div", { class: "waiting" + (waiting ? " has" : "") },
@@ -328,6 +408,12 @@ function boxCard(d) {
       fact(t("box.spooled"), d.spooled == null ? "—" : String(d.spooled)),
       fact(t("box.firmware"), d.fw || "—"),
     ),
+    // Signal, battery, spool and firmware are the box's last report, which may be older than "last
+    // seen" (events also count as seen): say when it was made.
+    d.fw != null || d.spooled != null
+      ? h("p", { class: "muted small reported" }, d.status_at
+        ? t("box.reported", { when: when(d.status_at), ago: ago(d.status_at) }) : t("box.reported_unknown"))
+      : null,
     h("div", { class: "actions" },
       h("button", { class: "cmd", "data-cmd": "snapshot", onclick: () => command(d, "snapshot") }, t("box.snapshot")),
       h("button", { class: "ghost cmd", "data-cmd": "reboot", onclick: () => command(d, "reboot") }, t("box.reboot")),
@@ -540,6 +626,44 @@ async function loadAlerts() {
   const data = await api("/api/outbox" + q);
   state.alerts = new Map(data.alerts.map((a) => [a.id, a]));
   renderAlerts();
+  loadChannels();
+}
+
+// Apprise URLs, one row each: shown by id (scheme + hash; the URL holds secrets and never leaves the gateway).
+async function loadChannels() {
+  let data;
+  try { data = await api("/api/channels"); } catch { return; }
+  const rows = (data.channels || []).map(channelRow);
+  $("#channels").replaceChildren(...rows);
+  $("#channels").hidden = rows.length === 0;
+}
+
+function channelRow(c) {
+  const last = c.last_alert;
+  const st = last ? last.state : "unused";
+  const stLabel = last ? alertStateLabel(st) : t("channels.unused");
+  return h("article", { class: "channel card s-" + st, "data-channel": c.id },
+    h("div", { class: "al-top" },
+      h("span", { class: "badge " + (({ sent: "ok", pending: "warn", failed: "bad", dead: "bad" })[st] || "") }, stLabel),
+      h("b", { "data-verbatim": true }, c.scheme + " · " + c.id),
+      h("span", { class: "muted small grow" }, c.boxes.length ? t("channels.boxes", { boxes: c.boxes.join(", ") }) : t("events.all_boxes")),
+      h("button", { class: "small-btn channel-test", onclick: () => testChannel(c) }, t("channels.test"))),
+    h("div", { class: "muted small" },
+      t("channels.recent", { sent: c.recent.sent, waiting: c.recent.pending + c.recent.failed, dead: c.recent.dead }),
+      last && last.sent_at ? " · " + t("channels.last_sent", { when: when(last.sent_at) }) : ""),
+    // What the channel reported (its service's own words): shown as it came.
+    last && last.last_error ? h("div", { class: "err", "data-verbatim": true }, last.last_error) : null,
+  );
+}
+
+async function testChannel(c) {
+  try {
+    await api(`/api/channels/${encodeURIComponent(c.sink)}/${encodeURIComponent(c.id)}/test`, { method: "POST" });
+    toast(t("channels.test_queued", { id: c.id }));
+    loadChannels();
+  } catch (e) {
+    toast(e.message, true);
+  }
 }
 
 function alertRow(a) {
@@ -587,7 +711,12 @@ async function retryAlert(a) {
 function onOutbox(a) {
   if (state.alertState && a.state !== state.alertState) state.alerts.delete(a.id);
   else state.alerts.set(a.id, a);
-  if (state.page === "alerts") renderAlerts();
+  if (state.page === "alerts") {
+    renderAlerts();
+    if (a.notifier === "apprise" && !state.channelsDue) {  // coalesce a burst of changes into one reload
+      state.channelsDue = setTimeout(() => { state.channelsDue = null; loadChannels(); }, 1000);
+    }
+  }
 }
 
 // --- live --------------------------------------------------------------------------
@@ -621,8 +750,9 @@ function connectLive() {
     setLive(false, "live.reconnecting");
     if (es.readyState === EventSource.CLOSED) {
       // Closed for good (e.g. 401 after the session ended): check the login, then retry.
-      try { await api("/api/health"); } catch { return; }
-      setTimeout(connectLive, 3000);
+      // Out of reach (the phone away from home): keep trying; the offline banner says so.
+      try { await api("/api/health"); } catch (e) { if (e.code === "login_required") return; }
+      setTimeout(connectLive, away.since != null ? 10000 : 3000);
     }
   };
 }
@@ -650,12 +780,17 @@ function init() {
     ev.preventDefault();
     show(new URL(a.href).pathname, true);
   });
-  window.addEventListener("popstate", () => show(location.pathname, false));
+  window.addEventListener("popstate", () => {
+    if (location.pathname === "/") filtersFromUrl();
+    show(location.pathname, false);
+  });
 
   const filters = $("#filters");
+  filtersFromUrl();
   filters.addEventListener("change", () => {
     const f = new FormData(filters);
     state.filters = { device: f.get("device"), type: f.get("type"), from: f.get("from"), to: f.get("to") };
+    filtersToUrl();
     loadEvents().catch((e) => toast(e.message, true));
   });
   filters.addEventListener("reset", () => setTimeout(() => filters.dispatchEvent(new Event("change")), 0));

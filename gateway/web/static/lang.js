@@ -94,6 +94,11 @@ function when(ts) {
   return fmt(ts, { day: "numeric", month: "short", year: sameYear ? undefined : "numeric" }) + " " + time;
 }
 
+// "14:05" / "14.05": the time of day only.
+function clock(ts) {
+  return fmt(ts, { hour: "2-digit", minute: "2-digit" });
+}
+
 function fullDate(ts) {
   return fmt(ts, { dateStyle: "full", timeStyle: "short" });
 }
