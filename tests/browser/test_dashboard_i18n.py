@@ -129,6 +129,19 @@ def port(tmp_path: Path) -> MemoryPort:
     p.add_alert("gate", "failed", last_error="WhatsApp not connected: phone offline (will retry)")
     p.add_alert("back-door", "dead", last_error="recipient 6281234567890 is not on WhatsApp")
     p.add_alert("gate", "pending")
+    # Apprise channels as the service lists them (GatewayService.channels): ids only, never a URL.
+    p.channels = lambda: [  # type: ignore[attr-defined]
+        {
+            "id": "tgram-3f9a0c21d4", "scheme": "tgram", "boxes": [], "sink": "apprise",
+            "recent": {"sent": 2, "pending": 0, "failed": 1, "dead": 0},
+            "last_alert": {"state": "sent", "sent_at": time.time() - 60, "last_error": None},
+        },
+        {
+            "id": "ntfy-aa11bb22cc", "scheme": "ntfy", "boxes": ["gate"], "sink": "apprise",
+            "recent": {"sent": 0, "pending": 0, "failed": 0, "dead": 0}, "last_alert": None,
+        },
+    ]  # fmt: skip
+    p.test_channel = lambda sink, rid: {"id": "testmsg00000001", "alerts": [], "sinks": [sink]}  # type: ignore[attr-defined]
     return p
 
 
@@ -215,7 +228,11 @@ def test_every_page_in_both_languages_at_phone_width(browser, server, port: Memo
     check_page(page, "whatsapp-linked", lang)
 
     go(page, "/alerts", ".alert.s-failed")
+    page.wait_for_selector(".channel", timeout=WAIT_MS)
     check_page(page, "alerts", lang)
+    page.click('.channel[data-channel="ntfy-aa11bb22cc"] button.channel-test')
+    page.wait_for_selector("#toast:not([hidden])", timeout=WAIT_MS)
+    check_page(page, "alerts-channel-test", lang)
     page.click(".alert.s-failed button.retry")
     page.wait_for_selector("#toast:not([hidden])", timeout=WAIT_MS)
     check_page(page, "alerts-retried", lang)
