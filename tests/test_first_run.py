@@ -195,7 +195,8 @@ def test_demo_has_its_own_data_folder_and_any_seen_box_can_be_removed(tmp_path):
     try:
         text = _banner(log)
         assert f"data folder   {demo_dir}" in text and "TRIAL" in text
-        url = json.loads((demo_dir / "broker.json").read_text())["url"]
+        # Anonymous, as the simulator's boxes are: the managed broker's local listener.
+        url = json.loads((demo_dir / "broker.json").read_text())["local_url"]
         box = Box(url, "parcelbox", "sim-1")  # never registered, as the simulator's boxes are not
         try:
             eid = new_event_id()

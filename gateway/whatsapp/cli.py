@@ -209,6 +209,8 @@ def do_status(args: argparse.Namespace) -> int:
     missing = settings.transport == "neonize" and importlib.util.find_spec("neonize") is None
     if data["paired"]:
         present = f"linked to +{data['paired_as']}"
+    elif missing:  # the state line says what to do first: install it
+        present = "session database present" if data["session_exists"] else "no session yet"
     elif data["session_exists"]:
         present = "no linked device in it: not paired"  # a connect that never paired creates the file
     else:
