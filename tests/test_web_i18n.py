@@ -204,7 +204,9 @@ def component_settings(tmp_path: Path, toml: str) -> WebSettings:
     config = load_config(f, env={})
     service = MemoryPort(tmp_path / "photos")
     service.data_dir = tmp_path / "data"  # type: ignore[attr-defined]
-    return web_component(service, config).settings  # type: ignore[union-attr]
+    srv = web_component(service, config)
+    assert srv is not None and srv.data_dir == tmp_path / "data"  # web.json still goes to the data folder
+    return srv.settings
 
 
 def test_web_language_defaults_from_whatsapp_language_and_zone_from_alerts(tmp_path: Path) -> None:

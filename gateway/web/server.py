@@ -275,5 +275,6 @@ def web_component(service: Any, config: Any) -> WebServer | None:
     return WebServer(
         service,
         settings,
+        data_dir=getattr(service, "data_dir", None),
         whatsapp=WhatsAppActions.for_service(service),
     )
