@@ -281,3 +281,16 @@ def test_served_page_is_already_in_the_page_language(port) -> None:
         assert html.unescape(text) == ID[key], key
     for attr, key in re.findall(r'data-i18n-attr="([a-z-]+):([a-z0-9_.]+)"', body):
         assert f'{attr}="{ID[key]}"' in body, key
+
+
+def test_manifest_description_in_the_page_language(port) -> None:
+    with local(port) as c:
+        r = c.get("/manifest.webmanifest", headers={"accept-language": "id"})
+        assert r.headers["content-type"].startswith("application/manifest+json")
+        m = r.json()
+        assert m["lang"] == "id" and m["description"] == ID["manifest.description"]
+        assert m["name"] == "parcelbox" and m["icons"]
+        assert (
+            c.get("/manifest.webmanifest", headers={"accept-language": "en"}).json()["description"]
+            == (EN["manifest.description"])
+        )

@@ -613,11 +613,17 @@ def service_worker(request: Request) -> Response:
     )
 
 
+MANIFEST = json.loads((STATIC_DIR / "manifest.webmanifest").read_text(encoding="utf-8"))
+
+
 def manifest(request: Request) -> Response:
-    return FileResponse(
-        STATIC_DIR / "manifest.webmanifest",
+    # The install prompt's description in the page's language (the manifest is fetched with the cookie).
+    lang = page_language(request)
+    body = {**MANIFEST, "lang": lang, "description": i18n.t(lang, "manifest.description")}
+    return Response(
+        json.dumps(body, ensure_ascii=False, indent=2),
         media_type="application/manifest+json",
-        headers={"cache-control": "no-cache"},
+        headers={"cache-control": "no-cache", **VARY_LANGUAGE},
     )
 
 
