@@ -64,6 +64,9 @@ class WebConfig:
     # file-descriptor limit), and how long one may sit without a request in progress.
     max_connections: int = 100
     idle_timeout_s: float = 10.0
+    # The dashboard's language when the browser neither picked one in the page nor asks for en/id
+    # (Accept-Language): en | id; empty follows whatsapp.language.
+    language: str = ""
     # Requests per API token per minute (`parcelbox web token create`; the send API, docs in README).
     api_rate_per_minute: int = 30
 
@@ -140,6 +143,9 @@ class HomeAssistantConfig:
     dashboard_url: str = ""  # http(s) link shown on each device in Home Assistant
     snapshot_min_interval_s: float = 5.0  # "Take snapshot" presses closer than this are ignored
     image_max_px: int = 1280  # long edge of an image made from the original (no alert copy)
+    # Entity and device names: en | id. Entity ids and unique ids are the same in both, so switching
+    # never breaks an automation.
+    language: str = "en"
 
 
 @dataclass
@@ -374,6 +380,8 @@ def _validate(cfg: Config) -> None:
     for lang_key, lang in (
         ("whatsapp.language", cfg.whatsapp.language),
         ("alerts.language", cfg.alerts.language),
+        ("homeassistant.language", cfg.homeassistant.language),
+        ("web.language", cfg.web.language or "en"),
     ):
         if lang not in ("en", "id"):
             raise ConfigError(f"{lang_key} must be 'en' or 'id', not {lang!r}")

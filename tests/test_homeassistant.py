@@ -1132,6 +1132,8 @@ def test_whatsapp_linked_sensor_follows_the_whatsapp_state(mosquitto, port, cfg,
     mirror.wait(lambda: mirror.payload(d.whatsapp_topic(cfg)) == b"OFF", what="WhatsApp linked OFF")
     port.bus.publish(WHATSAPP_STATE, "garbage")  # hostile bus input is counted, never raised
     assert bridge.wait_idle() and bridge.counters["bus_rejected.bad_whatsapp"] == 1
+
+
 def test_storage_problem_reaches_home_assistant(mosquitto, port, cfg, mirror, bridge):
     """The gateway's storage state (STORAGE_STATE on the bus) becomes a retained state that the
     gateway device's "Storage" problem sensor and "Disk free" sensor read (issue 14)."""

@@ -47,6 +47,48 @@ PAYLOAD_PRESS = "PRESS"
 IMAGE_KINDS: tuple[str, ...] = ("delivery", "snapshot")
 
 GATEWAY_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+LANGUAGES: tuple[str, ...] = ("en", "id")
+DEFAULT_GATEWAY_NAME = "parcelbox gateway"
+
+# Entity names by language (`[homeassistant] language`). Only names change with the language: unique ids,
+# discovery object ids and `default_entity_id` come from the keys and the English names, so switching
+# language never renames an entity id and never breaks an automation. Indonesian wording follows the
+# WhatsApp captions (gateway/captions.py, gateway/whatsapp/texts.py): "Tutup", "Paket terakhir", "foto".
+ENTITY_NAMES: dict[str, dict[str, str]] = {
+    "en": {
+        "status": "Status",
+        "whatsapp": "WhatsApp linked",
+        "storage": "Storage",
+        "disk_free": "Disk free",
+        "online": "Online",
+        "lid": "Lid",
+        "package": "Package waiting",
+        "waiting": "Deliveries waiting",
+        "last_delivery": "Last delivery",
+        "battery": "Battery",
+        "rssi": "Signal strength",
+        "delivery_photo": "Last delivery photo",
+        "snapshot_photo": "Last snapshot",
+        "snapshot": "Take snapshot",
+    },
+    "id": {
+        "status": "Status",
+        "whatsapp": "WhatsApp tertaut",
+        "storage": "Penyimpanan",
+        "disk_free": "Sisa ruang disk",
+        "online": "Online",
+        "lid": "Tutup",
+        "package": "Ada paket",
+        "waiting": "Paket menunggu",
+        "last_delivery": "Paket terakhir",
+        "battery": "Baterai",
+        "rssi": "Kekuatan sinyal",
+        "delivery_photo": "Foto paket terakhir",
+        "snapshot_photo": "Foto terakhir",
+        "snapshot": "Ambil foto",
+    },
+}
+GATEWAY_NAMES = {"en": DEFAULT_GATEWAY_NAME, "id": "Gateway parcelbox"}
 
 
 @dataclass(frozen=True)
@@ -62,13 +104,16 @@ class HAConfig:
     protocol_prefix: str = DEFAULT_PREFIX
     # Tells several gateways on one Home Assistant apart: part of every unique_id and device identifier.
     gateway_id: str = "parcelbox"
-    gateway_name: str = "parcelbox gateway"
+    gateway_name: str = DEFAULT_GATEWAY_NAME  # left at the default, it follows `language`
     dashboard_url: str | None = None  # shown as the devices' configuration_url when http(s)
     # A button press arriving sooner than this after the previous one for the same box is dropped (counted).
     snapshot_min_interval_s: float = 5.0
     image_max_px: int = 1280  # long edge when an image must be made from the original
+    language: str = "en"  # entity and device names: en | id (ids never change with it)
 
     def __post_init__(self) -> None:
+        if self.language not in LANGUAGES:
+            raise ValueError(f"homeassistant.language must be 'en' or 'id', got {self.language!r}")
         for name in ("prefix", "protocol_prefix"):
             value = getattr(self, name)
             if not isinstance(value, str) or PREFIX_RE.fullmatch(value) is None:
@@ -120,6 +165,8 @@ def whatsapp_topic(cfg: HAConfig) -> str:
 
 def whatsapp_payload(state: Mapping[str, Any]) -> bytes:
     return b"ON" if state.get("state") == "connected" else b"OFF"
+
+
 def gateway_storage_topic(cfg: HAConfig) -> str:
     return f"{cfg.base}/gateway/storage"
 
@@ -252,10 +299,29 @@ def _availability(topic: str) -> dict[str, str]:
     return {"topic": topic, "payload_available": PAYLOAD_ONLINE, "payload_not_available": PAYLOAD_OFFLINE}
 
 
+def entity_name(cfg: HAConfig, key: str) -> str:
+    return ENTITY_NAMES[cfg.language][key]
+
+
+def default_entity_id(component: str, owner: str, key: str) -> str:
+    """`<component>.<owner>_<English name>`, e.g. `sensor.front_door_deliveries_waiting`.
+
+    Sent as `default_entity_id` (Home Assistant 2025.10+; it replaced `object_id`), so a new entity's id
+    comes from the box id and the English name, never from the translated name: an automation written
+    against an English install works on an Indonesian one, and the ids are the ones Home Assistant made
+    from the English names before (for a box without a display name). An entity already in Home
+    Assistant's registry keeps whatever id it has."""
+    slug = ENTITY_NAMES["en"][key].lower().replace(" ", "_")
+    return f"{component}.{owner}_{slug}".replace("-", "_")
+
+
 def gateway_device_block(cfg: HAConfig) -> dict[str, Any]:
+    name = cfg.gateway_name
+    if name == DEFAULT_GATEWAY_NAME:
+        name = GATEWAY_NAMES[cfg.language]
     return {
         "identifiers": [gateway_identifier(cfg)],
-        "name": cfg.gateway_name,
+        "name": name,
         "model": GATEWAY_MODEL,
         "manufacturer": MANUFACTURER,
         "sw_version": __version__,
@@ -287,8 +353,9 @@ def gateway_entities(cfg: HAConfig) -> list[Entity]:
             node,
             "status",
             {
-                "name": "Status",
+                "name": entity_name(cfg, "status"),
                 "unique_id": f"{node}_status",
+                "default_entity_id": default_entity_id("binary_sensor", node, "status"),
                 "device_class": "connectivity",
                 "entity_category": "diagnostic",
                 "state_topic": gateway_availability_topic(cfg),
@@ -306,8 +373,9 @@ def gateway_entities(cfg: HAConfig) -> list[Entity]:
             node,
             "storage",
             {
-                "name": "Storage",
+                "name": entity_name(cfg, "storage"),
                 "unique_id": f"{node}_storage",
+                "default_entity_id": default_entity_id("binary_sensor", node, "storage"),
                 "device_class": "problem",
                 "entity_category": "diagnostic",
                 "state_topic": gateway_storage_topic(cfg),
@@ -325,8 +393,9 @@ def gateway_entities(cfg: HAConfig) -> list[Entity]:
             node,
             "disk_free",
             {
-                "name": "Disk free",
+                "name": entity_name(cfg, "disk_free"),
                 "unique_id": f"{node}_disk_free",
+                "default_entity_id": default_entity_id("sensor", node, "disk_free"),
                 "device_class": "data_size",
                 "unit_of_measurement": "MB",
                 "state_class": "measurement",
@@ -351,8 +420,9 @@ def whatsapp_entity(cfg: HAConfig) -> Entity:
         node,
         "whatsapp",
         {
-            "name": "WhatsApp linked",
+            "name": entity_name(cfg, "whatsapp"),
             "unique_id": f"{node}_whatsapp",
+            "default_entity_id": default_entity_id("binary_sensor", node, "whatsapp"),
             "device_class": "connectivity",
             "state_topic": whatsapp_topic(cfg),
             "payload_on": "ON",
@@ -363,6 +433,8 @@ def whatsapp_entity(cfg: HAConfig) -> Entity:
             "origin": _origin(),
         },
     )
+
+
 def storage_payload(state: Mapping[str, Any]) -> bytes:
     """The gateway's storage state (the service's STORAGE_STATE bus message), for Home Assistant."""
     problems = state.get("problems") or []
@@ -406,10 +478,11 @@ def box_entities(
         "availability_mode": "all",
     }
 
-    def common(key: str, name: str, avail: dict[str, Any]) -> dict[str, Any]:
+    def common(key: str, component: str, avail: dict[str, Any]) -> dict[str, Any]:
         return {
-            "name": name,
+            "name": entity_name(cfg, key),
             "unique_id": f"{node}_{key}",
+            "default_entity_id": default_entity_id(component, device, key),
             "device": dev,
             "origin": _origin(),
             "qos": 1,
@@ -434,7 +507,7 @@ def box_entities(
             node,
             "online",
             {
-                **common("online", "Online", gateway_only),
+                **common("online", "binary_sensor", gateway_only),
                 "device_class": "connectivity",
                 "state_topic": st,
                 "value_template": flag("online"),
@@ -445,7 +518,7 @@ def box_entities(
             node,
             "lid",
             {
-                **common("lid", "Lid", both),
+                **common("lid", "binary_sensor", both),
                 "device_class": "opening",
                 "state_topic": st,
                 "value_template": flag("lid_open"),
@@ -456,7 +529,7 @@ def box_entities(
             node,
             "package",
             {
-                **common("package", "Package waiting", both),
+                **common("package", "binary_sensor", both),
                 "device_class": "occupancy",
                 "state_topic": st,
                 "value_template": flag("package"),
@@ -467,7 +540,7 @@ def box_entities(
             node,
             "waiting",
             {
-                **common("waiting", "Deliveries waiting", both),
+                **common("waiting", "sensor", both),
                 "state_topic": st,
                 "value_template": value("waiting"),
                 "state_class": "measurement",
@@ -479,7 +552,7 @@ def box_entities(
             node,
             "last_delivery",
             {
-                **common("last_delivery", "Last delivery", both),
+                **common("last_delivery", "sensor", both),
                 "device_class": "timestamp",
                 "state_topic": st,
                 "value_template": value("last_delivery"),
@@ -493,7 +566,7 @@ def box_entities(
                 node,
                 "battery",
                 {
-                    **common("battery", "Battery", both),
+                    **common("battery", "sensor", both),
                     "device_class": "voltage",
                     "unit_of_measurement": "V",
                     "state_class": "measurement",
@@ -510,7 +583,7 @@ def box_entities(
             node,
             "rssi",
             {
-                **common("rssi", "Signal strength", both),
+                **common("rssi", "sensor", both),
                 "device_class": "signal_strength",
                 "unit_of_measurement": "dBm",
                 "state_class": "measurement",
@@ -525,7 +598,7 @@ def box_entities(
             "delivery_photo",
             {
                 # The photo stays meaningful while the box is offline: follow the gateway only.
-                **common("delivery_photo", "Last delivery photo", gateway_only),
+                **common("delivery_photo", "image", gateway_only),
                 "image_topic": image_topic(cfg, device, "delivery"),
                 "content_type": "image/jpeg",
             },
@@ -535,7 +608,7 @@ def box_entities(
             node,
             "snapshot_photo",
             {
-                **common("snapshot_photo", "Last snapshot", gateway_only),
+                **common("snapshot_photo", "image", gateway_only),
                 "image_topic": image_topic(cfg, device, "snapshot"),
                 "content_type": "image/jpeg",
             },
@@ -545,7 +618,7 @@ def box_entities(
             node,
             "snapshot",
             {
-                **common("snapshot", "Take snapshot", both),
+                **common("snapshot", "button", both),
                 "command_topic": press_topic(cfg, device),
                 "payload_press": PAYLOAD_PRESS,
                 "retain": False,

@@ -17,7 +17,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -42,6 +42,7 @@ from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.ratelimit import SendLimiter
 from gateway.sendapi import MAX_BODY as NOTIFY_MAX_BODY
 from gateway.sendapi import BadRequest, alert_state, parse_json, parse_multipart
+from gateway.web import i18n
 from gateway.web.auth import (
     DEVICE_LIFETIME_S,
     LoginLimiter,
@@ -542,8 +543,65 @@ def api_openapi(request: Request) -> JSONResponse:
 # --- pages and static files ----------------------------------------------------
 
 
+INDEX_HTML = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+# Pages differ by the language the browser asks for or picked: caches must keep them apart.
+VARY_LANGUAGE = {"vary": "Accept-Language, Cookie"}
+
+
+def page_language(request: Request) -> str:
+    """The language of a page for this browser (its pick in the page, Accept-Language, the config)."""
+    settings: WebSettings = request.app.state.settings
+    return i18n.choose_language(
+        parse_cookies(request.headers).get(i18n.LANG_COOKIE),
+        request.headers.get("accept-language"),
+        settings.language,
+    )
+
+
+I18N_TEXT_RE = re.compile(r'(<[a-z0-9]+[^<>]*\sdata-i18n="([a-z0-9_.]+)"[^<>]*>)([^<]*)(?=<)')
+I18N_ATTR_RE = re.compile(r'<[a-z0-9]+[^<>]*\sdata-i18n-attr="([^"]+)"[^<>]*>')
+
+
+def translate_page(template: str, lang: str) -> str:
+    """index.html in `lang`: the text of every `data-i18n` element and every `data-i18n-attr` attribute.
+
+    app.js does the same from /i18n.js (and again on a language switch); doing it here too means the
+    first paint, the copy the service worker keeps and a reader without JavaScript are already right.
+    """
+
+    def attrs(m: re.Match[str]) -> str:
+        tag = m.group(0)
+        for pair in m.group(1).split(";"):
+            attr, _, key = pair.partition(":")
+            value = html.escape(i18n.t(lang, key.strip()))
+            tag = re.sub(
+                rf'(\s{re.escape(attr.strip())}=")[^"]*(")',
+                lambda a, v=value: a.group(1) + v + a.group(2),
+                tag,
+            )
+        return tag
+
+    out = I18N_TEXT_RE.sub(
+        lambda m: m.group(1) + html.escape(i18n.t(lang, m.group(2)), quote=False), template
+    )
+    out = I18N_ATTR_RE.sub(attrs, out)
+    return out.replace('<html lang="en">', f'<html lang="{lang}">', 1)
+
+
 def page(request: Request) -> Response:
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PRIVATE_REVALIDATE)
+    return HTMLResponse(
+        translate_page(INDEX_HTML, page_language(request)), headers={**PRIVATE_REVALIDATE, **VARY_LANGUAGE}
+    )
+
+
+def i18n_script(request: Request) -> Response:
+    """Both catalogues, the default language and the time zone, for the page and the service worker."""
+    settings: WebSettings = request.app.state.settings
+    return Response(
+        i18n.bootstrap_js(settings.language, settings.timezone),
+        media_type="text/javascript",
+        headers={"cache-control": "no-cache"},
+    )
 
 
 def service_worker(request: Request) -> Response:
@@ -555,11 +613,17 @@ def service_worker(request: Request) -> Response:
     )
 
 
+MANIFEST = json.loads((STATIC_DIR / "manifest.webmanifest").read_text(encoding="utf-8"))
+
+
 def manifest(request: Request) -> Response:
-    return FileResponse(
-        STATIC_DIR / "manifest.webmanifest",
+    # The install prompt's description in the page's language (the manifest is fetched with the cookie).
+    lang = page_language(request)
+    body = {**MANIFEST, "lang": lang, "description": i18n.t(lang, "manifest.description")}
+    return Response(
+        json.dumps(body, ensure_ascii=False, indent=2),
         media_type="application/manifest+json",
-        headers={"cache-control": "no-cache"},
+        headers={"cache-control": "no-cache", **VARY_LANGUAGE},
     )
 
 
@@ -573,6 +637,8 @@ class NoCacheStatic(StaticFiles):
 # --- login ---------------------------------------------------------------------
 
 LOGIN_HTML = (STATIC_DIR / "login.html").read_text(encoding="utf-8")
+I18N_TOKEN_RE = re.compile(r"\{\{t:([a-z0-9_.]+)\}\}")
+LANG_COOKIE_AGE = 365 * 86400
 
 
 def _safe_next(raw: str | None) -> str:
@@ -582,12 +648,21 @@ def _safe_next(raw: str | None) -> str:
 
 
 def login_page(
-    message: str, csrf: str, nxt: str, status: int = 200, headers: dict[str, str] | None = None
+    lang: str,
+    message: str,
+    csrf: str,
+    nxt: str,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
+    """The login form in `lang`; `message` is a catalogue key (or "") already chosen by the caller."""
     body = (
-        LOGIN_HTML.replace("{{message}}", html.escape(message))
+        I18N_TOKEN_RE.sub(lambda m: html.escape(i18n.t(lang, m.group(1))), LOGIN_HTML)
+        .replace("{{lang}}", lang)
+        .replace("{{message}}", html.escape(message))
         .replace("{{csrf}}", html.escape(csrf))
         .replace("{{next}}", html.escape(nxt))
+        .replace("{{next_q}}", html.escape(quote(nxt, safe="/")))
     )
     return HTMLResponse(body, status_code=status, headers={**NO_STORE, **(headers or {})})
 
@@ -597,11 +672,19 @@ async def login(request: Request) -> Response:
     csrf: str = request.state.csrf
     if not settings.login_required:
         return RedirectResponse("/", 303)
+    lang = page_language(request)
     if request.method == "GET":
         nxt = _safe_next(request.query_params.get("next"))
+        picked = request.query_params.get("lang")
+        extra: dict[str, str] = {}
+        if picked in i18n.LANGUAGES:  # the page's language links: remembered like the dashboard's switch
+            lang = picked
+            extra["set-cookie"] = cookie_header(
+                i18n.LANG_COOKIE, lang, max_age=LANG_COOKIE_AGE, http_only=False, secure=False
+            ).decode("latin-1")
         stored = await run_in_threadpool(read_password_hash, settings.password_file)
-        msg = "" if stored else "No password is set yet. On the gateway run: parcelbox web set-password"
-        return login_page(msg, csrf, nxt)
+        msg = "" if stored else i18n.t(lang, "login.no_password")
+        return login_page(lang, msg, csrf, nxt, headers=extra)
 
     raw = await request.body()
     if len(raw) > MAX_BODY:
@@ -610,7 +693,7 @@ async def login(request: Request) -> Response:
     nxt = _safe_next(form.get("next"))
     cookie_csrf = parse_cookies(request.headers).get(CSRF_COOKIE, "")
     if not cookie_csrf or form.get("csrf") != cookie_csrf:
-        return login_page("The form expired; please try again.", csrf, nxt, 403)
+        return login_page(lang, i18n.t(lang, "login.expired"), csrf, nxt, 403)
     limiter: LoginLimiter = request.app.state.limiter
     signer: SessionSigner = request.app.state.signer
     addr = request.client.host if request.client else "?"
@@ -620,7 +703,8 @@ async def login(request: Request) -> Response:
     if wait > 0:
         log.warning("web: login from %s refused: too many failed attempts", addr)
         return login_page(
-            f"Too many failed attempts. Try again in {math.ceil(wait)} s.",
+            lang,
+            i18n.t(lang, "login.locked", seconds=math.ceil(wait)),
             csrf,
             nxt,
             429,
@@ -633,7 +717,8 @@ async def login(request: Request) -> Response:
         if not may_try or (slow and limiter.retry_after(key) > 0):  # again: failures while it waited
             log.warning("web: login from %s refused: too many attempts waiting", addr)
             return login_page(
-                "Too many login attempts right now. Try again in a few seconds.",
+                lang,
+                i18n.t(lang, "login.busy"),
                 csrf,
                 nxt,
                 429,
@@ -644,12 +729,8 @@ async def login(request: Request) -> Response:
     if not ok:
         limiter.failed(key)
         log.warning("web: failed login from %s", addr)
-        msg = (
-            "Wrong password."
-            if stored
-            else "No password is set yet. On the gateway run: parcelbox web set-password"
-        )
-        return login_page(msg, csrf, nxt, 401)
+        msg = i18n.t(lang, "login.wrong" if stored else "login.no_password")
+        return login_page(lang, msg, csrf, nxt, 401)
     limiter.succeeded(key)
     lifetime = int(settings.session_hours * 3600)
     session = signer.new_session(lifetime, password_fingerprint(stored or ""))
@@ -728,7 +809,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
             status_code=exc.status_code,
             headers={**NO_STORE, **(exc.headers or {})},
         )
-    return HTMLResponse("<h1>Not found</h1><p><a href='/'>parcelbox</a></p>", status_code=404)
+    lang = page_language(request)
+    title, back = html.escape(i18n.t(lang, "notfound.title")), html.escape(i18n.t(lang, "notfound.back"))
+    return HTMLResponse(
+        f'<!doctype html><html lang="{lang}"><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{title} · parcelbox</title><h1>{title}</h1><p><a href='/'>{back}</a></p>",
+        status_code=404,
+        headers=VARY_LANGUAGE,
+    )
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
@@ -803,6 +892,7 @@ def create_app(
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/sw.js", service_worker, methods=["GET"]),
+        Route("/i18n.js", i18n_script, methods=["GET"]),
         Route("/manifest.webmanifest", manifest, methods=["GET"]),
         Mount("/static", NoCacheStatic(directory=STATIC_DIR), name="static"),
     ]

@@ -258,14 +258,23 @@ class WebServer:
 def web_component(service: Any, config: Any) -> WebServer | None:
     """For `gateway.app.build_components`: the dashboard for a running `GatewayService`, or None
     when `[web] enabled = false`."""
+    from gateway.web.i18n import host_timezone
     from gateway.web.whatsapp_actions import WhatsAppActions
 
     web_cfg = getattr(config, "web", None)
     if web_cfg is not None and not getattr(web_cfg, "enabled", True):
         return None
+    settings = WebSettings.from_config(web_cfg, getattr(service, "data_dir", None))
+    whatsapp_cfg = getattr(config, "whatsapp", None)
+    settings.language = (
+        getattr(web_cfg, "language", "") or getattr(whatsapp_cfg, "language", "") or settings.language
+    )
+    alerts_cfg = getattr(config, "alerts", None)
+    # The same zone the captions use, so the dashboard and WhatsApp never disagree about a time.
+    settings.timezone = getattr(alerts_cfg, "timezone", "") or host_timezone()
     return WebServer(
         service,
-        web_cfg,
+        settings,
         data_dir=getattr(service, "data_dir", None),
         whatsapp=WhatsAppActions.for_service(service),
     )

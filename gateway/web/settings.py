@@ -48,6 +48,11 @@ class WebSettings:
     # closed after this long; a request body must arrive within body_timeout_s.
     idle_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    # The page's language when the browser has not picked one and asks for neither en nor id
+    # (`[web] language`, else `whatsapp.language`; see `web_component`), and the IANA zone its dates are
+    # shown in (`alerts.timezone`, else the host's; "" leaves it to the browser).
+    language: str = "en"
+    timezone: str = ""
 
     @property
     def login_required(self) -> bool:
@@ -71,6 +76,8 @@ class WebSettings:
             v = cfg.get(f.name) if isinstance(cfg, dict) else getattr(cfg, f.name, None)
             if v is not None:
                 values[f.name] = v
+        if not values.get("language"):
+            values.pop("language", None)  # the config's "" means "follow whatsapp.language"
         if values.get("require_login") is False:
             values["require_login"] = None  # the config's "no" means "only when exposed", never "off"
         for key in ("password_file", "secret_file", "sessions_file", "tokens_file"):

@@ -1,6 +1,7 @@
 // parcelbox dashboard: plain JavaScript, no build step. Pages are rendered from the JSON API;
 // live changes arrive over Server-Sent Events (/api/stream). Text from records is always set with
-// textContent (never innerHTML), so nothing a box sends can run as script here.
+// textContent (never innerHTML), so nothing a box sends can run as script here. Every word shown comes
+// from the language catalogue through t() / tn() and the date helpers in lang.js (loaded first).
 "use strict";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -39,7 +40,9 @@ async function api(path, opts = {}) {
     r = await fetch(path, init);
   } catch {
     offline(null); // no service worker (first visit) or not a GET: say it plainly
-    throw new Error("Can't reach your gateway");
+    const err = new TypeError(t("error.network")); // still a TypeError, as fetch's own
+    err.code = "network";
+    throw err;
   }
   // Answered by the service worker from what it saved, because the gateway is out of reach.
   const saved = r.headers.get("x-pb-saved-at");
@@ -48,13 +51,20 @@ async function api(path, opts = {}) {
   else online();
   if (r.status === 401) {
     location.href = "/login?next=" + encodeURIComponent(location.pathname);
-    throw new Error("login required");
+    const err = new Error(t("error.login_required"));
+    err.code = "login_required"; // what callers test (the message is in the page's language)
+    throw err;
   }
   let data = null;
   try { data = await r.json(); } catch { data = null; }
   if (!r.ok) {
-    const err = new Error((data && data.detail) || r.statusText || "request failed");
+    // The API answers in English (for scripts and logs); the page says it in its own words.
+    const err = new Error();
     err.status = r.status;
+    err.code = data && data.error;
+    err.detail = data && data.detail;
+    err.retryAfter = r.headers.get("retry-after");
+    err.message = errorText(err);
     throw err;
   }
   return data;
@@ -70,11 +80,8 @@ function offline(savedTs) {
   if (savedTs != null && (away.shownTs == null || savedTs < away.shownTs)) away.shownTs = savedTs;
   if (away.since == null) away.since = Date.now();
   const el = $("#offline");
-  const at = away.shownTs != null
-    ? new Date(away.shownTs * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : null;
-  el.textContent = at
-    ? `Can't reach your gateway — showing what was seen at ${at}. Trying again…`
-    : "Can't reach your gateway. Nothing saved to show yet; trying again…";
+  const at = away.shownTs != null ? clock(away.shownTs) : null;
+  el.textContent = at ? t("offline.notice", { time: at }) : t("offline.nothing_saved");
   el.hidden = false;
   document.body.classList.add("is-offline");
   if (!away.timer) away.timer = setInterval(probe, 5000);
@@ -101,42 +108,29 @@ async function probe() {
 
 // --- formatting ----------------------------------------------------------------
 
-const TYPE_LABEL = {
-  delivery: "Delivery", pickup: "Pickup", lid_closed: "Lid closed",
-  lid_left_open: "Lid left open", snapshot: "Snapshot",
-  // alert kinds that are not events
-  offline: "Offline", online: "Back online", low_battery: "Low battery",
-};
+// Event types (and alert kinds that are not events: offline, online, low_battery), commands and alert
+// states: the catalogue's words for the API's English names (an unknown name is shown as it is).
+function label(prefix, name) {
+  const key = prefix + name;
+  return t(key) === key ? String(name) : t(key);
+}
+const typeLabel = (type) => label("type.", type);
+const cmdLabel = (cmd) => label("cmd.", cmd);
+const alertStateLabel = (st) => label("alerts.state.", st);
 // The Deliveries page's default: what a user looks for; the rest is behind the type filter.
 const DEFAULT_TYPES = ["delivery", "pickup"];
 const FILTER_KEYS = ["device", "type", "from", "to"];
 
-function ago(ts) {
-  if (ts == null) return "never";
-  const s = Math.max(0, Date.now() / 1000 - ts);
-  if (s < 45) return "just now";
-  if (s < 3600) return Math.round(s / 60) + " min ago";
-  if (s < 86400) return Math.round(s / 3600) + " h ago";
-  return Math.round(s / 86400) + " d ago";
-}
-
-function when(ts) {
-  if (ts == null) return "—";
-  const d = new Date(ts * 1000);
-  const today = new Date();
-  const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  if (d.toDateString() === today.toDateString()) return "Today " + time;
-  return d.toLocaleDateString([], { day: "numeric", month: "short", year: d.getFullYear() === today.getFullYear() ? undefined : "numeric" }) + " " + time;
-}
+// ago(), when(), clock(), fullDate(), duration(), dayStart(): lang.js (the locale's format, the gateway's zone).
 
 function signal(rssi) {
   if (rssi == null) return "—";
   const q = rssi >= -60 ? "good" : rssi >= -72 ? "fair" : "weak";
-  return `${rssi} dBm (${q})`;
+  return t("box.signal_value", { rssi, quality: t("box.signal_" + q) });
 }
 
 function battery(mv) {
-  if (mv == null) return "mains power";
+  if (mv == null) return t("box.mains");
   return (mv / 1000).toFixed(2) + " V";
 }
 
@@ -200,7 +194,7 @@ function show(path, push) {
   state.page = page;
   for (const s of document.querySelectorAll(".page")) s.hidden = s.id !== "page-" + page;
   for (const a of document.querySelectorAll("[data-page]")) a.classList.toggle("on", a.dataset.page === page);
-  document.title = ({ deliveries: "Deliveries", boxes: "Boxes", whatsapp: "WhatsApp", alerts: "Alerts" })[page] + " · parcelbox";
+  document.title = t("app.title", { page: t("nav." + page) });
   load(page);
 }
 
@@ -214,9 +208,10 @@ function load(page) {
 
 function dateToTs(value, endOfDay) {
   if (!value) return null;
+  // Days as the gateway's zone has them, so the filter agrees with the times shown.
+  if (!endOfDay) return dayStart(value);
   const [y, m, d] = value.split("-").map(Number);
-  const t = new Date(y, m - 1, d + (endOfDay ? 1 : 0));
-  return t.getTime() / 1000;
+  return dayStart(new Date(Date.UTC(y, m - 1, d + 1)).toISOString().slice(0, 10));
 }
 
 function eventQuery(before) {
@@ -265,13 +260,13 @@ function boxName(id) {
 
 function eventItem(e, fresh) {
   const thumb = e.photos
-    ? h("img", { class: "thumb", src: e.photos.thumb, alt: TYPE_LABEL[e.type] || e.type, loading: "lazy", width: 160, height: 120 })
-    : h("div", { class: "thumb none" }, "no photo");
+    ? h("img", { class: "thumb", src: e.photos.thumb, alt: typeLabel(e.type), loading: "lazy", width: 160, height: 120 })
+    : h("div", { class: "thumb none" }, t("events.no_photo"));
   const sensors = e.sensors || {};
   const extra = [];
   if (sensors.distance_mm != null) extra.push(sensors.distance_mm + " mm");
   if (sensors.weight_g != null) extra.push(sensors.weight_g + " g");
-  if (e.cmd) extra.push("requested");
+  if (e.cmd) extra.push(t("events.requested"));
   return h("li", {
     class: "event t-" + e.type + (fresh ? " fresh" : ""),
     "data-id": e.id, "data-device": e.device, tabindex: 0, role: "button",
@@ -280,9 +275,9 @@ function eventItem(e, fresh) {
   },
     thumb,
     h("div", { class: "ev-body" },
-      h("div", { class: "ev-top" }, h("span", { class: "tag t-" + e.type }, TYPE_LABEL[e.type] || e.type),
-        h("time", { datetime: new Date(e.ts * 1000).toISOString(), title: new Date(e.ts * 1000).toLocaleString() }, when(e.ts))),
-      h("div", { class: "ev-box" }, boxName(e.device)),
+      h("div", { class: "ev-top" }, h("span", { class: "tag t-" + e.type }, typeLabel(e.type)),
+        h("time", { datetime: new Date(e.ts * 1000).toISOString(), title: fullDate(e.ts) }, when(e.ts))),
+      h("div", { class: "ev-box", "data-verbatim": true }, boxName(e.device)),
       extra.length ? h("div", { class: "muted small" }, extra.join(" · ")) : null,
     ),
   );
@@ -323,13 +318,13 @@ function onEvent(e) {
 
 function openEvent(e) {
   const dlg = $("#viewer");
-  $("#viewer-title").textContent = (TYPE_LABEL[e.type] || e.type) + " · " + boxName(e.device);
-  $("#viewer-sub").textContent = new Date(e.ts * 1000).toLocaleString();
+  $("#viewer-title").textContent = typeLabel(e.type) + " · " + boxName(e.device);
+  $("#viewer-sub").textContent = fullDate(e.ts);
   const img = $("#viewer-img");
   const orig = $("#viewer-orig");
   if (e.photos) {
     img.src = e.photos.alert;
-    img.alt = "Photo of the " + (TYPE_LABEL[e.type] || e.type).toLowerCase();
+    img.alt = t("viewer.photo_of", { type: typeLabel(e.type) });
     img.hidden = false;
     orig.href = e.photos.original;
     orig.hidden = false;
@@ -339,7 +334,7 @@ function openEvent(e) {
     img.removeAttribute("src");
     img.hidden = true;
     orig.hidden = true;
-    $("#viewer-meta").textContent = "This event has no photo.";
+    $("#viewer-meta").textContent = t("viewer.no_photo");
   }
   dlg.showModal();
 }
@@ -360,20 +355,20 @@ async function loadHealth() {
   // One line about the gateway itself; every key is optional (gateways report what they have).
   const hl = await api("/api/health");
   const parts = [];
-  if (hl.broker && hl.broker.connected != null) parts.push(hl.broker.connected ? "broker connected" : "broker NOT connected");
+  if (hl.broker && hl.broker.connected != null) parts.push(t(hl.broker.connected ? "health.broker_ok" : "health.broker_down"));
   const total = hl.events_total != null ? hl.events_total : hl.stored;
-  const n = (k, one, many) => `${k} ${k === 1 ? one : many}`;
-  if (total != null) parts.push(n(total, "event stored", "events stored"));
+  if (total != null) parts.push(tn("health.events", total));
   const a = hl.alerts || {};
   const bad = (a.failed || 0) + (a.dead || 0);
-  if (a.pending) parts.push(n(a.pending, "alert pending", "alerts pending"));
-  if (bad) parts.push(n(bad, "alert failed", "alerts failed"));
-  if (hl.uptime_s != null) parts.push("up " + ago(Date.now() / 1000 - hl.uptime_s).replace(" ago", "").replace("just now", "< 1 min"));
-  // Storage: free space always, and the first problem (disk almost full, refused writes, damage) in words.
+  if (a.pending) parts.push(tn("health.pending", a.pending));
+  if (bad) parts.push(tn("health.failed", bad));
+  if (hl.uptime_s != null) parts.push(t("health.uptime", { duration: duration(hl.uptime_s) }));
+  // Storage: free space always, and the first problem (disk almost full, refused writes, damage) in words
+  // (the gateway's own words: shown as they come).
   const st = hl.storage || {};
   const storageBad = st.ok === false;
-  if (st.disk && st.disk.free_bytes != null) parts.push(`${Math.round(st.disk.free_bytes / 1048576)} MB free`);
-  if (storageBad && st.problems && st.problems.length) parts.push("storage: " + st.problems[0]);
+  if (st.disk && st.disk.free_bytes != null) parts.push(t("health.disk_free", { mb: Math.round(st.disk.free_bytes / 1048576) }));
+  if (storageBad && st.problems && st.problems.length) parts.push(t("health.storage_problem", { problem: st.problems[0] }));
   const el = $("#gw-health");
   el.textContent = parts.join(" · ");
   el.title = (st.problems || []).join("\n");
@@ -383,7 +378,7 @@ async function loadHealth() {
 function fillBoxFilter() {
   const sel = $("#filters [name=device]");
   const cur = sel.value;
-  sel.replaceChildren(h("option", { value: "" }, "All boxes"),
+  sel.replaceChildren(h("option", { value: "", "data-i18n": "events.all_boxes" }, t("events.all_boxes")),
     ...[...state.devices.values()].map((d) => h("option", { value: d.device }, d.name || d.device)));
   if (cur && !state.devices.has(cur)) sel.append(h("option", { value: cur }, cur)); // from the address
   sel.value = cur;
@@ -398,29 +393,30 @@ function boxCard(d) {
   return h("article", { class: "card box" + (d.online ? "" : " off"), "data-device": d.device },
     h("div", { class: "box-head" },
       // The id under the name only when they differ (a box without a name would say it twice).
-      h("div", {}, h("h2", {}, d.name || d.device),
+      h("div", { "data-verbatim": true }, h("h2", {}, d.name || d.device),
         d.name && d.name !== d.device ? h("div", { class: "muted small" }, d.device) : null),
-      h("span", { class: "badge " + (d.online ? "ok" : "bad") }, d.online ? "online" : "offline"),
+      h("span", { class: "badge " + (d.online ? "ok" : "bad") }, t(d.online ? "box.online" : "box.offline")),
     ),
     h("div", { class: "waiting" + (waiting ? " has" : "") },
-      h("b", {}, String(waiting)), waiting === 1 ? " package waiting" : " packages waiting",
-      d.last_delivery_ts ? h("span", { class: "muted small" }, " · last delivery " + ago(d.last_delivery_ts)) : null),
+      h("b", {}, String(waiting)), " " + tn("box.waiting", waiting),
+      d.last_delivery_ts ? h("span", { class: "muted small" }, " · " + t("box.last_delivery", { ago: ago(d.last_delivery_ts) })) : null),
     h("dl", { class: "facts" },
-      fact("Last seen", ago(d.last_seen)),
-      fact("Lid", d.lid_open == null ? "—" : d.lid_open ? "open" : "closed"),
-      fact("Signal", signal(d.rssi)),
-      fact("Battery", battery(d.battery_mv)),
-      fact("Spooled", d.spooled == null ? "—" : String(d.spooled)),
-      fact("Firmware", d.fw || "—"),
+      fact(t("box.last_seen"), ago(d.last_seen)),
+      fact(t("box.lid"), d.lid_open == null ? "—" : t(d.lid_open ? "box.lid_open" : "box.lid_closed")),
+      fact(t("box.signal"), signal(d.rssi)),
+      fact(t("box.battery"), battery(d.battery_mv)),
+      fact(t("box.spooled"), d.spooled == null ? "—" : String(d.spooled)),
+      fact(t("box.firmware"), d.fw || "—"),
     ),
     // Signal, battery, spool and firmware are the box's last report, which may be older than "last
     // seen" (events also count as seen): say when it was made.
     d.fw != null || d.spooled != null
-      ? h("p", { class: "muted small reported" }, "Signal, battery, spooled: reported " + (d.status_at ? when(d.status_at) + " (" + ago(d.status_at) + ")" : "at an unknown time"))
+      ? h("p", { class: "muted small reported" }, d.status_at
+        ? t("box.reported", { when: when(d.status_at), ago: ago(d.status_at) }) : t("box.reported_unknown"))
       : null,
     h("div", { class: "actions" },
-      h("button", { class: "cmd", "data-cmd": "snapshot", onclick: () => command(d, "snapshot") }, "Take snapshot"),
-      h("button", { class: "ghost cmd", "data-cmd": "reboot", onclick: () => command(d, "reboot") }, "Reboot"),
+      h("button", { class: "cmd", "data-cmd": "snapshot", onclick: () => command(d, "snapshot") }, t("box.snapshot")),
+      h("button", { class: "ghost cmd", "data-cmd": "reboot", onclick: () => command(d, "reboot") }, t("box.reboot")),
     ),
     h("p", { class: "result", role: "status" }),
   );
@@ -450,18 +446,18 @@ function showCmd(device, text, cls, cmdId, link) {
 }
 
 async function command(d, cmd) {
-  if (cmd === "reboot" && !confirm(`Reboot ${d.name || d.device}?`)) return;
+  if (cmd === "reboot" && !confirm(t("cmd.confirm_reboot", { box: d.name || d.device }))) return;
   try {
-    showCmd(d.device, cmd === "snapshot" ? "Asking the box for a photo…" : "Sending reboot…", "wait");
+    showCmd(d.device, t(cmd === "snapshot" ? "cmd.asking_photo" : "cmd.sending_reboot"), "wait");
     const r = await api(`/api/devices/${encodeURIComponent(d.device)}/command`, { method: "POST", body: { cmd } });
-    const text = cmd === "snapshot" ? "Snapshot requested; waiting for the box…" : "Reboot sent; waiting for the box…";
+    const text = t(cmd === "snapshot" ? "cmd.snapshot_requested" : "cmd.reboot_sent");
     state.pendingCmds.set(r.id, { device: d.device, cmd, text, cls: "wait" });
     showCmd(d.device, text, "wait", r.id);
     if (state.earlyResults.has(r.id)) { onCommand(state.earlyResults.get(r.id)); return; }
     // The result normally arrives on the live stream; ask too, in case it was missed.
     for (const ms of [3000, 10000, 30000]) setTimeout(() => pollCmd(r.id, ms === 30000), ms);
   } catch (e) {
-    showCmd(d.device, "Could not send: " + e.message, "bad");
+    showCmd(d.device, t("cmd.send_failed", { error: e.message }), "bad");
   }
 }
 
@@ -472,7 +468,7 @@ async function pollCmd(id, last) {
     if (!r.pending) onCommand(r);
     else if (last) {
       const p = state.pendingCmds.get(id);
-      showCmd(p.device, "No answer yet. A sleeping box answers when it next wakes.", "wait", id);
+      showCmd(p.device, t("cmd.no_answer"), "wait", id);
     }
   } catch { /* the live stream may still deliver it */ }
 }
@@ -486,7 +482,7 @@ function onCommand(res) {
   }
   state.pendingCmds.delete(res.id);
   if (!res.ok) {
-    showCmd(p.device, `${p.cmd} failed: ${res.error || "unknown error"}`, "bad", res.id);
+    showCmd(p.device, t("cmd.failed", { cmd: cmdLabel(p.cmd), error: res.error || t("cmd.unknown_error") }), "bad", res.id);
     return;
   }
   if (p.cmd === "snapshot" && res.event) {
@@ -494,7 +490,7 @@ function onCommand(res) {
     if (state.stored.has(p.device + "/" + res.event)) snapshotReady(p.device, res.event, res.id);
     else {
       state.snapWaiting.set(p.device + "/" + res.event, res.id);
-      showCmd(p.device, "Snapshot taken; receiving the photo…", "wait", res.id);
+      showCmd(p.device, t("cmd.receiving_photo"), "wait", res.id);
       // In case the live stream missed the stored event: look for it directly a little later.
       setTimeout(() => {
         const key = p.device + "/" + res.event;
@@ -505,7 +501,7 @@ function onCommand(res) {
       }, 8000);
     }
   } else {
-    showCmd(p.device, `${p.cmd} done ✓`, "ok", res.id);
+    showCmd(p.device, t("cmd.done", { cmd: cmdLabel(p.cmd) }), "ok", res.id);
   }
 }
 
@@ -514,8 +510,8 @@ function snapshotReady(device, eventId, cmdId) {
     ev.preventDefault();
     try { openEvent(await api(`/api/events/${encodeURIComponent(device)}/${encodeURIComponent(eventId)}`)); }
     catch (e) { toast(e.message, true); }
-  } }, "View photo");
-  showCmd(device, "Snapshot taken ✓ ", "ok", cmdId, link);
+  } }, t("cmd.view_photo"));
+  showCmd(device, t("cmd.snapshot_done") + " ", "ok", cmdId, link);
 }
 
 function onDevice(d) {
@@ -533,12 +529,11 @@ function onDevice(d) {
 
 // --- WhatsApp ----------------------------------------------------------------------
 
-const WA_LABEL = {
-  connected: ["Connected", "ok"], pairing: ["Waiting for pairing", "warn"], not_paired: ["Not linked", "warn"],
-  starting: ["Starting", "warn"], disconnected: ["Disconnected", "bad"], stream_replaced: ["Replaced by another session", "bad"],
-  logged_out: ["Logged out", "bad"], banned: ["Banned", "bad"], outdated: ["Client outdated", "bad"],
-  locked: ["Session locked", "bad"], error: ["Error", "bad"], disabled: ["Disabled", "muted"],
-  not_installed: ["Not installed", "muted"], unknown: ["Unknown", "muted"],
+// WhatsApp state -> badge colour; its label is the catalogue's wa.state.<state>.
+const WA_CLASS = {
+  connected: "ok", pairing: "warn", not_paired: "warn", starting: "warn", disconnected: "bad",
+  stream_replaced: "bad", logged_out: "bad", banned: "bad", outdated: "bad", locked: "bad", error: "bad",
+  disabled: "muted", not_installed: "muted", unknown: "muted",
 };
 
 async function loadWhatsApp() {
@@ -554,9 +549,9 @@ function renderBanner() {
   const b = $("#wa-banner");
   b.hidden = !down;
   if (down) {
-    b.replaceChildren("WhatsApp alerts have stopped since " + new Date(wa.down_since * 1000).toLocaleString()
-      + ". ", Object.assign(document.createElement("a"), { href: "/whatsapp", textContent: "Open the WhatsApp page" }),
-      " (the phone offline for ~14 days unlinks the gateway: pair again).");
+    b.replaceChildren(t("wa.banner", { time: when(wa.down_since) }) + " ",
+      Object.assign(document.createElement("a"), { href: "/whatsapp", textContent: t("wa.banner_link") }),
+      " " + t("wa.banner_hint"));
     b.querySelector("a").setAttribute("data-nav", "");
   }
 }
@@ -566,16 +561,21 @@ function renderWhatsApp(wa) {
   state.wa = { ...prev, ...wa, actions: wa.actions || prev.actions };
   wa = state.wa;
   renderBanner();
-  const [label, cls] = WA_LABEL[wa.state] || [wa.state, "muted"];
+  const cls = WA_CLASS[wa.state] || "muted";
+  const label = WA_CLASS[wa.state] ? t("wa.state." + wa.state) : wa.state;
   const badge = $("#wa-badge");
   badge.textContent = label;
   badge.className = "badge " + cls;
-  $("#wa-as").textContent = wa.paired_as ? "as +" + String(wa.paired_as).replace(/^\+/, "") : "";
+  $("#wa-as").textContent = wa.paired_as ? t("wa.paired_as", { number: String(wa.paired_as).replace(/^\+/, "") }) : "";
+  // The page's own words for the state; the WhatsApp process's own line (English, with specifics such
+  // as a pid or a number) under "Details", as it came.
+  $("#wa-desc").textContent = WA_CLASS[wa.state] ? t("wa.desc." + wa.state) : "";
   $("#wa-detail").textContent = wa.detail || "";
+  $("#wa-details").hidden = !wa.detail;
   const unknown = wa.unknown_numbers || [];
   $("#wa-unknown").hidden = !unknown.length;
   $("#wa-unknown").textContent = unknown.length
-    ? "Not on WhatsApp (alerts to them fail at once; fix [whatsapp] recipients): " + unknown.map((n) => "+" + n).join(", ")
+    ? t("wa.unknown_numbers", { numbers: unknown.map((n) => "+" + n).join(", ") })
     : "";
   const pairing = ["pairing", "not_paired", "logged_out"].includes(wa.state);
   $("#wa-pair").hidden = !pairing;
@@ -590,11 +590,11 @@ function renderWhatsApp(wa) {
     qr.removeAttribute("src");
     qr.dataset.v = "";
     $("#wa-noqr").hidden = false;
-    $("#wa-noqr").textContent = wa.pair_code ? "Use the pairing code below." : "Waiting for a QR code from WhatsApp…";
+    $("#wa-noqr").textContent = t(wa.pair_code ? "wa.use_code" : "wa.waiting_qr");
   }
   const code = $("#wa-code");
   code.hidden = !wa.pair_code;
-  code.textContent = wa.pair_code ? "Code: " + wa.pair_code : "";
+  code.textContent = wa.pair_code ? t("wa.code", { code: wa.pair_code }) : "";
   const acts = wa.actions || {};
   $("#wa-code-form").hidden = acts.pair_code === false;
   $("#wa-test-form").hidden = acts.test_message === false;
@@ -604,7 +604,7 @@ function renderWhatsApp(wa) {
 async function waAction(path, body, okText) {
   const out = $("#wa-result");
   out.className = "result wait";
-  out.textContent = "Working…";
+  out.textContent = t("wa.working");
   waAction.lastStatus = 0;
   try {
     const r = await api(path, { method: "POST", body });
@@ -641,23 +641,25 @@ async function loadChannels() {
 function channelRow(c) {
   const last = c.last_alert;
   const st = last ? last.state : "unused";
+  const stLabel = last ? alertStateLabel(st) : t("channels.unused");
   return h("article", { class: "channel card s-" + st, "data-channel": c.id },
     h("div", { class: "al-top" },
-      h("span", { class: "badge " + (({ sent: "ok", pending: "warn", failed: "bad", dead: "bad" })[st] || "") }, st),
-      h("b", {}, c.scheme + " · " + c.id),
-      h("span", { class: "muted small grow" }, c.boxes.length ? "boxes: " + c.boxes.join(", ") : "all boxes"),
-      h("button", { class: "small-btn channel-test", onclick: () => testChannel(c) }, "Send test")),
+      h("span", { class: "badge " + (({ sent: "ok", pending: "warn", failed: "bad", dead: "bad" })[st] || "") }, stLabel),
+      h("b", { "data-verbatim": true }, c.scheme + " · " + c.id),
+      h("span", { class: "muted small grow" }, c.boxes.length ? t("channels.boxes", { boxes: c.boxes.join(", ") }) : t("events.all_boxes")),
+      h("button", { class: "small-btn channel-test", onclick: () => testChannel(c) }, t("channels.test"))),
     h("div", { class: "muted small" },
-      `${c.recent.sent} sent · ${c.recent.pending + c.recent.failed} waiting · ${c.recent.dead} dead`,
-      last && last.sent_at ? " · last sent " + when(last.sent_at) : ""),
-    last && last.last_error ? h("div", { class: "err" }, last.last_error) : null,
+      t("channels.recent", { sent: c.recent.sent, waiting: c.recent.pending + c.recent.failed, dead: c.recent.dead }),
+      last && last.sent_at ? " · " + t("channels.last_sent", { when: when(last.sent_at) }) : ""),
+    // What the channel reported (its service's own words): shown as it came.
+    last && last.last_error ? h("div", { class: "err", "data-verbatim": true }, last.last_error) : null,
   );
 }
 
 async function testChannel(c) {
   try {
     await api(`/api/channels/${encodeURIComponent(c.sink)}/${encodeURIComponent(c.id)}/test`, { method: "POST" });
-    toast("Test message queued to " + c.id);
+    toast(t("channels.test_queued", { id: c.id }));
     loadChannels();
   } catch (e) {
     toast(e.message, true);
@@ -666,26 +668,28 @@ async function testChannel(c) {
 
 function alertRow(a) {
   const retry = a.state === "failed" || a.state === "dead"
-    ? h("button", { class: "small-btn retry", onclick: () => retryAlert(a) }, "Retry now") : null;
+    ? h("button", { class: "small-btn retry", onclick: () => retryAlert(a) }, t("alerts.retry")) : null;
   return h("article", { class: "alert card s-" + a.state, "data-id": a.id },
     h("div", { class: "al-top" },
-      h("span", { class: "badge " + ({ sent: "ok", pending: "warn", failed: "bad", dead: "bad" })[a.state] }, a.state),
-      h("b", {}, (TYPE_LABEL[a.kind] || a.kind) + " · " + boxName(a.device)),
+      h("span", { class: "badge " + ({ sent: "ok", pending: "warn", failed: "bad", dead: "bad" })[a.state] }, alertStateLabel(a.state)),
+      h("b", {}, typeLabel(a.kind) + " · " + boxName(a.device)),
       h("span", { class: "muted small grow" }, when(a.created_at)),
       a.event_ids && a.event_ids.length ? h("a", { href: "#", class: "small view-event", onclick: (ev) => {
         ev.preventDefault();
         api(`/api/events/${encodeURIComponent(a.device)}/${encodeURIComponent(a.event_ids[0])}`)
           .then(openEvent, (e) => toast(e.message, true));
-      } }, "View event") : null,
+      } }, t("alerts.view_event")) : null,
       retry),
     h("div", { class: "muted small" },
-      (a.recipient ? `${a.notifier} → ${a.recipient}` : a.notifier) + ` · ${a.attempts} attempt${a.attempts === 1 ? "" : "s"}`,
-      a.state === "sent" && a.sent_at ? " · sent " + when(a.sent_at) : "",
+      (a.recipient ? `${a.notifier} → ${a.recipient}` : a.notifier) + " · " + tn("alerts.attempts", a.attempts),
+      a.state === "sent" && a.sent_at ? " · " + t("alerts.sent_at", { when: when(a.sent_at) }) : "",
       // WhatsApp receipts: sent (server accepted) → delivered (on the phone) → read.
-      a.receipt ? " · " + ["sent", "delivered", "read"].map((r) => r === a.receipt ? r.toUpperCase() : r).join(" → ")
+      a.receipt ? " · " + ["sent", "delivered", "read"].map((r) => t("alerts.receipt." + r))
+        .map((w, i) => ["sent", "delivered", "read"][i] === a.receipt ? w.toLocaleUpperCase() : w).join(" → ")
         + (a.receipt_at && a.receipt !== "sent" ? " " + when(a.receipt_at) : "") : "",
-      (a.state === "pending" || a.state === "failed") && a.next_attempt_at ? " · next try " + when(a.next_attempt_at) : ""),
-    a.last_error ? h("div", { class: "err" }, a.last_error) : null,
+      (a.state === "pending" || a.state === "failed") && a.next_attempt_at ? " · " + t("alerts.next_try", { when: when(a.next_attempt_at) }) : ""),
+    // What the notifier reported (WhatsApp's or a webhook's own words): shown as it came.
+    a.last_error ? h("div", { class: "err", "data-verbatim": true }, a.last_error) : null,
   );
 }
 
@@ -698,7 +702,7 @@ function renderAlerts() {
 async function retryAlert(a) {
   try {
     await api(`/api/outbox/${encodeURIComponent(a.id)}/retry`, { method: "POST" });
-    toast("Alert queued to send again");
+    toast(t("alerts.queued"));
   } catch (e) {
     toast(e.message, true);
   }
@@ -717,10 +721,12 @@ function onOutbox(a) {
 
 // --- live --------------------------------------------------------------------------
 
-function setLive(on, text) {
+function setLive(on, key) {
   const el = $("#live");
   el.classList.toggle("on", on);
-  $("span", el).textContent = text;
+  const span = $("span", el);
+  span.dataset.i18n = key; // so a language switch relabels it
+  span.textContent = t(key);
 }
 
 function connectLive() {
@@ -732,7 +738,7 @@ function connectLive() {
     // After a reconnect, reload what is on screen: anything missed while away is picked up.
     if (opened) load(state.page);
     opened = true;
-    setLive(true, "live");
+    setLive(true, "live.on");
   });
   es.addEventListener("event", (m) => onEvent(JSON.parse(m.data)));
   es.addEventListener("device", (m) => onDevice(JSON.parse(m.data)));
@@ -741,11 +747,11 @@ function connectLive() {
   es.addEventListener("whatsapp", (m) => { if (state.wa || state.page === "whatsapp") renderWhatsApp(JSON.parse(m.data)); });
   es.addEventListener("resync", () => load(state.page));
   es.onerror = async () => {
-    setLive(false, "reconnecting");
+    setLive(false, "live.reconnecting");
     if (es.readyState === EventSource.CLOSED) {
       // Closed for good (e.g. 401 after the session ended): check the login, then retry.
       // Out of reach (the phone away from home): keep trying; the offline banner says so.
-      try { await api("/api/health"); } catch (e) { if (e.message === "login required") return; }
+      try { await api("/api/health"); } catch (e) { if (e.code === "login_required") return; }
       setTimeout(connectLive, away.since != null ? 10000 : 3000);
     }
   };
@@ -753,7 +759,21 @@ function connectLive() {
 
 // --- wiring ------------------------------------------------------------------------
 
+// After a language switch: everything on screen again in the new words, from what is already loaded
+// (no request: the API and the data do not depend on the language).
+function rerender() {
+  document.title = t("app.title", { page: t("nav." + state.page) });
+  renderEvents();
+  fillBoxFilter();
+  if (state.page === "boxes") { renderBoxes(); loadHealth().catch(() => {}); }
+  if (state.wa) renderWhatsApp({});
+  renderAlerts();
+}
+
 function init() {
+  applyI18n(document);
+  for (const b of document.querySelectorAll("[data-lang]")) b.addEventListener("click", () => setLang(b.dataset.lang));
+  document.addEventListener("langchange", rerender);
   document.addEventListener("click", (ev) => {
     const a = ev.target.closest("a[data-nav]");
     if (!a || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.button !== 0) return;
@@ -788,23 +808,23 @@ function init() {
   $("#wa-code-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const r = await waAction("/api/whatsapp/pair-code", { phone: $("#wa-phone").value },
-      (r) => r.pair_code ? "Enter this code in WhatsApp → Linked devices → Link with phone number." : "Code requested.");
+      (r) => t(r.pair_code ? "wa.code_hint" : "wa.code_requested"));
     if (r && r.pair_code) renderWhatsApp({ pair_code: r.pair_code });
   });
   $("#wa-test-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const recipient = $("#wa-recipient").value.trim() || null;
-    const sent = () => "Test message sent.";
+    const sent = () => t("wa.test_sent");
     const r = await waAction("/api/whatsapp/test", { recipient }, sent);
     // 409: not one of the alert recipients; the owner's account should not message a stranger by accident.
     if (!r && waAction.lastStatus === 409 &&
-        confirm(`${recipient} is not one of your alert recipients. Send it a test message anyway?`)) {
+        confirm(t("wa.test_confirm", { recipient }))) {
       await waAction("/api/whatsapp/test", { recipient, confirm: true }, sent);
     }
   });
   $("#wa-unlink").addEventListener("click", async () => {
-    if (!confirm("Unlink this gateway from WhatsApp? Alerts stop until you pair again.")) return;
-    await waAction("/api/whatsapp/unlink", undefined, () => "Unlinked.");
+    if (!confirm(t("wa.unlink_confirm"))) return;
+    await waAction("/api/whatsapp/unlink", undefined, () => t("wa.unlinked"));
     loadWhatsApp().catch(() => {});
   });
 

@@ -8,10 +8,13 @@
 // reachable; the saved copies are used only when it is not, are marked with the time they were saved
 // (x-pb-saved-at) so the app can say how old they are, and are deleted on logout and on any 401.
 "use strict";
-const CACHE = "parcelbox-shell-v2";
+// The dashboard's words (gateway/web/i18n/*.json), for the offline page below. Imported scripts are
+// kept with the worker, so they are there when the gateway is not.
+try { importScripts("/i18n.js"); } catch { /* logged out while updating: the page below falls back to English */ }
+const CACHE = "parcelbox-shell-v3";
 const DATA = "parcelbox-data-v1";
 const DATA_MAX = 150;
-const SHELL = ["/", "/static/app.css", "/static/app.js", "/static/icon.svg", "/static/icon-192.png", "/manifest.webmanifest"];
+const SHELL = ["/", "/i18n.js", "/static/app.css", "/static/lang.js", "/static/app.js", "/static/icon.svg", "/static/icon-192.png", "/manifest.webmanifest"];
 const PAGES = ["/", "/boxes", "/whatsapp", "/alerts"];
 const DATA_PATHS = ["/api/events", "/api/devices", "/api/health", "/api/outbox"];
 const PHOTO = /^\/api\/photos\/[^/]+\/[^/]+\/(thumb|alert)$/;
@@ -88,7 +91,30 @@ self.addEventListener("fetch", (ev) => {
       }
       return resp;
     }).catch(() =>
-      caches.match(PAGES.includes(url.pathname) ? "/" : req).then((hit) => hit || Response.error()),
+      caches.match(PAGES.includes(url.pathname) ? "/" : req)
+        .then((hit) => hit || (req.mode === "navigate" ? offlinePage() : Response.error())),
     ),
   );
 });
+
+// No copy of the dashboard yet and no gateway: a page that says so, in the phone's language if the
+// dashboard speaks it (a worker cannot read the page's cookie), else the gateway's default.
+function offlinePage() {
+  const i18n = self.PB_I18N || { languages: ["en"], default: "en", catalogues: { en: {} } };
+  const asked = (navigator.languages || [navigator.language || ""]).map((l) => l.toLowerCase().split("-")[0]);
+  const lang = asked.find((l) => i18n.languages.includes(l)) || i18n.default;
+  const cat = i18n.catalogues[lang] || {};
+  const en = i18n.catalogues.en || {};
+  const word = (k, fallback) => esc(cat[k] || en[k] || fallback);
+  const body = `<!doctype html><html lang="${esc(lang)}"><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>${word("offline.title", "Offline")} · parcelbox</title>
+<style>body{margin:0;font:16px/1.5 system-ui,sans-serif;background:#f4f5f7;color:#1d2330}
+.offline{max-width:520px;margin:0 auto;padding:15vh 20px;text-align:center}h1{font-size:22px}a{color:#2f6fed}
+@media (prefers-color-scheme:dark){body{background:#12151b;color:#e6e9ef}}</style><main class="offline"><h1>${word("offline.title", "Can't reach your gateway")}</h1>
+<p>${word("offline.body", "")}</p><p><a href="" class="retry">${word("offline.retry", "Try again")}</a></p></main>`;
+  return new Response(body, { status: 503, headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" } });
+}
+
+function esc(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
