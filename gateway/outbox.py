@@ -237,7 +237,8 @@ class OutboxDispatcher:
                     "last_error": error,
                     "next_attempt_at": now + delay,
                 }
-                log.warning(
+                # Held: the owner is already told why (banner, state); a line per alert per retry is noise.
+                (log.debug if result.held else log.warning)(
                     "alert %s via %s failed (attempt %d, retry in %.0fs): %s",
                     rec["id"],
                     notifier.name,

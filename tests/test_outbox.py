@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from gateway.bus import OUTBOX_CHANGED, Bus
@@ -241,3 +243,18 @@ def test_a_send_that_cannot_be_recorded_at_a_full_disk_is_not_sent_again(store, 
     a2 = store.get_outbox("a2_remote")
     assert a2["state"] == "sent" and a2["attempts"] == 2 and a2["last_error"] == "remote down"
     assert [a.id for a in sink.sent] == ["a1_remote", "a2_remote", "a2_remote"]  # a1 never twice
+
+
+def test_a_held_channel_waits_quietly(store, caplog):
+    """Issue 15 item 6: WhatsApp enabled but neonize missing logged a WARNING per alert per retry. A
+    held result (the owner is told at start and on the dashboard) waits its retry time with no WARNING."""
+    clock = Clock()
+    why = "WhatsApp cannot send until you act (not_installed): pip install -e '.[whatsapp]'"
+    sink = ScriptedSink(results=[SendResult(False, why, retry_after_s=900, held=True)])
+    store.add_outbox([entry(1, clock.t)], clock.t)
+    d, _ = make(store, sink, clock)
+    with caplog.at_level(logging.DEBUG, logger="gateway.outbox"):
+        d._pass("remote")
+    rec = store.get_outbox("a1_remote")
+    assert rec["state"] == "failed" and rec["next_attempt_at"] == clock.t + 900 and rec["last_error"] == why
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -380,6 +380,10 @@ def test_neonize_missing_says_how_to_install_and_does_not_loop(tmp_path: Path, m
         st = wait_state(sup, "not_installed")
         assert ".venv/bin/pip install -e '.[whatsapp]'" in st["detail"]
         assert sup.finished.wait(15) and sup.restarts == 0 and sup.crashes == 0
+        # Alerts wait quietly and long (the owner is told at start): no WARNING per alert per retry.
+        r = WhatsAppNotifier(settings, sup).send(_alert(1))
+        assert not r.ok and r.held and not r.permanent and (r.retry_after_s or 0) >= 900
+        assert "not_installed" in (r.error or "")
 
 
 def test_a_hung_child_is_killed_and_restarted(tmp_path: Path) -> None:

@@ -68,6 +68,10 @@ class SendResult:
     permanent: bool = False
     # The sink's id of the sent message (WhatsApp), kept with the entry so receipts can find it.
     message_id: str | None = None
+    # The channel cannot send until the owner acts (WhatsApp not installed, outdated, replaced), and the
+    # owner is told elsewhere (start banner, state, dashboard): the entry waits `retry_after_s` and the
+    # outbox does not log a WARNING per alert per retry.
+    held: bool = False
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,7 @@ class WhatsAppNotifier:
             error=out.error or "send failed",
             retry_after_s=out.retry_after_s,
             permanent=out.permanent,
+            held=getattr(out, "held", False),
         )
 
     def close(self) -> None:

@@ -49,6 +49,12 @@ class SendOutcome:
     retry_after_s: float | None = None
     permanent: bool = False
     message_id: str | None = None
+    held: bool = False  # see gateway.notify.base.SendResult.held
+
+
+# How long an alert waits while WhatsApp is in a state only the owner can end (FINAL_STATES). A
+# connection brings waiting alerts forward anyway (OutboxDispatcher.reschedule).
+HELD_RETRY_S = 900.0
 
 
 class _Pending:
@@ -196,6 +202,13 @@ class WhatsAppSupervisor:
         conn, proc = self._conn, self._proc
         if conn is None or proc is None or not proc.is_alive():
             st = self.state()
+            if st.get("state") in FINAL_STATES:
+                return SendOutcome(
+                    ok=False,
+                    error=f"WhatsApp cannot send until you act ({st.get('state')}): {st.get('detail', '')}",
+                    retry_after_s=max(self._retry_hint() or 0.0, HELD_RETRY_S),
+                    held=True,
+                )
             return SendOutcome(
                 ok=False,
                 error=f"WhatsApp is not connected: its process is not running ({st.get('state')}: "
