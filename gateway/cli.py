@@ -311,6 +311,19 @@ def seen_boxes(data_dir: Path) -> set[str]:
         out |= {d.get("device") for d in table.values() if isinstance(d, dict)}
     except (OSError, ValueError, AttributeError):
         pass
+    try:  # records newer than the file (it is rewritten every 256 changes): a box seen minutes ago
+        from gateway.framing import scan_lines
+
+        lines = scan_lines((data_dir / "db" / "boxes.json.journal").read_bytes()).entries
+        out |= {e["dev"].get("device") for e in lines if isinstance(e.get("dev"), dict)}
+    except OSError:
+        pass
+    try:  # removed or forgotten earlier (hidden from the snapshot): `forget NAME --purge` still finds it
+        from gateway.devices import DeviceRegistry
+
+        out |= set(DeviceRegistry(data_dir).removed())
+    except (OSError, ValueError, AttributeError):
+        pass
     return {d for d in out if isinstance(d, str) and valid_device_id(d)}
 
 

@@ -82,6 +82,7 @@ QUARANTINE_DIR = "quarantine"
 COMPACT_EVERY = 256
 # Keys of purged events (`purge_begin`): one fsync'd line per purge, read back at every start.
 PURGED_JOURNAL = "purged.journal"
+_PURGED_PER_LINE = 1_000  # keys per line: a line stays small (~30 KB) however big the box's history
 
 
 class StoreError(RuntimeError):
@@ -850,13 +851,14 @@ class Store:
         with self._lock:
             keys = frozenset(k for k in self._event_index if k.startswith(prefix))
             new = sorted(keys - self._purged)
-            if new:
+            for i in range(0, len(new), _PURGED_PER_LINE):
+                chunk = new[i : i + _PURGED_PER_LINE]
                 try:
-                    self._purged_journal.append({"dev": device, "keys": new, "at": now})
+                    self._purged_journal.append({"dev": device, "keys": chunk, "at": now})
                 except OSError:
                     self._problems["write_errors"] += 1
                     raise
-                self._purged.update(new)
+                self._purged.update(chunk)
             for k in keys:
                 del self._event_index[k]
                 self._record_cache.pop(k, None)
