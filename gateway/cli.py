@@ -341,19 +341,26 @@ def _purge_history(config: Any, device: str) -> None:
     data_dir = Path(config.data_dir)
     purging.request(data_dir, device, time.time())
     lock = DataDirLock(data_dir)
-    try:
-        lock.acquire()
-    except DataDirLocked as exc:
-        who = f"pid {exc.pid}" if exc.pid else "another process"
-        print(f"The running gateway ({who}) is deleting its history now...", flush=True)
-        deadline = time.monotonic() + _PURGE_WAIT_S
-        while purging.is_pending(data_dir, device) and time.monotonic() < deadline:
+    deadline = time.monotonic() + _PURGE_WAIT_S
+    told = False
+    while True:
+        try:
+            lock.acquire()
+            break
+        except DataDirLocked as exc:
+            if not told:
+                who = f"pid {exc.pid}" if exc.pid else "another process"
+                print(f"The running gateway ({who}) is deleting its history now...", flush=True)
+                told = True
+        # Bounded wait: done by the gateway, or the gateway stopped (then we take over, above).
+        while purging.is_pending(data_dir, device) and lock.is_held_elsewhere() is not None:
+            if time.monotonic() > deadline:
+                print("Not finished yet; the gateway carries on (and after a restart if it stops).")
+                return
             time.sleep(0.2)
-        if purging.is_pending(data_dir, device):
-            print("Not finished yet; the gateway carries on (and after a restart if it stops).")
-        else:
+        if not purging.is_pending(data_dir, device):
             print(_purged_line(device, None))
-        return
+            return
     try:
         store = Store(
             data_dir, partition=config.store.partition, segment_records=config.store.segment_records

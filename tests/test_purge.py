@@ -304,3 +304,28 @@ def test_purge_refuses_names_that_are_not_box_ids(tmp_path, name):
     (tmp_path / "purge" / "..json").write_text("{}")
     (tmp_path / "purge" / "box-3.json").write_text(json.dumps({"device": "box-2"}))  # names another box
     assert purging.pending(tmp_path) == []
+
+
+def test_a_gateway_starting_finishes_a_purge_left_unfinished(tmp_path, mosquitto, prefix):
+    """A purge interrupted before it ended (its request still there) is finished by the gateway's next
+    start, between boxes' messages: box-2 keeps being acked meanwhile."""
+    data = tmp_path / "data"
+    ids = _fill(data)
+    purging.request(data, "box-1", time.time())
+    svc = GatewayService(
+        gateway_config(data, mosquitto.url, prefix, PARCELBOX_STORE_SEGMENT_RECORDS=str(SEGMENT))
+    )
+    svc.start()
+    b2 = Box(mosquitto.url, prefix, "box-2")
+    try:
+        assert svc.wait_connected(10)
+        eid = new_event_id()
+        b2.send(eid, make_jpeg(160, 120))
+        assert b2.wait_ack(eid)["ok"]
+        wait_for(lambda: not purging.pending(data), timeout=60, what="the purge to finish")
+        assert svc.list_events(device="box-1") == []
+        assert len(svc.list_events(device="box-2", limit=1000)) == len(ids["box-2"]) + 1
+        assert _photo_files(data, "box-1") == []
+    finally:
+        b2.close()
+        svc.stop()
