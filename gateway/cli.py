@@ -318,12 +318,6 @@ def seen_boxes(data_dir: Path) -> set[str]:
         out |= {e["dev"].get("device") for e in lines if isinstance(e.get("dev"), dict)}
     except OSError:
         pass
-    try:  # removed or forgotten earlier (hidden from the snapshot): `forget NAME --purge` still finds it
-        from gateway.devices import DeviceRegistry
-
-        out |= set(DeviceRegistry(data_dir).removed())
-    except (OSError, ValueError, AttributeError):
-        pass
     return {d for d in out if isinstance(d, str) and valid_device_id(d)}
 
 
@@ -431,6 +425,8 @@ def do_device(args: argparse.Namespace) -> int:
             print(f"box {args.name!r} forgotten: it leaves the box list (it had no broker login).")
         elif resumed:
             print(f"box {args.name!r}: finishing the deletion of its history asked for earlier.")
+        elif purge and args.name in reg.removed():
+            print(f"box {args.name!r} was removed earlier; now its history goes too.")
         else:
             print(f"error: no box named {args.name!r} (registered or seen)", file=sys.stderr)
             return 1

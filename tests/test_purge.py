@@ -160,10 +160,14 @@ def test_cli_purge_with_the_gateway_stopped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "History of 'box-1' deleted (18 event(s), 36 photo file(s), 19 alert(s))" in out, out
     _check_purged(data, ids)
-    # Without --purge the history stays (as before).
+    # Without --purge the history stays (as before); forgotten first, purged later works too.
     assert cli.main(["device", "forget", "box-2", "--config", str(cfg)]) == 0
     assert "stay in the history" in capsys.readouterr().out
     assert len(_photo_files(data, "box-2")) == 2 * len(ids["box-2"])
+    assert cli.main(["device", "forget", "box-2", "--purge", "--config", str(cfg)]) == 0
+    assert "History of 'box-2' deleted" in capsys.readouterr().out
+    assert _photo_files(data, "box-2") == [] and list((data / "db").glob("events-*.json"))
+    assert cli.main(["device", "forget", "box-3", "--purge", "--config", str(cfg)]) == 1  # never seen
 
 
 _KILLER = textwrap.dedent(
