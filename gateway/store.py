@@ -5,6 +5,7 @@ Layout under the data folder (one owner process, see `gateway.datalock`):
     db/events-2026-11.json   events + their outbox entries received that month (TinyDB, two tables)
     db/events-2026-11.2.json the month's next segment, once the first holds SEGMENT_DOCS records
     db/boxes.json            one record per box (health, waiting count, alert bookkeeping)
+    db/purged.journal        keys of events deleted by a purge (`purge_begin`): acked, never stored again
     photos/<device>/<yyyy-mm>/<event id>.jpg | .alert.jpg | .thumb.jpg
 
 Why files per month, in segments: TinyDB reads its whole file into memory and rewrites it whole, so
@@ -80,7 +81,7 @@ QUARANTINE_DIR = "quarantine"
 # Rewrite a month file from memory after this many journal entries: bounds the journal (and replay
 # time) while spreading the O(file size) rewrite over many events.
 COMPACT_EVERY = 256
-# Keys of purged events (`purge_begin`): one fsync'd line per purge, read back at every start.
+# Keys of purged events (`purge_begin`): fsync'd lines, read back at every start, never compacted.
 PURGED_JOURNAL = "purged.journal"
 _PURGED_PER_LINE = 1_000  # keys per line: a line stays small (~30 KB) however big the box's history
 
