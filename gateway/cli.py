@@ -311,7 +311,75 @@ def seen_boxes(data_dir: Path) -> set[str]:
         out |= {d.get("device") for d in table.values() if isinstance(d, dict)}
     except (OSError, ValueError, AttributeError):
         pass
+    try:  # records newer than the file (it is rewritten every 256 changes): a box seen minutes ago
+        from gateway.framing import scan_lines
+
+        lines = scan_lines((data_dir / "db" / "boxes.json.journal").read_bytes()).entries
+        out |= {e["dev"].get("device") for e in lines if isinstance(e.get("dev"), dict)}
+    except OSError:
+        pass
     return {d for d in out if isinstance(d, str) and valid_device_id(d)}
+
+
+_PURGE_WAIT_S = 120.0
+
+
+def _purge_history(config: Any, device: str) -> None:
+    """Delete a box's history (gateway/purge.py): by the running gateway if there is one, else here,
+    holding the data-folder lock. The request is written first, so an interrupted purge is finished
+    by the next `--purge` or the gateway's next start."""
+    from gateway import purge as purging
+    from gateway.datalock import DataDirLock, DataDirLocked
+    from gateway.store import Store
+
+    data_dir = Path(config.data_dir)
+    purging.request(data_dir, device, time.time())
+    lock = DataDirLock(data_dir)
+    deadline = time.monotonic() + _PURGE_WAIT_S
+    told = False
+    while True:
+        try:
+            lock.acquire()
+            break
+        except DataDirLocked as exc:
+            if not told:
+                who = f"pid {exc.pid}" if exc.pid else "another process"
+                print(f"The running gateway ({who}) is deleting its history now...", flush=True)
+                told = True
+        # Bounded wait: done by the gateway, or the gateway stopped (then we take over, above).
+        while purging.is_pending(data_dir, device) and lock.is_held_elsewhere() is not None:
+            if time.monotonic() > deadline:
+                print("Not finished yet; the gateway carries on (and after a restart if it stops).")
+                return
+            time.sleep(0.2)
+        if not purging.is_pending(data_dir, device):
+            print(_purged_line(device, None))
+            return
+    try:
+        store = Store(
+            data_dir, partition=config.store.partition, segment_records=config.store.segment_records
+        )
+        try:
+            done = purging.run_pending(store, data_dir, time.time)
+        finally:
+            store.close()
+    finally:
+        lock.release()
+    for name, removed in done.items():
+        print(_purged_line(name, removed))
+
+
+def _purged_line(device: str, removed: dict[str, int] | None) -> str:
+    what = ""
+    if removed is not None:
+        what = (
+            f" ({removed.get('events', 0)} event(s), {removed.get('photo_files', 0)} photo file(s), "
+            f"{removed.get('alerts', 0)} alert(s))"
+        )
+    return (
+        f"History of {device!r} deleted{what}; alerts not yet sent were cancelled. Events it sends again "
+        "from before are acknowledged but not stored; anything new it sends is kept."
+    )
 
 
 def do_device(args: argparse.Namespace) -> int:
@@ -343,15 +411,32 @@ def do_device(args: argparse.Namespace) -> int:
         print("a running gateway picks the new credentials up within a few seconds.")
         return 0
     if args.device_cmd in ("remove", "forget"):
+        from gateway import purge as purging
+        from gateway.protocol import valid_device_id
+
+        purge = bool(getattr(args, "purge", False))
+        data_dir = Path(config.data_dir)
+        # A purge interrupted (a crash, Ctrl-C) left its request: the same command finishes it.
+        resumed = purge and valid_device_id(args.name) and purging.is_pending(data_dir, args.name)
         if reg.remove(args.name):
             print(f"box {args.name!r} removed; its broker login stops working within a few seconds.")
-        elif args.name in seen_boxes(Path(config.data_dir)) and reg.forget(args.name):
+        elif args.name in seen_boxes(data_dir) and reg.forget(args.name):
             # Never registered (a simulated box, registration not required): hide it all the same.
             print(f"box {args.name!r} forgotten: it leaves the box list (it had no broker login).")
+        elif resumed:
+            print(f"box {args.name!r}: finishing the deletion of its history asked for earlier.")
+        elif purge and args.name in reg.removed():
+            print(f"box {args.name!r} was removed earlier; now its history goes too.")
         else:
             print(f"error: no box named {args.name!r} (registered or seen)", file=sys.stderr)
             return 1
-        print("Its deliveries stay in the history. If it is heard from again, it comes back.")
+        if purge:
+            _purge_history(config, args.name)
+        else:
+            print(
+                "Its deliveries stay in the history (add --purge to delete them). "
+                "If it is heard from again, it comes back."
+            )
         from gateway.homeassistant import clear_removed_box
 
         note = clear_removed_box(config, args.name)
@@ -398,9 +483,16 @@ def register(subparsers: Any) -> None:
     a.add_argument("--label", help="human name used in alerts (default: the id)")
     for verb in ("remove", "forget"):
         r = dsub.add_parser(
-            verb, help="remove a box (registered or only seen): revoke its login, hide it; history stays"
+            verb,
+            help="remove a box (registered or only seen): revoke its login, hide it; history stays "
+            "unless --purge",
         )
         r.add_argument("name")
+        r.add_argument(
+            "--purge",
+            action="store_true",
+            help="also delete its history: events, photos, its alerts (unsent ones are cancelled), its record",
+        )
     g = dsub.add_parser("list", help="registered boxes")
     g.add_argument("--json", action="store_true")
     from gateway.ota.cli import add_parser as add_update_parser

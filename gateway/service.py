@@ -84,6 +84,8 @@ from gateway.protocol import (
     valid_device_id,
     valid_msg_id,
 )
+from gateway.purge import Purger
+from gateway.purge import pending as pending_purges
 from gateway.reassembly import Complete, Dropped, Reassembler, Refused
 from gateway.sendapi import BadRequest, SendRequest, resolve_sinks
 from gateway.storage import atomic_write_bytes
@@ -96,6 +98,8 @@ STATUS_FILE = "status.json"
 _BATTERY_HYSTERESIS_MV = 100
 # The "device" of alerts about the gateway itself (WhatsApp down/up): not a box id (those never start with _).
 GATEWAY_DEVICE = "_gateway"
+# The ingest queue's sub-queue for purge slices: "#" is never in a box id, so no box shares it.
+_PURGE_QUEUE = "#purge"
 # A full disk fails every write, a few a second: say so once a minute (with a count), not each time.
 _STORE_WARNING_EVERY_S = 60.0
 API_PHOTO_DIR = "api-photos"  # photos sent with the send API, by message id (<data>/api-photos/)
@@ -228,6 +232,11 @@ class GatewayService:
             "updated_at": 0.0,
         }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
+        # `parcelbox device forget NAME --purge` (gateway/purge.py): one segment per turn of the ingest
+        # queue, in a sub-queue of its own, so boxes' messages are served between the slices.
+        self._purger: Purger | None = None
+        self._purge_queued = False
+        self._purge_paused = False
         self.disk_thresholds = DiskThresholds(
             min_free_mb=config.store.min_free_mb, min_free_percent=config.store.min_free_percent
         )
@@ -279,6 +288,7 @@ class GatewayService:
             partition=self.config.store.partition,
             segment_records=self.config.store.segment_records,
         )
+        self._purger = Purger(self.store, self.data_dir, self.clock)
         log.info(
             "data folder %s: %d events, outbox %s",
             self.data_dir,
@@ -336,6 +346,7 @@ class GatewayService:
         """Drain and shut down: nothing received is dropped if it can be finished within `timeout`."""
         if self._stopped.is_set() or self.store is None:
             return
+        self._purge_paused = True  # an unfinished purge goes on at the next start (its request stays)
         for c in reversed(self.components):
             try:
                 c.stop()
@@ -1303,9 +1314,40 @@ class GatewayService:
         self._check_offline()
         self._check_whatsapp()
         self.ota.tick()
+        if self._purger is not None and (self._purger.busy or pending_purges(self.data_dir)):
+            self._queue_purge_step()
         if self.broker is not None:
             self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
             self.broker.supervise()
+
+    def _queue_purge_step(self) -> None:
+        if self._purge_queued or self._purge_paused:
+            return
+        self._purge_queued = True
+        for box, reason in self._queue.put(_PURGE_QUEUE, ("call", self._purge_step), 0):
+            if box == _PURGE_QUEUE:
+                self._purge_queued = False  # the next tick tries again
+            else:
+                self._reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
+
+    def _purge_step(self) -> None:
+        """Runs on the ingest worker: one slice of the purge in progress (gateway/purge.py)."""
+        self._purge_queued = False
+        if self._purger is None or self._purge_paused:
+            return
+        try:
+            more = self._purger.step()
+        finally:
+            for device, removed in self._purger.finished:
+                self.counters.inc("purges")
+                log.info(
+                    "history of box %s deleted (%s)",
+                    device,
+                    ", ".join(f"{v} {k}" for k, v in removed.items()),
+                )
+            self._purger.finished.clear()
+        if more:
+            self._queue_purge_step()
 
     def _retention(self) -> None:
         assert self.store is not None

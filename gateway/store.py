@@ -5,6 +5,7 @@ Layout under the data folder (one owner process, see `gateway.datalock`):
     db/events-2026-11.json   events + their outbox entries received that month (TinyDB, two tables)
     db/events-2026-11.2.json the month's next segment, once the first holds SEGMENT_DOCS records
     db/boxes.json            one record per box (health, waiting count, alert bookkeeping)
+    db/purged.journal        keys of events deleted by a purge (`purge_begin`): acked, never stored again
     photos/<device>/<yyyy-mm>/<event id>.jpg | .alert.jpg | .thumb.jpg
 
 Why files per month, in segments: TinyDB reads its whole file into memory and rewrites it whole, so
@@ -39,6 +40,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,9 @@ QUARANTINE_DIR = "quarantine"
 # Rewrite a month file from memory after this many journal entries: bounds the journal (and replay
 # time) while spreading the O(file size) rewrite over many events.
 COMPACT_EVERY = 256
+# Keys of purged events (`purge_begin`): fsync'd lines, read back at every start, never compacted.
+PURGED_JOURNAL = "purged.journal"
+_PURGED_PER_LINE = 1_000  # keys per line: a line stays small (~30 KB) however big the box's history
 
 
 class StoreError(RuntimeError):
@@ -116,6 +121,15 @@ def _outbox_doc_ok(doc: Any) -> bool:
 
 def _valid_entry(e: dict[str, Any]) -> bool:
     """A journal entry of an events file has the shape `_commit` writes (replay must not crash)."""
+    if "rm" in e:  # a purge (`purge_part`): one box's events and outbox entries leave this file
+        return (
+            isinstance(e["rm"], str)
+            and valid_device_id(e["rm"])
+            and isinstance(e.get("k"), list)
+            and all(isinstance(k, str) for k in e["k"])
+            and isinstance(e.get("o"), list)
+            and all(isinstance(o, str) for o in e["o"])
+        )
     if not any(k in e for k in ("ev", "ob", "up")):
         return False
     if "ev" in e and not _event_doc_ok(e["ev"]):
@@ -132,6 +146,26 @@ def _valid_entry(e: dict[str, Any]) -> bool:
             and f.get("state", "pending") in _STATES
         )
     return True
+
+
+def _valid_purged_entry(e: dict[str, Any]) -> bool:
+    keys = e.get("keys")
+    return (
+        isinstance(e.get("dev"), str)
+        and isinstance(keys, list)
+        and all(isinstance(k, str) and k.startswith(e["dev"] + "/") for k in keys)
+    )
+
+
+@dataclass
+class PurgePlan:
+    """One box's history being deleted (`Store.purge_begin`, `purge_part`, `purge_finish`)."""
+
+    device: str
+    started_at: float
+    keys: frozenset[str]  # its events stored before the purge began: these (and only these) go
+    parts: list[str]  # every segment that existed then, oldest first; `purge_part` takes them in turn
+    removed: Counter[str] = field(default_factory=Counter)
 
 
 def _valid_device_entry(e: dict[str, Any]) -> bool:
@@ -230,6 +264,9 @@ class Store:
         self._outbox_counts: dict[str, int] = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
         self._devices: dict[str, dict[str, Any]] = {}
         self._devices_db: TinyDB | None = None
+        # Keys of purged events: a box re-sending one (its spool, the broker's queue) gets it acked as
+        # a duplicate instead of stored again, so a purge is not undone piecemeal (`purge_begin`).
+        self._purged: set[str] = set()
         self.quarantine_dir = self.db_dir / QUARANTINE_DIR
         # What went wrong with the disk since start (`integrity()`): damage found, writes refused.
         self._problems: Counter[str] = Counter()
@@ -336,6 +373,17 @@ class Store:
         storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
         with storage.batch():
             for e in entries:
+                if "rm" in e:
+                    # In journal order, so a record added after the purge is kept: forget the purged
+                    # keys here too, or a later line re-adding the same record would be skipped.
+                    gone_keys, gone_ids = _remove_box_docs(storage.read() or {}, e)
+                    keys -= gone_keys
+                    for oid in gone_ids:
+                        outbox_ids.pop(oid, None)
+                    for name in (EVENTS, OUTBOX):
+                        db.table(name).clear_cache()
+                        db.table(name)._next_id = None
+                    continue
                 if "ev" in e and e["ev"]["key"] not in keys:
                     db.table(EVENTS).insert(e["ev"])
                     keys.add(e["ev"]["key"])
@@ -383,6 +431,8 @@ class Store:
             out_ids.append(oid)
         if "up" in entry:
             outbox[str(entry["doc_id"])].update(entry["f"])
+        if "rm" in entry:
+            _remove_box_docs(data, entry)
         storage.write(data)  # buffered: memory only; the journal already holds the change
         for name in (EVENTS, OUTBOX):
             table = db.table(name)
@@ -451,6 +501,9 @@ class Store:
                 log.info("boxes.json: replayed %d journal entries", len(entries))
         for doc in self._devices_db.table("devices").all():
             self._devices[doc["device"]] = {**doc, "_doc_id": doc.doc_id}
+        self._purged_journal = self._journal(PURGED_JOURNAL, _valid_purged_entry)
+        for e in self._read_journal(self._purged_journal):
+            self._purged.update(e["keys"])
 
     def _unreadable_doc(self, part: str, table: str, doc_id: int) -> None:
         """A doc of the wrong shape (damage that still parses): left in its file, never indexed."""
@@ -493,8 +546,10 @@ class Store:
     # --- events -------------------------------------------------------------------
 
     def has_event(self, device: str, event_id: str) -> bool:
+        """Stored, or stored once and purged since (either way: ack it, do not store it)."""
         with self._lock:
-            return event_key(device, event_id) in self._event_index
+            key = event_key(device, event_id)
+            return key in self._event_index or key in self._purged
 
     def event_count(self) -> int:
         with self._lock:
@@ -525,7 +580,7 @@ class Store:
         key = event_key(record["device"], record["id"])
         outbox = list(outbox)
         with self._lock:
-            if key in self._event_index:
+            if key in self._event_index or key in self._purged:
                 return False
             part = self.part_for(record["received_at"])
             doc_id, out_ids = self._commit(
@@ -780,6 +835,156 @@ class Store:
             if self._devices_journal.entries_since_reset >= COMPACT_EVERY:
                 self._durable_flush(storage, self._devices_journal, self._devices_journal.entries_since_reset)
 
+    # --- purge (`parcelbox device forget NAME --purge`) -------------------------------
+
+    def purge_begin(self, device: str, now: float) -> PurgePlan:
+        """Start deleting a box's history: what it has stored now leaves every listing at once.
+
+        Its event keys go to the tombstone journal first (fsync'd), then out of the in-memory indexes;
+        the files are rewritten one segment at a time by `purge_part`, so ingest waits for one segment
+        at most. Until the last one is done the records are still on disk: a crash leaves them there
+        and the purge, run again (the request file stays until `purge_finish`), plans them again.
+        Events the box sends after this moment are new history and stay.
+        """
+        if not valid_device_id(device):
+            raise StoreError(f"refusing to purge a bad device id {device!r}")
+        prefix = device + "/"  # device ids have no "/": the prefix selects exactly this box's keys
+        with self._lock:
+            keys = frozenset(k for k in self._event_index if k.startswith(prefix))
+            new = sorted(keys - self._purged)
+            for i in range(0, len(new), _PURGED_PER_LINE):
+                chunk = new[i : i + _PURGED_PER_LINE]
+                try:
+                    self._purged_journal.append({"dev": device, "keys": chunk, "at": now})
+                except OSError:
+                    self._problems["write_errors"] += 1
+                    raise
+                self._purged.update(chunk)
+            for k in keys:
+                del self._event_index[k]
+                self._record_cache.pop(k, None)
+            self._timeline.remove_if(lambda e: e[3] == device)
+            for aid in [a for a, r in self._open_outbox.items() if r.get("device") == device]:
+                rec = self._open_outbox.pop(aid)
+                self._outbox_index.pop(aid, None)
+                self._outbox_counts[rec["state"]] -= 1
+            return PurgePlan(device=device, started_at=now, keys=keys, parts=self._partitions())
+
+    def purge_part(self, plan: PurgePlan, part: str) -> int:
+        """Remove the box's records from one segment: its planned events, and its outbox entries
+        created before the purge began (a pending or failed alert is cancelled, never sent). Returns
+        how many records left the file.
+
+        An open segment gets one fsync'd journal line (replayed in order after a crash) and is then
+        compacted; a closed one is rewritten from its file without being opened for writing (the
+        2-segment cache stays as it is), by atomic replace: after a crash the file is the old one or
+        the new one. Other records keep their doc ids, so the indexes stay right.
+        """
+        device = plan.device
+        with self._lock:
+            journal = self.db_dir / (part + JOURNAL_SUFFIX)
+            data: dict[str, Any] | None = None
+            if part not in self._dbs and not (journal.exists() and journal.stat().st_size):
+                try:
+                    raw = (self.db_dir / part).read_bytes()
+                except FileNotFoundError:
+                    return 0  # retention removed it meanwhile
+                try:
+                    parsed = json.loads(raw) if raw.strip() else {}
+                    data = parsed if isinstance(parsed, dict) else None
+                except ValueError:
+                    data = None  # damaged: the ordinary open salvages it (below)
+            db = None
+            if data is None:
+                db = self._db(part)
+                data = db.storage.read() or {}  # type: ignore[attr-defined]
+            events, outbox = data.get(EVENTS) or {}, data.get(OUTBOX) or {}
+            entry = {
+                "rm": device,
+                "k": [
+                    d["key"]
+                    for d in events.values()
+                    if d.get("key") in plan.keys and d.get("device") == device
+                ],
+                "o": [
+                    d["id"]
+                    for d in outbox.values()
+                    if d.get("device") == device
+                    and isinstance(d.get("id"), str)
+                    and _num(d.get("created_at"))
+                    and d["created_at"] <= plan.started_at
+                ],
+            }
+            if not entry["k"] and not entry["o"]:
+                return 0
+            gone_docs = {d["id"]: (i, d.get("state")) for i, d in outbox.items() if d.get("id") in entry["o"]}
+            if db is not None:
+                self._commit(part, entry)
+                if not self._compact(part):
+                    log.warning("%s: purged records are gone from memory; the journal holds the purge", part)
+            else:
+                _remove_box_docs(data, entry)
+                atomic_write_bytes(self.db_dir / part, json.dumps(data, separators=(",", ":")).encode())
+                self._read_cache.pop(part, None)
+            for oid, (doc_id, state) in gone_docs.items():
+                if self._outbox_index.get(oid) == (part, int(doc_id)):
+                    del self._outbox_index[oid]  # not open (those left at purge_begin): count it here
+                    if state in self._outbox_counts:
+                        self._outbox_counts[state] -= 1
+            plan.removed["events"] += len(entry["k"])
+            plan.removed["alerts"] += len(entry["o"])
+            return len(entry["k"]) + len(entry["o"])
+
+    def purge_finish(self, plan: PurgePlan) -> dict[str, int]:
+        """Delete the box's photo files (every file of its folders that belongs to no stored event,
+        so also leftovers of a crash) and its box record, unless it was heard from after the purge
+        began. Returns what was removed."""
+        device = plan.device
+        with self._lock:
+            folder = (self.photo_dir / device).resolve()
+            if self.photo_dir not in folder.parents or folder.name != device:
+                raise StoreError("photo path escapes the data folder")
+            for month in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if month.is_symlink() or not month.is_dir():
+                    continue
+                for f in list(month.iterdir()):
+                    eid = f.name.split(".", 1)[0]
+                    if f.is_file() and event_key(device, eid) not in self._event_index:
+                        f.unlink(missing_ok=True)
+                        plan.removed["photo_files"] += 1
+                if not any(month.iterdir()):
+                    month.rmdir()
+                fsync_dir(folder)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                fsync_dir(self.photo_dir)
+            rec = self._devices.get(device)
+            if rec is not None and (rec.get("last_seen") or 0.0) <= plan.started_at:
+                self._remove_device(device)
+                plan.removed["box_records"] += 1
+        return dict(plan.removed)
+
+    def _remove_device(self, device: str) -> None:
+        """Drop a box record: the file is rewritten without it (atomic) and the journal emptied; a
+        crash between the two replays the journal, record included, and the re-run purge drops it again."""
+        assert self._devices_db is not None
+        storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
+        rec = self._devices.pop(device)
+        data = storage.read() or {}
+        data.setdefault("devices", {}).pop(str(rec["_doc_id"]), None)
+        storage.write(data)
+        storage._dirty = True
+        self._devices_db.table("devices").clear_cache()
+        storage.flush()
+        self._devices_journal.reset()
+
+    def purge_device(self, device: str, now: float) -> dict[str, int]:
+        """The whole purge in one call (the CLI, with the gateway stopped)."""
+        plan = self.purge_begin(device, now)
+        for part in plan.parts:
+            self.purge_part(plan, part)
+        return self.purge_finish(plan)
+
     # --- retention ----------------------------------------------------------------
 
     def apply_retention(self, now: float, retention_days: int, photo_retention_days: int) -> dict[str, int]:
@@ -877,6 +1082,23 @@ class Store:
                     )
                 self._devices_journal.close()
                 self._devices_db.close()
+            self._purged_journal.close()
+
+
+def _remove_box_docs(data: dict[str, Any], entry: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """Apply a purge entry to a file's raw tables: drop the events whose key it names and the outbox
+    entries whose id it names, each only if the record is of the box named (never another box's).
+    Returns the (event keys, outbox ids) removed. Other docs keep their doc ids."""
+    device, keys, ids = entry["rm"], set(entry["k"]), set(entry["o"])
+    gone_keys: set[str] = set()
+    gone_ids: set[str] = set()
+    events = data.get(EVENTS) or {}
+    for doc_id in [i for i, d in events.items() if d.get("key") in keys and d.get("device") == device]:
+        gone_keys.add(events.pop(doc_id)["key"])
+    outbox = data.get(OUTBOX) or {}
+    for doc_id in [i for i, d in outbox.items() if d.get("id") in ids and d.get("device") == device]:
+        gone_ids.add(outbox.pop(doc_id)["id"])
+    return gone_keys, gone_ids
 
 
 def _next_id(table: dict[str, Any]) -> int:

@@ -210,6 +210,11 @@ def test_demo_has_its_own_data_folder_and_any_seen_box_can_be_removed(tmp_path):
         wait_for(lambda: "sim-1" not in _pb(env, "status", "--demo", "--json").stdout.split('"events"')[0],
                  what="sim-1 hidden")  # fmt: skip
         assert _pb(env, "device", "remove", "never-seen", "--demo").returncode == 1
+        # Forgotten, then its history deleted too (issue 15 item 3): the running demo gateway does it.
+        # Old code: --purge was a usage error.
+        r = _pb(env, "device", "forget", "sim-1", "--purge", "--demo")
+        assert r.returncode == 0 and "History of 'sim-1' deleted" in r.stdout, r.stdout + r.stderr
+        assert not (demo_dir / "photos" / "sim-1").exists()
     finally:
         assert _stop(gw, signal.SIGINT) == 0
     assert not (home / ".local" / "share" / "parcelbox").exists()

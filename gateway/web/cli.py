@@ -107,6 +107,8 @@ def token_command(store: Any, command: str, args: Any) -> int:
         print(f"No active token named {args.name!r}.", file=sys.stderr)
         return 1
     raise ValueError(command)
+
+
 def _too_short_or_long(pw: str) -> bool:
     return len(pw) < MIN_PASSWORD_LEN or len(pw.encode()) > MAX_PASSWORD_BYTES
 
