@@ -15,11 +15,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.vocabulary import EVENT_TYPES
+
 VERSION = 1
 DEFAULT_PREFIX = "parcelbox"
 
+# The same names as vocabulary.EVENT_TYPES (a Literal must be spelled out; tests/test_vocabulary.py compares).
 EventType = Literal["delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]
-EVENT_TYPES: tuple[str, ...] = ("delivery", "pickup", "lid_closed", "lid_left_open", "snapshot")
 COMMANDS: tuple[str, ...] = ("snapshot", "reboot", "ping", "config")
 
 DEVICE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")

@@ -48,6 +48,7 @@ from gateway.event_index import EventIndex, entry_for
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir, remove_stale_temp_files
+from gateway.vocabulary import OPEN_OUTBOX_STATES, OUTBOX_STATES
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ OUTBOX = "outbox"
 # events-<yyyy>-<mm>[-<dd>][.<segment>].json; the first segment has no number (older stores had only it).
 _PART_RE = re.compile(r"events-(\d{4})-(\d{2})(?:-(\d{2}))?(?:\.([2-9]|[1-9]\d+))?\.json")
 _PHOTO_SUFFIX: dict[str, str] = {"original": ".jpg", "alert": ".alert.jpg", "thumb": ".thumb.jpg"}
-_OPEN_STATES = ("pending", "failed")
 # Segments kept open (parsed, writable): the one being written and one more, for outbox updates that
 # land in the previous segment just after a roll-over. Everything the store holds per record lives in
 # these, so together with SEGMENT_DOCS this bounds the store's memory (~2 KB of RAM per record).
@@ -85,7 +85,6 @@ class StoreError(RuntimeError):
     pass
 
 
-_STATES = ("pending", "sent", "failed", "dead")
 
 
 def _num(v: Any) -> bool:
@@ -109,7 +108,7 @@ def _outbox_doc_ok(doc: Any) -> bool:
         isinstance(doc, dict)
         and isinstance(doc.get("id"), str)
         and isinstance(doc.get("notifier"), str)
-        and doc.get("state") in _STATES
+        and doc.get("state") in OUTBOX_STATES
         and _num(doc.get("created_at"))
     )
 
@@ -129,7 +128,7 @@ def _valid_entry(e: dict[str, Any]) -> bool:
             isinstance(e["up"], str)
             and isinstance(e.get("doc_id"), int)
             and isinstance(f, dict)
-            and f.get("state", "pending") in _STATES
+            and f.get("state", "pending") in OUTBOX_STATES
         )
     return True
 
@@ -227,7 +226,7 @@ class Store:
         self._latest_segment: dict[str, str] = {}  # period -> the segment new records go to
         self._part_docs: dict[str, int] = {}  # latest segments only: records in the file
         self._open_outbox: dict[str, dict[str, Any]] = {}  # pending/failed entries, by id
-        self._outbox_counts: dict[str, int] = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
+        self._outbox_counts: dict[str, int] = dict.fromkeys(OUTBOX_STATES, 0)
         self._devices: dict[str, dict[str, Any]] = {}
         self._devices_db: TinyDB | None = None
         self.quarantine_dir = self.db_dir / QUARANTINE_DIR
@@ -428,7 +427,7 @@ class Store:
                     continue
                 self._outbox_index[doc["id"]] = (part, doc.doc_id)
                 self._outbox_counts[doc["state"]] = self._outbox_counts.get(doc["state"], 0) + 1
-                if doc["state"] in _OPEN_STATES:
+                if doc["state"] in OPEN_OUTBOX_STATES:
                     self._open_outbox[doc["id"]] = dict(doc)
         self._timeline.build(timeline.values())
         del timeline
@@ -672,7 +671,7 @@ class Store:
     def _index_outbox(self, part: str, doc_id: int, rec: dict[str, Any]) -> None:
         self._outbox_index[rec["id"]] = (part, doc_id)
         self._outbox_counts[rec["state"]] = self._outbox_counts.get(rec["state"], 0) + 1
-        if rec["state"] in _OPEN_STATES:
+        if rec["state"] in OPEN_OUTBOX_STATES:
             self._open_outbox[rec["id"]] = rec
 
     def add_outbox(self, records: Iterable[OutboxRecord], when: float) -> None:
@@ -700,7 +699,7 @@ class Store:
             if old["state"] != new["state"]:
                 self._outbox_counts[old["state"]] -= 1
                 self._outbox_counts[new["state"]] = self._outbox_counts.get(new["state"], 0) + 1
-            if new["state"] in _OPEN_STATES:
+            if new["state"] in OPEN_OUTBOX_STATES:
                 self._open_outbox[alert_id] = new
             else:
                 self._open_outbox.pop(alert_id, None)
@@ -729,7 +728,7 @@ class Store:
         """Newest first."""
         limit = max(0, min(int(limit), 1000))
         with self._lock:
-            if state in _OPEN_STATES:
+            if state in OPEN_OUTBOX_STATES:
                 rows = [r for r in self._open_outbox.values() if r["state"] == state]
             else:
                 rows = []
@@ -823,7 +822,7 @@ class Store:
         return removed
 
     def _recount_outbox(self) -> None:
-        counts = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
+        counts = dict.fromkeys(OUTBOX_STATES, 0)
         for part in self._partitions():
             for doc in self._outbox_for_read(part).values():
                 counts[doc["state"]] = counts.get(doc["state"], 0) + 1

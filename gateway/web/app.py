@@ -42,6 +42,7 @@ from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.ratelimit import SendLimiter
 from gateway.sendapi import MAX_BODY as NOTIFY_MAX_BODY
 from gateway.sendapi import BadRequest, alert_state, parse_json, parse_multipart
+from gateway.vocabulary import EVENT_TYPES, OUTBOX_STATES, for_browser
 from gateway.web.auth import (
     DEVICE_LIFETIME_S,
     LoginLimiter,
@@ -70,10 +71,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGES = ("/", "/boxes", "/whatsapp", "/alerts")
-EVENT_TYPES = ("delivery", "pickup", "lid_closed", "lid_left_open", "snapshot")
 VARIANTS = ("original", "alert", "thumb")
 WEB_COMMANDS = ("snapshot", "reboot", "ping")
-OUTBOX_STATES = ("pending", "sent", "failed", "dead")
 MAX_PAGE = 200
 MAX_BODY = 8 * 1024  # every route's body limit, enforced while reading (gateway/web/bodylimit.py)
 # ...but the send API's, which carries a photo (gateway/sendapi.py).
@@ -531,8 +530,16 @@ def api_openapi(request: Request) -> JSONResponse:
 # --- pages and static files ----------------------------------------------------
 
 
+def index_html() -> str:
+    """index.html with gateway/vocabulary.py's tables injected as JSON (read by app.js), so the page
+    never spells an event type or a sensor key of its own. `<` is escaped: the JSON cannot end the tag."""
+    vocab = json.dumps(for_browser(), separators=(",", ":")).replace("<", "\\u003c")
+    tag = f'<script id="vocabulary" type="application/json">{vocab}</script>\n'
+    return (STATIC_DIR / "index.html").read_text(encoding="utf-8").replace("</head>", tag + "</head>", 1)
+
+
 def page(request: Request) -> Response:
-    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=PRIVATE_REVALIDATE)
+    return HTMLResponse(index_html(), headers=PRIVATE_REVALIDATE)
 
 
 def service_worker(request: Request) -> Response:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.vocabulary import EVENT_TYPES, OUTBOX_STATES
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -192,7 +194,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Alerts in the outbox",
                 "parameters": [
-                    _q("state", {"enum": ["pending", "sent", "failed", "dead"]}, "only this state"),
+                    _q("state", {"enum": list(OUTBOX_STATES)}, "only this state"),
                     _q("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 100}, "at most"),
                 ],
                 "responses": {
@@ -446,7 +448,7 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "device": {"type": "string"},
                     "id": MSG_ID,
-                    "type": {"enum": ["delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]},
+                    "type": {"enum": list(EVENT_TYPES)},
                     "ts": {"type": "number"},
                     "received_at": {"type": "number"},
                     "seq": {"type": "integer"},
@@ -495,7 +497,7 @@ OPENAPI: dict[str, Any] = {
                     "event_ids": {"type": "array", "items": {"type": "string"}},
                     "notifier": {"type": "string"},
                     "recipient": {"type": "string"},
-                    "state": {"enum": ["pending", "sent", "failed", "dead"]},
+                    "state": {"enum": list(OUTBOX_STATES)},
                     "attempts": {"type": "integer"},
                     "created_at": {"type": "number"},
                     "next_attempt_at": {"type": ["number", "null"]},

@@ -115,6 +115,7 @@ class MemoryPort:
         photo: bool = True,
         cmd: str | None = None,
         publish: bool = True,
+        sensors: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         eid = event_id or new_id()
         ts = time.time() if ts is None else ts
@@ -136,7 +137,7 @@ class MemoryPort:
             "ts": ts,
             "received_at": ts,
             "seq": next(_counter),
-            "sensors": {"lid": "closed", "occupancy": 1 if type == "delivery" else 0},
+            "sensors": sensors if sensors is not None else {"lid": "closed", "occupancy": 1 if type == "delivery" else 0},
             "photo": info,
             "cmd": cmd,
         }

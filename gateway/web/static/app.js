@@ -51,10 +51,10 @@ async function api(path, opts = {}) {
 
 // --- formatting ----------------------------------------------------------------
 
-const TYPE_LABEL = {
-  delivery: "Delivery", pickup: "Pickup", lid_closed: "Lid closed",
-  lid_left_open: "Lid left open", snapshot: "Snapshot",
-};
+// Event types and sensor readings come from the gateway (gateway/vocabulary.py, injected into
+// index.html): the page never spells a type or a sensor key of its own.
+const VOCAB = JSON.parse(document.getElementById("vocabulary").textContent);
+const TYPE_LABEL = Object.fromEntries(VOCAB.event_types.map((t) => [t.type, t.label]));
 
 function ago(ts) {
   if (ts == null) return "never";
@@ -186,8 +186,9 @@ function eventItem(e, fresh) {
     : h("div", { class: "thumb none" }, "no photo");
   const sensors = e.sensors || {};
   const extra = [];
-  if (sensors.distance_mm != null) extra.push(sensors.distance_mm + " mm");
-  if (sensors.weight_g != null) extra.push(sensors.weight_g + " g");
+  for (const r of VOCAB.readings) {
+    if (sensors[r.key] != null) extra.push(sensors[r.key] + " " + r.unit);
+  }
   if (e.cmd) extra.push("requested");
   return h("li", {
     class: "event t-" + e.type + (fresh ? " fresh" : ""),
@@ -660,6 +661,7 @@ function connectLive() {
 // --- wiring ------------------------------------------------------------------------
 
 function init() {
+  $("#filters select[name=type]").append(...VOCAB.event_types.map((t) => h("option", { value: t.type }, t.label)));
   document.addEventListener("click", (ev) => {
     const a = ev.target.closest("a[data-nav]");
     if (!a || ev.metaKey || ev.ctrlKey || ev.shiftKey || ev.button !== 0) return;
