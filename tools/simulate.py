@@ -43,7 +43,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
 
@@ -61,6 +60,7 @@ import sensors as fw_sensors  # noqa: E402
 import settings as fw_settings  # noqa: E402
 import spool as fw_spool  # noqa: E402
 
+from gateway.brokeraddr import parse_broker_url  # noqa: E402
 from tests.mp import fake_camera, fake_net  # noqa: E402  (faithful board fakes; MicroPython-compatible)
 
 # --- umqtt.simple on paho ------------------------------------------------------------
@@ -503,14 +503,14 @@ class SimulatedBox:
         log: Callable[[str], None] | None = None,
         client_timeout: float = 5.0,
     ) -> None:
-        u = urlparse(broker if "://" in broker else "mqtt://" + broker)
-        if u.scheme not in ("mqtt", "tcp", ""):
-            raise ValueError(f"unsupported broker URL {broker!r} (use mqtt://host:port)")
+        addr = parse_broker_url(broker, username, password)
+        if addr.tls:  # the simulated box speaks plain MQTT, as the firmware does
+            raise ValueError(f"unsupported broker URL {addr.endpoint} (use mqtt://host:port)")
         self.device = device
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 1883
-        self.username = username if username is not None else u.username
-        self.password = password if password is not None else u.password
+        self.host = addr.host
+        self.port = addr.port
+        self.username = addr.username
+        self.password = addr.password
         self.clock = SimClock(tick_ms)
         self.spool_dir = str(spool_dir or tempfile.mkdtemp(prefix=f"parcelbox-sim-{device}-"))
         self.photos = photos if isinstance(photos, PhotoSource) else PhotoSource(photos, seed)

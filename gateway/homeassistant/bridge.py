@@ -21,13 +21,12 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 
+from gateway.brokeraddr import BrokerAddress, parse_broker_url
 from gateway.bus import DEVICE_CHANGED, EVENT_STORED, STORAGE_STATE, WHATSAPP_STATE
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.discovery import HAConfig
@@ -43,30 +42,6 @@ _MAX_BACKOFF_S = 30.0
 
 
 # --- MQTT connection helpers ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None = field(repr=False)
-
-
-def parse_broker_url(url: str, username: str | None = None, password: str | None = None) -> BrokerAddress:
-    """`mqtt://[user[:pass]@]host[:port]` or `mqtts://...`; explicit credentials win over the URL's."""
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {u.scheme or 'no scheme'}")
-    tls = u.scheme in ("mqtts", "ssl")
-    return BrokerAddress(
-        host=u.hostname or "127.0.0.1",
-        port=u.port or (8883 if tls else 1883),
-        tls=tls,
-        username=username if username is not None else (unquote(u.username) if u.username else None),
-        password=password if password is not None else (unquote(u.password) if u.password else None),
-    )
 
 
 def make_client(addr: BrokerAddress, client_id: str) -> mqtt.Client:
