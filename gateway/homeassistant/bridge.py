@@ -15,7 +15,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from gateway.homeassistant import discovery as d
 from gateway.homeassistant.discovery import HAConfig
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id, valid_msg_id
+from gateway.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ class HomeAssistantBridge:
             {"v": 1, "registered": sorted(self._registry_seen[1]), "removed": sorted(self._removed)}
         ).encode()
         try:
-            atomic_write(self._state_path, body)
+            atomic_write_bytes(self._state_path, body, make_parent=True)
         except OSError as exc:
             self._count("state_file_errors")
             self.log.warning("homeassistant: cannot write %s: %s", self._state_path, exc)
@@ -728,22 +728,6 @@ class HomeAssistantBridge:
         for key in [k for k in self._image_sent if k[0] == device]:
             del self._image_sent[key]
         self._count("removed")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a small file so that a crash leaves the old or the new content, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def shrink_jpeg(data: bytes, max_px: int, quality: int = 80) -> bytes:

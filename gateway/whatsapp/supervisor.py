@@ -28,6 +28,7 @@ from typing import Any
 from gateway import bus as bus_topics
 from gateway.bus import Bus
 from gateway.ports import WhatsAppState
+from gateway.storage import atomic_write_bytes
 from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
 from gateway.whatsapp.child import PHONE_CODE_ROUNDS, RECONNECTING, child_main, seconds
 from gateway.whatsapp.settings import WhatsAppSettings
@@ -349,12 +350,11 @@ class WhatsAppSupervisor:
             return
         path = self.settings.state_file
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             data = {k: v for k, v in st.items() if k not in ("qr", "pair_code")}
             data["supervisor_pid"] = os.getpid()
-            tmp.write_text(json.dumps(data, indent=1, default=str))
-            os.replace(tmp, path)
+            # Rewritten at every state change and read only by status commands: atomic, not fsync'd.
+            body = json.dumps(data, indent=1, default=str).encode()
+            atomic_write_bytes(path, body, durable=False, make_parent=True)
         except OSError:
             log.warning("could not write %s", path, exc_info=True)
 
