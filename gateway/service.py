@@ -226,15 +226,7 @@ class GatewayService:
         self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
         self.bus.subscribe(self._on_whatsapp_receipt, WHATSAPP_RECEIPT)
         self._wa_watch = LinkWatch(float(getattr(config.whatsapp, "down_notice_after_s", 300.0)))
-        self.photo_settings = PhotoSettings(
-            alert_long_edge=config.photos.alert_long_edge,
-            thumb_long_edge=config.photos.thumb_long_edge,
-            alert_quality=config.photos.alert_quality,
-            thumb_quality=config.photos.thumb_quality,
-            max_pixels=config.photos.max_pixels,
-            max_bytes=self.limits.max_photo_bytes,
-            caption_strip=config.photos.caption_strip,
-        )
+        self.photo_settings = PhotoSettings.from_config(config.photos, max_bytes=self.limits.max_photo_bytes)
 
     # --- lifecycle --------------------------------------------------------------------
 
