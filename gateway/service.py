@@ -37,6 +37,8 @@ from gateway.budget import Budget
 from gateway.bus import (
     COMMAND_RESULT,
     DEVICE_CHANGED,
+    DEVICE_REGISTERED,
+    DEVICE_REMOVED,
     EVENT_STORED,
     OUTBOX_CHANGED,
     STORAGE_STATE,
@@ -279,6 +281,7 @@ class GatewayService:
         workers = self.config.photos.workers or max(1, os.cpu_count() or 1)
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="photo")
         self._stopping.clear()
+        self._watch_registry()  # the registry as it is now: changes from here on go on the bus
         self._worker = threading.Thread(target=self._work, name="ingest", daemon=True)
         self._worker.start()
         self.dispatcher = OutboxDispatcher(
@@ -443,11 +446,28 @@ class GatewayService:
             log.warning("rejected %s: %s (%s)%s", where, reason, detail, more)
 
     def _registry_view(self) -> tuple[set[str], dict[str, float]]:
-        """(registered boxes, removed box -> when), re-read only when devices.json changed."""
+        """(registered boxes, removed box -> when), re-read only when devices.json changed. The one
+        place a registry change is noticed: it is published on the bus (DEVICE_REMOVED, DEVICE_REGISTERED)."""
         mtime = self.registry.mtime()
         if mtime != self._registered[0]:
-            self._registered = (mtime, {d.device for d in self.registry.list()}, self.registry.removed())
+            first = self._registered[0] == -1.0
+            before = self._registered[1]
+            now = {d.device for d in self.registry.list()}
+            self._registered = (mtime, now, self.registry.removed())
+            if not first:
+                for device in sorted(before - now):
+                    self.bus.publish(DEVICE_REMOVED, {"device": device, "registered": sorted(now)})
+                for device in sorted(now - before):
+                    self.bus.publish(DEVICE_REGISTERED, {"device": device, "registered": sorted(now)})
         return self._registered[1], self._registered[2]
+
+    def _watch_registry(self) -> None:
+        try:
+            self._registry_view()
+        except (OSError, ValueError, TypeError) as exc:  # hand-edited or damaged: try again next tick
+            self.counters.inc("registry_errors")
+            if self._log_throttle.allow("registry")[0]:
+                log.warning("cannot read the device registry %s: %s", self.registry.path, exc)
 
     def _is_registered(self, device: str) -> bool:
         return device in self._registry_view()[0]
@@ -1257,6 +1277,7 @@ class GatewayService:
             self._commands.expire(self.clock())
         self._check_offline()
         self._check_whatsapp()
+        self._watch_registry()
         if self.broker is not None:
             self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
             self.broker.supervise()

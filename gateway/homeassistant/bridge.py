@@ -26,7 +26,14 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 
 from gateway.brokeraddr import BrokerAddress, parse_broker_url
-from gateway.bus import DEVICE_CHANGED, EVENT_STORED, STORAGE_STATE, WHATSAPP_STATE
+from gateway.bus import (
+    DEVICE_CHANGED,
+    DEVICE_REGISTERED,
+    DEVICE_REMOVED,
+    EVENT_STORED,
+    STORAGE_STATE,
+    WHATSAPP_STATE,
+)
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.discovery import HAConfig
 from gateway.ports import GatewayPort
@@ -35,8 +42,6 @@ from gateway.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-# Published on the bus (by the gateway or the CLI path inside the gateway) when a box is removed.
-DEVICE_REMOVED = "device_removed"
 
 _MAX_BACKOFF_S = 30.0
 
@@ -149,7 +154,8 @@ class HomeAssistantBridge:
         self._client = self._new_client(BrokerAddress("127.0.0.1", 1883, False, None, None))
         self._registry = registry
         self._state_path = Path(state_path) if state_path is not None else None
-        self._registry_seen: tuple[float, set[str]] | None = None
+        # Registered boxes (None: the registry was unreadable at start); kept up to date from the bus.
+        self._registry_seen: set[str] | None = None
         self._removed: set[str] = set()  # removed while running: not announced again from the port's list
 
         self._lock = threading.Lock()
@@ -243,6 +249,7 @@ class HomeAssistantBridge:
             bus.subscribe(self._on_device_changed, DEVICE_CHANGED),
             bus.subscribe(self._on_event_stored, EVENT_STORED),
             bus.subscribe(self._on_device_removed, DEVICE_REMOVED),
+            bus.subscribe(self._on_device_registered, DEVICE_REGISTERED),
             bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE),
             bus.subscribe(self._on_storage_state, STORAGE_STATE),
         ]
@@ -366,10 +373,28 @@ class HomeAssistantBridge:
 
         self._mark(change)
 
-    def _on_device_removed(self, _topic: str, data: dict[str, Any]) -> None:
+    def _registry_change(self, data: dict[str, Any]) -> str | None:
+        """The device a DEVICE_REMOVED / DEVICE_REGISTERED is about; its `registered` list becomes ours."""
         device = data.get("device") if isinstance(data, dict) else None
-        if valid_device_id(device):
-            self.remove_device(device)
+        if not isinstance(device, str) or not valid_device_id(device):
+            self._count("bus_rejected.bad_registry_change")
+            return None
+        registered = data.get("registered")
+        # While still None (unreadable at start) the worker keeps reading it, to clear boxes removed offline.
+        if isinstance(registered, list) and self._registry_seen is not None:
+            with self._lock:
+                self._registry_seen = {x for x in registered if isinstance(x, str) and valid_device_id(x)}
+        return device
+
+    def _on_device_removed(self, _topic: str, data: dict[str, Any]) -> None:
+        device = self._registry_change(data)
+        if device is not None:
+            self.remove_device(device)  # the worker saves the state file with it
+
+    def _on_device_registered(self, _topic: str, data: dict[str, Any]) -> None:
+        device = self._registry_change(data)
+        if device is not None and device in self._removed:
+            self.restore_device(device)
 
     def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):
@@ -441,7 +466,8 @@ class HomeAssistantBridge:
                 break
             if not self._client.is_connected() or self._clock() < self._retry_at:
                 continue
-            self._check_registry()
+            if self._registry is not None and self._registry_seen is None:
+                self._retry_registry()
             with self._lock:
                 work = (
                     self._full_resync,
@@ -492,7 +518,7 @@ class HomeAssistantBridge:
         gateway was down are cleared now."""
         assert self._registry is not None
         now = {c.device for c in self._registry.list()}
-        self._registry_seen = (self._registry.mtime(), now)
+        self._registry_seen = now
         if self._state_path is None:
             return
         try:
@@ -514,7 +540,7 @@ class HomeAssistantBridge:
         if self._state_path is None or self._registry_seen is None:
             return
         body = json.dumps(
-            {"v": 1, "registered": sorted(self._registry_seen[1]), "removed": sorted(self._removed)}
+            {"v": 1, "registered": sorted(self._registry_seen), "removed": sorted(self._removed)}
         ).encode()
         try:
             atomic_write_bytes(self._state_path, body, make_parent=True)
@@ -522,34 +548,15 @@ class HomeAssistantBridge:
             self._count("state_file_errors")
             self.log.warning("homeassistant: cannot write %s: %s", self._state_path, exc)
 
-    def _check_registry(self) -> None:
-        """Boxes removed from the device registry (`parcelbox device remove`) leave Home Assistant."""
-        if self._registry is None:
-            return
-        if self._registry_seen is None:  # unreadable at start: keep trying, say so once
-            try:
-                self._load_registry_state()
-                self.log.info("homeassistant: device registry readable again; following removals")
-            except Exception:
-                self._count("registry_errors")
-            return
+    def _retry_registry(self) -> None:
+        """The registry was unreadable at start: read it once it is readable, to clear the boxes removed
+        while the gateway was down. Changes while running come from the bus (DEVICE_REMOVED,
+        DEVICE_REGISTERED, published by the service): the bridge never watches devices.json itself."""
         try:
-            mtime = self._registry.mtime()
-            if mtime == self._registry_seen[0]:
-                return
-            now = {c.device for c in self._registry.list()}
-        except Exception as exc:  # a half-written or unreadable registry: try again next round
+            self._load_registry_state()
+            self.log.info("homeassistant: device registry readable again")
+        except Exception:
             self._count("registry_errors")
-            self.log.warning("homeassistant: cannot read the device registry: %s", exc)
-            return
-        gone = self._registry_seen[1] - now
-        back = now - self._registry_seen[1]
-        self._registry_seen = (mtime, now)
-        self._save_registry_state()
-        for device in sorted(gone):
-            self.remove_device(device)
-        for device in sorted(back & self._removed):
-            self.restore_device(device)
 
     def _process(
         self,
