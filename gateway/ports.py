@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 from gateway.bus import Bus
+from gateway.vocabulary import OutboxState
 
 PhotoVariant = Literal["original", "alert", "thumb"]
 
@@ -53,7 +54,6 @@ class DeviceRecord(TypedDict):
     last_event_id: str | None
 
 
-OutboxState = Literal["pending", "sent", "failed", "dead"]
 
 
 class OutboxRecord(TypedDict):
@@ -83,6 +83,7 @@ class WhatsAppState(TypedDict, total=False):
     pair_code_expires_at: float | None  # when that code stops working (its QR round ends)
     qr_expires_at: float | None  # when the shown QR code stops working
     down_since: float | None  # when it last left `connected`; None while connected
+    retry_at: float | None  # banned for a while or restarting: not before this time
     down_notice_after_s: float  # down this long: notices on the other sinks, dashboard banner
     unknown_numbers: list[str]  # configured recipients WhatsApp says are not users (digits)
     numbers_checked_at: float | None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import calendar
 import copy
+import functools
 import json
 import logging
 import os
@@ -40,11 +41,11 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tinydb import TinyDB
 
-from gateway.event_index import EventIndex, entry_for
+from gateway.event_index import Entry, EventIndex, entry_for
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir, remove_stale_temp_files
@@ -148,6 +149,18 @@ def _classify_part_doc(doc: dict[str, Any]) -> str | None:
 
 def _classify_device_doc(doc: dict[str, Any]) -> str | None:
     return "devices" if isinstance(doc.get("device"), str) else None
+
+
+def _atomic_storage(db: TinyDB) -> AtomicJSONStorage:
+    """The storage under one of our TinyDBs: always AtomicJSONStorage (`_open_tinydb`, no middleware)."""
+    storage = db.storage
+    if not isinstance(storage, AtomicJSONStorage):
+        raise TypeError(f"expected AtomicJSONStorage under the store, got {type(storage).__name__}")
+    return storage
+
+
+def _entry_in(keys: set[str], e: Entry) -> bool:
+    return event_key(e[2], e[1]) in keys
 
 
 def event_key(device: str, event_id: str) -> str:
@@ -277,7 +290,7 @@ class Store:
             quarantine_dir=self.quarantine_dir,
             classify=classify,
         )
-        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(db)
         storage.buffered = True
         try:
             storage.read()  # parse now, so a damaged file is salvaged (and counted) at open
@@ -332,7 +345,7 @@ class Store:
             return
         keys = {d["key"] for d in db.table(EVENTS).all()}
         outbox_ids = {d["id"]: d.doc_id for d in db.table(OUTBOX).all()}
-        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(db)
         with storage.batch():
             for e in entries:
                 if "ev" in e and e["ev"]["key"] not in keys:
@@ -353,7 +366,7 @@ class Store:
         db, journal = self._dbs.get(part), self._journals.get(part)
         if db is None or journal is None:
             return True
-        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(db)
         if journal.entries_since_reset == 0 and not storage._dirty and not journal.damage:
             return True
         return self._durable_flush(storage, journal, journal.entries_since_reset)
@@ -365,7 +378,7 @@ class Store:
         Straight into the storage's dict rather than through `Table.insert`, which copies the whole
         table on every call (O(events this month) per event); the file format stays TinyDB's own.
         """
-        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(db)
         data = storage.read()
         if data is None:
             data = {}
@@ -435,7 +448,7 @@ class Store:
         # Box records change with every event; rewriting the whole file each time made one event cost
         # O(boxes) (40 % of the gateway's GIL time with 1,000 boxes, bench/ingest.py). Journal them
         # like events: one fsync'd line per change, the file rewritten every COMPACT_EVERY changes.
-        storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(self._devices_db)
         self._devices_journal = self._journal("boxes.json" + JOURNAL_SUFFIX, _valid_device_entry)
         entries = self._read_journal(self._devices_journal)
         if entries or self._devices_journal.path.exists():
@@ -616,17 +629,17 @@ class Store:
         """
         db = self._dbs.get(part)
         if db is not None:
-            return (db.storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
+            return (db.storage.read() or {}).get(EVENTS, {})
         table = self._read_cache.get(part)
         if table is not None:
             self._read_cache.move_to_end(part)
             return table
         journal = self.db_dir / (part + JOURNAL_SUFFIX)
         if journal.exists() and journal.stat().st_size:
-            return (self._db(part).storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
+            return (self._db(part).storage.read() or {}).get(EVENTS, {})
         table = _read_events_table(self.db_dir / part)
         if table is None:  # damaged since it was last opened: the ordinary open salvages it
-            return (self._db(part).storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
+            return (self._db(part).storage.read() or {}).get(EVENTS, {})
         self._read_cache[part] = table
         while len(self._read_cache) > 1 and (
             len(self._read_cache) > _READ_CACHED_PARTITIONS
@@ -643,7 +656,7 @@ class Store:
         if db is None and journal.exists() and journal.stat().st_size:
             db = self._db(part)  # a crash left changes in the journal: the ordinary open replays them
         if db is not None:
-            return (db.storage.read() or {}).get(OUTBOX, {})  # type: ignore[attr-defined]
+            return (db.storage.read() or {}).get(OUTBOX, {})
         try:
             raw = (self.db_dir / part).read_bytes()
         except FileNotFoundError:
@@ -653,7 +666,7 @@ class Store:
         except ValueError:
             data = None
         if not isinstance(data, dict):  # damaged: the ordinary open salvages it
-            return (self._db(part).storage.read() or {}).get(OUTBOX, {})  # type: ignore[attr-defined]
+            return (self._db(part).storage.read() or {}).get(OUTBOX, {})
         return data.get(OUTBOX, {})
 
     def photo_path(self, device: str, event_id: str, variant: PhotoVariant) -> Path | None:
@@ -756,7 +769,7 @@ class Store:
         """Insert or replace a box record durably (the file holds one small record per box)."""
         assert self._devices_db is not None
         with self._lock:
-            storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
+            storage = _atomic_storage(self._devices_db)
             data = storage.read() or {}
             table = data.setdefault("devices", {})
             doc_id = record.get("_doc_id")
@@ -800,7 +813,7 @@ class Store:
                     Journal(self.db_dir / (part + JOURNAL_SUFFIX)).remove()
                     gone = {k for k, v in self._event_index.items() if v[0] == part}
                     self._event_index = {k: v for k, v in self._event_index.items() if v[0] != part}
-                    self._timeline.remove_if(lambda e, gone=gone: event_key(e[2], e[1]) in gone)
+                    self._timeline.remove_if(functools.partial(_entry_in, gone))
                     for k in gone:
                         self._record_cache.pop(k, None)  # the same key may be stored again later
                     for aid in [a for a, loc in self._outbox_index.items() if loc[0] == part]:
@@ -868,7 +881,7 @@ class Store:
                 self._compact(part)
                 self._close_part(part)
             if self._devices_db is not None:
-                storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
+                storage = _atomic_storage(self._devices_db)
                 if self._devices_journal.entries_since_reset or storage._dirty:
                     self._durable_flush(
                         storage, self._devices_journal, self._devices_journal.entries_since_reset
@@ -909,15 +922,13 @@ def _read_events_table(path: Path) -> dict[str, Any] | None:
 
 
 def _event_out(doc: dict[str, Any]) -> EventRecord:
-    out = EventRecord(  # type: ignore[typeddict-item]
-        **{k: doc.get(k) for k in EventRecord.__annotations__ if k != "photo_dropped"}
-    )
+    # A stored doc has every key (written from the same record type); cast: the checker cannot follow
+    # a comprehension over the TypedDict's own keys.
+    out = cast(EventRecord, {k: doc.get(k) for k in EventRecord.__annotations__ if k != "photo_dropped"})
     if doc.get("photo_dropped"):  # optional key: present only when the box dropped the photo
         out["photo_dropped"] = True
     return out
 
 
 def _outbox_out(doc: dict[str, Any]) -> OutboxRecord:
-    return OutboxRecord(  # type: ignore[typeddict-item]
-        **{k: doc.get(k) for k in OutboxRecord.__annotations__}
-    )
+    return cast(OutboxRecord, {k: doc.get(k) for k in OutboxRecord.__annotations__})

@@ -13,10 +13,11 @@ A second spelling is how the dashboard came to read `distance_mm` while the box 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, TypeGuard, get_args
 
 # What a box reports (docs/protocol.md, "event"); the order is the dashboard's filter order.
-EVENT_TYPES: tuple[str, ...] = ("delivery", "pickup", "lid_closed", "lid_left_open", "snapshot")
+EventType = Literal["delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 EVENT_LABELS: dict[str, str] = {
     "delivery": "Delivery",
     "pickup": "Pickup",
@@ -26,8 +27,13 @@ EVENT_LABELS: dict[str, str] = {
 }
 
 # An alert's life in the outbox: failed = the last attempt failed and it will be retried; dead = gave up.
-OUTBOX_STATES: tuple[str, ...] = ("pending", "sent", "failed", "dead")
+OutboxState = Literal["pending", "sent", "failed", "dead"]
+OUTBOX_STATES: tuple[str, ...] = get_args(OutboxState)
 OPEN_OUTBOX_STATES: tuple[str, ...] = ("pending", "failed")  # still to be sent
+
+
+def is_outbox_state(s: object) -> TypeGuard[OutboxState]:
+    return s in OUTBOX_STATES
 
 # The occupancy sensor a box is configured with (`sensor` in the box's config.json).
 OCCUPANCY_SENSORS: tuple[str, ...] = ("none", "ir", "ultrasonic", "hx711")

@@ -23,10 +23,12 @@ def test_the_firmware_copies_equal_the_gateway_tables() -> None:
     assert set(fw_settings.THRESHOLDS) == set(vocabulary.OCCUPANCY_SENSORS)
 
 
-def test_typed_literals_equal_the_tables() -> None:
-    assert typing.get_args(protocol.EventType) == vocabulary.EVENT_TYPES
+def test_typed_literals_are_the_tables() -> None:
+    assert typing.get_args(vocabulary.EventType) == vocabulary.EVENT_TYPES == protocol.EVENT_TYPES
+    assert ports.OutboxState is vocabulary.OutboxState
     assert typing.get_args(ports.OutboxState) == vocabulary.OUTBOX_STATES
     assert set(vocabulary.OPEN_OUTBOX_STATES) < set(vocabulary.OUTBOX_STATES)
+    assert vocabulary.is_outbox_state("dead") and not vocabulary.is_outbox_state("delivered")
 
 
 def _occupancy_readings() -> dict[str, set[str]]:

@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 
@@ -96,7 +97,7 @@ class PahoMQTTClient:
         self.keepalive = keepalive
         self.timeout = timeout
         self.cb = None
-        self.lw = None
+        self.lw: tuple[str, bytes, int, bool] | None = None
         self.sock = None  # umqtt exposes its socket; the link closes it on errors
         self._c: paho.Client | None = None
         self._inbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
@@ -435,6 +436,7 @@ def camera_driver(
     """The faithful fake of a camera driver (tests/mp/fake_camera.py: sources cited there):
     `camera-api` (cnadler86's `camera.Camera`, signed memoryview over its one buffer) or
     `lemariva` (module-level functions; one buffer refilled as soon as capture() returns)."""
+    drv: fake_camera.CameraApi | fake_camera.LemarivaCamera
     if name in ("camera-api", "camera"):
         drv = fake_camera.CameraApi(scene, fail_init=fail_init, warmup_frames=warmup)
     elif name == "lemariva":
@@ -451,7 +453,7 @@ def camera_driver(
 class _SimApp(fw_app.App):
     """The firmware's App, with the ids it makes and sees acked recorded for reporting."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.made: list[tuple[str, str]] = []
         self.acked_ids: list[str] = []
@@ -876,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for b in boxes:
             b.close()
-    summary = {"ok": ok, "boxes": [b.summary() for b in boxes]}
+    summary: dict[str, Any] = {"ok": ok, "boxes": [b.summary() for b in boxes]}
     if a.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -75,19 +75,22 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
     else:
         user, password = box_credentials(args.device, view.data_dir)
         progress.detail(f"MQTT user {user} (from the device registry in {view.data_dir})")
-    host = args.broker_host or view.broker_host
+    host: str
     if args.broker_host:
+        host = str(args.broker_host)
         progress.detail(f"broker {host} (from --broker-host)")
-    elif host:
+    elif view.broker_host:
+        host = view.broker_host
         progress.detail(f"broker {host} (the gateway's broker.url)")
     else:
-        host = lan_address()
-        if host is None:
+        lan = lan_address()
+        if lan is None:
             raise FlashError(
                 "settings",
                 "could not find this computer's LAN address for the box to reach the broker",
                 "pass --broker-host with the gateway's address on your Wi-Fi network",
             )
+        host = lan
         progress.detail(f"broker {host} (this computer's LAN address; override with --broker-host)")
         if view.managed_listen_host and view.managed_listen_host not in ("0.0.0.0", "::", host):
             progress.detail(

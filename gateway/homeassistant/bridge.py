@@ -600,18 +600,18 @@ class HomeAssistantBridge:
                                 images[(rec["device"], kind)] = eid
         if devices:
             fresh: dict[str, dict[str, Any]] | None = None
-            for device, rec in sorted(devices.items()):
+            for device, box in sorted(devices.items()):
                 if device in self._removed:
                     self._count("skipped.removed_device")
                     continue
-                if rec is None:
+                if box is None:
                     if fresh is None:
                         fresh = {r["device"]: dict(r) for r in self._list_devices()}
-                    rec = fresh.get(device)
-                    if rec is None:
+                    box = fresh.get(device)
+                    if box is None:
                         self._count("skipped.unknown_device")
                         continue
-                self._publish_box(rec, force=False)
+                self._publish_box(box, force=False)
         for (device, kind), eid in sorted(images.items()):
             if device in self._known:
                 self._publish_image(device, kind, eid)
@@ -746,10 +746,10 @@ def shrink_jpeg(data: bytes, max_px: int, quality: int = 80) -> bytes:
             if im.format != "JPEG":
                 raise ValueError(f"not a JPEG ({im.format})")
             im.draft("RGB", (max_px, max_px))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((max_px, max_px))
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+            rgb.thumbnail((max_px, max_px))
             out = io.BytesIO()
-            im.save(out, "JPEG", quality=quality, optimize=True)
+            rgb.save(out, "JPEG", quality=quality, optimize=True)
             return out.getvalue()
     except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(str(exc)) from None

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -42,7 +42,7 @@ from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.ratelimit import SendLimiter
 from gateway.sendapi import MAX_BODY as NOTIFY_MAX_BODY
 from gateway.sendapi import BadRequest, alert_state, parse_json, parse_multipart
-from gateway.vocabulary import EVENT_TYPES, OUTBOX_STATES, for_browser
+from gateway.vocabulary import EVENT_TYPES, OUTBOX_STATES, for_browser, is_outbox_state
 from gateway.web.auth import (
     DEVICE_LIFETIME_S,
     LoginLimiter,
@@ -110,7 +110,7 @@ class SafeJSONResponse(JSONResponse):
             return super().render(json_safe(content))
 
 
-def event_out(e: dict[str, Any]) -> dict[str, Any]:
+def event_out(e: Mapping[str, Any]) -> dict[str, Any]:
     """An EventRecord plus the URLs of its photos (served by id, never by path); sensor values that
     are not finite numbers (stored before the protocol refused them) become null."""
     out = dict(e)
@@ -191,7 +191,7 @@ def parse_cursor(raw: str) -> tuple[float, str]:
     return ts, eid
 
 
-def make_cursor(e: dict[str, Any]) -> str:
+def make_cursor(e: Mapping[str, Any]) -> str:
     return f"{e['ts']!r}:{e['id']}"
 
 
@@ -259,7 +259,7 @@ def api_photo(request: Request) -> Response:
     variant = request.path_params["variant"]
     if variant not in VARIANTS:
         raise ApiError(400, "bad_variant", f"variant must be one of {', '.join(VARIANTS)}")
-    path = _port(request).photo_path(device, eid, variant)  # type: ignore[arg-type]
+    path = _port(request).photo_path(device, eid, variant)
     if path is None or not path.is_file():
         raise ApiError(404, "not_found", "no such photo")
     return FileResponse(path, media_type="image/jpeg", headers=PRIVATE_REVALIDATE)
@@ -322,9 +322,9 @@ def api_health(request: Request) -> JSONResponse:
 def api_outbox(request: Request) -> JSONResponse:
     q = dict(request.query_params)
     state = q.get("state") or None
-    if state is not None and state not in OUTBOX_STATES:
+    if state is not None and not is_outbox_state(state):
         raise ApiError(400, "bad_state", f"state must be one of {', '.join(OUTBOX_STATES)}")
-    return _json({"alerts": _port(request).list_outbox(state=state, limit=_limit(q, 100))})  # type: ignore[arg-type]
+    return _json({"alerts": _port(request).list_outbox(state=state, limit=_limit(q, 100))})
 
 
 def api_outbox_retry(request: Request) -> JSONResponse:
@@ -817,7 +817,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         # Outermost first: bodies are bounded before the guard or any route (login included) reads them.
-        middleware=[Middleware(make_body_limit), Middleware(make_guard)],  # type: ignore[arg-type]
+        middleware=[Middleware(make_body_limit), Middleware(make_guard)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )

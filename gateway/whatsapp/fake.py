@@ -260,6 +260,7 @@ class FakeTransport(Transport):
         return {p: p not in missing for p in phones}
 
     @property
+    # Transport declares a plain class attribute; the fake reads it from script.json on each access.
     def one_connect_per_process(self) -> bool:  # type: ignore[override]
         """`script.json` `one_connect_per_process`: behave like the neonize adapter (reconnect = new process)."""
         return bool(self._script().get("one_connect_per_process"))
