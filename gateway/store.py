@@ -40,6 +40,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -84,6 +85,20 @@ COMPACT_EVERY = 256
 
 class StoreError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What the store holds where, for tests, benches and diagnostics (`Store.stats()`), so none of
+    them reads the store's private fields."""
+
+    partitions: tuple[str, ...]  # every partition file (or journal), oldest first
+    open_partitions: tuple[str, ...]  # parsed and writable, least recently used first
+    open_events: int  # records held by the open partitions' tables
+    read_cached_partitions: tuple[str, ...]  # closed partitions' events tables kept for reading
+    read_cached_events: int
+    cached_records: int  # closed partitions' shaped records kept for the timeline
+    events: int  # events in the index
 
 
 
@@ -511,6 +526,26 @@ class Store:
     def event_count(self) -> int:
         with self._lock:
             return len(self._event_index)
+
+    def partition_of(self, device: str, event_id: str) -> str | None:
+        """The partition file an event is stored in, or None."""
+        with self._lock:
+            loc = self._event_index.get(event_key(device, event_id))
+            return loc[0] if loc is not None else None
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            return StoreStats(
+                partitions=tuple(self._partitions()),
+                open_partitions=tuple(self._dbs),
+                open_events=sum(
+                    len(t) for db in self._dbs.values() for t in (_atomic_storage(db).read() or {}).values()
+                ),
+                read_cached_partitions=tuple(self._read_cache),
+                read_cached_events=sum(len(t) for t in self._read_cache.values()),
+                cached_records=len(self._record_cache),
+                events=len(self._event_index),
+            )
 
     def _photo_base(self, device: str, event_id: str, received_at: float) -> Path:
         if not (valid_device_id(device) and valid_msg_id(event_id)):

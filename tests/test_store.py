@@ -137,7 +137,7 @@ def test_one_file_per_month_newest_first_and_paging(tmp_path):
     for i in range(5):
         s.add_event(ev("box1", f"oct{i:06d}", OCT + i))
         s.add_event(ev("box1", f"nov{i:06d}", NOV + i, etype="pickup" if i == 4 else "delivery"))
-    assert s._partitions() == [
+    assert list(s.stats().partitions) == [
         "events-2026-10.json",
         "events-2026-11.json",
     ]
