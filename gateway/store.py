@@ -23,6 +23,12 @@ O(log n + page size) plus reading the page's own records, whatever the filters a
 
 An event and its outbox entries go into the same file in one atomic write
 (`AtomicJSONStorage.batch`): after a crash either both exist or neither does.
+
+TinyDB boundary: the store keeps TinyDB's file format and uses only its public parts: the `Storage`
+interface (our `AtomicJSONStorage`: read/write of the whole document) and `Table` reads (`all`, `get`,
+`clear_cache` after a direct write). Records are added by writing into the document the storage
+returns, never by `Table.insert` (which copies the whole table per call and caches the next id), so no
+TinyDB private field is touched.
 Photo files are written and fsync'd before the record that points at them.
 """
 
@@ -358,19 +364,29 @@ class Store:
         entries = self._read_journal(journal)
         if not entries and not journal.path.exists():
             return
-        keys = {d["key"] for d in db.table(EVENTS).all()}
-        outbox_ids = {d["id"]: d.doc_id for d in db.table(OUTBOX).all()}
         storage = _atomic_storage(db)
-        with storage.batch():
-            for e in entries:
-                if "ev" in e and e["ev"]["key"] not in keys:
-                    db.table(EVENTS).insert(e["ev"])
-                    keys.add(e["ev"]["key"])
-                for o in e.get("ob", ()):
-                    if o["id"] not in outbox_ids:
-                        outbox_ids[o["id"]] = db.table(OUTBOX).insert(o)
-                if "up" in e and e["up"] in outbox_ids:
-                    db.table(OUTBOX).update(e["f"], doc_ids=[outbox_ids[e["up"]]])
+        # Into the storage's dict, like `_apply` (not through Table.insert/update, whose cached next id
+        # would then be stale): the store uses only TinyDB's file format, its Storage interface and
+        # Table reads (see "TinyDB boundary" in the module docstring).
+        data = storage.read() or {}
+        events = data.setdefault(EVENTS, {})
+        outbox = data.setdefault(OUTBOX, {})
+        keys = {d["key"] for d in events.values()}
+        outbox_ids = {d["id"]: doc_id for doc_id, d in outbox.items()}
+        for e in entries:
+            if "ev" in e and e["ev"]["key"] not in keys:
+                events[str(_next_id(events))] = e["ev"]
+                keys.add(e["ev"]["key"])
+            for o in e.get("ob", ()):
+                if o["id"] not in outbox_ids:
+                    oid = str(_next_id(outbox))
+                    outbox[oid] = o
+                    outbox_ids[o["id"]] = oid
+            if "up" in e and e["up"] in outbox_ids:
+                outbox[outbox_ids[e["up"]]].update(e["f"])
+        storage.write(data)  # buffered (set at open): durable through _durable_flush below
+        for name in (EVENTS, OUTBOX):
+            db.table(name).clear_cache()
         if entries:
             log.info("%s: replayed %d journal entries", journal.path.name, len(entries))
         storage._dirty = True
@@ -412,9 +428,7 @@ class Store:
             outbox[str(entry["doc_id"])].update(entry["f"])
         storage.write(data)  # buffered: memory only; the journal already holds the change
         for name in (EVENTS, OUTBOX):
-            table = db.table(name)
-            table.clear_cache()
-            table._next_id = None  # TinyDB recomputes it if its own insert is used (replay)
+            db.table(name).clear_cache()
         return ev_id, out_ids
 
     def _commit(self, part: str, entry: dict[str, Any]) -> tuple[int | None, list[int]]:
