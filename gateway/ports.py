@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 from gateway.bus import Bus
-from gateway.vocabulary import OutboxState
+from gateway.vocabulary import OutboxState, Receipt
 
 PhotoVariant = Literal["original", "alert", "thumb"]
 
@@ -70,7 +70,7 @@ class OutboxRecord(TypedDict):
     sent_at: float | None
     last_error: str | None
     message_id: str | None  # the sink's id of the sent message (WhatsApp), for receipts
-    receipt: str | None  # WhatsApp: sent | delivered | read (what the recipient's phone confirmed)
+    receipt: Receipt | None  # WhatsApp: what the recipient's phone confirmed
     receipt_at: float | None
 
 

@@ -35,6 +35,13 @@ OPEN_OUTBOX_STATES: tuple[str, ...] = ("pending", "failed")  # still to be sent
 def is_outbox_state(s: object) -> TypeGuard[OutboxState]:
     return s in OUTBOX_STATES
 
+
+# What a recipient's phone confirmed of a sent alert (WhatsApp receipts), in the order they happen:
+# a receipt only ever moves forward (a late "delivered" never hides "read").
+Receipt = Literal["sent", "delivered", "read"]
+RECEIPTS: tuple[str, ...] = get_args(Receipt)
+RECEIPT_ORDER: dict[str, int] = {r: i for i, r in enumerate(RECEIPTS, 1)}
+
 # The occupancy sensor a box is configured with (`sensor` in the box's config.json).
 OCCUPANCY_SENSORS: tuple[str, ...] = ("none", "ir", "ultrasonic", "hx711")
 

@@ -76,3 +76,13 @@ def test_the_dashboard_and_openapi_read_the_tables() -> None:
     schemas = openapi.OPENAPI["components"]["schemas"]
     assert schemas["Event"]["properties"]["type"]["enum"] == list(vocabulary.EVENT_TYPES)
     assert schemas["Alert"]["properties"]["state"]["enum"] == list(vocabulary.OUTBOX_STATES)
+
+
+def test_receipts_are_one_table_in_their_order() -> None:
+    from gateway import outbox
+
+    assert vocabulary.RECEIPTS == ("sent", "delivered", "read")
+    assert outbox.RECEIPT_ORDER is vocabulary.RECEIPT_ORDER
+    assert typing.get_args(typing.get_type_hints(ports.OutboxRecord)["receipt"])[0] is vocabulary.Receipt
+    alert = openapi.OPENAPI["components"]["schemas"]["Alert"]["properties"]["receipt"]
+    assert alert == {"enum": [*vocabulary.RECEIPTS, None]}

@@ -458,10 +458,7 @@ OPENAPI: dict[str, Any] = {
                 },
             ),
             "Device": record_schema(DeviceRecord),
-            "Alert": record_schema(
-                OutboxRecord,
-                overrides={"receipt": {"enum": ["sent", "delivered", "read", None]}},
-            ),
+            "Alert": record_schema(OutboxRecord),
             "WhatsApp": record_schema(
                 WhatsAppState,
                 omit=("qr",),  # served as an image instead (qr_url)
