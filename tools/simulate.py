@@ -828,7 +828,9 @@ def main(argv: list[str] | None = None) -> int:
         help="which driver's faithful fake the box runs on (default: camera-api, the README's first choice)",
     )
     ap.add_argument("--camera-api", choices=("lemariva", "camera"), help=argparse.SUPPRESS)  # old name
-    ap.add_argument("--sensor", choices=("ultrasonic", "ir", "none"), default="ultrasonic")
+    # The firmware's sensor kinds (firmware/settings.py SENSORS = gateway/vocabulary.py OCCUPANCY_SENSORS),
+    # but the load cell, which the simulated box has no fake for.
+    ap.add_argument("--sensor", choices=[s for s in fw_settings.SENSORS if s != "hx711"], default="ultrasonic")
     ap.add_argument("--spool-dir", help="spool folder (per device: <dir>/<device>); default: a temp folder")
     ap.add_argument("--stay", action="store_true", help="stay connected answering commands until --timeout")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds before giving up (bounded run)")
