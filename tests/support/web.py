@@ -52,10 +52,15 @@ def new_id() -> str:
 class MemoryPort:
     """A complete in-memory GatewayPort (see gateway/ports.py)."""
 
-    def __init__(self, photo_dir: Path, *, box_answers: bool = True, answer_delay: float = 0.2) -> None:
+    def __init__(
+        self, photo_dir: Path, *, box_answers: bool = True, answer_delay: float = 0.2, answer: str = "photo"
+    ) -> None:
         self.bus = busmod.Bus()
         self.photo_dir = photo_dir
-        self.box_answers = box_answers
+        # How the boxes answer a command: photo (a snapshot with its photo), nophoto (a snapshot event
+        # without one), fail (ok false: "camera init failed"), silent (never; also box_answers=False).
+        self.box_answers = box_answers and answer != "silent"
+        self.answer = answer
         self.answer_delay = answer_delay
         self._lock = threading.RLock()
         self._keys: list[tuple[float, str]] = []  # ascending (ts, id); newest is last
@@ -264,10 +269,13 @@ class MemoryPort:
         return cmd_id
 
     def _answer(self, cmd_id: str, device: str, cmd: str) -> None:
-        time.sleep(self.answer_delay)
+        if self.answer_delay:
+            time.sleep(self.answer_delay)
         result: dict[str, Any] = {"device": device, "id": cmd_id, "ok": True, "error": None}
-        if cmd == "snapshot":
-            ev = self.add_event(device, "snapshot", cmd=cmd_id)
+        if self.answer == "fail":
+            result.update(ok=False, error="camera init failed")
+        elif cmd == "snapshot":
+            ev = self.add_event(device, "snapshot", cmd=cmd_id, photo=self.answer == "photo")
             result["event"] = ev["id"]
         with self._lock:
             self.results[cmd_id] = result
