@@ -3,8 +3,8 @@ real Mosquitto, a box publishing protocol v1) and against the in-memory fake the
 (tests/support/web.py MemoryPort). What the fake answers is what the real one answers, so a test
 written against the fake says something about the gateway.
 
-Left for later (issue 17): the Home Assistant tests' and the WhatsApp command tests' own small ports
-(tests/test_homeassistant.py MemoryPort, tests/test_whatsapp_commands.py Port) still exist beside it.
+The dashboard and WhatsApp-command tests use this fake. Left for later (issue 17): the Home Assistant
+tests' own small port (tests/test_homeassistant.py MemoryPort) still exists beside it.
 """
 
 from __future__ import annotations
