@@ -34,6 +34,7 @@ mosquitto:
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
+	$(BIN)/mypy  # gateway/ and tools/, configured in pyproject.toml [tool.mypy]
 
 test: $(STAMP_DEV) lint
 	@sh tools/ensure_packages.sh mosquitto chromium libmagic1

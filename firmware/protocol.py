@@ -28,6 +28,7 @@ MAX_PHOTO_BYTES = const(2097152)
 MAX_CHUNKS = const(256)
 MAX_CHUNK_BYTES = const(65536)
 
+# A copy of gateway/vocabulary.py EVENT_TYPES (the board cannot import the gateway); tests/test_vocabulary.py.
 EVENT_TYPES = ("delivery", "pickup", "lid_closed", "lid_left_open", "snapshot")
 COMMANDS = ("snapshot", "reboot", "ping", "config")
 

@@ -68,6 +68,7 @@ DEFAULTS = {
 }
 
 SECTIONS = ("wifi", "broker", "pins")
+# A copy of gateway/vocabulary.py OCCUPANCY_SENSORS; tests/test_vocabulary.py compares them.
 SENSORS = ("none", "ir", "ultrasonic", "hx711")
 MODES = ("always_on", "battery")
 FRAME_SIZES = ("QVGA", "CIF", "VGA", "SVGA", "XGA", "HD", "SXGA", "UXGA")

@@ -171,6 +171,7 @@ def summary(service: GatewayService, config: Config) -> str:
         lines.append("  webhook sink  on")
     apprise_sink = service.notifiers.get("apprise")
     if apprise_sink is not None:
+        # Only the Apprise sink has all_recipients (gateway/notify/apprise.py); Notifier does not.
         ids = ", ".join(apprise_sink.all_recipients())  # type: ignore[attr-defined]
         lines.append(f"  apprise sink  {ids}")
     for c in service.components:

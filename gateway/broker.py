@@ -55,6 +55,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.config import Config
 from gateway.datalock import DataDirLock
@@ -373,7 +374,7 @@ class ManagedAmqtt:
         self.local_url = self.url  # one listener, anonymous: the same address
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._broker = None
+        self._broker: Any = None  # amqtt.broker.Broker (untyped)
         self._error: BaseException | None = None
 
     def start(self) -> None:
@@ -394,8 +395,8 @@ class ManagedAmqtt:
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
-                self._broker = Broker(cfg, loop=loop)
-                loop.run_until_complete(self._broker.start())
+                broker = self._broker = Broker(cfg, loop=loop)
+                loop.run_until_complete(broker.start())
             except BaseException as exc:  # reported to start()
                 self._error = exc
                 ready.set()

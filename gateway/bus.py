@@ -23,6 +23,11 @@ OUTBOX_CHANGED = "outbox_changed"  # an outbox record (gateway.ports.OutboxRecor
 COMMAND_RESULT = "command_result"  # {"device", "id", "ok", "error", ...}
 WHATSAPP_STATE = "whatsapp_state"  # gateway.ports.WhatsAppState
 WHATSAPP_RECEIPT = "whatsapp_receipt"  # {"ids": [message id, ...], "status": delivered|read, "ts", "chat"}
+# The device registry (devices.json) changed: `parcelbox device remove` / `device add` of a box that was
+# removed before. Detected once, by the service (GatewayService._registry_view); payload
+# {"device", "registered": [every registered box]}.
+DEVICE_REMOVED = "device_removed"
+DEVICE_REGISTERED = "device_registered"
 STORAGE_STATE = "storage_state"  # {"ok", "problems", "free_mb", "free_percent", "low"} (gateway.service)
 
 Handler = Callable[[str, dict[str, Any]], None]

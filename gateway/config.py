@@ -23,6 +23,8 @@ from typing import Any
 
 import platformdirs
 
+from gateway.brokeraddr import parse_broker_url
+
 ENV_PREFIX = "PARCELBOX_"
 SECRET_KEYS = frozenset({"password", "token", "headers", "secret", "signing_key"})
 # Apprise URLs hold bot tokens and passwords: shown as their recipient ids (gateway.notify.apprise).
@@ -413,8 +415,11 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"ingest.{key} must be at least 1")
     if cfg.broker.prefer not in ("mosquitto", "amqtt"):
         raise ConfigError("broker.prefer must be 'mosquitto' or 'amqtt'")
-    if cfg.broker.url and not cfg.broker.url.startswith(("mqtt://", "mqtts://")):
-        raise ConfigError("broker.url must start with mqtt:// or mqtts://")
+    if cfg.broker.url:
+        try:
+            parse_broker_url(cfg.broker.url)
+        except ValueError as e:
+            raise ConfigError(f"broker.url: {e}") from None
     if cfg.alerts.timezone:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 

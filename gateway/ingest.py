@@ -16,10 +16,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 
+from gateway.brokeraddr import BrokerAddress, parse_broker_url
 from gateway.protocol import subscriptions
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,12 @@ class MqttLink:
         password: str = "",
         keepalive: int = 30,
     ) -> None:
-        u = urlparse(url)
-        if u.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker url must be mqtt:// or mqtts://, not {u.scheme!r}")
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or (8883 if u.scheme == "mqtts" else 1883)
-        self.tls = u.scheme == "mqtts"
-        self.username = username or unquote(u.username or "")
-        self.password = password or unquote(u.password or "")
+        addr = parse_broker_url(url, username, password)
+        self.host = addr.host
+        self.port = addr.port
+        self.tls = addr.tls
+        self.username = addr.username or ""
+        self.password = addr.password or ""
         self.prefix = prefix
         self.deliver = deliver
         self.keepalive = keepalive
@@ -88,7 +86,7 @@ class MqttLink:
 
     @property
     def endpoint(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        return BrokerAddress(self.host, self.port, self.tls).endpoint
 
     def _on_connect(self, client: mqtt.Client, _ud, _flags, reason_code, _props) -> None:
         if reason_code.is_failure:

@@ -49,9 +49,9 @@ class RepeatFilter(logging.Filter):
         return True
 
 
-def install(handlers: list[logging.Handler], **kw: float) -> RepeatFilter:
+def install(handlers: list[logging.Handler], burst: int = 5, per_s: float = 60.0) -> RepeatFilter:
     """Put one shared `RepeatFilter` on each of `handlers`."""
-    f = RepeatFilter(**kw)  # type: ignore[arg-type]
+    f = RepeatFilter(burst=burst, per_s=per_s)
     for h in handlers:
         h.addFilter(f)
     return f

@@ -198,9 +198,10 @@ class Mosquitto:
         self.autosave_on_changes = autosave_on_changes
         self.max_packet_size = max_packet_size
         self.die_with_parent = die_with_parent
-        self.binary = binary or find_mosquitto()
-        if not self.binary:
+        found = binary or find_mosquitto()
+        if not found:
             raise BrokerError("mosquitto not found; install it with: sudo apt-get install mosquitto")
+        self.binary: str = found
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf_path = self.data_dir / CONF_FILE
         self.log_path = self.data_dir / "mosquitto.log"

@@ -25,6 +25,7 @@ from gateway.bus import OUTBOX_CHANGED, Bus
 from gateway.notify.base import Alert, Notifier, SendResult
 from gateway.ratelimit import SendLimiter
 from gateway.store import Store
+from gateway.vocabulary import RECEIPT_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,6 @@ class OutboxDispatcher:
         return True
 
 
-RECEIPT_ORDER = {"sent": 1, "delivered": 2, "read": 3}
 
 _PUBLIC_KEYS = (
     "id",

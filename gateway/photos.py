@@ -27,9 +27,12 @@ import math
 import re
 import threading
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from PIL import Image, ImageDraw, ImageFile, ImageFont
+
+from gateway.config import PhotosConfig
+from gateway.protocol import Limits
 
 try:  # optional accelerator (the "fast" extra); Pillow alone is always enough
     import simplejpeg as _simplejpeg
@@ -87,19 +90,23 @@ class PhotoError(Exception):
 
 @dataclass(frozen=True)
 class PhotoSettings:
-    """Limits and output sizes of the photo pipeline (frozen and picklable for process pools)."""
+    """Limits and output sizes of the photo pipeline (frozen and picklable for process pools).
 
-    alert_long_edge: int = 1280
-    thumb_long_edge: int = 320
-    alert_quality: int = 80
-    thumb_quality: int = 70
-    max_bytes: int = 2 * 1024 * 1024
-    # Decoded pixels allowed (16.7 Mpx = 50 MB of RGB); above this the photo is a decompression bomb.
+    The settings a user can change have their defaults in one place, `gateway.config.PhotosConfig`
+    (documented in docs/configuration.md), and the photo size limit in `gateway.protocol.Limits`;
+    the rest are the pipeline's own. `from_config` builds the running gateway's."""
+
+    alert_long_edge: int = PhotosConfig.alert_long_edge
+    thumb_long_edge: int = PhotosConfig.thumb_long_edge
+    alert_quality: int = PhotosConfig.alert_quality
+    thumb_quality: int = PhotosConfig.thumb_quality
+    max_bytes: int = Limits.max_photo_bytes
+    # Decoded pixels allowed (20 Mpx = 60 MB of RGB); above this the photo is a decompression bomb.
     # Pillow's own Image.MAX_IMAGE_PIXELS is applied too when it is lower.
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = PhotosConfig.max_pixels
     # Longest side allowed; catches absurd shapes (1 x 60000) that pass the pixel limit.
     max_dimension: int = 8192
-    caption_strip: bool = True
+    caption_strip: bool = PhotosConfig.caption_strip
     # A DCT scale M/8 is used as the alert copy as-is (no resampling at all) when its long edge lands
     # within [alert_min_fill * alert_long_edge, alert_long_edge]; otherwise the image is decoded at the
     # next larger scale and resized down. 0.9 keeps a UXGA photo at 1200x900 for a 1280 target.
@@ -112,6 +119,12 @@ class PhotoSettings:
     # the pipeline, so it is off for the alert; the thumbnail, small and kept, is always optimised.
     progressive: bool = False
     optimize_alert: bool = False
+
+    @classmethod
+    def from_config(cls, photos: PhotosConfig, *, max_bytes: int = Limits.max_photo_bytes) -> PhotoSettings:
+        """The pipeline's settings from the `[photos]` config section (every field it shares)."""
+        shared = {f.name for f in fields(PhotosConfig)} & {f.name for f in fields(cls)}
+        return cls(max_bytes=max_bytes, **{name: getattr(photos, name) for name in shared})
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, NotRequired, Protocol, TypedDict
 
 from gateway.bus import Bus
+from gateway.vocabulary import OutboxState, Receipt
 
 PhotoVariant = Literal["original", "alert", "thumb"]
 
@@ -54,7 +55,6 @@ class DeviceRecord(TypedDict):
     last_event_id: str | None
 
 
-OutboxState = Literal["pending", "sent", "failed", "dead"]
 
 
 class OutboxRecord(TypedDict):
@@ -71,7 +71,7 @@ class OutboxRecord(TypedDict):
     sent_at: float | None
     last_error: str | None
     message_id: str | None  # the sink's id of the sent message (WhatsApp), for receipts
-    receipt: str | None  # WhatsApp: sent | delivered | read (what the recipient's phone confirmed)
+    receipt: Receipt | None  # WhatsApp: what the recipient's phone confirmed
     receipt_at: float | None
 
 
@@ -84,6 +84,7 @@ class WhatsAppState(TypedDict, total=False):
     pair_code_expires_at: float | None  # when that code stops working (its QR round ends)
     qr_expires_at: float | None  # when the shown QR code stops working
     down_since: float | None  # when it last left `connected`; None while connected
+    retry_at: float | None  # banned for a while or restarting: not before this time
     down_notice_after_s: float  # down this long: notices on the other sinks, dashboard banner
     unknown_numbers: list[str]  # configured recipients WhatsApp says are not users (digits)
     numbers_checked_at: float | None

@@ -13,13 +13,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
+
+from gateway.vocabulary import EVENT_TYPES
 
 VERSION = 1
 DEFAULT_PREFIX = "parcelbox"
 
-EventType = Literal["delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]
-EVENT_TYPES: tuple[str, ...] = ("delivery", "pickup", "lid_closed", "lid_left_open", "snapshot")
 COMMANDS: tuple[str, ...] = ("snapshot", "reboot", "ping", "config")
 
 DEVICE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -50,17 +50,19 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-def valid_device_id(s: object) -> bool:
+# TypeGuards: after a check passes, the checker knows the value is a str (or an int) too.
+def valid_device_id(s: object) -> TypeGuard[str]:
     return isinstance(s, str) and DEVICE_ID_RE.fullmatch(s) is not None
 
 
-def valid_msg_id(s: object) -> bool:
+def valid_msg_id(s: object) -> TypeGuard[str]:
     return isinstance(s, str) and MSG_ID_RE.fullmatch(s) is not None
 
 
 # --- topics ------------------------------------------------------------------
 
 TopicKind = Literal["status", "event", "photo", "ack", "cmd", "cmd_result", "ota", "ota_data", "ota_reply"]
+_ONE_PART_TOPICS: dict[str, TopicKind] = {"status": "status", "event": "event", "ack": "ack", "cmd": "cmd"}
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,8 @@ def parse_topic(prefix: str, name: str, limits: Limits = DEFAULT_LIMITS) -> Topi
     if not valid_device_id(device):
         raise ProtocolError("bad_device_id", repr(device)[:80])
     rest = parts[1:]
-    if rest in (["status"], ["event"], ["ack"], ["cmd"]):
-        return Topic(device, rest[0])  # type: ignore[arg-type]
+    if len(rest) == 1 and rest[0] in _ONE_PART_TOPICS:
+        return Topic(device, _ONE_PART_TOPICS[rest[0]])
     if rest == ["cmd", "result"]:
         return Topic(device, "cmd_result")
     if rest == ["ota", "reply"]:
@@ -166,7 +168,7 @@ def _load_object(payload: bytes, limits: Limits) -> dict[str, Any]:
     return obj
 
 
-def _is_int(x: object) -> bool:
+def _is_int(x: object) -> TypeGuard[int]:
     return type(x) is int
 
 

@@ -1,7 +1,8 @@
 """Sliding-window send limits, overall and per recipient.
 
-One implementation for the outbox (per notifier), the WhatsApp notifier (WhatsApp bans numbers
-that send in bursts) and the WhatsApp command handler (per sender).
+One implementation for the outbox (per notifier: the one owner of alert send limits, e.g. the
+WhatsApp notifier's, as WhatsApp bans numbers that send in bursts), the WhatsApp command handler (per
+sender) and the dashboard's test messages and API tokens.
 """
 
 from __future__ import annotations

@@ -130,7 +130,8 @@ def parse_multipart(content_type: str, body: bytes) -> SendRequest:
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             raise BadRequest("bad_multipart", "every part needs a name")
-        payload = part.get_payload(decode=True) or b""
+        raw = part.get_payload(decode=True)  # bytes for a leaf part, None for a nested multipart
+        payload = raw if isinstance(raw, bytes) else b""
         if name == "photo":
             if photo is not None:
                 raise BadRequest("bad_photo", "one photo per message")

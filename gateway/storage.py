@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import logging
 import os
@@ -39,13 +40,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+_temp_serial = itertools.count(1)  # next() on a count is atomic under the GIL: one name per write
+
+
+def atomic_write_bytes(
+    path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True, make_parent: bool = False
+) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the whole new one.
 
+    The one atomic write of the gateway (temp file, fsync, rename, fsync of the folder): the store,
+    the device registry, the broker's files, the dashboard's secrets and the Home Assistant state all
+    use it. `mode` is the new file's mode (0o600 for secrets: the temp file is never wider).
     `durable=False` skips the fsyncs (still atomic, maybe not yet on disk after a power cut): for
     snapshots rewritten every few seconds, where flash wear matters more than the last copy.
+    `make_parent` creates the folder first. Two threads may write the same path at once: each has its
+    own temp file (`.<name>.<pid>-<serial>.tmp`), and the last rename wins whole.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{next(_temp_serial)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
@@ -66,7 +79,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, durable: b
         fsync_dir(path.parent)
 
 
-_TEMP_NAME = re.compile(r"\..+\.(\d+)\.tmp")
+_TEMP_NAME = re.compile(r"\..+\.(\d+)(?:-\d+)?\.tmp")  # .<name>.<pid>[-<serial>].tmp
 
 
 def _pid_running(pid: int) -> bool:
@@ -80,7 +93,7 @@ def _pid_running(pid: int) -> bool:
 
 
 def remove_stale_temp_files(folder: Path, *, recursive: bool = True) -> int:
-    """Delete the `.<name>.<pid>.tmp` files `atomic_write_bytes` leaves when its process dies mid-write.
+    """Delete the `.<name>.<pid>-<serial>.tmp` files `atomic_write_bytes` leaves when its process dies mid-write.
 
     A SIGKILL or power cut between the temp write and the rename leaves the temp file behind (the real
     file is untouched); without this sweep every such crash would leak a photo-sized file for ever.

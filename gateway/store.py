@@ -24,6 +24,12 @@ O(log n + page size) plus reading the page's own records, whatever the filters a
 
 An event and its outbox entries go into the same file in one atomic write
 (`AtomicJSONStorage.batch`): after a crash either both exist or neither does.
+
+TinyDB boundary: the store keeps TinyDB's file format and uses only its public parts: the `Storage`
+interface (our `AtomicJSONStorage`: read/write of the whole document) and `Table` reads (`all`, `get`,
+`clear_cache` after a direct write). Records are added by writing into the document the storage
+returns, never by `Table.insert` (which copies the whole table per call and caches the next id), so no
+TinyDB private field is touched.
 Photo files are written and fsync'd before the record that points at them.
 """
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import calendar
 import copy
+import functools
 import json
 import logging
 import os
@@ -42,14 +49,15 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tinydb import TinyDB
 
-from gateway.event_index import EventIndex, entry_for
+from gateway.event_index import Entry, EventIndex, entry_for
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir, remove_stale_temp_files
+from gateway.vocabulary import OPEN_OUTBOX_STATES, OUTBOX_STATES
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,6 @@ OUTBOX = "outbox"
 # events-<yyyy>-<mm>[-<dd>][.<segment>].json; the first segment has no number (older stores had only it).
 _PART_RE = re.compile(r"events-(\d{4})-(\d{2})(?:-(\d{2}))?(?:\.([2-9]|[1-9]\d+))?\.json")
 _PHOTO_SUFFIX: dict[str, str] = {"original": ".jpg", "alert": ".alert.jpg", "thumb": ".thumb.jpg"}
-_OPEN_STATES = ("pending", "failed")
 # Segments kept open (parsed, writable): the one being written and one more, for outbox updates that
 # land in the previous segment just after a roll-over. Everything the store holds per record lives in
 # these, so together with SEGMENT_DOCS this bounds the store's memory (~2 KB of RAM per record).
@@ -90,7 +97,20 @@ class StoreError(RuntimeError):
     pass
 
 
-_STATES = ("pending", "sent", "failed", "dead")
+@dataclass(frozen=True)
+class StoreStats:
+    """What the store holds where, for tests, benches and diagnostics (`Store.stats()`), so none of
+    them reads the store's private fields."""
+
+    partitions: tuple[str, ...]  # every partition file (or journal), oldest first
+    open_partitions: tuple[str, ...]  # parsed and writable, least recently used first
+    open_events: int  # records held by the open partitions' tables
+    read_cached_partitions: tuple[str, ...]  # closed partitions' events tables kept for reading
+    read_cached_events: int
+    cached_records: int  # closed partitions' shaped records kept for the timeline
+    events: int  # events in the index
+
+
 
 
 def _num(v: Any) -> bool:
@@ -114,7 +134,7 @@ def _outbox_doc_ok(doc: Any) -> bool:
         isinstance(doc, dict)
         and isinstance(doc.get("id"), str)
         and isinstance(doc.get("notifier"), str)
-        and doc.get("state") in _STATES
+        and doc.get("state") in OUTBOX_STATES
         and _num(doc.get("created_at"))
     )
 
@@ -143,7 +163,7 @@ def _valid_entry(e: dict[str, Any]) -> bool:
             isinstance(e["up"], str)
             and isinstance(e.get("doc_id"), int)
             and isinstance(f, dict)
-            and f.get("state", "pending") in _STATES
+            and f.get("state", "pending") in OUTBOX_STATES
         )
     return True
 
@@ -183,6 +203,18 @@ def _classify_part_doc(doc: dict[str, Any]) -> str | None:
 
 def _classify_device_doc(doc: dict[str, Any]) -> str | None:
     return "devices" if isinstance(doc.get("device"), str) else None
+
+
+def _atomic_storage(db: TinyDB) -> AtomicJSONStorage:
+    """The storage under one of our TinyDBs: always AtomicJSONStorage (`_open_tinydb`, no middleware)."""
+    storage = db.storage
+    if not isinstance(storage, AtomicJSONStorage):
+        raise TypeError(f"expected AtomicJSONStorage under the store, got {type(storage).__name__}")
+    return storage
+
+
+def _entry_in(keys: set[str], e: Entry) -> bool:
+    return event_key(e[3], e[2]) in keys  # Entry: (ts, seq, event id, device, type)
 
 
 def event_key(device: str, event_id: str) -> str:
@@ -261,7 +293,7 @@ class Store:
         self._latest_segment: dict[str, str] = {}  # period -> the segment new records go to
         self._part_docs: dict[str, int] = {}  # latest segments only: records in the file
         self._open_outbox: dict[str, dict[str, Any]] = {}  # pending/failed entries, by id
-        self._outbox_counts: dict[str, int] = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
+        self._outbox_counts: dict[str, int] = dict.fromkeys(OUTBOX_STATES, 0)
         self._devices: dict[str, dict[str, Any]] = {}
         self._devices_db: TinyDB | None = None
         # Keys of purged events: a box re-sending one (its spool, the broker's queue) gets it acked as
@@ -315,7 +347,7 @@ class Store:
             quarantine_dir=self.quarantine_dir,
             classify=classify,
         )
-        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(db)
         storage.buffered = True
         try:
             storage.read()  # parse now, so a damaged file is salvaged (and counted) at open
@@ -368,30 +400,37 @@ class Store:
         entries = self._read_journal(journal)
         if not entries and not journal.path.exists():
             return
-        keys = {d["key"] for d in db.table(EVENTS).all()}
-        outbox_ids = {d["id"]: d.doc_id for d in db.table(OUTBOX).all()}
-        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
-        with storage.batch():
-            for e in entries:
-                if "rm" in e:
-                    # In journal order, so a record added after the purge is kept: forget the purged
-                    # keys here too, or a later line re-adding the same record would be skipped.
-                    gone_keys, gone_ids = _remove_box_docs(storage.read() or {}, e)
-                    keys -= gone_keys
-                    for oid in gone_ids:
-                        outbox_ids.pop(oid, None)
-                    for name in (EVENTS, OUTBOX):
-                        db.table(name).clear_cache()
-                        db.table(name)._next_id = None
-                    continue
-                if "ev" in e and e["ev"]["key"] not in keys:
-                    db.table(EVENTS).insert(e["ev"])
-                    keys.add(e["ev"]["key"])
-                for o in e.get("ob", ()):
-                    if o["id"] not in outbox_ids:
-                        outbox_ids[o["id"]] = db.table(OUTBOX).insert(o)
-                if "up" in e and e["up"] in outbox_ids:
-                    db.table(OUTBOX).update(e["f"], doc_ids=[outbox_ids[e["up"]]])
+        storage = _atomic_storage(db)
+        # Into the storage's dict, like `_apply` (not through Table.insert/update, whose cached next id
+        # would then be stale): the store uses only TinyDB's file format, its Storage interface and
+        # Table reads (see "TinyDB boundary" in the module docstring).
+        data = storage.read() or {}
+        events = data.setdefault(EVENTS, {})
+        outbox = data.setdefault(OUTBOX, {})
+        keys = {d["key"] for d in events.values()}
+        outbox_ids = {d["id"]: doc_id for doc_id, d in outbox.items()}
+        for e in entries:
+            if "rm" in e:
+                # In journal order, so a record added after the purge is kept: forget the purged keys
+                # here too, or a later line re-adding the same record would be skipped.
+                gone_keys, gone_ids = _remove_box_docs(data, e)
+                keys -= gone_keys
+                for oid in gone_ids:
+                    outbox_ids.pop(oid, None)
+                continue
+            if "ev" in e and e["ev"]["key"] not in keys:
+                events[str(_next_id(events))] = e["ev"]
+                keys.add(e["ev"]["key"])
+            for o in e.get("ob", ()):
+                if o["id"] not in outbox_ids:
+                    oid = str(_next_id(outbox))
+                    outbox[oid] = o
+                    outbox_ids[o["id"]] = oid
+            if "up" in e and e["up"] in outbox_ids:
+                outbox[outbox_ids[e["up"]]].update(e["f"])
+        storage.write(data)  # buffered (set at open): durable through _durable_flush below
+        for name in (EVENTS, OUTBOX):
+            db.table(name).clear_cache()
         if entries:
             log.info("%s: replayed %d journal entries", journal.path.name, len(entries))
         storage._dirty = True
@@ -402,7 +441,7 @@ class Store:
         db, journal = self._dbs.get(part), self._journals.get(part)
         if db is None or journal is None:
             return True
-        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(db)
         if journal.entries_since_reset == 0 and not storage._dirty and not journal.damage:
             return True
         return self._durable_flush(storage, journal, journal.entries_since_reset)
@@ -414,7 +453,7 @@ class Store:
         Straight into the storage's dict rather than through `Table.insert`, which copies the whole
         table on every call (O(events this month) per event); the file format stays TinyDB's own.
         """
-        storage: AtomicJSONStorage = db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(db)
         data = storage.read()
         if data is None:
             data = {}
@@ -435,9 +474,7 @@ class Store:
             _remove_box_docs(data, entry)
         storage.write(data)  # buffered: memory only; the journal already holds the change
         for name in (EVENTS, OUTBOX):
-            table = db.table(name)
-            table.clear_cache()
-            table._next_id = None  # TinyDB recomputes it if its own insert is used (replay)
+            db.table(name).clear_cache()
         return ev_id, out_ids
 
     def _commit(self, part: str, entry: dict[str, Any]) -> tuple[int | None, list[int]]:
@@ -478,7 +515,7 @@ class Store:
                     continue
                 self._outbox_index[doc["id"]] = (part, doc.doc_id)
                 self._outbox_counts[doc["state"]] = self._outbox_counts.get(doc["state"], 0) + 1
-                if doc["state"] in _OPEN_STATES:
+                if doc["state"] in OPEN_OUTBOX_STATES:
                     self._open_outbox[doc["id"]] = dict(doc)
         self._timeline.build(timeline.values())
         del timeline
@@ -486,7 +523,7 @@ class Store:
         # Box records change with every event; rewriting the whole file each time made one event cost
         # O(boxes) (40 % of the gateway's GIL time with 1,000 boxes, bench/ingest.py). Journal them
         # like events: one fsync'd line per change, the file rewritten every COMPACT_EVERY changes.
-        storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(self._devices_db)
         self._devices_journal = self._journal("boxes.json" + JOURNAL_SUFFIX, _valid_device_entry)
         entries = self._read_journal(self._devices_journal)
         if entries or self._devices_journal.path.exists():
@@ -554,6 +591,26 @@ class Store:
     def event_count(self) -> int:
         with self._lock:
             return len(self._event_index)
+
+    def partition_of(self, device: str, event_id: str) -> str | None:
+        """The partition file an event is stored in, or None."""
+        with self._lock:
+            loc = self._event_index.get(event_key(device, event_id))
+            return loc[0] if loc is not None else None
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            return StoreStats(
+                partitions=tuple(self._partitions()),
+                open_partitions=tuple(self._dbs),
+                open_events=sum(
+                    len(t) for db in self._dbs.values() for t in (_atomic_storage(db).read() or {}).values()
+                ),
+                read_cached_partitions=tuple(self._read_cache),
+                read_cached_events=sum(len(t) for t in self._read_cache.values()),
+                cached_records=len(self._record_cache),
+                events=len(self._event_index),
+            )
 
     def _photo_base(self, device: str, event_id: str, received_at: float) -> Path:
         if not (valid_device_id(device) and valid_msg_id(event_id)):
@@ -673,17 +730,17 @@ class Store:
         """
         db = self._dbs.get(part)
         if db is not None:
-            return (db.storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
+            return (db.storage.read() or {}).get(EVENTS, {})
         table = self._read_cache.get(part)
         if table is not None:
             self._read_cache.move_to_end(part)
             return table
         journal = self.db_dir / (part + JOURNAL_SUFFIX)
         if journal.exists() and journal.stat().st_size:
-            return (self._db(part).storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
+            return (self._db(part).storage.read() or {}).get(EVENTS, {})
         table = _read_events_table(self.db_dir / part)
         if table is None:  # damaged since it was last opened: the ordinary open salvages it
-            return (self._db(part).storage.read() or {}).get(EVENTS, {})  # type: ignore[attr-defined]
+            return (self._db(part).storage.read() or {}).get(EVENTS, {})
         self._read_cache[part] = table
         while len(self._read_cache) > 1 and (
             len(self._read_cache) > _READ_CACHED_PARTITIONS
@@ -700,7 +757,7 @@ class Store:
         if db is None and journal.exists() and journal.stat().st_size:
             db = self._db(part)  # a crash left changes in the journal: the ordinary open replays them
         if db is not None:
-            return (db.storage.read() or {}).get(OUTBOX, {})  # type: ignore[attr-defined]
+            return (db.storage.read() or {}).get(OUTBOX, {})
         try:
             raw = (self.db_dir / part).read_bytes()
         except FileNotFoundError:
@@ -710,7 +767,7 @@ class Store:
         except ValueError:
             data = None
         if not isinstance(data, dict):  # damaged: the ordinary open salvages it
-            return (self._db(part).storage.read() or {}).get(OUTBOX, {})  # type: ignore[attr-defined]
+            return (self._db(part).storage.read() or {}).get(OUTBOX, {})
         return data.get(OUTBOX, {})
 
     def photo_path(self, device: str, event_id: str, variant: PhotoVariant) -> Path | None:
@@ -728,7 +785,7 @@ class Store:
     def _index_outbox(self, part: str, doc_id: int, rec: dict[str, Any]) -> None:
         self._outbox_index[rec["id"]] = (part, doc_id)
         self._outbox_counts[rec["state"]] = self._outbox_counts.get(rec["state"], 0) + 1
-        if rec["state"] in _OPEN_STATES:
+        if rec["state"] in OPEN_OUTBOX_STATES:
             self._open_outbox[rec["id"]] = rec
 
     def add_outbox(self, records: Iterable[OutboxRecord], when: float) -> None:
@@ -756,7 +813,7 @@ class Store:
             if old["state"] != new["state"]:
                 self._outbox_counts[old["state"]] -= 1
                 self._outbox_counts[new["state"]] = self._outbox_counts.get(new["state"], 0) + 1
-            if new["state"] in _OPEN_STATES:
+            if new["state"] in OPEN_OUTBOX_STATES:
                 self._open_outbox[alert_id] = new
             else:
                 self._open_outbox.pop(alert_id, None)
@@ -785,7 +842,7 @@ class Store:
         """Newest first."""
         limit = max(0, min(int(limit), 1000))
         with self._lock:
-            if state in _OPEN_STATES:
+            if state in OPEN_OUTBOX_STATES:
                 rows = [r for r in self._open_outbox.values() if r["state"] == state]
             else:
                 rows = []
@@ -813,7 +870,7 @@ class Store:
         """Insert or replace a box record durably (the file holds one small record per box)."""
         assert self._devices_db is not None
         with self._lock:
-            storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
+            storage = _atomic_storage(self._devices_db)
             data = storage.read() or {}
             table = data.setdefault("devices", {})
             doc_id = record.get("_doc_id")
@@ -1007,7 +1064,7 @@ class Store:
                     Journal(self.db_dir / (part + JOURNAL_SUFFIX)).remove()
                     gone = {k for k, v in self._event_index.items() if v[0] == part}
                     self._event_index = {k: v for k, v in self._event_index.items() if v[0] != part}
-                    self._timeline.remove_if(lambda e, gone=gone: event_key(e[3], e[2]) in gone)
+                    self._timeline.remove_if(functools.partial(_entry_in, gone))
                     for k in gone:
                         self._record_cache.pop(k, None)  # the same key may be stored again later
                     for aid in [a for a, loc in self._outbox_index.items() if loc[0] == part]:
@@ -1029,7 +1086,7 @@ class Store:
         return removed
 
     def _recount_outbox(self) -> None:
-        counts = {"pending": 0, "sent": 0, "failed": 0, "dead": 0}
+        counts = dict.fromkeys(OUTBOX_STATES, 0)
         for part in self._partitions():
             for doc in self._outbox_for_read(part).values():
                 counts[doc["state"]] = counts.get(doc["state"], 0) + 1
@@ -1075,7 +1132,7 @@ class Store:
                 self._compact(part)
                 self._close_part(part)
             if self._devices_db is not None:
-                storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
+                storage = _atomic_storage(self._devices_db)
                 if self._devices_journal.entries_since_reset or storage._dirty:
                     self._durable_flush(
                         storage, self._devices_journal, self._devices_journal.entries_since_reset
@@ -1133,15 +1190,13 @@ def _read_events_table(path: Path) -> dict[str, Any] | None:
 
 
 def _event_out(doc: dict[str, Any]) -> EventRecord:
-    out = EventRecord(  # type: ignore[typeddict-item]
-        **{k: doc.get(k) for k in EventRecord.__annotations__ if k != "photo_dropped"}
-    )
+    # A stored doc has every key (written from the same record type); cast: the checker cannot follow
+    # a comprehension over the TypedDict's own keys.
+    out = cast(EventRecord, {k: doc.get(k) for k in EventRecord.__annotations__ if k != "photo_dropped"})
     if doc.get("photo_dropped"):  # optional key: present only when the box dropped the photo
         out["photo_dropped"] = True
     return out
 
 
 def _outbox_out(doc: dict[str, Any]) -> OutboxRecord:
-    return OutboxRecord(  # type: ignore[typeddict-item]
-        **{k: doc.get(k) for k in OutboxRecord.__annotations__}
-    )
+    return cast(OutboxRecord, {k: doc.get(k) for k in OutboxRecord.__annotations__})

@@ -20,7 +20,7 @@ from gateway.framing import decode_line
 from gateway.service import GatewayService
 from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
 
-_TEMP = re.compile(r"\.(.+)\.\d+\.tmp")
+_TEMP = re.compile(r"\.(.+)\.\d+-\d+\.tmp")  # gateway/storage.py atomic_write_bytes
 
 
 class FsyncLog:

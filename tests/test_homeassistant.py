@@ -26,10 +26,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from PIL import Image
 
-from gateway.bus import DEVICE_CHANGED, EVENT_STORED, Bus
+from gateway.bus import DEVICE_CHANGED, DEVICE_REGISTERED, DEVICE_REMOVED, EVENT_STORED, Bus
 from gateway.homeassistant import HAConfig, HomeAssistantBridge, clear_device
 from gateway.homeassistant import discovery as d
-from gateway.homeassistant.bridge import DEVICE_REMOVED, shrink_jpeg
+from gateway.homeassistant.bridge import shrink_jpeg
 from tests.support.mqtt import Collector, client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1017,7 +1017,9 @@ def test_device_remove_in_the_registry_clears_and_keeps_the_box_out(mosquitto, p
             lambda: all_configs_present(mirror, cfg, {"box-1": False, "box-2": False}), what="configs"
         )
         button = d.config_topic(cfg, "button", d.box_identifier(cfg, "box-2"), "snapshot")
-        registry.set({"box-1"})  # parcelbox device remove box-2 (the store still has its history)
+        # parcelbox device remove box-2 (the store still has its history): the service publishes it.
+        registry.set({"box-1"})
+        port.bus.publish(DEVICE_REMOVED, {"device": "box-2", "registered": ["box-1"]})
         mirror.wait(lambda: mirror.payload(button) == b"", what="box-2 cleared")
         mirror.wait(lambda: mirror.payload(d.state_topic(cfg, "box-2")) == b"", what="box-2 state cleared")
         # Neither Home Assistant coming back nor a late status from the box brings it back.
@@ -1035,6 +1037,7 @@ def test_device_remove_in_the_registry_clears_and_keeps_the_box_out(mosquitto, p
         assert all_configs_present(mirror, cfg, {"box-1": False})
         # Registered again: announced again.
         registry.set({"box-1", "box-2"})
+        port.bus.publish(DEVICE_REGISTERED, {"device": "box-2", "registered": ["box-1", "box-2"]})
         mirror.wait(lambda: mirror.payload(button) != b"", what="box-2 back")
         check_discovery(button, mirror.payload(button), cfg)
     finally:
@@ -1107,6 +1110,7 @@ def test_unreadable_registry_does_not_stop_the_bridge(mosquitto, port, cfg, mirr
         while bridge._registry_seen is None and time.monotonic() < deadline:
             time.sleep(0.05)
         registry.set({"box-1"})
+        port.bus.publish(DEVICE_REMOVED, {"device": "box-2", "registered": ["box-1"]})
         button = d.config_topic(cfg, "button", d.box_identifier(cfg, "box-2"), "snapshot")
         mirror.wait(lambda: mirror.payload(button) == b"", what="box-2 cleared once readable")
     finally:

@@ -13,7 +13,7 @@ from gateway.config import ConfigError
 from gateway.homeassistant import HAConfig, HomeAssistantBridge, homeassistant_component
 from gateway.homeassistant import discovery as d
 from gateway.service import GatewayService
-from tests.support.gateway_core import Box, event_payload, gateway_config, make_jpeg, new_event_id
+from tests.support.gateway_core import Box, event_payload, gateway_config, make_jpeg, new_event_id, wait_for
 from tests.support.mqtt import Collector, client
 from tests.test_homeassistant import Mirror, all_configs_present, check_discovery
 
@@ -249,3 +249,46 @@ def test_simulated_box_through_parcelbox_run_wiring(mosquitto, prefix, tmp_path)
         service.stop()
         discovery.close()
         states.close()
+
+
+def test_a_registry_change_is_published_once_on_the_bus_and_home_assistant_follows(mosquitto, prefix, tmp_path):
+    """Issue 17: DEVICE_REMOVED had a subscriber (the Home Assistant bridge) and no producer, and the
+    bridge polled devices.json on its own. Now the service notices a registry change (one reader) and
+    publishes DEVICE_REMOVED / DEVICE_REGISTERED; the bridge follows the bus."""
+    from gateway.bus import DEVICE_REGISTERED, DEVICE_REMOVED
+    from gateway.devices import DeviceRegistry
+
+    data = tmp_path / "data"
+    registry = DeviceRegistry(data)
+    registry.add("porch")
+    registry.add("shed")
+    config = gateway_config(data, mosquitto.url, prefix)
+    ha = HAConfig(prefix=f"{prefix}-ha", protocol_prefix=prefix, gateway_id="gw")
+    service = GatewayService(config)
+    changes: list[tuple[str, dict]] = []
+    service.bus.subscribe(lambda t, d_: changes.append((t, d_)), DEVICE_REMOVED)
+    service.bus.subscribe(lambda t, d_: changes.append((t, d_)), DEVICE_REGISTERED)
+    bridge = HomeAssistantBridge.for_service(service, ha)
+    service.add_component(bridge)
+    discovery = Mirror(mosquitto.url, f"{ha.prefix}/#")
+    boxes = [Box(mosquitto.url, prefix, name) for name in ("porch", "shed")]
+    service.start()
+    try:
+        for box in boxes:
+            box.pub("status", _status(), retain=True)
+        discovery.wait(lambda: all_configs_present(discovery, ha, {"porch": False, "shed": False}), what="configs")
+        button = d.config_topic(ha, "button", d.box_identifier(ha, "shed"), "snapshot")
+        assert changes == []  # the registry as found at start is no change
+        assert registry.remove("shed")  # `parcelbox device remove shed` from another process
+        wait_for(lambda: changes, what="DEVICE_REMOVED")
+        assert changes == [(DEVICE_REMOVED, {"device": "shed", "registered": ["porch"]})]
+        discovery.wait(lambda: discovery.payload(button) == b"", what="shed cleared from Home Assistant")
+        registry.add("shed")
+        wait_for(lambda: len(changes) == 2, what="DEVICE_REGISTERED")
+        assert changes[1] == (DEVICE_REGISTERED, {"device": "shed", "registered": ["porch", "shed"]})
+        discovery.wait(lambda: discovery.payload(button) not in (None, b""), what="shed announced again")
+    finally:
+        service.stop()
+        discovery.close()
+        for box in boxes:
+            box.close()

@@ -258,3 +258,38 @@ def test_a_held_channel_waits_quietly(store, caplog):
     rec = store.get_outbox("a1_remote")
     assert rec["state"] == "failed" and rec["next_attempt_at"] == clock.t + 900 and rec["last_error"] == why
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+def test_a_whatsapp_send_is_booked_once_on_the_dispatchers_clock(store, tmp_path):
+    """Issue 17: the dispatcher and the WhatsApp notifier both booked each send, on different clocks
+    (the dispatcher's injected one, the notifier's time.monotonic). A send the dispatcher allowed a
+    minute later was refused by the notifier ("rate limited") and counted as a failed attempt."""
+    from gateway.notify.whatsapp import WhatsAppNotifier
+    from gateway.whatsapp.settings import WhatsAppSettings
+    from gateway.whatsapp.supervisor import SendOutcome
+
+    class Sender:  # the supervisor's send(); a true edge (the WhatsApp servers)
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send(self, to: str, text: str, image: bytes | None = None) -> SendOutcome:
+            self.sent.append(to)
+            return SendOutcome(ok=True, message_id=f"m{len(self.sent)}")
+
+    clock = Clock()
+    sender = Sender()
+    settings = WhatsAppSettings(
+        session_dir=tmp_path / "wa", recipients=["+628111111111"], rate_per_minute=1, rate_per_minute_overall=0
+    )
+    notifier = WhatsAppNotifier(settings, sender)
+    store.add_outbox([entry(1, clock.t, notifier="whatsapp", recipient="+628111111111")], clock.t)
+    d, _ = make(store, notifier, clock)
+    d._pass("whatsapp")
+    clock.t += 61  # a minute later by the dispatcher's clock: the limit allows one more
+    store.add_outbox([entry(2, clock.t, notifier="whatsapp", recipient="+628111111111")], clock.t)
+    d._pass("whatsapp")
+    assert store.outbox_counts() == {"pending": 0, "sent": 2, "failed": 0, "dead": 0}
+    assert len(sender.sent) == 2
+    # And inside the minute the dispatcher holds it back: waiting, not a failed attempt.
+    store.add_outbox([entry(3, clock.t, notifier="whatsapp", recipient="+628111111111")], clock.t)
+    d._pass("whatsapp")
+    rec = store.get_outbox("a3_whatsapp")
+    assert rec["state"] == "pending" and rec["attempts"] == 0 and len(sender.sent) == 2

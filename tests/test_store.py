@@ -137,7 +137,7 @@ def test_one_file_per_month_newest_first_and_paging(tmp_path):
     for i in range(5):
         s.add_event(ev("box1", f"oct{i:06d}", OCT + i))
         s.add_event(ev("box1", f"nov{i:06d}", NOV + i, etype="pickup" if i == 4 else "delivery"))
-    assert s._partitions() == [
+    assert list(s.stats().partitions) == [
         "events-2026-10.json",
         "events-2026-11.json",
     ]
@@ -260,4 +260,29 @@ def test_torn_journal_tail_is_ignored(tmp_path):
     s2.close()
     s3 = Store(tmp_path)
     assert s3.has_event("box1", "event0002")
+    s3.close()
+
+
+def test_after_a_replay_new_records_get_new_doc_ids(tmp_path):
+    """The journal is replayed into the storage's document directly (no TinyDB Table.insert, no
+    private TinyDB field): records added after the replay get the next doc ids, updates land."""
+    def ob(eid: str) -> dict:
+        return dict(id="al" + eid, kind="delivery", device="box1", event_ids=[eid], notifier="folder",
+                    recipient="", state="pending", attempts=0, created_at=NOV, next_attempt_at=NOV,
+                    sent_at=None, last_error=None)
+
+    s = Store(tmp_path)
+    for i in range(3):
+        assert s.add_event(ev("box1", f"event000{i}", NOV + i), [ob(f"event000{i}")])
+    s.update_outbox("alevent0001", state="sent", sent_at=NOV + 5)
+    s2 = Store(tmp_path)  # reopened "after a crash" (the first one never closed): the journal is replayed
+    assert s2.add_event(ev("box1", "event0003", NOV + 3), [ob("event0003")])
+    s2.update_outbox("alevent0000", state="dead", last_error="gone")
+    s2.close()
+    raw = json.loads((tmp_path / "db" / "events-2026-11.json").read_bytes())
+    assert list(raw["events"]) == ["1", "2", "3", "4"]
+    assert [d["id"] for d in raw["events"].values()] == [f"event000{i}" for i in range(4)]
+    assert {k: d["state"] for k, d in raw["outbox"].items()} == {"1": "dead", "2": "sent", "3": "pending", "4": "pending"}
+    s3 = Store(tmp_path)
+    assert len(s3.list_events(limit=10)) == 4 and s3.get_outbox("alevent0003")["state"] == "pending"
     s3.close()

@@ -160,7 +160,7 @@ def test_index_matches_brute_force_live_and_after_reopen(
     events = make_events(rng, 600, shared_ids)
     s = Store(tmp_path)
     fill(s, events, rng)
-    assert len(s._partitions()) >= 4  # several month files
+    assert len(s.stats().partitions) >= 4  # several month files
     check_store(s, events, rng, 150)
     s.close()
     s2 = Store(tmp_path)  # the index rebuilt from the files alone
@@ -200,11 +200,11 @@ def test_index_after_retention(tmp_path, monkeypatch):
     s = Store(tmp_path)
     fill(s, events, rng)
     check_store(s, events, rng, 60)
-    assert s._record_cache
+    assert s.stats().cached_records
     now = float(calendar.timegm((2026, 11, 20, 0, 0, 0)))
     removed = s.apply_retention(now, retention_days=50, photo_retention_days=0)  # August, September
     assert removed["partitions"] >= 2
-    kept_months = {store_mod._period_of(p) for p in s._partitions()}
+    kept_months = {store_mod._period_of(p) for p in s.stats().partitions}
     kept = [e for e in events if s.period_for(e["received_at"]) in kept_months]
     assert 0 < len(kept) < len(events)
     assert s.event_count() == len(kept)
@@ -338,17 +338,17 @@ def test_reading_history_does_not_evict_the_month_being_written(tmp_path, monkey
     late = {**events[0], "id": "late0002", "ts": END - 1, "received_at": END - 1}
     assert s.add_event(late)  # the current month is the open one, with journal entries
     events.append(late)
-    assert list(s._dbs) == [newest]
+    assert list(s.stats().open_partitions) == [newest]
     check_store(s, events, rng, 60)  # pages from every month
-    assert list(s._dbs) == [newest]  # still the only open one: browsing compacted nothing
+    assert list(s.stats().open_partitions) == [newest]  # still the only open one: browsing compacted nothing
     assert (tmp_path / "db" / (newest + ".journal")).stat().st_size > 0
-    old = sorted(s._read_cache)[0]
+    old = sorted(s.stats().read_cached_partitions)[0]
     old_ts = min(e["ts"] for e in events if s.part_for(e["received_at"]) == old)
     backfill = {**events[0], "id": "back0001", "ts": old_ts, "received_at": old_ts}
     assert s.part_for(backfill["received_at"]) == old
     assert s.add_event(backfill)  # a box's spool delivering an old event into that month
     events.append(backfill)
-    assert old not in s._read_cache
+    assert old not in s.stats().read_cached_partitions
     check_store(s, events, rng, 60)
     s.close()
 

@@ -112,10 +112,10 @@ def test_memory_is_bounded_by_open_segments(tmp_path):
         s.list_outbox(limit=1000)
         s.list_events(limit=1000)
         assert s.get_event("box1", "e0000000")
-        assert len(s._dbs) <= store_mod._CACHED_PARTITIONS
-        in_memory = sum(len(t) for db in s._dbs.values() for t in (db.storage.read() or {}).values())
-        assert in_memory <= store_mod._CACHED_PARTITIONS * SEG
-        assert sum(len(t) for t in s._read_cache.values()) <= max(store_mod._READ_CACHED_EVENTS, SEG)
+        st = s.stats()
+        assert len(st.open_partitions) <= store_mod._CACHED_PARTITIONS
+        assert st.open_events <= store_mod._CACHED_PARTITIONS * SEG
+        assert st.read_cached_events <= max(store_mod._READ_CACHED_EVENTS, SEG)
     finally:
         s.close()
     s2 = Store(tmp_path)
@@ -132,13 +132,13 @@ def test_reading_history_does_not_open_old_segments(tmp_path):
     s = Store(tmp_path)
     try:
         fill(s, 41)
-        writing = s._event_index["box1/e0000040"][0]
-        assert writing == "events-2026-11.11.json" and writing in s._dbs
-        before = set(s._dbs)
+        writing = s.partition_of("box1", "e0000040")
+        assert writing == "events-2026-11.11.json" and writing in s.stats().open_partitions
+        before = set(s.stats().open_partitions)
         assert s.get_event("box1", "e0000001")["id"] == "e0000001"
         assert len(s.list_outbox(limit=1000)) == 41
         assert len(s.list_events(limit=1000)) == 41
-        assert set(s._dbs) == before
+        assert set(s.stats().open_partitions) == before
     finally:
         s.close()
 

@@ -319,3 +319,28 @@ def test_unknown_host_refused_on_loopback(client: TestClient) -> None:
     assert r.status_code == 400 and r.json()["error"] == "bad_host"
     assert client.get("/api/events", headers={"host": "localhost:8080"}).status_code == 200
     assert client.get("/api/events", headers={"host": "[::1]:8080"}).status_code == 200
+
+
+def test_openapi_has_every_field_of_every_record(client: TestClient, port: MemoryPort) -> None:
+    """Issue 17: the hand-written schemas had lost `photo_dropped`; they are generated from
+    gateway/ports.py now, so every field of every record appears, with its required keys."""
+    from typing import get_type_hints
+
+    from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, WhatsAppState
+
+    schemas = client.get("/api/openapi.json").json()["components"]["schemas"]
+    records = {"Event": EventRecord, "Device": DeviceRecord, "Alert": OutboxRecord, "WhatsApp": WhatsAppState}
+    for name, record in records.items():
+        served_as_image = {"qr"} if name == "WhatsApp" else set()
+        missing = set(get_type_hints(record)) - served_as_image - set(schemas[name]["properties"])
+        assert missing == set(), name
+    assert schemas["Event"]["properties"]["photo_dropped"] == {"type": "boolean"}
+    assert "photo_dropped" not in schemas["Event"]["required"]  # NotRequired: only when the box dropped it
+    assert schemas["Event"]["properties"]["photo"]["properties"]["width"] == {"type": ["integer", "null"]}
+    # And what the API serves is what the document describes.
+    port.add_event("gate", "delivery", event_id="dropped00001", photo=False)
+    port._by_id[("gate", "dropped00001")]["photo_dropped"] = True
+    for path, key, name in (("/api/events", "events", "Event"), ("/api/devices", "devices", "Device")):
+        for row in client.get(path).json()[key]:
+            assert set(row) <= set(schemas[name]["properties"]), (name, set(row) - set(schemas[name]["properties"]))
+            assert set(schemas[name].get("required", [])) <= set(row), name

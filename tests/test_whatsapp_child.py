@@ -246,21 +246,36 @@ def test_cannot_reach_whatsapp_retries_with_backoff_and_reports_it(tmp_path: Pat
 
 
 def test_rate_limit_through_the_real_child(tmp_path: Path) -> None:
+    """The WhatsApp notifier declares its limits; the outbox dispatcher enforces them (one owner)."""
+    from gateway.bus import Bus
+    from gateway.outbox import OutboxDispatcher
+    from gateway.store import Store
+    from tests.test_outbox import Clock, entry
+
     settings = fake_settings(tmp_path, rate_per_minute=2, rate_per_minute_overall=3)
     fake = FakeWhatsApp(settings.fake_dir)
     pair_fake(settings)
-    with running(settings) as sup:
-        wait_state(sup, "connected")
-        n = WhatsAppNotifier(settings, sup)
-        r = [n.send(_alert(i, recipient="+628111111111")) for i in range(3)]
-        assert [x.ok for x in r] == [True, True, False]
-        assert (
-            r[2].retry_after_s is not None and 0 < r[2].retry_after_s <= 60 and "rate limited" in r[2].error
-        )
-        r2 = [n.send(_alert(10 + i, recipient="+628222222222")) for i in range(2)]
-        assert [x.ok for x in r2] == [True, False]  # the overall limit (3 a minute) is reached
-        assert n.counters["rate_limited"] == 2
-    assert len(fake.sent()) == 3
+    store = Store(tmp_path / "data")
+    clock = Clock()
+    rows = [entry(i, clock.t + i * 0.001, notifier="whatsapp", recipient="+628111111111") for i in range(3)]
+    rows += [entry(10 + i, clock.t + 1 + i, notifier="whatsapp", recipient="+628222222222") for i in range(2)]
+    store.add_outbox(rows, clock.t)
+    clock.t += 5
+    try:
+        with running(settings) as sup:
+            wait_state(sup, "connected")
+            n = WhatsAppNotifier(settings, sup)
+            d = OutboxDispatcher(store, {"whatsapp": n}, bus=Bus(), photo_path=lambda *_: None, clock=clock)
+            d._pass("whatsapp")
+            # +628111111111 gets 2 (its limit), +628222222222 gets 1 (the overall limit of 3 a minute)
+            assert store.outbox_counts() == {"pending": 2, "sent": 3, "failed": 0, "dead": 0}
+            assert len(fake.sent()) == 3 and n.counters["sent"] == 3
+            clock.t += 61
+            d._pass("whatsapp")
+            assert store.outbox_counts()["sent"] == 5
+        assert len(fake.sent()) == 5
+    finally:
+        store.close()
 
 
 def test_a_stopped_supervisor_releases_the_session(tmp_path: Path) -> None:

@@ -2,60 +2,38 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.bus import COMMAND_RESULT, EVENT_STORED, Bus
 from gateway.whatsapp.commands import CommandHandler, parse_command, resolve_box
 from gateway.whatsapp.component import WhatsAppComponent
 from gateway.whatsapp.supervisor import SendOutcome
 from gateway.whatsapp.transport import IncomingMessage
+from tests.support.web import MemoryPort
 from tests.support.whatsapp import FakeWhatsApp, fake_settings, pair_fake, wait_state, wait_until
 
 OWNER = "628123456789"
-JPEG = b"\xff\xd8\xff\xe0 snapshot \xff\xd9"
+def _port(tmp: Path, devices: list[dict[str, Any]], answer: str = "photo") -> MemoryPort:
+    """The one in-memory GatewayPort (tests/support/web.py, checked against the real gateway by
+    tests/test_port_contract.py); a box answers `snapshot` with an event and its photo."""
+    port = MemoryPort(tmp / "photos", answer=answer, answer_delay=0.0)
+    for d in devices:
+        port.add_device(**{"battery_mv": None, **d})
+    return port
 
 
-class Port:
-    """A small in-memory GatewayPort: boxes answer `snapshot` by storing an event with a photo."""
+def _sent(port: MemoryPort) -> list[tuple[str, str]]:
+    return [(device, cmd) for _, device, cmd, _ in port.commands]
 
-    def __init__(self, tmp: Path, devices: list[dict[str, Any]], answer: str = "photo") -> None:
-        self.bus = Bus()
-        self.tmp = tmp
-        self.devices = devices
-        self.answer = answer  # photo | fail | silent | nophoto
-        self.commands: list[tuple[str, str]] = []
 
-    def list_devices(self) -> list[dict[str, Any]]:
-        return self.devices
-
-    def send_command(self, device: str, cmd: str, args: dict[str, Any] | None = None) -> str:
-        cmd_id = f"cmd-{len(self.commands):08d}"
-        self.commands.append((device, cmd))
-        if self.answer == "photo" or self.answer == "nophoto":
-            if self.answer == "photo":
-                (self.tmp / f"{device}-ev1.alert.jpg").write_bytes(JPEG)
-            ev = {
-                "device": device,
-                "id": f"{device}-ev1",
-                "type": "snapshot",
-                "ts": time.time(),
-                "cmd": cmd_id,
-            }
-            # The event is stored on another thread, maybe before send_command even returns.
-            threading.Thread(target=self.bus.publish, args=(EVENT_STORED, ev)).start()
-        elif self.answer == "fail":
-            res = {"device": device, "id": cmd_id, "ok": False, "error": "camera init failed"}
-            threading.Thread(target=self.bus.publish, args=(COMMAND_RESULT, res)).start()
-        return cmd_id
-
-    def photo_path(self, device: str, event_id: str, variant: str) -> Path | None:
-        p = self.tmp / f"{event_id}.{variant}.jpg"
-        return p if p.exists() else None
+def _snapshot_jpeg(port: MemoryPort) -> bytes:
+    [ev] = port.list_events(type="snapshot")
+    path = port.photo_path(ev["device"], ev["id"], "alert")
+    assert path is not None
+    return path.read_bytes()
 
 
 def _dev(device: str, name: str, **kw: Any) -> dict[str, Any]:
@@ -84,7 +62,7 @@ class Replies:
 
 
 def _handler(tmp_path: Path, devices: list[dict[str, Any]], answer: str = "photo", **settings: Any):
-    port = Port(tmp_path, devices, answer)
+    port = _port(tmp_path, devices, answer)
     replies = Replies()
     s = fake_settings(tmp_path, allow=["+62 812-3456-789"], snapshot_timeout_s=2.0, **settings)
     return CommandHandler(port, replies, s), port, replies
@@ -130,25 +108,25 @@ def test_strangers_are_ignored_and_counted(tmp_path: Path) -> None:
     h.submit(_msg("status", phone=""))  # LID sender whose number WhatsApp hid
     h.handle(_msg("help", phone="628999999999"))
     assert h.counters["ignored_unauthorised"] == 3
-    assert replies.items == [] and port.commands == []
+    assert replies.items == [] and _sent(port) == []
 
 
 def test_photo_replies_with_the_snapshot(tmp_path: Path) -> None:
     h, port, replies = _handler(tmp_path, [_dev("box1", "Front gate")])
     h.handle(_msg("photo"))
-    assert port.commands == [("box1", "snapshot")]
+    assert _sent(port) == [("box1", "snapshot")]
     [(chat, caption, image)] = replies.items
-    assert chat == f"{OWNER}@s.whatsapp.net" and image == JPEG and caption.startswith("📷 Front gate")
+    assert chat == f"{OWNER}@s.whatsapp.net" and image == _snapshot_jpeg(port) and caption.startswith("📷 Front gate")
 
 
 def test_photo_on_a_multi_box_gateway(tmp_path: Path) -> None:
     h, port, replies = _handler(tmp_path, [_dev("box1", "Front gate"), _dev("box2", "Garage")])
     h.handle(_msg("foto"))
     assert (
-        port.commands == [] and "Kotak yang mana" in replies.items[-1][1] and "Garage" in replies.items[-1][1]
+        _sent(port) == [] and "Kotak yang mana" in replies.items[-1][1] and "Garage" in replies.items[-1][1]
     )
     h.handle(_msg("photo garage"))
-    assert port.commands == [("box2", "snapshot")] and replies.items[-1][2] == JPEG
+    assert _sent(port) == [("box2", "snapshot")] and replies.items[-1][2] == _snapshot_jpeg(port)
     h.handle(_msg("photo cellar"))
     assert "No box called 'cellar'" in replies.items[-1][1]
 
@@ -162,7 +140,6 @@ def test_photo_failure_timeout_and_missing_photo(tmp_path: Path) -> None:
     assert "did not answer within 2 s (it is offline)" in replies.items[-1][1]
     assert h.counters["snapshot_timeout"] == 1
     h, _, replies = _handler(tmp_path / "x", [_dev("box1", "Front gate")], answer="nophoto")
-    (tmp_path / "x").mkdir()
     h.handle(_msg("photo"))
     assert "sent no photo" in replies.items[-1][1]
 
@@ -207,7 +184,7 @@ def test_end_to_end_through_the_real_child(tmp_path: Path) -> None:
     settings = fake_settings(tmp_path, allow=[f"+{OWNER}"])
     fake = FakeWhatsApp(settings.fake_dir)
     pair_fake(settings)
-    port = Port(tmp_path, [_dev("box1", "Front gate")])
+    port = _port(tmp_path, [_dev("box1", "Front gate")])
     comp = WhatsAppComponent(port, settings)
     comp.start()
     try:
@@ -215,13 +192,13 @@ def test_end_to_end_through_the_real_child(tmp_path: Path) -> None:
         fake.inject("message", sender="628999999999", text="photo")  # a stranger
         fake.inject("message", sender=OWNER, text="foto")
         sent = wait_until(lambda: fake.sent(), what="the reply")
-        assert sent[0]["to"] == f"{OWNER}@s.whatsapp.net" and sent[0]["image_bytes"] == len(JPEG)
+        assert sent[0]["to"] == f"{OWNER}@s.whatsapp.net" and sent[0]["image_bytes"] == len(_snapshot_jpeg(port))
         assert sent[0]["text"].startswith("📷 Front gate")
         fake.inject("message", sender=OWNER, text="bantuan")
         wait_until(lambda: len(fake.sent()) == 2, what="the help reply")
         assert "Perintah parcelbox" in fake.sent()[1]["text"]
         assert comp.commands.counters["ignored_unauthorised"] == 1
-        assert port.commands == [("box1", "snapshot")]
+        assert _sent(port) == [("box1", "snapshot")]
         # The fake records the send before the child confirms it to the handler: wait for the count.
         wait_until(lambda: comp.counters()["whatsapp.commands.replied"] == 2, what="the reply count")
     finally:
@@ -241,7 +218,7 @@ def test_status_broadcast_and_channels_are_never_answered(tmp_path: Path) -> Non
     for m in (status, channel, blist):
         h.submit(m)
         h.handle(m)
-    assert replies.items == [] and port.commands == []
+    assert replies.items == [] and _sent(port) == []
     assert h.counters["ignored_broadcast"] == 6
 
 
@@ -253,11 +230,11 @@ def test_groups_need_a_listed_group_and_the_prefix(tmp_path: Path) -> None:
 
     for m in (g("foto"), g("status please"), g("!dance"), g("!help", chat="120363999999999999@g.us")):
         h.handle(m)
-    assert replies.items == [] and port.commands == []
+    assert replies.items == [] and _sent(port) == []
     assert h.counters["ignored_chat"] == 2 and h.counters["ignored_unknown"] == 1
     assert h.counters["ignored_group"] == 1
     h.handle(g("!foto"))
-    assert port.commands == [("box1", "snapshot")] and replies.items[-1][0] == FAMILY
+    assert _sent(port) == [("box1", "snapshot")] and replies.items[-1][0] == FAMILY
     h.handle(g("! status"))
     assert "box(es)" in replies.items[-1][1]
     h.handle(g("!bantuan"))
@@ -266,7 +243,7 @@ def test_groups_need_a_listed_group_and_the_prefix(tmp_path: Path) -> None:
 
 def test_old_commands_from_the_backlog_are_ignored(tmp_path: Path) -> None:
     now = [1_800_000_000.0]
-    port = Port(tmp_path, [_dev("box1", "Front gate")])
+    port = _port(tmp_path, [_dev("box1", "Front gate")])
     replies = Replies()
     s = fake_settings(tmp_path, allow=[OWNER], command_max_age_s=300.0)
     h = CommandHandler(port, replies, s, clock=lambda: now[0])
@@ -274,7 +251,7 @@ def test_old_commands_from_the_backlog_are_ignored(tmp_path: Path) -> None:
         "o1", f"{OWNER}@s.whatsapp.net", f"{OWNER}@s.whatsapp.net", OWNER, "foto", now[0] - 3600
     )
     h.handle(old)
-    assert port.commands == [] and h.counters["ignored_stale"] == 1
+    assert _sent(port) == [] and h.counters["ignored_stale"] == 1
     fresh = IncomingMessage("o2", old.chat, old.sender, OWNER, "status", now[0] - 10)
     h.handle(fresh)
     assert len(replies.items) == 1
@@ -295,7 +272,7 @@ def test_group_status_and_backlog_shapes_through_the_real_child(tmp_path: Path) 
     settings = fake_settings(tmp_path, allow=[f"+{OWNER}"], command_groups=[FAMILY])
     fake = FakeWhatsApp(settings.fake_dir)
     pair_fake(settings)
-    port = Port(tmp_path, [_dev("box1", "Front gate")])
+    port = _port(tmp_path, [_dev("box1", "Front gate")])
     comp = WhatsAppComponent(port, settings)
     comp.start()
     try:
@@ -313,6 +290,6 @@ def test_group_status_and_backlog_shapes_through_the_real_child(tmp_path: Path) 
         c = comp.commands.counters
         assert c["ignored_chat"] == 1 and c["ignored_stale"] == 1, c
         assert len(sent) == 1 and "box(es)" in sent[0]["text"] and sent[0]["to"].endswith("@lid")
-        assert port.commands == []
+        assert _sent(port) == []
     finally:
         comp.stop()

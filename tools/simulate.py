@@ -46,7 +46,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
 
 import paho.mqtt.client as paho
 
@@ -64,6 +64,7 @@ import sensors as fw_sensors  # noqa: E402
 import settings as fw_settings  # noqa: E402
 import spool as fw_spool  # noqa: E402
 
+from gateway.brokeraddr import parse_broker_url  # noqa: E402
 from tests.mp import fake_camera, fake_net  # noqa: E402  (faithful board fakes; MicroPython-compatible)
 
 # --- umqtt.simple on paho ------------------------------------------------------------
@@ -99,7 +100,7 @@ class PahoMQTTClient:
         self.keepalive = keepalive
         self.timeout = timeout
         self.cb = None
-        self.lw = None
+        self.lw: tuple[str, bytes, int, bool] | None = None
         self.sock = None  # umqtt exposes its socket; the link closes it on errors
         self._c: paho.Client | None = None
         self._inbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
@@ -438,6 +439,7 @@ def camera_driver(
     """The faithful fake of a camera driver (tests/mp/fake_camera.py: sources cited there):
     `camera-api` (cnadler86's `camera.Camera`, signed memoryview over its one buffer) or
     `lemariva` (module-level functions; one buffer refilled as soon as capture() returns)."""
+    drv: fake_camera.CameraApi | fake_camera.LemarivaCamera
     if name in ("camera-api", "camera"):
         drv = fake_camera.CameraApi(scene, fail_init=fail_init, warmup_frames=warmup)
     elif name == "lemariva":
@@ -500,7 +502,7 @@ def load_flash_modules(folder: Path) -> dict:
 class _SimAppMixin:
     """The firmware's App, with the ids it makes and sees acked recorded for reporting."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.made: list[tuple[str, str]] = []
         self.acked_ids: list[str] = []
@@ -557,14 +559,14 @@ class SimulatedBox:
         client_timeout: float = 5.0,
         flash_dir: str | Path | None = None,
     ) -> None:
-        u = urlparse(broker if "://" in broker else "mqtt://" + broker)
-        if u.scheme not in ("mqtt", "tcp", ""):
-            raise ValueError(f"unsupported broker URL {broker!r} (use mqtt://host:port)")
+        addr = parse_broker_url(broker, username, password)
+        if addr.tls:  # the simulated box speaks plain MQTT, as the firmware does
+            raise ValueError(f"unsupported broker URL {addr.endpoint} (use mqtt://host:port)")
         self.device = device
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 1883
-        self.username = username if username is not None else u.username
-        self.password = password if password is not None else u.password
+        self.host = addr.host
+        self.port = addr.port
+        self.username = addr.username
+        self.password = addr.password
         self.clock = SimClock(tick_ms)
         self.spool_dir = str(spool_dir or tempfile.mkdtemp(prefix=f"parcelbox-sim-{device}-"))
         self.photos = photos if isinstance(photos, PhotoSource) else PhotoSource(photos, seed)
@@ -939,7 +941,9 @@ def main(argv: list[str] | None = None) -> int:
         help="which driver's faithful fake the box runs on (default: camera-api, the README's first choice)",
     )
     ap.add_argument("--camera-api", choices=("lemariva", "camera"), help=argparse.SUPPRESS)  # old name
-    ap.add_argument("--sensor", choices=("ultrasonic", "ir", "none"), default="ultrasonic")
+    # The firmware's sensor kinds (firmware/settings.py SENSORS = gateway/vocabulary.py OCCUPANCY_SENSORS),
+    # but the load cell, which the simulated box has no fake for.
+    ap.add_argument("--sensor", choices=[s for s in fw_settings.SENSORS if s != "hx711"], default="ultrasonic")
     ap.add_argument("--spool-dir", help="spool folder (per device: <dir>/<device>); default: a temp folder")
     ap.add_argument(
         "--flash-dir",
@@ -1002,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for b in boxes:
             b.close()
-    summary = {"ok": ok, "boxes": [b.summary() for b in boxes]}
+    summary: dict[str, Any] = {"ok": ok, "boxes": [b.summary() for b in boxes]}
     if a.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gateway.bus import WHATSAPP_RECEIPT, Bus  # noqa: E402
+from gateway.ports import WhatsAppState  # noqa: E402
 from gateway.whatsapp.addresses import BadRecipient, jid_user, to_jid  # noqa: E402
 from gateway.whatsapp.settings import TRANSPORTS, WhatsAppSettings  # noqa: E402
 from gateway.whatsapp.supervisor import WhatsAppSupervisor  # noqa: E402
@@ -68,7 +69,7 @@ class Check:
         print(f"[{mark}] {name:<8} {detail}", flush=True)
         self.results.append((name, ok, detail))
 
-    def on_state(self, st: dict[str, Any]) -> None:
+    def on_state(self, st: WhatsAppState) -> None:
         qr = st.get("qr")
         if qr and qr != self._shown_qr:
             self._shown_qr = qr
@@ -101,7 +102,7 @@ class Check:
             settings,
             bus=self.bus,
             on_state=self.on_state,
-            on_message=self.messages.put,  # type: ignore[arg-type]
+            on_message=self.messages.put,
         )
         sup.start()
         try:

@@ -71,7 +71,7 @@ def do_install_micropython(args: argparse.Namespace) -> int:
     image_mod.run_esptool(commands[1])
     progress.done(
         "MicroPython written. Next: parcelbox flash provision --device NAME "
-        f"{'--port ' + port if args.port else ''}".rstrip()
+        f"{'--port ' + str(port) if args.port else ''}".rstrip()
     )
     return 0
 

@@ -11,6 +11,7 @@ import copy
 import ipaddress
 import json
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def build_config(
     template: dict[str, Any],
     settings: BoxSettings,
     existing: dict[str, Any] | None = None,
-    overrides: list[tuple[str, Any]] = (),  # type: ignore[assignment]
+    overrides: Sequence[tuple[str, Any]] = (),
 ) -> dict[str, Any]:
     """The example config, then the board's current values (a re-provision keeps what the user set
     there), then `--set` overrides, then this box's identity, Wi-Fi and broker settings."""

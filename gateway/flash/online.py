@@ -13,10 +13,10 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
+from gateway.brokeraddr import BrokerAddress
 from gateway.flash.errors import FlashError
 
 # Console lines that end the wait early, with the step that failed and a hint. They match what
@@ -171,14 +171,6 @@ class ConsoleJudge:
             "the box cannot start: " + "; ".join(problems),
             "fix these settings (provision --set KEY=VALUE, or firmware/config.example.json) and provision again",
         )
-
-
-@dataclass
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
 
 
 def _client(addr: BrokerAddress, on_message=None) -> mqtt.Client:

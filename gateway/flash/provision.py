@@ -19,8 +19,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
+from gateway.brokeraddr import BrokerAddress, parse_broker_url
 from gateway.flash.board import Board, clock, resolve_port
 from gateway.flash.bundle import MPY_MAJOR, BoardFile, build_bundle, mpy_cross_version, planned_bundle
 from gateway.flash.devconfig import (
@@ -37,7 +37,7 @@ from gateway.flash.devconfig import (
     valid_device_id,
 )
 from gateway.flash.errors import FlashError
-from gateway.flash.online import BrokerAddress, check_broker, wait_online
+from gateway.flash.online import check_broker, wait_online
 from gateway.flash.progress import Progress
 from gateway.flash.settings import box_credentials, gateway_view
 
@@ -75,19 +75,22 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
     else:
         user, password = box_credentials(args.device, view.data_dir)
         progress.detail(f"MQTT user {user} (from the device registry in {view.data_dir})")
-    host = args.broker_host or view.broker_host
+    host: str
     if args.broker_host:
+        host = str(args.broker_host)
         progress.detail(f"broker {host} (from --broker-host)")
-    elif host:
+    elif view.broker_host:
+        host = view.broker_host
         progress.detail(f"broker {host} (the gateway's broker.url)")
     else:
-        host = lan_address()
-        if host is None:
+        lan = lan_address()
+        if lan is None:
             raise FlashError(
                 "settings",
                 "could not find this computer's LAN address for the box to reach the broker",
                 "pass --broker-host with the gateway's address on your Wi-Fi network",
             )
+        host = lan
         progress.detail(f"broker {host} (this computer's LAN address; override with --broker-host)")
         if view.managed_listen_host and view.managed_listen_host not in ("0.0.0.0", "::", host):
             progress.detail(
@@ -113,11 +116,10 @@ def _box_settings(args: argparse.Namespace, progress: Progress) -> tuple[BoxSett
     # (with another client id, so the box is never kicked off). The managed broker's box listener makes
     # a login its client id (the watcher and the box would kick each other off): watch through its
     # local listener, where logins keep their own client ids.
-    watch = BrokerAddress(host, port, user, password)
+    watch = BrokerAddress(host, port, username=user, password=password)
     if view.watch_url and not args.broker_port:
-        w = urlparse(view.watch_url)
-        if w.hostname and w.port:
-            watch = BrokerAddress(w.hostname, w.port, user, password)
+        w = parse_broker_url(view.watch_url, user, password)
+        watch = BrokerAddress(w.host, w.port, username=user, password=password)
     return settings, watch
 
 
@@ -234,7 +236,7 @@ def do_provision(args: argparse.Namespace) -> int:
     overrides = parse_overrides(template, args.set)
 
     box_login = BrokerAddress(
-        settings.broker_host, settings.broker_port, settings.mqtt_user, settings.mqtt_password
+        settings.broker_host, settings.broker_port, username=settings.mqtt_user, password=settings.mqtt_password
     )
     if args.no_wait:
         progress.step("broker: not checked (--no-wait)")

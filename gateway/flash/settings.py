@@ -12,14 +12,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from gateway.broker import read_live_address
+from gateway.brokeraddr import parse_broker_url
 from gateway.config import ConfigError, load_config
 from gateway.devices import DeviceRegistry
 from gateway.flash.errors import FlashError
-
-DEFAULT_MQTT_PORT = 1883
 
 
 @dataclass
@@ -47,12 +45,15 @@ def gateway_view(config_path: str | None, data_dir: str | None) -> GatewayView:
     listen: str | None = broker.listen_host
     port = broker.listen_port
     if broker.url:
-        u = urlparse(broker.url if "://" in broker.url else "mqtt://" + broker.url)
-        port = u.port or DEFAULT_MQTT_PORT
+        try:
+            addr = parse_broker_url(broker.url)
+        except ValueError as e:
+            raise FlashError("settings", f"broker.url: {e}", "fix it in the gateway config") from None
+        port = addr.port
         listen = None
         # An external broker on this computer is reached by the box through our LAN address.
-        if u.hostname and not _is_local(u.hostname):
-            host = u.hostname
+        if not _is_local(addr.host):
+            host = addr.host
     folder = Path(data_dir).expanduser() if data_dir else cfg.data_dir
     live_file = None
     watch = ""

@@ -16,29 +16,33 @@ import hashlib
 import io
 import json
 import logging
-import os
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlparse
 
 import paho.mqtt.client as mqtt
 
-from gateway.bus import DEVICE_CHANGED, EVENT_STORED, STORAGE_STATE, WHATSAPP_STATE
+from gateway.brokeraddr import BrokerAddress, parse_broker_url
+from gateway.bus import (
+    DEVICE_CHANGED,
+    DEVICE_REGISTERED,
+    DEVICE_REMOVED,
+    EVENT_STORED,
+    STORAGE_STATE,
+    WHATSAPP_STATE,
+)
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.discovery import HAConfig
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id, valid_msg_id
+from gateway.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-# Published on the bus (by the gateway or the CLI path inside the gateway) when a box is removed.
-DEVICE_REMOVED = "device_removed"
 
 _MAX_BACKOFF_S = 30.0
 # The sync probe normally returns within milliseconds; a broker that silently drops our publishes to it
@@ -47,30 +51,6 @@ _PROBE_TIMEOUT_S = 5.0
 
 
 # --- MQTT connection helpers ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None = field(repr=False)
-
-
-def parse_broker_url(url: str, username: str | None = None, password: str | None = None) -> BrokerAddress:
-    """`mqtt://[user[:pass]@]host[:port]` or `mqtts://...`; explicit credentials win over the URL's."""
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {u.scheme or 'no scheme'}")
-    tls = u.scheme in ("mqtts", "ssl")
-    return BrokerAddress(
-        host=u.hostname or "127.0.0.1",
-        port=u.port or (8883 if tls else 1883),
-        tls=tls,
-        username=username if username is not None else (unquote(u.username) if u.username else None),
-        password=password if password is not None else (unquote(u.password) if u.password else None),
-    )
 
 
 def make_client(addr: BrokerAddress, client_id: str) -> mqtt.Client:
@@ -178,7 +158,8 @@ class HomeAssistantBridge:
         self._client = self._new_client(BrokerAddress("127.0.0.1", 1883, False, None, None))
         self._registry = registry
         self._state_path = Path(state_path) if state_path is not None else None
-        self._registry_seen: tuple[float, set[str]] | None = None
+        # Registered boxes (None: the registry was unreadable at start); kept up to date from the bus.
+        self._registry_seen: set[str] | None = None
         self._registry_names: dict[str, str] = {}  # registered box -> its name, for boxes never heard from
         self._removed: set[str] = set()  # removed while running: not announced again from the port's list
         # Removed boxes whose removal Home Assistant may not have seen (it was down): sent again at every
@@ -286,6 +267,7 @@ class HomeAssistantBridge:
             bus.subscribe(self._on_device_changed, DEVICE_CHANGED),
             bus.subscribe(self._on_event_stored, EVENT_STORED),
             bus.subscribe(self._on_device_removed, DEVICE_REMOVED),
+            bus.subscribe(self._on_device_registered, DEVICE_REGISTERED),
             bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE),
             bus.subscribe(self._on_storage_state, STORAGE_STATE),
         ]
@@ -409,10 +391,40 @@ class HomeAssistantBridge:
 
         self._mark(change)
 
-    def _on_device_removed(self, _topic: str, data: dict[str, Any]) -> None:
+    def _registry_change(self, data: dict[str, Any]) -> str | None:
+        """The device a DEVICE_REMOVED / DEVICE_REGISTERED is about; its `registered` list becomes ours."""
         device = data.get("device") if isinstance(data, dict) else None
-        if valid_device_id(device):
-            self.remove_device(device)
+        if not isinstance(device, str) or not valid_device_id(device):
+            self._count("bus_rejected.bad_registry_change")
+            return None
+        registered = data.get("registered")
+        # While still None (unreadable at start) the worker keeps reading it, to clear boxes removed offline.
+        if isinstance(registered, list) and self._registry_seen is not None:
+            with self._lock:
+                self._registry_seen = {x for x in registered if isinstance(x, str) and valid_device_id(x)}
+        return device
+
+    def _on_device_removed(self, _topic: str, data: dict[str, Any]) -> None:
+        device = self._registry_change(data)
+        if device is not None:
+            self.remove_device(device)  # the worker saves the state file with it
+
+    def _on_device_registered(self, _topic: str, data: dict[str, Any]) -> None:
+        device = self._registry_change(data)
+        if device is None:
+            return
+        if device in self._removed:
+            self.restore_device(device)
+            return
+        # Newly registered: announced at once (unavailable until it connects), under its name.
+        if self._registry is not None:
+            try:
+                for c in self._registry.list():
+                    if c.device == device:
+                        self._registry_names[device] = getattr(c, "name", None) or device
+            except Exception:  # unreadable right now: the id is a fine name until then
+                self._count("registry_errors")
+        self._mark(lambda: self._devices.__setitem__(device, None))
 
     def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):
@@ -544,7 +556,8 @@ class HomeAssistantBridge:
                 with self._lock:
                     self._probe = None
                     self._full_resync = True
-            self._check_registry()
+            if self._registry is not None and self._registry_seen is None:
+                self._retry_registry()
             with self._lock:
                 work = (
                     self._full_resync,
@@ -598,7 +611,7 @@ class HomeAssistantBridge:
         creds = self._registry.list()
         now = {c.device for c in creds}
         self._registry_names = {c.device: getattr(c, "name", None) or c.device for c in creds}
-        self._registry_seen = (self._registry.mtime(), now)
+        self._registry_seen = now
         if self._state_path is None:
             return
         try:
@@ -624,49 +637,26 @@ class HomeAssistantBridge:
         body = json.dumps(
             {
                 "v": 1,
-                "registered": sorted(self._registry_seen[1]),
+                "registered": sorted(self._registry_seen),
                 "removed": sorted(self._removed),
                 "unconfirmed_removals": sorted(self._tombstones),
             }
         ).encode()
         try:
-            atomic_write(self._state_path, body)
+            atomic_write_bytes(self._state_path, body, make_parent=True)
         except OSError as exc:
             self._count("state_file_errors")
             self.log.warning("homeassistant: cannot write %s: %s", self._state_path, exc)
 
-    def _check_registry(self) -> None:
-        """Boxes removed from the device registry (`parcelbox device remove`) leave Home Assistant."""
-        if self._registry is None:
-            return
-        if self._registry_seen is None:  # unreadable at start: keep trying, say so once
-            try:
-                self._load_registry_state()
-                self.log.info("homeassistant: device registry readable again; following removals")
-            except Exception:
-                self._count("registry_errors")
-            return
+    def _retry_registry(self) -> None:
+        """The registry was unreadable at start: read it once it is readable, to clear the boxes removed
+        while the gateway was down. Changes while running come from the bus (DEVICE_REMOVED,
+        DEVICE_REGISTERED, published by the service): the bridge never watches devices.json itself."""
         try:
-            mtime = self._registry.mtime()
-            if mtime == self._registry_seen[0]:
-                return
-            creds = self._registry.list()
-            now = {c.device for c in creds}
-        except Exception as exc:  # a half-written or unreadable registry: try again next round
+            self._load_registry_state()
+            self.log.info("homeassistant: device registry readable again")
+        except Exception:
             self._count("registry_errors")
-            self.log.warning("homeassistant: cannot read the device registry: %s", exc)
-            return
-        gone = self._registry_seen[1] - now
-        back = now - self._registry_seen[1]
-        self._registry_seen = (mtime, now)
-        self._registry_names = {c.device: getattr(c, "name", None) or c.device for c in creds}
-        self._save_registry_state()
-        for device in sorted(gone):
-            self.remove_device(device)
-        for device in sorted(back & self._removed):
-            self.restore_device(device)
-        for device in sorted(back - self._removed):  # newly registered: announced at once (unavailable)
-            self._mark(lambda device=device: self._devices.__setitem__(device, None))
 
     def _process(
         self,
@@ -726,18 +716,18 @@ class HomeAssistantBridge:
                                 images[(rec["device"], kind)] = eid
         if devices:
             fresh: dict[str, dict[str, Any]] | None = None
-            for device, rec in sorted(devices.items()):
+            for device, box in sorted(devices.items()):
                 if device in self._removed:
                     self._count("skipped.removed_device")
                     continue
-                if rec is None:
+                if box is None:
                     if fresh is None:
                         fresh = {r["device"]: dict(r) for r in self._list_devices()}
-                    rec = fresh.get(device)
-                    if rec is None:
+                    box = fresh.get(device)
+                    if box is None:
                         self._count("skipped.unknown_device")
                         continue
-                self._publish_box(rec, force=False)
+                self._publish_box(box, force=False)
         for (device, kind), eid in sorted(images.items()):
             if device in self._known:
                 self._publish_image(device, kind, eid)
@@ -756,7 +746,7 @@ class HomeAssistantBridge:
         if self._registry_seen is not None:
             # Registered but never heard from: announced now, unavailable until it connects.
             have = {r["device"] for r in out}
-            for device in sorted(self._registry_seen[1] - have - self._removed):
+            for device in sorted(self._registry_seen - have - self._removed):
                 if valid_device_id(device):
                     name = self._registry_names.get(device) or device
                     out.append({"device": device, "name": name, "online": False, "waiting": 0})
@@ -888,22 +878,6 @@ class HomeAssistantBridge:
             self._published.pop(topic, None)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a small file so that a crash leaves the old or the new content, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def shrink_jpeg(data: bytes, max_px: int, quality: int = 80) -> bytes:
     """A JPEG whose long edge is at most `max_px`, decoded at a DCT-reduced scale when possible."""
     from PIL import Image, ImageOps
@@ -913,10 +887,10 @@ def shrink_jpeg(data: bytes, max_px: int, quality: int = 80) -> bytes:
             if im.format != "JPEG":
                 raise ValueError(f"not a JPEG ({im.format})")
             im.draft("RGB", (max_px, max_px))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((max_px, max_px))
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+            rgb.thumbnail((max_px, max_px))
             out = io.BytesIO()
-            im.save(out, "JPEG", quality=quality, optimize=True)
+            rgb.save(out, "JPEG", quality=quality, optimize=True)
             return out.getvalue()
     except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(str(exc)) from None

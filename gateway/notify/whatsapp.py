@@ -2,10 +2,12 @@
 
 Implements `gateway.notify.base.Notifier`. The outbox calls `send(alert)` once
 per (alert, recipient); this module turns the alert into a JID plus photo bytes
-and caption (a pure function, `build_message`), applies the global and
-per-recipient rate limits (answering `retry_after_s` when limited), and hands
-the message to the supervisor, which waits for the child's confirmation. It
-never raises: every problem becomes a failed `SendResult` and the outbox retries.
+and caption (a pure function, `build_message`), and hands the message to the
+supervisor, which waits for the child's confirmation. It never raises: every
+problem becomes a failed `SendResult` and the outbox retries. The overall and
+per-recipient rate limits (WhatsApp bans numbers that send in bursts) are only
+declared here (`rate_limit`): the outbox dispatcher owns them and books each send
+once, on its own clock.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.notify.base import Alert, RateLimit, SendResult
-from gateway.ratelimit import SendLimiter
 from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.supervisor import SendOutcome
@@ -66,15 +67,15 @@ class WhatsAppNotifier:
         """`sender` is the `WhatsAppSupervisor` (anything with `send(to, text, image) -> SendOutcome`)."""
         self.settings = settings
         self.sender = sender
+        # Declared for the outbox dispatcher, which enforces it (gateway/outbox.py); never booked here.
         self.rate_limit = RateLimit(
             per_recipient=(settings.rate_per_minute, 60.0) if settings.rate_per_minute > 0 else None,
             overall=(settings.rate_per_minute_overall, 60.0)
             if settings.rate_per_minute_overall > 0
             else None,
         )
-        self.limiter = SendLimiter(self.rate_limit.per_recipient, self.rate_limit.overall)
         self.language = settings.language  # the outbox renders captions in this language
-        self.counters = {"sent": 0, "failed": 0, "rate_limited": 0, "bad_recipient": 0, "not_on_whatsapp": 0}
+        self.counters = {"sent": 0, "failed": 0, "bad_recipient": 0, "not_on_whatsapp": 0}
 
     def recipients(self, device: str) -> list[str]:
         return self.settings.recipients_for(device)
@@ -101,14 +102,6 @@ class WhatsAppNotifier:
             self.counters["not_on_whatsapp"] += 1
             return SendResult(
                 ok=False, error=f"{alert.recipient} is not on WhatsApp (checked at start)", permanent=True
-            )
-        wait = self.limiter.try_acquire(msg.to)
-        if wait > 0:
-            self.counters["rate_limited"] += 1
-            return SendResult(
-                ok=False,
-                error=f"rate limited: next send to {alert.recipient} in {wait:.0f} s",
-                retry_after_s=wait,
             )
         out: SendOutcome = self.sender.send(msg.to, msg.text, msg.image)
         if out.ok:

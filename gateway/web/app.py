@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -42,6 +42,7 @@ from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.ratelimit import SendLimiter
 from gateway.sendapi import MAX_BODY as NOTIFY_MAX_BODY
 from gateway.sendapi import BadRequest, alert_state, parse_json, parse_multipart
+from gateway.vocabulary import EVENT_TYPES, OUTBOX_STATES, for_browser, is_outbox_state
 from gateway.web import i18n
 from gateway.web.auth import (
     DEVICE_LIFETIME_S,
@@ -71,10 +72,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGES = ("/", "/boxes", "/whatsapp", "/alerts")
-EVENT_TYPES = ("delivery", "pickup", "lid_closed", "lid_left_open", "snapshot")
 VARIANTS = ("original", "alert", "thumb")
 WEB_COMMANDS = ("snapshot", "reboot", "ping")
-OUTBOX_STATES = ("pending", "sent", "failed", "dead")
 MAX_PAGE = 200
 MAX_BODY = 8 * 1024  # every route's body limit, enforced while reading (gateway/web/bodylimit.py)
 # ...but the send API's, which carries a photo (gateway/sendapi.py).
@@ -112,7 +111,7 @@ class SafeJSONResponse(JSONResponse):
             return super().render(json_safe(content))
 
 
-def event_out(e: dict[str, Any]) -> dict[str, Any]:
+def event_out(e: Mapping[str, Any]) -> dict[str, Any]:
     """An EventRecord plus the URLs of its photos (served by id, never by path); sensor values that
     are not finite numbers (stored before the protocol refused them) become null."""
     out = dict(e)
@@ -201,7 +200,7 @@ def parse_cursor(raw: str) -> tuple[float, int, str]:
     return ts, seq, parts[-1]
 
 
-def make_cursor(e: dict[str, Any]) -> str:
+def make_cursor(e: Mapping[str, Any]) -> str:
     return f"{e['ts']!r}:{int(e.get('seq') or 0)}:{e['id']}"
 
 
@@ -272,7 +271,7 @@ def api_photo(request: Request) -> Response:
     variant = request.path_params["variant"]
     if variant not in VARIANTS:
         raise ApiError(400, "bad_variant", f"variant must be one of {', '.join(VARIANTS)}")
-    path = _port(request).photo_path(device, eid, variant)  # type: ignore[arg-type]
+    path = _port(request).photo_path(device, eid, variant)
     if path is None or not path.is_file():
         raise ApiError(404, "not_found", "no such photo")
     return FileResponse(path, media_type="image/jpeg", headers=PRIVATE_REVALIDATE)
@@ -335,9 +334,9 @@ def api_health(request: Request) -> JSONResponse:
 def api_outbox(request: Request) -> JSONResponse:
     q = dict(request.query_params)
     state = q.get("state") or None
-    if state is not None and state not in OUTBOX_STATES:
+    if state is not None and not is_outbox_state(state):
         raise ApiError(400, "bad_state", f"state must be one of {', '.join(OUTBOX_STATES)}")
-    return _json({"alerts": _port(request).list_outbox(state=state, limit=_limit(q, 100))})  # type: ignore[arg-type]
+    return _json({"alerts": _port(request).list_outbox(state=state, limit=_limit(q, 100))})
 
 
 def api_outbox_retry(request: Request) -> JSONResponse:
@@ -543,7 +542,15 @@ def api_openapi(request: Request) -> JSONResponse:
 # --- pages and static files ----------------------------------------------------
 
 
-INDEX_HTML = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+def index_html() -> str:
+    """index.html with gateway/vocabulary.py's tables injected as JSON (read by app.js), so the page
+    never spells an event type or a sensor key of its own. `<` is escaped: the JSON cannot end the tag."""
+    vocab = json.dumps(for_browser(), separators=(",", ":")).replace("<", "\\u003c")
+    tag = f'<script id="vocabulary" type="application/json">{vocab}</script>\n'
+    return (STATIC_DIR / "index.html").read_text(encoding="utf-8").replace("</head>", tag + "</head>", 1)
+
+
+INDEX_HTML = index_html()
 # Pages differ by the language the browser asks for or picked: caches must keep them apart.
 VARY_LANGUAGE = {"vary": "Accept-Language, Cookie"}
 
@@ -911,7 +918,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         # Outermost first: bodies are bounded before the guard or any route (login included) reads them.
-        middleware=[Middleware(make_body_limit), Middleware(make_guard)],  # type: ignore[arg-type]
+        middleware=[Middleware(make_body_limit), Middleware(make_guard)],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )

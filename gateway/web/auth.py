@@ -23,14 +23,14 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+from gateway.storage import atomic_write_bytes
 
 # scrypt cost: 16 MiB and ~50 ms per check on a Raspberry Pi-class CPU; slow enough to hurt guessing.
 SCRYPT_N = 2**14
@@ -80,27 +80,8 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write a file readable only by its owner, atomically (temp file + fsync + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Write a file readable only by its owner, atomically (gateway/storage.py atomic_write_bytes)."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode=0o600, make_parent=True)
 
 
 def set_password(path: Path, password: str) -> None:

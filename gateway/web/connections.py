@@ -87,11 +87,11 @@ class ConnectionTable:
 
     def _evict_one(self, candidates: list[Hashable], conn: Hashable) -> list[Hashable]:
         """Close the longest-idle of `candidates` (refreshed) to make room, else refuse `conn`."""
-        idle = [(self._idle_since[c], c) for c in candidates if self._idle_since[c] is not None]
+        idle = [(t, c) for c in candidates if (t := self._idle_since[c]) is not None]
         if not idle:
             self.refused += 1
             return [conn]
-        _, victim = min(idle, key=lambda t: t[0])  # type: ignore[arg-type, return-value]
+        _, victim = min(idle, key=lambda tc: tc[0])
         self.remove(victim)
         self.evicted += 1
         return [victim]
@@ -137,12 +137,14 @@ class CappedH11Protocol(H11Protocol):
 
     table: ConnectionTable
 
+    # uvicorn's H11Protocol narrows asyncio's BaseTransport to Transport the same way (asyncio passes one).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         host = self.client[0] if self.client else ""
         client = "" if not host or is_loopback(host) else client_key(host)
         for conn in self.table.admit(self, self.loop.time(), request_in_progress, client):
-            conn.drop()  # type: ignore[attr-defined]
+            if isinstance(conn, CappedH11Protocol):  # the table holds only these (typed Hashable)
+                conn.drop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.table.remove(self)
@@ -165,4 +167,5 @@ async def sweep_forever(table: ConnectionTable, every_s: float = 1.0) -> None:
     while True:
         await asyncio.sleep(every_s)
         for conn in table.sweep(loop.time(), request_in_progress):
-            conn.drop()  # type: ignore[attr-defined]
+            if isinstance(conn, CappedH11Protocol):  # the table holds only these (typed Hashable)
+                conn.drop()

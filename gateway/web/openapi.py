@@ -1,4 +1,5 @@
-"""Hand-written OpenAPI 3.1 description of the dashboard's JSON API, served at /api/openapi.json.
+"""OpenAPI 3.1 description of the dashboard's JSON API, served at /api/openapi.json: the routes by hand,
+the record schemas generated from gateway/ports.py (gateway/web/schema.py).
 
 `tests/test_web_api.py` checks that every /api route of the app appears here with its methods.
 """
@@ -6,6 +7,10 @@
 from __future__ import annotations
 
 from typing import Any
+
+from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, WhatsAppState
+from gateway.vocabulary import EVENT_TYPES, OUTBOX_STATES
+from gateway.web.schema import record_schema
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -192,7 +197,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Alerts in the outbox",
                 "parameters": [
-                    _q("state", {"enum": ["pending", "sent", "failed", "dead"]}, "only this state"),
+                    _q("state", {"enum": list(OUTBOX_STATES)}, "only this state"),
                     _q("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 100}, "at most"),
                 ],
                 "responses": {
@@ -441,87 +446,25 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
             },
-            "Event": {
-                "type": "object",
-                "properties": {
-                    "device": {"type": "string"},
-                    "id": MSG_ID,
-                    "type": {"enum": ["delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]},
-                    "ts": {"type": "number"},
-                    "received_at": {"type": "number"},
-                    "seq": {"type": "integer"},
-                    "sensors": {"type": "object"},
-                    "photo": {
-                        "type": ["object", "null"],
-                        "properties": {
-                            "size": {"type": "integer"},
-                            "sha256": {"type": "string"},
-                            "width": {"type": ["integer", "null"]},
-                            "height": {"type": ["integer", "null"]},
-                        },
-                    },
+            # Generated from gateway/ports.py (gateway/web/schema.py); only what a type cannot say is here.
+            "Event": record_schema(
+                EventRecord,
+                overrides={"id": MSG_ID, "type": {"enum": list(EVENT_TYPES)}},
+                extra={
                     "photos": {
                         "type": ["object", "null"],
                         "description": "URLs of original, alert and thumb",
-                    },
-                    "cmd": {"type": ["string", "null"]},
+                    }
                 },
-            },
-            "Device": {
-                "type": "object",
-                "properties": {
-                    "device": {"type": "string"},
-                    "name": {"type": "string"},
-                    "online": {"type": "boolean"},
-                    "last_seen": {"type": ["number", "null"]},
-                    "fw": {"type": ["string", "null"]},
-                    "rssi": {"type": ["integer", "null"]},
-                    "battery_mv": {"type": ["integer", "null"]},
-                    "heap_free": {"type": ["integer", "null"]},
-                    "uptime_s": {"type": ["integer", "null"]},
-                    "spooled": {"type": ["integer", "null"]},
-                    "waiting": {"type": "integer"},
-                    "lid_open": {"type": ["boolean", "null"]},
-                    "last_delivery_ts": {"type": ["number", "null"]},
-                    "last_event_id": {"type": ["string", "null"]},
-                },
-            },
-            "Alert": {
-                "type": "object",
-                "properties": {
-                    "id": {"type": "string"},
-                    "kind": {"type": "string"},
-                    "device": {"type": "string"},
-                    "event_ids": {"type": "array", "items": {"type": "string"}},
-                    "notifier": {"type": "string"},
-                    "recipient": {"type": "string"},
-                    "state": {"enum": ["pending", "sent", "failed", "dead"]},
-                    "attempts": {"type": "integer"},
-                    "created_at": {"type": "number"},
-                    "next_attempt_at": {"type": ["number", "null"]},
-                    "sent_at": {"type": ["number", "null"]},
-                    "last_error": {"type": ["string", "null"]},
-                    "message_id": {"type": ["string", "null"]},
-                    "receipt": {"enum": ["sent", "delivered", "read", None]},
-                    "receipt_at": {"type": ["number", "null"]},
-                },
-            },
-            "WhatsApp": {
-                "type": "object",
-                "properties": {
-                    "state": {"type": "string"},
-                    "detail": {"type": "string"},
-                    "paired_as": {"type": ["string", "null"]},
-                    "pair_code": {"type": ["string", "null"]},
-                    "pair_code_expires_at": {"type": ["number", "null"]},
-                    "qr_expires_at": {"type": ["number", "null"]},
-                    "down_since": {"type": ["number", "null"]},
-                    "down_notice_after_s": {"type": "number"},
-                    "unknown_numbers": {"type": "array", "items": {"type": "string"}},
-                    "numbers_checked_at": {"type": ["number", "null"]},
+            ),
+            "Device": record_schema(DeviceRecord),
+            "Alert": record_schema(OutboxRecord),
+            "WhatsApp": record_schema(
+                WhatsAppState,
+                omit=("qr",),  # served as an image instead (qr_url)
+                extra={
                     "qr_version": {"type": ["string", "null"]},
                     "qr_url": {"type": ["string", "null"]},
-                    "updated_at": {"type": "number"},
                     "actions": {
                         "type": "object",
                         "properties": {
@@ -531,7 +474,7 @@ OPENAPI: dict[str, Any] = {
                         },
                     },
                 },
-            },
+            ),
         },
     },
 }

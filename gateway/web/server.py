@@ -170,13 +170,13 @@ class WebServer:
             timeout_graceful_shutdown=3,
             proxy_headers=False,
         )
-        self._server = uvicorn.Server(config)
+        server = self._server = uvicorn.Server(config)
         started = threading.Event()
 
         async def serve() -> None:
             sweeper = asyncio.create_task(sweep_forever(table, min(1.0, s.idle_timeout_s / 4)))
             try:
-                await self._server.serve(sockets=[sock])  # type: ignore[union-attr]
+                await server.serve(sockets=[sock])
             finally:
                 sweeper.cancel()
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.ports import WhatsAppState
 from gateway.whatsapp.addresses import jid_user, phone_digits
 from gateway.whatsapp.lock import LOCK_NAME, holder_of
 from gateway.whatsapp.session_db import paired_jid_from_db
@@ -95,11 +96,12 @@ def do_pair(args: argparse.Namespace) -> int:
         return 2
     shown: dict[str, Any] = {"qr": None, "code": None, "n": 0, "detail": None}
 
-    def show(st: dict[str, Any]) -> None:
-        if st.get("qr") and st["qr"] != shown["qr"]:
-            shown["qr"] = st["qr"]
+    def show(st: WhatsAppState) -> None:
+        qr = st.get("qr")
+        if qr and qr != shown["qr"]:
+            shown["qr"] = qr
             shown["n"] += 1
-            _print_qr(st["qr"], shown["n"])
+            _print_qr(qr, shown["n"])
         elif st.get("pair_code") and st["pair_code"] != shown["code"]:
             shown["code"] = st["pair_code"]
             print(f"\nPairing code: {st['pair_code']}\n{st.get('detail', '')}", flush=True)
@@ -107,7 +109,7 @@ def do_pair(args: argparse.Namespace) -> int:
             shown["detail"] = st.get("detail")
             print(f"[{st.get('state')}] {st.get('detail', '')}", flush=True)
 
-    sup = WhatsAppSupervisor(settings, mode="pair", phone=phone, on_state=show)  # type: ignore[arg-type]
+    sup = WhatsAppSupervisor(settings, mode="pair", phone=phone, on_state=show)
     sup.start()
     try:
         deadline = time.monotonic() + args.timeout

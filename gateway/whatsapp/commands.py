@@ -310,7 +310,7 @@ class CommandHandler:
 
     def _photo_bytes(self, device: str, event_id: str) -> bytes | None:
         for variant in ("alert", "original"):
-            path: Path | None = self.port.photo_path(device, event_id, variant)  # type: ignore[arg-type]
+            path: Path | None = self.port.photo_path(device, event_id, variant)
             if path is not None:
                 try:
                     return Path(path).read_bytes()

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.storage import atomic_write_bytes
 from gateway.whatsapp.addresses import USER_SERVER
 from gateway.whatsapp.incoming import RawMessage, incoming_from_raw, receipt_status
 from gateway.whatsapp.transport import EventSink, IncomingMessage, Transport, TransportError, TransportEvent
@@ -117,9 +118,7 @@ class FakeTransport(Transport):
 
     def _pair(self, sink: EventSink) -> None:
         jid = f"{self._script().get('paired_as', '6281100000000')}@{USER_SERVER}"
-        tmp = self.session_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"jid": jid}))
-        os.replace(tmp, self.session_file)
+        atomic_write_bytes(self.session_file, json.dumps({"jid": jid}).encode())
         sink(TransportEvent(kind="paired", jid=jid))
         self._connected = True
         sink(TransportEvent(kind="connected", jid=jid))
@@ -261,6 +260,7 @@ class FakeTransport(Transport):
         return {p: p not in missing for p in phones}
 
     @property
+    # Transport declares a plain class attribute; the fake reads it from script.json on each access.
     def one_connect_per_process(self) -> bool:  # type: ignore[override]
         """`script.json` `one_connect_per_process`: behave like the neonize adapter (reconnect = new process)."""
         return bool(self._script().get("one_connect_per_process"))

@@ -23,11 +23,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from gateway import bus as bus_topics
 from gateway.bus import Bus
 from gateway.ports import WhatsAppState
+from gateway.storage import atomic_write_bytes
 from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
 from gateway.whatsapp.child import PHONE_CODE_ROUNDS, RECONNECTING, child_main, seconds
 from gateway.whatsapp.settings import WhatsAppSettings
@@ -90,6 +91,12 @@ def _describe_exit(code: int | None) -> str:
         return f"was killed by {name}{hint}"
     return f"exited with code {code}"
 
+
+
+def _as_state(d: dict[str, Any]) -> WhatsAppState:
+    # The state is merged from the child's messages (gateway/whatsapp/child.py sends WhatsAppState
+    # keys): one cast at this boundary instead of a check per key.
+    return cast(WhatsAppState, d)
 
 class WhatsAppSupervisor:
     """Owns the WhatsApp child process for the gateway (`mode="run"`) or for `parcelbox whatsapp pair|unlink`."""
@@ -170,7 +177,10 @@ class WhatsAppSupervisor:
 
     def state(self) -> WhatsAppState:
         with self._lock:
-            return dict(self._state)  # type: ignore[return-value]
+            return self._snapshot()
+
+    def _snapshot(self) -> WhatsAppState:
+        return _as_state(dict(self._state))
 
     def child_pid(self) -> int | None:
         proc = self._proc
@@ -181,9 +191,9 @@ class WhatsAppSupervisor:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                st = dict(self._state)
-                if predicate(st):  # type: ignore[arg-type]
-                    return st  # type: ignore[return-value]
+                st = self._snapshot()
+                if predicate(st):
+                    return st
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -306,7 +316,7 @@ class WhatsAppSupervisor:
         # Between a child's exit and the restart being scheduled: the last state may say until when
         # (a temporary ban), and the outbox should wait that long rather than its short backoff.
         retry_at = self.state().get("retry_at")
-        if retry_at and float(retry_at) > time.time():
+        if isinstance(retry_at, int | float) and retry_at > time.time():
             return float(retry_at) - time.time() + 5.0
         return None
 
@@ -351,7 +361,7 @@ class WhatsAppSupervisor:
             self.bus.publish(bus_topics.WHATSAPP_STATE, snapshot)
         if self.on_state is not None:
             try:
-                self.on_state(snapshot)  # type: ignore[arg-type]
+                self.on_state(_as_state(snapshot))
             except Exception:
                 log.exception("WhatsApp state callback failed")
 
@@ -362,12 +372,11 @@ class WhatsAppSupervisor:
             return
         path = self.settings.state_file
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             data = {k: v for k, v in st.items() if k not in ("qr", "pair_code")}
             data["supervisor_pid"] = os.getpid()
-            tmp.write_text(json.dumps(data, indent=1, default=str))
-            os.replace(tmp, path)
+            # Rewritten at every state change and read only by status commands: atomic, not fsync'd.
+            body = json.dumps(data, indent=1, default=str).encode()
+            atomic_write_bytes(path, body, durable=False, make_parent=True)
         except OSError:
             log.warning("could not write %s", path, exc_info=True)
 

@@ -323,3 +323,33 @@ def test_alerts_page_lists_apprise_urls_by_id_with_a_send_test_button(
     page.wait_for_function("() => document.querySelectorAll('.alert').length === 1", timeout=WAIT_MS)
     assert errors == []
     ctx.close()
+
+
+def test_an_ultrasonic_reading_from_the_box_shows_under_its_event(browser, server, port: MemoryPort) -> None:
+    """Issue 17: the page read `sensors.distance_mm` while the box sends `range_mm`, so a distance never
+    showed. The reading here is the one firmware/sensors.py's Ultrasonic (and HX711 load cell) produce."""
+    import sensors as fw_sensors  # firmware/sensors.py (tests/conftest.py puts firmware/ on sys.path)
+
+    from tools.simulate import SimPin
+
+    sonar = fw_sensors.Ultrasonic(SimPin(0), SimPin(0), lambda pin, level, timeout: 1066, lambda us: None)
+    sonar.read_level()
+
+    class Hx:
+        def read_average(self, n: int) -> int:
+            return 420 * 1250
+
+    scale = fw_sensors.LoadCell(Hx(), scale=420.0, offset=0)
+    scale.read_level()
+    port.add_event("gate", "delivery", event_id="sonar0000001", sensors={"lid": "closed", **sonar.info})
+    port.add_event("gate", "delivery", event_id="scale0000001", sensors={"lid": "closed", **scale.info})
+    ctx, page, errors = open_page(browser, server, "/")
+    page.wait_for_selector('li.event[data-id="sonar0000001"]', timeout=WAIT_MS)
+    assert sonar.info == {"range_mm": 182}
+    assert "182 mm" in page.inner_text('li.event[data-id="sonar0000001"]')
+    assert "1250 g" in page.inner_text('li.event[data-id="scale0000001"]')
+    # The type filter's choices come from the same table.
+    options = page.eval_on_selector_all("#filters select[name=type] option", "os => os.map(o => o.value)")
+    assert options == ["", "delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]
+    assert errors == []
+    ctx.close()

@@ -52,10 +52,15 @@ def new_id() -> str:
 class MemoryPort:
     """A complete in-memory GatewayPort (see gateway/ports.py)."""
 
-    def __init__(self, photo_dir: Path, *, box_answers: bool = True, answer_delay: float = 0.2) -> None:
+    def __init__(
+        self, photo_dir: Path, *, box_answers: bool = True, answer_delay: float = 0.2, answer: str = "photo"
+    ) -> None:
         self.bus = busmod.Bus()
         self.photo_dir = photo_dir
-        self.box_answers = box_answers
+        # How the boxes answer a command: photo (a snapshot with its photo), nophoto (a snapshot event
+        # without one), fail (ok false: "camera init failed"), silent (never; also box_answers=False).
+        self.box_answers = box_answers and answer != "silent"
+        self.answer = answer
         self.answer_delay = answer_delay
         self._lock = threading.RLock()
         self._keys: list[tuple[float, int, str]] = []  # ascending (ts, seq, id) as the store; newest last
@@ -115,6 +120,7 @@ class MemoryPort:
         photo: bool = True,
         cmd: str | None = None,
         publish: bool = True,
+        sensors: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         eid = event_id or new_id()
         ts = time.time() if ts is None else ts
@@ -136,7 +142,7 @@ class MemoryPort:
             "ts": ts,
             "received_at": ts,
             "seq": next(_counter),
-            "sensors": {"lid": "closed", "occupancy": 1 if type == "delivery" else 0},
+            "sensors": sensors if sensors is not None else {"lid": "closed", "occupancy": 1 if type == "delivery" else 0},
             "photo": info,
             "cmd": cmd,
         }
@@ -264,10 +270,13 @@ class MemoryPort:
         return cmd_id
 
     def _answer(self, cmd_id: str, device: str, cmd: str) -> None:
-        time.sleep(self.answer_delay)
+        if self.answer_delay:
+            time.sleep(self.answer_delay)
         result: dict[str, Any] = {"device": device, "id": cmd_id, "ok": True, "error": None}
-        if cmd == "snapshot":
-            ev = self.add_event(device, "snapshot", cmd=cmd_id)
+        if self.answer == "fail":
+            result.update(ok=False, error="camera init failed")
+        elif cmd == "snapshot":
+            ev = self.add_event(device, "snapshot", cmd=cmd_id, photo=self.answer == "photo")
             result["event"] = ev["id"]
         with self._lock:
             self.results[cmd_id] = result

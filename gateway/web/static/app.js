@@ -114,6 +114,9 @@ function label(prefix, name) {
   const key = prefix + name;
   return t(key) === key ? String(name) : t(key);
 }
+// Sensor readings (and the event types) come from the gateway (gateway/vocabulary.py, injected into
+// index.html): the page never spells a sensor key of its own.
+const VOCAB = JSON.parse(document.getElementById("vocabulary").textContent);
 const typeLabel = (type) => label("type.", type);
 const cmdLabel = (cmd) => label("cmd.", cmd);
 const alertStateLabel = (st) => label("alerts.state.", st);
@@ -264,8 +267,9 @@ function eventItem(e, fresh) {
     : h("div", { class: "thumb none" }, t("events.no_photo"));
   const sensors = e.sensors || {};
   const extra = [];
-  if (sensors.distance_mm != null) extra.push(sensors.distance_mm + " mm");
-  if (sensors.weight_g != null) extra.push(sensors.weight_g + " g");
+  for (const r of VOCAB.readings) {
+    if (sensors[r.key] != null) extra.push(sensors[r.key] + " " + r.unit);
+  }
   if (e.cmd) extra.push(t("events.requested"));
   return h("li", {
     class: "event t-" + e.type + (fresh ? " fresh" : ""),
