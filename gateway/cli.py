@@ -303,12 +303,12 @@ def seen_boxes(data_dir: Path) -> set[str]:
     out: set[str] = set()
     try:
         snap = json.loads((data_dir / STATUS_FILE).read_text())
-        out |= {d.get("device") for d in snap.get("devices") or [] if isinstance(d, dict)}
+        out |= {d["device"] for d in snap.get("devices") or [] if isinstance(d, dict) and d.get("device")}
     except (OSError, ValueError, AttributeError):
         pass
     try:
         table = json.loads((data_dir / "db" / "boxes.json").read_text()).get("devices") or {}
-        out |= {d.get("device") for d in table.values() if isinstance(d, dict)}
+        out |= {d["device"] for d in table.values() if isinstance(d, dict) and d.get("device")}
     except (OSError, ValueError, AttributeError):
         pass
     try:  # records newer than the file (it is rewritten every 256 changes): a box seen minutes ago

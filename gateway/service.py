@@ -792,7 +792,7 @@ class GatewayService:
             dev["online"] = st.online
             dev["offline_since"] = None if st.online else dev["last_seen"]
             self.store.put_device(dev)
-            self.bus.publish(DEVICE_CHANGED, self._device_out(dev))
+            self.bus.publish(DEVICE_CHANGED, dict(self._device_out(dev)))
             return
         dev["online"] = st.online
         if not retained:  # a box known only from a replay has no known "last seen" yet

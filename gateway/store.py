@@ -499,7 +499,7 @@ class Store:
         return ev_id, out_ids
 
     def _load(self) -> None:
-        timeline: dict[str, tuple[float, str, str, str]] = {}  # by key: a doubled record is listed once
+        timeline: dict[str, Entry] = {}  # by key: a doubled record is listed once
         for part in self._partitions():
             db = self._db(part)
             self._note_segment(part, len(db.table(EVENTS)) + len(db.table(OUTBOX)))
@@ -954,7 +954,7 @@ class Store:
             db = None
             if data is None:
                 db = self._db(part)
-                data = db.storage.read() or {}  # type: ignore[attr-defined]
+                data = _atomic_storage(db).read() or {}
             events, outbox = data.get(EVENTS) or {}, data.get(OUTBOX) or {}
             entry = {
                 "rm": device,

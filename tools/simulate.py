@@ -474,6 +474,8 @@ def provision_flash(folder: Path) -> None:
 def load_flash_modules_boot(folder: Path):
     """The box's own otaboot.py (a boot file: never replaced by an update), loaded alone."""
     spec = importlib.util.spec_from_file_location("_sim_otaboot", folder / "otaboot.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {folder / 'otaboot.py'}")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -742,7 +744,7 @@ class SimulatedBox:
             self.wlan, ssid, password, 20000, None, clock.ticks_diff, self.log, network=fake_net.Network
         )
         updater = None
-        app_cls = _SimApp
+        app_cls: type = _SimApp
         if mods["ota"] is not None:
             fl = mods["otaboot"].Flash(str(self.flash_dir), os)
             updater = mods["ota"].Updater(fl, fw_app_.FW_VERSION, self.log, clock.ticks_diff)

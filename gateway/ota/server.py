@@ -143,9 +143,10 @@ class OtaServer:
     def _serve(self, device: str, offer: dict, prog: dict, d: dict, where: str) -> None:
         f, o, n = d.get("f"), d.get("o"), d.get("n")
         files = offer["files"]
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (f, o, n)):
+        if not (_is_int(f) and _is_int(o) and _is_int(n)):
             self._reject("bad_schema", "need without f/o/n", where)
             return
+        assert isinstance(f, int) and isinstance(o, int) and isinstance(n, int)  # for the type checker
         if not (0 <= f < len(files)) or o < 0 or not 0 < n <= offer["chunk"] or o + n > files[f][1]:
             self._reject("bad_schema", f"need out of range: f={f} o={o} n={n}", where)
             return
@@ -217,3 +218,8 @@ class OtaServer:
             rec["last"] = pending.read_progress(self.root, device)
             out[device] = rec
         return out
+
+
+def _is_int(x: object) -> bool:
+    """A JSON integer (bool is an int in Python, not in the protocol)."""
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -569,6 +569,11 @@ I18N_TEXT_RE = re.compile(r'(<[a-z0-9]+[^<>]*\sdata-i18n="([a-z0-9_.]+)"[^<>]*>)
 I18N_ATTR_RE = re.compile(r'<[a-z0-9]+[^<>]*\sdata-i18n-attr="([^"]+)"[^<>]*>')
 
 
+def _keep_quotes(value: str) -> Callable[[re.Match[str]], str]:
+    """A re.sub replacement putting `value` between an attribute's quotes (taken literally: no escapes)."""
+    return lambda a: a.group(1) + value + a.group(2)
+
+
 def translate_page(template: str, lang: str) -> str:
     """index.html in `lang`: the text of every `data-i18n` element and every `data-i18n-attr` attribute.
 
@@ -581,11 +586,7 @@ def translate_page(template: str, lang: str) -> str:
         for pair in m.group(1).split(";"):
             attr, _, key = pair.partition(":")
             value = html.escape(i18n.t(lang, key.strip()))
-            tag = re.sub(
-                rf'(\s{re.escape(attr.strip())}=")[^"]*(")',
-                lambda a, v=value: a.group(1) + v + a.group(2),
-                tag,
-            )
+            tag = re.sub(rf'(\s{re.escape(attr.strip())}=")[^"]*(")', _keep_quotes(value), tag)
         return tag
 
     out = I18N_TEXT_RE.sub(
