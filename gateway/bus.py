@@ -23,6 +23,7 @@ OUTBOX_CHANGED = "outbox_changed"  # an outbox record (gateway.ports.OutboxRecor
 COMMAND_RESULT = "command_result"  # {"device", "id", "ok", "error", ...}
 WHATSAPP_STATE = "whatsapp_state"  # gateway.ports.WhatsAppState
 WHATSAPP_RECEIPT = "whatsapp_receipt"  # {"ids": [message id, ...], "status": delivered|read, "ts", "chat"}
+OTA_CHANGED = "ota_changed"  # {"device"}: its firmware or its over-the-air update moved (gateway.service)
 STORAGE_STATE = "storage_state"  # {"ok", "problems", "free_mb", "free_percent", "low"} (gateway.service)
 
 Handler = Callable[[str, dict[str, Any]], None]

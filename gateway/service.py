@@ -38,6 +38,7 @@ from gateway.bus import (
     COMMAND_RESULT,
     DEVICE_CHANGED,
     EVENT_STORED,
+    OTA_CHANGED,
     OUTBOX_CHANGED,
     STORAGE_STATE,
     WHATSAPP_RECEIPT,
@@ -63,6 +64,8 @@ from gateway.ingest import MqttLink
 from gateway.jsonsafe import json_safe
 from gateway.lograte import LogThrottle
 from gateway.notify.base import Notifier
+from gateway.ota import offers
+from gateway.ota.manifest import UpdateRefused
 from gateway.ota.pending import ota_root
 from gateway.ota.server import OtaServer
 from gateway.outbox import OutboxDispatcher, _public
@@ -159,6 +162,7 @@ class GatewayService:
         notifiers: list[Notifier] | None = None,
         components: list[Component] | None = None,
         clock: Callable[[], float] = time.time,
+        firmware: offers.CheckoutFirmware | None = None,
     ) -> None:
         self.config = config
         self.bus = Bus()
@@ -217,7 +221,13 @@ class GatewayService:
             publish=self._publish_ota,
             reject=self._reject,
             clock=self.clock,
+            on_change=self._on_ota_change,
         )
+        # This checkout's firmware, for the dashboard's and Home Assistant's "update available".
+        from gateway.ota.cli import DEFAULT_FIRMWARE
+
+        self.firmware = firmware or offers.CheckoutFirmware(DEFAULT_FIRMWARE)
+        self._ota_shown: dict[str, tuple[Any, ...]] = {}  # device -> what OTA_CHANGED last said
         self._commands_lock = threading.Lock()  # send_command runs on web/HA/WhatsApp threads
         self._log_throttle = LogThrottle()
         self._whatsapp: WhatsAppState = {
@@ -285,6 +295,11 @@ class GatewayService:
             self.store.event_count(),
             self.store.outbox_counts(),
         )
+        try:  # the boxes' firmware as last known, for an update offered before they wake again
+            last = json.loads((self.data_dir / STATUS_FILE).read_text())
+            self.ota.remember(last.get("ota") if isinstance(last, dict) else None)
+        except (OSError, ValueError):
+            pass
         username, password = self.config.broker.username, self.config.broker.password
         if not self.broker_url:
             from gateway.broker import start_managed_broker
@@ -1002,6 +1017,70 @@ class GatewayService:
     def _publish_ota(self, topic_name: str, payload: bytes, retain: bool) -> None:
         if self.link is not None:
             self.link.publish(topic_name, payload, retain=retain)
+
+    # --- over-the-air updates (dashboard, Home Assistant) --------------------------------
+
+    def firmware_status(self, device: str) -> dict[str, Any]:
+        """A box's firmware against this checkout's, and its update on the way or last finished.
+
+        `update_available` compares the sets' sha256 like `parcelbox device update --dry-run` (None:
+        the box never reported a set, or this checkout's set does not build: `latest_error` says why)."""
+        if not valid_device_id(device):
+            raise ValueError(f"bad device id {device!r}")
+        box = dict(self.ota.boxes.get(device) or {})
+        out: dict[str, Any] = {
+            "device": device,
+            "fw": box.get("fw"),
+            "set": box.get("set"),
+            "latest_version": None,
+            "latest_set": None,
+            "latest_error": None,
+            "update_available": None,
+            "update": offers.read_view(self.ota.root, device),
+        }
+        try:
+            m = self.firmware.get()
+        except UpdateRefused as e:
+            out["latest_error"] = str(e)
+            return out
+        out["latest_version"], out["latest_set"] = m.version, m.set_sha
+        out["update_available"] = offers.needs_update(box, m)
+        return out
+
+    def offer_update(self, device: str) -> dict[str, Any]:
+        """Send this checkout's firmware to `device` (what `parcelbox device update DEVICE --no-wait`
+        does). Raises LookupError for a box the gateway does not know, UpdateRefused when it cannot go."""
+        if not valid_device_id(device):
+            raise ValueError(f"bad device id {device!r}")
+        known = {d["device"] for d in self.list_devices()}
+        box = dict(self.ota.boxes.get(device) or {})
+        if device not in known and not box:
+            raise LookupError(f"no box {device!r}")
+        m = self.firmware.get()
+        if box.get("set") and not offers.needs_update(box, m):
+            raise UpdateRefused(f"{device} already runs this firmware ({m.version})")
+        offer = offers.offer_update(self.ota.root, device, box, m)
+        log.info("ota: update to %s queued for %s (%s -> %s)", offer["id"], device, box.get("fw"), m.version)
+        self._on_ota_change(device)
+        return offer
+
+    def _on_ota_change(self, device: str) -> None:
+        """Tell the bus when what a box shows about its firmware changed (not at every chunk: only when
+        the state or the percentage moved)."""
+        box = self.ota.boxes.get(device) or {}
+        view = offers.read_view(self.ota.root, device) or {}
+        key = (
+            box.get("fw"),
+            box.get("set"),
+            box.get("online"),
+            view.get("id"),
+            view.get("state"),
+            view.get("percent"),
+        )
+        if self._ota_shown.get(device) == key:
+            return
+        self._ota_shown[device] = key
+        self.bus.publish(OTA_CHANGED, {"device": device})
 
     def command_result(self, cmd_id: str) -> dict[str, Any] | None:
         with self._commands_lock:
