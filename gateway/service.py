@@ -65,7 +65,6 @@ from gateway.jsonsafe import json_safe
 from gateway.lograte import LogThrottle
 from gateway.notify.base import Notifier
 from gateway.ota import offers
-from gateway.ota.manifest import UpdateRefused
 from gateway.ota.pending import ota_root
 from gateway.ota.server import OtaServer
 from gateway.outbox import OutboxDispatcher, _public
@@ -1021,46 +1020,26 @@ class GatewayService:
     # --- over-the-air updates (dashboard, Home Assistant) --------------------------------
 
     def firmware_status(self, device: str) -> dict[str, Any]:
-        """A box's firmware against this checkout's, and its update on the way or last finished.
-
-        `update_available` compares the sets' sha256 like `parcelbox device update --dry-run` (None:
-        the box never reported a set, or this checkout's set does not build: `latest_error` says why)."""
+        """A box's firmware against this checkout's and its update (`gateway.ota.offers.firmware_status`)."""
         if not valid_device_id(device):
             raise ValueError(f"bad device id {device!r}")
-        box = dict(self.ota.boxes.get(device) or {})
-        out: dict[str, Any] = {
-            "device": device,
-            "fw": box.get("fw"),
-            "set": box.get("set"),
-            "latest_version": None,
-            "latest_set": None,
-            "latest_error": None,
-            "update_available": None,
-            "update": offers.read_view(self.ota.root, device),
-        }
-        try:
-            m = self.firmware.get()
-        except UpdateRefused as e:
-            out["latest_error"] = str(e)
-            return out
-        out["latest_version"], out["latest_set"] = m.version, m.set_sha
-        out["update_available"] = offers.needs_update(box, m)
-        return out
+        return offers.firmware_status(self.ota.root, device, self.ota.boxes.get(device), self.firmware)
 
     def offer_update(self, device: str) -> dict[str, Any]:
         """Send this checkout's firmware to `device` (what `parcelbox device update DEVICE --no-wait`
         does). Raises LookupError for a box the gateway does not know, UpdateRefused when it cannot go."""
         if not valid_device_id(device):
             raise ValueError(f"bad device id {device!r}")
-        known = {d["device"] for d in self.list_devices()}
-        box = dict(self.ota.boxes.get(device) or {})
-        if device not in known and not box:
-            raise LookupError(f"no box {device!r}")
-        m = self.firmware.get()
-        if box.get("set") and not offers.needs_update(box, m):
-            raise UpdateRefused(f"{device} already runs this firmware ({m.version})")
-        offer = offers.offer_update(self.ota.root, device, box, m)
-        log.info("ota: update to %s queued for %s (%s -> %s)", offer["id"], device, box.get("fw"), m.version)
+        known = any(d["device"] == device for d in self.list_devices())
+        box = self.ota.boxes.get(device)
+        offer = offers.offer_checked(self.ota.root, device, box, known, self.firmware)
+        log.info(
+            "ota: update %s queued for %s (%s -> %s)",
+            offer["id"],
+            device,
+            offer.get("from"),
+            offer["version"],
+        )
         self._on_ota_change(device)
         return offer
 

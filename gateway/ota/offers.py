@@ -100,6 +100,53 @@ def read_view(root: Path, device: str) -> dict[str, Any] | None:
     return progress_view(pending.read_offer(root, device), pending.read_progress(root, device))
 
 
+def firmware_status(
+    root: Path, device: str, box: Mapping[str, Any] | None, firmware: CheckoutFirmware
+) -> dict[str, Any]:
+    """A box's firmware (as it last reported it) against this checkout's, and its update on the way
+    or last finished. `update_available` compares the sets like `parcelbox device update --dry-run`;
+    None when the box never reported a set, or this checkout's set does not build (`latest_error`)."""
+    box = dict(box or {})
+    out: dict[str, Any] = {
+        "device": device,
+        "fw": box.get("fw"),
+        "set": box.get("set"),
+        "latest_version": None,
+        "latest_set": None,
+        "latest_error": None,
+        "update_available": None,
+        "update": read_view(root, device),
+    }
+    try:
+        m = firmware.get()
+    except UpdateRefused as e:
+        out["latest_error"] = str(e)
+        return out
+    out["latest_version"], out["latest_set"] = m.version, m.set_sha
+    out["update_available"] = needs_update(box, m)
+    return out
+
+
+def offer_checked(
+    root: Path, device: str, box: Mapping[str, Any] | None, known: bool, firmware: CheckoutFirmware
+) -> dict[str, Any]:
+    """The dashboard's Update button and Home Assistant's install action: refuse a box the gateway
+    does not know (LookupError), an update while one is on its way, a box that already runs this set,
+    and what `offer_update` refuses (UpdateRefused); else queue the offer."""
+    box = dict(box or {})
+    if not known and not box:
+        raise LookupError(f"no box {device!r}")
+    on_way = read_view(root, device)
+    if on_way is not None and on_way["active"]:
+        raise UpdateRefused(
+            f"an update to {device} is already on its way ({on_way['version']}, {on_way['state']})"
+        )
+    m = firmware.get()
+    if box.get("set") and not needs_update(box, m):
+        raise UpdateRefused(f"{device} already runs this firmware ({m.version})")
+    return offer_update(root, device, box, m)
+
+
 def _fingerprint(firmware_dir: Path) -> tuple[tuple[str, int, int], ...]:
     out = []
     try:
