@@ -94,6 +94,8 @@ def test_update_needs_the_csrf_token(client: TestClient, port: MemoryPort) -> No
     )
     assert r.status_code == 403
     assert pending.read_offer(port.ota_root, "gate") is None
+    # ...and with the token the same request goes through.
+    assert client.post("/api/devices/gate/update", headers=csrf_headers(client)).status_code == 202
 
 
 def test_update_refuses_a_body_that_is_not_json(client: TestClient, port: MemoryPort) -> None:
