@@ -94,3 +94,22 @@ def test_a_refused_update_says_why(browser, server, port: MemoryPort) -> None:
     assert text.startswith(i18n.catalogue("id")["ota.refused"]) and "KB of flash free" in text, text
     assert pending.read_offer(port.ota_root, "tiny") is None
     ctx.close()
+
+
+def test_an_update_started_elsewhere_shows_up_live(browser, server, port: MemoryPort) -> None:
+    """Home Assistant's Install or `parcelbox device update`: the open card learns it from the live
+    stream (the gateway's `ota_changed`), with nothing on the page polling before."""
+    from gateway.bus import OTA_CHANGED
+    from tests.browser.helpers import in_thread
+
+    ctx = browser.new_context(viewport=PHONE)
+    page = ctx.new_page()
+    page.goto(server.url + "/boxes")
+    page.wait_for_selector("#live.on", timeout=WAIT_MS)
+    gate = '.box[data-device="gate"]'
+    page.wait_for_selector(f"{gate} .ota button.ota-update", timeout=WAIT_MS)
+    port.offer_update("gate")
+    port.ota_progress("gate", "receiving", 0.25)
+    in_thread(port.bus.publish, OTA_CHANGED, {"device": "gate"})
+    page.wait_for_selector(f'{gate} .ota progress[value="25"]', timeout=WAIT_MS)
+    ctx.close()

@@ -160,6 +160,7 @@ const state = {
   snapWaiting: new Map(), // "device/id" of a snapshot whose photo is not stored yet -> command id
   firmware: new Map(), // device -> its firmware against this checkout's and its update (/api/firmware)
   firmwareTimer: null, // polling /api/firmware while an update is on its way
+  firmwareSoon: null, // a live "firmware" message asked for /api/firmware again
 };
 
 const PAGES = { "/": "deliveries", "/boxes": "boxes", "/whatsapp": "whatsapp", "/alerts": "alerts" };
@@ -367,6 +368,13 @@ async function loadFirmware() {
   if (state.page === "boxes" && data.devices.some((f) => f.update && f.update.active)) {
     state.firmwareTimer = setTimeout(() => loadFirmware().catch(() => {}), 2000);
   }
+}
+
+// An update started elsewhere (Home Assistant, `parcelbox device update`) or moving: ask again, at most
+// twice a second however many chunks go by.
+function firmwareChanged() {
+  if (state.page !== "boxes" || state.firmwareSoon) return;
+  state.firmwareSoon = setTimeout(() => { state.firmwareSoon = null; loadFirmware().catch(() => {}); }, 500);
 }
 
 function otaContent(d, f) {
@@ -809,6 +817,7 @@ function connectLive() {
   es.addEventListener("device", (m) => onDevice(JSON.parse(m.data)));
   es.addEventListener("outbox", (m) => onOutbox(JSON.parse(m.data)));
   es.addEventListener("command", (m) => onCommand(JSON.parse(m.data)));
+  es.addEventListener("firmware", () => firmwareChanged());
   es.addEventListener("whatsapp", (m) => { if (state.wa || state.page === "whatsapp") renderWhatsApp(JSON.parse(m.data)); });
   es.addEventListener("resync", () => load(state.page));
   es.onerror = async () => {
