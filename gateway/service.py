@@ -296,7 +296,10 @@ class GatewayService:
         )
         try:  # the boxes' firmware as last known, for an update offered before they wake again
             last = json.loads((self.data_dir / STATUS_FILE).read_text())
-            self.ota.remember(last.get("ota") if isinstance(last, dict) else None)
+            boxes = last.get("ota") if isinstance(last, dict) else None
+            if isinstance(boxes, dict):  # not a box removed since (`parcelbox device remove`)
+                known = {d["device"] for d in self.list_devices()}
+                self.ota.remember({k: v for k, v in boxes.items() if k in known})
         except (OSError, ValueError):
             pass
         username, password = self.config.broker.username, self.config.broker.password

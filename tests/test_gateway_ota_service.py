@@ -63,9 +63,16 @@ def test_offer_from_the_dashboard_reaches_the_box_and_survives_a_restart(tmp_pat
     # The offer ends (the box refused it), and the gateway restarts while the box sleeps.
     prog = pending.read_progress(pending.ota_root(cfg.data_dir), "box1")
     pending.write_progress(pending.ota_root(cfg.data_dir), "box1", {**prog, "state": "refused"})
+    # A box the gateway no longer lists (removed) is not brought back from the old status.json.
+    snap = json.loads((cfg.data_dir / STATUS_FILE).read_text())
+    snap["ota"]["ghost"] = dict(snap["ota"]["box1"])
+    (cfg.data_dir / STATUS_FILE).write_text(json.dumps(snap))
     svc = _service(cfg)
     svc.start()
     try:
+        assert svc.firmware_status("ghost")["fw"] is None
+        with pytest.raises(LookupError):
+            svc.offer_update("ghost")
         st = svc.firmware_status("box1")
         assert st["fw"] == "1.0.0" and st["update_available"] is True  # from the last status.json
         assert svc.offer_update("box1")["from"] == "1.0.0"
