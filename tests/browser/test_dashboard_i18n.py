@@ -123,6 +123,12 @@ def port(tmp_path: Path) -> MemoryPort:
     )  # fmt: skip
     p.offer_update("back-door")
     p.ota_progress("back-door", "receiving", 0.4)
+    # An update waiting for a sleeping box, and one the box rolled back (its reason is the box's words).
+    p.add_device("garasi", "Garasi", online=False, fw="1.0.1", ota_set=OLD_SET)
+    p.offer_update("garasi")
+    p.add_device("gudang", "Gudang", fw="1.0.1", ota_set=OLD_SET)
+    p.offer_update("gudang")
+    p.ota_progress("gudang", "failed", 1.0, reason="trial: no broker within 300 s")
     for i, (dev, kind) in enumerate(
         [("gate", "delivery"), ("back-door", "delivery"), ("gate", "pickup"), ("gate", "lid_left_open"),
          ("gate", "lid_closed"), ("gate", "snapshot"), ("gate", "delivery")]
@@ -217,6 +223,9 @@ def test_every_page_in_both_languages_at_phone_width(browser, server, port: Memo
         timeout=WAIT_MS,
     )
     page.wait_for_selector('.box[data-device="back-door"] .ota progress', timeout=WAIT_MS)
+    assert page.inner_text('.box[data-device="garasi"] .ota') == i18n.catalogue(lang)["ota.waiting_wake"]
+    page.wait_for_selector('.box[data-device="gudang"] .ota button.ota-update', timeout=WAIT_MS)
+    assert i18n.catalogue(lang)["ota.failed"] in page.inner_text('.box[data-device="gudang"] .ota')
     page.click('.box[data-device="gate"] button.ota-update')  # confirm() accepted
     page.wait_for_selector('.box[data-device="gate"] .ota progress', timeout=WAIT_MS)
     check_page(page, "boxes", lang)

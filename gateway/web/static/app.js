@@ -381,7 +381,7 @@ function otaContent(d, f) {
   const u = f.update;
   if (u && u.active) {
     if (u.state === "staged") return [h("span", { class: "muted" }, t("ota.staged"))];
-    if (u.state === "queued" && d && !d.online) return [h("span", { class: "muted" }, t("ota.waiting_wake"))];
+    if ((u.state === "queued" || u.state === "offered") && d && !d.online) return [h("span", { class: "muted" }, t("ota.waiting_wake"))];
     return [
       h("span", { class: "ota-progress" }, t("ota.updating", { percent: u.percent })),
       h("progress", { max: "100", value: String(u.percent) }),
