@@ -133,3 +133,8 @@ class GatewayPort(Protocol):
     def command_result(self, cmd_id: str) -> dict[str, Any] | None: ...
 
     def whatsapp_state(self) -> WhatsAppState: ...
+
+    # Optional (looked up with getattr; the running gateway has them, small test ports may not):
+    # `firmware_status(device) -> dict` and `offer_update(device) -> dict` (raises LookupError for an
+    # unknown box, gateway.ota.manifest.UpdateRefused when it cannot go): over-the-air updates for the
+    # dashboard's Update button and Home Assistant's update entity (gateway/ota/offers.py).

@@ -40,6 +40,7 @@ from gateway.bus import (
     DEVICE_REGISTERED,
     DEVICE_REMOVED,
     EVENT_STORED,
+    OTA_CHANGED,
     OUTBOX_CHANGED,
     STORAGE_STATE,
     WHATSAPP_RECEIPT,
@@ -65,6 +66,7 @@ from gateway.ingest import MqttLink
 from gateway.jsonsafe import json_safe
 from gateway.lograte import LogThrottle
 from gateway.notify.base import Notifier
+from gateway.ota import offers
 from gateway.ota.pending import ota_root
 from gateway.ota.server import OtaServer
 from gateway.outbox import OutboxDispatcher, _public
@@ -173,6 +175,7 @@ class GatewayService:
         notifiers: list[Notifier] | None = None,
         components: list[Component] | None = None,
         clock: Callable[[], float] = time.time,
+        firmware: offers.CheckoutFirmware | None = None,
     ) -> None:
         self.config = config
         self.bus = Bus()
@@ -231,7 +234,13 @@ class GatewayService:
             publish=self._publish_ota,
             reject=self._reject,
             clock=self.clock,
+            on_change=self._on_ota_change,
         )
+        # This checkout's firmware, for the dashboard's and Home Assistant's "update available".
+        from gateway.ota.cli import DEFAULT_FIRMWARE
+
+        self.firmware = firmware or offers.CheckoutFirmware(DEFAULT_FIRMWARE)
+        self._ota_shown: dict[str, tuple[Any, ...]] = {}  # device -> what OTA_CHANGED last said
         self._commands_lock = threading.Lock()  # send_command runs on web/HA/WhatsApp threads
         self._log_throttle = LogThrottle()
         self._whatsapp: WhatsAppState = {
@@ -297,6 +306,14 @@ class GatewayService:
             self.store.event_count(),
             self.store.outbox_counts(),
         )
+        try:  # the boxes' firmware as last known, for an update offered before they wake again
+            last = json.loads((self.data_dir / STATUS_FILE).read_text())
+            boxes = last.get("ota") if isinstance(last, dict) else None
+            if isinstance(boxes, dict):  # not a box removed since (`parcelbox device remove`)
+                known = {d["device"] for d in self.list_devices()}
+                self.ota.remember({k: v for k, v in boxes.items() if k in known})
+        except (OSError, ValueError):
+            pass
         username, password = self.config.broker.username, self.config.broker.password
         if not self.broker_url:
             from gateway.broker import start_managed_broker
@@ -1036,6 +1053,50 @@ class GatewayService:
     def _publish_ota(self, topic_name: str, payload: bytes, retain: bool) -> None:
         if self.link is not None:
             self.link.publish(topic_name, payload, retain=retain)
+
+    # --- over-the-air updates (dashboard, Home Assistant) --------------------------------
+
+    def firmware_status(self, device: str) -> dict[str, Any]:
+        """A box's firmware against this checkout's and its update (`gateway.ota.offers.firmware_status`)."""
+        if not valid_device_id(device):
+            raise ValueError(f"bad device id {device!r}")
+        return offers.firmware_status(self.ota.root, device, self.ota.boxes.get(device), self.firmware)
+
+    def offer_update(self, device: str) -> dict[str, Any]:
+        """Send this checkout's firmware to `device` (what `parcelbox device update DEVICE --no-wait`
+        does). Raises LookupError for a box the gateway does not know, UpdateRefused when it cannot go."""
+        if not valid_device_id(device):
+            raise ValueError(f"bad device id {device!r}")
+        known = any(d["device"] == device for d in self.list_devices())
+        box = self.ota.boxes.get(device)
+        offer = offers.offer_checked(self.ota.root, device, box, known, self.firmware)
+        log.info(
+            "ota: update %s queued for %s (%s -> %s)",
+            offer["id"],
+            device,
+            offer.get("from"),
+            offer["version"],
+        )
+        self._on_ota_change(device)
+        return offer
+
+    def _on_ota_change(self, device: str) -> None:
+        """Tell the bus when what a box shows about its firmware changed (not at every chunk: only when
+        the state or the percentage moved)."""
+        box = self.ota.boxes.get(device) or {}
+        view = offers.read_view(self.ota.root, device) or {}
+        key = (
+            box.get("fw"),
+            box.get("set"),
+            box.get("online"),
+            view.get("id"),
+            view.get("state"),
+            view.get("percent"),
+        )
+        if self._ota_shown.get(device) == key:
+            return
+        self._ota_shown[device] = key
+        self.bus.publish(OTA_CHANGED, {"device": device})
 
     def command_result(self, cmd_id: str) -> dict[str, Any] | None:
         with self._commands_lock:

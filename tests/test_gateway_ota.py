@@ -262,3 +262,30 @@ def test_dry_run_says_update_available_and_sends_nothing(env, tmp_path, capsys):
         "box-1: runs 0.1.0 (set aaaaaaaaaaaa); this checkout: 0.1.0" in out and "update available" in out
     ), out
     assert pending.devices(env / "ota") == []
+
+
+def test_checkout_firmware_is_built_once_and_again_when_a_file_changes(tmp_path):
+    from gateway.ota.offers import CheckoutFirmware
+
+    fw = tmp_path / "fw"
+    fw.mkdir()
+    (fw / "main.py").write_text("print(1)\n")
+    builds: list[int] = []
+
+    def build(d: Path) -> manifest.Manifest:
+        builds.append(1)
+        body = (d / "main.py").read_bytes()
+        if b"broken" in body:
+            raise manifest.UpdateRefused("the firmware does not build: main.py")
+        return manifest.from_board_files("0.1.0", [("/main.py", body)])
+
+    cf = CheckoutFirmware(fw, build=build)
+    first = cf.get()
+    assert cf.get() is first and len(builds) == 1  # mpy-cross is not run again for nothing
+    (fw / "main.py").write_text("print(2)  # longer\n")
+    assert cf.get().set_sha != first.set_sha and len(builds) == 2
+    (fw / "main.py").write_text("broken and longer still\n")
+    for _ in range(2):  # the error is kept too: shown, not rebuilt at every look
+        with pytest.raises(manifest.UpdateRefused, match="does not build"):
+            cf.get()
+    assert len(builds) == 3

@@ -112,6 +112,15 @@ PLATFORMS: dict[str, dict[str, Any]] = {
         "keys": {"command_template", "command_topic", "device_class", "payload_press", "retain"},
         "device_classes": {"identify", "restart", "update"},
     },
+    # update.mqtt "Configuration Variables" (core mqtt/update.py PLATFORM_SCHEMA_MODERN on MQTT_RO_SCHEMA:
+    # state_topic required); update "Device class": firmware.
+    "update": {
+        "required": {"state_topic"},
+        "keys": {"command_topic", "device_class", "display_precision", "entity_picture",
+                 "latest_version_template", "latest_version_topic", "payload_install", "release_summary",
+                 "release_url", "retain", "state_topic", "title", "value_template"},
+        "device_classes": {"firmware"},
+    },
 }  # fmt: skip
 # "device" map keys (every platform's `device` option; core mqtt/schemas.py MQTT_ENTITY_DEVICE_INFO_SCHEMA).
 DEVICE_KEYS = {
@@ -188,7 +197,7 @@ def check_discovery(topic: str, payload: bytes, cfg: HAConfig) -> tuple[str, dic
             assert "content_type" not in conf
         else:
             assert conf.get("content_type", "image/jpeg") == "image/jpeg"
-    if component == "button":
+    if component in ("button", "update"):
         assert conf.get("retain", False) is False, "a press must not be retained (it would re-fire)"
     return component, conf
 
@@ -473,6 +482,13 @@ def test_every_discovery_payload_follows_home_assistant_docs(cfg):
             conf = by_key[f"{kind}_photo"]
             assert conf["image_topic"] == d.image_topic(cfg, rec["device"], kind)
             assert conf["content_type"] == "image/jpeg"
+        fw = by_key["firmware"]
+        assert fw["state_topic"] == d.update_topic(cfg, rec["device"])
+        assert fw["command_topic"] == d.install_topic(cfg, rec["device"])
+        assert fw["payload_install"] == "INSTALL" and fw["retain"] is False
+        assert fw["device_class"] == "firmware" and fw["name"] == "Firmware"
+        # An asleep box takes an offer at its next wake: the entity follows the gateway only.
+        assert [a["topic"] for a in fw["availability"]] == [d.gateway_availability_topic(cfg)]
         if expect_battery:
             assert by_key["battery"]["device_class"] == "voltage"
             assert by_key["battery"]["unit_of_measurement"] == "V"
@@ -604,7 +620,7 @@ def test_bridge_announces_gateway_and_boxes(mosquitto, port, cfg, mirror, bridge
     configs = {
         t: m for t, m in mirror.latest.items() if t.startswith(cfg.prefix + "/") and t.endswith("/config")
     }
-    assert len(configs) == len(d.gateway_entities(cfg)) + 9 + 10 == 3 + 9 + 10
+    assert len(configs) == len(d.gateway_entities(cfg)) + 10 + 11 == 3 + 10 + 11
     for topic, msg in configs.items():
         check_discovery(topic, msg.payload, cfg)
     # Every discovery message was published retained (so Home Assistant finds them after a restart).

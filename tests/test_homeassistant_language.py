@@ -45,7 +45,7 @@ def test_switching_language_keeps_every_id() -> None:
     en, id_ = ids("en"), ids("id")
     for key in ("unique_id", "object_id", "topic", "default_entity_id", "device_identifiers"):
         assert en[key] == id_[key], key
-    assert len(en["unique_id"]) == 4 + 2 * 10  # nothing collapsed into one id
+    assert len(en["unique_id"]) == 4 + 2 * 11  # nothing collapsed into one id
     # ...and the names did change: an Indonesian Home Assistant shows Indonesian names.
     assert {"Tutup", "Paket menunggu", "Paket terakhir", "Ambil foto", "Baterai"} <= id_["names"]
     assert not ({"Lid", "Deliveries waiting", "Take snapshot"} & id_["names"])
@@ -63,6 +63,7 @@ def test_entity_ids_come_from_box_id_and_english_name() -> None:
     assert got["waiting"] == "sensor.front_door_deliveries_waiting"
     assert got["delivery_photo"] == "image.front_door_last_delivery_photo"
     assert got["snapshot"] == "button.front_door_take_snapshot"
+    assert got["firmware"] == "update.front_door_firmware"
 
 
 def test_both_languages_name_every_entity_the_removal_list_knows() -> None:

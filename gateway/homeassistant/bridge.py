@@ -32,6 +32,7 @@ from gateway.bus import (
     DEVICE_REGISTERED,
     DEVICE_REMOVED,
     EVENT_STORED,
+    OTA_CHANGED,
     STORAGE_STATE,
     WHATSAPP_STATE,
 )
@@ -178,6 +179,8 @@ class HomeAssistantBridge:
         self._devices: dict[str, dict[str, Any] | None] = {}  # None: read it from the port
         self._images: dict[tuple[str, str], str] = {}  # (device, kind) -> event id
         self._presses: dict[str, bytes] = {}
+        self._installs: dict[str, bytes] = {}  # update entity's install action, per box
+        self._firmware: set[str] = set()  # boxes whose firmware or update progress moved
         self._removals: set[str] = set()
         self._restores: set[str] = set()
         self._whatsapp: bytes | None = None  # "WhatsApp linked" ON/OFF; None: WhatsApp not enabled
@@ -270,6 +273,7 @@ class HomeAssistantBridge:
             bus.subscribe(self._on_device_registered, DEVICE_REGISTERED),
             bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE),
             bus.subscribe(self._on_storage_state, STORAGE_STATE),
+            bus.subscribe(self._on_ota_changed, OTA_CHANGED),
         ]
         latest = getattr(self.port, "storage_state", None)
         if callable(latest):  # published before we subscribed
@@ -391,6 +395,13 @@ class HomeAssistantBridge:
 
         self._mark(change)
 
+    def _on_ota_changed(self, _topic: str, data: dict[str, Any]) -> None:
+        device = data.get("device") if isinstance(data, dict) else None
+        if not valid_device_id(device):
+            self._count("bus_rejected.bad_device")
+            return
+        self._mark(lambda: self._firmware.add(device))
+
     def _registry_change(self, data: dict[str, Any]) -> str | None:
         """The device a DEVICE_REMOVED / DEVICE_REGISTERED is about; its `registered` list becomes ours."""
         device = data.get("device") if isinstance(data, dict) else None
@@ -452,6 +463,7 @@ class HomeAssistantBridge:
             [
                 (self.cfg.birth_topic, 1),
                 (d.press_subscription(self.cfg), 1),
+                (d.install_subscription(self.cfg), 1),
                 (d.image_subscription(self.cfg), 1),
                 (d.sync_probe_topic(self.cfg), 1),
             ]
@@ -517,6 +529,10 @@ class HomeAssistantBridge:
                 else:
                     self._retained_images.pop(image, None)
             return
+        installing = d.device_from_install_topic(self.cfg, topic)
+        if installing is not None:
+            self._mark(lambda: self._installs.__setitem__(installing, payload[:64]))
+            return
         device = d.device_from_press_topic(self.cfg, topic)
         if device is None:
             self._count("press_rejected.bad_topic")
@@ -533,6 +549,8 @@ class HomeAssistantBridge:
             or self._devices
             or self._images
             or self._presses
+            or self._installs
+            or self._firmware
             or self._removals
             or self._restores
             or self._whatsapp_dirty
@@ -576,9 +594,16 @@ class HomeAssistantBridge:
                 # After a (re)connect or an HA restart the storage state is sent again with the configs.
                 storage = self._storage if (self._storage_dirty or work[0] or work[1]) else None
                 self._storage_dirty = False
+                installs, self._installs = self._installs, {}
+                firmware, self._firmware = self._firmware, set()
                 self._busy = True
             try:
                 self._process(*work)
+                for device in sorted(firmware - set(installs)):
+                    if device in self._known:
+                        self._publish_update(device, force=False)
+                for device, payload in installs.items():
+                    self._install(device, payload)
                 if whatsapp is not None and not (work[0] or work[1]):  # a resync already sent it
                     self._publish_whatsapp(whatsapp, force=False)
                 if storage is not None:
@@ -597,6 +622,8 @@ class HomeAssistantBridge:
                     self._full_resync = True  # states and photos are rebuilt from the port
                     for device, payload in presses.items():  # presses are not: keep them
                         self._presses.setdefault(device, payload)
+                    for device, payload in installs.items():
+                        self._installs.setdefault(device, payload)
             finally:
                 with self._idle:
                     self._busy = False
@@ -786,7 +813,41 @@ class HomeAssistantBridge:
             self._publish(ent.topic(self.cfg), ent.payload(), force=force)
         self._publish(d.availability_topic(self.cfg, device), d.availability_payload(rec), force=force)
         self._publish(d.state_topic(self.cfg, device), d.state_payload(rec), force=force)
+        self._publish_update(device, force=force)
         self._known.add(device)
+
+    def _publish_update(self, device: str, *, force: bool) -> None:
+        """The update entity's state: the box's firmware against this checkout's, and the progress."""
+        status = getattr(self.port, "firmware_status", None)
+        if not callable(status):  # a gateway without over-the-air updates: the entity stays unknown
+            return
+        self._publish(d.update_topic(self.cfg, device), d.update_payload(status(device)), force=force)
+
+    def _install(self, device: str, payload: bytes) -> None:
+        """Home Assistant's install action: the offer `parcelbox device update DEVICE` makes."""
+        if payload.strip() != d.PAYLOAD_INSTALL.encode():
+            self._reject_install(device, "bad_payload", repr(payload[:32]))
+            return
+        if device not in {r["device"] for r in self._list_devices()}:
+            self._reject_install(device, "unknown_device", device)
+            return
+        offer = getattr(self.port, "offer_update", None)
+        if not callable(offer):
+            self._reject_install(device, "unsupported", "this gateway does not send updates")
+            return
+        try:
+            sent = offer(device)
+        except Exception as exc:  # UpdateRefused says why (no OTA firmware, no room, already running)
+            self._reject_install(device, "refused", str(exc))
+            self._publish_update(device, force=True)  # Home Assistant's "installing" spinner stops
+            return
+        self._count("installs.sent")
+        self.log.info("homeassistant: update %s queued for %s", sent.get("id"), device)
+        self._publish_update(device, force=False)
+
+    def _reject_install(self, device: str, reason: str, detail: str) -> None:
+        self._count(f"install_rejected.{reason}")
+        self.log.warning("homeassistant: install for %s ignored: %s (%s)", device, reason, detail)
 
     def _latest_event_with_photo(self, device: str, kind: str) -> str | None:
         for ev in self.port.list_events(device=device, type=kind, limit=5):

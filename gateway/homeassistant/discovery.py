@@ -2,7 +2,7 @@
 
 Follows Home Assistant's MQTT discovery documentation
 (https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery and the per-platform pages
-binary_sensor.mqtt, sensor.mqtt, image.mqtt, button.mqtt):
+binary_sensor.mqtt, sensor.mqtt, image.mqtt, button.mqtt, update.mqtt):
 
 - one retained config per entity on ``<discovery prefix>/<component>/<node_id>/<object_id>/config``;
 - every entity has a ``unique_id`` and a ``device`` block, so the entities of one box are grouped as
@@ -24,6 +24,8 @@ this namespace by a per-box ACL, and no topic here matches the gateway's own ing
 | ``<state_prefix>/box/<device>/image/delivery`` | yes | raw JPEG: the last delivery's alert copy |
 | ``<state_prefix>/box/<device>/image/snapshot`` | yes | raw JPEG: the last snapshot's alert copy |
 | ``<state_prefix>/box/<device>/snapshot/press`` | no | ``PRESS`` from Home Assistant's button |
+| ``<state_prefix>/box/<device>/update`` | yes | update JSON, see `update_state` (firmware entity) |
+| ``<state_prefix>/box/<device>/update/install`` | no | ``INSTALL`` from Home Assistant's update entity |
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ MANUFACTURER = "parcelbox"
 PAYLOAD_ONLINE = "online"
 PAYLOAD_OFFLINE = "offline"
 PAYLOAD_PRESS = "PRESS"
+PAYLOAD_INSTALL = "INSTALL"
 IMAGE_KINDS: tuple[str, ...] = ("delivery", "snapshot")
 
 GATEWAY_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -70,6 +73,7 @@ ENTITY_NAMES: dict[str, dict[str, str]] = {
         "delivery_photo": "Last delivery photo",
         "snapshot_photo": "Last snapshot",
         "snapshot": "Take snapshot",
+        "firmware": "Firmware",
     },
     "id": {
         "status": "Status",
@@ -86,6 +90,7 @@ ENTITY_NAMES: dict[str, dict[str, str]] = {
         "delivery_photo": "Foto paket terakhir",
         "snapshot_photo": "Foto terakhir",
         "snapshot": "Ambil foto",
+        "firmware": "Firmware",  # as the dashboard says it (gateway/web/i18n/id.json box.firmware)
     },
 }
 GATEWAY_NAMES = {"en": DEFAULT_GATEWAY_NAME, "id": "Gateway parcelbox"}
@@ -206,6 +211,27 @@ def device_from_press_topic(cfg: HAConfig, topic: str) -> str | None:
     return device if valid_device_id(device) else None
 
 
+def update_topic(cfg: HAConfig, device: str) -> str:
+    return box_topic(cfg, device, "update")
+
+
+def install_topic(cfg: HAConfig, device: str) -> str:
+    return box_topic(cfg, device, "update/install")
+
+
+def install_subscription(cfg: HAConfig) -> str:
+    return f"{cfg.base}/box/+/update/install"
+
+
+def device_from_install_topic(cfg: HAConfig, topic: str) -> str | None:
+    """The box id in an update entity's command topic, or None when the topic is not one."""
+    head, tail = f"{cfg.base}/box/", "/update/install"
+    if not (topic.startswith(head) and topic.endswith(tail)):
+        return None
+    device = topic[len(head) : -len(tail)]
+    return device if valid_device_id(device) else None
+
+
 def image_subscription(cfg: HAConfig) -> str:
     """The bridge reads its own retained images back, to publish a photo only when it changed."""
     return f"{cfg.base}/box/+/image/+"
@@ -233,6 +259,7 @@ def retained_box_topics(cfg: HAConfig, device: str) -> list[str]:
     return [
         state_topic(cfg, device),
         availability_topic(cfg, device),
+        update_topic(cfg, device),
         *(image_topic(cfg, device, k) for k in IMAGE_KINDS),
     ]
 
@@ -281,6 +308,7 @@ BOX_ENTITY_KEYS: tuple[tuple[str, str], ...] = (
     ("delivery_photo", "image"),
     ("snapshot_photo", "image"),
     ("snapshot", "button"),
+    ("firmware", "update"),
 )
 
 
@@ -625,6 +653,24 @@ def box_entities(
                 "icon": "mdi:camera",
             },
         ),
+        # update.mqtt: installed and latest version, progress, and an install action that becomes the
+        # same offer `parcelbox device update` makes. It follows the gateway only: an asleep box takes
+        # the offer at its next wake, so installing while it shows offline is useful.
+        Entity(
+            "update",
+            node,
+            "firmware",
+            {
+                **common("firmware", "update", gateway_only),
+                "device_class": "firmware",
+                "entity_category": "config",
+                "state_topic": update_topic(cfg, device),
+                "command_topic": install_topic(cfg, device),
+                "payload_install": PAYLOAD_INSTALL,
+                "retain": False,
+                "title": f"{MANUFACTURER} firmware",
+            },
+        ),
     ]
     return out
 
@@ -661,6 +707,37 @@ def box_state(record: Mapping[str, Any]) -> dict[str, Any]:
         "rssi": record.get("rssi"),
         "fw": record.get("fw"),
     }
+
+
+def update_state(fw: Mapping[str, Any]) -> dict[str, Any]:
+    """The update entity's state JSON from the gateway's `firmware_status(device)`.
+
+    Whether an update is available is decided by the sets' sha256 (`parcelbox device update --dry-run`),
+    never the version strings; but Home Assistant shows "update available" only when `latest_version`
+    differs from `installed_version` (core `update/__init__.py`, `UpdateEntity.state`). So when the set
+    matches, latest is the installed version itself; when the set differs under the same version string
+    (a local edit), latest carries the first 8 hex digits of this checkout's set."""
+    installed = fw.get("fw")
+    latest = fw.get("latest_version")
+    available = fw.get("update_available")
+    if not available:
+        # Up to date, or nothing Home Assistant could install: this checkout's set does not build, or
+        # the box runs a firmware from before over-the-air updates (it needs USB once).
+        latest = installed
+    elif available and latest == installed and fw.get("latest_set"):
+        latest = f"{latest} ({str(fw['latest_set'])[:8]})"
+    upd = fw.get("update") or {}
+    active = bool(upd.get("active"))
+    return {
+        "installed_version": installed,
+        "latest_version": latest,
+        "in_progress": active,
+        "update_percentage": upd.get("percent") if active else None,
+    }
+
+
+def update_payload(fw: Mapping[str, Any]) -> bytes:
+    return json.dumps(update_state(fw), separators=(",", ":"), sort_keys=True).encode()
 
 
 def state_payload(record: Mapping[str, Any]) -> bytes:

@@ -18,14 +18,13 @@ from typing import Any
 
 from gateway.ota import pending
 from gateway.ota.manifest import (
-    DEFAULT_CHUNK,
     Manifest,
     UpdateRefused,
-    check_fits,
     config_update,
     firmware_version,
     from_board_files,
 )
+from gateway.ota.offers import needs_update, offer_update
 
 DEFAULT_FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 
@@ -141,39 +140,22 @@ def do_update(args: argparse.Namespace, config: Any) -> int:
     waiting: list[tuple[str, str]] = []
     for device in targets:
         box = boxes.get(device) or {}
-        if not box.get("set"):
-            print(
-                f"error: {device} has not reported a firmware that updates over the air "
-                f"(fw {box.get('fw') or 'unknown'}); provision it over USB once (parcelbox flash provision)",
-                file=sys.stderr,
-            )
-            rc = 1
-            continue
-        if args.dry_run:
-            state = "up to date" if box.get("set") == m.set_sha else "update available"
+        if args.dry_run and box.get("set"):
+            state = "update available" if needs_update(box, m) else "up to date"
             print(
                 f"{device}: runs {box.get('fw') or '?'} (set {str(box.get('set'))[:12]}); this checkout: "
                 f"{m.version} (set {m.set_sha[:12]}): {state}"
             )
             continue
-        if box.get("set") == m.set_sha and not m.partial:
+        if box.get("set") and not needs_update(box, m) and not m.partial:
             print(f"{device} already runs this firmware ({m.version}, set {m.set_sha[:12]})")
             continue
         try:
-            check_fits(m, box.get("flash_free"))
+            offer = offer_update(root, device, box, m, trial_s=args.trial_s, trial_boots=args.trial_boots)
         except UpdateRefused as e:
             print(f"error: update to {device} refused: {e}", file=sys.stderr)
             rc = 1
             continue
-        offer = pending.write_offer(
-            root,
-            device,
-            m,
-            from_version=box.get("fw"),
-            trial_s=args.trial_s,
-            trial_boots=args.trial_boots,
-            chunk=DEFAULT_CHUNK,
-        )
         if m.partial:
             print(f"{device}: new config.json ({_kb(m.total_bytes)})")
         else:

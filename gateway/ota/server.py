@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.ota import pending
-from gateway.protocol import Status, topic, valid_msg_id
+from gateway.protocol import Status, topic, valid_device_id, valid_msg_id
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,7 @@ class OtaServer:
         prog["chunks"] = prog.get("chunks", 0) + 1
         prog["state"] = "receiving"
         pending.write_progress(self.root, device, prog)
+        self._changed(device)  # progress for the dashboard and Home Assistant (the listener dedups)
 
     def _finish(self, device: str, prog: dict, state: str, reason: str | None) -> None:
         prog["state"] = state
@@ -189,6 +190,7 @@ class OtaServer:
         if not st.online:
             if device in self.boxes:
                 self.boxes[device]["online"] = False
+                self._changed(device)
             return
         self.boxes[device] = {"online": True, "fw": st.fw, "set": st.set, "flash_free": st.flash_free,
                               "trial": st.trial, "update": st.update, "updating": st.updating}  # fmt: skip
@@ -208,6 +210,23 @@ class OtaServer:
                 and prog.get("state") not in pending.FINAL_STATES
             ):
                 self._finish(device, prog, "done" if u["ok"] else "failed", u.get("reason"))
+        self._changed(device)
+
+    def remember(self, boxes: dict[str, Any]) -> None:
+        """What boxes said about their firmware before a restart (the last status.json), until they
+        speak again: a sleeping box can be offered an update without waiting for its next wake."""
+        if not isinstance(boxes, dict):
+            return
+        for device, rec in boxes.items():
+            if device in self.boxes or not isinstance(rec, dict) or not valid_device_id(device):
+                continue
+            fw, sha, free = rec.get("fw"), rec.get("set"), rec.get("flash_free")
+            self.boxes[device] = {
+                "online": False,
+                "fw": fw if isinstance(fw, str) else None,
+                "set": sha if isinstance(sha, str) else None,
+                "flash_free": free if isinstance(free, int) and not isinstance(free, bool) else None,
+            }
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per box: its firmware as it last reported it and the update on its way (for status.json)."""

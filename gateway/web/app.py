@@ -296,6 +296,51 @@ async def api_command(request: Request) -> JSONResponse:
     return _json({"id": cmd_id, "device": device, "cmd": cmd}, 202)
 
 
+def firmware_out(st: dict[str, Any]) -> dict[str, Any]:
+    """A box's firmware against this checkout's (GatewayService.firmware_status), for the box card."""
+    upd = st.get("update") or None
+    return {
+        "device": st.get("device"),
+        "fw": st.get("fw"),
+        "latest_version": st.get("latest_version"),
+        "latest_error": st.get("latest_error"),
+        "update_available": st.get("update_available"),
+        "update": None
+        if upd is None
+        else {k: upd.get(k) for k in ("id", "version", "state", "percent", "reason", "active")},
+    }
+
+
+def api_firmware(request: Request) -> JSONResponse:
+    port = _port(request)
+    status = getattr(port, "firmware_status", None)
+    if not callable(status):  # a gateway without over-the-air updates: no box shows one
+        return _json({"devices": []})
+    out = [firmware_out(status(d["device"])) for d in port.list_devices() if valid_device_id(d.get("device"))]
+    return _json({"devices": out})
+
+
+async def api_update(request: Request) -> JSONResponse:
+    """The Update button: the offer `parcelbox device update DEVICE` makes (gateway/ota/offers.py)."""
+    from gateway.ota.manifest import UpdateRefused
+
+    device = _device(request.path_params["device"])
+    await _json_body(request)  # no options; a body that is not JSON is still refused
+    offer = getattr(_port(request), "offer_update", None)
+    if not callable(offer):
+        raise ApiError(501, "not_supported", "this gateway does not send firmware updates")
+    try:
+        sent = await run_in_threadpool(offer, device)
+    except LookupError:
+        raise ApiError(404, "not_found", "no such box") from None
+    except UpdateRefused as e:
+        raise ApiError(409, "refused", str(e)) from None
+    log.info("web: update %s to %s queued for %s", sent.get("id"), sent.get("version"), device)
+    return _json(
+        {"id": sent["id"], "device": device, "version": sent.get("version"), "from": sent.get("from")}, 202
+    )
+
+
 def api_command_result(request: Request) -> JSONResponse:
     cmd_id = _msg_id(request.path_params["cmd_id"], "cmd_id")
     res = _port(request).command_result(cmd_id)
@@ -843,6 +888,8 @@ API_ROUTES = [
     Route("/api/photos/{device}/{event_id}/{variant}", api_photo, methods=["GET"]),
     Route("/api/devices", api_devices, methods=["GET"]),
     Route("/api/devices/{device}/command", api_command, methods=["POST"]),
+    Route("/api/devices/{device}/update", api_update, methods=["POST"]),
+    Route("/api/firmware", api_firmware, methods=["GET"]),
     Route("/api/commands/{cmd_id}", api_command_result, methods=["GET"]),
     Route("/api/health", api_health, methods=["GET"]),
     Route("/api/outbox", api_outbox, methods=["GET"]),

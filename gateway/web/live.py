@@ -26,6 +26,7 @@ SSE_EVENTS = {
     busmod.OUTBOX_CHANGED: "outbox",
     busmod.COMMAND_RESULT: "command",
     busmod.WHATSAPP_STATE: "whatsapp",
+    busmod.OTA_CHANGED: "firmware",  # {"device"}: its firmware or update moved; the page asks /api/firmware
 }
 QUEUE_MAX = 500
 HEARTBEAT_S = 15.0

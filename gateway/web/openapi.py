@@ -165,6 +165,83 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/devices/{device}/update": {
+            "post": {
+                "summary": "Send this checkout's firmware to a box over the air (as `parcelbox device update`); "
+                "progress on /api/firmware",
+                "parameters": [DEVICE, CSRF],
+                "responses": {
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "id": MSG_ID,
+                                "device": {"type": "string"},
+                                "version": {"type": "string"},
+                                "from": {"type": ["string", "null"]},
+                            },
+                        },
+                        "Queued: the box takes it now, or at its next wake",
+                    ),
+                    "400": ERR,
+                    "403": ERR,
+                    "404": ERR,
+                    "409": _json(
+                        _ref("Error"), "Refused: the detail says why (no room, already running it, ...)"
+                    ),
+                    "501": ERR,
+                },
+            }
+        },
+        "/api/firmware": {
+            "get": {
+                "summary": "Each box's firmware against this checkout's (by the set's sha256), and its update",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "devices": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "device": {"type": "string"},
+                                            "fw": {"type": ["string", "null"]},
+                                            "latest_version": {"type": ["string", "null"]},
+                                            "latest_error": {"type": ["string", "null"]},
+                                            "update_available": {"type": ["boolean", "null"]},
+                                            "update": {
+                                                "type": ["object", "null"],
+                                                "properties": {
+                                                    "id": {"type": "string"},
+                                                    "version": {"type": ["string", "null"]},
+                                                    "state": {
+                                                        "enum": [
+                                                            "queued",
+                                                            "offered",
+                                                            "receiving",
+                                                            "staged",
+                                                            "done",
+                                                            "failed",
+                                                            "refused",
+                                                            "current",
+                                                        ]
+                                                    },  # fmt: skip
+                                                    "percent": {"type": "integer"},
+                                                    "reason": {"type": ["string", "null"]},
+                                                    "active": {"type": "boolean"},
+                                                },
+                                            },
+                                        },
+                                    },
+                                }
+                            },
+                        }
+                    )
+                },
+            }
+        },
         "/api/commands/{cmd_id}": {
             "get": {
                 "summary": "Result of a command, or pending",

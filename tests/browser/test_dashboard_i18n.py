@@ -25,7 +25,7 @@ from gateway.web import WebServer, WebSettings, i18n
 from gateway.web.auth import set_password
 from tests.browser.helpers import PHONE, WAIT_MS, close_viewer, img_loaded, in_thread, shoot
 from tests.browser.test_dashboard_gateway import stack  # noqa: F401  (the whole gateway, as a fixture)
-from tests.support.web import MemoryPort
+from tests.support.web import OLD_SET, MemoryPort
 
 WORD_RE = re.compile(r"[A-Za-z][A-Za-z'’]+")
 # Proper nouns and codes that are the same in every language.
@@ -115,10 +115,20 @@ def check_page(page, name: str, lang: str) -> None:
 def port(tmp_path: Path) -> MemoryPort:
     p = MemoryPort(tmp_path / "photos", answer_delay=0.3)
     base = time.time() - 3 * 86400
-    p.add_device("gate", "Pagar depan", rssi=-61, battery_mv=3920, lid_open=False)
+    # Both run an older firmware than this checkout's ("update available"); back-door is taking it.
+    p.add_device("gate", "Pagar depan", rssi=-61, battery_mv=3920, lid_open=False, ota_set=OLD_SET)
     p.add_device(
-        "back-door", "Pintu belakang", online=False, rssi=-78, battery_mv=None, spooled=3, fw="1.0.1"
-    )
+        "back-door", "Pintu belakang", online=False, rssi=-78, battery_mv=None, spooled=3, fw="1.0.1",
+        ota_set=OLD_SET,
+    )  # fmt: skip
+    p.offer_update("back-door")
+    p.ota_progress("back-door", "receiving", 0.4)
+    # An update waiting for a sleeping box, and one the box rolled back (its reason is the box's words).
+    p.add_device("garasi", "Garasi", online=False, fw="1.0.1", ota_set=OLD_SET)
+    p.offer_update("garasi")
+    p.add_device("gudang", "Gudang", fw="1.0.1", ota_set=OLD_SET)
+    p.offer_update("gudang")
+    p.ota_progress("gudang", "failed", 1.0, reason="trial: no broker within 300 s")
     for i, (dev, kind) in enumerate(
         [("gate", "delivery"), ("back-door", "delivery"), ("gate", "pickup"), ("gate", "lid_left_open"),
          ("gate", "lid_closed"), ("gate", "snapshot"), ("gate", "delivery")]
@@ -212,6 +222,12 @@ def test_every_page_in_both_languages_at_phone_width(browser, server, port: Memo
         "() => document.querySelector('.box[data-device=\"back-door\"] .result').textContent.length > 0",
         timeout=WAIT_MS,
     )
+    page.wait_for_selector('.box[data-device="back-door"] .ota progress', timeout=WAIT_MS)
+    assert page.inner_text('.box[data-device="garasi"] .ota') == i18n.catalogue(lang)["ota.waiting_wake"]
+    page.wait_for_selector('.box[data-device="gudang"] .ota button.ota-update', timeout=WAIT_MS)
+    assert i18n.catalogue(lang)["ota.failed"] in page.inner_text('.box[data-device="gudang"] .ota')
+    page.click('.box[data-device="gate"] button.ota-update')  # confirm() accepted
+    page.wait_for_selector('.box[data-device="gate"] .ota progress', timeout=WAIT_MS)
     check_page(page, "boxes", lang)
 
     port.set_whatsapp(state="pairing", detail="", qr="2@i18n,qr,payload")
@@ -240,7 +256,7 @@ def test_every_page_in_both_languages_at_phone_width(browser, server, port: Memo
     # Empty states and the rest of the hidden template text were scanned on every page above too.
     if lang == "id":
         left = english_in(dialogs)
-        assert len(dialogs) == 1 and not left, (dialogs, left)  # the reboot prompt
+        assert len(dialogs) == 2 and not left, (dialogs, left)  # the reboot and update prompts
     assert errors == []
     ctx.close()
 

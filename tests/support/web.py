@@ -21,9 +21,14 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from gateway import bus as busmod
+from gateway.ota import offers, pending
+from gateway.ota.manifest import from_board_files
 from gateway.protocol import valid_device_id, valid_msg_id
 
 _counter = itertools.count(1)
+# "This checkout's firmware" for the dashboard's Update button: a small fixed set (no mpy-cross).
+CHECKOUT = from_board_files("1.1.0", [("/main.py", b"print('main')\n" * 40), ("/app.py", b"x = 1\n" * 900)])
+OLD_SET = "ab" * 32  # the set a box running 1.0.0 reports
 
 
 def make_jpeg(
@@ -78,6 +83,11 @@ class MemoryPort:
         self.wa_calls: list[tuple[str, Any]] = []
         self.counters: dict[str, Any] = {"received": 0, "stored": 0, "duplicates": 0}
         self.started = time.time()
+        # Over-the-air updates, with the service's own functions and a real <data>/ota folder:
+        # boxes[device] is what a box reported of its firmware (OtaServer.boxes).
+        self.ota_root = pending.ota_root(photo_dir.parent / f"{photo_dir.name}-data")
+        self.boxes: dict[str, dict[str, Any]] = {}
+        self.firmware = offers.CheckoutFirmware(photo_dir / "no-firmware", build=lambda _p: CHECKOUT)
         # Like the real service: the WhatsApp supervisor's state arrives on the bus.
         self.bus.subscribe(self._on_whatsapp_state, busmod.WHATSAPP_STATE)
 
@@ -104,9 +114,14 @@ class MemoryPort:
             "last_delivery_ts": None,
             "last_event_id": None,
         }
+        ota_set = kw.pop("ota_set", None)  # the box's running set: it can be updated over the air
+        flash_free = kw.pop("flash_free", 900_000)
         rec.update(kw)
         with self._lock:
             self.devices[device] = rec
+            if ota_set:
+                self.boxes[device] = {"online": rec["online"], "fw": rec["fw"], "set": ota_set,
+                                      "flash_free": flash_free}  # fmt: skip
         self.bus.publish(busmod.DEVICE_CHANGED, dict(rec))
         return rec
 
@@ -286,6 +301,26 @@ class MemoryPort:
         with self._lock:
             r = self.results.get(cmd_id)
             return dict(r) if r else None
+
+    def firmware_status(self, device: str) -> dict[str, Any]:
+        with self._lock:
+            box = dict(self.boxes.get(device) or {})
+        return offers.firmware_status(self.ota_root, device, box, self.firmware)
+
+    def offer_update(self, device: str) -> dict[str, Any]:
+        with self._lock:
+            known = device in self.devices
+            box = dict(self.boxes.get(device) or {})
+        return offers.offer_checked(self.ota_root, device, box, known, self.firmware)
+
+    def ota_progress(self, device: str, state: str, fraction: float = 0.0, reason: str | None = None) -> None:
+        """Play the gateway serving the offer: progress.json as gateway/ota/server.py writes it."""
+        offer = pending.read_offer(self.ota_root, device)
+        assert offer is not None, "no offer for " + device
+        total = {f[0]: f[1] for f in offer["files"]}
+        prog = {"id": offer["id"], "state": state, "version": offer["version"], "total": total, "sent": {},
+                "bytes": int(sum(total.values()) * fraction), "reason": reason}  # fmt: skip
+        pending.write_progress(self.ota_root, device, prog)
 
     def whatsapp_state(self) -> dict[str, Any]:
         with self._lock:

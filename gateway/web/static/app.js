@@ -161,6 +161,9 @@ const state = {
   earlyResults: new Map(), // results that arrived on the live stream before the POST answered
   stored: new Set(), // "device/id" of events seen on the live stream (recent ones)
   snapWaiting: new Map(), // "device/id" of a snapshot whose photo is not stored yet -> command id
+  firmware: new Map(), // device -> its firmware against this checkout's and its update (/api/firmware)
+  firmwareTimer: null, // polling /api/firmware while an update is on its way
+  firmwareSoon: null, // a live "firmware" message asked for /api/firmware again
 };
 
 const PAGES = { "/": "deliveries", "/boxes": "boxes", "/whatsapp": "whatsapp", "/alerts": "alerts" };
@@ -352,7 +355,74 @@ async function loadDevices() {
   if (state.page === "boxes") {
     renderBoxes();
     loadHealth().catch(() => {});
+    loadFirmware().catch(() => {});
   }
+}
+
+// --- over-the-air updates ----------------------------------------------------------
+// Which boxes run another firmware than this gateway's checkout (by the files' sha256, as
+// `parcelbox device update --dry-run`), and the progress of an update, polled while one is on its way.
+
+async function loadFirmware() {
+  const data = await api("/api/firmware");
+  state.firmware = new Map(data.devices.map((f) => [f.device, f]));
+  for (const card of document.querySelectorAll(".box")) fillOta(card, state.devices.get(card.dataset.device));
+  clearTimeout(state.firmwareTimer);
+  state.firmwareTimer = null;
+  if (state.page === "boxes" && data.devices.some((f) => f.update && f.update.active)) {
+    state.firmwareTimer = setTimeout(() => loadFirmware().catch(() => {}), 2000);
+  }
+}
+
+// An update started elsewhere (Home Assistant, `parcelbox device update`) or moving: ask again, at most
+// twice a second however many chunks go by.
+function firmwareChanged() {
+  if (state.page !== "boxes" || state.firmwareSoon) return;
+  state.firmwareSoon = setTimeout(() => { state.firmwareSoon = null; loadFirmware().catch(() => {}); }, 500);
+}
+
+function otaContent(d, f) {
+  const u = f.update;
+  if (u && u.active) {
+    if (u.state === "staged") return [h("span", { class: "muted" }, t("ota.staged"))];
+    if ((u.state === "queued" || u.state === "offered") && d && !d.online) return [h("span", { class: "muted" }, t("ota.waiting_wake"))];
+    return [
+      h("span", { class: "ota-progress" }, t("ota.updating", { percent: u.percent })),
+      h("progress", { max: "100", value: String(u.percent) }),
+    ];
+  }
+  const out = [];
+  if (u && (u.state === "failed" || u.state === "refused")) {
+    out.push(h("p", { class: "bad small" }, t("ota.failed") + " ", h("span", { "data-verbatim": true }, u.reason || "—")));
+  } else if (u && u.state === "done" && !f.update_available) {
+    out.push(h("p", { class: "ok small" }, t("ota.done", { version: u.version || "" })));
+  }
+  if (f.update_available) {
+    out.push(h("span", { class: "badge warn ota-available" }, t("ota.available", { version: f.latest_version })));
+    out.push(h("button", { class: "ghost ota-update", onclick: () => startUpdate(d, f) }, t("ota.update")));
+  }
+  return out;
+}
+
+function fillOta(card, d) {
+  const el = $(".ota", card);
+  const f = state.firmware.get(card.dataset.device);
+  if (!el) return;
+  el.replaceChildren(...(f ? otaContent(d, f) : []));
+}
+
+async function startUpdate(d, f) {
+  if (!confirm(t("ota.confirm", { box: d.name || d.device, version: f.latest_version }))) return;
+  try {
+    await api(`/api/devices/${encodeURIComponent(d.device)}/update`, { method: "POST" });
+  } catch (e) {
+    // The gateway's reason (no room on the box, already on its way...) is its own words: shown as is.
+    const why = e.status === 409 && e.detail ? e.detail : e.message;
+    showCmd(d.device, t("ota.refused") + " ", "bad", null, h("span", { "data-verbatim": true }, why));
+    return;
+  }
+  showCmd(d.device, "", "");
+  await loadFirmware().catch(() => {});
 }
 
 async function loadHealth() {
@@ -422,6 +492,7 @@ function boxCard(d) {
       h("button", { class: "cmd", "data-cmd": "snapshot", onclick: () => command(d, "snapshot") }, t("box.snapshot")),
       h("button", { class: "ghost cmd", "data-cmd": "reboot", onclick: () => command(d, "reboot") }, t("box.reboot")),
     ),
+    h("div", { class: "ota", "aria-live": "polite" }),
     h("p", { class: "result", role: "status" }),
   );
 }
@@ -432,6 +503,7 @@ function renderBoxes() {
   const kept = new Map([...document.querySelectorAll(".box")].map((b) => [b.dataset.device, $(".result", b)]));
   const cards = list.map((d) => {
     const card = boxCard(d);
+    fillOta(card, d);
     const old = kept.get(d.device);
     if (old && old.textContent) $(".result", card).replaceWith(old);
     return card;
@@ -524,6 +596,7 @@ function onDevice(d) {
     const old = document.querySelector(`.box[data-device="${CSS.escape(d.device)}"]`);
     const keep = old ? $(".result", old) : null;
     const card = boxCard(d);
+    fillOta(card, d);
     if (keep) $(".result", card).replaceWith(keep);
     if (old) old.replaceWith(card);
     else renderBoxes();
@@ -748,6 +821,7 @@ function connectLive() {
   es.addEventListener("device", (m) => onDevice(JSON.parse(m.data)));
   es.addEventListener("outbox", (m) => onOutbox(JSON.parse(m.data)));
   es.addEventListener("command", (m) => onCommand(JSON.parse(m.data)));
+  es.addEventListener("firmware", () => firmwareChanged());
   es.addEventListener("whatsapp", (m) => { if (state.wa || state.page === "whatsapp") renderWhatsApp(JSON.parse(m.data)); });
   es.addEventListener("resync", () => load(state.page));
   es.onerror = async () => {
