@@ -1025,7 +1025,7 @@ class Store:
         """Drop a box record: the file is rewritten without it (atomic) and the journal emptied; a
         crash between the two replays the journal, record included, and the re-run purge drops it again."""
         assert self._devices_db is not None
-        storage: AtomicJSONStorage = self._devices_db.storage  # type: ignore[assignment]
+        storage = _atomic_storage(self._devices_db)
         rec = self._devices.pop(device)
         data = storage.read() or {}
         data.setdefault("devices", {}).pop(str(rec["_doc_id"]), None)

@@ -90,7 +90,7 @@ def test_keyset_pages_add_up_to_the_whole_list(port) -> None:
         seen += _ids(page)
         if len(page) < 4:
             break
-        before = (page[-1]["ts"], page[-1]["id"])
+        before = (page[-1]["ts"], int(page[-1].get("seq") or 0), page[-1]["id"])  # the API's cursor
     assert seen == NEWEST_FIRST
 
 

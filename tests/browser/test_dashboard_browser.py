@@ -350,6 +350,7 @@ def test_an_ultrasonic_reading_from_the_box_shows_under_its_event(browser, serve
     assert "1250 g" in page.inner_text('li.event[data-id="scale0000001"]')
     # The type filter's choices come from the same table.
     options = page.eval_on_selector_all("#filters select[name=type] option", "os => os.map(o => o.value)")
-    assert options == ["", "delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]
+    # The default (deliveries and pickups), all types, then every type from the vocabulary, in its order.
+    assert options == ["", "all", "delivery", "pickup", "lid_closed", "lid_left_open", "snapshot"]
     assert errors == []
     ctx.close()

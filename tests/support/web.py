@@ -103,6 +103,7 @@ class MemoryPort:
             "name": name or device,
             "online": True,
             "last_seen": time.time(),
+            "status_at": time.time(),
             "fw": "1.0.0",
             "rssi": -58,
             "battery_mv": 3950,

@@ -849,6 +849,11 @@ function rerender() {
 }
 
 function init() {
+  // The type filter's choices: every event type the gateway knows (gateway/vocabulary.py), in the
+  // catalogue's words (data-i18n, so a language switch relabels them).
+  $("#filters select[name=type]").append(
+    ...VOCAB.event_types.map((e) => h("option", { value: e.type, "data-i18n": "type." + e.type }, typeLabel(e.type))),
+  );
   applyI18n(document);
   for (const b of document.querySelectorAll("[data-lang]")) b.addEventListener("click", () => setLang(b.dataset.lang));
   document.addEventListener("langchange", rerender);
