@@ -1003,11 +1003,14 @@ def test_bad_bus_input_and_a_failing_gateway_never_stop_the_bridge(mosquitto, po
 
 
 class FakeRegistry:
-    """The two calls the bridge makes on `gateway.devices.DeviceRegistry`."""
+    """The two calls the bridge makes on `gateway.devices.DeviceRegistry`. With `bus`, `set` also
+    publishes what the running service publishes when it notices the change (GatewayService's
+    `_registry_view`): DEVICE_REMOVED / DEVICE_REGISTERED with the whole registered list."""
 
-    def __init__(self, devices: set[str]) -> None:
+    def __init__(self, devices: set[str], bus: Any = None) -> None:
         self.devices = set(devices)
         self._mtime = 1.0
+        self.bus = bus
 
     def mtime(self) -> float:
         return self._mtime
@@ -1018,8 +1021,14 @@ class FakeRegistry:
         return [SimpleNamespace(device=x) for x in sorted(self.devices)]
 
     def set(self, devices: set[str]) -> None:
-        self.devices = set(devices)
+        before, self.devices = self.devices, set(devices)
         self._mtime += 1.0
+        if self.bus is not None:
+            now = sorted(self.devices)
+            for device in sorted(before - self.devices):
+                self.bus.publish(DEVICE_REMOVED, {"device": device, "registered": now})
+            for device in sorted(self.devices - before):
+                self.bus.publish(DEVICE_REGISTERED, {"device": device, "registered": now})
 
 
 def test_device_remove_in_the_registry_clears_and_keeps_the_box_out(mosquitto, port, cfg, mirror):

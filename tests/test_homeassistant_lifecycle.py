@@ -48,7 +48,7 @@ def test_box_removed_while_home_assistant_is_down_leaves_no_orphan(mosquitto, po
     code's removal (empty retained configs) left the box behind as an orphan device."""
     port.add_device("box-1")
     port.add_device("box-2")
-    registry = FakeRegistry({"box-1", "box-2"})
+    registry = FakeRegistry({"box-1", "box-2"}, bus=port.bus)
     state = tmp_path / "data" / "homeassistant.json"
     ha.start()
     bridge = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry, state_path=state)
@@ -73,7 +73,7 @@ def test_removal_while_the_gateway_and_home_assistant_are_down_reaches_it_later(
     """The tombstone outlives a gateway restart: removed with both down, Home Assistant starting last."""
     port.add_device("box-1")
     port.add_device("box-2")
-    registry = FakeRegistry({"box-1", "box-2"})
+    registry = FakeRegistry({"box-1", "box-2"}, bus=port.bus)
     state = tmp_path / "data" / "homeassistant.json"
     ha.start()
     first = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry, state_path=state)
@@ -107,7 +107,7 @@ def test_reregistered_box_gets_its_last_photos_back(mosquitto, port, cfg, mirror
     port.add_device("box-1")
     delivery = port.event("box-1", "delivery")
     snapshot = port.event("box-1", "snapshot", cmd="cmd-00000001")
-    registry = FakeRegistry({"box-1"})
+    registry = FakeRegistry({"box-1"}, bus=port.bus)
     bridge = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry)
     bridge.start()
     try:
@@ -166,7 +166,7 @@ def test_restarts_and_reconnects_do_not_resend_unchanged_photos(mosquitto, port,
 def test_registered_box_is_announced_unavailable_before_it_connects(mosquitto, port, cfg, mirror):
     """Item 15: old code announced a box only once the gateway had a record of it (its first message)."""
     port.add_device("box-1")
-    registry = FakeRegistry({"box-1", "box-9"})
+    registry = FakeRegistry({"box-1", "box-9"}, bus=port.bus)
     bridge = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry)
     bridge.start()
     try:
