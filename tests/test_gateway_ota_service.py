@@ -50,7 +50,8 @@ def test_offer_from_the_dashboard_reaches_the_box_and_survives_a_restart(tmp_pat
         finally:
             col.c.disconnect()
             col.c.loop_stop()
-        assert svc.firmware_status("box1")["update"]["state"] == "offered"
+        # The tick publishes the offer, then writes its progress: a reader may see "queued" in between.
+        wait_for(lambda: svc.firmware_status("box1")["update"]["state"] == "offered", what="offered")
         with pytest.raises(UpdateRefused, match="already on its way"):
             svc.offer_update("box1")
         wait_for(
