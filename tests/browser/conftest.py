@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from gateway.web import WebSettings
+from gateway.web.server import WebServer
 from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -48,3 +50,14 @@ def _save_failure_pages(item) -> None:
                 (ARTIFACTS / f"FAILED-{item.name}-{i}-{j}.html").write_text(page.content())
             except Exception:
                 pass
+
+
+@pytest.fixture
+def server(port):
+    """The dashboard on a free loopback port, over the test module's own `port` fixture (its data)."""
+    srv = WebServer(port, WebSettings(host="127.0.0.1", port=0))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

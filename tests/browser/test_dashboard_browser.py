@@ -42,16 +42,6 @@ def port(tmp_path: Path) -> MemoryPort:
     return p
 
 
-@pytest.fixture
-def server(port: MemoryPort):
-    srv = WebServer(port, WebSettings(host="127.0.0.1", port=0))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 def open_page(browser, server, path: str, viewport=DESKTOP):
     ctx = browser.new_context(viewport=viewport, device_scale_factor=1)
     page = ctx.new_page()

@@ -36,16 +36,6 @@ def port(tmp_path: Path) -> MemoryPort:
     return p
 
 
-@pytest.fixture
-def server(port: MemoryPort):
-    srv = WebServer(port, WebSettings(host="127.0.0.1", port=0))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 def _types(page) -> list[str]:
     return page.eval_on_selector_all("#events li", "els => els.map(e => e.className.match(/t-(\\w+)/)[1])")
 

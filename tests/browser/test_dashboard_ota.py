@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.ota import pending
-from gateway.web import WebServer, WebSettings, i18n
+from gateway.web import i18n
 from tests.browser.helpers import PHONE, WAIT_MS, shoot
 from tests.support.web import CHECKOUT, OLD_SET, MemoryPort
 
@@ -21,16 +21,6 @@ def port(tmp_path: Path) -> MemoryPort:
     p.add_device("gate", "Front gate", fw="1.0.0", ota_set=OLD_SET)
     p.add_device("current", "Back door", fw="1.1.0", ota_set=CHECKOUT.set_sha)
     return p
-
-
-@pytest.fixture
-def server(port: MemoryPort):
-    srv = WebServer(port, WebSettings(host="127.0.0.1", port=0))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.mark.parametrize("lang", ["en", "id"])
