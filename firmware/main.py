@@ -140,8 +140,28 @@ def wake_reason(machine):
         return None
 
 
-def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=CONFIG):
-    """Build the App from config and the board's modules. Returns (app, parts)."""
+def build(
+    cfg,
+    machine,
+    network,
+    mqtt_client_class,
+    camera_driver,
+    config_path=CONFIG,
+    clock=time,
+    heap_free=None,
+    app_dir="/",
+    log=log,
+):
+    """Build the App from config and the board's modules. Returns (app, parts).
+
+    The board's modules come in as arguments, so the same wiring runs on the board, in the tests
+    and in tools/simulate.py (several boxes in one process, each on its own virtual clock):
+    - `clock`: ticks_ms, ticks_diff, ticks_add, sleep_ms, sleep_us and time (Unix seconds from
+      the RTC); the `time` module on the board (the default: no object, no RAM).
+    - `heap_free`: free heap bytes for the status; None = gc.mem_free (MicroPython's).
+    - `app_dir`: the app folder over-the-air updates write to ("/" on the board); None = no
+      updates (a host that has no app folder of its own).
+    - `log`: where the parts print their lines (the serial console: print)."""
     import app
     import cam
     import link
@@ -155,13 +175,13 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
     pins = cfg["pins"]
     flash = Pin(pins["flash"], Pin.OUT, value=0)
     lid_pin = Pin(pins["lid"], Pin.IN, Pin.PULL_UP)
-    lid = sensors.Reed(lid_pin, pins["lid_open_level"], cfg["debounce_ms"], time.ticks_diff)
+    lid = sensors.Reed(lid_pin, pins["lid_open_level"], cfg["debounce_ms"], clock.ticks_diff)
     occupancy = sensors.make_occupancy(
         cfg,
         lambda g: Pin(g, Pin.IN),
         lambda g: Pin(g, Pin.OUT, value=0),
         getattr(machine, "time_pulse_us", None),
-        time.sleep_us,
+        clock.sleep_us,
         (machine.disable_irq, machine.enable_irq) if hasattr(machine, "disable_irq") else None,
     )
     camera = None
@@ -174,7 +194,7 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
             flash,
             cfg["flash"],
             cfg["flash_ms"],
-            time.sleep_ms,
+            clock.sleep_ms,
             log,
         )
     spool_dir = cfg["spool_dir"]
@@ -191,8 +211,8 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
         cfg["wifi"]["ssid"],
         cfg["wifi"]["password"],
         20000,
-        link.Backoff(2000, 60000, time.ticks_diff, time.ticks_add),
-        time.ticks_diff,
+        link.Backoff(2000, 60000, clock.ticks_diff, clock.ticks_add),
+        clock.ticks_diff,
         log,
         network,  # its STAT_* names let the box say why a join failed
     )
@@ -205,11 +225,11 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
         client,
         topics,
         b["keepalive_s"],
-        link.Backoff(1000, 60000, time.ticks_diff, time.ticks_add),
-        time.ticks_diff,
+        link.Backoff(1000, 60000, clock.ticks_diff, clock.ticks_add),
+        clock.ticks_diff,
         log,
     )
-    clock = NtpClock(cfg["ntp_host"])
+    rtc = NtpClock(cfg["ntp_host"], clock.time)
     wdt = start_watchdog(machine, cfg["wdt_s"] * 1000)
 
     def rand_bytes(n):
@@ -219,20 +239,22 @@ def build(cfg, machine, network, mqtt_client_class, camera_driver, config_path=C
             return None
 
     board = app.Board(
-        ticks_ms=time.ticks_ms,
-        ticks_diff=time.ticks_diff,
-        ticks_add=time.ticks_add,
-        unix_time=clock.unix_time,
+        ticks_ms=clock.ticks_ms,
+        ticks_diff=clock.ticks_diff,
+        ticks_add=clock.ticks_add,
+        unix_time=rtc.unix_time,
         rand_bytes=rand_bytes,
-        heap_free=gc.mem_free,
+        heap_free=heap_free or gc.mem_free,
         reboot=machine.reset,
         feed=wdt.feed if wdt is not None else None,
     )
-    updater = ota.Updater(otaboot.Flash("/", os), app.FW_VERSION, log, time.ticks_diff)
+    updater = None
+    if app_dir is not None:
+        updater = ota.Updater(otaboot.Flash(app_dir, os), app.FW_VERSION, log, clock.ticks_diff)
     the_app = app.App(
         cfg, board, lid, box_spool, mqtt, wifi, occupancy, camera, config_path, os, log, updater=updater
     )
-    parts = {"flash": flash, "lid_pin": lid_pin, "camera": camera, "clock": clock, "wifi": wifi, "wdt": wdt}
+    parts = {"flash": flash, "lid_pin": lid_pin, "camera": camera, "clock": rtc, "wifi": wifi, "wdt": wdt}
     return the_app, parts
 
 

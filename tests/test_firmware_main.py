@@ -11,7 +11,9 @@ import types
 import pytest
 
 from tests.support.mqtt import Collector
-from tools.simulate import PahoMQTTClient, PhotoSource, SimWlan, camera_driver
+from tools.sim.board import SimWlan
+from tools.sim.lens import PhotoSource, camera_driver
+from tools.sim.paho_umqtt import PahoMQTTClient
 
 
 class Slept(Exception):
@@ -493,3 +495,156 @@ def test_sd_mount_hint_when_dat3_was_low(tmp_path, monkeypatch, mosquitto, prefi
     out = capsys.readouterr().out
     assert "GPIO13 (the card's DAT3) was low at mount" in out
     app.mqtt.disconnect()
+
+
+def _sim_cfg(tmp_path, device, **extra):
+    import settings
+
+    cfg = settings.copy_defaults()
+    cfg.update({"device_id": device, "spool_dir": str(tmp_path / device), "sensor": "ir", "camera": False})
+    cfg["wifi"] = {"ssid": "sim", "password": "sim"}
+    cfg["broker"].update({"host": "127.0.0.1", "port": 9})  # nothing listens: connects are refused
+    cfg.update(extra)
+    return cfg
+
+
+def test_build_runs_each_box_on_its_own_injected_clock(tmp_path):
+    """Two boxes in one process, each on its own virtual clock (the simulator's case): build() takes
+    the clock, the heap reading, the app folder and the log as arguments, and CPython's `time` (which
+    has no ticks_ms) is never read for them. build() read `time.ticks_ms` & co. itself, so only a
+    monkeypatched `time` module worked: one clock for every box in the process."""
+    import main
+
+    from tools.sim import fake_net
+    from tools.sim.board import Machine, SimClock, network_module
+
+    boxes = []
+    for device, start in (("box-a", 1_000), ("box-b", 500_000)):
+        clock = SimClock()
+        clock.now = start
+        lines: list[str] = []
+        machine = Machine({}, reset=lambda: None)
+        wlan = fake_net.WLAN(clock, ap=("sim", "sim"), join_ms=300)
+        app, parts = main.build(
+            _sim_cfg(tmp_path, device),
+            machine,
+            network_module(wlan),
+            PahoMQTTClient,
+            None,
+            str(tmp_path / device / "config.json"),
+            clock=clock,
+            heap_free=lambda: 123_456,
+            app_dir=None,
+            log=lines.append,
+        )
+        assert app.board.ticks_ms() == start and app.board.heap_free() == 123_456
+        assert app.updater is None and parts["wdt"] is None  # no app folder given; no machine.WDT
+        boxes.append((clock, app, lines))
+    for clock, app, lines in boxes:
+        app.start()
+        app.step()  # the station starts joining: it takes 300 virtual ms
+        clock.advance(400)
+        app.step()
+        now = clock.ticks_ms()
+        assert app.wifi.up and app.mqtt.failures == 1  # port 9: refused
+        # The board's backoff (1 s first), counted on this box's clock, not the other's.
+        assert not app.mqtt.backoff.ready(now + 999) and app.mqtt.backoff.ready(now + 1000)
+        assert any(f"app: {app.cfg['device_id']} fw" in line for line in lines)
+
+
+def test_build_has_the_app_folder_it_is_given(tmp_path):
+    """Over-the-air updates write to `app_dir` ("/" on the board); the simulator gives each box its own."""
+    import main
+
+    from tools.sim import fake_net
+    from tools.sim.board import Machine, SimClock, network_module
+
+    clock = SimClock()
+    folder = tmp_path / "flash"
+    folder.mkdir()
+    app, _parts = main.build(
+        _sim_cfg(tmp_path, "box-c"),
+        Machine({}, reset=lambda: None),
+        network_module(fake_net.WLAN(clock, ap=("sim", "sim"))),
+        PahoMQTTClient,
+        None,
+        clock=clock,
+        heap_free=lambda: 1,
+        app_dir=str(folder),
+        log=lambda line: None,
+    )
+    assert app.updater is not None and app.updater.fl.root == str(folder)
+
+
+_MP_BUILD = """
+import json
+import main
+import settings
+import time
+import fake_net
+
+class Pin:
+    IN, OUT, PULL_UP = 1, 3, 2
+    def __init__(self, gpio, mode=-1, pull=-1, value=None):
+        self.level = value or 0
+    def value(self, v=None):
+        if v is None:
+            return self.level
+        self.level = v
+
+class machine:
+    Pin = Pin
+    resets = []
+    @staticmethod
+    def reset():
+        machine.resets.append(1)
+
+class Network(fake_net.Network):
+    @staticmethod
+    def WLAN(iface):
+        return fake_net.WLAN(fake_net.Clock(), ap=("sim", "sim"))
+
+class Client:
+    def __init__(self, *a):
+        self.args = a
+    def set_callback(self, f):
+        pass
+    def set_last_will(self, *a, **k):
+        pass
+
+cfg = settings.copy_defaults()
+cfg["device_id"] = "box-mp"
+cfg["sensor"] = "ir"
+cfg["camera"] = False
+cfg["spool_dir"] = "/data/spool"
+cfg["wifi"] = {"ssid": "sim", "password": "sim"}
+cfg["broker"]["host"] = "127.0.0.1"
+app, parts = main.build(cfg, machine, Network, Client, None, "/data/config.json", app_dir="/data")
+b = app.board
+print(json.dumps({
+    "ticks": b.ticks_ms is time.ticks_ms and b.ticks_diff is time.ticks_diff and b.ticks_add is time.ticks_add,
+    "heap": b.heap_free() > 0,
+    "updater": app.updater.fl.root,
+    "client": list(app.mqtt.client.args),
+}))
+app.start()
+for _ in range(3):
+    app.step()
+print("stepped")
+"""
+
+
+def test_build_under_micropython_defaults_to_the_boards_time_module(micropython, tmp_path):
+    """Under real MicroPython, with no clock given: the board's `time` module (ticks_ms, ticks_diff,
+    ticks_add, sleep_ms, sleep_us, time) and gc.mem_free, exactly what build() used before it took
+    them as arguments; `app_dir` puts the updater's files where it is told."""
+    res = micropython(_MP_BUILD, data_dir=tmp_path).check()
+    lines = res.stdout.splitlines()
+    got = json.loads(next(line for line in lines if line.startswith("{")))
+    assert got == {
+        "ticks": True,
+        "heap": True,
+        "updater": "/data",
+        "client": ["box-mp", "127.0.0.1", 1883, None, None, 60],
+    }
+    assert lines[-1] == "stepped"

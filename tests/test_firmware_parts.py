@@ -13,8 +13,9 @@ import pytest
 import sensors
 import settings
 
-from tests.mp import fake_camera
-from tools.simulate import PhotoSource, SimPin, SimWlan, camera_driver, warmup_jpeg
+from tools.sim import fake_camera
+from tools.sim.board import SimPin, SimWlan
+from tools.sim.lens import PhotoSource, camera_driver, warmup_jpeg
 
 # --- camera ----------------------------------------------------------------------------
 

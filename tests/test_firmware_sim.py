@@ -14,7 +14,8 @@ import pytest
 
 from tests.support.mqtt import Collector
 from tests.support.simhw import Acker
-from tools.simulate import CAMERA_DRIVERS, PhotoSource, SimulatedBox, generated_jpeg, run_boxes, warmup_jpeg
+from tools.sim.lens import CAMERA_DRIVERS, PhotoSource, generated_jpeg, warmup_jpeg
+from tools.simulate import SimulatedBox, run_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import settings as fw_settings
 
 from gateway import ports, protocol, vocabulary
 from gateway.web import openapi
-from tools.simulate import SimPin
+from tools.sim.board import SimPin
 
 
 def test_the_firmware_copies_equal_the_gateway_tables() -> None:

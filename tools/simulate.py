@@ -11,18 +11,19 @@ Port 1884 is the gateway's local listener, where anonymous simulated boxes are w
 (`parcelbox device add box-1` prints the password), and there the broker makes the login the client
 id, as for a real box: the simulated box's client id is its device id, which must be its user name.
 
-What is simulated is only what sits at the edge of the board: GPIO pins (lid
-reed switch, IR occupancy sensor, flash LED), the camera driver (`--camera-driver
-camera-api|lemariva`: the faithful fakes of tests/mp/fake_camera.py, which grab a frame
-when the real driver's DMA would, so a photo shows what the lens saw *then*: each lid
-opening is a new scene, taken from the JPEG files of `--photos` in turn or generated with
-Pillow, lit while the flash LED is on and dark otherwise), the
-WLAN and the clock (virtual milliseconds, `--tick-ms` per loop step with a 5 ms
-real pause, so a 2 s settle takes a fraction of a second). Detection, spooling, publishing, acks,
-commands and reconnects are `firmware/` itself; the MQTT client is
-`PahoMQTTClient`, which has umqtt.simple's interface and behaviour (blocking
-QoS 1 publish, callback from inside publish/check_msg, OSError when the
-connection is gone) on top of paho-mqtt.
+Each box is built by the firmware's own `firmware/main.py` `build()`, as on the board, given
+fake board modules (tools/sim/): what is simulated is only what sits at the edge of the board.
+GPIO pins (lid reed switch, IR or ultrasonic occupancy sensor, flash LED), the camera driver
+(`--camera-driver camera-api|lemariva`: the faithful fakes of tools/sim/fake_camera.py, which grab
+a frame when the real driver's DMA would, so a photo shows what the lens saw *then*: each lid
+opening is a new scene, taken from the JPEG files of `--photos` in turn or generated with Pillow,
+lit while the flash LED is on and dark otherwise), the WLAN (tools/sim/fake_net.py's ESP32
+station) and the clock (virtual milliseconds, `--tick-ms` per loop step with a 5 ms real pause, so
+a 2 s settle takes a fraction of a second). Detection, spooling, publishing, acks, commands,
+reconnects and their backoff are `firmware/` itself; the MQTT client is `PahoMQTTClient`
+(tools/sim/paho_umqtt.py), which has umqtt.simple's interface and behaviour (blocking QoS 1
+publish, callback from inside publish/check_msg, OSError when the connection is gone) on top of
+paho-mqtt.
 
 Exit code 0 only when every event the boxes made was acked by a gateway
 before `--timeout`; 1 otherwise (a summary says what is missing).
@@ -34,9 +35,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import functools
 import importlib
 import importlib.util
-import io
 import json
 import math
 import os
@@ -44,11 +46,9 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import paho.mqtt.client as paho
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE_DIR = ROOT / "firmware"
@@ -57,401 +57,15 @@ for _p in (ROOT, FIRMWARE_DIR):
         sys.path.insert(0, str(_p))
 
 import app as fw_app  # noqa: E402
-import cam as fw_cam  # noqa: E402
-import link as fw_link  # noqa: E402
+import main as fw_main  # noqa: E402
 import protocol as fw_protocol  # noqa: E402
-import sensors as fw_sensors  # noqa: E402
 import settings as fw_settings  # noqa: E402
-import spool as fw_spool  # noqa: E402
 
 from gateway.brokeraddr import parse_broker_url  # noqa: E402
-from tests.mp import fake_camera, fake_net  # noqa: E402  (faithful board fakes; MicroPython-compatible)
-
-# --- umqtt.simple on paho ------------------------------------------------------------
-
-
-class MQTTException(Exception):
-    pass
-
-
-class PahoMQTTClient:
-    """umqtt.simple's MQTTClient interface, backed by paho-mqtt driven from the caller's
-    thread (no network thread: like umqtt, nothing happens between calls).
-
-    Topics and payloads may be bytes, bytearray or memoryview (paho gets a bytes copy:
-    CPython has RAM to spare; the board's umqtt writes the memoryview itself)."""
-
-    def __init__(
-        self,
-        client_id,
-        server,
-        port=0,
-        user=None,
-        password=None,
-        keepalive=0,
-        ssl=None,
-        timeout: float = 10.0,
-    ) -> None:
-        self.client_id = client_id.decode() if isinstance(client_id, (bytes, bytearray)) else client_id
-        self.server = server
-        self.port = port or (8883 if ssl else 1883)
-        self.user = user
-        self.pswd = password
-        self.keepalive = keepalive
-        self.timeout = timeout
-        self.cb = None
-        self.lw: tuple[str, bytes, int, bool] | None = None
-        self.sock = None  # umqtt exposes its socket; the link closes it on errors
-        self._c: paho.Client | None = None
-        self._inbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
-        self._subacks: set[int] = set()
-        self._connack: int | None = None
-        self._session_present = False
-        self._dead = False
-        self.published = 0
-
-    @staticmethod
-    def _str(t) -> str:
-        return bytes(t).decode() if not isinstance(t, str) else t
-
-    def set_callback(self, f) -> None:
-        self.cb = f
-
-    def set_last_will(self, topic, msg, retain=False, qos=0) -> None:
-        assert 0 <= qos <= 2 and topic
-        self.lw = (self._str(topic), bytes(msg), qos, bool(retain))
-
-    def connect(self, clean_session=True, timeout=None):
-        # `timeout` as umqtt.simple >= 1.5 takes it (the connect's socket timeout, seconds).
-        if timeout is not None:
-            self.timeout = min(self.timeout, float(timeout))
-        self._teardown()
-        c = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=bool(clean_session),
-            protocol=paho.MQTTv311,
-        )
-        if self.user:
-            c.username_pw_set(self._str(self.user), self._str(self.pswd or ""))
-        if self.lw:
-            c.will_set(*self.lw)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
-        self._connack = None
-        self._dead = False
-        self._c = c
-        try:
-            c.connect(self.server, self.port, keepalive=self.keepalive or 60)
-        except OSError:
-            self._c = None
-            raise
-        self.sock = c.socket()
-        self._loop_until(lambda: self._connack is not None, "CONNACK")
-        if self._connack != 0:
-            rc = self._connack
-            self._teardown()
-            raise MQTTException(rc)
-        return 1 if self._session_present else 0
-
-    def _on_connect(self, _c, _u, flags, reason_code, _props) -> None:
-        self._connack = reason_code.value if hasattr(reason_code, "value") else int(reason_code)
-        self._session_present = bool(getattr(flags, "session_present", False))
-
-    def _on_disconnect(self, *_a) -> None:
-        self._dead = True
-
-    def _on_message(self, _c, _u, m) -> None:
-        self._inbox.append((m.topic.encode(), bytes(m.payload)))
-
-    def _on_subscribe(self, _c, _u, mid, _rc, _props) -> None:
-        self._subacks.add(mid)
-
-    def _io(self, timeout: float = 0.0) -> None:
-        c = self._c
-        if c is None or self._dead:
-            raise OSError(-1, "not connected")
-        rc = c.loop(timeout)
-        if rc != paho.MQTT_ERR_SUCCESS or self._dead:
-            self._dead = True
-            raise OSError(-1, f"connection lost ({paho.error_string(rc)})")
-
-    def _loop_until(self, cond: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + self.timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                self._dead = True
-                raise OSError(110, f"timed out waiting for {what}")
-            self._io(0.01)
-
-    def _deliver(self) -> bool:
-        if not self._inbox:
-            return False
-        topic, msg = self._inbox.popleft()
-        if self.cb is not None:
-            self.cb(topic, msg)
-        return True
-
-    def publish(self, topic, msg, retain=False, qos=0) -> None:
-        if self._c is None or self._dead:
-            raise OSError(-1, "not connected")
-        info = self._c.publish(self._str(topic), bytes(msg), qos, bool(retain))
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            self._dead = True
-            raise OSError(-1, f"publish failed ({paho.error_string(info.rc)})")
-        self.published += 1
-        if qos == 1:
-            # umqtt.simple waits for the PUBACK and hands any message that arrives
-            # meanwhile to the callback; do the same.
-            deadline = time.monotonic() + self.timeout
-            while not info.is_published():
-                if time.monotonic() > deadline:
-                    self._dead = True
-                    raise OSError(110, "timed out waiting for PUBACK")
-                self._io(0.01)
-                while self._deliver():
-                    pass
-        else:
-            self._io(0)
-
-    def subscribe(self, topic, qos=0) -> None:
-        assert self.cb is not None, "Subscribe callback is not set"
-        if self._c is None:
-            raise OSError(-1, "not connected")
-        rc, mid = self._c.subscribe(self._str(topic), qos)
-        if rc != paho.MQTT_ERR_SUCCESS:
-            raise OSError(-1, "subscribe failed")
-        self._loop_until(lambda: mid in self._subacks, "SUBACK")
-
-    def check_msg(self):
-        if not self._inbox:
-            self._io(0)
-        return 0x30 if self._deliver() else None
-
-    def wait_msg(self):
-        self._loop_until(lambda: bool(self._inbox), "a message")
-        self._deliver()
-        return 0x30
-
-    def ping(self) -> None:
-        self._io(0)
-
-    def disconnect(self) -> None:
-        c = self._c
-        if c is not None and not self._dead:
-            try:
-                c.disconnect()
-                c.loop(0.05)
-            except Exception:
-                pass
-        self._teardown()
-
-    def _teardown(self) -> None:
-        c = self._c
-        self._c = None
-        self.sock = None
-        if c is not None:
-            try:
-                s = c.socket()
-                if s is not None:
-                    s.close()
-            except Exception:
-                pass
-
-
-# --- simulated hardware --------------------------------------------------------------
-
-
-class SimClock:
-    """Virtual milliseconds, advanced by the simulation loop (`tick_ms` per step), so a
-    slow step (a big photo, a busy machine) never makes the scripted lid skip a state."""
-
-    def __init__(self, tick_ms: int = 50) -> None:
-        self.tick_ms = tick_ms
-        self.now = 0
-
-    def advance(self, ms: int | None = None) -> None:
-        self.now += self.tick_ms if ms is None else ms
-
-    def ticks_ms(self) -> int:
-        return self.now
-
-    @staticmethod
-    def ticks_diff(a: int, b: int) -> int:
-        return a - b
-
-
-class SimPin:
-    def __init__(self, level: int = 0) -> None:
-        self.level = level
-        self.history: list[int] = []
-
-    def value(self, v=None):
-        if v is None:
-            return self.level
-        self.level = 1 if v else 0
-        self.history.append(self.level)
-        return None
-
-
-class SimWlan:
-    def __init__(self, up: bool = True) -> None:
-        self.up = up
-        self.connect_calls = 0
-        self.disconnect_calls = 0
-
-    def active(self, *_a):
-        return True
-
-    def isconnected(self) -> bool:
-        return self.up
-
-    def connect(self, ssid, password) -> None:
-        self.connect_calls += 1
-
-    def disconnect(self) -> None:
-        self.disconnect_calls += 1
-
-    def status(self, what=None):
-        return -55 if what == "rssi" else 1010
-
-
-def generated_jpeg(index: int, size=(640, 480), seed: int = 0) -> bytes:
-    """A distinct, realistic-size JPEG for event `index` (Pillow; no files needed)."""
-    from PIL import Image, ImageDraw
-
-    rnd = random.Random(seed * 100003 + index)
-    w, h = size
-    img = Image.new("RGB", (w, h), (rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)))
-    d = ImageDraw.Draw(img)
-    for _ in range(60):
-        x, y = rnd.randrange(w), rnd.randrange(h)
-        d.rectangle(
-            (x, y, x + rnd.randrange(20, 160), y + rnd.randrange(20, 120)),
-            fill=(rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)),
-        )
-    noise = Image.effect_noise((w // 2, h // 2), 60).convert("RGB")
-    img.paste(noise, (rnd.randrange(w // 2), rnd.randrange(h // 2)))
-    d.text((10, 10), f"parcelbox simulated photo {index}", fill=(255, 255, 255))
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=85)
-    return out.getvalue()
-
-
-class PhotoSource:
-    """What the camera sees: one JPEG per scene (the files of a folder, sorted and cycled, or
-    generated ones), lit by the flash or dark without it.
-
-    A scene is what is in the box between two lid openings (`SimulatedBox.scene`). The first
-    time a scene is photographed lit, its JPEG is taken from the folder (or generated) and
-    appended to `served`: so `served[i]` is the photo the i-th photographed scene must arrive
-    with, and a dark or stale frame (what the real drivers give when used wrongly) matches
-    nothing in it."""
-
-    def __init__(self, folder: str | Path | None = None, seed: int = 0) -> None:
-        self.files: list[Path] = []
-        if folder:
-            self.files = sorted(
-                p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file()
-            )
-            if not self.files:
-                raise SystemExit(f"no .jpg files in {folder}")
-        self.seed = seed
-        self.n = 0
-        self.served: list[bytes] = []
-        self._lit: dict[object, bytes] = {}
-        self._dark: dict[object, bytes] = {}
-
-    def next(self) -> bytes:
-        """The next photo in turn (recorded in `served`)."""
-        if self.files:
-            data = self.files[self.n % len(self.files)].read_bytes()
-        else:
-            data = generated_jpeg(self.n, seed=self.seed)
-        self.n += 1
-        self.served.append(data)
-        return data
-
-    def frame(self, scene: object, lit: bool) -> bytes:
-        """The JPEG of `scene` as the lens sees it now: lit by the flash, or dark."""
-        if lit:
-            if scene not in self._lit:
-                self._lit[scene] = self.next()
-            return self._lit[scene]
-        if scene not in self._lit:
-            return black_jpeg()  # never lit: nothing to see (and no photo used up)
-        if scene not in self._dark:
-            self._dark[scene] = dark_jpeg(self._lit[scene])
-        return self._dark[scene]
-
-
-def dark_jpeg(data: bytes) -> bytes:
-    """The same view without the flash: a closed box is nearly black inside."""
-    from PIL import Image, ImageEnhance, UnidentifiedImageError
-
-    try:
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-    except (UnidentifiedImageError, OSError):
-        return data[:2] + b"dark" + data[2:]  # not decodable (a test's stand-in bytes): still different
-    out = io.BytesIO()
-    ImageEnhance.Brightness(img).enhance(0.06).save(out, "JPEG", quality=70)
-    return out.getvalue()
-
-
-_BLACK_JPEG: bytes | None = None
-
-
-def black_jpeg() -> bytes:
-    """The inside of a closed box without the flash."""
-    global _BLACK_JPEG
-    if _BLACK_JPEG is None:
-        from PIL import Image
-
-        out = io.BytesIO()
-        Image.new("RGB", (640, 480), (3, 3, 3)).save(out, "JPEG")
-        _BLACK_JPEG = out.getvalue()
-    return _BLACK_JPEG
-
-
-_WARMUP_JPEG: bytes | None = None
-
-
-def warmup_jpeg() -> bytes:
-    """A green frame, like the sensor's first frames after init (must never be sent)."""
-    global _WARMUP_JPEG
-    if _WARMUP_JPEG is None:
-        from PIL import Image
-
-        out = io.BytesIO()
-        Image.new("RGB", (160, 120), (0, 255, 0)).save(out, "JPEG")
-        _WARMUP_JPEG = out.getvalue()
-    return _WARMUP_JPEG
-
-
-CAMERA_DRIVERS = ("camera-api", "lemariva")
-
-
-def camera_driver(
-    name: str, scene: Callable[[int, int, int], bytes], warmup: int = 2, fail_init: bool = False
-):
-    """The faithful fake of a camera driver (tests/mp/fake_camera.py: sources cited there):
-    `camera-api` (cnadler86's `camera.Camera`, signed memoryview over its one buffer) or
-    `lemariva` (module-level functions; one buffer refilled as soon as capture() returns)."""
-    drv: fake_camera.CameraApi | fake_camera.LemarivaCamera
-    if name in ("camera-api", "camera"):
-        drv = fake_camera.CameraApi(scene, fail_init=fail_init, warmup_frames=warmup)
-    elif name == "lemariva":
-        drv = fake_camera.LemarivaCamera(scene, fail_init=fail_init, warmup_frames=warmup)
-    else:
-        raise ValueError(f"unknown camera driver {name!r} (use one of {', '.join(CAMERA_DRIVERS)})")
-    drv.warmup_source = warmup_jpeg
-    return drv
-
-
-# --- the box ---------------------------------------------------------------------------
-
+from tools.sim import fake_net  # noqa: E402
+from tools.sim.board import Machine, SimClock, SimPin, network_module  # noqa: E402
+from tools.sim.lens import CAMERA_DRIVERS, PhotoSource, camera_driver  # noqa: E402
+from tools.sim.paho_umqtt import PahoMQTTClient  # noqa: E402
 
 # --- the app folder of a box (over-the-air updates) --------------------------------------------
 
@@ -481,19 +95,17 @@ def load_flash_modules_boot(folder: Path):
     return mod
 
 
-def load_flash_modules(folder: Path) -> dict:
-    """Import the firmware modules from the box's app folder, in isolation: sys.modules and sys.path
-    are put back afterwards, so the modules of this process (and other boxes) are untouched; the
-    loaded modules keep the references their own top-level imports made."""
-    names = (
-        {p.stem for p in folder.glob("*.py")}
-        | set(_FLASH_MODULES)
-        | {p.stem for p in FIRMWARE_DIR.glob("*.py")}
-    )
+@contextlib.contextmanager
+def flash_modules(folder: Path) -> Iterator[None]:
+    """Import the firmware modules from the box's app folder, in isolation: inside, `import main`
+    (and the imports build() makes) find the folder's files; afterwards sys.modules and sys.path are
+    put back, so the modules of this process (and other boxes) are untouched. The loaded modules
+    keep the references their own imports made."""
+    names = {p.stem for p in folder.glob("*.py")} | {p.stem for p in FIRMWARE_DIR.glob("*.py")}
     saved = {n: sys.modules.pop(n) for n in list(names) if n in sys.modules}
     sys.path.insert(0, str(folder))
     try:
-        return {n: importlib.import_module(n) for n in _FLASH_MODULES}
+        yield
     finally:
         for n in names:
             sys.modules.pop(n, None)
@@ -501,36 +113,31 @@ def load_flash_modules(folder: Path) -> dict:
         sys.path.remove(str(folder))
 
 
-class _SimAppMixin:
-    """The firmware's App, with the ids it makes and sees acked recorded for reporting."""
+def _observe(app: Any, made: list[tuple[str, str]], acked: list[str], refused: list[str]) -> None:
+    """Record the ids `app` makes and sees acked or refused (the summary, the tests), by wrapping
+    two of its methods on this instance: the App is the firmware's own, as build() made it."""
+    record_event, on_ack = app.record_event, app._on_ack
 
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self.made: list[tuple[str, str]] = []
-        self.acked_ids: list[str] = []
-        self.refused_ids: list[str] = []
-
-    def record_event(self, etype, sensors, cmd=None):
-        eid = super().record_event(etype, sensors, cmd)
+    def recorded(etype, sensors, cmd=None):
+        eid = record_event(etype, sensors, cmd)
         if eid is not None:
-            self.made.append((eid, etype))
+            made.append((eid, etype))
         return eid
 
-    def _on_ack(self, msg):
+    def seen(msg):
         try:
             eid, ok, _err, retry = fw_protocol.decode_ack(msg)
-            known = self.spool.order_of(eid) is not None
+            known = app.spool.order_of(eid) is not None
         except fw_protocol.ProtocolError:
             eid, ok, retry, known = None, False, False, False
-        super()._on_ack(msg)
+        on_ack(msg)
         if known and ok:
-            self.acked_ids.append(eid)
+            acked.append(eid)
         elif known and not retry:
-            self.refused_ids.append(eid)
+            refused.append(eid)
 
-
-class _SimApp(_SimAppMixin, fw_app.App):
-    pass
+    app.record_event = recorded
+    app._on_ack = seen
 
 
 class SimulatedBox:
@@ -612,6 +219,8 @@ class SimulatedBox:
                 "password": self.password or "",
             }
         )
+        # The access point of the simulated station (tools/sim/fake_net.py WLAN) is ("sim", "sim").
+        cfg["wifi"] = {"ssid": "sim", "password": "sim"}
         for k, v in (overrides or {}).items():
             cfg[k] = v
         problems = fw_settings.validate(cfg, need_network=False)
@@ -619,20 +228,29 @@ class SimulatedBox:
             raise ValueError("; ".join(problems))
         self.cfg = cfg
         if self.flash_dir is not None:
-            # The access point is ("sim", "sim"); the box's config.json is written once, like provision.
-            cfg["wifi"] = {"ssid": "sim", "password": "sim"}
+            # The box's config.json is written once, like provision.
             conf = self.flash_dir / "config.json"
             if not conf.exists():
                 conf.write_text(json.dumps(cfg))
-        # Pins keep their level across reboots, like real wiring.
-        self.lid_pin = SimPin(1 - cfg["pins"]["lid_open_level"])
-        self.ir_pin = SimPin(1 - cfg["pins"]["ir_active_level"])
+        # The wiring, by GPIO: machine.Pin hands these out at every boot, so the world's levels (lid
+        # closed, box empty) survive a reboot like real wiring.
+        pins = cfg["pins"]
+        self.lid_pin = SimPin(1 - pins["lid_open_level"])
+        self.ir_pin = SimPin(1 - pins["ir_active_level"])
         self.trig_pin = SimPin(0)
         self.echo_pin = SimPin(0)
+        self.flash_pin = SimPin(0)
+        self.pins = {
+            pins["lid"]: self.lid_pin,
+            pins["ir"]: self.ir_pin,
+            pins["trig"]: self.trig_pin,
+            pins["echo"]: self.echo_pin,
+            pins["flash"]: self.flash_pin,
+        }
         self.parcels = 0
         self.parcel_mm = 50
-        self.flash_pin = SimPin(0)
         self.wlan: fake_net.WLAN | None = None  # the radio restarts with every boot (_build)
+        self.driver: Any = None  # the camera driver's fake, new at every boot (_build)
         self.reboots = 0
         self._actions: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
         self._script_end = 0
@@ -641,7 +259,7 @@ class SimulatedBox:
         self.refused: list[str] = []
         self._build()
 
-    # -- firmware wiring (what main.py does on the board) --
+    # -- the board: boot.py, then main.py's build() with this box's fake board modules --
 
     def log(self, msg: str) -> None:
         line = f"[{self.device}] {msg}"
@@ -649,18 +267,23 @@ class SimulatedBox:
         if self._log_sink is not None:
             self._log_sink(line)
 
-    def _boot(self) -> dict:
-        """boot.py + main.py's imports on the box's app folder: the modules to build the app from."""
+    def _build(self) -> None:
+        """Power on. With an app folder: boot.py's switch or rollback (otaboot.at_boot), then the
+        folder's main.py builds the app; a crash at start during an update's trial is given up and
+        the box resets, as main.py's last-resort handler does."""
         if self.flash_dir is None:
-            return {"protocol": fw_protocol, "settings": fw_settings, "sensors": fw_sensors, "cam": fw_cam,
-                    "spool": fw_spool, "link": fw_link, "app": fw_app, "ota": None, "otaboot": None}  # fmt: skip
+            self._start(fw_main, fw_settings, fw_app)
+            return
         for _ in range(12):  # bounded: every crash in a trial ends in a rollback within trial_boots
             boot = load_flash_modules_boot(self.flash_dir)
             fl = boot.Flash(str(self.flash_dir), os)
             boot.at_boot(fl, self.log)
             try:
-                return load_flash_modules(self.flash_dir)
-            except Exception as e:  # an exception on import: what main.py's last-resort handler sees
+                with flash_modules(self.flash_dir):
+                    mods = [importlib.import_module(n) for n in ("main", "settings", "app")]
+                    self._start(*mods)
+                return
+            except Exception as e:  # on import or at start: what main.py's last-resort handler sees
                 self.log(f"main: crashed at start: {e!r}")
                 if not boot.give_up(fl, f"crashed: {e!r}"):
                     raise
@@ -668,102 +291,38 @@ class SimulatedBox:
                 self.reboots += 1
         raise RuntimeError("the box never started")
 
-    def _build(self) -> None:
-        mods = self._boot()
-        fw_settings, fw_sensors, fw_cam, fw_spool = (
-            mods["settings"],
-            mods["sensors"],
-            mods["cam"],
-            mods["spool"],
-        )
-        fw_link, fw_protocol, fw_app_ = mods["link"], mods["protocol"], mods["app"]
-        self.fw_version = fw_app_.FW_VERSION
+    def _start(self, main_mod: Any, settings_mod: Any, app_mod: Any) -> None:
+        """main.py at power-on: the config (a `config` command's saved one), build(), start()."""
+        self.fw_version = app_mod.FW_VERSION
         saved = Path(self.spool_dir) / "config.json"
         if self.flash_dir is not None:
             saved = self.flash_dir / "config.json"  # the box's own config, as on the board
         if saved.exists():
             # A `config` command persisted settings: a reboot runs with them, as on the board.
-            cfg, problems = fw_settings.load(str(saved), need_network=False, warn=self.log)
+            cfg, problems = settings_mod.load(str(saved), need_network=False, warn=self.log)
             if problems:
                 self.log("config.json ignored: " + "; ".join(problems))
             else:
                 self.cfg = cfg
         cfg = self.cfg
-        clock = self.clock
-        board = fw_app_.Board(
-            ticks_ms=clock.ticks_ms,
-            ticks_diff=clock.ticks_diff,
-            unix_time=lambda: int(time.time()),
-            rand_bytes=os.urandom,
-            heap_free=lambda: 4_000_000,
-            reboot=self._reboot_from_firmware,
-        )
-        lid = fw_sensors.Reed(
-            self.lid_pin, cfg["pins"]["lid_open_level"], cfg["debounce_ms"], clock.ticks_diff
-        )
-        occ = None
-        if cfg["sensor"] == "ir":
-            occ = fw_sensors.IRSensor(self.ir_pin, cfg["pins"]["ir_active_level"])
-        elif cfg["sensor"] == "ultrasonic":
-            occ = fw_sensors.Ultrasonic(
-                self.trig_pin, self.echo_pin, self._time_pulse_us, lambda _us: None, cfg["empty_range_mm"]
-            )
+        # The station is the faithful ESP32 one (tools/sim/fake_net.py): it joins after 300 virtual ms.
+        self.wlan = fake_net.WLAN(self.clock, ap=("sim", "sim"), join_ms=300)
         self.driver = camera_driver(self.camera_driver, self._lens, warmup=cfg["warmup_frames"])
-        camera = fw_cam.CameraAdapter(
-            self.driver,
-            cfg["frame_size"],
-            cfg["jpeg_quality"],
-            cfg["warmup_frames"],
-            self.flash_pin,
-            cfg["flash"],
-            cfg["flash_ms"],
-            None,
-            self.log,
-        )
-        spool = fw_spool.Spool(
-            cfg["spool_dir"], os, cfg["spool_max_events"], cfg["spool_max_bytes"], log=self.log
-        )
-        client = PahoMQTTClient(
-            self.device,
-            self.host,
-            self.port,
-            cfg["broker"]["username"] or None,
-            cfg["broker"]["password"] or None,
-            cfg["broker"]["keepalive_s"],
-            timeout=self.client_timeout,
-        )
-        topics = fw_protocol.Topics(cfg["device_id"], cfg["prefix"])
-        backoff = fw_link.Backoff(200, 4000, clock.ticks_diff)
-        mqtt = fw_link.Mqtt(client, topics, cfg["broker"]["keepalive_s"], backoff, clock.ticks_diff, self.log)
-        # The faithful ESP32 station (tests/mp/fake_net.py): joins after 300 virtual ms.
-        self.wlan = fake_net.WLAN(clock, ap=("sim", "sim"), join_ms=300)
-        ssid, password = "sim", "sim"
-        if self.flash_dir is not None:  # the config's Wi-Fi (an update can get it wrong) against the AP's
-            ssid, password = cfg["wifi"]["ssid"], cfg["wifi"]["password"]
-        wifi = fw_link.Wifi(
-            self.wlan, ssid, password, 20000, None, clock.ticks_diff, self.log, network=fake_net.Network
-        )
-        updater = None
-        app_cls: type = _SimApp
-        if mods["ota"] is not None:
-            fl = mods["otaboot"].Flash(str(self.flash_dir), os)
-            updater = mods["ota"].Updater(fl, fw_app_.FW_VERSION, self.log, clock.ticks_diff)
-            app_cls = type("_SimApp", (_SimAppMixin, fw_app_.App), {})
-        self.app = app_cls(
+        app, _parts = main_mod.build(
             cfg,
-            board,
-            lid,
-            spool,
-            mqtt,
-            wifi=wifi,
-            occupancy=occ,
-            camera=camera,
-            config_path=str(saved),
-            os_mod=os,
+            Machine(self.pins, reset=self._reboot_from_firmware, time_pulse_us=self._time_pulse_us),
+            network_module(self.wlan),
+            functools.partial(PahoMQTTClient, timeout=self.client_timeout),
+            self.driver,
+            str(saved),
+            clock=self.clock,
+            heap_free=lambda: 4_000_000,  # CPython has no gc.mem_free; a number the status can carry
+            app_dir=None if self.flash_dir is None else str(self.flash_dir),
             log=self.log,
-            updater=updater,
         )
-        self.app.start()
+        _observe(app, self.made, self.acked, self.refused)
+        self.app = app
+        app.start()
 
     def _lens(self, _width: int, _height: int, _quality: int) -> bytes:
         """What the sensor sees when the driver grabs a frame: this scene, lit or dark."""
@@ -775,22 +334,12 @@ class SimulatedBox:
 
     def reboot(self) -> None:
         """A power cycle: RAM state gone, the spool folder and pins stay."""
-        self._collect()
         try:
             self.app.mqtt.client.disconnect()
         except Exception:
             pass
         self.reboots += 1
         self._build()
-
-    def _collect(self) -> None:
-        a = self.app
-        self.made += [m for m in a.made if m not in self.made]
-        self.acked += [i for i in a.acked_ids if i not in self.acked]
-        self.refused += [i for i in a.refused_ids if i not in self.refused]
-        a.made.clear()
-        a.acked_ids.clear()
-        a.refused_ids.clear()
 
     # -- scripted world --
 
@@ -857,7 +406,6 @@ class SimulatedBox:
         while self._actions and self._actions[0][0] <= now:
             self._actions.popleft()[1]()
         self.app.step()
-        self._collect()
 
     def run_until(self, cond: Callable[[], bool], timeout: float, tick: float = 0.005) -> bool:
         deadline = time.monotonic() + timeout
@@ -885,7 +433,6 @@ class SimulatedBox:
         }
 
     def close(self, goodbye: bool = True) -> None:
-        self._collect()
         self.app.mqtt.disconnect(offline_status=goodbye)
         try:
             self.app.mqtt.client.disconnect()
@@ -945,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camera-api", choices=("lemariva", "camera"), help=argparse.SUPPRESS)  # old name
     # The firmware's sensor kinds (firmware/settings.py SENSORS = gateway/vocabulary.py OCCUPANCY_SENSORS),
     # but the load cell, which the simulated box has no fake for.
-    ap.add_argument("--sensor", choices=[s for s in fw_settings.SENSORS if s != "hx711"], default="ultrasonic")
+    ap.add_argument(
+        "--sensor", choices=[s for s in fw_settings.SENSORS if s != "hx711"], default="ultrasonic"
+    )
     ap.add_argument("--spool-dir", help="spool folder (per device: <dir>/<device>); default: a temp folder")
     ap.add_argument(
         "--flash-dir",

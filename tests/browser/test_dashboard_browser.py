@@ -320,7 +320,7 @@ def test_an_ultrasonic_reading_from_the_box_shows_under_its_event(browser, serve
     showed. The reading here is the one firmware/sensors.py's Ultrasonic (and HX711 load cell) produce."""
     import sensors as fw_sensors  # firmware/sensors.py (tests/conftest.py puts firmware/ on sys.path)
 
-    from tools.simulate import SimPin
+    from tools.sim.board import SimPin
 
     sonar = fw_sensors.Ultrasonic(SimPin(0), SimPin(0), lambda pin, level, timeout: 1066, lambda us: None)
     sonar.read_level()

@@ -1,12 +1,12 @@
-# firmware/cam.py against the faithful driver fakes (tests/mp/fake_camera.py). Run under
+# firmware/cam.py against the faithful driver fakes (tools/sim/fake_camera.py). Run under
 # CPython (tests/test_firmware_camera.py) and real MicroPython, where the camera API's
 # signed memoryview is MicroPython's own.
 import cam
 
 try:
-    from fake_camera import CameraApi, LemarivaCamera, Scene, tag_of  # MicroPython: /mptests
+    from fake_camera import CameraApi, LemarivaCamera, Scene, tag_of  # MicroPython: tools/sim at /sim
 except ImportError:
-    from tests.mp.fake_camera import CameraApi, LemarivaCamera, Scene, tag_of
+    from tools.sim.fake_camera import CameraApi, LemarivaCamera, Scene, tag_of
 
 
 class Pin:

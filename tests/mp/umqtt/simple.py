@@ -1,7 +1,7 @@
 # umqtt.simple 1.8.0, copied unchanged from micropython/micropython-lib
 # micropython/umqtt.simple/umqtt/simple.py at commit ee4bb8ff139e24c42b739935fbd8ec7c4d061e02 (umqtt.simple is under
 # micropython-lib LICENSE: MIT; originally written by Paul Sokolovsky). The real client, so the link tests
-# run it against the fake sockets of tests/mp/fake_net.py under CPython and MicroPython.
+# run it against the fake sockets of tools/sim/fake_net.py under CPython and MicroPython.
 import socket
 import struct
 from binascii import hexlify

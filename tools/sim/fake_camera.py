@@ -1,5 +1,6 @@
 # Faithful fakes of the two MicroPython ESP32 camera drivers firmware/cam.py drives. Plain
-# Python that runs under CPython (tests, tools/simulate.py) and real MicroPython (tests/mp).
+# Python that runs under CPython (tests, tools/simulate.py) and real MicroPython (tests/mp, which
+# mounts tools/sim at /sim).
 #
 # What the lens sees comes from a `scene(width, height, quality)` callable that returns JPEG
 # bytes for the world *now* (is the flash lit, what is in the box). The fakes call it when the
