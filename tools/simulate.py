@@ -69,10 +69,6 @@ from tools.sim.paho_umqtt import PahoMQTTClient  # noqa: E402
 
 # --- the app folder of a box (over-the-air updates) --------------------------------------------
 
-# What main.build() imports; loaded from the box's app folder when it has one.
-_FLASH_MODULES = ("protocol", "settings", "sensors", "cam", "spool", "link", "app", "ota", "otaboot")
-
-
 def provision_flash(folder: Path) -> None:
     """A fresh box's app folder: the firmware's sources, as `flash provision --no-compile` copies them
     (the simulator runs on CPython, which cannot load .mpy)."""
@@ -143,10 +139,11 @@ def _observe(app: Any, made: list[tuple[str, str]], acked: list[str], refused: l
 class SimulatedBox:
     """One simulated ESP32-CAM box running the firmware's App against a broker.
 
-    Drive it with `step()` (or `run_for` / `run_until`) and script the lid and the
-    occupancy sensor with `deliver()`, `pickup()`, `leave_lid_open()`; every action is
-    queued and played in virtual time. `reboot()` rebuilds the firmware objects over
-    the same spool folder, like a power cycle."""
+    The app is built by the firmware's `main.build()` on this box's fake board modules
+    (tools/sim/board.py). Drive it with `step()` (or `run_until`) and script the lid and the
+    occupancy sensor with `deliver()`, `pickup()`, `leave_lid_open()`, `peek()`; every action
+    is queued and played in virtual time. `reboot()` builds the box again over the same spool
+    folder and pins, like a power cycle."""
 
     def __init__(
         self,
