@@ -402,3 +402,28 @@ def test_with_the_real_gateway_broker_killed_mid_run(mosquitto, prefix, tmp_path
         assert service.get_event("box-1", eid) is not None
         stored = service.photo_path("box-1", eid, "original").read_bytes()
         assert stored == box.photos.served[i]
+
+
+def test_the_box_is_built_by_the_firmwares_main_build(monkeypatch, tmp_path):
+    """The simulator runs the board's own wiring (firmware/main.py build()) on its fake board
+    modules, on its own virtual clock, and again at every reboot; it used to rebuild the object
+    graph by hand (another backoff, no updater logic, wiring that could drift from the board's)."""
+    import main
+
+    from tools.sim.board import Machine
+
+    calls = []
+    real = main.build
+
+    def spy(cfg, machine, network, client_class, driver, config_path, **kw):
+        calls.append((machine, kw))
+        return real(cfg, machine, network, client_class, driver, config_path, **kw)
+
+    monkeypatch.setattr(main, "build", spy)
+    box = SimulatedBox("mqtt://127.0.0.1:9", "box-1", spool_dir=tmp_path / "spool")  # never connects
+    box.reboot()
+    assert len(calls) == 2
+    for machine, kw in calls:
+        assert isinstance(machine, Machine) and kw["clock"] is box.clock and kw["app_dir"] is None
+    assert machine.Pin(box.cfg["pins"]["lid"]) is box.lid_pin  # the wiring survives the reboot
+    assert box.app.mqtt.backoff.max_ms == 60000  # the board's reconnect backoff, not a simulator's own
