@@ -271,3 +271,15 @@ def test_a_box_record_of_another_box_is_refused(tmp_path):
         assert not s.has_event("box-1", "abcdefgh-000001")
     finally:
         s.close()
+
+
+def test_a_box_known_only_from_an_events_journal_counts_as_seen(tmp_path):
+    """`parcelbox device forget` reads the box list without opening the store (a running gateway owns
+    it): a box whose record so far is only in an events journal is a box it knows."""
+    from gateway.cli import seen_boxes
+
+    s = Store(tmp_path)
+    _store_with_box(s, "box-new", "abcdefgh-000001", T0, waiting=1)  # not closed: nothing compacted
+    assert "box-new" in seen_boxes(tmp_path)
+    s.close()
+    assert "box-new" in seen_boxes(tmp_path)  # and from boxes.json once compacted
