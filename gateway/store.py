@@ -57,6 +57,7 @@ from typing import Any, cast
 from tinydb import TinyDB
 
 from gateway.event_index import Entry, EventIndex, entry_for
+from gateway.framing import HEADER, encode_line
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir, remove_stale_temp_files
@@ -91,7 +92,8 @@ QUARANTINE_DIR = "quarantine"
 # Rewrite a month file from memory after this many journal entries: bounds the journal (and replay
 # time) while spreading the O(file size) rewrite over many events.
 COMPACT_EVERY = 256
-# Keys of purged events (`purge_begin`): fsync'd lines, read back at every start, never compacted.
+# Keys of purged events (`purge_begin`): fsync'd lines, read back at every start; a line goes once
+# retention would have deleted the events it names (`_prune_tombstones`).
 PURGED_JOURNAL = "purged.journal"
 # Box records (boxes.json). Each carries BOX_REV, the store-wide revision of its last write: a box record
 # can be made durable in two places (boxes.json.journal by `put_device`, an events journal by
@@ -333,6 +335,7 @@ class Store:
         # Keys of purged events: a box re-sending one (its spool, the broker's queue) gets it acked as
         # a duplicate instead of stored again, so a purge is not undone piecemeal (`purge_begin`).
         self._purged: set[str] = set()
+        self._purged_lines: list[dict[str, Any]] = []  # purged.journal's lines: which keys, purged when
         self.quarantine_dir = self.db_dir / QUARANTINE_DIR
         # What went wrong with the disk since start (`integrity()`): damage found, writes refused.
         self._problems: Counter[str] = Counter()
@@ -573,6 +576,7 @@ class Store:
         self._purged_journal = self._journal(PURGED_JOURNAL, _valid_purged_entry)
         for e in self._read_journal(self._purged_journal):
             self._purged.update(e["keys"])
+            self._purged_lines.append(e)
 
     def _load_boxes(self) -> None:
         self._devices_db = self._open_tinydb("boxes.json", _classify_device_doc)
@@ -1034,12 +1038,14 @@ class Store:
             new = sorted(keys - self._purged)
             for i in range(0, len(new), _PURGED_PER_LINE):
                 chunk = new[i : i + _PURGED_PER_LINE]
+                line = {"dev": device, "keys": chunk, "at": now}
                 try:
-                    self._purged_journal.append({"dev": device, "keys": chunk, "at": now})
+                    self._purged_journal.append(line)
                 except OSError:
                     self._problems["write_errors"] += 1
                     raise
                 self._purged.update(chunk)
+                self._purged_lines.append(line)
             for k in keys:
                 del self._event_index[k]
                 self._record_cache.pop(k, None)
@@ -1207,6 +1213,7 @@ class Store:
                 if removed["partitions"]:
                     fsync_dir(self.db_dir)
                     self._recount_outbox()
+                removed["tombstones"] = self._prune_tombstones(cutoff)
             if photo_retention_days > 0:
                 cutoff = now - photo_retention_days * 86_400
                 for folder in self.photo_dir.glob("*/*"):
@@ -1217,6 +1224,44 @@ class Store:
                         shutil.rmtree(folder, ignore_errors=True)
                         removed["photo_folders"] += 1
         return removed
+
+    def _prune_tombstones(self, cutoff: float) -> int:
+        """Forget purged keys once retention would have deleted the events they stand for. Returns how
+        many keys went.
+
+        A tombstone makes a re-sent purged event a duplicate instead of new history. Dedupe of events
+        that were not purged lasts as long as retention keeps them (a box re-sending an event older
+        than that stores it again), and a box's spool has no age limit to wait for, so a purged event
+        is remembered exactly as long: every event of a purge was received before the purge began,
+        so once the partition the purge's own time falls in is past the cutoff, so are all of theirs.
+        A line without its time (none is written so) is kept. The journal is rewritten atomically
+        without the lines that go (its damaged stretches are quarantined first); if that fails,
+        nothing is forgotten."""
+        keep: list[dict[str, Any]] = []
+        gone: list[dict[str, Any]] = []
+        for line in self._purged_lines:
+            at = line.get("at")
+            expired = isinstance(at, (int, float)) and _partition_end(self.period_for(float(at))) <= cutoff
+            (gone if expired else keep).append(line)
+        if not gone:
+            return 0
+        journal = self._purged_journal
+        try:
+            journal.quarantine()
+            journal.close()  # reopened by the next append, on the new file
+            data = HEADER + b"".join(encode_line(e) for e in keep) if keep else b""
+            atomic_write_bytes(journal.path, data, mode=0o644)
+        except OSError as exc:
+            self._problems["write_errors"] += 1
+            log.warning("%s: could not drop expired tombstones (%s); kept", journal.path.name, exc)
+            return 0
+        self._purged_lines = keep
+        before = len(self._purged)
+        # Rebuilt from the lines kept: a key stored again after a purge and purged again is in both.
+        self._purged = {k for line in keep for k in line["keys"]}
+        n = before - len(self._purged)
+        log.info("retention forgot %d purged event key(s) of %d purge line(s)", n, len(gone))
+        return n
 
     def _recount_outbox(self) -> None:
         counts = dict.fromkeys(OUTBOX_STATES, 0)
