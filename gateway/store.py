@@ -592,6 +592,9 @@ class Store:
                 self._boxes_file_rev = max(self._boxes_file_rev, doc["box_rev"])
         self._box_rev = self._boxes_file_rev
         for doc_id, doc in (data.get(DEVICES) or {}).items():
+            if not (isinstance(doc.get("device"), str) and doc_id.isdigit()):
+                self._unreadable_doc("boxes.json", DEVICES, doc_id)  # damage that still parses
+                continue
             self._devices[doc["device"]] = {**doc, "_doc_id": int(doc_id)}
             self._box_rev = max(self._box_rev, _box_rev(doc))
         entries = self._read_journal(self._devices_journal)
@@ -622,7 +625,7 @@ class Store:
         cur = self._devices.get(device)
         if cur is not None:
             return int(cur["_doc_id"])
-        return max((int(k) for k in table), default=0) + 1
+        return max((int(k) for k in table if k.isdigit()), default=0) + 1
 
     def _set_box(self, doc_id: int, rec: dict[str, Any]) -> None:
         """Put a (durable) box record into memory: boxes.json's data, written at its next rewrite."""
@@ -668,7 +671,7 @@ class Store:
         self._boxes_file_rev = claim
         self._boxes_behind = False
 
-    def _unreadable_doc(self, part: str, table: str, doc_id: int) -> None:
+    def _unreadable_doc(self, part: str, table: str, doc_id: int | str) -> None:
         """A doc of the wrong shape (damage that still parses): left in its file, never indexed."""
         self._problems["records_unreadable"] += 1
         log.warning(

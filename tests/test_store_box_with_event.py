@@ -283,3 +283,20 @@ def test_a_box_known_only_from_an_events_journal_counts_as_seen(tmp_path):
     assert "box-new" in seen_boxes(tmp_path)
     s.close()
     assert "box-new" in seen_boxes(tmp_path)  # and from boxes.json once compacted
+
+
+def test_a_box_doc_of_the_wrong_shape_is_skipped_not_fatal(tmp_path):
+    """boxes.json parses but a doc has no device id (damage that still parses, a hand edit): the store
+    opens, counts it, and serves the other boxes (before: KeyError at every start)."""
+    db = tmp_path / "db"
+    db.mkdir(parents=True)
+    good = dict(blank_device("box-a")) | {"waiting": 2}
+    (db / "boxes.json").write_text(json.dumps({"devices": {"1": {"name": "x"}, "2": good, "x": good}}))
+    s = Store(tmp_path)
+    try:
+        assert s.integrity()["records_unreadable"] == 2
+        assert s.get_device("box-a")["waiting"] == 2
+        _store_with_box(s, "box-b", "abcdefgh-000001", T0, waiting=1)
+        assert s.get_device("box-b")["_doc_id"] == 3
+    finally:
+        s.close()
