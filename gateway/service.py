@@ -713,7 +713,7 @@ class GatewayService:
         dev = self._apply_event_to_device(dev, record)
         outbox = self._plan_event_alerts(dev, record)
         try:
-            added = self.store.add_event(record, outbox)
+            added = self.store.add_event(record, outbox, device=dev)  # one durable write: event + box
         except OSError as exc:
             # No ack and no nack: a nack with retry makes the box re-send at once, photo and all,
             # into the same full disk. Without an answer it re-sends after its ack timeout, backing off.
@@ -723,10 +723,6 @@ class GatewayService:
             self.counters.inc("duplicates")
         else:
             self.counters.inc("stored")
-            try:
-                self.store.put_device(dev)
-            except OSError as exc:  # the event itself is durable: ack it; the box record catches up later
-                self._store_failed(exc, f"the record of box {device}", counter="device_write_errors")
             self.bus.publish(EVENT_STORED, dict(record))
             self.bus.publish(DEVICE_CHANGED, dict(self._device_out(dev)))
             for o in outbox:
