@@ -38,7 +38,10 @@ DEVICE = _p("device", {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"}
 MSG_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,40}$"}
 EVENT_ID = _p("event_id", MSG_ID)
 ALERT_ID = _p("alert_id", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,200}$"})
-BEARER_OR_SESSION = [{"bearer": []}, {}]  # an API token, or the dashboard's session (loopback)
+BEARER_OR_SESSION: list[dict[str, list[str]]] = [
+    {"bearer": []},
+    {},
+]  # an API token, or the dashboard's session (loopback)
 CSRF = {
     "name": "X-CSRF-Token",
     "in": "header",
