@@ -37,8 +37,6 @@ from gateway.bus import (
     DEVICE_REMOVED,
     EVENT_STORED,
     OUTBOX_CHANGED,
-    WHATSAPP_RECEIPT,
-    WHATSAPP_STATE,
     Bus,
 )
 from gateway.captions import caption_strip, render_caption
@@ -82,11 +80,11 @@ from gateway.purge import QUEUE_KEY as PURGE_QUEUE
 from gateway.purge import Purger, PurgeRunner
 from gateway.reassembly import Complete, Dropped, Reassembler, Refused
 from gateway.retention import apply_retention
-from gateway.sendapi import SendRequest
 from gateway.sendqueue import SendQueue
-from gateway.status import STATUS_FILE, StorageMonitor, health_report, write_snapshot
+from gateway.status import STATUS_FILE, StorageMonitor, health_report, status_snapshot
 from gateway.store import Store, blank_device
 from gateway.vocabulary import GATEWAY_DEVICE
+from gateway.whatsapp.state import LinkState
 from gateway.whatsapp.watch import LinkWatch
 
 log = logging.getLogger("gateway")
@@ -208,13 +206,6 @@ class GatewayService:
         )
         self.ota = self.updates.server
         self._log_throttle = LogThrottle()
-        self._whatsapp: WhatsAppState = {
-            "state": "disabled",
-            "detail": "WhatsApp is not enabled. To turn it on: install it (.venv/bin/pip install -e '.[whatsapp]' "
-            "in the parcelbox folder), set [whatsapp] enabled = true in the config, restart the gateway, "
-            "then pair here.",
-            "updated_at": 0.0,
-        }
         self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
         self.purges: PurgeRunner | None = None  # `parcelbox device forget NAME --purge`, made at start
         self.storage_monitor = StorageMonitor(
@@ -226,8 +217,7 @@ class GatewayService:
             bus=self.bus,
             counters=self.counters,
         )
-        self.bus.subscribe(self._on_whatsapp_state, WHATSAPP_STATE)
-        self.bus.subscribe(self._on_whatsapp_receipt, WHATSAPP_RECEIPT)
+        self.whatsapp = LinkState(self.bus, dispatcher=lambda: self.dispatcher, clock=self.clock)
         self._wa_watch = LinkWatch(float(getattr(config.whatsapp, "down_notice_after_s", 300.0)))
         self.photo_settings = PhotoSettings.from_config(config.photos, max_bytes=self.limits.max_photo_bytes)
         self.send_queue = SendQueue(
@@ -240,6 +230,15 @@ class GatewayService:
             clock=self.clock,
             gateway_name=config.homeassistant.gateway_name,
         )
+        # GatewayPort's optional actions (the web app and the HA bridge look them up with getattr),
+        # answered by the parts themselves.
+        self.queue_message = self.send_queue.queue_message  # POST /api/notify
+        self.channels = self.send_queue.channels
+        self.test_channel = self.send_queue.test_channel
+        self.get_alert = self.send_queue.get_alert
+        self.firmware_status = self.updates.firmware_status
+        self.offer_update = self.updates.offer_update
+        self.storage_state = self.storage_monitor.state  # the HA bridge, when it starts
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -819,10 +818,10 @@ class GatewayService:
 
     def _check_whatsapp(self) -> None:
         """Runs on the ingest worker: WhatsApp down for a while (or back) -> a notice on the other sinks."""
-        kind = self._wa_watch.check(self._whatsapp, self.clock())
+        kind = self._wa_watch.check(self.whatsapp.state, self.clock())
         if kind is None:
             return
-        st = self._whatsapp
+        st = self.whatsapp.state
         ts = float((st.get("down_since") if kind == "whatsapp_down" else None) or self.clock())
         note = str(st.get("detail") or "") if kind == "whatsapp_down" else ""
         gateway = {"device": GATEWAY_DEVICE, "name": self.config.homeassistant.gateway_name}
@@ -989,55 +988,37 @@ class GatewayService:
         before: tuple[float, int, str] | None = None,
         limit: int = 50,
     ) -> list[EventRecord]:
-        assert self.store is not None
-        return self.store.list_events(
+        store = self._open_store()
+        return store.list_events(
             device=device, type=type, since=since, until=until, before=before, limit=limit
         )
 
     def get_event(self, device: str, event_id: str) -> EventRecord | None:
-        assert self.store is not None
-        return self.store.get_event(device, event_id)
+        return self._open_store().get_event(device, event_id)
 
     def photo_path(self, device: str, event_id: str, variant: PhotoVariant) -> Path | None:
-        assert self.store is not None
-        return self.store.photo_path(device, event_id, variant)
+        return self._open_store().photo_path(device, event_id, variant)
 
     def list_devices(self) -> list[DeviceRecord]:
         assert self.store is not None
         return [self._device_out(d) for d in self.store.list_devices() if not self._is_removed(d)]
 
     def list_outbox(self, state: OutboxState | None = None, limit: int = 100) -> list[OutboxRecord]:
-        assert self.store is not None
-        return self.store.list_outbox(state, limit)
+        return self._open_store().list_outbox(state, limit)
 
-    # --- actions: the send API, commands, over-the-air updates (each in a module of its own) ------
-
-    def queue_message(self, req: SendRequest, recipient: str | None = None) -> dict[str, Any]:
-        return self.send_queue.queue_message(req, recipient)  # gateway/sendqueue.py: POST /api/notify
-
-    def channels(self) -> list[dict[str, Any]]:
-        return self.send_queue.channels()
-
-    def test_channel(self, sink: str, recipient: str) -> dict[str, Any]:
-        return self.send_queue.test_channel(sink, recipient)
-
-    def get_alert(self, alert_id: str) -> dict[str, Any] | None:
-        return self.send_queue.get_alert(alert_id)
+    # --- actions (the optional ones are attributes: see __init__) ---------------------------------
 
     def retry_alert(self, alert_id: str) -> bool:
         return self.dispatcher.retry(alert_id) if self.dispatcher else False
+
+    def whatsapp_state(self) -> WhatsAppState:
+        return self.whatsapp.state.copy()  # gateway/whatsapp/state.py
 
     def send_command(self, device: str, cmd: str, args: dict[str, Any] | None = None) -> str:
         return self.commands.send(device, cmd, args)  # gateway/commands.py
 
     def command_result(self, cmd_id: str) -> dict[str, Any] | None:
         return self.commands.result(cmd_id)
-
-    def firmware_status(self, device: str) -> dict[str, Any]:
-        return self.updates.firmware_status(device)  # gateway/ota/updates.py
-
-    def offer_update(self, device: str) -> dict[str, Any]:
-        return self.updates.offer_update(device)
 
     def _publish(self, topic_name: str, payload: bytes, retain: bool = False) -> None:
         if self.link is not None:  # not started or stopped: nothing to publish on
@@ -1052,26 +1033,6 @@ class GatewayService:
             else:  # a box's message made room for it
                 self._reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
         return accepted
-
-    # --- WhatsApp's state, as its supervisor publishes it ---------------------------------
-
-    def whatsapp_state(self) -> WhatsAppState:
-        return self._whatsapp.copy()
-
-    def _on_whatsapp_state(self, _topic: str, data: dict[str, Any]) -> None:
-        was = self._whatsapp.get("state")
-        self._whatsapp = cast(WhatsAppState, dict(data))  # WHATSAPP_STATE carries a WhatsAppState
-        if data.get("state") == "connected" and was != "connected" and self.dispatcher is not None:
-            # Alerts that failed while WhatsApp was away go now, not after their backoff.
-            self.dispatcher.reschedule("whatsapp")
-
-    def _on_whatsapp_receipt(self, _topic: str, data: dict[str, Any]) -> None:
-        if self.dispatcher is None or not isinstance(data, dict):
-            return
-        ids = [str(i) for i in data.get("ids") or [] if i]
-        self.dispatcher.note_receipt(
-            ids, str(data.get("status") or ""), float(data.get("ts") or self.clock())
-        )
 
     # --- health and status (gateway/status.py) ----------------------------------------------
 
@@ -1096,32 +1057,13 @@ class GatewayService:
             store=self._open_store(),
             ingest=ingest,
             commands_held=len(self.commands),
-            storage=self.storage_health(),
+            storage=self.storage_monitor.health(),
             counters=self.counters.snapshot(),
         )
 
-    def storage_health(self) -> dict[str, Any]:
-        return self.storage_monitor.health()
-
-    def storage_state(self) -> dict[str, Any] | None:
-        return self.storage_monitor.state()
-
     def write_status(self) -> None:
         """`<data>/status.json`: what `parcelbox status` shows (health, boxes, recent events, outbox)."""
-        self.storage_monitor.check()
-        snap = {
-            "health": self.health(),
-            "devices": self.list_devices(),
-            "events": self.list_events(limit=10),
-            "outbox": self.list_outbox(limit=20),
-            "ota": self.ota.snapshot(),
-        }
-        # At a full disk it fails: logged (rate-limited) and counted; `parcelbox status` measures the
-        # disk itself, so the warning still shows.
-        try:
-            write_snapshot(self.data_dir, snap)
-        except OSError as exc:
-            self._store_failed(exc, STATUS_FILE, counter="status_write_errors")
+        self.storage_monitor.write_status(lambda: status_snapshot(self, self.ota))
 
     def _retention(self) -> None:
         apply_retention(self._open_store(), self.data_dir, self.config, self.clock())  # gateway/retention.py

@@ -33,6 +33,8 @@ from gateway.storage import atomic_write_bytes
 
 if TYPE_CHECKING:  # `parcelbox status` imports STATUS_FILE from here: no paho, no TinyDB for that
     from gateway.ingest import MqttLink
+    from gateway.ota.server import OtaServer
+    from gateway.ports import GatewayPort
     from gateway.store import Store
 
 log = logging.getLogger("gateway")
@@ -93,6 +95,17 @@ def health_report(
     out.update(dict.fromkeys(_ZERO_COUNTERS, 0))
     out.update(counters)
     return out
+
+
+def status_snapshot(port: GatewayPort, ota: OtaServer) -> dict[str, Any]:
+    """What `parcelbox status` shows: health, boxes, recent events, outbox, over-the-air updates."""
+    return {
+        "health": port.health(),
+        "devices": port.list_devices(),
+        "events": port.list_events(limit=10),
+        "outbox": port.list_outbox(limit=20),
+        "ota": ota.snapshot(),
+    }
 
 
 def write_snapshot(data_dir: Path, snap: dict[str, Any]) -> None:
@@ -178,6 +191,17 @@ class StorageMonitor:
             )
         if publish is not None:
             self._bus.publish(STORAGE_STATE, publish)
+
+    def write_status(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """Check the disk, then write `snapshot()` (`status_snapshot`) as `<data>/status.json`.
+
+        At a full disk it fails: logged (rate-limited) and counted; `parcelbox status` measures the
+        disk itself, so the warning still shows."""
+        self.check()
+        try:
+            write_snapshot(self.data_dir, snapshot())
+        except OSError as exc:
+            self.failed(exc, STATUS_FILE, counter="status_write_errors")
 
     def state(self) -> dict[str, Any] | None:
         """The last storage state published on the bus (for a subscriber that starts later)."""
