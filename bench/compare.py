@@ -3,6 +3,7 @@
     .venv/bin/python bench/compare.py bench/latency.py --quick                 # HEAD~1 vs this tree, 3 rounds
     .venv/bin/python bench/compare.py --rev main~1 --rounds 4 bench/ingest.py --quick
     .venv/bin/python bench/compare.py --match 'gateway|e2e' bench/ingest.py --quick   # only some figures
+    .venv/bin/python bench/compare.py --rev main~1 --new main bench/latency.py --quick  # two commits
 
 Why: "no regression against the previous commit" means little when the two figures come from runs an
 hour apart on a shared, noisy machine. This runs both in one sitting, interleaved old, new, old, new...
@@ -11,7 +12,9 @@ ratio so a reader can tell a change from noise.
 
 How:
 - the old revision is checked out with `git worktree add --detach` under
-  `build/compare/<short sha>/` and removed afterwards (`--keep` leaves it for the next run);
+  `build/compare/<short sha>/` and removed afterwards (`--keep` leaves it for the next run); the new
+  side is this working tree as it is (uncommitted changes included), or `--new REV` checked out the same
+  way;
 - each side runs *its own* copy of the script, as `<this interpreter> <tree>/<script> ARGS` with the
   tree as working directory and `PYTHONPATH=<tree>`. The benches put their own tree first on sys.path
   and start the gateway with `PYTHONPATH=<tree>`, so each side's gateway, simulator and firmware are that
@@ -37,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -154,7 +158,7 @@ def git(*args: str, cwd: Path = ROOT) -> str:
     ).stdout.strip()
 
 
-def old_tree(rev: str, base: Path) -> tuple[Path, str]:
+def rev_tree(rev: str, base: Path) -> tuple[Path, str]:
     """A detached worktree of `rev` under `base/<short sha>` (reused if there from `--keep`)."""
     sha = git("rev-parse", "--verify", f"{rev}^{{commit}}")
     path = base / sha[:12]
@@ -207,6 +211,44 @@ def takes_name(tree: Path, script: str) -> bool:
     return "--name" in r.stdout
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc/<pid>/stat's ppid field), children first found first."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parent[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def stop_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the run and everything it started (the managed Mosquitto has a session of its own, so
+    a process group is not enough); 15 s later SIGKILL whatever is left."""
+    pids = [proc.pid, *descendants(proc.pid)]
+    for sig, grace_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the bench itself
+            if not any(Path(f"/proc/{pid}").exists() for pid in pids[1:]) and proc.returncode is not None:
+                return
+            time.sleep(0.2)
+
+
 def run_once(
     tree: Path, script: str, args: list[str], name: str | None, timeout_s: float, log: Path
 ) -> tuple[dict[str, Any] | None, float, int]:
@@ -220,12 +262,14 @@ def run_once(
     with open(log, "ab") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n".encode())
         fh.flush()
+        proc = subprocess.Popen(cmd, cwd=tree, env=side_env(tree), stdout=fh, stderr=subprocess.STDOUT)
         try:
-            rc = subprocess.run(
-                cmd, cwd=tree, env=side_env(tree), stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s
-            ).returncode
+            rc = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             rc = -1
+        finally:
+            if proc.poll() is None:  # a time-out or an abort: stop the bench, its broker and gateway
+                stop_tree(proc)
     wall = time.monotonic() - t0
     if name is not None:
         found = [results / f"{name}.json"]
@@ -252,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--rev", default="HEAD~1", help="the old side: any git revision (default HEAD~1)")
+    ap.add_argument("--new", default=None, help="the new side: a git revision (default: this working tree)")
     ap.add_argument("--rounds", type=int, default=3, help="old+new pairs (runs alternate old, new, ...)")
     ap.add_argument("--match", default="", help="only figures whose name matches this regex")
     ap.add_argument("--timeout-s", type=float, default=1800.0, help="time limit of one run")
@@ -266,12 +311,30 @@ def main(argv: list[str] | None = None) -> int:
     if not (ROOT / script).is_file():
         ap.error(f"{script}: no such script in {ROOT}")
     base = ROOT / "build" / "compare"
-    old, sha = old_tree(a.rev, base)
-    if not (old / script).is_file():
-        print(f"{script} does not exist at {a.rev} ({sha[:12]})", file=sys.stderr)
-        return 2
-    new = ROOT
+    if a.new and git("rev-parse", f"{a.new}^{{commit}}") == git("rev-parse", f"{a.rev}^{{commit}}"):
+        ap.error("--rev and --new are the same commit")
+    old, sha = rev_tree(a.rev, base)
+    new, new_sha = rev_tree(a.new, base) if a.new else (ROOT, git("rev-parse", "HEAD"))
+    # SIGTERM (a caller's time limit) unwinds like Ctrl-C, so the worktrees are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sides = {"old": old, "new": new}
+    try:
+        return _run(a, script, sides, sha, new_sha, base)
+    finally:
+        if not a.keep:
+            for tree in (old, new):
+                if tree != ROOT:
+                    remove_tree(tree)
+
+
+def _run(
+    a: argparse.Namespace, script: str, sides: dict[str, Path], sha: str, new_sha: str, base: Path
+) -> int:
+    old, new = sides["old"], sides["new"]
+    for side, tree in sides.items():
+        if not (tree / script).is_file():
+            print(f"{script} does not exist on the {side} side ({tree})", file=sys.stderr)
+            return 2
     for side, tree in sides.items():
         origin = gateway_origin(tree)
         if not origin.startswith(str(tree.resolve()) + os.sep):
@@ -285,33 +348,32 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, list[float]] = {"old": [], "new": []}
     failures: list[dict[str, Any]] = []
     load: list[str] = []
-    try:
-        for rnd in range(1, a.rounds + 1):
-            for side in ("old", "new"):
-                print(f"round {rnd}/{a.rounds}: {side} ...", flush=True)
-                name = f"_compare-{side}-{rnd}" if names[side] else None
-                data, wall, rc = run_once(sides[side], script, a.args, name, a.timeout_s, log)
-                try:
-                    load.append(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
-                except OSError:
-                    pass
-                walls[side].append(round(wall, 1))
-                if rc != 0 or data is None:
-                    failures.append({"side": side, "round": rnd, "exit": rc, "json": data is not None})
-                    print(f"  {side} round {rnd} failed (exit {rc}); see {log}", flush=True)
-                    continue
-                runs[side].append(data)
-    finally:
-        if not a.keep:
-            remove_tree(old)
+    for rnd in range(1, a.rounds + 1):
+        for side in ("old", "new"):
+            print(f"round {rnd}/{a.rounds}: {side} ...", flush=True)
+            name = f"_compare-{side}-{rnd}" if names[side] else None
+            data, wall, rc = run_once(sides[side], script, a.args, name, a.timeout_s, log)
+            try:
+                load.append(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
+            except OSError:
+                pass
+            walls[side].append(round(wall, 1))
+            if rc != 0 or data is None:
+                failures.append({"side": side, "round": rnd, "exit": rc, "json": data is not None})
+                print(f"  {side} round {rnd} failed (exit {rc}); see {log}", flush=True)
+                continue
+            runs[side].append(data)
     rows = compare(runs["old"], runs["new"], a.match)
 
     def pct(v: float) -> str:
         return f"{v:.0%}" if v == v else "-"
 
+    dirty = new == ROOT and bool(git("status", "--porcelain"))
+    new_desc = (
+        f"{a.new} ({new_sha[:12]})" if a.new else f"this tree ({new_sha[:12]}{' + changes' if dirty else ''})"
+    )
     print(
-        f"\n{script} {' '.join(a.args)}: old = {a.rev} ({sha[:12]}), new = this tree "
-        f"({git('rev-parse', '--short=12', 'HEAD')}{' + changes' if git('status', '--porcelain') else ''}); "
+        f"\n{script} {' '.join(a.args)}: old = {a.rev} ({sha[:12]}), new = {new_desc}; "
         f"{len(runs['old'])} old / {len(runs['new'])} new runs, alternated; medians"
     )
     print_table(
@@ -334,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": a.rounds,
             "order": "old, new alternated per round",
             "old": {"rev": a.rev, "sha": sha, "tree": str(old)},
-            "new": {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))},
+            "new": {"rev": a.new or "working tree", "sha": new_sha, "tree": str(new), "dirty": dirty},
             "photos": photos,
             "match": a.match,
         },
