@@ -20,9 +20,9 @@ How:
   and start the gateway with `PYTHONPATH=<tree>`, so each side's gateway, simulator and firmware are that
   tree's. The venv's editable install of `gateway` is only a fallback finder (setuptools appends it
   after the path finder), and the script checks that `import gateway` resolves inside each tree;
-- `build/compare/shared` is a symlink to this tree's `../shared` when that exists: the benches read
-  sample photos from `../shared/photos` relative to their tree, so without it the two sides would
-  measure different photos;
+- `build/compare/shared` is a symlink to this tree's `../shared` when that exists (or to `--shared DIR`):
+  the benches read sample photos from `../shared/photos` relative to their tree, so without it the two
+  sides would measure different photos. `--shared` needs `--new` (this tree's `../shared` is fixed);
 - each run writes its JSON with `--name _compare-<side>-<round>` (when the script takes `--name`, which
   also keeps it off the script's usual results file), else the JSON files it touched are picked up;
   every numeric leaf of that JSON (except `machine`, `params`, `samples`) is a figure.
@@ -158,7 +158,7 @@ def git(*args: str, cwd: Path = ROOT) -> str:
     ).stdout.strip()
 
 
-def rev_tree(rev: str, base: Path) -> tuple[Path, str]:
+def rev_tree(rev: str, base: Path, shared: Path | None) -> tuple[Path, str]:
     """A detached worktree of `rev` under `base/<short sha>` (reused if there from `--keep`)."""
     sha = git("rev-parse", "--verify", f"{rev}^{{commit}}")
     path = base / sha[:12]
@@ -167,8 +167,10 @@ def rev_tree(rev: str, base: Path) -> tuple[Path, str]:
         git("worktree", "add", "--detach", str(path), sha)
     # ../shared beside the old tree must be the new tree's, or the sides read different photos.
     link = base / "shared"
-    if SHARED_DIR.is_dir() and not link.exists():
-        link.symlink_to(SHARED_DIR.resolve(), target_is_directory=True)
+    if link.is_symlink():
+        link.unlink()
+    if shared is not None and shared.is_dir():
+        link.symlink_to(shared.resolve(), target_is_directory=True)
     return path, sha
 
 
@@ -297,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rev", default="HEAD~1", help="the old side: any git revision (default HEAD~1)")
     ap.add_argument("--new", default=None, help="the new side: a git revision (default: this working tree)")
+    ap.add_argument(
+        "--shared", type=Path, default=None, help="sample data folder for both sides (needs --new)"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="old+new pairs (runs alternate old, new, ...)")
     ap.add_argument("--match", default="", help="only figures whose name matches this regex")
     ap.add_argument("--timeout-s", type=float, default=1800.0, help="time limit of one run")
@@ -313,8 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     base = ROOT / "build" / "compare"
     if a.new and git("rev-parse", f"{a.new}^{{commit}}") == git("rev-parse", f"{a.rev}^{{commit}}"):
         ap.error("--rev and --new are the same commit")
-    old, sha = rev_tree(a.rev, base)
-    new, new_sha = rev_tree(a.new, base) if a.new else (ROOT, git("rev-parse", "HEAD"))
+    if a.shared is not None and not a.new:
+        ap.error("--shared needs --new: this tree reads its own ../shared")
+    if a.shared is not None and not (a.shared / "photos").is_dir():
+        ap.error(f"{a.shared}/photos: no such folder")
+    shared = a.shared or (SHARED_DIR if SHARED_DIR.is_dir() else None)
+    old, sha = rev_tree(a.rev, base, shared)
+    new, new_sha = rev_tree(a.new, base, shared) if a.new else (ROOT, git("rev-parse", "HEAD"))
     # SIGTERM (a caller's time limit) unwinds like Ctrl-C, so the worktrees are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sides = {"old": old, "new": new}
