@@ -66,4 +66,6 @@ class RetainedGuard:
 
     @property
     def pending_echoes(self) -> int:
-        return sum(self._pending.values())
+        """Clears not yet echoed back. `check` runs on paho's thread only; this may be read from any
+        (dict.copy is one step under the GIL, so the count is never taken mid-change)."""
+        return sum(self._pending.copy().values())
