@@ -448,6 +448,9 @@ def test_retained_junk_on_a_box_topic_is_counted_and_cleared_from_the_broker(tmp
         assert _publish_once(svc.broker.url, "box-a", a.password, status, live) == "acked"
         for topic, payload in junk.items():
             assert _publish_once(svc.broker.url, "box-a", a.password, topic, payload) == "acked"
+        # This gateway got them live (handled like any message): wait until it took them, or the broker
+        # would hand the ones it had not acknowledged to the next run from the persistent session.
+        wait_for(lambda: svc.health()["received"] == 1 + len(junk), 10, what="the live copies")
     finally:
         svc.stop()  # Mosquitto saves its retained messages on the way down
     for run in (1, 2):  # a restart replays them: the first clears, the second finds nothing left
