@@ -21,12 +21,15 @@ import paho.mqtt.client as mqtt
 
 from gateway.brokeraddr import BrokerAddress, parse_broker_url
 from gateway.protocol import subscriptions
+from gateway.retained import RetainedGuard, Verdict
 
 log = logging.getLogger(__name__)
 
 # (topic, payload, received at, retained): `retained` marks a copy the broker replays from its
 # retained store because we (re)subscribed, said by the box at some earlier, unknown time.
 Deliver = Callable[[str, bytes, float, bool], None]
+# (reason, detail, where): how the service counts and logs a rejected message (GatewayService._reject).
+Reject = Callable[[str, str, str], None]
 
 
 def _no_delay(client: mqtt.Client) -> None:
@@ -52,6 +55,7 @@ class MqttLink:
         username: str = "",
         password: str = "",
         keepalive: int = 30,
+        reject: Reject | None = None,
     ) -> None:
         addr = parse_broker_url(url, username, password)
         self.host = addr.host
@@ -61,6 +65,9 @@ class MqttLink:
         self.password = addr.password or ""
         self.prefix = prefix
         self.deliver = deliver
+        self.reject = reject
+        # Retained junk on topics the protocol never retains (gateway/retained.py); paho's thread only.
+        self.retained = RetainedGuard(prefix)
         self.keepalive = keepalive
         self.connected = threading.Event()
         self.connects = 0
@@ -115,8 +122,22 @@ class MqttLink:
                 "disconnected from broker %s: %s; paho reconnects with backoff", self.endpoint, reason_code
             )
 
-    def _on_message(self, _client, _ud, msg: mqtt.MQTTMessage) -> None:
-        self.deliver(msg.topic, bytes(msg.payload), time.time(), bool(msg.retain))
+    def _on_message(self, client: mqtt.Client, _ud, msg: mqtt.MQTTMessage) -> None:
+        payload, retained = bytes(msg.payload), bool(msg.retain)
+        verdict = self.retained.check(msg.topic, payload, retained)
+        if verdict is Verdict.JUNK:
+            # An empty retained publish deletes it from the broker: replayed this once, never again.
+            # The gateway's login may write every topic (gateway/broker.py acl_text: `readwrite #`).
+            client.publish(msg.topic, b"", qos=1, retain=True)
+            detail = f"{len(payload)} bytes retained where the protocol never retains; cleared on the broker"
+            if self.reject is not None:
+                self.reject("retained_junk", detail, msg.topic[:120])
+            else:
+                log.warning("rejected %s: retained_junk (%s)", msg.topic[:120], detail)
+            return
+        if verdict is Verdict.ECHO:
+            return  # our own clearing publish, forwarded back to us
+        self.deliver(msg.topic, payload, time.time(), retained)
 
     def start(self, wait_s: float = 0.0) -> None:
         self.client.connect_async(self.host, self.port, keepalive=self.keepalive)

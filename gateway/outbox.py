@@ -64,6 +64,12 @@ class OutboxDispatcher:
             name: SendLimiter.for_limit(getattr(n, "rate_limit", None), clock)
             for name, n in notifiers.items()
         }
+        # What a per-recipient limit counts under. A notifier that knows two addresses are one
+        # recipient (WhatsApp: '+62 812-3456' and '628123456' are one phone) says so with an optional
+        # `rate_key(recipient) -> str`; else the configured string is the key.
+        self._rate_keys: dict[str, Callable[[str], str] | None] = {
+            name: getattr(n, "rate_key", None) for name, n in notifiers.items()
+        }
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -142,7 +148,7 @@ class OutboxDispatcher:
                 if (fresh.get("next_attempt_at") or 0) > now:
                     continue
                 rec = fresh
-            if limiter.try_acquire(rec["recipient"], now) > 0:
+            if limiter.try_acquire(self._rate_key(name, rec["recipient"]), now) > 0:
                 continue  # rate limited: not a failure, the entry just waits its turn
             if parallel:
                 self._start_lane(notifier, rec)
@@ -150,6 +156,16 @@ class OutboxDispatcher:
                 self._send(notifier, rec)
             did = True
         return did
+
+    def _rate_key(self, name: str, recipient: str) -> str:
+        key = self._rate_keys[name]
+        if key is None:
+            return recipient
+        try:
+            return key(recipient)
+        except Exception:  # a notifier's bug must not stop the pass: count it under its own spelling
+            log.exception("outbox %s: rate key of %r failed; limiting it on its own", name, recipient)
+            return recipient
 
     def wait_lanes(self, timeout: float = 30.0) -> bool:
         """Wait for the per-recipient senders in flight to finish; False if some still run."""

@@ -321,6 +321,7 @@ class GatewayService:
             username=username,
             password=password,
             keepalive=self.config.broker.keepalive_s,
+            reject=self._reject,  # retained junk (gateway/retained.py) is counted with the other rejections
         )
         self.link.start(wait_s=10.0)
         if not self.link.connected.is_set():

@@ -411,6 +411,69 @@ def test_retained_junk_is_bounded_and_an_idle_broker_does_not_rewrite_its_databa
         svc.stop()
 
 
+def _retained_on(url: str, login: str, password: str, topic_filter: str) -> list[str]:
+    """The topics under `topic_filter` that the broker holds retained messages for, read with `login`.
+
+    Complete, not sampled: after subscribing, the reader publishes a live probe under the same filter;
+    one connection keeps order, so every retained message has arrived when the probe does."""
+    probe = topic_filter.rstrip("#") + "probe"
+    reader, got = _subscriber(url, topic_filter, login, password)
+    try:
+        reader.publish(probe, b"", qos=1)
+        wait_for(lambda: any(m.topic == probe for m in got), 10, what="the probe")
+        return sorted(m.topic for m in got if m.retain)
+    finally:
+        _close(reader)
+
+
+def test_retained_junk_on_a_box_topic_is_counted_and_cleared_from_the_broker(tmp_path, prefix):
+    """A stolen box login leaves retained messages on its own event, chunk, command-result and update-reply
+    topics (the ACL cannot tell retained from live): the broker replayed each to the gateway at every
+    start and reconnect, forever. Now the first replay is counted (`rejected.retained_junk`) and cleared
+    with an empty retained publish by the gateway's login; the box's retained status stays."""
+    cfg = _managed(tmp_path, prefix, PARCELBOX_BROKER_ALLOW_ANONYMOUS="false")
+    svc = GatewayService(cfg)
+    a = svc.registry.add("box-a")
+    svc.start()
+    status = f"{prefix}/box-a/status"
+    junk = {
+        f"{prefix}/box-a/photo/{new_event_id()}/0": b"\xff" * 60_000,  # below max_packet_size: accepted
+        f"{prefix}/box-a/event": b'{"v":1,"id":',
+        f"{prefix}/box-a/cmd/result": b"junk",
+        f"{prefix}/box-a/ota/reply": b"junk",
+    }
+    try:
+        assert svc.wait_connected(10)
+        live = json.dumps({"v": 1, "online": True, "fw": "0.1.0", "uptime_s": 5}).encode()
+        assert _publish_once(svc.broker.url, "box-a", a.password, status, live) == "acked"
+        for topic, payload in junk.items():
+            assert _publish_once(svc.broker.url, "box-a", a.password, topic, payload) == "acked"
+        # This gateway got them live (handled like any message): wait until it took them, or the broker
+        # would hand the ones it had not acknowledged to the next run from the persistent session.
+        wait_for(lambda: svc.health()["received"] == 1 + len(junk), 10, what="the live copies")
+    finally:
+        svc.stop()  # Mosquitto saves its retained messages on the way down
+    for run in (1, 2):  # a restart replays them: the first clears, the second finds nothing left
+        svc = GatewayService(cfg)
+        svc.start()
+        try:
+            assert svc.wait_connected(10)
+            assert svc.link is not None and svc.broker is not None
+            if run == 1:
+                wait_for(
+                    lambda s=svc: s.health()["rejected"].get("retained_junk") == len(junk), 10, what="junk counted"
+                )
+                # Our clears came back to us: the broker has applied every one of them.
+                wait_for(lambda s=svc: s.link.retained.pending_echoes == 0, 10, what="clears applied")
+            login, password = svc.broker.gateway_username, svc.broker.gateway_password
+            assert _retained_on(svc.broker.local_url, login, password, f"{prefix}/box-a/#") == [status]
+            # The echoes of the clears were dropped quietly, not counted as malformed chunks or events.
+            rejected = svc.health()["rejected"]
+            assert {k: v for k, v in rejected.items() if v} == ({"retained_junk": len(junk)} if run == 1 else {})
+        finally:
+            svc.stop()
+
+
 def test_a_broker_left_over_by_a_dead_gateway_is_stopped_and_its_port_reused(tmp_path, prefix):
     """Item 13: a gateway that died without its broker dying (no parent-death signal) left Mosquitto
     holding the port; the next gateway stops that broker (pid file + /proc check) and keeps the port."""

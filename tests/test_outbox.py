@@ -293,3 +293,47 @@ def test_a_whatsapp_send_is_booked_once_on_the_dispatchers_clock(store, tmp_path
     d._pass("whatsapp")
     rec = store.get_outbox("a3_whatsapp")
     assert rec["state"] == "pending" and rec["attempts"] == 0 and len(sender.sent) == 2
+
+
+def test_whatsapp_limit_counts_one_number_however_it_is_spelled(store, tmp_path):
+    """The per-recipient WhatsApp limit was keyed on the configured string, so '+62 812-3456-789' and
+    '628123456789' (one phone, e.g. once in `recipients` and once in a box's override) each had a
+    window of their own: twice the rate WhatsApp tolerates for that number. Keyed on the JID now."""
+    from gateway.notify.whatsapp import WhatsAppNotifier
+    from gateway.whatsapp.settings import WhatsAppSettings
+    from gateway.whatsapp.supervisor import SendOutcome
+
+    class Sender:  # the supervisor's send(); a true edge (the WhatsApp servers)
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send(self, to: str, text: str, image: bytes | None = None) -> SendOutcome:
+            self.sent.append(to)
+            return SendOutcome(ok=True, message_id=f"m{len(self.sent)}")
+
+    clock = Clock()
+    sender = Sender()
+    spellings = ["+62 812-3456-789", "628123456789", "+62 (812) 3456.789"]
+    settings = WhatsAppSettings(
+        session_dir=tmp_path / "wa", recipients=spellings, rate_per_minute=1, rate_per_minute_overall=0
+    )
+    notifier = WhatsAppNotifier(settings, sender)
+    rows = [
+        entry(i, clock.t - 1 + i * 0.001, notifier="whatsapp", recipient=r) for i, r in enumerate(spellings)
+    ]
+    rows.append(entry(9, clock.t, notifier="whatsapp", recipient="+44 20 7946 0000"))  # another number
+    store.add_outbox(rows, clock.t)
+    d, _ = make(store, notifier, clock)
+    d._pass("whatsapp")
+    # One message to 628123456789 in the minute (whichever spelling came first), one to the other number.
+    assert sorted(sender.sent) == ["442079460000@s.whatsapp.net", "628123456789@s.whatsapp.net"]
+    waiting = [store.get_outbox(f"a{i}_whatsapp") for i in (1, 2)]
+    assert [(r["state"], r["attempts"]) for r in waiting] == [("pending", 0), ("pending", 0)]
+    clock.t += 61
+    d._pass("whatsapp")
+    assert sender.sent.count("628123456789@s.whatsapp.net") == 2
+    clock.t += 61
+    d._pass("whatsapp")
+    assert store.outbox_counts()["sent"] == 4
+    # A recipient that is no number keeps a window of its own (and is dead-lettered by the send).
+    assert notifier.rate_key("not a number") == "not a number"

@@ -7,7 +7,7 @@ supervisor, which waits for the child's confirmation. It never raises: every
 problem becomes a failed `SendResult` and the outbox retries. The overall and
 per-recipient rate limits (WhatsApp bans numbers that send in bursts) are only
 declared here (`rate_limit`): the outbox dispatcher owns them and books each send
-once, on its own clock.
+once, on its own clock, per recipient JID (`rate_key`), not per configured spelling.
 """
 
 from __future__ import annotations
@@ -79,6 +79,14 @@ class WhatsAppNotifier:
 
     def recipients(self, device: str) -> list[str]:
         return self.settings.recipients_for(device)
+
+    def rate_key(self, recipient: str) -> str:
+        """The key the outbox's per-recipient limit counts under: the JID, so two spellings of one
+        number ('+62 812-3456', '628123456') share one window, as WhatsApp sees one recipient."""
+        try:
+            return to_jid(recipient)
+        except BadRecipient:
+            return recipient  # never sent (dead-lettered at its first try); its own window
 
     def send(self, alert: Alert) -> SendResult:
         try:
