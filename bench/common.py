@@ -87,18 +87,58 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def uxga_photos(limit: int = 12) -> tuple[list[bytes], str]:
-    """UXGA camera photos from ../shared/photos (*_uxga.jpg); generated 1600x1200 JPEGs when absent.
+def uxga_photos(limit: int = 12, folder: Path | None = None) -> tuple[list[bytes], str]:
+    """UXGA camera photos from `folder` (default ../shared/photos: *_uxga.jpg); generated 1600x1200
+    JPEGs when absent.
 
     Returns (photos, where they came from)."""
-    files = sorted(PHOTOS_DIR.glob("*_uxga.jpg"))[:limit] if PHOTOS_DIR.is_dir() else []
+    folder = PHOTOS_DIR if folder is None else Path(folder)
+    files = sorted(folder.glob("*_uxga.jpg"))[:limit] if folder.is_dir() else []
     if files:
-        return [p.read_bytes() for p in files], f"{len(files)} UXGA photos from {PHOTOS_DIR}"
+        return [p.read_bytes() for p in files], f"{len(files)} UXGA photos from {folder}"
     return [_generated_uxga(i) for i in range(min(limit, 4))], "generated 1600x1200 JPEGs (no sample photos)"
 
 
+def camera_frame_size(photos: list[bytes]) -> str:
+    """The firmware `frame_size` an ESP32-CAM sending `photos` runs at (their common resolution).
+
+    A simulated box must be set to the photos' size: the camera driver sizes its one JPEG buffer at
+    init from the frame size (esp32-camera cam_hal.c: width * height / 5, `fake_camera.jpeg_buffer_bytes`)
+    and drops a bigger frame ("FB-OVF"), so UXGA photos through an SVGA box (the firmware default,
+    96,000 bytes) arrive as events with `camera_error: "no frame"` and no photo at all. A real OV2640
+    never sends a JPEG larger than that buffer at its frame size (its quality setting bounds the size),
+    so a photo that does not fit is refused here with the numbers, not silently dropped by the box."""
+    import io
+
+    from PIL import Image
+
+    from tools.sim.fake_camera import RESOLUTION, jpeg_buffer_bytes
+
+    by_size = {wh: name for name, wh in RESOLUTION.items()}
+    names = set()
+    for i, p in enumerate(photos):
+        wh = Image.open(io.BytesIO(p)).size
+        if wh not in by_size:
+            raise ValueError(
+                f"photo {i} is {wh[0]}x{wh[1]}: not a frame size the ESP32-CAM offers "
+                f"({', '.join(f'{n} {w}x{h}' for n, (w, h) in RESOLUTION.items())})"
+            )
+        room = jpeg_buffer_bytes(*wh)
+        if len(p) > room:
+            raise ValueError(
+                f"photo {i} ({by_size[wh]}) is {len(p)} bytes: over the camera driver's {room}-byte JPEG "
+                f"buffer at that size (width*height/5), so a real box could never send it"
+            )
+        names.add(by_size[wh])
+    if len(names) != 1:
+        raise ValueError(f"photos of several frame sizes ({', '.join(sorted(names))}); a box has one")
+    return names.pop()
+
+
 def _generated_uxga(seed: int) -> bytes:
-    """A 1600x1200 JPEG with camera-like texture (noise over gradients), ~150-300 KB at q85."""
+    """A 1600x1200 JPEG with camera-like texture (noise over gradients), ~245 KB at q60: within the
+    sample photos' 120-330 KB and the camera driver's 384,000-byte UXGA buffer (`camera_frame_size`);
+    at q85 this texture made ~520 KB, more than an ESP32-CAM can send."""
     import io
     import random
 
@@ -117,7 +157,7 @@ def _generated_uxga(seed: int) -> bytes:
     noise = Image.effect_noise((1600, 1200), 24).convert("RGB")
     im = Image.blend(im, noise, 0.25)
     out = io.BytesIO()
-    im.save(out, "JPEG", quality=85)
+    im.save(out, "JPEG", quality=60)
     return out.getvalue()
 
 

@@ -4,7 +4,10 @@
     .venv/bin/python bench/latency.py --quick      # 8 deliveries per phase (smoke run)
 
 One simulated box (`tools/simulate.py` `SimulatedBox`: the real firmware modules, its umqtt-style
-client, UXGA photos from ../shared/photos) makes one delivery at a time, with a pause between them.
+client, UXGA photos from ../shared/photos or `--photos DIR`, its camera set to the photos' frame size
+as a real box sending them would be) makes one delivery at a time, with a pause between them. A run
+in which any delivery arrives without its photo (the camera gave no frame) measures no photo
+pipeline: it fails (exit 1) and writes no result.
 Timestamps are taken in the bench process with `time.monotonic()`:
 
 - t0: the box's client publishes the event JSON (the first byte of the event leaves the box);
@@ -42,6 +45,7 @@ from common import (  # noqa: E402
     PHOTOS_DIR,
     BareSubscriber,
     GatewayProcess,
+    camera_frame_size,
     machine_info,
     percentile,
     print_table,
@@ -69,6 +73,9 @@ def _publish(self: Any, topic: Any, msg: Any, retain: bool = False, qos: int = 0
             eid = None
         if eid is not None and eid not in MARKS:
             MARKS[eid] = {"t0": time.monotonic(), "size": float((ev.get("photo") or {}).get("size", 0))}
+            cam_error = (ev.get("sensors") or {}).get("camera_error")  # firmware/app.py
+            if cam_error:
+                MARKS[eid]["camera_error"] = str(cam_error)
             _CURRENT["eid"] = eid
     _orig_publish(self, topic, msg, retain, qos)
     eid = _CURRENT.get("eid")
@@ -159,13 +166,25 @@ class FolderWatch(threading.Thread):
 
 
 def run_box(
-    broker_url: str, prefix: str, photos_dir: Path, n: int, pause_s: float, watch: FolderWatch | None
+    broker_url: str,
+    prefix: str,
+    photos_dir: Path,
+    frame_size: str,
+    n: int,
+    pause_s: float,
+    watch: FolderWatch | None,
 ) -> list[str]:
     """One box, `n` deliveries one at a time; returns the event ids in order."""
     obs = AckObserver(broker_url, prefix)
     spool = Path(tempfile.mkdtemp(prefix="parcelbox-lat-spool-"))
     box = sim.SimulatedBox(
-        broker_url, "lat-box", prefix=prefix, photos=photos_dir, spool_dir=spool, tick_ms=50
+        broker_url,
+        "lat-box",
+        prefix=prefix,
+        photos=photos_dir,
+        spool_dir=spool,
+        tick_ms=50,
+        overrides={"frame_size": frame_size},
     )
     ids: list[str] = []
     try:
@@ -197,6 +216,15 @@ def run_box(
         obs.close()
         shutil.rmtree(spool, ignore_errors=True)
     return ids
+
+
+def without_photo(ids: list[str]) -> list[str]:
+    """One line per delivery that carried no photo (what the box said about its camera)."""
+    return [
+        f"{e}: no photo (camera_error: {MARKS[e].get('camera_error', 'none given')})"
+        for e in ids
+        if not MARKS[e]["size"]
+    ]
 
 
 def pipeline_ms(photos: list[bytes], rounds: int) -> dict[int, float]:
@@ -235,12 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--name", default="latency")
     ap.add_argument("--quick", action="store_true", help="8 deliveries per phase")
+    ap.add_argument(
+        "--photos", type=Path, default=None, help="folder of *_uxga.jpg (default ../shared/photos)"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.events = 8
         if args.name == "latency":
             args.name = "latency_quick"
-    photos, source = uxga_photos()
+    photos, source = uxga_photos(folder=args.photos)
+    try:
+        frame_size = camera_frame_size(photos)
+    except ValueError as e:
+        print(f"latency: FAILED: {e}", file=sys.stderr)
+        return 1
     work = Path(tempfile.mkdtemp(prefix="parcelbox-latency-"))
     photos_dir = work / "photos"
     photos_dir.mkdir()
@@ -252,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         bare = BareSubscriber(broker.url, "latfloor", work)
         bare.start()
         try:
-            floor_ids = run_box(broker.url, "latfloor", photos_dir, args.events, args.pause_s, None)
+            floor_ids = run_box(
+                broker.url, "latfloor", photos_dir, frame_size, args.events, args.pause_s, None
+            )
         finally:
             bare.stop()
         # floor (b): the photo pipeline alone, same photos
@@ -263,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         watch = FolderWatch(gw.alerts_dir)
         watch.start()
         try:
-            gw_ids = run_box(broker.url, "lat", photos_dir, args.events, args.pause_s, watch)
+            gw_ids = run_box(broker.url, "lat", photos_dir, frame_size, args.events, args.pause_s, watch)
         finally:
             watch.stop.set()
             gw.stop()
@@ -271,6 +309,17 @@ def main(argv: list[str] | None = None) -> int:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+    missing = without_photo(floor_ids + gw_ids)
+    if missing:
+        # Without photos "e2e" times a text event and the floor a pipeline that never ran: no result.
+        print(
+            f"latency: FAILED: {len(missing)} of {len(floor_ids) + len(gw_ids)} deliveries carried no photo "
+            f"(box frame_size {frame_size}; photos: {source}); no result written:",
+            file=sys.stderr,
+        )
+        for line in missing:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     rt_by_size: dict[int, list[float]] = {}
     for e in floor_ids:
         m = MARKS[e]
@@ -313,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "events": args.events,
             "measured": len(e2e),
             "pause_s": args.pause_s,
+            "frame_size": frame_size,
             "photos": source if PHOTOS_DIR.is_dir() else source,
             "mean_photo_kb": round(sum(map(len, photos)) / len(photos) / 1024, 1),
             "outbox_poll_s": args.poll_s,
