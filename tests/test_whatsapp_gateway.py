@@ -157,6 +157,44 @@ def test_build_service_wires_whatsapp_from_the_config(tmp_path, mosquitto, prefi
         svc.stop()
 
 
+def test_one_number_listed_in_two_spellings_gets_each_alert_once(
+    tmp_path, mosquitto, prefix, box, caplog
+) -> None:
+    """Each configured recipient became an outbox entry: '+62 812-3456-789' and '628123456789' (one
+    WhatsApp user) got every alert twice. The config load names the repeat and keeps the first."""
+    from gateway.app import build_service
+
+    fake_dir = tmp_path / "fakewa"
+    cfg = _config(
+        tmp_path,
+        mosquitto,
+        prefix,
+        PARCELBOX_WHATSAPP_RECIPIENTS=f"{OWNER},628123456789",
+        PARCELBOX_WHATSAPP_TRANSPORT="fake",
+        PARCELBOX_WHATSAPP_FAKE_DIR=str(fake_dir),
+        PARCELBOX_WEB_ENABLED="false",
+    )
+    pair_fake(fake_settings(tmp_path))
+    fake = FakeWhatsApp(fake_dir)
+    with caplog.at_level("WARNING", logger="gateway.whatsapp.settings"):
+        svc = build_service(cfg)
+    assert any(f"lists '{OWNER}' and '628123456789'" in r.getMessage() for r in caplog.records), (
+        "the repeat is named at config load"
+    )
+    svc.start()
+    try:
+        assert svc.wait_connected(10)
+        eid = new_event_id()
+        box.send(eid, PHOTO)
+        assert box.wait_ack(eid)["ok"]  # the outbox entries are durable before the ack
+        entries = _whatsapp_outbox(svc)
+        assert [o["recipient"] for o in entries] == [OWNER]
+        wait_for(lambda: _whatsapp_outbox(svc)[0]["state"] == "sent", timeout=30, what="the alert sent")
+        assert len(fake.sent()) == 1
+    finally:
+        svc.stop()
+
+
 def test_alerts_go_out_as_soon_as_whatsapp_is_back(tmp_path, mosquitto, prefix, box) -> None:
     """Issue 16 #9: an alert that failed while WhatsApp was away waited out its backoff (up to 5 min)."""
     cfg = _config(

@@ -160,6 +160,47 @@ def test_per_box_recipients_from_config_values(tmp_path: Path) -> None:
     assert s.recipients_for("box3") == ["+62833"]
 
 
+def test_one_number_in_two_spellings_is_one_recipient(tmp_path: Path) -> None:
+    # Every recipient becomes an outbox entry: listed twice, one person got every alert twice.
+    s = _settings(
+        tmp_path,
+        recipients=["+62 812-3456-789", "+62 811 1111 111", "628123456789", "628123456789@s.whatsapp.net"],
+        recipients_by_box={
+            "garage": [
+                "120363012345678901@g.us",
+                "+62 833 3333 333",
+                "120363012345678901@g.us",
+                "6283333-33333",
+            ]
+        },
+    )
+    n = WhatsAppNotifier(s, _Sender(SendOutcome(ok=True)))
+    assert n.recipients("front") == ["+62 812-3456-789", "+62 811 1111 111"]  # the first spelling stays
+    assert n.recipients("garage") == ["120363012345678901@g.us", "+62 833 3333 333"]
+    # The same key as the outbox's per-recipient rate limit.
+    assert {n.rate_key(r) for r in s.recipients} == {
+        "628123456789@s.whatsapp.net",
+        "628111111111@s.whatsapp.net",
+    }
+
+
+def test_a_repeated_recipient_is_named_once_at_config_load(tmp_path: Path, caplog) -> None:
+    class Wa:
+        enabled = True
+        recipients = ["+62 812-3456-789", "628123456789", "0812 bad", "0812 bad"]
+        recipients_by_box = {"garage": "+62 833 3333 333, 62-833-3333-333", "front": ["+62 844 4444 444"]}
+
+    with caplog.at_level("WARNING", logger="gateway.whatsapp.settings"):
+        s = settings_from_config(Wa(), tmp_path)
+    assert s.recipients == ["+62 812-3456-789", "0812 bad"]  # a bad one stays: its send says what is wrong
+    assert s.recipients_by_box == {"garage": ["+62 833 3333 333"], "front": ["+62 844 4444 444"]}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3
+    assert "recipients lists '+62 812-3456-789' and '628123456789'" in warnings[0]
+    assert "recipients lists '0812 bad' and '0812 bad'" in warnings[1]
+    assert "recipients_by_box.garage lists '+62 833 3333 333' and '62-833-3333-333'" in warnings[2]
+
+
 def test_whatsapp_section_of_a_toml_config(tmp_path: Path) -> None:
     from gateway.config import load_config
 

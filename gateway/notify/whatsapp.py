@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.notify.base import Alert, RateLimit, SendResult
-from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, to_jid
+from gateway.whatsapp.addresses import BadRecipient, is_group, jid_user, recipient_key, to_jid
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.supervisor import SendOutcome
 from gateway.whatsapp.texts import alert_text
@@ -78,15 +78,14 @@ class WhatsAppNotifier:
         self.counters = {"sent": 0, "failed": 0, "bad_recipient": 0, "not_on_whatsapp": 0}
 
     def recipients(self, device: str) -> list[str]:
+        """One per person: spellings of a number already listed are left out (`recipients_for`)."""
         return self.settings.recipients_for(device)
 
     def rate_key(self, recipient: str) -> str:
         """The key the outbox's per-recipient limit counts under: the JID, so two spellings of one
-        number ('+62 812-3456', '628123456') share one window, as WhatsApp sees one recipient."""
-        try:
-            return to_jid(recipient)
-        except BadRecipient:
-            return recipient  # never sent (dead-lettered at its first try); its own window
+        number ('+62 812-3456', '628123456') share one window, as WhatsApp sees one recipient. A bad
+        address (never sent: dead-lettered at its first try) keys as itself."""
+        return recipient_key(recipient)
 
     def send(self, alert: Alert) -> SendResult:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 USER_SERVER = "s.whatsapp.net"
 GROUP_SERVER = "g.us"
@@ -50,6 +51,34 @@ def to_jid(recipient: str) -> str:
     if not 7 <= len(digits) <= 15:  # E.164 allows at most 15 digits
         raise BadRecipient(f"phone number {recipient!r} has {len(digits)} digits; expected 7 to 15")
     return f"{digits}@{USER_SERVER}"
+
+
+def recipient_key(recipient: str) -> str:
+    """The one recipient WhatsApp sees behind a configured spelling: its JID ('+62 812-3456-789' and
+    '628123456789' are one person). An address that is no JID keys as itself (stripped): it is never
+    sent, and two such are only one when spelt alike."""
+    try:
+        return to_jid(recipient)
+    except BadRecipient:
+        return recipient.strip()
+
+
+def unique_recipients(recipients: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Drop later spellings of a recipient already listed (by `recipient_key`), keeping the first.
+
+    Returns (the kept list in order, [(dropped spelling, the kept spelling it repeats)]): each
+    configured entry becomes an outbox entry, so a number listed twice got every alert twice."""
+    first: dict[str, str] = {}
+    kept: list[str] = []
+    dropped: list[tuple[str, str]] = []
+    for r in recipients:
+        key = recipient_key(r)
+        if key in first:
+            dropped.append((r, first[key]))
+            continue
+        first[key] = r
+        kept.append(r)
+    return kept, dropped
 
 
 def is_group(jid: str) -> bool:

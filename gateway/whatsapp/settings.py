@@ -7,10 +7,15 @@ plus the data folder; a plain picklable dataclass because it crosses into the
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gateway.whatsapp.addresses import unique_recipients
+
+log = logging.getLogger(__name__)
 
 TRANSPORTS = ("neonize", "fake")
 
@@ -80,9 +85,11 @@ class WhatsAppSettings:
         return self.session_dir / "state.json"
 
     def recipients_for(self, device: str) -> list[str]:
-        """Per-box override when configured, else the global list."""
+        """Per-box override when configured, else the global list; each number once (its first
+        spelling): every entry becomes an outbox entry, and WhatsApp sees one person behind
+        '+62 812-3456-789' and '628123456789'."""
         override = self.recipients_by_box.get(device)
-        return list(override) if override else list(self.recipients)
+        return unique_recipients(override if override else self.recipients)[0]
 
 
 def _address_list(value: Any) -> list[str]:
@@ -92,6 +99,21 @@ def _address_list(value: Any) -> list[str]:
     else:
         items = re.split(r"[,;]", str(value))
     return [i.strip().strip("[]'\" ") for i in items if i.strip().strip("[]'\" ")]
+
+
+def _without_repeats(addresses: list[str], where: str) -> list[str]:
+    """`addresses` with later spellings of one number left out, each named in a warning (once, at
+    config load: the lists are stored without them)."""
+    kept, dropped = unique_recipients(addresses)
+    for spelling, first in dropped:
+        log.warning(
+            "[whatsapp] %s lists %r and %r: the same WhatsApp recipient; alerts go once, to %r",
+            where,
+            first,
+            spelling,
+            first,
+        )
+    return kept
 
 
 def settings_from_config(wa: Any, data_dir: Path | str) -> WhatsAppSettings:
@@ -107,9 +129,10 @@ def settings_from_config(wa: Any, data_dir: Path | str) -> WhatsAppSettings:
         session_dir=Path(session_dir),
         enabled=bool(getattr(wa, "enabled", False)),
         language=getattr(wa, "language", defaults.language) or "en",
-        recipients=list(getattr(wa, "recipients", []) or []),
+        recipients=_without_repeats(list(getattr(wa, "recipients", []) or []), "recipients"),
         recipients_by_box={
-            k: _address_list(v) for k, v in (getattr(wa, "recipients_by_box", {}) or {}).items()
+            k: _without_repeats(_address_list(v), f"recipients_by_box.{k}")
+            for k, v in (getattr(wa, "recipients_by_box", {}) or {}).items()
         },
         allow=list(getattr(wa, "allow", []) or []),
         rate_per_minute=int(getattr(wa, "rate_per_minute", defaults.rate_per_minute)),
