@@ -107,6 +107,22 @@ def test_test_messages_are_rate_limited(setup) -> None:
     assert len(fake.sent()) == 5
 
 
+def test_every_spelling_of_one_number_shares_its_test_message_window(setup) -> None:
+    """The limiter cleaned numbers with its own regex, which kept '.': '+62.812.7777.0000' and the
+    JID '...@s.whatsapp.net' each got a fresh window of 3 for one person. Now keyed by `to_jid`."""
+    c, port, fake, comp = setup
+    fake.inject("scan")
+    wait_until(lambda: c.get("/api/whatsapp").json()["state"] == "connected", what="connected")
+    h = csrf_headers(c)
+    spellings = ["+62 812 7777 0000", "+62.812.7777.0000", "6281277770000@s.whatsapp.net", "6281277770000"]
+    codes = [
+        c.post("/api/whatsapp/test", json={"recipient": r, "confirm": True}, headers=h).status_code
+        for r in spellings
+    ]
+    assert codes == [200] * 3 + [429]
+    assert [m["to"] for m in fake.sent()] == ["6281277770000@s.whatsapp.net"] * 3
+
+
 def test_a_stranger_not_on_whatsapp_gets_no_test_message(setup) -> None:
     """A number outside the recipients is looked up before the test message goes to it: a send to a
     non-user fails at WhatsApp anyway, and each one is a look-up (a ban signal)."""

@@ -67,6 +67,7 @@ from gateway.web.openapi import OPENAPI
 from gateway.web.qr import qr_svg, qr_version
 from gateway.web.settings import WebSettings
 from gateway.web.tokens import TokenStore
+from gateway.whatsapp.addresses import recipient_key
 
 log = logging.getLogger(__name__)
 
@@ -537,7 +538,9 @@ async def api_whatsapp_test(request: Request) -> JSONResponse:
             f"{recipient} is not one of the alert recipients; send with confirm to go ahead",
         )
     limiter: SendLimiter = request.app.state.wa_test_limiter
-    wait = limiter.try_acquire(re.sub(r"[\s()+-]", "", recipient) if recipient else "configured recipients")
+    # Keyed by the JID, as the outbox's limit is: '+62.812.3456.789', '628123456789' and
+    # '628123456789@s.whatsapp.net' are one person at WhatsApp and share one window.
+    wait = limiter.try_acquire(recipient_key(recipient) if recipient else "configured recipients")
     if wait > 0:
         log.warning("web: WhatsApp test message refused: rate limit (again in %.0f s)", wait)
         raise ApiError(
