@@ -99,42 +99,6 @@ def uxga_photos(limit: int = 12, folder: Path | None = None) -> tuple[list[bytes
     return [_generated_uxga(i) for i in range(min(limit, 4))], "generated 1600x1200 JPEGs (no sample photos)"
 
 
-def camera_frame_size(photos: list[bytes]) -> str:
-    """The firmware `frame_size` an ESP32-CAM sending `photos` runs at (their common resolution).
-
-    A simulated box must be set to the photos' size: the camera driver sizes its one JPEG buffer at
-    init from the frame size (esp32-camera cam_hal.c: width * height / 5, `fake_camera.jpeg_buffer_bytes`)
-    and drops a bigger frame ("FB-OVF"), so UXGA photos through an SVGA box (the firmware default,
-    96,000 bytes) arrive as events with `camera_error: "no frame"` and no photo at all. A real OV2640
-    never sends a JPEG larger than that buffer at its frame size (its quality setting bounds the size),
-    so a photo that does not fit is refused here with the numbers, not silently dropped by the box."""
-    import io
-
-    from PIL import Image
-
-    from tools.sim.fake_camera import RESOLUTION, jpeg_buffer_bytes
-
-    by_size = {wh: name for name, wh in RESOLUTION.items()}
-    names = set()
-    for i, p in enumerate(photos):
-        wh = Image.open(io.BytesIO(p)).size
-        if wh not in by_size:
-            raise ValueError(
-                f"photo {i} is {wh[0]}x{wh[1]}: not a frame size the ESP32-CAM offers "
-                f"({', '.join(f'{n} {w}x{h}' for n, (w, h) in RESOLUTION.items())})"
-            )
-        room = jpeg_buffer_bytes(*wh)
-        if len(p) > room:
-            raise ValueError(
-                f"photo {i} ({by_size[wh]}) is {len(p)} bytes: over the camera driver's {room}-byte JPEG "
-                f"buffer at that size (width*height/5), so a real box could never send it"
-            )
-        names.add(by_size[wh])
-    if len(names) != 1:
-        raise ValueError(f"photos of several frame sizes ({', '.join(sorted(names))}); a box has one")
-    return names.pop()
-
-
 def _generated_uxga(seed: int) -> bytes:
     """A 1600x1200 JPEG with camera-like texture (noise over gradients), ~245 KB at q60: within the
     sample photos' 120-330 KB and the camera driver's 384,000-byte UXGA buffer (`camera_frame_size`);

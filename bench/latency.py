@@ -45,7 +45,6 @@ from common import (  # noqa: E402
     PHOTOS_DIR,
     BareSubscriber,
     GatewayProcess,
-    camera_frame_size,
     machine_info,
     percentile,
     print_table,
@@ -54,6 +53,8 @@ from common import (  # noqa: E402
     uxga_photos,
     write_json,
 )
+
+from tools.sim.lens import camera_frame_size  # noqa: E402
 
 # --- timestamps from inside the simulated box's client -------------------------------------------
 

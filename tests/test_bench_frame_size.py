@@ -1,4 +1,4 @@
-"""bench/common.py `camera_frame_size`: a simulated box runs its camera at the photos' frame size, and
+"""tools/sim/lens.py `camera_frame_size`: a simulated box runs its camera at the photos' frame size, and
 a photo no ESP32-CAM could send (bigger than the driver's JPEG buffer) is refused with the numbers.
 
 bench/latency.py ran UXGA photos through a box at the firmware's default SVGA: every frame overflowed the
@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import common  # noqa: E402
 
 from tools.sim.fake_camera import jpeg_buffer_bytes  # noqa: E402
+from tools.sim.lens import camera_frame_size  # noqa: E402
 
 
 def _jpeg(w: int, h: int) -> bytes:
@@ -28,8 +29,8 @@ def _jpeg(w: int, h: int) -> bytes:
 
 
 def test_the_frame_size_is_the_photos_resolution() -> None:
-    assert common.camera_frame_size([_jpeg(1600, 1200), _jpeg(1600, 1200)]) == "UXGA"
-    assert common.camera_frame_size([_jpeg(800, 600)]) == "SVGA"
+    assert camera_frame_size([_jpeg(1600, 1200), _jpeg(1600, 1200)]) == "UXGA"
+    assert camera_frame_size([_jpeg(800, 600)]) == "SVGA"
 
 
 def test_a_photo_bigger_than_the_drivers_buffer_is_refused_with_the_numbers() -> None:
@@ -37,18 +38,18 @@ def test_a_photo_bigger_than_the_drivers_buffer_is_refused_with_the_numbers() ->
     # Still an 800x600 JPEG to Pillow (it reads the header), padded past the 96,000-byte buffer.
     oversize = small[:-2] + b"\x00" * (jpeg_buffer_bytes(800, 600) + 1 - len(small)) + small[-2:]
     with pytest.raises(ValueError, match=r"photo 1 \(SVGA\) is 96001 bytes: over the camera driver's 96000"):
-        common.camera_frame_size([small, oversize])
+        camera_frame_size([small, oversize])
 
 
 def test_odd_sizes_and_mixed_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="not a frame size"):
-        common.camera_frame_size([_jpeg(1000, 1000)])
+        camera_frame_size([_jpeg(1000, 1000)])
     with pytest.raises(ValueError, match="several frame sizes"):
-        common.camera_frame_size([_jpeg(800, 600), _jpeg(1600, 1200)])
+        camera_frame_size([_jpeg(800, 600), _jpeg(1600, 1200)])
 
 
 def test_the_generated_fallback_photo_fits_a_uxga_box() -> None:
     # Used when ../shared/photos is missing (every worktree): at q85 it was ~520 KB, over the 384,000-byte
     # UXGA buffer, so no box setting could have sent it.
     photo = common._generated_uxga(0)
-    assert common.camera_frame_size([photo]) == "UXGA"
+    assert camera_frame_size([photo]) == "UXGA"

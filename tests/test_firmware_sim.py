@@ -427,3 +427,35 @@ def test_the_box_is_built_by_the_firmwares_main_build(monkeypatch, tmp_path):
         assert isinstance(machine, Machine) and kw["clock"] is box.clock and kw["app_dir"] is None
     assert machine.Pin(box.cfg["pins"]["lid"]) is box.lid_pin  # the wiring survives the reboot
     assert box.app.mqtt.backoff.max_ms == 60000  # the board's reconnect backoff, not a simulator's own
+
+
+def test_the_cli_runs_the_camera_at_the_photos_frame_size(mosquitto, prefix, acker, tmp_path, capsys):
+    """`simulate.py --photos DIR` with UXGA photos: at the firmware's default SVGA each one overflowed
+    the driver's 96,000-byte JPEG buffer and every delivery went out with `camera_error: "no frame"`,
+    while the simulator still said OK. The box now runs at the photos' frame size."""
+    from tools import simulate
+
+    d = tmp_path / "uxga"
+    d.mkdir()
+    for i in range(2):
+        (d / f"{i}.jpg").write_bytes(generated_jpeg(i, size=(1600, 1200)))  # ~350 KB: > SVGA's buffer
+    argv = ["--broker", mosquitto.url, "--prefix", prefix, "--deliveries", "2", "--photos", str(d)]
+    argv += ["--spool-dir", str(tmp_path / "spool"), "--quiet", "--timeout", "60"]
+    assert simulate.main(argv) == 0
+    assert "OK: every event acked" in capsys.readouterr().out
+    sent = {(d / f"{i}.jpg").read_bytes() for i in range(2)}
+    assert len(acker.events) == 2
+    for key, ev in acker.events.items():
+        assert ev.photo is not None, ev.sensors
+        assert acker.photos[key] in sent
+
+
+def test_the_cli_refuses_photos_no_esp32_cam_could_send(tmp_path, capsys):
+    from tools import simulate
+
+    d = tmp_path / "big"
+    d.mkdir()
+    (d / "0.jpg").write_bytes(generated_jpeg(0, size=(1000, 1000)))  # no ESP32-CAM frame size, > SVGA buffer
+    with pytest.raises(SystemExit):
+        simulate.main(["--broker", "mqtt://127.0.0.1:9", "--photos", str(d)])
+    assert "not a frame size the ESP32-CAM offers" in capsys.readouterr().err

@@ -63,8 +63,9 @@ import settings as fw_settings  # noqa: E402
 
 from gateway.brokeraddr import parse_broker_url  # noqa: E402
 from tools.sim import fake_net  # noqa: E402
+from tools.sim.fake_camera import RESOLUTION, jpeg_buffer_bytes  # noqa: E402
 from tools.sim.board import Machine, SimClock, SimPin, network_module  # noqa: E402
-from tools.sim.lens import CAMERA_DRIVERS, PhotoSource, camera_driver  # noqa: E402
+from tools.sim.lens import CAMERA_DRIVERS, PhotoSource, camera_driver, camera_frame_size  # noqa: E402
 from tools.sim.paho_umqtt import PahoMQTTClient  # noqa: E402
 
 # --- the app folder of a box (over-the-air updates) --------------------------------------------
@@ -520,6 +521,18 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"bad device id {n!r}: 1-32 of a-z 0-9 -")
     log = None if a.quiet else (lambda line: print(line, flush=True))
     photos = PhotoSource(a.photos, a.seed) if a.photos else None
+    overrides: dict[str, Any] = {}
+    if photos is not None:
+        # The camera runs at the photos' size: at the firmware's default (SVGA) a UXGA photo overflows the
+        # driver's JPEG buffer and every event would go out without its photo, silently.
+        shots = [p.read_bytes() for p in photos.files]
+        try:
+            overrides["frame_size"] = camera_frame_size(shots)
+        except ValueError as e:
+            # Not one ESP32-CAM frame size: fine as long as each photo fits the default frame's buffer.
+            w, h = RESOLUTION[fw_settings.DEFAULTS["frame_size"]]
+            if max(map(len, shots)) > jpeg_buffer_bytes(w, h):
+                ap.error(f"--photos {a.photos}: {e}")
     boxes = []
     for i, n in enumerate(names):
         spool = str(Path(a.spool_dir) / n) if a.spool_dir else None
@@ -535,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             camera_driver=a.camera_driver if a.camera_api is None else a.camera_api,
             sensor=a.sensor,
             tick_ms=a.tick_ms,
+            overrides=overrides,
             log=log,
         )
         for _ in range(a.deliveries):

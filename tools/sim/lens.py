@@ -15,6 +15,39 @@ from pathlib import Path
 from tools.sim import fake_camera
 
 
+def camera_frame_size(photos: list[bytes]) -> str:
+    """The firmware `frame_size` an ESP32-CAM sending `photos` runs at (their common resolution).
+
+    A simulated box must be set to the photos' size: the camera driver sizes its one JPEG buffer at
+    init from the frame size (esp32-camera cam_hal.c: width * height / 5, `fake_camera.jpeg_buffer_bytes`)
+    and drops a bigger frame ("FB-OVF"), so UXGA photos through an SVGA box (the firmware default,
+    96,000 bytes) arrive as events with `camera_error: "no frame"` and no photo at all. A real OV2640
+    never sends a JPEG larger than that buffer at its frame size (its quality setting bounds the size),
+    so a photo that does not fit is refused here with the numbers, not silently dropped by the box.
+    Used by the benches (bench/common.py) and `tools/simulate.py --photos`."""
+    from PIL import Image
+
+    by_size = {wh: name for name, wh in fake_camera.RESOLUTION.items()}
+    names = set()
+    for i, p in enumerate(photos):
+        wh = Image.open(io.BytesIO(p)).size
+        if wh not in by_size:
+            raise ValueError(
+                f"photo {i} is {wh[0]}x{wh[1]}: not a frame size the ESP32-CAM offers "
+                f"({', '.join(f'{n} {w}x{h}' for n, (w, h) in fake_camera.RESOLUTION.items())})"
+            )
+        room = fake_camera.jpeg_buffer_bytes(*wh)
+        if len(p) > room:
+            raise ValueError(
+                f"photo {i} ({by_size[wh]}) is {len(p)} bytes: over the camera driver's {room}-byte JPEG "
+                f"buffer at that size (width*height/5), so a real box could never send it"
+            )
+        names.add(by_size[wh])
+    if len(names) != 1:
+        raise ValueError(f"photos of several frame sizes ({', '.join(sorted(names))}); a box has one")
+    return names.pop()
+
+
 def generated_jpeg(index: int, size=(640, 480), seed: int = 0) -> bytes:
     """A distinct, realistic-size JPEG for event `index` (Pillow; no files needed)."""
     from PIL import Image, ImageDraw
