@@ -63,8 +63,8 @@ import settings as fw_settings  # noqa: E402
 
 from gateway.brokeraddr import parse_broker_url  # noqa: E402
 from tools.sim import fake_net  # noqa: E402
-from tools.sim.fake_camera import RESOLUTION, jpeg_buffer_bytes  # noqa: E402
 from tools.sim.board import Machine, SimClock, SimPin, network_module  # noqa: E402
+from tools.sim.fake_camera import RESOLUTION, jpeg_buffer_bytes  # noqa: E402
 from tools.sim.lens import CAMERA_DRIVERS, PhotoSource, camera_driver, camera_frame_size  # noqa: E402
 from tools.sim.paho_umqtt import PahoMQTTClient  # noqa: E402
 
