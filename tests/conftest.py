@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.mosquitto import Mosquitto, find_mosquitto
+from tests.support.leaks import leak_guard, orphan_guard  # noqa: F401 (autouse fixtures)
 from tests.support.micropython import FIRMWARE_DIR, run_micropython
 
 # Firmware modules are flat files on the board; make them importable under CPython too.
