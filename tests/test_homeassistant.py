@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -603,6 +604,32 @@ def test_unchanged_status_is_not_republished(mosquitto, port, cfg, mirror, bridg
         port.update("box-1", last_seen=time.time())  # status heartbeats that change nothing HA shows
     assert bridge.wait_idle()
     assert bridge.health()["published"] == published
+
+
+def test_stop_when_the_connection_drops_at_that_moment_still_stops_paho(
+    mosquitto, port, cfg, mirror, monkeypatch
+):
+    """Old stop(): a connection lost between `is_connected()` and the "offline" publish made paho's
+    wait_for_publish raise ("Message publish failed: The client is not currently connected"); stop()
+    raised before disconnect/loop_stop, and paho's thread went on reconnecting and logging past the test
+    (the "Logging error ... I/O operation on closed file" tracebacks at the end of test runs)."""
+    gw_avail = d.gateway_availability_topic(cfg)
+    b = HomeAssistantBridge(port, mosquitto.url, cfg)
+    b.start()
+    mirror.wait(lambda: mirror.payload(gw_avail) == b"online", what="online")
+    client = b._client
+
+    def publish_after_the_drop(*_a, **_kw):  # what paho returns once the socket is gone
+        info = mqtt.MQTTMessageInfo(1)
+        info.rc = mqtt.MQTT_ERR_NO_CONN
+        return info
+
+    monkeypatch.setattr(client, "publish", publish_after_the_drop)
+    b.stop()
+    assert client._thread is None  # paho's network loop is stopped
+    assert not [
+        t for t in threading.enumerate() if t.name == f"paho-mqtt-client-{client._client_id.decode()}"
+    ]
 
 
 def test_stop_and_crash_mark_the_gateway_offline(mosquitto, port, cfg, mirror, tmp_path):

@@ -75,6 +75,10 @@ def _target(t: threading.Thread) -> str:
 _IGNORED_TARGETS = {"concurrent.futures.thread._worker"}
 
 
+# multiprocessing's helper processes, started at the first spawned child and kept for the whole process.
+_IGNORED_PROCESSES = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
 def _describe_thread(t: threading.Thread) -> str:
     return f"{t.name} ({_target(t)}{', daemon' if t.daemon else ''})"
 
@@ -148,7 +152,9 @@ def check(
     for t in new:
         t.join(max(0.0, deadline - time.monotonic()))
     left = [t for t in new if t.is_alive()]
-    procs = _children() - children_before
+    procs = {
+        p for p in _children() - children_before if not any(x in _cmdline(p) for x in _IGNORED_PROCESSES)
+    }
     while procs and time.monotonic() < deadline:
         time.sleep(0.05)
         procs = {p for p in procs if _running(p)}
