@@ -96,6 +96,14 @@ def pair_fake(settings: WhatsAppSettings, jid_user: str = "6281100000000") -> No
     (settings.session_dir / "fake-session.json").write_text(json.dumps({"jid": f"{jid_user}@s.whatsapp.net"}))
 
 
+def paired_fake(tmp_path: Path, **overrides: Any) -> tuple[WhatsAppSettings, FakeWhatsApp]:
+    """`fake_settings` with its fake WhatsApp folder and a paired session: what most child tests start from."""
+    settings = fake_settings(tmp_path, **overrides)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    return settings, fake
+
+
 def wait_state(
     sup: WhatsAppSupervisor, want: str | Callable[[dict[str, Any]], bool], timeout: float = 30.0
 ) -> dict[str, Any]:
