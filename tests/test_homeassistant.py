@@ -31,7 +31,14 @@ from gateway.homeassistant import HAConfig, HomeAssistantBridge, clear_device
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.bridge import shrink_jpeg
 from tests.support import ha_gateway as has
-from tests.support.ha_gateway import FakeRegistry, MemoryPort, Mirror, all_configs_present, make_jpeg
+from tests.support.ha_gateway import (
+    FakeRegistry,
+    MemoryPort,
+    Mirror,
+    all_configs_present,
+    make_jpeg,
+    publish_birth,
+)
 from tests.support.mqtt import client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -715,12 +722,7 @@ def test_removing_a_box_clears_it_from_home_assistant(mosquitto, port, cfg, mirr
 
     # The running bridge learns it too (bus), and never brings it back on a resync.
     port.bus.publish(DEVICE_REMOVED, {"device": "box-1"})
-    ha = client(mosquitto.url)
-    try:
-        ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
-    finally:
-        ha.disconnect()
-        ha.loop_stop()
+    publish_birth(mosquitto.url, cfg)  # Home Assistant (re)starts
     time.sleep(0.3)
     assert bridge.wait_idle()
     fresh = Mirror(mosquitto.url, f"{cfg.prefix.split('/')[0]}/#")
@@ -740,12 +742,7 @@ def test_box_gone_from_the_gateway_is_cleared_on_resync(mosquitto, port, cfg, mi
     assert bridge.wait_idle()
     with port._lock:
         del port.devices["box-2"]
-    ha = client(mosquitto.url)
-    try:
-        ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
-    finally:
-        ha.disconnect()
-        ha.loop_stop()
+    publish_birth(mosquitto.url, cfg)  # Home Assistant (re)starts
     t = d.config_topic(cfg, "button", d.box_identifier(cfg, "box-2"), "snapshot")
     mirror.wait(lambda: mirror.payload(t) == b"", what="box-2 cleared")
     assert bridge.health()["removed"] == 1
@@ -788,12 +785,7 @@ def test_bad_bus_input_and_a_failing_gateway_never_stop_the_bridge(mosquitto, po
     assert bridge.health()["skipped.unknown_device"] == 1
     # The gateway's store fails twice while a resync is due: the bridge backs off and retries.
     port.fail_list_devices = 2
-    ha = client(mosquitto.url)
-    try:
-        ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
-    finally:
-        ha.disconnect()
-        ha.loop_stop()
+    publish_birth(mosquitto.url, cfg)  # Home Assistant (re)starts
     deadline = time.monotonic() + 20
     while bridge.health().get("errors", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -826,12 +818,7 @@ def test_device_remove_in_the_registry_clears_and_keeps_the_box_out(mosquitto, p
         mirror.wait(lambda: mirror.payload(d.state_topic(cfg, "box-2")) == b"", what="box-2 state cleared")
         # Neither Home Assistant coming back nor a late status from the box brings it back.
         port.update("box-2", rssi=-50)
-        ha = client(mosquitto.url)
-        try:
-            ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
-        finally:
-            ha.disconnect()
-            ha.loop_stop()
+        publish_birth(mosquitto.url, cfg)  # Home Assistant (re)starts
         time.sleep(0.3)
         assert bridge.wait_idle()
         mirror._drain(0.3)

@@ -21,7 +21,7 @@ from PIL import Image
 from gateway.bus import DEVICE_CHANGED, DEVICE_REGISTERED, DEVICE_REMOVED, EVENT_STORED, Bus
 from gateway.homeassistant import HAConfig, HomeAssistantBridge
 from gateway.homeassistant import discovery as d
-from tests.support.mqtt import Collector
+from tests.support.mqtt import Collector, client
 
 # --- an in-memory gateway (the GatewayPort contract) --------------------------------------------------------
 
@@ -232,6 +232,16 @@ def bridge(mosquitto, port, cfg):
     b = HomeAssistantBridge(port, mosquitto.url, cfg)
     yield b
     b.stop()
+
+
+def publish_birth(url: str, cfg: HAConfig) -> None:
+    """Home Assistant's birth message: its MQTT integration publishes `online` on `<prefix>/status`."""
+    ha = client(url)
+    try:
+        ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
+    finally:
+        ha.disconnect()
+        ha.loop_stop()
 
 
 def all_configs_present(mirror: Mirror, cfg: HAConfig, devices: dict[str, bool]) -> bool:
