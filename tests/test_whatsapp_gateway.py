@@ -10,7 +10,7 @@ import pytest
 
 from gateway.service import GatewayService
 from gateway.whatsapp.component import WhatsAppComponent, whatsapp_component
-from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
+from tests.support.gateway_core import gateway_config, make_jpeg, new_event_id, wait_for
 from tests.support.whatsapp import (
     FakeWhatsApp,
     fake_settings,
@@ -21,13 +21,6 @@ from tests.support.whatsapp import (
 
 PHOTO = make_jpeg(320, 240, seed=3)
 OWNER = "+62 812-3456-789"
-
-
-@pytest.fixture
-def box(mosquitto, prefix):
-    b = Box(mosquitto.url, prefix, "box1")
-    yield b
-    b.close()
 
 
 def _config(tmp_path, mosquitto, prefix, **env):

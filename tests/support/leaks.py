@@ -70,9 +70,10 @@ def _target(t: threading.Thread) -> str:
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', '?')}"
 
 
-# Idle workers of a thread pool live as long as their executor, which may be process-wide by design
-# (a lazily made module-level pool): not a test's leak.
-_IGNORED_TARGETS = {"concurrent.futures.thread._worker"}
+# Process-wide by design, started by whichever test first needs them: idle workers of a thread pool
+# (they live as long as their executor, which may be a module-level one) and neonize's log thread
+# (started when neonize is imported). Not a test's leak.
+_IGNORED_TARGETS = {"concurrent.futures.thread._worker", "neonize.utils.log._worker"}
 
 
 # multiprocessing's helper processes, started at the first spawned child and kept for the whole process.
