@@ -337,7 +337,10 @@ class Mosquitto:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 if "Address already in use" in self._log_since(log_start):
-                    raise PortTaken(f"{self.host}:{self.port} is taken by another process")
+                    raise PortTaken(
+                        f"mosquitto exited: a port it listens on ({self.host}:{self.port} or another listener's)"
+                        f" is taken by another process; see {self.log_path}"
+                    )
                 raise BrokerError(
                     f"mosquitto exited with {self.proc.returncode}; see {self.log_path}: {self.tail_log()}"
                 )
@@ -347,9 +350,22 @@ class Mosquitto:
                 if holds_listener(self.proc.pid, self.port) is False:
                     self.kill()
                     raise PortTaken(f"{self.host}:{self.port} is taken by another process")
-                return
+                # Mosquitto opens its listeners one after the other and exits if a later one is taken:
+                # up only once it holds them all (or /proc cannot tell).
+                if all(holds_listener(self.proc.pid, p) is not False for p in self._extra_ports()):
+                    return
+                time.sleep(0.05)
         self.kill()
         raise BrokerError(f"mosquitto did not open {self.host}:{self.port} within {timeout}s")
+
+    def _extra_ports(self) -> list[int]:
+        """The ports of the `listener <port> [host]` blocks after the first."""
+        ports = []
+        for line in self.extra_listeners:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "listener" and parts[1].isdigit():
+                ports.append(int(parts[1]))
+        return ports
 
     def _log_since(self, offset: int) -> str:
         try:

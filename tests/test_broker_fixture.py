@@ -95,3 +95,20 @@ def test_a_picked_port_taken_before_the_bind_moves_to_another(tmp_path, monkeypa
     finally:
         broker.kill()
         squatter.close()
+
+
+def test_up_only_once_every_listener_is_open(tmp_path):
+    """Old code returned from start() as soon as the first listener answered, while Mosquitto was
+    exiting because a later listener's port was taken (the managed broker's local listener): the
+    gateway then went on with a broker that was already gone."""
+    squatter = _squatter()
+    try:
+        broker = Mosquitto(
+            tmp_path / "b",
+            extra_listeners=[f"listener {squatter.getsockname()[1]} 127.0.0.1", "allow_anonymous true"],
+        )
+        with pytest.raises(PortTaken):
+            broker.start()
+        assert not broker.running()
+    finally:
+        squatter.close()
