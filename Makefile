@@ -36,9 +36,12 @@ lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
 	$(BIN)/mypy  # gateway/ and tools/, configured in pyproject.toml [tool.mypy]
 
+# The suite mostly waits (brokers, child processes, the browser), so it runs on parallel workers
+# (pytest-xdist; every fixture takes its own ports and folders). PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 3
 test: $(STAMP_DEV) lint
 	@sh tools/ensure_packages.sh mosquitto chromium libmagic1
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

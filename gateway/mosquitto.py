@@ -43,6 +43,10 @@ class BrokerError(RuntimeError):
     pass
 
 
+class PortTaken(BrokerError):
+    """Another process holds the broker's port (it was free when picked, then taken before our bind)."""
+
+
 def find_mosquitto() -> str | None:
     """Path of the mosquitto binary, also looking in sbin folders that a user's PATH often lacks."""
     return shutil.which("mosquitto", path=_SEARCH_PATH)
@@ -62,6 +66,45 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
                 return True
         except OSError:
             time.sleep(0.05)
+    return False
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on TCP `port` (any address), from /proc/net; None where there is no /proc."""
+    inodes: set[str] = set()
+    found = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            f = line.split()
+            # sl local_address rem_address st ... inode; st 0A is LISTEN
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f[9])
+    return inodes if found else None
+
+
+def holds_listener(pid: int, port: int) -> bool | None:
+    """Whether process `pid` owns a socket listening on `port`; None when Linux's /proc cannot tell."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except PermissionError:
+        return None
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
     return False
 
 
@@ -189,6 +232,10 @@ class Mosquitto:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
+        # A port we picked may be taken by another process before Mosquitto binds it (parallel test
+        # workers, any program): until the first start succeeds we may pick another; after it the port
+        # is kept across restarts, as clients remember it.
+        self._may_move = not port
         self.extra_config = list(extra_config)
         self.allow_anonymous = allow_anonymous
         self.listener_config = list(listener_config)  # options of the first listener
@@ -253,10 +300,26 @@ class Mosquitto:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> None:
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+            except PortTaken:
+                if not self._may_move or attempt == 2:
+                    raise
+                self.port = free_port(self.host)
+                continue
+            self._may_move = False
+            return
+
+    def _start_once(self, timeout: float) -> None:
         if self.running():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self.config_text())
+        try:
+            log_start = self.log_path.stat().st_size
+        except OSError:
+            log_start = 0
         self.proc = subprocess.Popen(
             [self.binary, "-c", str(self.conf_path)],
             stdin=subprocess.DEVNULL,
@@ -273,13 +336,44 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "Address already in use" in self._log_since(log_start):
+                    raise PortTaken(
+                        f"mosquitto exited: a port it listens on ({self.host}:{self.port} or another listener's)"
+                        f" is taken by another process; see {self.log_path}"
+                    )
                 raise BrokerError(
                     f"mosquitto exited with {self.proc.returncode}; see {self.log_path}: {self.tail_log()}"
                 )
             if wait_for_port(self.host, self.port, 0.2):
-                return
+                # Something answers; make sure it is our broker and not another process that took the
+                # port (ours is then exiting with "Address already in use").
+                if holds_listener(self.proc.pid, self.port) is False:
+                    self.kill()
+                    raise PortTaken(f"{self.host}:{self.port} is taken by another process")
+                # Mosquitto opens its listeners one after the other and exits if a later one is taken:
+                # up only once it holds them all (or /proc cannot tell).
+                if all(holds_listener(self.proc.pid, p) is not False for p in self._extra_ports()):
+                    return
+                time.sleep(0.05)
         self.kill()
         raise BrokerError(f"mosquitto did not open {self.host}:{self.port} within {timeout}s")
+
+    def _extra_ports(self) -> list[int]:
+        """The ports of the `listener <port> [host]` blocks after the first."""
+        ports = []
+        for line in self.extra_listeners:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "listener" and parts[1].isdigit():
+                ports.append(int(parts[1]))
+        return ports
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read(64 * 1024).decode(errors="replace")
+        except OSError:
+            return ""
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.mosquitto import Mosquitto, find_mosquitto
+from tests.support.gateway_core import Box
+from tests.support.leaks import leak_guard, orphan_guard  # noqa: F401 (autouse fixtures)
 from tests.support.micropython import FIRMWARE_DIR, run_micropython
 
 # Firmware modules are flat files on the board; make them importable under CPython too.
@@ -45,3 +47,11 @@ def prefix() -> str:
 def micropython():
     """Run a script under real MicroPython (WASI); returns MPResult, use .check()."""
     return run_micropython
+
+
+@pytest.fixture
+def box(mosquitto, prefix) -> Iterator[Box]:
+    """Box "box1" on the test's broker and prefix: publishes events as a box does and collects its acks."""
+    b = Box(mosquitto.url, prefix, "box1")
+    yield b
+    b.close()

@@ -14,11 +14,9 @@ import re
 import threading
 from pathlib import Path
 
-import pytest
-
 from gateway.framing import decode_line
 from gateway.service import GatewayService
-from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
+from tests.support.gateway_core import gateway_config, make_jpeg, new_event_id, wait_for
 
 _TEMP = re.compile(r"\.(.+)\.\d+-\d+\.tmp")  # gateway/storage.py atomic_write_bytes
 
@@ -50,13 +48,6 @@ class FsyncLog:
                 m = _TEMP.fullmatch(os.path.basename(path))
                 if m:
                     self.files[os.path.join(os.path.dirname(path), m.group(1))] = self.seq
-
-
-@pytest.fixture
-def box(mosquitto, prefix):
-    b = Box(mosquitto.url, prefix, "box1")
-    yield b
-    b.close()
 
 
 def test_every_ack_follows_the_fsync_of_its_record_and_photos(tmp_path, mosquitto, prefix, box, monkeypatch):

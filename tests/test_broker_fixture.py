@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
 
+from gateway import mosquitto as mosquitto_mod
+from gateway.mosquitto import Mosquitto, PortTaken
 from tests.support.mqtt import Collector, client
 
 
@@ -50,3 +53,62 @@ def test_broker_can_be_stopped_and_started_on_the_same_port(mosquitto):
     assert not mosquitto.running()
     mosquitto.start()
     assert mosquitto.port == port and mosquitto.running()
+
+
+def _squatter() -> socket.socket:
+    """Another process's listener on a port that was free a moment ago (as a parallel test worker's)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    return s
+
+
+def test_a_port_taken_by_another_listener_is_never_passed_off_as_the_broker(tmp_path):
+    """Old code: Mosquitto failed to bind (Address already in use), but start() connected to the other
+    listener before Mosquitto had exited and returned as if the broker were up: the test then talked
+    to whatever held the port (under pytest-xdist, another worker's broker)."""
+    squatter = _squatter()
+    try:
+        broker = Mosquitto(tmp_path / "b", port=squatter.getsockname()[1])
+        with pytest.raises(PortTaken):
+            broker.start()
+        assert not broker.running()
+    finally:
+        squatter.close()
+
+
+def test_a_picked_port_taken_before_the_bind_moves_to_another(tmp_path, monkeypatch, prefix):
+    squatter = _squatter()
+    taken = squatter.getsockname()[1]
+    real = mosquitto_mod.free_port
+    picks = iter([taken])
+    monkeypatch.setattr(mosquitto_mod, "free_port", lambda host="127.0.0.1": next(picks, None) or real(host))
+    broker = Mosquitto(tmp_path / "b")
+    try:
+        assert broker.port == taken
+        broker.start()
+        assert broker.port != taken and broker.running()
+        col = Collector(broker.url, f"{prefix}/#")  # a real MQTT broker answers there
+        col.close()
+        broker.restart(hard=True)  # from now on the port stays
+        assert broker.port != taken and broker.running()
+    finally:
+        broker.kill()
+        squatter.close()
+
+
+def test_up_only_once_every_listener_is_open(tmp_path):
+    """Old code returned from start() as soon as the first listener answered, while Mosquitto was
+    exiting because a later listener's port was taken (the managed broker's local listener): the
+    gateway then went on with a broker that was already gone."""
+    squatter = _squatter()
+    try:
+        broker = Mosquitto(
+            tmp_path / "b",
+            extra_listeners=[f"listener {squatter.getsockname()[1]} 127.0.0.1", "allow_anonymous true"],
+        )
+        with pytest.raises(PortTaken):
+            broker.start()
+        assert not broker.running()
+    finally:
+        squatter.close()

@@ -26,13 +26,6 @@ def gateway(tmp_path, mosquitto, prefix):
     svc.stop()
 
 
-@pytest.fixture
-def box(mosquitto, prefix):
-    b = Box(mosquitto.url, prefix, "box1")
-    yield b
-    b.close()
-
-
 def test_every_chunk_order_and_duplicates_stored_once_and_acked(gateway, box):
     n = len(PHOTO) // 4096 + 1
     assert n == 3

@@ -26,11 +26,20 @@ import paho.mqtt.client as mqtt
 import pytest
 from PIL import Image
 
-from gateway.bus import DEVICE_CHANGED, DEVICE_REGISTERED, DEVICE_REMOVED, EVENT_STORED, Bus
+from gateway.bus import DEVICE_CHANGED, DEVICE_REGISTERED, DEVICE_REMOVED, EVENT_STORED
 from gateway.homeassistant import HAConfig, HomeAssistantBridge, clear_device
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.bridge import shrink_jpeg
-from tests.support.mqtt import Collector, client
+from tests.support import ha_gateway as has
+from tests.support.ha_gateway import (
+    FakeRegistry,
+    MemoryPort,
+    Mirror,
+    all_configs_present,
+    make_jpeg,
+    publish_birth,
+)
+from tests.support.mqtt import client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,230 +211,8 @@ def check_discovery(topic: str, payload: bytes, cfg: HAConfig) -> tuple[str, dic
     return component, conf
 
 
-# --- an in-memory gateway (the GatewayPort contract) --------------------------------------------------------
-
-
-def make_jpeg(path: Path, size: tuple[int, int], seed: int, quality: int = 85) -> bytes:
-    """A photo-like JPEG (gradient plus texture, so it does not compress to nothing)."""
-    w, h = size
-    im = Image.linear_gradient("L").resize((w, h)).convert("RGB")
-    noise = Image.effect_noise((w, h), 40 + seed).convert("RGB")
-    im = Image.blend(im, noise, 0.35)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
-    return buf.getvalue()
-
-
-class MemoryPort:
-    """A small in-memory `GatewayPort`: devices, events and photo files, plus helpers that play a box."""
-
-    def __init__(self, root: Path) -> None:
-        self.bus = Bus()
-        self.root = root
-        self.devices: dict[str, dict[str, Any]] = {}
-        self.events: list[dict[str, Any]] = []
-        self.commands: list[tuple[str, str, dict[str, Any] | None]] = []
-        self.fail_list_devices = 0  # make list_devices raise this many times
-        self._n = 0
-        self._lock = threading.Lock()
-
-    # GatewayPort ---------------------------------------------------------------------
-    def list_devices(self) -> list[dict[str, Any]]:
-        with self._lock:
-            if self.fail_list_devices:
-                self.fail_list_devices -= 1
-                raise RuntimeError("store is busy (simulated)")
-            return [dict(r) for r in self.devices.values()]
-
-    def list_events(self, *, device=None, type=None, since=None, until=None, before=None, limit=50):
-        with self._lock:
-            rows = [
-                e
-                for e in self.events
-                if (device is None or e["device"] == device) and (type is None or e["type"] == type)
-            ]
-        return [dict(e) for e in reversed(rows)][:limit]
-
-    def get_event(self, device: str, event_id: str):
-        return next((dict(e) for e in self.events if e["device"] == device and e["id"] == event_id), None)
-
-    def photo_path(self, device: str, event_id: str, variant: str) -> Path | None:
-        suffix = {"original": ".jpg", "alert": ".alert.jpg", "thumb": ".thumb.jpg"}[variant]
-        p = self.root / device / f"{event_id}{suffix}"
-        return p if p.exists() else None
-
-    def health(self) -> dict[str, Any]:
-        return {}
-
-    def list_outbox(self, state=None, limit=100) -> list:
-        return []
-
-    def retry_alert(self, alert_id: str) -> bool:
-        return False
-
-    def send_command(self, device: str, cmd: str, args: dict[str, Any] | None = None) -> str:
-        with self._lock:
-            self.commands.append((device, cmd, args))
-            return f"cmd-{len(self.commands):08d}"
-
-    def command_result(self, cmd_id: str):
-        return None
-
-    def whatsapp_state(self):
-        return {"state": "disabled"}
-
-    # playing a box -----------------------------------------------------------------------
-    def add_device(self, device: str, **fields: Any) -> dict[str, Any]:
-        rec = {
-            "device": device,
-            "name": fields.pop("name", device.replace("-", " ").title()),
-            "online": True,
-            "last_seen": time.time(),
-            "fw": "0.1.0",
-            "rssi": -61,
-            "battery_mv": None,
-            "heap_free": 81234,
-            "uptime_s": 10,
-            "spooled": 0,
-            "waiting": 0,
-            "lid_open": False,
-            "last_delivery_ts": None,
-            "last_event_id": None,
-        }
-        rec.update(fields)
-        with self._lock:
-            self.devices[device] = rec
-        self.bus.publish(DEVICE_CHANGED, dict(rec))
-        return rec
-
-    def update(self, device: str, **fields: Any) -> None:
-        with self._lock:
-            self.devices[device].update(fields)
-            rec = dict(self.devices[device])
-        self.bus.publish(DEVICE_CHANGED, rec)
-
-    def event(
-        self, device: str, type: str, *, photo: bool = True, alert: bool = True, cmd: str | None = None
-    ) -> dict[str, Any]:
-        self._n += 1
-        eid = f"{device.replace('-', '')[:8]:0<8}-{self._n:06d}"
-        info = None
-        if photo:
-            original = make_jpeg(self.root / device / f"{eid}.jpg", (1600, 1200), self._n)
-            if alert:
-                copy = make_jpeg(self.root / device / f"{eid}.alert.jpg", (1280, 960), self._n, quality=70)
-                assert len(copy) < len(original)
-            make_jpeg(self.root / device / f"{eid}.thumb.jpg", (320, 240), self._n, quality=60)
-            info = {"size": len(original), "sha256": "0" * 64, "width": 1600, "height": 1200}
-        ts = time.time()
-        ev = {
-            "device": device,
-            "id": eid,
-            "type": type,
-            "ts": ts,
-            "received_at": ts,
-            "seq": self._n,
-            "sensors": {},
-            "photo": info,
-            "cmd": cmd,
-        }
-        with self._lock:
-            self.events.append(ev)
-            rec = self.devices[device]
-            rec["last_event_id"] = eid
-            if type == "delivery":
-                rec["waiting"] += 1
-                rec["last_delivery_ts"] = ts
-            elif type == "pickup":
-                rec["waiting"] = 0
-            rec = dict(rec)
-        # The real service publishes the stored event, then the changed device.
-        self.bus.publish(EVENT_STORED, dict(ev))
-        self.bus.publish(DEVICE_CHANGED, rec)
-        return ev
-
-
-# --- MQTT observation helpers ----------------------------------------------------------------------------------
-
-
-class Mirror:
-    """Everything published under a filter: the latest message per topic and the full log."""
-
-    def __init__(self, url: str, topic_filter: str) -> None:
-        self.col = Collector(url, topic_filter)
-        self.latest: dict[str, Any] = {}
-        self.log: list[Any] = []
-
-    def _drain(self, timeout: float) -> None:
-        try:
-            m = self.col.get(timeout=timeout)
-        except Exception:
-            return
-        self.latest[m.topic] = m
-        self.log.append(m)
-
-    def wait(self, pred, timeout: float = 15.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if pred():
-                    return
-            except (KeyError, ValueError, TypeError):
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out waiting for {what}; topics seen: {sorted(self.latest)[:40]}")
-            self._drain(min(left, 0.2))
-
-    def payload(self, topic: str) -> bytes:
-        return self.latest[topic].payload
-
-    def json(self, topic: str) -> dict[str, Any]:
-        return json.loads(self.latest[topic].payload)
-
-    def close(self) -> None:
-        self.col.close()
-
-
-@pytest.fixture
-def cfg(prefix: str) -> HAConfig:
-    return HAConfig(prefix=f"{prefix}/homeassistant", protocol_prefix=prefix, gateway_id="gw-test")
-
-
-@pytest.fixture
-def port(tmp_path: Path) -> MemoryPort:
-    return MemoryPort(tmp_path / "photos")
-
-
-@pytest.fixture
-def mirror(mosquitto, prefix):
-    m = Mirror(mosquitto.url, f"{prefix}/#")
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def bridge(mosquitto, port, cfg):
-    b = HomeAssistantBridge(port, mosquitto.url, cfg)
-    yield b
-    b.stop()
-
-
-def all_configs_present(mirror: Mirror, cfg: HAConfig, devices: dict[str, bool]) -> bool:
-    """devices: id -> whether its battery sensor is expected."""
-    for ent in d.gateway_entities(cfg):
-        if ent.topic(cfg) not in mirror.latest:
-            return False
-    for device, battery in devices.items():
-        for key, component in d.BOX_ENTITY_KEYS:
-            if key == "battery" and not battery:
-                continue
-            t = d.config_topic(cfg, component, d.box_identifier(cfg, device), key)
-            if not mirror.latest.get(t) or not mirror.latest[t].payload:
-                return False
-    return True
+# The shared fixtures (tests/support/ha_gateway.py).
+cfg, port, mirror, bridge = has.cfg, has.port, has.mirror, has.bridge
 
 
 # --- pure payload tests -----------------------------------------------------------------------------------------------
@@ -826,6 +613,32 @@ def test_unchanged_status_is_not_republished(mosquitto, port, cfg, mirror, bridg
     assert bridge.health()["published"] == published
 
 
+def test_stop_when_the_connection_drops_at_that_moment_still_stops_paho(
+    mosquitto, port, cfg, mirror, monkeypatch
+):
+    """Old stop(): a connection lost between `is_connected()` and the "offline" publish made paho's
+    wait_for_publish raise ("Message publish failed: The client is not currently connected"); stop()
+    raised before disconnect/loop_stop, and paho's thread went on reconnecting and logging past the test
+    (the "Logging error ... I/O operation on closed file" tracebacks at the end of test runs)."""
+    gw_avail = d.gateway_availability_topic(cfg)
+    b = HomeAssistantBridge(port, mosquitto.url, cfg)
+    b.start()
+    mirror.wait(lambda: mirror.payload(gw_avail) == b"online", what="online")
+    client = b._client
+
+    def publish_after_the_drop(*_a, **_kw):  # what paho returns once the socket is gone
+        info = mqtt.MQTTMessageInfo(1)
+        info.rc = mqtt.MQTT_ERR_NO_CONN
+        return info
+
+    monkeypatch.setattr(client, "publish", publish_after_the_drop)
+    b.stop()
+    assert client._thread is None  # paho's network loop is stopped
+    assert not [
+        t for t in threading.enumerate() if t.name == f"paho-mqtt-client-{client._client_id.decode()}"
+    ]
+
+
 def test_stop_and_crash_mark_the_gateway_offline(mosquitto, port, cfg, mirror, tmp_path):
     gw_avail = d.gateway_availability_topic(cfg)
     b = HomeAssistantBridge(port, mosquitto.url, cfg)
@@ -841,7 +654,7 @@ def test_stop_and_crash_mark_the_gateway_offline(mosquitto, port, cfg, mirror, t
         import sys, time
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from tests.test_homeassistant import MemoryPort
+        from tests.support.ha_gateway import MemoryPort
         from gateway.homeassistant import HAConfig, HomeAssistantBridge
         port = MemoryPort(Path({str(tmp_path / "child")!r}))
         port.add_device("box-1")
@@ -909,12 +722,7 @@ def test_removing_a_box_clears_it_from_home_assistant(mosquitto, port, cfg, mirr
 
     # The running bridge learns it too (bus), and never brings it back on a resync.
     port.bus.publish(DEVICE_REMOVED, {"device": "box-1"})
-    ha = client(mosquitto.url)
-    try:
-        ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
-    finally:
-        ha.disconnect()
-        ha.loop_stop()
+    publish_birth(mosquitto.url, cfg)  # Home Assistant (re)starts
     time.sleep(0.3)
     assert bridge.wait_idle()
     fresh = Mirror(mosquitto.url, f"{cfg.prefix.split('/')[0]}/#")
@@ -934,12 +742,7 @@ def test_box_gone_from_the_gateway_is_cleared_on_resync(mosquitto, port, cfg, mi
     assert bridge.wait_idle()
     with port._lock:
         del port.devices["box-2"]
-    ha = client(mosquitto.url)
-    try:
-        ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
-    finally:
-        ha.disconnect()
-        ha.loop_stop()
+    publish_birth(mosquitto.url, cfg)  # Home Assistant (re)starts
     t = d.config_topic(cfg, "button", d.box_identifier(cfg, "box-2"), "snapshot")
     mirror.wait(lambda: mirror.payload(t) == b"", what="box-2 cleared")
     assert bridge.health()["removed"] == 1
@@ -982,12 +785,7 @@ def test_bad_bus_input_and_a_failing_gateway_never_stop_the_bridge(mosquitto, po
     assert bridge.health()["skipped.unknown_device"] == 1
     # The gateway's store fails twice while a resync is due: the bridge backs off and retries.
     port.fail_list_devices = 2
-    ha = client(mosquitto.url)
-    try:
-        ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
-    finally:
-        ha.disconnect()
-        ha.loop_stop()
+    publish_birth(mosquitto.url, cfg)  # Home Assistant (re)starts
     deadline = time.monotonic() + 20
     while bridge.health().get("errors", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -1000,35 +798,6 @@ def test_bad_bus_input_and_a_failing_gateway_never_stop_the_bridge(mosquitto, po
     assert h["bus_rejected.bad_event"] == 1
     assert h["errors"] == 2
     assert h["connected"] is True
-
-
-class FakeRegistry:
-    """The two calls the bridge makes on `gateway.devices.DeviceRegistry`. With `bus`, `set` also
-    publishes what the running service publishes when it notices the change (GatewayService's
-    `_registry_view`): DEVICE_REMOVED / DEVICE_REGISTERED with the whole registered list."""
-
-    def __init__(self, devices: set[str], bus: Any = None) -> None:
-        self.devices = set(devices)
-        self._mtime = 1.0
-        self.bus = bus
-
-    def mtime(self) -> float:
-        return self._mtime
-
-    def list(self) -> list[Any]:
-        from types import SimpleNamespace
-
-        return [SimpleNamespace(device=x) for x in sorted(self.devices)]
-
-    def set(self, devices: set[str]) -> None:
-        before, self.devices = self.devices, set(devices)
-        self._mtime += 1.0
-        if self.bus is not None:
-            now = sorted(self.devices)
-            for device in sorted(before - self.devices):
-                self.bus.publish(DEVICE_REMOVED, {"device": device, "registered": now})
-            for device in sorted(self.devices - before):
-                self.bus.publish(DEVICE_REGISTERED, {"device": device, "registered": now})
 
 
 def test_device_remove_in_the_registry_clears_and_keeps_the_box_out(mosquitto, port, cfg, mirror):
@@ -1049,12 +818,7 @@ def test_device_remove_in_the_registry_clears_and_keeps_the_box_out(mosquitto, p
         mirror.wait(lambda: mirror.payload(d.state_topic(cfg, "box-2")) == b"", what="box-2 state cleared")
         # Neither Home Assistant coming back nor a late status from the box brings it back.
         port.update("box-2", rssi=-50)
-        ha = client(mosquitto.url)
-        try:
-            ha.publish(cfg.birth_topic, "online", qos=1).wait_for_publish(5)
-        finally:
-            ha.disconnect()
-            ha.loop_stop()
+        publish_birth(mosquitto.url, cfg)  # Home Assistant (re)starts
         time.sleep(0.3)
         assert bridge.wait_idle()
         mirror._drain(0.3)

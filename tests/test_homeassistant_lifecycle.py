@@ -5,31 +5,17 @@ Mosquitto, with a stand-in for Home Assistant's discovery written from its sourc
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from gateway.homeassistant import HAConfig, HomeAssistantBridge
 from gateway.homeassistant import discovery as d
+from tests.support import ha_gateway as has
+from tests.support.ha_gateway import FakeRegistry, all_configs_present
 from tests.support.homeassistant import FakeHomeAssistant
-from tests.test_homeassistant import FakeRegistry, MemoryPort, Mirror, all_configs_present, check_discovery
+from tests.test_homeassistant import check_discovery
 
-
-@pytest.fixture
-def cfg(prefix: str) -> HAConfig:
-    return HAConfig(prefix=f"{prefix}/homeassistant", protocol_prefix=prefix, gateway_id="gw-test")
-
-
-@pytest.fixture
-def port(tmp_path: Path) -> MemoryPort:
-    return MemoryPort(tmp_path / "photos")
-
-
-@pytest.fixture
-def mirror(mosquitto, prefix):
-    m = Mirror(mosquitto.url, f"{prefix}/#")
-    yield m
-    m.close()
+cfg, port, mirror = has.cfg, has.port, has.mirror  # the shared fixtures (tests/support/ha_gateway.py)
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from gateway.homeassistant import HAConfig, HomeAssistantBridge, homeassistant_c
 from gateway.homeassistant import discovery as d
 from gateway.service import GatewayService
 from tests.support.gateway_core import Box, event_payload, gateway_config, make_jpeg, new_event_id, wait_for
+from tests.support.ha_gateway import Mirror, all_configs_present
 from tests.support.mqtt import Collector, client
-from tests.test_homeassistant import Mirror, all_configs_present, check_discovery
+from tests.test_homeassistant import check_discovery
 
 
 def _status(**kw) -> bytes:
@@ -142,7 +143,7 @@ def test_cli_device_remove_clears_the_box_from_home_assistant(
     mosquitto, prefix, tmp_path, monkeypatch, capsys
 ):
     from gateway.cli import main
-    from tests.test_homeassistant import MemoryPort
+    from tests.support.ha_gateway import MemoryPort
 
     monkeypatch.setenv("PARCELBOX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PARCELBOX_BROKER_URL", mosquitto.url)
@@ -251,7 +252,9 @@ def test_simulated_box_through_parcelbox_run_wiring(mosquitto, prefix, tmp_path)
         states.close()
 
 
-def test_a_registry_change_is_published_once_on_the_bus_and_home_assistant_follows(mosquitto, prefix, tmp_path):
+def test_a_registry_change_is_published_once_on_the_bus_and_home_assistant_follows(
+    mosquitto, prefix, tmp_path
+):
     """Issue 17: DEVICE_REMOVED had a subscriber (the Home Assistant bridge) and no producer, and the
     bridge polled devices.json on its own. Now the service notices a registry change (one reader) and
     publishes DEVICE_REMOVED / DEVICE_REGISTERED; the bridge follows the bus."""
@@ -276,7 +279,9 @@ def test_a_registry_change_is_published_once_on_the_bus_and_home_assistant_follo
     try:
         for box in boxes:
             box.pub("status", _status(), retain=True)
-        discovery.wait(lambda: all_configs_present(discovery, ha, {"porch": False, "shed": False}), what="configs")
+        discovery.wait(
+            lambda: all_configs_present(discovery, ha, {"porch": False, "shed": False}), what="configs"
+        )
         button = d.config_topic(ha, "button", d.box_identifier(ha, "shed"), "snapshot")
         assert changes == []  # the registry as found at start is no change
         assert registry.remove("shed")  # `parcelbox device remove shed` from another process

@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from gateway.bus import OTA_CHANGED
-from gateway.homeassistant import HAConfig, HomeAssistantBridge
+from gateway.homeassistant import HAConfig
 from gateway.homeassistant import discovery as d
 from gateway.ota import offers, pending
 from gateway.ota.manifest import Manifest, from_board_files
+from tests.support import ha_gateway as has
+from tests.support.ha_gateway import MemoryPort
 from tests.support.homeassistant import FakeHomeAssistant
-from tests.test_homeassistant import MemoryPort, check_discovery
+from tests.test_homeassistant import check_discovery
 
 CHECKOUT = from_board_files("0.3.0", [("/main.py", b"print('main')\n" * 40), ("/app.py", b"x = 1\n" * 900)])
 OLD_SET = "ab" * 32
@@ -45,9 +47,7 @@ class OtaPort(MemoryPort):
         return offers.offer_checked(self.ota_root, device, self.boxes.get(device), known, self.firmware)
 
 
-@pytest.fixture
-def cfg(prefix: str) -> HAConfig:
-    return HAConfig(prefix=f"{prefix}/homeassistant", protocol_prefix=prefix, gateway_id="gw-test")
+cfg, bridge = has.cfg, has.bridge  # the shared fixtures (tests/support/ha_gateway.py)
 
 
 @pytest.fixture
@@ -61,13 +61,6 @@ def ha(mosquitto, cfg):
     h.start()
     yield h
     h.stop()
-
-
-@pytest.fixture
-def bridge(mosquitto, port, cfg):
-    b = HomeAssistantBridge(port, mosquitto.url, cfg)
-    yield b
-    b.stop()
 
 
 def uid(cfg: HAConfig, device: str) -> str:

@@ -302,20 +302,12 @@ def test_openapi_lists_the_send_api(gw):
 
 def test_whatsapp_message_through_the_api_reports_delivered_from_the_receipt(tmp_path, mosquitto, prefix):
     """The one WhatsApp session, used by another automation: sent, then delivered when the phone says so."""
-    from gateway.whatsapp.component import WhatsAppComponent
-    from tests.support.whatsapp import FakeWhatsApp, fake_settings, pair_fake, wait_state
+    from tests.support.whatsapp import gateway_with_fake_whatsapp, wait_state
 
     owner = "+62 812-3456-789"
     cfg = gateway_config(tmp_path / "data", mosquitto.url, prefix, PARCELBOX_NOTIFY_FOLDER_ENABLED="false")
-    settings = fake_settings(tmp_path, recipients=[owner], rate_per_minute=1000, rate_per_minute_overall=1000)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
-    svc = GatewayService(cfg)
-    comp = WhatsAppComponent(svc, settings)
-    svc.add_notifier(comp.notifier)
-    svc.add_component(comp)
-    svc.start()
-    try:
+    with gateway_with_fake_whatsapp(cfg, tmp_path, recipients=[owner]) as gw:
+        svc, comp, fake = gw.svc, gw.comp, gw.fake
         wait_state(comp.supervisor, "connected")
         web = WebSettings.from_config({"host": "127.0.0.1"}, cfg.data_dir)
         tokens = TokenStore(web.tokens_file)
@@ -330,8 +322,6 @@ def test_whatsapp_message_through_the_api_reports_delivered_from_the_receipt(tmp
         assert settled(c, aid)["state"] == "sent"
         fake.inject("receipt", id=sent["id"], type="DELIVERED")
         wait_for(lambda: c.get(f"/api/alerts/{aid}").json()["state"] == "delivered", what="delivered")
-    finally:
-        svc.stop()
 
 
 def test_dashboard_lists_each_apprise_url_by_id_and_sends_a_test_to_one(gw):

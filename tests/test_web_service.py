@@ -31,13 +31,6 @@ def gateway(tmp_path, mosquitto, prefix):
         svc.stop()
 
 
-@pytest.fixture
-def box(mosquitto, prefix):
-    b = Box(mosquitto.url, prefix, "box1")
-    yield b
-    b.close()
-
-
 def web_of(svc) -> WebServer:
     (web,) = [c for c in svc.components if isinstance(c, WebServer)]
     return web

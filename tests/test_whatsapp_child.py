@@ -17,7 +17,15 @@ import pytest
 from gateway.bus import WHATSAPP_STATE, Bus
 from gateway.notify.base import Alert
 from gateway.notify.whatsapp import WhatsAppNotifier
-from tests.support.whatsapp import FakeWhatsApp, fake_settings, pair_fake, running, wait_state, wait_until
+from tests.support.whatsapp import (
+    FakeWhatsApp,
+    fake_settings,
+    pair_fake,
+    paired_fake,
+    running,
+    wait_state,
+    wait_until,
+)
 
 TO = "628123456789@s.whatsapp.net"
 
@@ -57,9 +65,7 @@ def test_pairing_by_qr_then_connected_and_state_on_the_bus(tmp_path: Path) -> No
 
 
 def test_send_photo_and_text_are_confirmed(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path)
     photo = tmp_path / "a.jpg"
     photo.write_bytes(b"\xff\xd8\xff\xe0fake jpeg bytes\xff\xd9")
     with running(settings) as sup:
@@ -77,9 +83,7 @@ def test_send_photo_and_text_are_confirmed(tmp_path: Path) -> None:
 
 
 def test_sigkill_mid_send_fails_the_send_and_the_retry_after_restart_succeeds(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path)
     with running(settings) as sup:
         wait_state(sup, "connected")
         n = WhatsAppNotifier(settings, sup)
@@ -102,9 +106,7 @@ def test_sigkill_mid_send_fails_the_send_and_the_retry_after_restart_succeeds(tm
 
 def test_stream_of_alerts_survives_kills_nothing_lost(tmp_path: Path) -> None:
     """An outbox-like loop (retry until confirmed) over 30 alerts while the child is SIGKILLed twice."""
-    settings = fake_settings(tmp_path, rate_per_minute=1000, rate_per_minute_overall=1000)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path, rate_per_minute=1000, rate_per_minute_overall=1000)
     with running(settings) as sup:
         wait_state(sup, "connected")
         n = WhatsAppNotifier(settings, sup)
@@ -132,9 +134,7 @@ def test_stream_of_alerts_survives_kills_nothing_lost(tmp_path: Path) -> None:
 
 
 def test_go_panic_sigabrt_restarts_with_backoff(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path)
     with running(settings) as sup:
         wait_state(sup, "connected")
         pid = sup.child_pid()
@@ -146,9 +146,7 @@ def test_go_panic_sigabrt_restarts_with_backoff(tmp_path: Path) -> None:
 
 
 def test_stream_replaced_stops_without_reconnecting(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path)
     with running(settings) as sup:
         wait_state(sup, "connected")
         fake.inject("stream_replaced")
@@ -162,9 +160,7 @@ def test_stream_replaced_stops_without_reconnecting(tmp_path: Path) -> None:
 
 
 def test_logged_out_means_not_paired_with_instructions_then_pairing_again(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path)
     with running(settings) as sup:
         wait_state(sup, "connected")
         fake.inject("logged_out", code="LOGGED_OUT")
@@ -177,9 +173,7 @@ def test_logged_out_means_not_paired_with_instructions_then_pairing_again(tmp_pa
 
 
 def test_temporary_ban_waits_until_it_expires(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path)
     with running(settings) as sup:
         wait_state(sup, "connected")
         before = time.time()
@@ -193,9 +187,7 @@ def test_temporary_ban_waits_until_it_expires(tmp_path: Path) -> None:
 
 
 def test_client_outdated_says_upgrade_neonize_and_stops(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path)
     with running(settings) as sup:
         wait_state(sup, "connected")
         fake.inject("client_outdated")
@@ -210,9 +202,7 @@ def test_the_outdated_advice_stays_inside_the_tested_neonize_versions(tmp_path: 
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     [pin] = pyproject["project"]["optional-dependencies"]["whatsapp"]
-    settings = fake_settings(tmp_path)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path)
     with running(settings) as sup:
         wait_state(sup, "connected")
         fake.inject("client_outdated")
@@ -252,9 +242,7 @@ def test_rate_limit_through_the_real_child(tmp_path: Path) -> None:
     from gateway.store import Store
     from tests.test_outbox import Clock, entry
 
-    settings = fake_settings(tmp_path, rate_per_minute=2, rate_per_minute_overall=3)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path, rate_per_minute=2, rate_per_minute_overall=3)
     store = Store(tmp_path / "data")
     clock = Clock()
     rows = [entry(i, clock.t + i * 0.001, notifier="whatsapp", recipient="+628111111111") for i in range(3)]
@@ -291,9 +279,7 @@ def test_a_stopped_supervisor_releases_the_session(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_in_the_terminal_does_not_kill_the_child(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path)
     with running(settings) as sup:
         wait_state(sup, "connected")
         pid = sup.child_pid()
@@ -353,9 +339,7 @@ def test_child_exits_and_frees_the_session_when_the_gateway_is_killed(tmp_path: 
 
 
 def test_repeated_crashes_back_off_exponentially(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path, restart_backoff_s=(0.2, 0.8))
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path, restart_backoff_s=(0.2, 0.8))
     details: list[str] = []
     with running(settings, on_state=lambda st: details.append(st.get("detail", ""))) as sup:
         for n in range(4):
@@ -402,9 +386,7 @@ def test_neonize_missing_says_how_to_install_and_does_not_loop(tmp_path: Path, m
 
 
 def test_a_hung_child_is_killed_and_restarted(tmp_path: Path) -> None:
-    settings = fake_settings(tmp_path, send_timeout_s=0.5)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path, send_timeout_s=0.5)
     with running(settings) as sup:
         wait_state(sup, "connected")
         pid = sup.child_pid()

@@ -13,7 +13,7 @@ from gateway.whatsapp.component import WhatsAppComponent
 from gateway.whatsapp.supervisor import SendOutcome
 from gateway.whatsapp.transport import IncomingMessage
 from tests.support.web import MemoryPort
-from tests.support.whatsapp import FakeWhatsApp, fake_settings, pair_fake, wait_state, wait_until
+from tests.support.whatsapp import fake_settings, paired_fake, wait_state, wait_until
 
 OWNER = "628123456789"
 def _port(tmp: Path, devices: list[dict[str, Any]], answer: str = "photo") -> MemoryPort:
@@ -181,9 +181,7 @@ def test_command_flood_from_one_sender_is_limited(tmp_path: Path) -> None:
 
 def test_end_to_end_through_the_real_child(tmp_path: Path) -> None:
     """A WhatsApp message arrives in the child, the gateway takes a snapshot and the reply goes out."""
-    settings = fake_settings(tmp_path, allow=[f"+{OWNER}"])
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path, allow=[f"+{OWNER}"])
     port = _port(tmp_path, [_dev("box1", "Front gate")])
     comp = WhatsAppComponent(port, settings)
     comp.start()
@@ -269,9 +267,7 @@ def test_personal_number_answers_only_prefixed_commands(tmp_path: Path) -> None:
 
 def test_group_status_and_backlog_shapes_through_the_real_child(tmp_path: Path) -> None:
     """The fake's shapes (whatsmeow parseMessageSource) take the adapter's path; only the DM is answered."""
-    settings = fake_settings(tmp_path, allow=[f"+{OWNER}"], command_groups=[FAMILY])
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
+    settings, fake = paired_fake(tmp_path, allow=[f"+{OWNER}"], command_groups=[FAMILY])
     port = _port(tmp_path, [_dev("box1", "Front gate")])
     comp = WhatsAppComponent(port, settings)
     comp.start()

@@ -5,24 +5,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 
 import pytest
 
 from gateway.service import GatewayService
 from gateway.whatsapp.component import WhatsAppComponent, whatsapp_component
-from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
-from tests.support.whatsapp import FakeWhatsApp, fake_settings, pair_fake, wait_state
+from tests.support.gateway_core import gateway_config, make_jpeg, new_event_id, wait_for
+from tests.support.whatsapp import (
+    FakeWhatsApp,
+    fake_settings,
+    gateway_with_fake_whatsapp,
+    pair_fake,
+    wait_state,
+)
 
 PHOTO = make_jpeg(320, 240, seed=3)
 OWNER = "+62 812-3456-789"
-
-
-@pytest.fixture
-def box(mosquitto, prefix):
-    b = Box(mosquitto.url, prefix, "box1")
-    yield b
-    b.close()
 
 
 def _config(tmp_path, mosquitto, prefix, **env):
@@ -81,15 +79,8 @@ def test_no_network_real_neonize_gateway_keeps_working(tmp_path, mosquitto, pref
 def test_sigkill_during_a_stream_of_alerts_loses_nothing(tmp_path, mosquitto, prefix, box) -> None:
     """Done-means: SIGKILL of the child during a stream of alerts; ingest goes on; every alert is sent."""
     cfg = _config(tmp_path, mosquitto, prefix)
-    settings = fake_settings(tmp_path, recipients=[OWNER], rate_per_minute=1000, rate_per_minute_overall=1000)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
-    svc = GatewayService(cfg)
-    comp = WhatsAppComponent(svc, settings)
-    svc.add_notifier(comp.notifier)
-    svc.add_component(comp)
-    svc.start()
-    try:
+    with gateway_with_fake_whatsapp(cfg, tmp_path, recipients=[OWNER]) as gw:
+        svc, comp, fake = gw.svc, gw.comp, gw.fake
         assert svc.wait_connected(10)
         wait_state(comp.supervisor, "connected")
         ids = [new_event_id() for _ in range(12)]
@@ -119,9 +110,6 @@ def test_sigkill_during_a_stream_of_alerts_loses_nothing(tmp_path, mosquitto, pr
         assert comp.supervisor.crashes == 1
         failed_once = [o for o in _whatsapp_outbox(svc) if o["attempts"] > 1]
         assert failed_once, "the killed send should have been retried by the outbox"
-    finally:
-        threading.Thread(target=fake.release).start()
-        svc.stop()
 
 
 def test_build_service_wires_whatsapp_from_the_config(tmp_path, mosquitto, prefix, box) -> None:
@@ -204,15 +192,8 @@ def test_alerts_go_out_as_soon_as_whatsapp_is_back(tmp_path, mosquitto, prefix, 
         PARCELBOX_OUTBOX_BACKOFF_INITIAL_S="3600",
         PARCELBOX_OUTBOX_BACKOFF_MAX_S="3600",
     )
-    settings = fake_settings(tmp_path, recipients=[OWNER], rate_per_minute=1000, rate_per_minute_overall=1000)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
-    svc = GatewayService(cfg)
-    comp = WhatsAppComponent(svc, settings)
-    svc.add_notifier(comp.notifier)
-    svc.add_component(comp)
-    svc.start()
-    try:
+    with gateway_with_fake_whatsapp(cfg, tmp_path, recipients=[OWNER]) as gw:
+        svc, comp, fake = gw.svc, gw.comp, gw.fake
         assert svc.wait_connected(10)
         wait_state(comp.supervisor, "connected")
         fake.inject("disconnected")
@@ -228,8 +209,6 @@ def test_alerts_go_out_as_soon_as_whatsapp_is_back(tmp_path, mosquitto, prefix, 
         wait_for(lambda: fake.sent(), timeout=30, what="the alert once WhatsApp is back")
         wait_for(lambda: _whatsapp_outbox(svc)[0]["state"] == "sent", what="the outbox to agree")
         assert _whatsapp_outbox(svc)[0]["attempts"] == 2
-    finally:
-        svc.stop()
 
 
 def test_a_recipient_not_on_whatsapp_is_checked_once_and_fails_permanently(
@@ -238,18 +217,10 @@ def test_a_recipient_not_on_whatsapp_is_checked_once_and_fails_permanently(
     """Issue 16 #7: 'no LID found' was retried for 24 h; frequent look-ups of non-users are a ban signal."""
     stranger = "+62 899-0000-0000"
     cfg = _config(tmp_path, mosquitto, prefix, PARCELBOX_WHATSAPP_RECIPIENTS=f"{OWNER},{stranger}")
-    settings = fake_settings(
-        tmp_path, recipients=[OWNER, stranger], rate_per_minute=1000, rate_per_minute_overall=1000
-    )
-    fake = FakeWhatsApp(settings.fake_dir)
-    fake.script(not_on_whatsapp=["6289900000000"])
-    pair_fake(settings)
-    svc = GatewayService(cfg)
-    comp = WhatsAppComponent(svc, settings)
-    svc.add_notifier(comp.notifier)
-    svc.add_component(comp)
-    svc.start()
-    try:
+    with gateway_with_fake_whatsapp(
+        cfg, tmp_path, recipients=[OWNER, stranger], script={"not_on_whatsapp": ["6289900000000"]}
+    ) as gw:
+        svc, comp, fake, settings = gw.svc, gw.comp, gw.fake, gw.settings
         assert svc.wait_connected(10)
         st = wait_state(comp.supervisor, lambda s: s.get("unknown_numbers") is not None)
         assert st["unknown_numbers"] == ["6289900000000"]
@@ -267,8 +238,6 @@ def test_a_recipient_not_on_whatsapp_is_checked_once_and_fails_permanently(
         lookups = [json.loads(x) for x in (settings.fake_dir / "lookups.jsonl").read_text().splitlines()]
         assert [sorted(x["phones"]) for x in lookups] == [["628123456789", "6289900000000"]]
         assert comp.counters()["whatsapp.not_on_whatsapp"] == 2
-    finally:
-        svc.stop()
 
 
 def test_no_lid_found_from_whatsapp_is_a_permanent_failure(tmp_path) -> None:
@@ -298,16 +267,11 @@ def test_whatsapp_down_for_a_while_is_told_through_the_other_sinks(tmp_path, mos
     from gateway.notify.folder import FolderNotifier
 
     cfg = _config(tmp_path, mosquitto, prefix, PARCELBOX_WHATSAPP_DOWN_NOTICE_AFTER_S="0.5")
-    settings = fake_settings(tmp_path, recipients=[OWNER])
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
     alerts_dir = tmp_path / "alerts"
-    svc = GatewayService(cfg, notifiers=[FolderNotifier(alerts_dir)])
-    comp = WhatsAppComponent(svc, settings)
-    svc.add_notifier(comp.notifier)
-    svc.add_component(comp)
-    svc.start()
-    try:
+    with gateway_with_fake_whatsapp(
+        cfg, tmp_path, recipients=[OWNER], notifiers=[FolderNotifier(alerts_dir)]
+    ) as gw:
+        svc, comp, fake = gw.svc, gw.comp, gw.fake
         assert svc.wait_connected(10)
         wait_state(comp.supervisor, "connected")
         wait_for(lambda: svc.whatsapp_state().get("state") == "connected", what="connected on the gateway")
@@ -335,22 +299,13 @@ def test_whatsapp_down_for_a_while_is_told_through_the_other_sinks(tmp_path, mos
         [up] = wait_for(lambda: notices("whatsapp_up"), what="the back-again notice")
         assert "work again" in up["caption"]
         assert len(notices("whatsapp_down")) == 1
-    finally:
-        svc.stop()
 
 
 def test_receipts_move_an_alert_from_sent_to_delivered_to_read(tmp_path, mosquitto, prefix, box) -> None:
     """Issue 16 (receipts): "sent" meant only that the server took it; the recipient's phone tells more."""
     cfg = _config(tmp_path, mosquitto, prefix)
-    settings = fake_settings(tmp_path, recipients=[OWNER], rate_per_minute=1000, rate_per_minute_overall=1000)
-    fake = FakeWhatsApp(settings.fake_dir)
-    pair_fake(settings)
-    svc = GatewayService(cfg)
-    comp = WhatsAppComponent(svc, settings)
-    svc.add_notifier(comp.notifier)
-    svc.add_component(comp)
-    svc.start()
-    try:
+    with gateway_with_fake_whatsapp(cfg, tmp_path, recipients=[OWNER]) as gw:
+        svc, comp, fake = gw.svc, gw.comp, gw.fake
         assert svc.wait_connected(10)
         wait_state(comp.supervisor, "connected")
         eid = new_event_id()
@@ -375,5 +330,3 @@ def test_receipts_move_an_alert_from_sent_to_delivered_to_read(tmp_path, mosquit
             what="the receipt in status.json (parcelbox status --json)",
         )
         assert _whatsapp_outbox(svc)[0]["receipt"] == "read" and _whatsapp_outbox(svc)[0]["receipt_at"]
-    finally:
-        svc.stop()

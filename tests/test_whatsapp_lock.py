@@ -26,6 +26,12 @@ def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _fake_args(settings) -> list[str]:
+    """`parcelbox whatsapp ...` options for the settings' data folder and the fake transport."""
+    data_dir, fake_dir = settings.session_dir.parent, settings.fake_dir
+    return ["--data-dir", str(data_dir), "--transport", "fake", "--fake-dir", str(fake_dir)]
+
+
 def test_second_process_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [
@@ -122,8 +128,7 @@ def test_second_supervisor_reports_locked_naming_the_owner(tmp_path: Path) -> No
 def test_cli_pair_by_qr_status_and_unlink(tmp_path: Path) -> None:
     settings = fake_settings(tmp_path)
     fake = FakeWhatsApp(settings.fake_dir)
-    data_dir = settings.session_dir.parent
-    common = ["--data-dir", str(data_dir), "--transport", "fake", "--fake-dir", str(settings.fake_dir)]
+    common = _fake_args(settings)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.whatsapp.cli", "pair", "--timeout", "60", *common],
         cwd=ROOT,
@@ -157,14 +162,7 @@ def test_cli_pair_by_qr_status_and_unlink(tmp_path: Path) -> None:
 def test_cli_pair_with_phone_prints_a_pairing_code(tmp_path: Path) -> None:
     settings = fake_settings(tmp_path)
     fake = FakeWhatsApp(settings.fake_dir)
-    common = [
-        "--data-dir",
-        str(settings.session_dir.parent),
-        "--transport",
-        "fake",
-        "--fake-dir",
-        str(settings.fake_dir),
-    ]
+    common = _fake_args(settings)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -196,14 +194,7 @@ def test_cli_pair_with_phone_prints_a_pairing_code(tmp_path: Path) -> None:
 def test_cli_groups_lists_ids_for_recipients(tmp_path: Path) -> None:
     settings = fake_settings(tmp_path)
     fake = FakeWhatsApp(settings.fake_dir)
-    common = [
-        "--data-dir",
-        str(settings.session_dir.parent),
-        "--transport",
-        "fake",
-        "--fake-dir",
-        str(settings.fake_dir),
-    ]
+    common = _fake_args(settings)
     r = _cli("groups", *common)
     assert r.returncode == 1 and "Not paired" in r.stderr
     pair_fake(settings)

@@ -299,16 +299,25 @@ class HomeAssistantBridge:
         if self._worker is not None:
             self._worker.join(timeout)
             self._worker = None
-        if self._client.is_connected():
-            info = self._client.publish(
-                d.gateway_availability_topic(self.cfg), d.PAYLOAD_OFFLINE, qos=1, retain=True
+        try:
+            if self._client.is_connected():
+                info = self._client.publish(
+                    d.gateway_availability_topic(self.cfg), d.PAYLOAD_OFFLINE, qos=1, retain=True
+                )
+                info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            # The connection dropped between the check and the publish (paho raises for a message it
+            # could not send): the broker publishes our last will ("offline") instead. Stop all the same,
+            # or paho's network thread would go on reconnecting and logging for the rest of the process.
+            self.log.info(
+                "homeassistant: gateway not marked offline at stop (%s); the last will does it", exc
             )
-            info.wait_for_publish(timeout)
-        # paho's network thread may run once more after DISCONNECT and log a "not connected" error;
-        # nothing it says after this point is news.
-        self._client.disable_logger()
-        self._client.disconnect()
-        self._client.loop_stop()
+        finally:
+            # paho's network thread may run once more after DISCONNECT and log a "not connected" error;
+            # nothing it says after this point is news.
+            self._client.disable_logger()
+            self._client.disconnect()
+            self._client.loop_stop()
 
     close = stop
 

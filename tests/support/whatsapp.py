@@ -10,7 +10,8 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,14 @@ def pair_fake(settings: WhatsAppSettings, jid_user: str = "6281100000000") -> No
     (settings.session_dir / "fake-session.json").write_text(json.dumps({"jid": f"{jid_user}@s.whatsapp.net"}))
 
 
+def paired_fake(tmp_path: Path, **overrides: Any) -> tuple[WhatsAppSettings, FakeWhatsApp]:
+    """`fake_settings` with its fake WhatsApp folder and a paired session: what most child tests start from."""
+    settings = fake_settings(tmp_path, **overrides)
+    fake = FakeWhatsApp(settings.fake_dir)
+    pair_fake(settings)
+    return settings, fake
+
+
 def wait_state(
     sup: WhatsAppSupervisor, want: str | Callable[[dict[str, Any]], bool], timeout: float = 30.0
 ) -> dict[str, Any]:
@@ -123,3 +132,47 @@ def running(settings: WhatsAppSettings, **kw: Any) -> Iterator[WhatsAppSuperviso
         yield sup
     finally:
         sup.stop()
+
+
+@dataclass
+class WhatsAppGateway:
+    svc: Any  # gateway.service.GatewayService
+    comp: Any  # gateway.whatsapp.component.WhatsAppComponent
+    fake: FakeWhatsApp
+    settings: WhatsAppSettings
+
+
+@contextlib.contextmanager
+def gateway_with_fake_whatsapp(
+    cfg: Any,
+    tmp_path: Path,
+    *,
+    notifiers: Iterable[Any] = (),
+    script: dict[str, Any] | None = None,
+    **settings_overrides: Any,
+) -> Iterator[WhatsAppGateway]:
+    """The real gateway core (`GatewayService(cfg)`) with WhatsApp as its `whatsapp` notifier and
+    component: a real spawned child on the fake transport, already paired, no rate limit in the way.
+
+    `script`: the fake's behaviour, written before the child starts (`FakeWhatsApp.script`).
+    Started on entry; stopped on exit (after releasing a held send, so the stop never waits on it).
+    """
+    from gateway.service import GatewayService
+    from gateway.whatsapp.component import WhatsAppComponent
+
+    fast = {"rate_per_minute": 1000, "rate_per_minute_overall": 1000}
+    settings = fake_settings(tmp_path, **{**fast, **settings_overrides})
+    fake = FakeWhatsApp(settings.fake_dir)
+    if script:
+        fake.script(**script)
+    pair_fake(settings)
+    svc = GatewayService(cfg, notifiers=list(notifiers))
+    comp = WhatsAppComponent(svc, settings)
+    svc.add_notifier(comp.notifier)
+    svc.add_component(comp)
+    svc.start()
+    try:
+        yield WhatsAppGateway(svc, comp, fake, settings)
+    finally:
+        fake.release()
+        svc.stop()
