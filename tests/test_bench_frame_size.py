@@ -6,6 +6,7 @@ driver's 96,000-byte buffer and the bench timed events without photos."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import sys
 from pathlib import Path
@@ -13,13 +14,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tools.sim.fake_camera import jpeg_buffer_bytes
+from tools.sim.lens import camera_frame_size
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import common  # noqa: E402
-
-from tools.sim.fake_camera import jpeg_buffer_bytes  # noqa: E402
-from tools.sim.lens import camera_frame_size  # noqa: E402
+# bench/common.py loaded by path: putting bench/ on sys.path would shadow the firmware's modules for
+# every test in this process (bench/ota.py is found before firmware/ota.py by `import ota`).
+_spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
+assert _spec is not None and _spec.loader is not None
+common = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = common  # its dataclasses look their module up
+_spec.loader.exec_module(common)
 
 
 def _jpeg(w: int, h: int) -> bytes:
