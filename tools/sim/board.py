@@ -141,12 +141,14 @@ class DeepSleep(Exception):
 class SimWdt:
     """The object machine.WDT returns (ports/esp32/machine_wdt.c, v1.25.0: the ESP-IDF task
     watchdog with one user, `wdt_default`; every WDT() reconfigures its timeout and returns the
-    same object; there is no deinit). `feeds` counts feed() calls; with a clock, `starved()` says
+    same object; there is no deinit). `starts` counts WDT() calls (the first starts it, the others
+reconfigure it), `feeds` feed() calls; with a clock, `starved()` says
     the watchdog would have reset the chip (more than `timeout_ms` since the last feed)."""
 
     def __init__(self, clock) -> None:
         self.clock = clock
         self.timeout_ms = 0
+        self.starts = 0
         self.feeds = 0
         self.fed_at = clock.ticks_ms() if clock is not None else 0
 
@@ -275,6 +277,7 @@ class Machine:
         if self.wdt is None:
             self.wdt = SimWdt(self.clock)
         self.wdt.timeout_ms = timeout
+        self.wdt.starts += 1
         return self.wdt
 
     def reset(self) -> None:
