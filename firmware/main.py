@@ -86,11 +86,12 @@ class NtpClock:
     """Unix time once NTP answered (in this boot or before a deep sleep: the RTC keeps it),
     else None (events then carry ts: null)."""
 
-    def __init__(self, host, now_s=None):
+    def __init__(self, host, now_s=None, log=log):
         self.host = host
         self.synced = False
         self._last_try = None
         self._now_s = now_s or time.time
+        self._log = log
 
     def maybe_sync(self, now_ms):
         if self.synced:
@@ -104,9 +105,9 @@ class NtpClock:
             ntptime.host = self.host
             ntptime.settime()
             self.synced = True
-            log("ntp: time set")
+            self._log("ntp: time set")
         except Exception as e:  # no network yet, DNS, timeout: try again later
-            log("ntp: not synced (%r)" % (e,))
+            self._log("ntp: not synced (%r)" % (e,))
 
     def unix_time(self):
         t = self._now_s()
@@ -117,8 +118,9 @@ class NtpClock:
         return int(t)
 
 
-def mount_sd(machine):
-    """Mount the SD card at /sd in 1-bit mode (GPIO 2/14/15; GPIO 4 stays the LED)."""
+def mount_sd(machine, log=log):
+    """Mount the SD card at /sd in 1-bit mode (GPIO 2/14/15; GPIO 4 stays the LED). `log`: build()'s
+    (a default argument, not a closure: nothing allocated per call)."""
     try:
         os.stat("/sd")
         return True  # already mounted (boot.py, or a previous run)
@@ -198,7 +200,7 @@ def build(
             log,
         )
     spool_dir = cfg["spool_dir"]
-    if spool_dir.startswith("/sd") and not mount_sd(machine):
+    if spool_dir.startswith("/sd") and not mount_sd(machine, log):
         spool_dir = "/spool"
         log("spool: SD card not available, spooling to internal flash (/spool)")
         if pins["lid"] == 13 and lid_pin.value() == 0:
@@ -229,8 +231,8 @@ def build(
         clock.ticks_diff,
         log,
     )
-    rtc = NtpClock(cfg["ntp_host"], clock.time)
-    wdt = start_watchdog(machine, cfg["wdt_s"] * 1000)
+    rtc = NtpClock(cfg["ntp_host"], clock.time, log)
+    wdt = start_watchdog(machine, cfg["wdt_s"] * 1000, log)
 
     def rand_bytes(n):
         try:
@@ -258,7 +260,7 @@ def build(
     return the_app, parts
 
 
-def start_watchdog(machine, timeout_ms):
+def start_watchdog(machine, timeout_ms, log=log):
     """machine.WDT(timeout), or None without one. When boot.py already started one for an update's
     trial and this MicroPython (< 1.21) cannot reconfigure it, feed that one instead."""
     if not hasattr(machine, "WDT"):

@@ -11,69 +11,16 @@ import types
 import pytest
 
 from tests.support.mqtt import Collector
-from tools.sim.board import SimWlan
+from tools.sim.board import EXT0_WAKE, TIMER_WAKE, DeepSleep, Machine, SimWlan, network_module
 from tools.sim.lens import PhotoSource, camera_driver
 from tools.sim.paho_umqtt import PahoMQTTClient
 
 
-class Slept(Exception):
-    """machine.deepsleep never returns on the board; the fake stops main() here."""
-
-
-class FakePin:
-    IN, OUT, PULL_UP = 1, 3, 2
-    made: dict[int, FakePin] = {}
-
-    def __init__(self, gpio, mode=None, pull=None, value=None, hold=None):
-        self.gpio, self.mode, self.pull, self.level, self.hold = gpio, mode, pull, value or 0, hold
-        FakePin.made[gpio] = self
-
-    def value(self, v=None):
-        if v is None:
-            return self.level
-        self.level = v
-
-
-def _fake_modules(monkeypatch):
-    FakePin.made = {}
-    machine = types.ModuleType("machine")
-    machine.Pin = FakePin
-    wdt_feeds = []
-
-    class WDT:
-        def __init__(self, timeout):
-            self.timeout = timeout
-
-        def feed(self):
-            wdt_feeds.append(1)
-
-    machine.WDT = WDT
-    machine.resets = []
-    machine.reset = lambda: machine.resets.append(1)
-    # ports/esp32/modmachine.c: wake_reason() = esp_sleep_get_wakeup_cause(); 0 after a cold boot
-    machine.EXT0_WAKE, machine.TIMER_WAKE = 2, 4
-    machine.woke = 0
-    machine.wake_reason = lambda: machine.woke
-
-    def deepsleep(ms):
-        raise Slept(ms)
-
-    machine.deepsleep = deepsleep
-    esp32 = types.ModuleType("esp32")
-    esp32.calls = []
-    esp32.gpio_deep_sleep_hold = lambda on: esp32.calls.append(("hold", on))
-
-    def wake_on_ext0(pin, level):
-        # ports/esp32/modesp32.c: RTC_IS_VALID_EXT_PIN or ValueError("invalid pin")
-        if pin.gpio not in (0, 2, 4, 12, 13, 14, 15, 25, 26, 27, 32, 33, 34, 35, 36, 37, 38, 39):
-            raise ValueError("invalid pin")
-        esp32.calls.append(("ext0", pin.gpio, level))
-
-    esp32.wake_on_ext0 = wake_on_ext0
-    monkeypatch.setitem(sys.modules, "esp32", esp32)
-    network = types.ModuleType("network")
-    network.STA_IF = 0
-    network.WLAN = lambda iface: SimWlan()
+def _fake_modules(monkeypatch, **board):
+    """The board's modules for main(): `machine` and `esp32` are tools/sim/board's (the one fake of
+    them, also the simulator's); `board` goes to its Machine (wake=, cause=, clock=). Returns it."""
+    machine = Machine(**board)
+    network = network_module(SimWlan())
     umqtt = types.ModuleType("umqtt")
     simple = types.ModuleType("umqtt.simple")
     simple.MQTTClient = PahoMQTTClient
@@ -82,6 +29,7 @@ def _fake_modules(monkeypatch):
     cam = camera_driver("lemariva", lambda w, h, q: photos.frame(0, True), warmup=1)
     for name, mod in (
         ("machine", machine),
+        ("esp32", machine.esp32),
         ("network", network),
         ("umqtt", umqtt),
         ("umqtt.simple", simple),
@@ -97,7 +45,7 @@ def _fake_modules(monkeypatch):
     import gc
 
     monkeypatch.setattr(gc, "mem_free", lambda: 100000, raising=False)
-    return wdt_feeds
+    return machine
 
 
 def test_missing_config_prints_why_and_idles(tmp_path, capsys):
@@ -134,7 +82,7 @@ def test_missing_umqtt_is_a_clear_message(tmp_path, capsys, monkeypatch):
 def test_main_wires_the_board_and_comes_online(tmp_path, monkeypatch, mosquitto, prefix):
     import main
 
-    feeds = _fake_modules(monkeypatch)
+    machine = _fake_modules(monkeypatch)
     cfg = {
         "device_id": "box-5",
         "prefix": prefix,
@@ -146,14 +94,15 @@ def test_main_wires_the_board_and_comes_online(tmp_path, monkeypatch, mosquitto,
     p = tmp_path / "config.json"
     p.write_text(json.dumps(cfg))
     app = main.main(str(p), max_steps=10, idle_forever=False)
-    assert app is not None and app.mqtt.connected and feeds
+    assert app is not None and app.mqtt.connected
+    assert machine.wdt is not None and machine.wdt.timeout_ms == 60000 and machine.wdt.feeds  # wdt_s 60
     status = Collector(mosquitto.url, f"{prefix}/box-5/status")
     try:
         m = status.get()
         assert m.retain and json.loads(m.payload)["online"] is True
     finally:
         status.close()
-    assert FakePin.made[13].pull == FakePin.PULL_UP and FakePin.made[4].level == 0
+    assert machine.pins[13].pull == machine.PULL_UP and machine.pins[4].level == 0
     assert app.camera is not None and app.camera.ok  # lemariva path through main's `import camera`
     app.mqtt.disconnect()
 
@@ -175,7 +124,7 @@ def test_battery_mode_sleeps_when_done_with_camera_off_led_held_and_lid_wake(
 ):
     import main
 
-    _fake_modules(monkeypatch)
+    machine = _fake_modules(monkeypatch)
     cfg = {
         "device_id": "box-6",
         "prefix": prefix,
@@ -187,16 +136,15 @@ def test_battery_mode_sleeps_when_done_with_camera_off_led_held_and_lid_wake(
     }
     p = tmp_path / "config.json"
     p.write_text(json.dumps(cfg))
-    with pytest.raises(Slept) as slept:
+    with pytest.raises(DeepSleep) as slept:
         main.main(str(p), max_steps=50, idle_forever=False)
-    assert slept.value.args == (1800 * 1000,)
-    esp32 = sys.modules["esp32"]
-    assert ("hold", True) in esp32.calls and ("ext0", 13, 1) in esp32.calls
-    led = FakePin.made[4]
-    assert led.level == 0 and led.hold is True
+    # the timer, the lid (GPIO13 opening: level 1) and the pads held through the sleep
+    assert (slept.value.ms, slept.value.ext0, slept.value.pad_hold) == (1800 * 1000, (13, 1), True)
+    led = machine.pins[4]
+    assert led.level == 0 and led.held
     assert sys.modules["camera"].inited is False  # powered down before sleep
-    pwdn = FakePin.made[32]  # and kept down: PWDN held high through the sleep (issue 13 item 8)
-    assert pwdn.level == 1 and pwdn.hold is True
+    pwdn = machine.pins[32]  # and kept down: PWDN held high through the sleep (issue 13 item 8)
+    assert pwdn.level == 1 and pwdn.held
 
 
 def test_sd_spool_falls_back_to_flash_when_no_card(tmp_path, monkeypatch, mosquitto, prefix, capsys):
@@ -269,18 +217,7 @@ def test_quiet_window_marker_starts_neither_app_nor_watchdog(tmp_path, monkeypat
     """/noapp at boot: provisioning gets a board whose watchdog never started (it cannot be stopped)."""
     import main
 
-    _fake_modules(monkeypatch)
-    machine = sys.modules["machine"]
-    made = []
-
-    class RecordingWDT:
-        def __init__(self, timeout):
-            made.append(timeout)
-
-        def feed(self):
-            pass
-
-    machine.WDT = RecordingWDT
+    machine = _fake_modules(monkeypatch)
     p = tmp_path / "config.json"
     p.write_text(json.dumps({"wifi": {"ssid": "x"}, "broker": {"host": "127.0.0.1", "port": 9}}))
     marker = tmp_path / "noapp"
@@ -288,7 +225,7 @@ def test_quiet_window_marker_starts_neither_app_nor_watchdog(tmp_path, monkeypat
     assert main.main(str(p), max_steps=3, idle_forever=False, quiet_marker=str(marker)) is None
     out = capsys.readouterr().out
     assert f"quiet window: {marker} is present" in out and "watchdog are not started" in out
-    assert made == []  # no watchdog
+    assert machine.wdt is None  # no watchdog
     assert "cannot start" not in out  # not an error: nothing else ran (the config was not even read)
 
     # the marker gone: the same config starts the app and arms the watchdog
@@ -341,11 +278,10 @@ def test_heartbeat_wake_leaves_the_camera_off(tmp_path, monkeypatch, mosquitto, 
     """A timer wake only sends a status: the camera is not initialised (it was, every hour)."""
     import main
 
-    _fake_modules(monkeypatch)
+    _fake_modules(monkeypatch, wake=TIMER_WAKE, cause=Machine.DEEPSLEEP_RESET)
     VirtualTime(monkeypatch)
-    sys.modules["machine"].woke = 4  # TIMER_WAKE
     p = _battery_cfg(tmp_path, mosquitto, prefix, "box-10")
-    with pytest.raises(Slept):
+    with pytest.raises(DeepSleep):
         main.main(str(p), max_steps=200, idle_forever=False)
     assert [c for c in sys.modules["camera"].calls if c[0] == "init"] == []
 
@@ -356,14 +292,13 @@ def test_lid_cycle_during_the_boot_from_deep_sleep_is_reported(tmp_path, monkeyp
     and the IR reading silently became the new baseline."""
     import main
 
-    _fake_modules(monkeypatch)
+    _fake_modules(monkeypatch, wake=EXT0_WAKE, cause=Machine.DEEPSLEEP_RESET)  # woken by the lid pin
     VirtualTime(monkeypatch)
-    sys.modules["machine"].woke = 2  # EXT0_WAKE: the lid pin
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     (spool_dir / "state.json").write_text(json.dumps({"seq": 4, "level": 0}))  # empty before the sleep
     p = _battery_cfg(tmp_path, mosquitto, prefix, "box-11", sensor="ir", settle_s=1)
-    # FakePin levels start at 0: lid closed (open level 1), IR active-low = a parcel inside.
+    # Unwired pins read 0 (board.SimPin): lid closed (open level 1), IR active-low = a parcel inside.
     app = main.main(str(p), max_steps=150, idle_forever=False)
     assert app is not None and app.counters["events"] == 1
     (order,) = app.spool.orders()
@@ -399,7 +334,7 @@ def test_persistent_memory_error_resets_the_board(tmp_path, monkeypatch, mosquit
         )
     )
     main.main(str(p), max_steps=12, idle_forever=False)
-    assert len(sys.modules["machine"].resets) == 2  # after 5 in a row, twice in 12 steps
+    assert sys.modules["machine"].resets == 2  # after 5 in a row, twice in 12 steps
     assert "out of memory 5 times in a row: resetting" in capsys.readouterr().out
 
 
@@ -424,7 +359,7 @@ def test_one_memory_error_does_not_reset(tmp_path, monkeypatch, mosquitto, prefi
                              "broker": {"host": mosquitto.host, "port": mosquitto.port},
                              "spool_dir": str(tmp_path / "spool")}))  # fmt: skip
     app = main.main(str(p), max_steps=12, idle_forever=False)
-    assert sys.modules["machine"].resets == []
+    assert sys.modules["machine"].resets == 0
     app.mqtt.disconnect()
 
 
@@ -444,9 +379,8 @@ def test_a_non_rtc_lid_pin_does_not_crash_the_sleep(tmp_path, monkeypatch, capsy
     """settings refuses it; should one get through, deep_sleep logs and sleeps on the timer."""
     import main
 
-    _fake_modules(monkeypatch)
-    machine = sys.modules["machine"]
-    lid = FakePin(3)
+    machine = _fake_modules(monkeypatch)
+    lid = machine.Pin(3, machine.Pin.IN)  # U0RXD: a GPIO, but not an RTC one
 
     class Lid:
         is_open = False
@@ -460,7 +394,7 @@ def test_a_non_rtc_lid_pin_does_not_crash_the_sleep(tmp_path, monkeypatch, capsy
                 pass
 
     cfg = {"pins": {"flash": 4, "lid_open_level": 1}, "heartbeat_s": 60, "camera": True}
-    with pytest.raises(Slept):
+    with pytest.raises(DeepSleep):
         main.deep_sleep(cfg, machine, App(), {"camera": None, "lid_pin": lid})
     assert "sleep: no ext0 wake (ValueError('invalid pin'))" in capsys.readouterr().out
 
@@ -471,11 +405,11 @@ def test_sd_mount_hint_when_dat3_was_low(tmp_path, monkeypatch, mosquitto, prefi
     import main
     import spool
 
-    _fake_modules(monkeypatch)
+    machine = _fake_modules(monkeypatch)
     VirtualTime(monkeypatch)
 
     def sdcard(slot=1, width=1):
-        if FakePin.made.get(13) is not None and FakePin.made[13].level == 0:
+        if 13 in machine.pins and machine.pins[13].level == 0:
             raise OSError(116)  # the SDMMC host times out on a card that answers in SPI mode
         raise AssertionError("DAT3 high: not this test")
 
@@ -523,7 +457,7 @@ def test_build_runs_each_box_on_its_own_injected_clock(tmp_path):
         clock = SimClock()
         clock.now = start
         lines: list[str] = []
-        machine = Machine({}, reset=lambda: None)
+        machine = Machine({}, reset=lambda: None, clock=clock)
         wlan = fake_net.WLAN(clock, ap=("sim", "sim"), join_ms=300)
         app, parts = main.build(
             _sim_cfg(tmp_path, device),
@@ -538,7 +472,8 @@ def test_build_runs_each_box_on_its_own_injected_clock(tmp_path):
             log=lines.append,
         )
         assert app.board.ticks_ms() == start and app.board.heap_free() == 123_456
-        assert app.updater is None and parts["wdt"] is None  # no app folder given; no machine.WDT
+        assert app.updater is None  # no app folder given
+        assert parts["wdt"] is machine.wdt and machine.wdt.timeout_ms == 60000  # the task watchdog, wdt_s
         boxes.append((clock, app, lines))
     for clock, app, lines in boxes:
         app.start()
@@ -583,21 +518,9 @@ import settings
 import time
 import fake_net
 
-class Pin:
-    IN, OUT, PULL_UP = 1, 3, 2
-    def __init__(self, gpio, mode=-1, pull=-1, value=None):
-        self.level = value or 0
-    def value(self, v=None):
-        if v is None:
-            return self.level
-        self.level = v
+import board  # tools/sim/board.py, the simulator's board modules, under MicroPython itself
 
-class machine:
-    Pin = Pin
-    resets = []
-    @staticmethod
-    def reset():
-        machine.resets.append(1)
+machine = board.Machine()
 
 class Network(fake_net.Network):
     @staticmethod
@@ -622,6 +545,8 @@ cfg["broker"]["host"] = "127.0.0.1"
 app, parts = main.build(cfg, machine, Network, Client, None, "/data/config.json", app_dir="/data")
 b = app.board
 print(json.dumps({
+    "pins": [machine.pins[4].mode, machine.pins[4].level, machine.pins[13].pull],
+    "wdt": parts["wdt"] is machine.wdt and machine.wdt.timeout_ms,
     "ticks": b.ticks_ms is time.ticks_ms and b.ticks_diff is time.ticks_diff and b.ticks_add is time.ticks_add,
     "heap": b.heap_free() > 0,
     "updater": app.updater.fl.root,
@@ -642,9 +567,60 @@ def test_build_under_micropython_defaults_to_the_boards_time_module(micropython,
     lines = res.stdout.splitlines()
     got = json.loads(next(line for line in lines if line.startswith("{")))
     assert got == {
+        "pins": [3, 0, 2],  # the flash LED an output driven low, the lid pulled up
+        "wdt": 60000,
         "ticks": True,
         "heap": True,
         "updater": "/data",
         "client": ["box-mp", "127.0.0.1", 1883, None, None, 60],
     }
     assert lines[-1] == "stepped"
+
+
+class _OldIdfMachine(Machine):
+    """MicroPython < 1.21 (ESP-IDF 4): a second WDT() fails with ESP_ERR_INVALID_STATE (0x103) when
+    boot.py already started the trial watchdog (ports/esp32/machine_wdt.c at v1.20.0, as
+    tests/mp/fw_ota_cases.py's OldMachine)."""
+
+    def WDT(self, id=0, timeout=5000):
+        raise OSError(259)
+
+
+def test_build_logs_every_line_through_the_log_it_is_given(tmp_path, monkeypatch, capsys):
+    """The SD mount, the watchdog and NTP print through build()'s `log` (the simulator's per-box log),
+    not the module's print: `mount_sd`, `start_watchdog` and NtpClock used main.log, so their lines
+    went to stdout, with no box name, whatever build() was given."""
+    import main
+    import otaboot
+    import spool
+
+    from tools.sim import fake_net
+    from tools.sim.board import SimClock, SimWdt
+
+    real = spool.Spool
+    monkeypatch.setattr(
+        spool, "Spool", lambda path, *a, **kw: real(str(tmp_path / path.strip("/")), *a, **kw)
+    )
+    clock = SimClock()
+    boot_wdt = SimWdt(clock)
+    monkeypatch.setattr(otaboot, "BOOT_WDT", boot_wdt)  # boot.py started it: an update's trial is running
+    lines: list[str] = []
+    # No SDCard on the fake board (as on a build without one): the mount fails, the spool moves to flash.
+    app, parts = main.build(
+        _sim_cfg(tmp_path, "box-l", spool_dir="/sd/spool"),
+        _OldIdfMachine(clock=clock),
+        network_module(fake_net.WLAN(clock, ap=("sim", "sim"))),
+        PahoMQTTClient,
+        None,
+        clock=clock,
+        heap_free=lambda: 1,
+        app_dir=None,
+        log=lines.append,
+    )
+    parts["clock"].maybe_sync(0)  # no ntptime module here: "not synced"
+    assert parts["wdt"] is boot_wdt
+    text = "\n".join(lines)
+    for said in ("sd: mount failed", "spooling to internal flash", "wdt: kept boot.py's trial watchdog",
+                 "ntp: not synced"):  # fmt: skip
+        assert said in text, said
+    assert capsys.readouterr().out == ""

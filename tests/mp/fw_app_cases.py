@@ -13,15 +13,10 @@ import sensors
 import settings
 from spool import Spool
 
-
-class Pin:
-    def __init__(self, v=0):
-        self.v = v
-
-    def value(self, v=None):
-        if v is None:
-            return self.v
-        self.v = v
+try:
+    from tools.sim.board import SimPin  # CPython
+except ImportError:
+    from board import SimPin  # MicroPython: tools/sim is mounted at /sim
 
 
 class Clock:
@@ -119,8 +114,8 @@ class Rig:
         self.cfg = cfg
         self.base = base
         self.clock = Clock()
-        self.lid_pin = Pin(0)
-        self.ir_pin = Pin(1)  # active low: 1 = empty
+        self.lid_pin = SimPin(0)
+        self.ir_pin = SimPin(1)  # active low: 1 = empty
         self.client = Client()
         self.lines = []
         self.spool_kw = spool_kw or {}
@@ -136,7 +131,7 @@ class Rig:
         )
         lid = sensors.Reed(self.lid_pin, 1, 0)
         occ = sensors.IRSensor(self.ir_pin, 0) if cfg["sensor"] == "ir" else None
-        camera = cam.CameraAdapter(Camera(), "SVGA", 80, 1, Pin(0), True, 0, None, self.log)
+        camera = cam.CameraAdapter(Camera(), "SVGA", 80, 1, SimPin(0), True, 0, None, self.log)
         sp = Spool(self.base, os, log=self.log, **self.spool_kw)
         topics = protocol.Topics("box-1", "pb")
         mqtt = link.Mqtt(self.client, topics, 60, link.Backoff(100, 1000), log=self.log)
@@ -164,11 +159,11 @@ class Rig:
             self.app.step()
 
     def deliver(self):
-        self.lid_pin.v = 1
+        self.lid_pin.level = 1
         self.run(300)
-        self.ir_pin.v = 0
+        self.ir_pin.level = 0
         self.run(300)
-        self.lid_pin.v = 0
+        self.lid_pin.level = 0
         self.run(1500)
 
     def events(self):
@@ -252,10 +247,10 @@ def case_offline_events_wait_and_go_oldest_first_with_same_ids(base):
     r = Rig(base)
     r.client.up = False
     r.deliver()
-    r.ir_pin.v = 1
-    r.lid_pin.v = 1
+    r.ir_pin.level = 1
+    r.lid_pin.level = 1
     r.run(300)
-    r.lid_pin.v = 0
+    r.lid_pin.level = 0
     r.run(1500)  # pickup
     assert r.events() == [] and len(r.app.spool) == 2
     ids = [r.app.spool.record(o)["id"] for o in r.app.spool.orders()]

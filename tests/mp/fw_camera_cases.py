@@ -4,26 +4,16 @@
 import cam
 
 try:
+    from board import SimPin
     from fake_camera import CameraApi, LemarivaCamera, Scene, tag_of  # MicroPython: tools/sim at /sim
 except ImportError:
+    from tools.sim.board import SimPin
     from tools.sim.fake_camera import CameraApi, LemarivaCamera, Scene, tag_of
 
 
-class Pin:
-    def __init__(self, v=0):
-        self.v = v
-        self.history = []
-
-    def value(self, v=None):
-        if v is None:
-            return self.v
-        self.v = v
-        self.history.append(v)
-
-
 def _rig(driver_cls, frame_size="SVGA", quality=80, **kw):
-    flash = Pin(0)
-    scene = Scene(lambda: flash.v == 1)
+    flash = SimPin(0)
+    scene = Scene(lambda: flash.level == 1)
     drv = driver_cls(scene, **kw)
     lines = []
     c = cam.CameraAdapter(drv, frame_size, quality, 2, flash, True, 0, None, lines.append)
@@ -59,7 +49,7 @@ def case_lemariva_photo_shows_this_event_lit():
         assert isinstance(f, bytes), lines
         # was b"0:dark", b"1:dark", ...: the frame grabbed right after the previous capture
         assert tag_of(f) == ("%d:lit" % event).encode(), (event, tag_of(f))
-    assert flash.v == 0
+    assert flash.level == 0
 
 
 def case_lemariva_buffer_is_sized_for_the_configured_frame():

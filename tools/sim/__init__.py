@@ -3,8 +3,9 @@
 - `fake_camera`, `fake_net`: faithful fakes of the ESP32 camera drivers and of MicroPython's
   socket + station interface, plain Python that also runs under real MicroPython (the tests mount
   this folder at /sim; tests/support/micropython.py). Sources cited in each file.
-- `board`: `machine` and `network` for `firmware/main.build()`: pins that keep their level across
-  a reboot (the wiring), a virtual clock, a station that joins after 300 virtual ms.
+- `board`: the one fake of the board's `machine`, `esp32` and `network` modules, for
+  `firmware/main.py` in the simulator and the tests (CPython and MicroPython): pins that keep their
+  level across a reboot (the wiring), the watchdog, deep sleep and wake reasons, a virtual clock.
 - `paho_umqtt`: umqtt.simple's `MQTTClient` on paho-mqtt (a real broker on the far end).
 - `lens`: what the camera sees (JPEG files or generated ones, lit by the flash or dark) and the
   driver fake built over it.
