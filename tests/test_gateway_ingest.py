@@ -355,7 +355,7 @@ def test_a_box_at_its_photo_limit_is_let_in_again_once_its_partials_expire(tmp_p
             evil.chunk(f"madeup{i:06d}", 0, b"x")
         wait_for(lambda: svc.health()["rejected"].get("reassembly_device_busy") == 3, what="3 refused")
         wait_for(lambda: svc.health()["rejected"].get("reassembly_timeout") == 2, what="the 2 held expire")
-        wait_for(lambda: "evil" not in svc._busy, what="evil let in again")
+        wait_for(lambda: "evil" not in svc.pipeline.busy, what="evil let in again")
         evil.chunk("madeup-again01", 0, b"x")
         wait_for(lambda: svc.health()["reassembly"]["partials"] == 1, what="a new partial accepted")
         assert svc.health()["rejected"]["reassembly_device_busy"] == 3
