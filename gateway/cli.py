@@ -311,13 +311,24 @@ def seen_boxes(data_dir: Path) -> set[str]:
         out |= {d["device"] for d in table.values() if isinstance(d, dict) and d.get("device")}
     except (OSError, ValueError, AttributeError):
         pass
-    try:  # records newer than the file (it is rewritten every 256 changes): a box seen minutes ago
-        from gateway.framing import scan_lines
+    from gateway.framing import scan_lines
 
+    try:  # records newer than the file (it is rewritten every 256 changes): a box seen minutes ago
         lines = scan_lines((data_dir / "db" / "boxes.json.journal").read_bytes()).entries
         out |= {e["dev"].get("device") for e in lines if isinstance(e.get("dev"), dict)}
     except OSError:
         pass
+    # A box record written with an event (`Store.add_event(device=...)`) is in that month's journal
+    # until boxes.json is next rewritten.
+    for journal in (data_dir / "db").glob("events-*.journal"):
+        try:
+            lines = scan_lines(journal.read_bytes()).entries
+        except OSError:
+            continue
+        for e in lines:
+            box = e.get("box")
+            if isinstance(box, dict) and isinstance(box.get("dev"), dict):
+                out.add(box["dev"].get("device"))
     return {d for d in out if isinstance(d, str) and valid_device_id(d)}
 
 

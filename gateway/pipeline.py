@@ -451,7 +451,7 @@ class IngestPipeline:
             for alert_id, fields in updates:
                 self.store.update_outbox(alert_id, **fields)
         try:
-            added = self.store.add_event(record, outbox)
+            added = self.store.add_event(record, outbox, device=dev)  # one durable write: event + box
         except OSError as exc:
             # No ack and no nack: a nack with retry makes the box re-send at once, photo and all,
             # into the same full disk. Without an answer it re-sends after its ack timeout, backing off.
@@ -461,10 +461,6 @@ class IngestPipeline:
             self.counters.inc("duplicates")
         else:
             self.counters.inc("stored")
-            try:
-                self.store.put_device(dev)
-            except OSError as exc:  # the event itself is durable: ack it; the box record catches up later
-                self.store_failed(exc, f"the record of box {device}", counter="device_write_errors")
             self.bus.publish(EVENT_STORED, dict(record))
             self.bus.publish(DEVICE_CHANGED, dict(boxes.public(dev)))
             for o in outbox:

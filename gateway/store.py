@@ -22,8 +22,11 @@ The dashboard's timeline (`list_events`) is answered from a second in-memory ind
 100,000 events), built in the same pass over the files as the dedupe index: a page costs
 O(log n + page size) plus reading the page's own records, whatever the filters and the depth.
 
-An event and its outbox entries go into the same file in one atomic write
-(`AtomicJSONStorage.batch`): after a crash either both exist or neither does.
+An event, its outbox entries and its box's new record (`add_event(..., device=...)`) are one journal
+line, one fsync: after a crash all of them exist or none does. The box record is in that events
+journal until boxes.json is next rewritten, so an events journal is emptied only after boxes.json
+(`_durable_flush`); on open, a box record in any journal newer (by revision, `BOX_REV`) than
+boxes.json's wins.
 
 TinyDB boundary: the store keeps TinyDB's file format and uses only its public parts: the `Storage`
 interface (our `AtomicJSONStorage`: read/write of the whole document) and `Table` reads (`all`, `get`,
@@ -54,6 +57,7 @@ from typing import Any, cast
 from tinydb import TinyDB
 
 from gateway.event_index import Entry, EventIndex, entry_for
+from gateway.framing import HEADER, encode_line
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir, remove_stale_temp_files
@@ -88,8 +92,17 @@ QUARANTINE_DIR = "quarantine"
 # Rewrite a month file from memory after this many journal entries: bounds the journal (and replay
 # time) while spreading the O(file size) rewrite over many events.
 COMPACT_EVERY = 256
-# Keys of purged events (`purge_begin`): fsync'd lines, read back at every start, never compacted.
+# Keys of purged events (`purge_begin`): fsync'd lines, read back at every start; a line goes once
+# retention would have deleted the events it names (`_prune_tombstones`).
 PURGED_JOURNAL = "purged.journal"
+# Box records (boxes.json). Each carries BOX_REV, the store-wide revision of its last write: a box record
+# can be made durable in two places (boxes.json.journal by `put_device`, an events journal by
+# `add_event(device=...)`), and on open the newest revision wins wherever it is. The file's BOXES_META
+# table holds the highest revision the file reflects: a journal's box record at or below it is already
+# in the file (or was deleted since, by a purge) and is not applied again.
+DEVICES = "devices"
+BOXES_META = "meta"
+BOX_REV = "_rev"
 _PURGED_PER_LINE = 1_000  # keys per line: a line stays small (~30 KB) however big the box's history
 
 
@@ -157,6 +170,10 @@ def _valid_entry(e: dict[str, Any]) -> bool:
     ob = e.get("ob", [])
     if not (isinstance(ob, list) and all(_outbox_doc_ok(o) for o in ob)):
         return False
+    if "box" in e and not (
+        "ev" in e and _valid_device_entry(e["box"]) and isinstance(e["box"]["dev"].get(BOX_REV), int)
+    ):
+        return False
     if "up" in e:
         f = e.get("f")
         return (
@@ -188,8 +205,19 @@ class PurgePlan:
     removed: Counter[str] = field(default_factory=Counter)
 
 
-def _valid_device_entry(e: dict[str, Any]) -> bool:
-    return isinstance(e.get("doc_id"), int) and isinstance(e.get("dev"), dict) and "device" in e["dev"]
+def _valid_device_entry(e: Any) -> bool:
+    return (
+        isinstance(e, dict)
+        and isinstance(e.get("doc_id"), int)
+        and isinstance(e.get("dev"), dict)
+        and isinstance(e["dev"].get("device"), str)
+    )
+
+
+def _box_rev(rec: dict[str, Any] | None) -> int:
+    """A box record's revision (records written before revisions existed count as 0)."""
+    rev = rec.get(BOX_REV) if rec else None
+    return rev if isinstance(rev, int) and not isinstance(rev, bool) else 0
 
 
 def _classify_part_doc(doc: dict[str, Any]) -> str | None:
@@ -202,7 +230,9 @@ def _classify_part_doc(doc: dict[str, Any]) -> str | None:
 
 
 def _classify_device_doc(doc: dict[str, Any]) -> str | None:
-    return "devices" if isinstance(doc.get("device"), str) else None
+    if isinstance(doc.get("device"), str):
+        return DEVICES
+    return BOXES_META if isinstance(doc.get("box_rev"), int) else None
 
 
 def _atomic_storage(db: TinyDB) -> AtomicJSONStorage:
@@ -296,9 +326,16 @@ class Store:
         self._outbox_counts: dict[str, int] = dict.fromkeys(OUTBOX_STATES, 0)
         self._devices: dict[str, dict[str, Any]] = {}
         self._devices_db: TinyDB | None = None
+        self._box_rev = 0  # the last revision given to a box record write (BOX_REV), never reused
+        self._boxes_file_rev = 0  # boxes.json on disk holds every box write up to this revision
+        # A box record written with an event (`add_event(device=...)`) is durable only in that events
+        # journal until boxes.json is rewritten: no events journal may be emptied before that.
+        self._boxes_behind = False
+        self._loading = True  # journals not replayed yet may hold box records newer than boxes.json
         # Keys of purged events: a box re-sending one (its spool, the broker's queue) gets it acked as
         # a duplicate instead of stored again, so a purge is not undone piecemeal (`purge_begin`).
         self._purged: set[str] = set()
+        self._purged_lines: list[dict[str, Any]] = []  # purged.journal's lines: which keys, purged when
         self.quarantine_dir = self.db_dir / QUARANTINE_DIR
         # What went wrong with the disk since start (`integrity()`): damage found, writes refused.
         self._problems: Counter[str] = Counter()
@@ -371,8 +408,14 @@ class Store:
         they are: the journal still holds every change, so nothing is lost, and the next attempt
         comes after another COMPACT_EVERY changes rather than on every one."""
         try:
-            storage.flush()
-            journal.reset()
+            if journal is self._devices_journal:
+                self._flush_boxes()
+            else:
+                if self._boxes_behind:
+                    # This journal may hold the only durable copy of a box record: boxes.json first.
+                    self._flush_boxes()
+                storage.flush()
+                journal.reset()
             self._compaction_failing.discard(storage.path.name)
             return True
         except OSError as exc:
@@ -410,6 +453,8 @@ class Store:
         keys = {d["key"] for d in events.values()}
         outbox_ids = {d["id"]: doc_id for doc_id, d in outbox.items()}
         for e in entries:
+            if "box" in e and self._merge_box(e["box"]):
+                self._boxes_behind = True  # now in memory; boxes.json gets it before this journal empties
             if "rm" in e:
                 # In journal order, so a record added after the purge is kept: forget the purged keys
                 # here too, or a later line re-adding the same record would be skipped.
@@ -492,6 +537,10 @@ class Store:
             self._close_part(part)
             self._db(part)
             raise
+        if "box" in entry:
+            # Before the compaction below: the journal may only be emptied once boxes.json has this.
+            self._set_box(entry["box"]["doc_id"], entry["box"]["dev"])
+            self._boxes_behind = True
         if part in self._part_docs:
             self._part_docs[part] += (ev_id is not None) + len(out_ids)
         if self._journals[part].entries_since_reset >= COMPACT_EVERY:
@@ -499,6 +548,8 @@ class Store:
         return ev_id, out_ids
 
     def _load(self) -> None:
+        # Box records first: an events journal replayed below may carry a newer one (`add_event`).
+        self._load_boxes()
         timeline: dict[str, Entry] = {}  # by key: a doubled record is listed once
         for part in self._partitions():
             db = self._db(part)
@@ -519,28 +570,103 @@ class Store:
                     self._open_outbox[doc["id"]] = dict(doc)
         self._timeline.build(timeline.values())
         del timeline
+        # Every journal has been read: memory holds every box write up to `_box_rev`, and the next
+        # rewrite of boxes.json may say so.
+        self._loading = False
+        self._purged_journal = self._journal(PURGED_JOURNAL, _valid_purged_entry)
+        for e in self._read_journal(self._purged_journal):
+            self._purged.update(e["keys"])
+            self._purged_lines.append(e)
+
+    def _load_boxes(self) -> None:
         self._devices_db = self._open_tinydb("boxes.json", _classify_device_doc)
         # Box records change with every event; rewriting the whole file each time made one event cost
         # O(boxes) (40 % of the gateway's GIL time with 1,000 boxes, bench/ingest.py). Journal them
-        # like events: one fsync'd line per change, the file rewritten every COMPACT_EVERY changes.
+        # like events: one fsync'd line per change (in the event's own line when the change comes with
+        # an event), the file rewritten every COMPACT_EVERY changes.
         storage = _atomic_storage(self._devices_db)
         self._devices_journal = self._journal("boxes.json" + JOURNAL_SUFFIX, _valid_device_entry)
+        data = storage.read() or {}
+        for doc in (data.get(BOXES_META) or {}).values():
+            if _box_rev({BOX_REV: doc.get("box_rev")}):
+                self._boxes_file_rev = max(self._boxes_file_rev, doc["box_rev"])
+        self._box_rev = self._boxes_file_rev
+        for doc_id, doc in (data.get(DEVICES) or {}).items():
+            self._devices[doc["device"]] = {**doc, "_doc_id": int(doc_id)}
+            self._box_rev = max(self._box_rev, _box_rev(doc))
         entries = self._read_journal(self._devices_journal)
+        for e in entries:  # in order; a line the file already has is skipped (`_merge_box`)
+            self._merge_box(e)
         if entries or self._devices_journal.path.exists():
-            data = storage.read() or {}
-            table = data.setdefault("devices", {})
-            for e in entries:  # idempotent: each line is a whole record under its doc id
-                table[str(e["doc_id"])] = e["dev"]
-            storage.write(data)
             storage._dirty = True
             self._durable_flush(storage, self._devices_journal, len(entries) + COMPACT_EVERY)
             if entries:
                 log.info("boxes.json: replayed %d journal entries", len(entries))
-        for doc in self._devices_db.table("devices").all():
-            self._devices[doc["device"]] = {**doc, "_doc_id": doc.doc_id}
-        self._purged_journal = self._journal(PURGED_JOURNAL, _valid_purged_entry)
-        for e in self._read_journal(self._purged_journal):
-            self._purged.update(e["keys"])
+
+    def _merge_box(self, entry: dict[str, Any]) -> bool:
+        """Apply a box record read from a journal if it is newer than what the store holds for that box
+        (by revision); records from before revisions existed (0) apply in journal order, as they always
+        did. True if applied."""
+        rec = entry["dev"]
+        rev = _box_rev(rec)
+        self._box_rev = max(self._box_rev, rev)
+        if rev and rev <= self._boxes_file_rev:
+            return False  # the file has this write or a later one, or the box was deleted since
+        if rev < _box_rev(self._devices.get(rec["device"])):
+            return False
+        self._set_box(entry["doc_id"], rec)
+        return True
+
+    def _box_doc_id(self, device: str, table: dict[str, Any]) -> int:
+        """The doc id of a box's record: its own if it has one, else the next free one."""
+        cur = self._devices.get(device)
+        if cur is not None:
+            return int(cur["_doc_id"])
+        return max((int(k) for k in table), default=0) + 1
+
+    def _set_box(self, doc_id: int, rec: dict[str, Any]) -> None:
+        """Put a (durable) box record into memory: boxes.json's data, written at its next rewrite."""
+        assert self._devices_db is not None
+        storage = _atomic_storage(self._devices_db)
+        data = storage.read() or {}
+        table = data.setdefault(DEVICES, {})
+        cur = self._devices.get(rec["device"])
+        if cur is not None:
+            doc_id = int(cur["_doc_id"])
+        elif str(doc_id) in table:  # taken by another box (its id was reused after a purge)
+            doc_id = self._box_doc_id(rec["device"], table)
+        rec = {k: v for k, v in rec.items() if k != "_doc_id"}
+        table[str(doc_id)] = rec
+        storage.write(data)  # buffered: memory only; a journal already holds the record
+        self._devices_db.table(DEVICES).clear_cache()
+        self._devices[rec["device"]] = {**rec, "_doc_id": doc_id}
+
+    def _new_box_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A journal line for a box record: its doc id and the record with the next revision."""
+        assert self._devices_db is not None
+        table = (_atomic_storage(self._devices_db).read() or {}).get(DEVICES) or {}
+        rec = {k: v for k, v in record.items() if k not in ("_doc_id", BOX_REV)}
+        if not isinstance(rec.get("device"), str):
+            raise StoreError(f"a box record needs its device id, got {rec.get('device')!r}")
+        self._box_rev += 1  # taken even if the write fails: a revision is never given twice
+        rec[BOX_REV] = self._box_rev
+        return {"doc_id": self._box_doc_id(rec["device"], table), "dev": rec}
+
+    def _flush_boxes(self) -> None:
+        """Rewrite boxes.json from memory and empty its journal (raises OSError, leaving both)."""
+        assert self._devices_db is not None
+        storage = _atomic_storage(self._devices_db)
+        data = storage.read() or {}
+        # While opening, a journal not read yet may hold a box write newer than the file: claim only
+        # what the file already claimed, so that write still wins at the next open if we crash now.
+        claim = self._boxes_file_rev if self._loading else self._box_rev
+        data[BOXES_META] = {"1": {"box_rev": claim}}
+        storage.write(data)
+        storage._dirty = True
+        storage.flush()
+        self._devices_journal.reset()
+        self._boxes_file_rev = claim
+        self._boxes_behind = False
 
     def _unreadable_doc(self, part: str, table: str, doc_id: int) -> None:
         """A doc of the wrong shape (damage that still parses): left in its file, never indexed."""
@@ -632,17 +758,29 @@ class Store:
             atomic_write_bytes(base.with_name(base.name + _PHOTO_SUFFIX[variant]), data)
         fsync_dir(base.parent)
 
-    def add_event(self, record: EventRecord, outbox: Iterable[OutboxRecord] = ()) -> bool:
-        """Store an event and its outbox entries in one durable write. False if already stored."""
+    def add_event(
+        self,
+        record: EventRecord,
+        outbox: Iterable[OutboxRecord] = (),
+        device: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store an event, its outbox entries and (`device`) its box's new record in one durable write
+        (one journal line, one fsync): after a crash all of them exist or none does. False if already
+        stored (then nothing is written, the box record neither)."""
         key = event_key(record["device"], record["id"])
         outbox = list(outbox)
+        if device is not None and device.get("device") != record["device"]:
+            raise StoreError(
+                f"box record {device.get('device')!r} given with an event of {record['device']!r}"
+            )
         with self._lock:
             if key in self._event_index or key in self._purged:
                 return False
             part = self.part_for(record["received_at"])
-            doc_id, out_ids = self._commit(
-                part, {"ev": {**record, "key": key}, "ob": [dict(o) for o in outbox]}
-            )
+            entry: dict[str, Any] = {"ev": {**record, "key": key}, "ob": [dict(o) for o in outbox]}
+            if device is not None:
+                entry["box"] = self._new_box_record(device)
+            doc_id, out_ids = self._commit(part, entry)
             assert doc_id is not None
             self._event_index[key] = (part, doc_id)
             self._timeline.add(entry_for(record))
@@ -870,26 +1008,15 @@ class Store:
         """Insert or replace a box record durably (the file holds one small record per box)."""
         assert self._devices_db is not None
         with self._lock:
-            storage = _atomic_storage(self._devices_db)
-            data = storage.read() or {}
-            table = data.setdefault("devices", {})
-            doc_id = record.get("_doc_id")
-            rec = {k: v for k, v in record.items() if k != "_doc_id"}
-            if doc_id is None:
-                existing = self._devices.get(rec["device"])
-                doc_id = existing.get("_doc_id") if existing else None
-            if doc_id is None:
-                doc_id = _next_id(table)
+            line = self._new_box_record(record)
             try:
-                self._devices_journal.append({"doc_id": doc_id, "dev": rec})  # durable from here
+                self._devices_journal.append(line)  # durable from here
             except OSError:
                 self._problems["write_errors"] += 1
                 raise
-            table[str(doc_id)] = rec
-            storage.write(data)  # buffered: memory only until the next compaction
-            self._devices_db.table("devices").clear_cache()
-            self._devices[rec["device"]] = {**rec, "_doc_id": doc_id}
+            self._set_box(line["doc_id"], line["dev"])
             if self._devices_journal.entries_since_reset >= COMPACT_EVERY:
+                storage = _atomic_storage(self._devices_db)
                 self._durable_flush(storage, self._devices_journal, self._devices_journal.entries_since_reset)
 
     # --- purge (`parcelbox device forget NAME --purge`) -------------------------------
@@ -911,12 +1038,14 @@ class Store:
             new = sorted(keys - self._purged)
             for i in range(0, len(new), _PURGED_PER_LINE):
                 chunk = new[i : i + _PURGED_PER_LINE]
+                line = {"dev": device, "keys": chunk, "at": now}
                 try:
-                    self._purged_journal.append({"dev": device, "keys": chunk, "at": now})
+                    self._purged_journal.append(line)
                 except OSError:
                     self._problems["write_errors"] += 1
                     raise
                 self._purged.update(chunk)
+                self._purged_lines.append(line)
             for k in keys:
                 del self._event_index[k]
                 self._record_cache.pop(k, None)
@@ -1022,18 +1151,20 @@ class Store:
         return dict(plan.removed)
 
     def _remove_device(self, device: str) -> None:
-        """Drop a box record: the file is rewritten without it (atomic) and the journal emptied; a
-        crash between the two replays the journal, record included, and the re-run purge drops it again."""
+        """Drop a box record: the file is rewritten without it (atomic) and the journal emptied. The
+        file's revision mark covers every earlier write of the box, so a crash before the journal is
+        emptied, or its records still in events journals, do not bring it back at the next open (lines
+        from before revisions existed do; the re-run purge drops the record again)."""
         assert self._devices_db is not None
         storage = _atomic_storage(self._devices_db)
         rec = self._devices.pop(device)
         data = storage.read() or {}
-        data.setdefault("devices", {}).pop(str(rec["_doc_id"]), None)
+        data.setdefault(DEVICES, {}).pop(str(rec["_doc_id"]), None)
         storage.write(data)
-        storage._dirty = True
-        self._devices_db.table("devices").clear_cache()
-        storage.flush()
-        self._devices_journal.reset()
+        self._devices_db.table(DEVICES).clear_cache()
+        # The file's revision mark covers the box's records still in events journals: none of them
+        # brings the box back at the next open.
+        self._flush_boxes()
 
     def purge_device(self, device: str, now: float) -> dict[str, int]:
         """The whole purge in one call (the CLI, with the gateway stopped)."""
@@ -1057,6 +1188,14 @@ class Store:
                         loc[0] == part for aid, loc in self._outbox_index.items() if aid in self._open_outbox
                     ):
                         continue  # an alert still waiting to be sent keeps its file alive
+                    if self._boxes_behind:
+                        # Its journal may hold the only copy of a box record (`add_event(device=...)`).
+                        try:
+                            self._flush_boxes()
+                        except OSError as exc:
+                            self._problems["compaction_errors"] += 1
+                            log.warning("retention waits: boxes.json could not be rewritten (%s)", exc)
+                            break
                     self._close_part(part)
                     if self._latest_segment.get(_period_of(part)) == part:
                         del self._latest_segment[_period_of(part)]
@@ -1074,6 +1213,7 @@ class Store:
                 if removed["partitions"]:
                     fsync_dir(self.db_dir)
                     self._recount_outbox()
+                removed["tombstones"] = self._prune_tombstones(cutoff)
             if photo_retention_days > 0:
                 cutoff = now - photo_retention_days * 86_400
                 for folder in self.photo_dir.glob("*/*"):
@@ -1084,6 +1224,44 @@ class Store:
                         shutil.rmtree(folder, ignore_errors=True)
                         removed["photo_folders"] += 1
         return removed
+
+    def _prune_tombstones(self, cutoff: float) -> int:
+        """Forget purged keys once retention would have deleted the events they stand for. Returns how
+        many keys went.
+
+        A tombstone makes a re-sent purged event a duplicate instead of new history. Dedupe of events
+        that were not purged lasts as long as retention keeps them (a box re-sending an event older
+        than that stores it again), and a box's spool has no age limit to wait for, so a purged event
+        is remembered exactly as long: every event of a purge was received before the purge began,
+        so once the partition the purge's own time falls in is past the cutoff, so are all of theirs.
+        A line without its time (none is written so) is kept. The journal is rewritten atomically
+        without the lines that go (its damaged stretches are quarantined first); if that fails,
+        nothing is forgotten."""
+        keep: list[dict[str, Any]] = []
+        gone: list[dict[str, Any]] = []
+        for line in self._purged_lines:
+            at = line.get("at")
+            expired = isinstance(at, (int, float)) and _partition_end(self.period_for(float(at))) <= cutoff
+            (gone if expired else keep).append(line)
+        if not gone:
+            return 0
+        journal = self._purged_journal
+        try:
+            journal.quarantine()
+            journal.close()  # reopened by the next append, on the new file
+            data = HEADER + b"".join(encode_line(e) for e in keep) if keep else b""
+            atomic_write_bytes(journal.path, data, mode=0o644)
+        except OSError as exc:
+            self._problems["write_errors"] += 1
+            log.warning("%s: could not drop expired tombstones (%s); kept", journal.path.name, exc)
+            return 0
+        self._purged_lines = keep
+        before = len(self._purged)
+        # Rebuilt from the lines kept: a key stored again after a purge and purged again is in both.
+        self._purged = {k for line in keep for k in line["keys"]}
+        n = before - len(self._purged)
+        log.info("retention forgot %d purged event key(s) of %d purge line(s)", n, len(gone))
+        return n
 
     def _recount_outbox(self) -> None:
         counts = dict.fromkeys(OUTBOX_STATES, 0)

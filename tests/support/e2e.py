@@ -75,8 +75,10 @@ class GatewayProc:
         extra: dict[str, dict[str, Any]] | None = None,
         log_level: str = "INFO",
         nofile: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.env = dict(env or {})  # added to the child's environment (after clean_env), per start
         self.nofile = nofile  # RLIMIT_NOFILE (soft = hard) for the child, like systemd's LimitNOFILE
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.root / "data"
@@ -115,7 +117,7 @@ class GatewayProc:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
                 cwd=ROOT,
-                env=clean_env(),
+                env={**clean_env(), **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=self._limits if self.nofile else None,

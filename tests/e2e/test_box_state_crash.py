@@ -1,0 +1,58 @@
+"""Issue 17 through the real gateway process: SIGKILL right after an event's journal line reaches the
+disk, restart, the box re-sends: the box's state (waiting count, last event) includes that event.
+
+The kill is a test-only `sitecustomize` on the child's PYTHONPATH (tests/support/faults/): it wraps
+`Journal.append` and SIGKILLs the process as soon as the line carrying the named event is fsync'd.
+Before the fix the box record was a second write after that line (`put_device`): killed in between,
+the event stayed stored and unacked, the box re-sent it, got a "duplicate" ack, and its record never
+counted it (waiting stayed 1, last_event_id the previous event). Fails on the old code.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from gateway.store import Store
+from tests.support.e2e import GatewayProc, wait_for
+from tests.support.gateway_core import Box, new_event_id
+
+FAULTS = Path(__file__).resolve().parents[1] / "support" / "faults"
+
+
+def test_sigkill_right_after_the_event_line_keeps_the_box_state(tmp_path, mosquitto, prefix):
+    first, second = new_event_id(), new_event_id()
+    gw = GatewayProc(
+        tmp_path / "gw",
+        mosquitto.url,
+        prefix,
+        env={"PYTHONPATH": str(FAULTS), "PB_TEST_KILL_AFTER_EVENT": second},
+    )
+    box = Box(mosquitto.url, prefix, "killbox")
+    try:
+        gw.start()
+        box.send(first, None)
+        assert box.wait_ack(first, 30)["ok"]
+        box.send(second, None)  # stored, then the process dies before anything else
+        assert gw.proc is not None
+        assert gw.proc.wait(30) == -signal.SIGKILL
+        assert "Traceback" not in gw.tail(200)
+        gw.env = {}
+        gw.start()
+        box.send(second, None)  # the box's spool: no ack came, so it sends the event again
+        ack = box.wait_ack(second, 30)
+        assert ack["ok"], ack
+        wait_for(lambda: gw.health().get("events_total") == 2, 30, what="both events counted")
+        assert gw.stop() == 0
+    finally:
+        box.close()
+        gw.kill()
+    store = Store(gw.data_dir)
+    try:
+        assert store.has_event("killbox", second)
+        dev = store.get_device("killbox")
+        assert dev is not None
+        assert dev["last_event_id"] == second, dev
+        assert dev["waiting"] == 2, dev
+    finally:
+        store.close()
