@@ -9,10 +9,12 @@ received messages and photos in progress (acking what gets stored), finishes the
 send in flight, writes a last status snapshot and releases everything.
 
 Threads: paho's network thread only makes cheap checks and enqueues, on one bounded
-sub-queue per box served in turn (`gateway.fairqueue`); one ingest worker does all
-decoding, reassembly, store writes and acks (so the store has a single writer for
-events); the photo pool runs `gateway.photos.process_photo`; each notifier has a
-sending thread (`gateway.outbox`).
+sub-queue per box served in turn (`gateway.fairqueue`); one ingest worker
+(`gateway.pipeline`) does all decoding, reassembly, store writes and acks (so the
+store has a single writer for events and box records) and runs `tick`; the photo
+pool runs `gateway.photos.process_photo`; each notifier has a sending thread
+(`gateway.outbox`). The rules for box state and alerts are pure functions
+(`gateway.boxes`, `gateway.alerts`) that this class and the pipeline apply.
 """
 
 from __future__ import annotations
