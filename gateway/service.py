@@ -949,13 +949,13 @@ class GatewayService:
         self.ota.tick()
         if self._purger is not None and (self._purger.busy or pending_purges(self.data_dir)):
             self._queue_purge_step()
-        if now >= self._retention_due:
-            self._retention_due = now + _RETENTION_EVERY_S
-            self._retention()
         self._watch_registry()
         if self.broker is not None:
             self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
             self.broker.supervise()
+        if now >= self._retention_due:  # last: a failing retention pass must not skip the rest
+            self._retention_due = now + _RETENTION_EVERY_S
+            self._retention()
 
     def _queue_purge_step(self) -> None:
         if self._purge_queued or self._purge_paused:
