@@ -28,8 +28,8 @@ WHATSAPP_RECEIPT = "whatsapp_receipt"  # {"ids": [message id, ...], "status": de
 # {"device", "registered": [every registered box]}.
 DEVICE_REMOVED = "device_removed"
 DEVICE_REGISTERED = "device_registered"
-OTA_CHANGED = "ota_changed"  # {"device"}: its firmware or its over-the-air update moved (gateway.service)
-STORAGE_STATE = "storage_state"  # {"ok", "problems", "free_mb", "free_percent", "low"} (gateway.service)
+OTA_CHANGED = "ota_changed"  # {"device"}: its firmware or its over-the-air update moved (gateway.ota.updates)
+STORAGE_STATE = "storage_state"  # {"ok", "problems", "free_mb", "free_percent", "low"} (gateway.status)
 
 Handler = Callable[[str, dict[str, Any]], None]
 

@@ -136,7 +136,7 @@ def _fresh_storage(config: Any, health: dict[str, Any], integrity: dict[str, int
 
 def _status_data(config: Any) -> dict[str, Any]:
     from gateway.datalock import DataDirLock, DataDirLocked
-    from gateway.service import STATUS_FILE
+    from gateway.status import STATUS_FILE
     from gateway.store import Store
 
     data_dir = Path(config.data_dir)
@@ -298,7 +298,7 @@ def seen_boxes(data_dir: Path) -> set[str]:
     """Boxes the gateway has a record of, read without opening the store (a running gateway owns it):
     the status snapshot (rewritten every few seconds and on a clean stop) and the box file."""
     from gateway.protocol import valid_device_id
-    from gateway.service import STATUS_FILE
+    from gateway.status import STATUS_FILE
 
     out: set[str] = set()
     try:

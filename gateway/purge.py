@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.health import Counters
 from gateway.protocol import valid_device_id
 from gateway.storage import atomic_write_bytes, fsync_dir
 from gateway.store import PurgePlan, Store
@@ -26,6 +27,8 @@ from gateway.store import PurgePlan, Store
 log = logging.getLogger(__name__)
 
 REQUEST_DIR = "purge"
+# The ingest queue's sub-queue for purge slices: "#" is never in a box id, so no box shares it.
+QUEUE_KEY = "#purge"
 
 
 def _path(data_dir: Path, device: str) -> Path:
@@ -129,3 +132,57 @@ class Purger:
         self.finished.append((plan.device, removed))
         log.info("purge: history of %s deleted: %s", plan.device, removed)
         return bool(pending(self.data_dir))
+
+
+class PurgeRunner:
+    """Runs the purges on the ingest worker, one `Purger.step` per turn of the ingest queue.
+
+    Each step goes into a sub-queue of its own (`QUEUE_KEY`), so boxes' messages are served between
+    the slices and a long purge never holds up ingest by more than one segment. `submit` queues a call
+    on the worker and says whether that sub-queue took it (the service's ingest queue); `poll` is
+    called by the service's once-a-second tick; `pause` at stop (an unfinished purge goes on at the
+    next start: its request file stays).
+    """
+
+    def __init__(
+        self, purger: Purger, *, submit: Callable[[Callable[[], None]], bool], counters: Counters
+    ) -> None:
+        self.purger = purger
+        self._submit = submit
+        self._counters = counters
+        self._queued = False  # a step is in the queue: never two
+        self.paused = False
+
+    def poll(self) -> None:
+        """Queue a step when a purge is in progress or asked for."""
+        if self.purger.busy or pending(self.purger.data_dir):
+            self._queue_step()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def _queue_step(self) -> None:
+        if self._queued or self.paused:
+            return
+        self._queued = True
+        if not self._submit(self._step):
+            self._queued = False  # its sub-queue is full: the next tick tries again
+
+    def _step(self) -> None:
+        """On the ingest worker: one slice of the purge in progress."""
+        self._queued = False
+        if self.paused:
+            return
+        try:
+            more = self.purger.step()
+        finally:
+            for device, removed in self.purger.finished:
+                self._counters.inc("purges")
+                log.info(
+                    "history of box %s deleted (%s)",
+                    device,
+                    ", ".join(f"{v} {k}" for k, v in removed.items()),
+                )
+            self.purger.finished.clear()
+        if more:
+            self._queue_step()

@@ -69,3 +69,50 @@ def test_budget_per_box_and_total_one_item_always_fits_an_empty_box():
     assert b2.take("big", 1) == "device"  # but nothing more while it is over its bytes
     b2.give("big", 5000)
     assert (b2.count, b2.size, b2.used("big")) == (0, 0, (0, 0))
+
+
+def test_commands_publish_then_keep_and_announce_only_an_answer_to_what_was_sent():
+    """`Commands`, the I/O around the table: with a real bus and the protocol's own codecs; the MQTT
+    link is the edge, recorded (what `GatewayService._publish` hands to `MqttLink.publish`)."""
+    import json
+
+    from gateway.bus import COMMAND_RESULT, Bus
+    from gateway.commands import Commands
+    from gateway.protocol import VERSION, Limits, ProtocolError
+
+    bus = Bus()
+    told: list[dict] = []
+    bus.subscribe(lambda _t, d: told.append(d), COMMAND_RESULT)
+    published: list[tuple[str, bytes]] = []
+    rejected: list[str] = []
+    running = [False]
+    c = Commands(
+        prefix="pb",
+        limits=Limits(),
+        bus=bus,
+        publish=lambda t, p: published.append((t, p)),
+        running=lambda: running[0],
+        reject=lambda reason, _detail, _where: rejected.append(reason),
+        clock=lambda: 0.0,
+    )
+    with pytest.raises(ValueError):
+        c.send("Not A Box", "ping")
+    with pytest.raises(RuntimeError):
+        c.send("box1", "ping")  # not started: nothing published, nothing remembered
+    assert published == [] and len(c) == 0
+    running[0] = True
+    with pytest.raises(ProtocolError):
+        c.send("box1", "format_flash")  # not a command a box knows
+    cid = c.send("box1", "ping")
+    assert [t for t, _ in published] == ["pb/box1/cmd"] and json.loads(published[0][1])["id"] == cid
+
+    def answer(device: str, body: dict) -> None:
+        c.on_result(device, json.dumps({"v": VERSION, **body}).encode())
+
+    answer("box2", {"id": cid, "ok": True})  # another box answering box1's command
+    answer("box1", {"id": cid, "ok": "yes"})
+    answer("box1", {"id": cid, "ok": True, "rtt_ms": 12})
+    answer("box1", {"id": cid, "ok": False})  # QoS 1 redelivery or a liar: the first answer stands
+    assert rejected == ["unknown_command", "bad_schema", "duplicate_cmd_result"]
+    expected = {"device": "box1", "id": cid, "ok": True, "error": None, "rtt_ms": 12}
+    assert told == [expected] and c.result(cid) == expected

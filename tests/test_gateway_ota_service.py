@@ -12,7 +12,8 @@ import pytest
 from gateway.bus import OTA_CHANGED
 from gateway.ota import offers, pending
 from gateway.ota.manifest import UpdateRefused
-from gateway.service import STATUS_FILE, GatewayService
+from gateway.service import GatewayService
+from gateway.status import STATUS_FILE
 from tests.support.gateway_core import Box, gateway_config, wait_for
 from tests.support.mqtt import Collector
 from tests.support.web import CHECKOUT, OLD_SET

@@ -333,3 +333,51 @@ def test_a_gateway_starting_finishes_a_purge_left_unfinished(tmp_path, mosquitto
     finally:
         b2.close()
         svc.stop()
+
+
+def test_purge_runner_queues_one_slice_at_a_time_between_boxes_messages(tmp_path):
+    """`gateway.purge.PurgeRunner` with a real store and a real ingest queue (`FairQueue`), the worker's
+    loop done by hand: never two slices queued, a box's message served between slices, a full purge
+    sub-queue tried again at the next poll, nothing queued once paused (at stop)."""
+    from gateway.fairqueue import FairQueue
+    from gateway.health import Counters
+
+    data = tmp_path / "data"
+    ids = _fill(data)
+    store = Store(data, segment_records=SEGMENT)
+    q = FairQueue(max_messages=100, device_max_messages=1, device_max_bytes=1 << 20)
+    counters = Counters()
+
+    def submit(step) -> bool:  # what GatewayService._run_on_worker does with its ingest queue
+        return all(box != purging.QUEUE_KEY for box, _ in q.put(purging.QUEUE_KEY, step, 0))
+
+    runner = purging.PurgeRunner(purging.Purger(store, data, time.time), submit=submit, counters=counters)
+    runner.poll()
+    assert q.empty()  # nothing asked for
+    q.put(purging.QUEUE_KEY, "blocker", 0)  # the purge's sub-queue is full (one item)
+    purging.request(data, "box-1", time.time())
+    runner.poll()
+    assert q.get(timeout=0) == "blocker" and q.empty()  # refused, and not marked as queued
+    runner.poll()
+    runner.poll()
+    assert q.qsize() == 1  # queued once, however often the tick polls
+    q.put("box-2", "message from box-2", 10)
+    served: list[str] = []
+    for _ in range(200):
+        if q.empty():
+            break
+        item = q.get(timeout=0)
+        if callable(item):
+            item()
+            served.append("slice")
+        else:
+            served.append(item)
+    assert served.index("message from box-2") == 1 and served.count("slice") > 2
+    assert counters.get("purges") == 1 and not purging.pending(data)
+    runner.pause()
+    purging.request(data, "box-2", time.time())
+    runner.poll()
+    assert q.empty()  # paused: the request stays for the next start
+    store.close()
+    purging.done(data, "box-2")
+    _check_purged(data, ids)

@@ -19,7 +19,8 @@ from starlette.testclient import TestClient
 from gateway.app import build_notifiers
 from gateway.notify.apprise import recipient_id
 from gateway.sendapi import MAX_PHOTO_BYTES, BadRequest, parse_json, parse_multipart
-from gateway.service import API_PHOTO_DIR, GatewayService
+from gateway.sendqueue import API_PHOTO_DIR
+from gateway.service import GatewayService
 from gateway.web import WebSettings, create_app
 from gateway.web.cli import token_command
 from gateway.web.tokens import TokenStore, scope_allows
@@ -367,7 +368,7 @@ def test_dashboard_lists_each_apprise_url_by_id_and_sends_a_test_to_one(gw):
 def test_send_api_photos_are_pruned_with_the_photo_retention(tmp_path):
     import os
 
-    from gateway.service import prune_api_photos
+    from gateway.sendqueue import prune_api_photos
 
     folder = tmp_path / API_PHOTO_DIR
     folder.mkdir()

@@ -76,6 +76,55 @@ def test_storage_watch_logs_new_problems_reminds_hourly_and_publishes_sparingly(
     assert logs == [] and recovered and pub["ok"]
 
 
+def test_storage_monitor_warns_once_a_minute_with_a_count_and_shows_refused_writes_for_a_while(
+    tmp_path, caplog
+):
+    """`gateway.status.StorageMonitor` alone, on an injected monotonic clock: a full disk fails every
+    write, the log gets one line a minute (with how many it held back), the bus hears the problem once
+    and hears it is over once the refused writes are `WRITE_FAILURE_SHOWN_S` old."""
+    from gateway.bus import Bus
+    from gateway.diskspace import WRITE_FAILURE_SHOWN_S
+    from gateway.health import Counters
+    from gateway.status import StorageMonitor
+
+    caplog.set_level(logging.WARNING, logger="gateway")
+    store = Store(tmp_path)
+    now = [1000.0]
+    bus = Bus()
+    states: list[dict] = []
+    bus.subscribe(lambda _t, d: states.append(d), STORAGE_STATE)
+    counters = Counters()
+    m = StorageMonitor(
+        tmp_path,
+        DiskThresholds(min_free_mb=0, min_free_percent=0),  # whatever the test machine's disk has
+        store=lambda: store,
+        bus=bus,
+        counters=counters,
+        monotonic=lambda: now[0],
+    )
+    m.check()
+    assert len(states) == 1 and states[0]["ok"] and m.state() == states[0]
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "could not write" in r.getMessage()]
+
+    full = OSError(28, "No space left on device")
+    for _ in range(3):
+        m.failed(full, "event box1/e1")
+    assert len(warnings()) == 1 and "not acked, the box keeps it" in warnings()[0]
+    assert counters.get("store_write_errors") == 3
+    assert len(states) == 2 and not states[1]["ok"] and m.state() == states[1]
+    now[0] += 61.0
+    m.failed(full, "status.json", counter="status_write_errors")
+    assert len(warnings()) == 2 and "(2 more such failure(s) in the last minute)" in warnings()[1]
+    assert "not acked" not in warnings()[1]  # a snapshot, not an event: nothing for a box to re-send
+    assert counters.get("status_write_errors") == 1 and not m.health()["ok"]
+    now[0] = 1000.0 + WRITE_FAILURE_SHOWN_S + 1
+    m.check()
+    assert m.health()["ok"] and len(states) == 3 and states[2]["ok"]
+    store.close()
+
+
 def test_full_disk_no_ack_counted_warned_then_acked_again(tmp_path, mosquitto, prefix, caplog):
     caplog.set_level(logging.WARNING)
     with tmpfs(tmp_path / "disk", "6m") as disk:

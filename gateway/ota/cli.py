@@ -41,7 +41,7 @@ def build_manifest(firmware_dir: Path, *, compile: bool) -> Manifest:
 
 
 def _snapshot(data_dir: Path) -> dict[str, Any]:
-    from gateway.service import STATUS_FILE
+    from gateway.status import STATUS_FILE
 
     try:
         d = json.loads((data_dir / STATUS_FILE).read_text())

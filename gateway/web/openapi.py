@@ -21,15 +21,27 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _p(name: str, schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    """A path parameter (`_q`'s twin): always required."""
+    out: dict[str, Any] = {"name": name, "in": "path", "required": True, "schema": schema}
+    if description is not None:
+        out["description"] = description
+    return out
+
+
 ERR = _json(_ref("Error"), "Error: {error, detail}")
-DEVICE = {
-    "name": "device",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"},
-}
+DEVICE = _p("device", {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"})
 MSG_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,40}$"}
-EVENT_ID = {"name": "event_id", "in": "path", "required": True, "schema": MSG_ID}
+EVENT_ID = _p("event_id", MSG_ID)
+ALERT_ID = _p("alert_id", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,200}$"})
+BEARER_OR_SESSION: list[dict[str, list[str]]] = [
+    {"bearer": []},
+    {},
+]  # an API token, or the dashboard's session (loopback)
 CSRF = {
     "name": "X-CSRF-Token",
     "in": "header",
@@ -39,8 +51,36 @@ CSRF = {
 }
 
 
-def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _list_of(key: str, item: str) -> dict[str, Any]:
+    """`{key: [item, ...]}`: how the list routes answer."""
+    return {"type": "object", "properties": {key: {"type": "array", "items": _ref(item)}}}
+
+
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    description: str | None = None,
+    security: list[dict[str, Any]] | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One operation; keys in the order OpenAPI documents show them (and the served JSON always had)."""
+    out: dict[str, Any] = {"summary": summary}
+    if description is not None:
+        out["description"] = description
+    if security is not None:
+        out["security"] = security
+    if parameters is not None:
+        out["parameters"] = parameters
+    if body is not None:
+        out["requestBody"] = body
+    out["responses"] = responses
+    return out
 
 
 OPENAPI: dict[str, Any] = {
@@ -58,23 +98,9 @@ OPENAPI: dict[str, Any] = {
     },
     "paths": {
         "/api/events": {
-            "get": {
-                "summary": "Events, newest first, keyset-paginated",
-                "parameters": [
-                    _q("device", {"type": "string"}, "only this box"),
-                    _q(
-                        "type",
-                        {"type": "string"},
-                        "only these types, comma separated: delivery, pickup, lid_closed, lid_left_open, snapshot",
-                    ),
-                    _q("since", {"type": "number"}, "event time >= (seconds since 1970)"),
-                    _q("until", {"type": "number"}, "event time < (seconds since 1970)"),
-                    _q("before", {"type": "string"}, "cursor: the `next` value of the previous page"),
-                    _q(
-                        "limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, "page size"
-                    ),
-                ],
-                "responses": {
+            "get": _op(
+                "Events, newest first, keyset-paginated",
+                {
                     "200": _json(
                         {
                             "type": "object",
@@ -89,65 +115,41 @@ OPENAPI: dict[str, Any] = {
                     ),
                     "400": ERR,
                 },
-            }
+                parameters=[
+                    _q("device", {"type": "string"}, "only this box"),
+                    _q(
+                        "type",
+                        {"type": "string"},
+                        "only these types, comma separated: delivery, pickup, lid_closed, lid_left_open, snapshot",
+                    ),
+                    _q("since", {"type": "number"}, "event time >= (seconds since 1970)"),
+                    _q("until", {"type": "number"}, "event time < (seconds since 1970)"),
+                    _q("before", {"type": "string"}, "cursor: the `next` value of the previous page"),
+                    _q(
+                        "limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, "page size"
+                    ),
+                ],
+            )
         },
         "/api/events/{device}/{event_id}": {
-            "get": {
-                "summary": "One event",
-                "parameters": [DEVICE, EVENT_ID],
-                "responses": {"200": _json(_ref("Event")), "400": ERR, "404": ERR},
-            }
+            "get": _op(
+                "One event",
+                {"200": _json(_ref("Event")), "400": ERR, "404": ERR},
+                parameters=[DEVICE, EVENT_ID],
+            )
         },
         "/api/photos/{device}/{event_id}/{variant}": {
-            "get": {
-                "summary": "A photo of an event (JPEG), looked up by id in the data folder",
-                "parameters": [
-                    DEVICE,
-                    EVENT_ID,
-                    {
-                        "name": "variant",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"enum": ["original", "alert", "thumb"]},
-                    },
-                ],
-                "responses": {
-                    "200": {"description": "JPEG", "content": {"image/jpeg": {}}},
-                    "400": ERR,
-                    "404": ERR,
-                },
-            }
+            "get": _op(
+                "A photo of an event (JPEG), looked up by id in the data folder",
+                {"200": {"description": "JPEG", "content": {"image/jpeg": {}}}, "400": ERR, "404": ERR},
+                parameters=[DEVICE, EVENT_ID, _p("variant", {"enum": ["original", "alert", "thumb"]})],
+            )
         },
-        "/api/devices": {
-            "get": {
-                "summary": "Boxes and their health",
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {"devices": {"type": "array", "items": _ref("Device")}},
-                        }
-                    )
-                },
-            }
-        },
+        "/api/devices": {"get": _op("Boxes and their health", {"200": _json(_list_of("devices", "Device"))})},
         "/api/devices/{device}/command": {
-            "post": {
-                "summary": "Send a command to a box; the result arrives on /api/stream (command) and /api/commands/{id}",
-                "parameters": [DEVICE, CSRF],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["cmd"],
-                                "properties": {"cmd": {"enum": ["snapshot", "reboot", "ping"]}},
-                            }
-                        }
-                    },
-                },
-                "responses": {
+            "post": _op(
+                "Send a command to a box; the result arrives on /api/stream (command) and /api/commands/{id}",
+                {
                     "202": _json(
                         {
                             "type": "object",
@@ -163,14 +165,21 @@ OPENAPI: dict[str, Any] = {
                     "403": ERR,
                     "404": ERR,
                 },
-            }
+                parameters=[DEVICE, CSRF],
+                body=_body(
+                    {
+                        "type": "object",
+                        "required": ["cmd"],
+                        "properties": {"cmd": {"enum": ["snapshot", "reboot", "ping"]}},
+                    }
+                ),
+            )
         },
         "/api/devices/{device}/update": {
-            "post": {
-                "summary": "Send this checkout's firmware to a box over the air (as `parcelbox device update`); "
+            "post": _op(
+                "Send this checkout's firmware to a box over the air (as `parcelbox device update`); "
                 "progress on /api/firmware",
-                "parameters": [DEVICE, CSRF],
-                "responses": {
+                {
                     "202": _json(
                         {
                             "type": "object",
@@ -191,12 +200,13 @@ OPENAPI: dict[str, Any] = {
                     ),
                     "501": ERR,
                 },
-            }
+                parameters=[DEVICE, CSRF],
+            )
         },
         "/api/firmware": {
-            "get": {
-                "summary": "Each box's firmware against this checkout's (by the set's sha256), and its update",
-                "responses": {
+            "get": _op(
+                "Each box's firmware against this checkout's (by the set's sha256), and its update",
+                {
                     "200": _json(
                         {
                             "type": "object",
@@ -240,13 +250,12 @@ OPENAPI: dict[str, Any] = {
                         }
                     )
                 },
-            }
+            )
         },
         "/api/commands/{cmd_id}": {
-            "get": {
-                "summary": "Result of a command, or pending",
-                "parameters": [{"name": "cmd_id", "in": "path", "required": True, "schema": MSG_ID}],
-                "responses": {
+            "get": _op(
+                "Result of a command, or pending",
+                {
                     "200": _json(
                         {
                             "type": "object",
@@ -261,52 +270,45 @@ OPENAPI: dict[str, Any] = {
                     ),
                     "400": ERR,
                 },
-            }
+                parameters=[_p("cmd_id", MSG_ID)],
+            )
         },
         "/api/health": {
-            "get": {
-                "summary": "Gateway counters (received, stored, duplicates, rejected.*, alerts, uptime), storage "
+            "get": _op(
+                "Gateway counters (received, stored, duplicates, rejected.*, alerts, uptime), storage "
                 "(ok, problems, disk free space, store damage counters) and web counters",
-                "responses": {"200": _json({"type": "object"})},
-            }
+                {"200": _json({"type": "object"})},
+            )
         },
         "/api/outbox": {
-            "get": {
-                "summary": "Alerts in the outbox",
-                "parameters": [
+            "get": _op(
+                "Alerts in the outbox",
+                {"200": _json(_list_of("alerts", "Alert")), "400": ERR},
+                parameters=[
                     _q("state", {"enum": list(OUTBOX_STATES)}, "only this state"),
                     _q("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 100}, "at most"),
                 ],
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {"alerts": {"type": "array", "items": _ref("Alert")}},
-                        }
-                    ),
-                    "400": ERR,
-                },
-            }
+            )
         },
         "/api/outbox/{alert_id}/retry": {
-            "post": {
-                "summary": "Make a failed or dead alert pending again, due now",
-                "parameters": [
-                    {
-                        "name": "alert_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,200}$"},
-                    },
-                    CSRF,
-                ],
-                "responses": {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "409": ERR},
-            }
+            "post": _op(
+                "Make a failed or dead alert pending again, due now",
+                {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "409": ERR},
+                parameters=[ALERT_ID, CSRF],
+            )
         },
         "/api/notify": {
-            "post": {
-                "summary": "Send a message (and a photo) through the gateway's sinks; queued durably",
-                "description": (
+            "post": _op(
+                "Send a message (and a photo) through the gateway's sinks; queued durably",
+                {
+                    "202": _json(_ref("NotifyQueued"), "Queued"),
+                    "400": ERR,
+                    "401": ERR,
+                    "403": ERR,
+                    "413": ERR,
+                    "429": ERR,
+                },
+                description=(
                     "Queues one outbox entry per chosen sink and recipient (retries, rate limits and dead "
                     "letter as for box alerts) and answers 202 once they are on disk. From any address but "
                     "loopback it needs an API token (`Authorization: Bearer <token>`, scope `send`; "
@@ -314,8 +316,8 @@ OPENAPI: dict[str, Any] = {
                     "work too. Bodies up to 5 MiB + 64 KiB; photos are JPEG, at most 5 MiB, validated and "
                     "re-encoded. Rate limited per token (web.api_rate_per_minute): 429 with Retry-After."
                 ),
-                "security": [{"bearer": []}, {}],
-                "requestBody": {
+                security=BEARER_OR_SESSION,
+                body={
                     "required": True,
                     "content": {
                         "application/json": {"schema": _ref("NotifyRequest")},
@@ -334,112 +336,61 @@ OPENAPI: dict[str, Any] = {
                         },
                     },
                 },
-                "responses": {
-                    "202": _json(_ref("NotifyQueued"), "Queued"),
-                    "400": ERR,
-                    "401": ERR,
-                    "403": ERR,
-                    "413": ERR,
-                    "429": ERR,
-                },
-            }
+            )
         },
         "/api/alerts/{alert_id}": {
-            "get": {
-                "summary": "State of one alert (an id from POST /api/notify, or any outbox id)",
-                "security": [{"bearer": []}, {}],
-                "parameters": [
-                    {
-                        "name": "alert_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,200}$"},
-                    }
-                ],
-                "responses": {"200": _json(_ref("AlertState")), "400": ERR, "401": ERR, "404": ERR},
-            }
+            "get": _op(
+                "State of one alert (an id from POST /api/notify, or any outbox id)",
+                {"200": _json(_ref("AlertState")), "400": ERR, "401": ERR, "404": ERR},
+                security=BEARER_OR_SESSION,
+                parameters=[ALERT_ID],
+            )
         },
         "/api/channels": {
-            "get": {
-                "summary": "Apprise URLs by id (scheme + hash, never the URL), their routing and last outcome",
-                "responses": {"200": _json({"type": "object"})},
-            }
+            "get": _op(
+                "Apprise URLs by id (scheme + hash, never the URL), their routing and last outcome",
+                {"200": _json({"type": "object"})},
+            )
         },
         "/api/channels/{sink}/{recipient}/test": {
-            "post": {
-                "summary": "Queue a test message to one Apprise URL (rate limited)",
-                "parameters": [
-                    {"name": "sink", "in": "path", "required": True, "schema": {"const": "apprise"}},
-                    {
-                        "name": "recipient",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                        "description": "the URL's id from GET /api/channels",
-                    },
+            "post": _op(
+                "Queue a test message to one Apprise URL (rate limited)",
+                {"202": _json(_ref("NotifyQueued"), "Queued"), "404": ERR, "429": ERR},
+                parameters=[
+                    _p("sink", {"const": "apprise"}),
+                    _p("recipient", {"type": "string"}, "the URL's id from GET /api/channels"),
                     CSRF,
                 ],
-                "responses": {"202": _json(_ref("NotifyQueued"), "Queued"), "404": ERR, "429": ERR},
-            }
+            )
         },
         "/api/whatsapp": {
-            "get": {
-                "summary": "WhatsApp link state; `qr_url` while pairing; which actions this gateway offers",
-                "responses": {"200": _json(_ref("WhatsApp"))},
-            }
+            "get": _op(
+                "WhatsApp link state; `qr_url` while pairing; which actions this gateway offers",
+                {"200": _json(_ref("WhatsApp"))},
+            )
         },
         "/api/whatsapp/qr.svg": {
-            "get": {
-                "summary": "The current pairing QR as SVG (it rotates; follow qr_version)",
-                "responses": {"200": {"description": "SVG", "content": {"image/svg+xml": {}}}, "404": ERR},
-            }
+            "get": _op(
+                "The current pairing QR as SVG (it rotates; follow qr_version)",
+                {"200": {"description": "SVG", "content": {"image/svg+xml": {}}}, "404": ERR},
+            )
         },
         "/api/whatsapp/pair-code": {
-            "post": {
-                "summary": "Ask for a phone-number pairing code (enter it in WhatsApp > Linked devices)",
-                "parameters": [CSRF],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["phone"],
-                                "properties": {"phone": {"type": "string"}},
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "200": _json({"type": "object"}),
-                    "400": ERR,
-                    "403": ERR,
-                    "501": ERR,
-                    "502": ERR,
-                },
-            }
+            "post": _op(
+                "Ask for a phone-number pairing code (enter it in WhatsApp > Linked devices)",
+                {"200": _json({"type": "object"}), "400": ERR, "403": ERR, "501": ERR, "502": ERR},
+                parameters=[CSRF],
+                body=_body(
+                    {"type": "object", "required": ["phone"], "properties": {"phone": {"type": "string"}}}
+                ),
+            )
         },
         "/api/whatsapp/test": {
-            "post": {
-                "summary": "Send a test message (to the configured recipients, or to `recipient`); "
+            "post": _op(
+                "Send a test message (to the configured recipients, or to `recipient`); "
                 "a recipient that is not configured needs `confirm: true` (else 409 confirm_needed); "
                 "rate-limited (429 with Retry-After)",
-                "parameters": [CSRF],
-                "requestBody": {
-                    "required": False,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "recipient": {"type": "string"},
-                                    "confirm": {"type": "boolean"},
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {
+                {
                     "200": _json({"type": "object"}),
                     "400": ERR,
                     "403": ERR,
@@ -448,26 +399,30 @@ OPENAPI: dict[str, Any] = {
                     "501": ERR,
                     "502": ERR,
                 },
-            }
+                parameters=[CSRF],
+                body=_body(
+                    {
+                        "type": "object",
+                        "properties": {"recipient": {"type": "string"}, "confirm": {"type": "boolean"}},
+                    },
+                    required=False,
+                ),
+            )
         },
         "/api/whatsapp/unlink": {
-            "post": {
-                "summary": "Log this gateway out of WhatsApp (pair again afterwards)",
-                "parameters": [CSRF],
-                "responses": {"200": _json({"type": "object"}), "403": ERR, "501": ERR, "502": ERR},
-            }
+            "post": _op(
+                "Log this gateway out of WhatsApp (pair again afterwards)",
+                {"200": _json({"type": "object"}), "403": ERR, "501": ERR, "502": ERR},
+                parameters=[CSRF],
+            )
         },
         "/api/stream": {
-            "get": {
-                "summary": "Server-Sent Events: hello, event, device, outbox, command, whatsapp, resync",
-                "responses": {
-                    "200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}
-                },
-            }
+            "get": _op(
+                "Server-Sent Events: hello, event, device, outbox, command, whatsapp, resync",
+                {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
+            )
         },
-        "/api/openapi.json": {
-            "get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}
-        },
+        "/api/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})})},
     },
     "components": {
         "securitySchemes": {
