@@ -27,9 +27,7 @@ from gateway.boxes import Notice
 from gateway.captions import render_caption
 from gateway.config import AlertsConfig
 from gateway.ports import EventRecord, OutboxRecord
-
-# The "device" of alerts about the gateway itself (WhatsApp down/up): not a box id (those never start with _).
-GATEWAY_DEVICE = "_gateway"
+from gateway.vocabulary import GATEWAY_DEVICE
 
 
 class PlannedAlert(OutboxRecord):

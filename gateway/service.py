@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from gateway import __version__, alerts, boxes
-from gateway.alerts import GATEWAY_DEVICE, PlannedAlert, Sink
+from gateway.alerts import PlannedAlert, Sink
 from gateway.alerts import rhash as _rhash
 from gateway.bus import (
     COMMAND_RESULT,
@@ -93,6 +93,7 @@ from gateway.reassembly import Reassembler
 from gateway.sendapi import BadRequest, SendRequest, resolve_sinks
 from gateway.storage import atomic_write_bytes
 from gateway.store import Store
+from gateway.vocabulary import GATEWAY_DEVICE
 from gateway.whatsapp.watch import LinkWatch
 
 log = logging.getLogger("gateway")

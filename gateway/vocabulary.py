@@ -53,6 +53,10 @@ Receipt = Literal["sent", "delivered", "read"]
 RECEIPTS: tuple[str, ...] = get_args(Receipt)
 RECEIPT_ORDER: dict[str, int] = {r: i for i, r in enumerate(RECEIPTS, 1)}
 
+# The "device" of alerts and messages about the gateway itself (WhatsApp down/up, a send-API message
+# for no box): never a box id (those never start with "_": gateway.protocol.valid_device_id).
+GATEWAY_DEVICE = "_gateway"
+
 # The occupancy sensor a box is configured with (`sensor` in the box's config.json).
 OCCUPANCY_SENSORS: tuple[str, ...] = ("none", "ir", "ultrasonic", "hx711")
 
