@@ -12,7 +12,6 @@ The store, the notifiers and the outbox writer are the service's, passed in.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import uuid
@@ -20,11 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.alerts import PlannedAlert, rhash
 from gateway.health import Counters
 from gateway.notify.base import Notifier
 from gateway.outbox import _public
 from gateway.photos import PhotoError, PhotoSettings, ProcessedPhoto, process_photo
-from gateway.ports import OutboxRecord
 from gateway.sendapi import BadRequest, SendRequest, resolve_sinks
 from gateway.storage import atomic_write_bytes
 from gateway.store import Store
@@ -37,12 +36,7 @@ _API_PHOTO = re.compile(r"msg[0-9a-f]{16}\.jpg")
 TEST_TEXT = "parcelbox test message: this channel gets the box alerts."
 
 # (entries, when): store the entries, tell the bus, wake the dispatcher (the service's `_emit_alerts`).
-Emit = Callable[[list[OutboxRecord], float], None]
-
-
-def _rhash(recipient: str) -> str:
-    # The same 8 hex digits as gateway.service's alert ids (the lead unifies the two after the merge).
-    return hashlib.sha256(recipient.encode()).hexdigest()[:8]
+Emit = Callable[[list[PlannedAlert], float], None]
 
 
 def api_photo_path(folder: Path, name: str) -> Path | None:
@@ -125,7 +119,7 @@ class SendQueue:
         name = dev.get("name") or req.box or self._gateway_name
         caption = f"{req.title}\n{req.text}" if req.title else req.text
         now = self._clock()
-        out: list[dict[str, Any]] = []
+        out: list[PlannedAlert] = []
         for sink in sinks:
             try:
                 recipients = self._notifiers[sink].recipients(device)
@@ -135,10 +129,10 @@ class SendQueue:
             if recipient is not None:  # a test to one recipient (the dashboard's "Send test")
                 recipients = [recipient]
             for r in recipients:
-                # The same shape as gateway.service's _plan_alerts entries (the lead unifies them after the merge).
+                # The shape gateway/alerts.py plans (PlannedAlert), with a photo of its own instead of an event's.
                 out.append(
                     {
-                        "id": f"{msg_id}_{sink}_{_rhash(r)}",
+                        "id": f"{msg_id}_{sink}_{rhash(r)}",
                         "kind": "message",
                         "device": device,
                         "event_ids": [],
@@ -150,6 +144,9 @@ class SendQueue:
                         "next_attempt_at": now,
                         "sent_at": None,
                         "last_error": None,
+                        "message_id": None,
+                        "receipt": None,
+                        "receipt_at": None,
                         "ts": now,
                         "device_name": name,
                         "caption": caption,
@@ -163,7 +160,7 @@ class SendQueue:
         if processed is not None and photo_file is not None:
             self.photo_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.photo_dir / photo_file, processed.alert_jpeg, mode=0o600)
-        self._emit(out, now)  # type: ignore[arg-type]  # planned alerts: see gateway.service._plan_alerts
+        self._emit(out, now)
         self._counters.inc("api_messages")
         log.info("send API: message %s queued as %d alert(s) via %s", msg_id, len(out), ", ".join(sinks))
         return {"id": msg_id, "alerts": [o["id"] for o in out], "sinks": sinks}

@@ -1,6 +1,6 @@
 """The names the box, the gateway, the dashboard and the simulator must agree on, defined once.
 
-Event types, outbox states, occupancy sensors and the keys of an event's `sensors` object. Every
+Event types, alert kinds, outbox states, occupancy sensors and the keys of an event's `sensors` object. Every
 gateway module imports them from here; the dashboard gets them injected into its page
 (`for_browser()`, read by gateway/web/static/app.js), so it never spells a key of its own. The
 firmware cannot import the gateway (MicroPython, flat files on the board), so it keeps copies
@@ -25,6 +25,17 @@ EVENT_LABELS: dict[str, str] = {
     "lid_left_open": "Lid left open",
     "snapshot": "Snapshot",
 }
+
+# What an outbox entry is about: an event (gateway/alerts.py plans one for the types in `alerts.kinds`,
+# and for every type to sinks that take every event), a box's health (gateway/boxes.py), WhatsApp
+# stopping or working again (gateway/whatsapp/watch.py: to the other sinks), a send-API message.
+AlertKind = Literal[
+    EventType,
+    Literal["offline", "online", "low_battery"],
+    Literal["whatsapp_down", "whatsapp_up"],
+    Literal["message"],
+]
+ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
 
 # An alert's life in the outbox: failed = the last attempt failed and it will be retried; dead = gave up.
 OutboxState = Literal["pending", "sent", "failed", "dead"]

@@ -1,4 +1,8 @@
-"""Alerts end to end through a real broker into the folder sink; box health alerts; commands; the bus."""
+"""Alerts end to end through a real broker into the folder sink; box health alerts; commands; the bus.
+
+Time-driven rules (offline, silent boxes, the grouping window, retention) run on a `JumpClock` and
+`GatewayService.tick()`: the test makes the hour pass instead of sleeping. The rules themselves, row by
+row, are tests/test_alert_rules.py."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import pytest
 
 from gateway.bus import COMMAND_RESULT, DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED
 from gateway.service import GatewayService
-from tests.support.gateway_core import Box, gateway_config, make_jpeg, new_event_id, wait_for
+from tests.support.gateway_core import Box, JumpClock, gateway_config, make_jpeg, new_event_id, wait_for
 from tests.support.mqtt import Collector
 
 PHOTO = make_jpeg(320, 240, seed=5)
@@ -18,10 +22,15 @@ def _alerts(folder):
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
-def _start(tmp_path, mosquitto, prefix, **env):
+def _planned(svc, kind):
+    """Outbox entries of `kind`, sent or not: what the rules planned."""
+    return [o for o in svc.list_outbox(limit=1000) if o["kind"] == kind]
+
+
+def _start(tmp_path, mosquitto, prefix, clock=None, **env):
     env.setdefault("PARCELBOX_DEVICES_NAMES", "box1=Front gate")
     cfg = gateway_config(tmp_path / "data", mosquitto.url, prefix, **env)
-    svc = GatewayService(cfg)
+    svc = GatewayService(cfg, clock=clock) if clock is not None else GatewayService(cfg)
     from gateway.app import build_notifiers
 
     for n in build_notifiers(cfg):
@@ -72,11 +81,13 @@ def test_delivery_pickup_lid_alerts_with_captions_photos_and_bus(tmp_path, mosqu
 
 
 def test_offline_online_and_low_battery_alerts(tmp_path, mosquitto, prefix, box):
+    clock = JumpClock()
     svc = _start(
         tmp_path,
         mosquitto,
         prefix,
-        PARCELBOX_ALERTS_OFFLINE_AFTER_S="1",
+        clock,
+        PARCELBOX_ALERTS_OFFLINE_AFTER_S="3600",
         PARCELBOX_ALERTS_LOW_BATTERY_MV="3500",
     )
     try:
@@ -86,8 +97,17 @@ def test_offline_online_and_low_battery_alerts(tmp_path, mosquitto, prefix, box)
         box.pub("status", json.dumps(st).encode())  # still low: no second alert
         wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "low_battery"], what="low battery alert")
         box.pub("status", json.dumps({"v": 1, "online": False}).encode())
+        wait_for(lambda: svc.health()["statuses"] == 3, what="the offline status")
+        svc.tick()
+        assert _planned(svc, "offline") == []  # offline for seconds, not an hour
+        clock.advance(3600)
+        svc.tick()
+        assert len(_planned(svc, "offline")) == 1  # planned by the tick itself
         off = wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "offline"], what="offline alert")
         assert "Front gate" in off[0]["caption"] and "offline" in off[0]["caption"]
+        clock.advance(3600)
+        svc.tick()
+        assert len(_planned(svc, "offline")) == 1  # one alert per outage
         box.pub("status", json.dumps({**st, "battery_mv": 4000}).encode())
         wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "online"], what="online alert")
         kinds = sorted(d["kind"] for d in _alerts(folder))
@@ -98,13 +118,19 @@ def test_offline_online_and_low_battery_alerts(tmp_path, mosquitto, prefix, box)
 
 
 def test_burst_grouping_makes_one_alert(tmp_path, mosquitto, prefix, box):
-    svc = _start(tmp_path, mosquitto, prefix, PARCELBOX_ALERTS_GROUP_WINDOW_S="3")
+    clock = JumpClock()
+    svc = _start(tmp_path, mosquitto, prefix, clock, PARCELBOX_ALERTS_GROUP_WINDOW_S="3600")
     try:
+        folder = svc.config.folder_sink_path
         ids = [new_event_id() for _ in range(3)]
         for e in ids:
             box.send(e, PHOTO)
             assert box.wait_ack(e)["ok"]
-        docs = wait_for(lambda: _alerts(svc.config.folder_sink_path), what="grouped alert")
+        (entry,) = _planned(svc, "delivery")
+        assert entry["event_ids"] == ids and entry["state"] == "pending"
+        assert _alerts(folder) == []  # the window holds it back
+        clock.advance(3600)
+        docs = wait_for(lambda: _alerts(folder), what="grouped alert")
         assert len(docs) == 1 and docs[0]["event_ids"] == ids
         assert docs[0]["caption"].startswith("📦 3 packages delivered to Front gate")
         assert docs[0]["state"] == {"waiting": 3} and "3 packages waiting" in docs[0]["caption"]
@@ -174,12 +200,19 @@ def test_command_results_kept_only_for_commands_sent_to_that_box(tmp_path, mosqu
 
 def test_silent_box_counts_as_offline_when_configured(tmp_path, mosquitto, prefix, box):
     """A battery box disconnects cleanly to sleep (no last will); one that never wakes again is reported."""
-    svc = _start(tmp_path, mosquitto, prefix, PARCELBOX_ALERTS_SILENT_AFTER_S="1")
+    clock = JumpClock()
+    svc = _start(tmp_path, mosquitto, prefix, clock, PARCELBOX_ALERTS_SILENT_AFTER_S="3600")
     try:
         folder = svc.config.folder_sink_path
         box.pub("status", json.dumps({"v": 1, "online": True, "fw": "0.1.0"}).encode())
+        wait_for(lambda: svc.health()["statuses"] == 1, what="the status")
+        svc.tick()
+        assert _planned(svc, "offline") == []  # heard from seconds ago
+        clock.advance(3600)
+        svc.tick()
+        assert len(_planned(svc, "offline")) == 1
         off = wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "offline"], what="offline alert")
-        assert len(off) == 1
+        assert len(off) == 1 and off[0]["ts"] <= clock() - 3600  # offline since it was last seen
         box.pub("status", json.dumps({"v": 1, "online": True, "fw": "0.1.0"}).encode())  # it woke up
         wait_for(lambda: [d for d in _alerts(folder) if d["kind"] == "online"], what="online alert")
     finally:
@@ -188,11 +221,10 @@ def test_silent_box_counts_as_offline_when_configured(tmp_path, mosquitto, prefi
 
 def test_removed_box_is_hidden_and_never_reported_offline(tmp_path, mosquitto, prefix, box):
     """`parcelbox device remove` (another process, same devices.json) while the gateway runs."""
-    import time
-
     from gateway.devices import DeviceRegistry
 
-    svc = _start(tmp_path, mosquitto, prefix, PARCELBOX_ALERTS_OFFLINE_AFTER_S="1")
+    clock = JumpClock()
+    svc = _start(tmp_path, mosquitto, prefix, clock, PARCELBOX_ALERTS_OFFLINE_AFTER_S="3600")
     try:
         folder = svc.config.folder_sink_path
         registry = DeviceRegistry(svc.data_dir)
@@ -201,16 +233,36 @@ def test_removed_box_is_hidden_and_never_reported_offline(tmp_path, mosquitto, p
         box.send(e1, None, etype="lid_closed")
         assert box.wait_ack(e1)["ok"]
         wait_for(lambda: [d["device"] for d in svc.list_devices()] == ["box1"], what="box listed")
-        time.sleep(0.05)  # removal strictly after the box was last heard from
+        # Removed after it was last heard from (the registry stamps the wall clock; equal counts as after).
         assert registry.remove("box1")
         wait_for(lambda: svc.list_devices() == [], what="removed box hidden")
         box.pub("status", json.dumps({"v": 1, "online": False}).encode())  # its last will
-        time.sleep(3.0)  # three offline checks, past offline_after_s
+        wait_for(lambda: svc.health()["statuses"] == 1, what="the last will")
+        clock.advance(2 * 3600)
+        svc.tick()  # past offline_after_s
         assert svc.list_devices() == []
-        assert svc.health()["statuses"] >= 1
+        assert _planned(svc, "offline") == []
         assert not [d for d in _alerts(folder) if d["kind"] == "offline"]
         assert svc.get_event("box1", e1) is not None  # its history stays
         box.pub("status", json.dumps({"v": 1, "online": True, "fw": "0.1.0"}).encode())  # heard again
         wait_for(lambda: [d["device"] for d in svc.list_devices()] == ["box1"], what="box back in the list")
+    finally:
+        svc.stop()
+
+
+def test_retention_follows_the_clock_of_tick(tmp_path, mosquitto, prefix, box):
+    """Retention runs from `tick`, hourly by the service clock: a month file past the kept days goes."""
+    clock = JumpClock()
+    svc = _start(tmp_path, mosquitto, prefix, clock, PARCELBOX_STORE_RETENTION_DAYS="1")
+    try:
+        e1 = new_event_id()
+        box.send(e1, None, etype="lid_closed")  # no alert: nothing keeps its month file open
+        assert box.wait_ack(e1)["ok"]
+        svc.tick()
+        assert svc.get_event("box1", e1) is not None
+        clock.advance(40 * 86400)  # past the end of its month file, and the day kept after it
+        svc.tick()
+        assert svc.get_event("box1", e1) is None
+        assert svc.health()["events_total"] == 0
     finally:
         svc.stop()

@@ -348,7 +348,7 @@ def test_a_box_at_its_photo_limit_is_let_in_again_once_its_partials_expire(tmp_p
             evil.chunk(f"madeup{i:06d}", 0, b"x")
         wait_for(lambda: svc.health()["rejected"].get("reassembly_device_busy") == 3, what="3 refused")
         wait_for(lambda: svc.health()["rejected"].get("reassembly_timeout") == 2, what="the 2 held expire")
-        wait_for(lambda: "evil" not in svc._busy, what="evil let in again")
+        wait_for(lambda: "evil" not in svc.pipeline.busy, what="evil let in again")
         evil.chunk("madeup-again01", 0, b"x")
         wait_for(lambda: svc.health()["reassembly"]["partials"] == 1, what="a new partial accepted")
         assert svc.health()["rejected"]["reassembly_device_busy"] == 3
@@ -360,18 +360,18 @@ def test_a_box_at_its_photo_limit_is_let_in_again_once_its_partials_expire(tmp_p
 def test_complete_photos_waiting_for_the_pool_are_bounded_per_box(tmp_path, mosquitto, prefix, monkeypatch):
     """A box sending complete photos faster than the pool decodes them could queue them without limit
     (each holding its bytes) ahead of every other box's. The pool is held still here by wrapping the
-    service's `process_photo` (a stand-in for a slow pool: the real function still does the work once
+    pipeline's `process_photo` (a stand-in for a slow pool: the real function still does the work once
     released); `evil` sends 6 photos without waiting for acks, `good` one."""
-    import gateway.service as service_mod
+    import gateway.pipeline as pipeline_mod
 
     hold = threading.Event()
-    real = service_mod.process_photo
+    real = pipeline_mod.process_photo
 
     def slow(*a, **kw):
         hold.wait(60)
         return real(*a, **kw)
 
-    monkeypatch.setattr(service_mod, "process_photo", slow)
+    monkeypatch.setattr(pipeline_mod, "process_photo", slow)
     cfg = gateway_config(
         tmp_path / "data", mosquitto.url, prefix, PARCELBOX_INGEST_DEVICE_PHOTOS_IN_PROGRESS="4"
     )

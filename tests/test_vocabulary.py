@@ -86,3 +86,20 @@ def test_receipts_are_one_table_in_their_order() -> None:
     assert typing.get_args(typing.get_type_hints(ports.OutboxRecord)["receipt"])[0] is vocabulary.Receipt
     alert = openapi.OPENAPI["components"]["schemas"]["Alert"]["properties"]["receipt"]
     assert alert == {"enum": [*vocabulary.RECEIPTS, None]}
+
+
+def test_alert_kinds_are_one_table() -> None:
+    """Issue 17: the alert kinds lived in gateway/notify/base.py, read by nobody; now the vocabulary has
+    them (still importable from base), and every kind the rules plan has a caption in each language."""
+    from gateway.captions import LANGUAGES, render_caption
+    from gateway.notify import base
+    from gateway.whatsapp import watch
+
+    assert base.ALERT_KINDS is vocabulary.ALERT_KINDS
+    assert set(vocabulary.EVENT_TYPES) < set(vocabulary.ALERT_KINDS)
+    assert {watch.DOWN, watch.UP} < set(vocabulary.ALERT_KINDS)
+    for kind in vocabulary.ALERT_KINDS:
+        for language in LANGUAGES:
+            caption = render_caption(kind, "Box", 0.0, language=language, tz="UTC")
+            # the send API's "message" carries its own text; every other kind has a template
+            assert (caption == f"Box: {kind} at 00:00, 1 Jan.") == (kind == "message"), (kind, language)

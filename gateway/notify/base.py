@@ -11,20 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-# Alert kinds the outbox creates.
-ALERT_KINDS = (
-    "delivery",
-    "pickup",
-    "lid_left_open",
-    "lid_closed",
-    "snapshot",
-    "offline",
-    "online",
-    "low_battery",
-    "whatsapp_down",  # to the other sinks: WhatsApp alerts stopped (gateway.whatsapp.watch)
-    "whatsapp_up",
-    "message",  # sent through the send API (POST /api/notify, gateway/sendapi.py)
-)
+# Alert kinds the outbox creates: one table, in gateway/vocabulary.py (still importable from here).
+from gateway.vocabulary import ALERT_KINDS as ALERT_KINDS
 
 
 @dataclass(frozen=True)
