@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from gateway.framing import decode_line
+from gateway.pipeline import IngestPipeline
 from gateway.service import GatewayService
 from tests.support.gateway_core import gateway_config, make_jpeg, new_event_id, wait_for
 
@@ -57,7 +58,7 @@ def test_every_ack_follows_the_fsync_of_its_record_and_photos(tmp_path, mosquitt
     svc = GatewayService(cfg)
     checked: list[str] = []
     problems: list[str] = []
-    real_ack = GatewayService._ack
+    real_ack = IngestPipeline._ack  # the ingest worker's ack (gateway/pipeline.py)
 
     def checking_ack(self, device: str, event_id: str) -> None:
         with fsyncs.lock:
@@ -74,7 +75,7 @@ def test_every_ack_follows_the_fsync_of_its_record_and_photos(tmp_path, mosquitt
             checked.append(event_id)
         real_ack(self, device, event_id)
 
-    monkeypatch.setattr(GatewayService, "_ack", checking_ack)
+    monkeypatch.setattr(IngestPipeline, "_ack", checking_ack)
     svc.start()
     try:
         assert svc.wait_connected(10)
