@@ -24,7 +24,7 @@ import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from gateway import alerts, boxes
 from gateway.alerts import PlannedAlert, Sink
@@ -54,6 +54,8 @@ from gateway.reassembly import Complete, Dropped, Reassembler, Refused
 from gateway.store import Store, blank_device
 
 log = logging.getLogger("gateway")
+
+_CALL_WAIT_S = 30.0  # `call` from another thread: how long to wait for the worker
 
 
 # --- the worker's messages ------------------------------------------------------------
@@ -127,7 +129,7 @@ class IngestPipeline:
         removed: Callable[[], Mapping[str, float]],
         device_name: Callable[[str], str],
         sinks: Callable[[str], Sequence[Sink]],
-        emit_alerts: Callable[[list[PlannedAlert], float], None],
+        emit_alerts: Callable[..., None],
         wake_outbox: Callable[[], None],
         on_cmd_result: Callable[[str, bytes], None],
         on_ota_status: Callable[[str, Status], None],
@@ -147,7 +149,9 @@ class IngestPipeline:
         self.removed = removed  # removed box -> when (the device registry)
         self.device_name = device_name
         self.sinks = sinks  # the notifiers' facts for one box (gateway.alerts.Sink)
-        self.emit_alerts = emit_alerts  # add outbox entries that belong to no event
+        # (planned, when, box=None): outbox entries that belong to no event, with the box record that
+        # marks them planned in the same durable write (gateway.notices.Notices.emit)
+        self.emit_alerts = emit_alerts
         self.wake_outbox = wake_outbox
         self.on_cmd_result = on_cmd_result
         self.on_ota_status = on_ota_status
@@ -184,6 +188,53 @@ class IngestPipeline:
     def idle(self) -> bool:
         """Nothing queued and no photo in the pool (what `stop` waits for)."""
         return self.queue.empty() and not self.in_flight
+
+    def figures(self) -> dict[str, Any]:
+        """The `ingest` part of the gateway's health (gateway.status.health_report)."""
+        return {
+            "queue": self.queue.qsize(),
+            "reassembly": {
+                "partials": len(self.reasm),
+                "held_bytes": self.reasm.held_bytes,
+                "accounted_bytes": self.reasm.accounted_bytes,
+            },
+            "photos_in_progress": len(self.in_flight),
+        }
+
+    # --- work for the worker from other threads --------------------------------------------
+
+    def submit(self, key: str, call: Callable[[], None]) -> bool:
+        """Queue `call` for the worker in sub-queue `key`; False when that sub-queue is full."""
+        accepted = True
+        for box, reason in self.queue.put(key, Call(call), 0):
+            if box == key:
+                accepted = False
+            else:  # a box's message made room for it
+                self.reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
+        return accepted
+
+    def call(self, fn: Callable[[], None], worker: threading.Thread | None) -> None:
+        """Run `fn` on the worker thread `worker` and return once it ran, raising what it raised; run it
+        right here when there is no worker running or this is the worker (tests, a stopped gateway)."""
+        if worker is None or not worker.is_alive() or threading.current_thread() is worker:
+            fn()
+            return
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        self.queue.put_control(Call(run))
+        if not done.wait(_CALL_WAIT_S):
+            raise TimeoutError(f"the ingest worker did not run {fn!r} within {_CALL_WAIT_S:.0f} s")
+        if failed:
+            raise failed[0]
 
     # --- paho's thread -----------------------------------------------------------------
 
@@ -493,6 +544,5 @@ class IngestPipeline:
             sinks, now = self.sinks(device), self.clock()
             for notice in out.notices:
                 planned += alerts.plan_notice(out.box, notice, sinks=sinks, cfg=cfg, now=now)
-        self.store.put_device(out.box)
-        self.emit_alerts(planned, received_at)
+        self.emit_alerts(planned, received_at, box=out.box)  # one durable write: box record + alerts
         self.bus.publish(DEVICE_CHANGED, dict(boxes.public(out.box)))
