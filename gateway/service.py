@@ -20,13 +20,13 @@ registry's changes are noticed by `gateway.registry_watch`.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -109,8 +109,6 @@ class GatewayService:
         self.link: MqttLink | None = None
         self.dispatcher: OutboxDispatcher | None = None
         self._lock = DataDirLock(self.data_dir)
-        self._pool: concurrent.futures.Executor | None = None
-        self._worker: threading.Thread | None = None
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -149,9 +147,7 @@ class GatewayService:
         self.purges: PurgeRunner | None = None  # `parcelbox device forget NAME --purge`, made at start
         self.storage_monitor = StorageMonitor(
             self.data_dir,
-            DiskThresholds(
-                min_free_mb=config.store.min_free_mb, min_free_percent=config.store.min_free_percent
-            ),
+            DiskThresholds(config.store.min_free_mb, config.store.min_free_percent),
             store=self._open_store,
             bus=self.bus,
             counters=self.counters,
@@ -196,12 +192,8 @@ class GatewayService:
             publish=self._publish,
             reject=self._reject,
             store_failed=self._store_failed,
-            is_registered=self.registry_watch.is_registered,
-            removed=self.registry_watch.removed,
-            device_name=self.registry_watch.device_name,
-            sinks=self.notices.sinks,
-            emit_alerts=self.notices.emit,
-            wake_outbox=self.notices.wake,
+            registry=self.registry_watch,
+            notices=self.notices,
             on_cmd_result=self.commands.on_result,
             on_ota_status=self.ota.on_status,
             on_ota_reply=self.ota.on_reply,
@@ -233,22 +225,15 @@ class GatewayService:
 
     def _start(self) -> None:
         self._started_at = self.clock()
-        self.store = Store(
-            self.data_dir,
-            partition=self.config.store.partition,
-            segment_records=self.config.store.segment_records,
-        )
+        cfg = self.config.store
+        self.store = Store(self.data_dir, partition=cfg.partition, segment_records=cfg.segment_records)
         self.purges = PurgeRunner(
             Purger(self.store, self.data_dir, self.clock),
             submit=lambda step: self.pipeline.submit(PURGE_QUEUE, step),
             counters=self.counters,
         )
-        log.info(
-            "data folder %s: %d events, outbox %s",
-            self.data_dir,
-            self.store.event_count(),
-            self.store.outbox_counts(),
-        )
+        events, outbox = self.store.event_count(), self.store.outbox_counts()
+        log.info("data folder %s: %d events, outbox %s", self.data_dir, events, outbox)
         self.updates.remember_last(self.data_dir / STATUS_FILE)
         username, password = self.config.broker.username, self.config.broker.password
         if not self.broker_url:
@@ -258,26 +243,17 @@ class GatewayService:
             self.broker_url = self.broker.url
             # On the box listener the broker makes this login our client id (use_username_as_clientid).
             username, password = self.broker.gateway_username, self.broker.gateway_password
-        workers = self.config.photos.workers or max(1, os.cpu_count() or 1)
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="photo")
-        self.pipeline.store, self.pipeline.pool = self.store, self._pool
         self._stopping.clear()
         self.registry_watch.poll()  # the registry as it is now: changes from here on go on the bus
-        self._worker = threading.Thread(
-            target=self.pipeline.work, args=(self._stopping,), name="ingest", daemon=True
-        )
-        self._worker.start()
+        self.pipeline.start(self.store, self.config.photos.workers or max(1, os.cpu_count() or 1))
         self.dispatcher = OutboxDispatcher(
             self.store,
             self.notifiers,
             bus=self.bus,
             photo_path=lambda d, e: self.photo_path(d, e, "alert"),
             attachment_path=self.send_queue.photo_path,
-            backoff_initial_s=self.config.outbox.backoff_initial_s,
-            backoff_max_s=self.config.outbox.backoff_max_s,
-            dead_after_s=self.config.outbox.dead_after_s,
-            poll_s=self.config.outbox.poll_s,
             clock=self.clock,
+            **asdict(self.config.outbox),  # backoff, dead_after_s, poll_s: the dispatcher's own names
         )
         self.dispatcher.start()
         self.link = MqttLink(
@@ -310,13 +286,8 @@ class GatewayService:
                 c.stop()
             except Exception:
                 log.exception("component %r failed to stop", c)
-        deadline = time.monotonic() + timeout
-        # Let the worker finish what paho already handed us (and photos in the pool), acks included.
-        while time.monotonic() < deadline and not self.pipeline.idle():
-            time.sleep(0.05)
+        self.pipeline.stop(time.monotonic() + timeout)  # drained: what paho handed us is stored and acked
         self._stopping.set()
-        if self._worker is not None:
-            self._worker.join(max(0.1, deadline - time.monotonic()))
         if self.link is not None:
             self.link.stop()
         if self.dispatcher is not None:
@@ -326,9 +297,7 @@ class GatewayService:
 
     def _teardown(self) -> None:
         self._stopping.set()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self.pipeline.close()
         if self.store is not None:
             try:
                 self.write_status()
@@ -458,7 +427,7 @@ class GatewayService:
 
         It runs on the ingest worker, the single writer of box records: called from another thread while
         the gateway runs, it is queued there and returns once it has run (raising what it raised)."""
-        self.pipeline.call(lambda: self._tick(now), self._worker)
+        self.pipeline.call(lambda: self._tick(now))
 
     def _tick(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
