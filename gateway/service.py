@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gateway import boxes
 from gateway.bus import Bus
@@ -48,6 +48,7 @@ from gateway.outbox import OutboxDispatcher
 from gateway.photos import PhotoSettings
 from gateway.pipeline import Call, IngestPipeline
 from gateway.ports import (
+    Component,
     DeviceRecord,
     EventRecord,
     OutboxRecord,
@@ -71,12 +72,12 @@ log = logging.getLogger("gateway")
 _RETENTION_EVERY_S = 3600.0
 
 
-class Component(Protocol):
-    """Anything started and stopped with the gateway (web server, WhatsApp supervisor, HA bridge)."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
+def _logged(fn: Callable[[], object], what: str) -> None:
+    """Shutdown goes on past a part that fails to stop: its traceback is logged."""
+    try:
+        fn()
+    except Exception:
+        log.exception(what)
 
 
 class GatewayService:
@@ -282,10 +283,7 @@ class GatewayService:
         if self.purges is not None:
             self.purges.pause()  # an unfinished purge goes on at the next start (its request stays)
         for c in reversed(self.components):
-            try:
-                c.stop()
-            except Exception:
-                log.exception("component %r failed to stop", c)
+            _logged(c.stop, f"component {c!r} failed to stop")
         self.pipeline.stop(time.monotonic() + timeout)  # drained: what paho handed us is stored and acked
         self._stopping.set()
         if self.link is not None:
@@ -299,15 +297,9 @@ class GatewayService:
         self._stopping.set()
         self.pipeline.close()
         if self.store is not None:
-            try:
-                self.write_status()
-            except Exception:
-                log.exception("could not write the last status snapshot")
+            _logged(self.write_status, "could not write the last status snapshot")
         for n in self.notifiers.values():
-            try:
-                n.close()
-            except Exception:
-                log.exception("notifier %s failed to close", n.name)
+            _logged(n.close, f"notifier {n.name} failed to close")
         if self.store is not None:
             self.store.close()
         if self.broker is not None:
