@@ -172,7 +172,9 @@ def _valid_entry(e: dict[str, Any]) -> bool:
     if not (isinstance(ob, list) and all(_outbox_doc_ok(o) for o in ob)):
         return False
     if "box" in e and not (
-        ("ev" in e or "ob" in e) and _valid_device_entry(e["box"]) and isinstance(e["box"]["dev"].get(BOX_REV), int)
+        ("ev" in e or "ob" in e)
+        and _valid_device_entry(e["box"])
+        and isinstance(e["box"]["dev"].get(BOX_REV), int)
     ):
         return False
     if "up" in e:
