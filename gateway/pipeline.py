@@ -259,7 +259,7 @@ class IngestPipeline:
 
         self.queue.put_control(Call(run))
         if not done.wait(_CALL_WAIT_S):
-            raise TimeoutError(f"the ingest worker did not run {fn!r} within {_CALL_WAIT_S:.0f} s")
+            raise TimeoutError(f"the ingest worker did not run the call within {_CALL_WAIT_S:.0f} s")
         if failed:
             raise failed[0]
 
