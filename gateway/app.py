@@ -18,7 +18,8 @@ from typing import Any
 
 from gateway.config import Config, default_config_path
 from gateway.notify.base import Notifier
-from gateway.service import Component, GatewayService
+from gateway.ports import Component
+from gateway.service import GatewayService
 
 log = logging.getLogger("gateway")
 

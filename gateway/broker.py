@@ -492,3 +492,13 @@ def start_managed_broker(config: Config, registry: DeviceRegistry) -> ManagedBro
     except OSError as exc:  # the broker works without it; provision then needs --broker-port
         log.warning("could not write the broker address file: %s", exc)
     return broker
+
+
+def start_for_gateway(config: Config, registry: DeviceRegistry, client_id: str) -> ManagedBroker:
+    """The gateway's start: `start_managed_broker`, then drop the session stored under `client_id`,
+    the id the gateway used before ids were bound to logins (`ManagedMosquitto.drop_session` says why)."""
+    broker = start_managed_broker(config, registry)
+    drop = getattr(broker, "drop_session", None)
+    if drop is not None:  # ManagedMosquitto only
+        drop(client_id)
+    return broker

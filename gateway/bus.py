@@ -24,7 +24,7 @@ COMMAND_RESULT = "command_result"  # {"device", "id", "ok", "error", ...}
 WHATSAPP_STATE = "whatsapp_state"  # gateway.ports.WhatsAppState
 WHATSAPP_RECEIPT = "whatsapp_receipt"  # {"ids": [message id, ...], "status": delivered|read, "ts", "chat"}
 # The device registry (devices.json) changed: `parcelbox device remove` / `device add` of a box that was
-# removed before. Detected once, by the service (GatewayService._registry_view); payload
+# removed before. Detected once, by gateway.registry_watch.RegistryWatch; payload
 # {"device", "registered": [every registered box]}.
 DEVICE_REMOVED = "device_removed"
 DEVICE_REGISTERED = "device_registered"

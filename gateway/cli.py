@@ -318,8 +318,8 @@ def seen_boxes(data_dir: Path) -> set[str]:
         out |= {e["dev"].get("device") for e in lines if isinstance(e.get("dev"), dict)}
     except OSError:
         pass
-    # A box record written with an event (`Store.add_event(device=...)`) is in that month's journal
-    # until boxes.json is next rewritten.
+    # A box record written with an event or alerts (`Store.add_event`/`add_outbox(device=...)`) is in
+    # that month's journal until boxes.json is next rewritten.
     for journal in (data_dir / "db").glob("events-*.journal"):
         try:
             lines = scan_lines(journal.read_bytes()).entries

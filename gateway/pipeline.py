@@ -9,10 +9,11 @@ means the store has a single writer for events and box records.
 An event is acked only once its record (and photo) are on disk; anything not acked is sent again by
 the box, so dropping work here (a full queue, a busy photo pool, a full disk) never loses an event.
 
-`IngestPipeline` takes its collaborators as arguments (gateway/service.py wires them): the store and
-photo pool once the gateway starts, the MQTT publish for acks, counters and the bus, and the
-service's callables for what it owns (rejections, write failures, the device registry, the notifiers,
-the outbox, command results and over-the-air updates).
+`IngestPipeline` takes its collaborators as arguments (gateway/service.py wires them): the MQTT
+publish for acks, counters and the bus, the registry watch (`gateway.registry_watch`) and the alerts
+that belong to no event (`gateway.notices`), and the service's callables for rejections, write
+failures, command results and over-the-air updates. `start(store, ...)` starts its photo pool and
+worker thread; `stop`/`close` drain and end them; `call` runs work (the gateway's tick) on the worker.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from gateway import alerts, boxes
-from gateway.alerts import PlannedAlert, Sink
+from gateway.alerts import PlannedAlert
 from gateway.budget import Budget
 from gateway.bus import DEVICE_CHANGED, EVENT_STORED, OUTBOX_CHANGED, Bus
 from gateway.captions import caption_strip
@@ -53,7 +55,13 @@ from gateway.protocol import (
 from gateway.reassembly import Complete, Dropped, Reassembler, Refused
 from gateway.store import Store, blank_device
 
+if TYPE_CHECKING:
+    from gateway.notices import Notices
+    from gateway.registry_watch import RegistryWatch
+
 log = logging.getLogger("gateway")
+
+_CALL_WAIT_S = 30.0  # `call` from another thread: how long to wait for the worker
 
 
 # --- the worker's messages ------------------------------------------------------------
@@ -123,12 +131,8 @@ class IngestPipeline:
         publish: Callable[[str, bytes], None],
         reject: Callable[[str, str, str], None],
         store_failed: Callable[..., None],
-        is_registered: Callable[[str], bool],
-        removed: Callable[[], Mapping[str, float]],
-        device_name: Callable[[str], str],
-        sinks: Callable[[str], Sequence[Sink]],
-        emit_alerts: Callable[[list[PlannedAlert], float], None],
-        wake_outbox: Callable[[], None],
+        registry: RegistryWatch,
+        notices: Notices,
         on_cmd_result: Callable[[str, bytes], None],
         on_ota_status: Callable[[str, Status], None],
         on_ota_reply: Callable[[str, bytes], None],
@@ -143,18 +147,18 @@ class IngestPipeline:
         self.publish = publish  # the MQTT link's publish (acks, nacks)
         self.reject = reject
         self.store_failed = store_failed  # (exc, what, *, counter=...)
-        self.is_registered = is_registered
-        self.removed = removed  # removed box -> when (the device registry)
-        self.device_name = device_name
-        self.sinks = sinks  # the notifiers' facts for one box (gateway.alerts.Sink)
-        self.emit_alerts = emit_alerts  # add outbox entries that belong to no event
-        self.wake_outbox = wake_outbox
+        self.registry = registry  # who is registered or removed, and box names (devices.json)
+        # The notifiers' facts for one box (`sinks`), and `emit`: outbox entries that belong to no
+        # event, stored with the box record that marks them planned in one durable write.
+        self.notices = notices
         self.on_cmd_result = on_cmd_result
         self.on_ota_status = on_ota_status
         self.on_ota_reply = on_ota_reply
-        # Set when the gateway starts (the store opens with it; the pool is its photo threads).
+        # Set by `start` (the store opens with the gateway; the pool is its photo threads).
         self.store: Store | None = None
         self.pool: concurrent.futures.Executor | None = None
+        self.worker: threading.Thread | None = None
+        self._stopping = threading.Event()
         ing = config.ingest
         self.queue = FairQueue(
             max_messages=ing.queue_size,
@@ -181,9 +185,83 @@ class IngestPipeline:
         # (a new dict each time, so paho's thread reads a consistent one without a lock).
         self.busy: dict[str, frozenset[str]] = {}
 
+    # --- lifecycle (gateway/service.py's start and stop) --------------------------------------
+
+    def start(self, store: Store, photo_workers: int) -> None:
+        """Start the photo pool and the worker thread, storing into `store`."""
+        self.store = store
+        self.pool = concurrent.futures.ThreadPoolExecutor(photo_workers, thread_name_prefix="photo")
+        self._stopping.clear()
+        self.worker = threading.Thread(target=self.work, args=(self._stopping,), name="ingest", daemon=True)
+        self.worker.start()
+
+    def stop(self, deadline: float) -> None:
+        """Let the worker finish what paho already handed us (and photos in the pool), acks included,
+        until `deadline` (time.monotonic()); then stop it."""
+        while time.monotonic() < deadline and not self.idle():
+            time.sleep(0.05)
+        self._stopping.set()
+        if self.worker is not None:
+            self.worker.join(max(0.1, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        """Stop the worker (if `stop` did not) and the photo pool, cancelling photos not started."""
+        self._stopping.set()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
     def idle(self) -> bool:
         """Nothing queued and no photo in the pool (what `stop` waits for)."""
         return self.queue.empty() and not self.in_flight
+
+    def figures(self) -> dict[str, Any]:
+        """The `ingest` part of the gateway's health (gateway.status.health_report)."""
+        return {
+            "queue": self.queue.qsize(),
+            "reassembly": {
+                "partials": len(self.reasm),
+                "held_bytes": self.reasm.held_bytes,
+                "accounted_bytes": self.reasm.accounted_bytes,
+            },
+            "photos_in_progress": len(self.in_flight),
+        }
+
+    # --- work for the worker from other threads --------------------------------------------
+
+    def submit(self, key: str, call: Callable[[], None]) -> bool:
+        """Queue `call` for the worker in sub-queue `key`; False when that sub-queue is full."""
+        accepted = True
+        for box, reason in self.queue.put(key, Call(call), 0):
+            if box == key:
+                accepted = False
+            else:  # a box's message made room for it
+                self.reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
+        return accepted
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the worker thread and return once it ran, raising what it raised; run it right
+        here when no worker runs or this is the worker (tests, a gateway not started or stopped)."""
+        worker = self.worker
+        if worker is None or not worker.is_alive() or threading.current_thread() is worker:
+            fn()
+            return
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        self.queue.put_control(Call(run))
+        if not done.wait(_CALL_WAIT_S):
+            raise TimeoutError(f"the ingest worker did not run the call within {_CALL_WAIT_S:.0f} s")
+        if failed:
+            raise failed[0]
 
     # --- paho's thread -----------------------------------------------------------------
 
@@ -253,7 +331,7 @@ class IngestPipeline:
         except ProtocolError as exc:
             self.reject(exc.reason, exc.detail, topic_name[:120])
             return
-        if self.config.devices.registration_required and not self.is_registered(t.device):
+        if self.config.devices.registration_required and not self.registry.is_registered(t.device):
             # No nack: the box keeps its spool and delivers once it is registered.
             self.reject("unknown_device", f"{t.device} is not registered (parcelbox device add)", topic_name)
             return
@@ -284,7 +362,7 @@ class IngestPipeline:
         assert self.store is not None
         rec = self.store.get_device(device)
         if rec is None:
-            rec = dict(blank_device(device, self.device_name(device)))
+            rec = dict(blank_device(device, self.registry.device_name(device)))
         return rec
 
     def _on_event(self, device: str, payload: bytes, received_at: float) -> None:
@@ -355,7 +433,7 @@ class IngestPipeline:
             return
         self.in_flight.add((done.device, done.event.id))
         assert self.pool is not None
-        name = self.device_name(done.device)
+        name = self.registry.device_name(done.device)
         ts = done.event.ts if done.event.ts is not None else received_at
         caption = (
             caption_strip(name, ts, self.config.alerts.timezone) if self.config.photos.caption_strip else None
@@ -443,7 +521,7 @@ class IngestPipeline:
             record["photo_dropped"] = True
         cfg = self.config.alerts
         dev = boxes.apply_event(self.box(device), record)
-        outbox = alerts.plan_event(dev, record, sinks=self.sinks(device), cfg=cfg, now=self.clock())
+        outbox = alerts.plan_event(dev, record, sinks=self.notices.sinks(device), cfg=cfg, now=self.clock())
         if cfg.group_window_s > 0 and any(o["kind"] == "delivery" for o in outbox):
             outbox, updates = alerts.merge_into_burst(outbox, self.store.open_outbox(), cfg=cfg)
             # Before the event: a crash in between leaves the grouped alert naming an event that is not
@@ -466,7 +544,7 @@ class IngestPipeline:
             for o in outbox:
                 self.bus.publish(OUTBOX_CHANGED, _public(dict(o)))
             if outbox:
-                self.wake_outbox()
+                self.notices.wake()
         self._ack(device, event.id)  # only now: record and photo are on disk
 
     def _on_status(self, device: str, payload: bytes, received_at: float, retained: bool = False) -> None:
@@ -479,7 +557,7 @@ class IngestPipeline:
         self.counters.inc("statuses")
         self.on_ota_status(device, st)
         dev = self.box(device)
-        removed = not st.online and boxes.is_removed(dev, self.removed())
+        removed = not st.online and self.registry.is_removed(dev)
         cfg = self.config.alerts
         out = boxes.apply_status(
             dev, st, received_at, retained=retained, removed=removed, low_battery_mv=cfg.low_battery_mv
@@ -490,9 +568,8 @@ class IngestPipeline:
             return
         planned: list[PlannedAlert] = []
         if out.notices:
-            sinks, now = self.sinks(device), self.clock()
+            sinks, now = self.notices.sinks(device), self.clock()
             for notice in out.notices:
                 planned += alerts.plan_notice(out.box, notice, sinks=sinks, cfg=cfg, now=now)
-        self.store.put_device(out.box)
-        self.emit_alerts(planned, received_at)
+        self.notices.emit(planned, received_at, box=out.box)  # one durable write: box record + alerts
         self.bus.publish(DEVICE_CHANGED, dict(boxes.public(out.box)))

@@ -55,8 +55,6 @@ class DeviceRecord(TypedDict):
     last_event_id: str | None
 
 
-
-
 class OutboxRecord(TypedDict):
     id: str
     kind: str
@@ -89,6 +87,14 @@ class WhatsAppState(TypedDict, total=False):
     unknown_numbers: list[str]  # configured recipients WhatsApp says are not users (digits)
     numbers_checked_at: float | None
     updated_at: float
+
+
+class Component(Protocol):
+    """Anything started and stopped with the gateway (web server, WhatsApp supervisor, HA bridge)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class GatewayPort(Protocol):

@@ -14,45 +14,41 @@ sub-queue per box served in turn (`gateway.fairqueue`); one ingest worker
 store has a single writer for events and box records) and runs `tick`; the photo
 pool runs `gateway.photos.process_photo`; each notifier has a sending thread
 (`gateway.outbox`). The rules for box state and alerts are pure functions
-(`gateway.boxes`, `gateway.alerts`) that this class and the pipeline apply.
+(`gateway.boxes`, `gateway.alerts`) that the pipeline and `gateway.notices` apply; the device
+registry's changes are noticed by `gateway.registry_watch`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from gateway import alerts, boxes
-from gateway.alerts import PlannedAlert, Sink
-from gateway.bus import (
-    DEVICE_REGISTERED,
-    DEVICE_REMOVED,
-    OUTBOX_CHANGED,
-    Bus,
-)
+from gateway import boxes
+from gateway.bus import Bus
 from gateway.commands import Commands
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import DeviceRegistry
 from gateway.diskspace import DiskThresholds
-from gateway.fairqueue import FairQueue
 from gateway.health import Counters
 from gateway.ingest import MqttLink
 from gateway.lograte import LogThrottle
+from gateway.notices import Notices
 from gateway.notify.base import Notifier
 from gateway.ota import offers
 from gateway.ota.updates import FirmwareUpdates
-from gateway.outbox import OutboxDispatcher, _public
+from gateway.outbox import OutboxDispatcher
 from gateway.photos import PhotoSettings
 from gateway.pipeline import Call, IngestPipeline
 from gateway.ports import (
+    Component,
     DeviceRecord,
     EventRecord,
     OutboxRecord,
@@ -64,27 +60,24 @@ from gateway.privatedir import ensure_private_dir
 from gateway.protocol import Limits
 from gateway.purge import QUEUE_KEY as PURGE_QUEUE
 from gateway.purge import Purger, PurgeRunner
-from gateway.reassembly import Reassembler
+from gateway.registry_watch import RegistryWatch
 from gateway.retention import apply_retention
 from gateway.sendqueue import SendQueue
 from gateway.status import STATUS_FILE, StorageMonitor, health_report, status_snapshot
 from gateway.store import Store
-from gateway.vocabulary import GATEWAY_DEVICE
 from gateway.whatsapp.state import LinkState
-from gateway.whatsapp.watch import LinkWatch
 
 log = logging.getLogger("gateway")
 
 _RETENTION_EVERY_S = 3600.0
-_TICK_WAIT_S = 30.0  # tick() from another thread: how long to wait for the worker
 
 
-class Component(Protocol):
-    """Anything started and stopped with the gateway (web server, WhatsApp supervisor, HA bridge)."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
+def _logged(fn: Callable[[], object], what: str) -> None:
+    """Shutdown goes on past a part that fails to stop: its traceback is logged."""
+    try:
+        fn()
+    except Exception:
+        log.exception(what)
 
 
 class GatewayService:
@@ -117,8 +110,6 @@ class GatewayService:
         self.link: MqttLink | None = None
         self.dispatcher: OutboxDispatcher | None = None
         self._lock = DataDirLock(self.data_dir)
-        self._pool: concurrent.futures.Executor | None = None
-        self._worker: threading.Thread | None = None
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -147,25 +138,37 @@ class GatewayService:
         )
         self.ota = self.updates.server
         self._log_throttle = LogThrottle()
-        self._registered: tuple[float, set[str], dict[str, float]] = (-1.0, set(), {})
+        self.registry_watch = RegistryWatch(
+            self.registry,
+            self.bus,
+            self.counters,
+            names=config.devices.names,
+            throttle=self._log_throttle,
+        )
         self.purges: PurgeRunner | None = None  # `parcelbox device forget NAME --purge`, made at start
         self.storage_monitor = StorageMonitor(
             self.data_dir,
-            DiskThresholds(
-                min_free_mb=config.store.min_free_mb, min_free_percent=config.store.min_free_percent
-            ),
+            DiskThresholds(config.store.min_free_mb, config.store.min_free_percent),
             store=self._open_store,
             bus=self.bus,
             counters=self.counters,
         )
         self.whatsapp = LinkState(self.bus, dispatcher=lambda: self.dispatcher, clock=self.clock)
-        self._wa_watch = LinkWatch(float(getattr(config.whatsapp, "down_notice_after_s", 300.0)))
+        self.notices = Notices(
+            config,
+            store=self._open_store,
+            bus=self.bus,
+            notifiers=self.notifiers,
+            whatsapp=self.whatsapp,
+            removed=self.registry_watch.removed,
+            dispatcher=lambda: self.dispatcher,
+        )
         self.photo_settings = PhotoSettings.from_config(config.photos, max_bytes=self.limits.max_photo_bytes)
         self.send_queue = SendQueue(
             data_dir=self.data_dir,
             store=self._open_store,
             notifiers=self.notifiers,
-            emit=self._emit_alerts,
+            emit=self.notices.emit,
             photo_settings=self.photo_settings,
             counters=self.counters,
             clock=self.clock,
@@ -190,12 +193,8 @@ class GatewayService:
             publish=self._publish,
             reject=self._reject,
             store_failed=self._store_failed,
-            is_registered=self._is_registered,
-            removed=self._removed,
-            device_name=self._device_name,
-            sinks=self._sinks,
-            emit_alerts=self._emit_alerts,
-            wake_outbox=self._wake_outbox,
+            registry=self.registry_watch,
+            notices=self.notices,
             on_cmd_result=self.commands.on_result,
             on_ota_status=self.ota.on_status,
             on_ota_reply=self.ota.on_reply,
@@ -227,54 +226,35 @@ class GatewayService:
 
     def _start(self) -> None:
         self._started_at = self.clock()
-        self.store = Store(
-            self.data_dir,
-            partition=self.config.store.partition,
-            segment_records=self.config.store.segment_records,
-        )
+        cfg = self.config.store
+        self.store = Store(self.data_dir, partition=cfg.partition, segment_records=cfg.segment_records)
         self.purges = PurgeRunner(
             Purger(self.store, self.data_dir, self.clock),
-            submit=lambda step: self._run_on_worker(PURGE_QUEUE, step),
+            submit=lambda step: self.pipeline.submit(PURGE_QUEUE, step),
             counters=self.counters,
         )
-        log.info(
-            "data folder %s: %d events, outbox %s",
-            self.data_dir,
-            self.store.event_count(),
-            self.store.outbox_counts(),
-        )
+        events, outbox = self.store.event_count(), self.store.outbox_counts()
+        log.info("data folder %s: %d events, outbox %s", self.data_dir, events, outbox)
         self.updates.remember_last(self.data_dir / STATUS_FILE)
         username, password = self.config.broker.username, self.config.broker.password
         if not self.broker_url:
-            from gateway.broker import start_managed_broker
+            from gateway.broker import start_for_gateway
 
-            self.broker = start_managed_broker(self.config, self.registry)
-            drop = getattr(self.broker, "drop_session", None)
-            if drop is not None:  # the session of the id we used before ids were bound to logins
-                drop(self.client_id)
+            self.broker = start_for_gateway(self.config, self.registry, self.client_id)
             self.broker_url = self.broker.url
             # On the box listener the broker makes this login our client id (use_username_as_clientid).
             username, password = self.broker.gateway_username, self.broker.gateway_password
-        workers = self.config.photos.workers or max(1, os.cpu_count() or 1)
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="photo")
-        self.pipeline.store, self.pipeline.pool = self.store, self._pool
         self._stopping.clear()
-        self._watch_registry()  # the registry as it is now: changes from here on go on the bus
-        self._worker = threading.Thread(
-            target=self.pipeline.work, args=(self._stopping,), name="ingest", daemon=True
-        )
-        self._worker.start()
+        self.registry_watch.poll()  # the registry as it is now: changes from here on go on the bus
+        self.pipeline.start(self.store, self.config.photos.workers or max(1, os.cpu_count() or 1))
         self.dispatcher = OutboxDispatcher(
             self.store,
             self.notifiers,
             bus=self.bus,
             photo_path=lambda d, e: self.photo_path(d, e, "alert"),
             attachment_path=self.send_queue.photo_path,
-            backoff_initial_s=self.config.outbox.backoff_initial_s,
-            backoff_max_s=self.config.outbox.backoff_max_s,
-            dead_after_s=self.config.outbox.dead_after_s,
-            poll_s=self.config.outbox.poll_s,
             clock=self.clock,
+            **asdict(self.config.outbox),  # backoff, dead_after_s, poll_s: the dispatcher's own names
         )
         self.dispatcher.start()
         self.link = MqttLink(
@@ -303,17 +283,9 @@ class GatewayService:
         if self.purges is not None:
             self.purges.pause()  # an unfinished purge goes on at the next start (its request stays)
         for c in reversed(self.components):
-            try:
-                c.stop()
-            except Exception:
-                log.exception("component %r failed to stop", c)
-        deadline = time.monotonic() + timeout
-        # Let the worker finish what paho already handed us (and photos in the pool), acks included.
-        while time.monotonic() < deadline and not self.pipeline.idle():
-            time.sleep(0.05)
+            _logged(c.stop, f"component {c!r} failed to stop")
+        self.pipeline.stop(time.monotonic() + timeout)  # drained: what paho handed us is stored and acked
         self._stopping.set()
-        if self._worker is not None:
-            self._worker.join(max(0.1, deadline - time.monotonic()))
         if self.link is not None:
             self.link.stop()
         if self.dispatcher is not None:
@@ -323,19 +295,11 @@ class GatewayService:
 
     def _teardown(self) -> None:
         self._stopping.set()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self.pipeline.close()
         if self.store is not None:
-            try:
-                self.write_status()
-            except Exception:
-                log.exception("could not write the last status snapshot")
+            _logged(self.write_status, "could not write the last status snapshot")
         for n in self.notifiers.values():
-            try:
-                n.close()
-            except Exception:
-                log.exception("notifier %s failed to close", n.name)
+            _logged(n.close, f"notifier {n.name} failed to close")
         if self.store is not None:
             self.store.close()
         if self.broker is not None:
@@ -347,20 +311,7 @@ class GatewayService:
     def wait_connected(self, timeout: float = 10.0) -> bool:
         return self.link is not None and self.link.connected.wait(timeout)
 
-    # --- ingest (gateway/pipeline.py) --------------------------------------------------
-
-    # The pipeline's state under the names health() and tests use.
-    @property
-    def _queue(self) -> FairQueue:
-        return self.pipeline.queue
-
-    @property
-    def _reasm(self) -> Reassembler:
-        return self.pipeline.reasm
-
-    @property
-    def _in_flight(self) -> set[tuple[str, str]]:
-        return self.pipeline.in_flight
+    # --- the callables the parts get ------------------------------------------------------
 
     def _store_failed(self, exc: OSError, what: str, *, counter: str = "store_write_errors") -> None:
         """A write to the data folder failed: counted, warned about (gateway.status.StorageMonitor)."""
@@ -375,113 +326,9 @@ class GatewayService:
             more = f"; {suppressed} more {reason} not logged" if suppressed else ""
             log.warning("rejected %s: %s (%s)%s", where, reason, detail, more)
 
-    def _registry_view(self) -> tuple[set[str], dict[str, float]]:
-        """(registered boxes, removed box -> when), re-read only when devices.json changed. The one
-        place a registry change is noticed: it is published on the bus (DEVICE_REMOVED, DEVICE_REGISTERED)."""
-        mtime = self.registry.mtime()
-        if mtime != self._registered[0]:
-            first = self._registered[0] == -1.0
-            before = self._registered[1]
-            now = {d.device for d in self.registry.list()}
-            self._registered = (mtime, now, self.registry.removed())
-            if not first:
-                for device in sorted(before - now):
-                    self.bus.publish(DEVICE_REMOVED, {"device": device, "registered": sorted(now)})
-                for device in sorted(now - before):
-                    self.bus.publish(DEVICE_REGISTERED, {"device": device, "registered": sorted(now)})
-        return self._registered[1], self._registered[2]
-
-    def _watch_registry(self) -> None:
-        try:
-            self._registry_view()
-        except (OSError, ValueError, TypeError) as exc:  # hand-edited or damaged: try again next tick
-            self.counters.inc("registry_errors")
-            if self._log_throttle.allow("registry")[0]:
-                log.warning("cannot read the device registry %s: %s", self.registry.path, exc)
-
-    def _is_registered(self, device: str) -> bool:
-        return device in self._registry_view()[0]
-
-    def _removed(self) -> dict[str, float]:
-        return self._registry_view()[1]
-
-    def _is_removed(self, dev: dict[str, Any]) -> bool:
-        """Removed with `parcelbox device remove` and not heard from since: hidden, never 'offline'."""
-        return boxes.is_removed(dev, self._removed())
-
-    # --- boxes and alerts (the rules: gateway/boxes.py, gateway/alerts.py) ---------------
-
-    def _device_name(self, device: str) -> str:
-        name = self.config.devices.names.get(device)
-        if name:
-            return name
-        cred = self.registry.get(device) if self._is_registered(device) else None
-        return cred.name if cred and cred.name else device
-
-    def _sinks(self, device: str) -> list[Sink]:
-        """What the alert rules need to know of each notifier, for alerts about `device`."""
-        out = []
-        for name, notifier in self.notifiers.items():
-            try:
-                recipients = tuple(notifier.recipients(device))
-            except Exception:
-                log.exception("notifier %s: recipients() failed", name)
-                recipients = ()
-            language = getattr(notifier, "language", None)
-            every = bool(getattr(notifier, "every_event", False))
-            out.append(Sink(name, recipients, language, every))
-        return out
-
-    def _check_offline(self, now: float) -> None:
-        """Runs on the ingest worker: boxes offline for longer than alerts.offline_after_s (or silent for
-        alerts.silent_after_s) get one alert."""
-        assert self.store is not None
-        cfg = self.config.alerts
-        due = boxes.due_offline(
-            self.store.list_devices(),
-            now,
-            offline_after_s=cfg.offline_after_s,
-            silent_after_s=cfg.silent_after_s,
-            removed=self._removed(),
-        )
-        for dev, notice in due:
-            planned = alerts.plan_notice(dev, notice, sinks=self._sinks(dev["device"]), cfg=cfg, now=now)
-            self.store.put_device(dev)
-            self._emit_alerts(planned, now)
-
-    def _check_whatsapp(self, now: float) -> None:
-        """Runs on the ingest worker: WhatsApp down for a while (or back) -> a notice on the other sinks."""
-        kind = self._wa_watch.check(self.whatsapp.state, now)
-        if kind is None:
-            return
-        st = self.whatsapp.state
-        ts = float((st.get("down_since") if kind == "whatsapp_down" else None) or now)
-        planned = alerts.plan_whatsapp(
-            kind,
-            ts,
-            gateway_name=self.config.homeassistant.gateway_name,
-            note=str(st.get("detail") or "") if kind == "whatsapp_down" else "",
-            sinks=self._sinks(GATEWAY_DEVICE),
-            cfg=self.config.alerts,
-            now=now,
-        )
-        log.warning("WhatsApp %s: telling %d other sink recipient(s)", kind, len(planned))
-        self._emit_alerts(planned, now)
-
-    def _emit_alerts(self, planned: list[PlannedAlert], when: float) -> None:
-        """Add outbox entries that belong to no event (box health, WhatsApp, the send API)."""
-        if not planned:
-            return
-        assert self.store is not None
-        self.store.add_outbox(planned, when)
-        for o in planned:
-            self.bus.publish(OUTBOX_CHANGED, _public(dict(o)))
-        self._wake_outbox()
-
-    def _wake_outbox(self) -> None:
-        if self.dispatcher is not None:
-            self.dispatcher.wake()
-
+    def _publish(self, topic_name: str, payload: bytes, retain: bool = False) -> None:
+        if self.link is not None:  # not started or stopped: nothing to publish on
+            self.link.publish(topic_name, payload, retain=retain)
 
     # --- GatewayPort reads ------------------------------------------------------------
 
@@ -513,7 +360,7 @@ class GatewayService:
 
     def list_devices(self) -> list[DeviceRecord]:
         assert self.store is not None
-        return [boxes.public(d) for d in self.store.list_devices() if not self._is_removed(d)]
+        return [boxes.public(d) for d in self.store.list_devices() if not self.registry_watch.is_removed(d)]
 
     def list_outbox(self, state: OutboxState | None = None, limit: int = 100) -> list[OutboxRecord]:
         return self._open_store().list_outbox(state, limit)
@@ -532,33 +379,9 @@ class GatewayService:
     def command_result(self, cmd_id: str) -> dict[str, Any] | None:
         return self.commands.result(cmd_id)
 
-    def _publish(self, topic_name: str, payload: bytes, retain: bool = False) -> None:
-        if self.link is not None:  # not started or stopped: nothing to publish on
-            self.link.publish(topic_name, payload, retain=retain)
-
-    def _run_on_worker(self, key: str, call: Callable[[], None]) -> bool:
-        """Queue `call` for the ingest worker in sub-queue `key`; False when that sub-queue is full."""
-        accepted = True
-        for box, reason in self._queue.put(key, Call(call), 0):
-            if box == key:
-                accepted = False
-            else:  # a box's message made room for it
-                self._reject(reason, f"{box}'s share of the ingest queue is full", f"message from {box}")
-        return accepted
-
     # --- health and status (gateway/status.py) ----------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        p = self.pipeline
-        ingest = {
-            "queue": p.queue.qsize(),
-            "reassembly": {
-                "partials": len(p.reasm),
-                "held_bytes": p.reasm.held_bytes,
-                "accounted_bytes": p.reasm.accounted_bytes,
-            },
-            "photos_in_progress": len(p.in_flight),
-        }
         return health_report(
             now=self.clock(),
             started_at=self._started_at,
@@ -567,7 +390,7 @@ class GatewayService:
             broker=self.broker,
             broker_url=self.broker_url,
             store=self._open_store(),
-            ingest=ingest,
+            ingest=self.pipeline.figures(),
             commands_held=len(self.commands),
             storage=self.storage_monitor.health(),
             counters=self.counters.snapshot(),
@@ -577,18 +400,15 @@ class GatewayService:
         """`<data>/status.json`: what `parcelbox status` shows (health, boxes, recent events, outbox)."""
         self.storage_monitor.write_status(lambda: status_snapshot(self, self.ota))
 
-    def _retention(self, now: float) -> None:
-        apply_retention(self._open_store(), self.data_dir, self.config, now)  # gateway/retention.py
-
     def _tick_loop(self) -> None:
         """Once a second: `tick` (on the worker); every 2 s the status snapshot."""
         last_status = 0.0
         while not self._stopping.wait(1.0):
-            self._queue.put_control(Call(self._tick))
+            self.pipeline.queue.put_control(Call(self._tick))
             now = time.monotonic()
             if now - last_status >= 2.0:
                 last_status = now
-                self._queue.put_control(Call(self.write_status))
+                self.pipeline.queue.put_control(Call(self.write_status))
 
     def tick(self, now: float | None = None) -> None:
         """One turn of the periodic work at `now` (the service clock when None): reassembly timeouts
@@ -599,40 +419,21 @@ class GatewayService:
 
         It runs on the ingest worker, the single writer of box records: called from another thread while
         the gateway runs, it is queued there and returns once it has run (raising what it raised)."""
-        worker = self._worker
-        if worker is None or not worker.is_alive() or threading.current_thread() is worker:
-            self._tick(now)
-            return
-        done = threading.Event()
-        failed: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                self._tick(now)
-            except BaseException as exc:
-                failed.append(exc)
-            finally:
-                done.set()
-
-        self._queue.put_control(Call(run))
-        if not done.wait(_TICK_WAIT_S):
-            raise TimeoutError(f"the ingest worker did not run the tick within {_TICK_WAIT_S:.0f} s")
-        if failed:
-            raise failed[0]
+        self.pipeline.call(lambda: self._tick(now))
 
     def _tick(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         self.pipeline.expire()
         self.commands.expire()
-        self._check_offline(now)
-        self._check_whatsapp(now)
+        self.notices.check_offline(now)
+        self.notices.check_whatsapp(now)
         self.ota.tick()
         if self.purges is not None:
             self.purges.poll()
-        self._watch_registry()
+        self.registry_watch.poll()
         if self.broker is not None:
             self.broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
             self.broker.supervise()
         if now >= self._retention_due:  # last: a failing retention pass must not skip the rest
             self._retention_due = now + _RETENTION_EVERY_S
-            self._retention(now)
+            apply_retention(self._open_store(), self.data_dir, self.config, now)  # gateway/retention.py

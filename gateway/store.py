@@ -23,7 +23,8 @@ The dashboard's timeline (`list_events`) is answered from a second in-memory ind
 O(log n + page size) plus reading the page's own records, whatever the filters and the depth.
 
 An event, its outbox entries and its box's new record (`add_event(..., device=...)`) are one journal
-line, one fsync: after a crash all of them exist or none does. The box record is in that events
+line, one fsync: after a crash all of them exist or none does; so are alerts that belong to no event
+and the box record that marks them planned (`add_outbox(..., device=...)`). The box record is in that events
 journal until boxes.json is next rewritten, so an events journal is emptied only after boxes.json
 (`_durable_flush`); on open, a box record in any journal newer (by revision, `BOX_REV`) than
 boxes.json's wins.
@@ -97,9 +98,9 @@ COMPACT_EVERY = 256
 PURGED_JOURNAL = "purged.journal"
 # Box records (boxes.json). Each carries BOX_REV, the store-wide revision of its last write: a box record
 # can be made durable in two places (boxes.json.journal by `put_device`, an events journal by
-# `add_event(device=...)`), and on open the newest revision wins wherever it is. The file's BOXES_META
-# table holds the highest revision the file reflects: a journal's box record at or below it is already
-# in the file (or was deleted since, by a purge) and is not applied again.
+# `add_event(device=...)` or `add_outbox(device=...)`), and on open the newest revision wins wherever
+# it is. The file's BOXES_META table holds the highest revision the file reflects: a journal's box
+# record at or below it is already in the file (or was deleted since, by a purge) and is not applied again.
 DEVICES = "devices"
 BOXES_META = "meta"
 BOX_REV = "_rev"
@@ -171,7 +172,9 @@ def _valid_entry(e: dict[str, Any]) -> bool:
     if not (isinstance(ob, list) and all(_outbox_doc_ok(o) for o in ob)):
         return False
     if "box" in e and not (
-        "ev" in e and _valid_device_entry(e["box"]) and isinstance(e["box"]["dev"].get(BOX_REV), int)
+        ("ev" in e or "ob" in e)
+        and _valid_device_entry(e["box"])
+        and isinstance(e["box"]["dev"].get(BOX_REV), int)
     ):
         return False
     if "up" in e:
@@ -929,14 +932,24 @@ class Store:
         if rec["state"] in OPEN_OUTBOX_STATES:
             self._open_outbox[rec["id"]] = rec
 
-    def add_outbox(self, records: Iterable[OutboxRecord], when: float) -> None:
-        """Outbox entries that belong to no event (offline, back online, low battery)."""
+    def add_outbox(
+        self, records: Iterable[OutboxRecord], when: float, device: dict[str, Any] | None = None
+    ) -> None:
+        """Outbox entries that belong to no event (offline, back online, low battery), and (`device`)
+        the box record that says they were planned (`offline_alerted`...), in one durable write like
+        `add_event`: a crash can no longer keep the "alerted" mark and lose the alerts. Without
+        entries the box record alone goes to boxes.json's journal (`put_device`)."""
         records = list(records)
         if not records:
+            if device is not None:
+                self.put_device(device)
             return
         with self._lock:
             part = self.part_for(when)
-            _, ids = self._commit(part, {"ob": [dict(r) for r in records]})
+            entry: dict[str, Any] = {"ob": [dict(r) for r in records]}
+            if device is not None:
+                entry["box"] = self._new_box_record(device)
+            _, ids = self._commit(part, entry)
             for r, oid in zip(records, ids, strict=True):
                 self._index_outbox(part, oid, dict(r))
 

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class WhatsAppComponent:
-    """Started and stopped with the gateway (`gateway.service.Component`)."""
+    """Started and stopped with the gateway (`gateway.ports.Component`)."""
 
     def __init__(self, port: Any, settings: WhatsAppSettings, *, tz: str = "") -> None:
         self.settings = settings
