@@ -98,7 +98,7 @@ class GatewayService:
         self.counters = Counters()
         self.data_dir = Path(config.data_dir).expanduser().resolve()
         self.registry = DeviceRegistry(self.data_dir)
-        self.limits = Limits(max_photo_bytes=Limits().max_photo_bytes)
+        self.limits = Limits()
         self.prefix = config.broker.prefix
         self.notifiers: dict[str, Notifier] = {}
         for n in notifiers or []:
