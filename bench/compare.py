@@ -293,6 +293,15 @@ def run_once(
     return data, wall, rc
 
 
+
+def _photo_source(run: dict[str, Any]) -> str:
+    """A run's `params.photos` ("12 UXGA photos from DIR") with DIR resolved: the old side reads
+    ../shared through the `build/compare/shared` symlink, the same files under another name."""
+    desc = str((run.get("params") or {}).get("photos"))
+    head, sep, folder = desc.rpartition(" from ")
+    return f"{head}{sep}{Path(folder).resolve()}" if sep else desc
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -394,7 +403,7 @@ def _run(
         ],
     )
     print(f"load averages after each run: {'; '.join(load)}")
-    photos = {s: sorted({str((r.get("params") or {}).get("photos")) for r in runs[s]}) for s in runs}
+    photos = {s: sorted({_photo_source(r) for r in runs[s]}) for s in runs}
     if photos["old"] and photos["new"] and photos["old"] != photos["new"]:
         print(f"WARNING: the sides used different photos: {photos}", file=sys.stderr)
     out = {
