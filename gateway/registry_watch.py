@@ -5,7 +5,8 @@ its next look (every tick, and whenever the pipeline asks whether a box is regis
 mtime, re-reads it only then, and publishes each change once on the bus: DEVICE_REMOVED and
 DEVICE_REGISTERED, with the whole registered list (the Home Assistant bridge follows these instead
 of reading the file itself). A damaged or hand-edited file is counted (`registry_errors`), logged a
-few times a minute at most, and read again on the next tick.
+few times a minute at most, and read again once it changes; until then every look answers from the
+registry as last read well, so a half-edited devices.json never stops the boxes' messages.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class RegistryWatch:
         self.counters = counters
         self.names = names
         self.throttle = throttle
-        # (mtime read, registered boxes, removed box -> when)
-        self._seen: tuple[float, set[str], dict[str, float]] = (_NOT_READ, set(), {})
+        # (mtime read, registered box -> its name at `device add`, removed box -> when)
+        self._seen: tuple[float, dict[str, str], dict[str, float]] = (_NOT_READ, {}, {})
 
     def view(self) -> tuple[set[str], dict[str, float]]:
         """(registered boxes, removed box -> when), re-read only when devices.json changed; a change
@@ -49,30 +50,45 @@ class RegistryWatch:
         mtime = self.registry.mtime()
         if mtime != self._seen[0]:
             first = self._seen[0] == _NOT_READ
-            before = self._seen[1]
-            now = {d.device for d in self.registry.list()}
-            self._seen = (mtime, now, self.registry.removed())
+            before = set(self._seen[1])
+            listed = {d.device: d.name for d in self.registry.list()}
+            self._seen = (mtime, listed, self.registry.removed())
+            now = set(listed)
             if not first:  # the registry as found at start is no change
                 for device in sorted(before - now):
                     self.bus.publish(DEVICE_REMOVED, {"device": device, "registered": sorted(now)})
                 for device in sorted(now - before):
                     self.bus.publish(DEVICE_REGISTERED, {"device": device, "registered": sorted(now)})
-        return self._seen[1], self._seen[2]
+        return set(self._seen[1]), self._seen[2]
 
     def poll(self) -> None:
-        """Look for a change (start, every tick); never raises on a damaged file."""
+        """Look for a change (start, every tick, every look of the pipeline); never raises on a damaged
+        file: it is counted and logged, and the registry as last read well stays in force."""
         try:
             self.view()
-        except (OSError, ValueError, TypeError) as exc:  # hand-edited or damaged: try again next tick
+        except (OSError, ValueError, TypeError) as exc:  # hand-edited or damaged
             self.counters.inc("registry_errors")
             if self.throttle.allow("registry")[0]:
-                log.warning("cannot read the device registry %s: %s", self.registry.path, exc)
+                log.warning(
+                    "cannot read the device registry %s: %s (the boxes as last read stay registered)",
+                    self.registry.path,
+                    exc,
+                )
+            if not isinstance(exc, OSError):
+                # Damaged content: not read again (and counted again) at every box message, only once
+                # the file changes. A failed read (OSError) may pass: tried again at the next look.
+                try:
+                    self._seen = (self.registry.mtime(), self._seen[1], self._seen[2])
+                except OSError:
+                    pass
 
     def is_registered(self, device: str) -> bool:
-        return device in self.view()[0]
+        self.poll()
+        return device in self._seen[1]
 
     def removed(self) -> dict[str, float]:
-        return self.view()[1]
+        self.poll()
+        return self._seen[2]
 
     def is_removed(self, dev: Mapping[str, Any]) -> bool:
         """Removed with `parcelbox device remove` and not heard from since: hidden, never 'offline'."""
@@ -83,5 +99,5 @@ class RegistryWatch:
         name = self.names.get(device)
         if name:
             return name
-        cred = self.registry.get(device) if self.is_registered(device) else None
-        return cred.name if cred and cred.name else device
+        self.poll()
+        return self._seen[1].get(device) or device

@@ -1,8 +1,8 @@
 """gateway/registry_watch.py: the one reader of devices.json changes, over a real registry file.
 
 Each change is published once on the bus (DEVICE_REMOVED, DEVICE_REGISTERED, with the whole registered
-list); the registry as found at the first look is no change; a damaged file is counted, logged, and
-read again at the next look. The file's mtime is set by hand after each change (os.utime), so two
+list); the registry as found at the first look is no change; a damaged file is counted and logged once
+per version, the registry as last read well stays in force, and the file is read again once it changes. The file's mtime is set by hand after each change (os.utime), so two
 changes within one timestamp tick are still two changes, with no sleeping.
 """
 
@@ -74,10 +74,18 @@ def test_a_damaged_registry_is_counted_and_read_again_later(tmp_path, caplog):
     registry.path.write_bytes(b'{"devices": {"porch": ')  # a hand edit saved half-way
     _touch(registry, 1001.0)
     watch.poll()
-    watch.poll()  # still damaged: counted again, never raised
-    assert counters.snapshot()["registry_errors"] == 2
+    watch.poll()  # the same damaged file: not read (nor counted) again until it changes
+    assert counters.snapshot()["registry_errors"] == 1
     assert "cannot read the device registry" in caplog.text
     assert changes.seen == []
+    # Meanwhile every look answers from the registry as last read well: a box's messages are not
+    # refused (nor crash the ingest worker) because someone is half-way through editing the file.
+    assert watch.is_registered("porch") and not watch.is_registered("shed")
+    assert watch.removed() == {} and watch.device_name("porch") == "porch"
+    registry.path.write_bytes(b'{"devices": [')  # saved again, still broken
+    _touch(registry, 1001.5)
+    assert watch.is_registered("porch")
+    assert counters.snapshot()["registry_errors"] == 2
     registry.path.write_bytes(good)  # repaired, and a box added meanwhile
     registry.add("shed")
     _touch(registry, 1002.0)
