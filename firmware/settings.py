@@ -105,6 +105,10 @@ THRESHOLDS = {"ir": (1, 0), "ultrasonic": (30, 15), "hx711": (50, 20), "none": (
 # AI-Thinker ESP32-CAM: GPIOs the camera, PSRAM and UART use; an input there breaks them.
 CAMERA_PINS = (0, 1, 3, 5, 16, 17, 18, 19, 21, 22, 23, 25, 26, 27, 32, 34, 35, 36, 39)
 SD_PINS = (2, 14, 15)
+# Never usable, camera or not: 6-11 are the SPI flash's; 16/17 the PSRAM's, and an ESP32-CAM's
+# MicroPython build (CONFIG_SPIRAM) has no Pin object for them (micropython ports/esp32/machine_pin.h:
+# MICROPY_HW_ENABLE_GPIO16/17 only `#if !CONFIG_SPIRAM`), so Pin(16) raises ValueError at boot.
+NO_PINS = (6, 7, 8, 9, 10, 11, 16, 17)
 # The SD card's DAT3 (CD/CS). Not driven in 1-bit mode, but it must be HIGH when the card gets
 # its first command: low there puts the card in SPI mode and the mount fails (SD spec; ESP-IDF
 # sdmmc docs: "DAT3 must be pulled up even in 1-line mode").
@@ -225,6 +229,12 @@ def validate(cfg, need_network=True):
         g = pins[name]
         if not 0 <= g <= 39:
             problems.append("pins.%s=%r is not an ESP32 GPIO" % (name, g))
+            continue
+        if g in NO_PINS:
+            problems.append(
+                "pins.%s=GPIO%d is the %s's on an ESP32-CAM: no pin there"
+                % (name, g, "PSRAM" if g in (16, 17) else "SPI flash")
+            )
             continue
         if cfg["camera"] and g in CAMERA_PINS:
             problems.append(

@@ -361,12 +361,26 @@ def test_nothing_that_can_hold_gpio12_high_at_reset_is_accepted(sensor, pin, lev
         assert settings.validate(cfg, False) == []
 
 
+@pytest.mark.parametrize("gpio", [16, 17, 6, 11])
+def test_psram_and_flash_gpios_are_refused_even_with_the_camera_off(gpio):
+    """An ESP32-CAM's MicroPython build has PSRAM (CONFIG_SPIRAM), and then no Pin object for GPIO
+    16/17 (ports/esp32/machine_pin.h); 6-11 are the SPI flash. With the camera off they were accepted,
+    and the box failed at boot with ValueError('invalid pin') from Pin(16)."""
+    cfg = settings.copy_defaults()
+    cfg["camera"] = False
+    cfg["sensor"] = "ir"
+    cfg["pins"]["ir"] = gpio
+    assert any(f"pins.ir=GPIO{gpio} is the" in p for p in settings.validate(cfg, False))
+    cfg["pins"]["ir"] = 3  # U0R: free with the camera (and the serial console) off
+    assert settings.validate(cfg, False) == []
+
+
 def test_battery_mode_needs_an_rtc_lid_pin():
     """esp32.wake_on_ext0 raises ValueError('invalid pin') for a non-RTC GPIO (modesp32.c):
     a battery box with its lid on, say, GPIO 3 crashed at its first sleep."""
     cfg = settings.copy_defaults()
     cfg["mode"] = "battery"
-    cfg["camera"] = False  # camera off frees GPIO 1/3/16...: 3 (U0R) is not an RTC GPIO
+    cfg["camera"] = False  # camera off frees GPIO 1/3...: 3 (U0R) is not an RTC GPIO
     cfg["pins"]["lid"] = 3
     assert any("needs an RTC GPIO" in p for p in settings.validate(cfg, False))
     cfg["pins"]["lid"] = 13
