@@ -34,6 +34,7 @@ mosquitto:
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy  # gateway/ and tools/, configured in pyproject.toml [tool.mypy]
 
 # The suite mostly waits (brokers, child processes, the browser), so it runs on parallel workers

@@ -293,7 +293,6 @@ def run_once(
     return data, wall, rc
 
 
-
 def _photo_source(run: dict[str, Any]) -> str:
     """A run's `params.photos` ("12 UXGA photos from DIR") with DIR resolved: the old side reads
     ../shared through the `build/compare/shared` symlink, the same files under another name."""

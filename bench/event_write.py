@@ -95,7 +95,12 @@ def child(tree: Path, data_dir: Path, writes: int, boxes: int) -> dict[str, Any]
             syncs_before = fsyncs
         ev, ob, device = _records(i, boxes)
         rec = store.get_device(device)
-        rec = {**rec, "waiting": (rec.get("waiting") or 0) + 1, "last_event_id": ev["id"], "last_seen": NOW + i}
+        rec = {
+            **rec,
+            "waiting": (rec.get("waiting") or 0) + 1,
+            "last_event_id": ev["id"],
+            "last_seen": NOW + i,
+        }
         t = time.perf_counter()
         if one_write:
             store.add_event(ev, [ob], device=rec)
@@ -194,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     path = write_json(
         "event_write",
-        {"machine": machine_info(), "writes": args.writes, "boxes": args.boxes, "rounds": args.rounds, "rows": rows},
+        {
+            "machine": machine_info(),
+            "writes": args.writes,
+            "boxes": args.boxes,
+            "rounds": args.rounds,
+            "rows": rows,
+        },
     )
     print(f"wrote {path}")
     return 0

@@ -328,7 +328,6 @@ class OutboxDispatcher:
         return True
 
 
-
 _PUBLIC_KEYS = (
     "id",
     "kind",

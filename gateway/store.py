@@ -125,8 +125,6 @@ class StoreStats:
     events: int  # events in the index
 
 
-
-
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

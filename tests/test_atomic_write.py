@@ -12,7 +12,9 @@ from gateway import storage
 from gateway.storage import atomic_write_bytes, remove_stale_temp_files
 
 
-def test_a_second_write_of_the_same_file_during_the_first_leaves_a_whole_file(tmp_path: Path, monkeypatch) -> None:
+def test_a_second_write_of_the_same_file_during_the_first_leaves_a_whole_file(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Two writers of one path (two web requests saving the session state, a token created while one
     is revoked) at once: each has its own temp file. With one temp name per process the inner write
     renamed the outer one's temp file away and the outer rename failed (FileNotFoundError)."""

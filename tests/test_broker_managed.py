@@ -461,7 +461,9 @@ def test_retained_junk_on_a_box_topic_is_counted_and_cleared_from_the_broker(tmp
             assert svc.link is not None and svc.broker is not None
             if run == 1:
                 wait_for(
-                    lambda s=svc: s.health()["rejected"].get("retained_junk") == len(junk), 10, what="junk counted"
+                    lambda s=svc: s.health()["rejected"].get("retained_junk") == len(junk),
+                    10,
+                    what="junk counted",
                 )
                 # Our clears came back to us: the broker has applied every one of them.
                 wait_for(lambda s=svc: s.link.retained.pending_echoes == 0, 10, what="clears applied")
@@ -469,7 +471,9 @@ def test_retained_junk_on_a_box_topic_is_counted_and_cleared_from_the_broker(tmp
             assert _retained_on(svc.broker.local_url, login, password, f"{prefix}/box-a/#") == [status]
             # The echoes of the clears were dropped quietly, not counted as malformed chunks or events.
             rejected = svc.health()["rejected"]
-            assert {k: v for k, v in rejected.items() if v} == ({"retained_junk": len(junk)} if run == 1 else {})
+            assert {k: v for k, v in rejected.items() if v} == (
+                {"retained_junk": len(junk)} if run == 1 else {}
+            )
         finally:
             svc.stop()
 

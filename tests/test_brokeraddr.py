@@ -79,5 +79,11 @@ def test_every_client_uses_the_one_parser() -> None:
     """The ingest link and the Home Assistant bridge read the same address from the same URL."""
     url, user, pw = "mqtts://gw:s%40cret@broker.lan", "", ""
     link = MqttLink(url, client_id="t", prefix="p", deliver=lambda *a: None, username=user, password=pw)
-    assert (link.host, link.port, link.tls, link.username, link.password) == ("broker.lan", 8883, True, "gw", "s@cret")
+    assert (link.host, link.port, link.tls, link.username, link.password) == (
+        "broker.lan",
+        8883,
+        True,
+        "gw",
+        "s@cret",
+    )
     assert bridge.parse_broker_url is parse_broker_url

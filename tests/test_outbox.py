@@ -258,6 +258,8 @@ def test_a_held_channel_waits_quietly(store, caplog):
     rec = store.get_outbox("a1_remote")
     assert rec["state"] == "failed" and rec["next_attempt_at"] == clock.t + 900 and rec["last_error"] == why
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_a_whatsapp_send_is_booked_once_on_the_dispatchers_clock(store, tmp_path):
     """Issue 17: the dispatcher and the WhatsApp notifier both booked each send, on different clocks
     (the dispatcher's injected one, the notifier's time.monotonic). A send the dispatcher allowed a
@@ -277,7 +279,10 @@ def test_a_whatsapp_send_is_booked_once_on_the_dispatchers_clock(store, tmp_path
     clock = Clock()
     sender = Sender()
     settings = WhatsAppSettings(
-        session_dir=tmp_path / "wa", recipients=["+628111111111"], rate_per_minute=1, rate_per_minute_overall=0
+        session_dir=tmp_path / "wa",
+        recipients=["+628111111111"],
+        rate_per_minute=1,
+        rate_per_minute_overall=0,
     )
     notifier = WhatsAppNotifier(settings, sender)
     store.add_outbox([entry(1, clock.t, notifier="whatsapp", recipient="+628111111111")], clock.t)

@@ -21,9 +21,20 @@ def test_the_pipeline_defaults_are_the_configs() -> None:
 
 
 def test_from_config_carries_every_shared_field() -> None:
-    cfg = PhotosConfig(alert_long_edge=1000, thumb_long_edge=200, alert_quality=70, thumb_quality=60,
-                       max_pixels=5_000_000, caption_strip=False)
+    cfg = PhotosConfig(
+        alert_long_edge=1000,
+        thumb_long_edge=200,
+        alert_quality=70,
+        thumb_quality=60,
+        max_pixels=5_000_000,
+        caption_strip=False,
+    )
     s = PhotoSettings.from_config(cfg, max_bytes=12345)
     assert (s.alert_long_edge, s.thumb_long_edge, s.alert_quality, s.thumb_quality, s.max_pixels) == (
-        1000, 200, 70, 60, 5_000_000)
+        1000,
+        200,
+        70,
+        60,
+        5_000_000,
+    )
     assert s.caption_strip is False and s.max_bytes == 12345

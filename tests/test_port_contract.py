@@ -47,7 +47,9 @@ def _real(tmp_path: Path, mosquitto: Any, prefix: str) -> Iterator[Any]:
     boxes = {name: Box(mosquitto.url, prefix, name) for name in ("gate", "porch")}
     try:
         for seq, (box, eid, etype, dt, photo) in enumerate(EVENTS, 1):
-            boxes[box].send(eid, make_jpeg(320, 240, seed=seq) if photo else None, etype=etype, ts=BASE + dt, seq=seq)
+            boxes[box].send(
+                eid, make_jpeg(320, 240, seed=seq) if photo else None, etype=etype, ts=BASE + dt, seq=seq
+            )
             assert boxes[box].wait_ack(eid)["ok"] is True
         yield service
     finally:
@@ -97,7 +99,11 @@ def test_keyset_pages_add_up_to_the_whole_list(port) -> None:
 def test_filters(port) -> None:
     assert _ids(port.list_events(device="porch")) == ["porch000002", "porch000001"]
     assert _ids(port.list_events(type="delivery")) == ["gate0000004", "porch000001", "gate0000001"]
-    assert _ids(port.list_events(since=BASE + 20, until=BASE + 40)) == ["porch000002", "gate0000003", "gate0000002"]
+    assert _ids(port.list_events(since=BASE + 20, until=BASE + 40)) == [
+        "porch000002",
+        "gate0000003",
+        "gate0000002",
+    ]
     assert port.list_events(device="nobody") == []
 
 
@@ -120,4 +126,3 @@ def test_devices_have_every_field(port) -> None:
     fields = set(get_type_hints(DeviceRecord))
     for d in devices:
         assert set(d) == fields, set(d) ^ fields
-

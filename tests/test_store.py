@@ -266,10 +266,22 @@ def test_torn_journal_tail_is_ignored(tmp_path):
 def test_after_a_replay_new_records_get_new_doc_ids(tmp_path):
     """The journal is replayed into the storage's document directly (no TinyDB Table.insert, no
     private TinyDB field): records added after the replay get the next doc ids, updates land."""
+
     def ob(eid: str) -> dict:
-        return dict(id="al" + eid, kind="delivery", device="box1", event_ids=[eid], notifier="folder",
-                    recipient="", state="pending", attempts=0, created_at=NOV, next_attempt_at=NOV,
-                    sent_at=None, last_error=None)
+        return dict(
+            id="al" + eid,
+            kind="delivery",
+            device="box1",
+            event_ids=[eid],
+            notifier="folder",
+            recipient="",
+            state="pending",
+            attempts=0,
+            created_at=NOV,
+            next_attempt_at=NOV,
+            sent_at=None,
+            last_error=None,
+        )
 
     s = Store(tmp_path)
     for i in range(3):
@@ -282,7 +294,12 @@ def test_after_a_replay_new_records_get_new_doc_ids(tmp_path):
     raw = json.loads((tmp_path / "db" / "events-2026-11.json").read_bytes())
     assert list(raw["events"]) == ["1", "2", "3", "4"]
     assert [d["id"] for d in raw["events"].values()] == [f"event000{i}" for i in range(4)]
-    assert {k: d["state"] for k, d in raw["outbox"].items()} == {"1": "dead", "2": "sent", "3": "pending", "4": "pending"}
+    assert {k: d["state"] for k, d in raw["outbox"].items()} == {
+        "1": "dead",
+        "2": "sent",
+        "3": "pending",
+        "4": "pending",
+    }
     s3 = Store(tmp_path)
     assert len(s3.list_events(limit=10)) == 4 and s3.get_outbox("alevent0003")["state"] == "pending"
     s3.close()

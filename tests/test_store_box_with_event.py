@@ -161,7 +161,9 @@ def test_compacting_an_events_journal_writes_boxes_json_first(tmp_path, monkeypa
     _store_with_box(s1, f"box-{i % 3}", f"abcdefgh-{i:06d}", T0 + i, waiting=i)  # compaction due, fails
     assert len(_journal_lines(journal)) == COMPACT_EVERY  # kept: boxes.json does not have its records
     assert s1.integrity()["compaction_errors"] == 1
-    s2 = Store(tmp_path, segment_records=BIG_SEGMENTS)  # crash while the disk is full: everything comes back from the journal
+    s2 = Store(
+        tmp_path, segment_records=BIG_SEGMENTS
+    )  # crash while the disk is full: everything comes back from the journal
     try:
         assert s2.get_device("box-0")["waiting"] == COMPACT_EVERY - 1  # 255 % 3 == 0
     finally:
@@ -176,7 +178,9 @@ def test_compacting_an_events_journal_writes_boxes_json_first(tmp_path, monkeypa
         raw = json.loads((tmp_path / "db" / "boxes.json").read_text())
         on_disk = {d["device"]: d["waiting"] for d in raw["devices"].values()}
         in_journal = {
-            e["box"]["dev"]["device"]: e["box"]["dev"]["waiting"] for e in _journal_lines(journal) if "box" in e
+            e["box"]["dev"]["device"]: e["box"]["dev"]["waiting"]
+            for e in _journal_lines(journal)
+            if "box" in e
         }
         assert {**on_disk, **in_journal} == {d["device"]: d["waiting"] for d in s3.list_devices()}
     finally:

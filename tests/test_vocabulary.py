@@ -61,7 +61,13 @@ def test_every_reading_the_firmware_sends_is_in_the_table_under_its_sensor() -> 
 def test_the_detectors_readings_are_in_the_table() -> None:
     d = fw_detector.Detector(settle_ms=0, cooldown_ms=0, left_open_ms=1000, has_sensor=True, rise=1, empty=0)
     keys: set[str] = set()
-    for t, lid_open, level in ((0, False, 0), (100, True, None), (2000, True, None), (2100, False, 5), (2200, False, 5)):
+    for t, lid_open, level in (
+        (0, False, 0),
+        (100, True, None),
+        (2000, True, None),
+        (2100, False, 5),
+        (2200, False, 5),
+    ):
         for ev in d.update(t, lid_open, level):
             keys |= set(ev["sensors"])
     assert {"lid", "open_s", "before", "level"} <= keys

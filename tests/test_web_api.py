@@ -342,5 +342,8 @@ def test_openapi_has_every_field_of_every_record(client: TestClient, port: Memor
     port._by_id[("gate", "dropped00001")]["photo_dropped"] = True
     for path, key, name in (("/api/events", "events", "Event"), ("/api/devices", "devices", "Device")):
         for row in client.get(path).json()[key]:
-            assert set(row) <= set(schemas[name]["properties"]), (name, set(row) - set(schemas[name]["properties"]))
+            assert set(row) <= set(schemas[name]["properties"]), (
+                name,
+                set(row) - set(schemas[name]["properties"]),
+            )
             assert set(schemas[name].get("required", [])) <= set(row), name

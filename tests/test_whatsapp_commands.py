@@ -16,6 +16,8 @@ from tests.support.web import MemoryPort
 from tests.support.whatsapp import fake_settings, paired_fake, wait_state, wait_until
 
 OWNER = "628123456789"
+
+
 def _port(tmp: Path, devices: list[dict[str, Any]], answer: str = "photo") -> MemoryPort:
     """The one in-memory GatewayPort (tests/support/web.py, checked against the real gateway by
     tests/test_port_contract.py); a box answers `snapshot` with an event and its photo."""
@@ -116,7 +118,11 @@ def test_photo_replies_with_the_snapshot(tmp_path: Path) -> None:
     h.handle(_msg("photo"))
     assert _sent(port) == [("box1", "snapshot")]
     [(chat, caption, image)] = replies.items
-    assert chat == f"{OWNER}@s.whatsapp.net" and image == _snapshot_jpeg(port) and caption.startswith("📷 Front gate")
+    assert (
+        chat == f"{OWNER}@s.whatsapp.net"
+        and image == _snapshot_jpeg(port)
+        and caption.startswith("📷 Front gate")
+    )
 
 
 def test_photo_on_a_multi_box_gateway(tmp_path: Path) -> None:
@@ -190,7 +196,9 @@ def test_end_to_end_through_the_real_child(tmp_path: Path) -> None:
         fake.inject("message", sender="628999999999", text="photo")  # a stranger
         fake.inject("message", sender=OWNER, text="foto")
         sent = wait_until(lambda: fake.sent(), what="the reply")
-        assert sent[0]["to"] == f"{OWNER}@s.whatsapp.net" and sent[0]["image_bytes"] == len(_snapshot_jpeg(port))
+        assert sent[0]["to"] == f"{OWNER}@s.whatsapp.net" and sent[0]["image_bytes"] == len(
+            _snapshot_jpeg(port)
+        )
         assert sent[0]["text"].startswith("📷 Front gate")
         fake.inject("message", sender=OWNER, text="bantuan")
         wait_until(lambda: len(fake.sent()) == 2, what="the help reply")

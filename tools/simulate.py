@@ -70,6 +70,7 @@ from tools.sim.paho_umqtt import PahoMQTTClient  # noqa: E402
 
 # --- the app folder of a box (over-the-air updates) --------------------------------------------
 
+
 def provision_flash(folder: Path) -> None:
     """A fresh box's app folder: the firmware's sources, as `flash provision --no-compile` copies them
     (the simulator runs on CPython, which cannot load .mpy)."""

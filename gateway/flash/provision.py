@@ -236,7 +236,10 @@ def do_provision(args: argparse.Namespace) -> int:
     overrides = parse_overrides(template, args.set)
 
     box_login = BrokerAddress(
-        settings.broker_host, settings.broker_port, username=settings.mqtt_user, password=settings.mqtt_password
+        settings.broker_host,
+        settings.broker_port,
+        username=settings.mqtt_user,
+        password=settings.mqtt_password,
     )
     if args.no_wait:
         progress.step("broker: not checked (--no-wait)")

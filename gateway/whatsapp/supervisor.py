@@ -92,11 +92,11 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-
 def _as_state(d: dict[str, Any]) -> WhatsAppState:
     # The state is merged from the child's messages (gateway/whatsapp/child.py sends WhatsAppState
     # keys): one cast at this boundary instead of a check per key.
     return cast(WhatsAppState, d)
+
 
 class WhatsAppSupervisor:
     """Owns the WhatsApp child process for the gateway (`mode="run"`) or for `parcelbox whatsapp pair|unlink`."""

@@ -59,7 +59,9 @@ def test_a_queued_message_survives_sigkill_and_is_delivered_once(tmp_path, mosqu
     gw.start()
     hook = None
     try:
-        wait_for(lambda: _call(f"{base}/api/alerts/msg0000000000000000", token)[0] == 404, what="the web server")
+        wait_for(
+            lambda: _call(f"{base}/api/alerts/msg0000000000000000", token)[0] == 404, what="the web server"
+        )
         boundary = "b0undary"
         photo = make_jpeg(320, 240, seed=4)
         body = (

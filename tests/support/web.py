@@ -158,7 +158,9 @@ class MemoryPort:
             "ts": ts,
             "received_at": ts,
             "seq": next(_counter),
-            "sensors": sensors if sensors is not None else {"lid": "closed", "occupancy": 1 if type == "delivery" else 0},
+            "sensors": sensors
+            if sensors is not None
+            else {"lid": "closed", "occupancy": 1 if type == "delivery" else 0},
             "photo": info,
             "cmd": cmd,
         }

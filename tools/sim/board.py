@@ -140,10 +140,10 @@ class DeepSleep(Exception):
 
 class SimWdt:
     """The object machine.WDT returns (ports/esp32/machine_wdt.c, v1.25.0: the ESP-IDF task
-    watchdog with one user, `wdt_default`; every WDT() reconfigures its timeout and returns the
-    same object; there is no deinit). `starts` counts WDT() calls (the first starts it, the others
-reconfigure it), `feeds` feed() calls; with a clock, `starved()` says
-    the watchdog would have reset the chip (more than `timeout_ms` since the last feed)."""
+        watchdog with one user, `wdt_default`; every WDT() reconfigures its timeout and returns the
+        same object; there is no deinit). `starts` counts WDT() calls (the first starts it, the others
+    reconfigure it), `feeds` feed() calls; with a clock, `starved()` says
+        the watchdog would have reset the chip (more than `timeout_ms` since the last feed)."""
 
     def __init__(self, clock) -> None:
         self.clock = clock
