@@ -60,7 +60,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.datalock import DataDirLock
 from gateway.devices import GATEWAY_USER, DeviceRegistry
-from gateway.mosquitto import Mosquitto, find_mosquitto, free_port, stop_leftover
+from gateway.mosquitto import Mosquitto, PortTaken, find_mosquitto, free_port, stop_leftover
 from gateway.protocol import DEFAULT_LIMITS
 from gateway.storage import atomic_write_bytes
 
@@ -471,15 +471,26 @@ def start_managed_broker(config: Config, registry: DeviceRegistry) -> ManagedBro
                 "stopped a broker (pid %d) left over from this data folder by a gateway that died", old
             )
     host = config.broker.listen_host if use_mosquitto else LOCAL_HOST
-    port = _choose_port(host, config.broker.listen_port, "box listener")
     broker: ManagedBroker
     if use_mosquitto:
-        local_port = _choose_port(LOCAL_HOST, config.broker.local_port, "local listener", avoid=port)
-        broker = ManagedMosquitto(config, registry, port, local_port)
+        # A port free when chosen can be taken before Mosquitto binds it (another program starting at
+        # the same moment): choose again, which moves off the now-taken port, as for one taken before.
+        for attempt in range(3):
+            port = _choose_port(host, config.broker.listen_port, "box listener")
+            local_port = _choose_port(LOCAL_HOST, config.broker.local_port, "local listener", avoid=port)
+            broker = ManagedMosquitto(config, registry, port, local_port)
+            try:
+                broker.start()
+                break
+            except PortTaken as exc:
+                if attempt == 2:
+                    raise
+                log.warning("%s; choosing the broker's ports again", exc)
     else:
+        port = _choose_port(host, config.broker.listen_port, "box listener")
         log.warning("!" * 20 + " %s " + "!" * 20, AMQTT_WARNING)
         broker = ManagedAmqtt(config, port)
-    broker.start()
+        broker.start()
     child = getattr(broker, "mosquitto", None)  # amqtt runs in this process; Mosquitto is a child
     where = f"pid {child.pid}" if child is not None else "in the gateway process"
     log.info("managed %s broker listening on %s (%s)", broker.kind, broker.listen, where)

@@ -143,6 +143,39 @@ def test_the_amqtt_fallback_never_listens_on_the_lan(tmp_path, prefix):
         svc.stop()
 
 
+def test_a_port_taken_between_the_check_and_mosquittos_bind_moves_the_broker(tmp_path, prefix, monkeypatch):
+    """The port was free when chosen and taken before Mosquitto bound it (another program, a parallel
+    test worker): the broker moves to a free port, as for a port taken before the check. It used to
+    leave `start_managed_broker` with PortTaken, so the gateway exited."""
+    import socket
+
+    from gateway import mosquitto as mosquitto_mod
+
+    squatters: list[socket.socket] = []
+    real = mosquitto_mod.Mosquitto._start_once
+
+    def squat_then_start(self, timeout):
+        if not squatters:  # the first start only: take its box port just before Mosquitto binds it
+            s = socket.socket()
+            s.bind((self.host, self.port))
+            s.listen(1)
+            squatters.append(s)
+        return real(self, timeout)
+
+    monkeypatch.setattr(mosquitto_mod.Mosquitto, "_start_once", squat_then_start)
+    svc = GatewayService(_managed(tmp_path, prefix, PARCELBOX_BROKER_LOCAL_PORT="0"))
+    try:
+        svc.start()
+        assert svc.wait_connected(10)
+        taken = squatters[0].getsockname()[1]
+        assert int(svc.broker.listen.rsplit(":", 1)[1]) != taken
+        assert json.loads((tmp_path / "data" / "broker.json").read_text())["url"] == svc.broker.url
+    finally:
+        svc.stop()
+        for s in squatters:
+            s.close()
+
+
 def test_a_moved_broker_writes_its_live_address_and_removes_it_on_a_clean_stop(tmp_path, prefix):
     """Port taken (a system Mosquitto on 1883, say): the broker moves, and says where in broker.json."""
     import socket
@@ -485,15 +518,27 @@ def test_a_broker_left_over_by_a_dead_gateway_is_stopped_and_its_port_reused(tmp
 
     from gateway.mosquitto import free_port, leftover_pid
 
-    cfg = _lan(
-        tmp_path,
-        prefix,
-        PARCELBOX_BROKER_ALLOW_ANONYMOUS="false",
-        PARCELBOX_BROKER_LISTEN_PORT=str(free_port(LAN)),  # a fixed port, as boxes are flashed with
-    )
-    first = GatewayService(cfg)
-    a = first.registry.add("box-a")
-    first.start()
+    # A fixed port, as boxes are flashed with. Another test worker's process can take it between the
+    # pick and the bind; the broker then moves (as it should): pick again, the test is about the restart.
+    for _ in range(3):  # bounded
+        picked = free_port(LAN)
+        cfg = _lan(
+            tmp_path,
+            prefix,
+            PARCELBOX_BROKER_ALLOW_ANONYMOUS="false",
+            PARCELBOX_BROKER_LISTEN_PORT=str(picked),
+        )
+        first = GatewayService(cfg)
+        if first.registry.get("box-a") is None:
+            first.registry.add("box-a")
+        first.start()
+        if first.broker.listen == f"{LAN}:{picked}":
+            break
+        first.stop()
+    else:
+        raise AssertionError("three picked ports were taken before the broker bound them")
+    a = first.registry.get("box-a")
+    assert a is not None
     assert first.wait_connected(10)
     port = first.broker.listen
     orphan = first.broker.mosquitto.pid

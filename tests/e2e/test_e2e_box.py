@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.mosquitto import free_port
 from tests.support.e2e import ROOT, GatewayProc, audit_data_folder, clean_env, sha256_file, wait_for
 from tools.simulate import SimulatedBox, run_boxes
 
@@ -51,8 +50,7 @@ def _stored(gw: GatewayProc, device: str, eid: str, variant: str = "original") -
 
 
 def test_delivery_pickup_lid_left_open_and_snapshot_on_command(tmp_path, mosquitto, prefix, boxes):
-    port = free_port()
-    gw = GatewayProc(tmp_path / "gw", mosquitto.url, prefix, extra={"web": {"enabled": True, "port": port}})
+    gw = GatewayProc(tmp_path / "gw", mosquitto.url, prefix, extra={"web": {"enabled": True, "port": 0}})
     gw.start()
     try:
         box = _box(mosquitto, prefix, tmp_path, boxes, overrides={"left_open_s": 5})
@@ -79,7 +77,7 @@ def test_delivery_pickup_lid_left_open_and_snapshot_on_command(tmp_path, mosquit
         assert by_kind["lid_left_open"]["event_ids"] == [left_open_id]
 
         # snapshot on command, through the dashboard's API (the path a user's click takes)
-        base = f"http://127.0.0.1:{port}"
+        base = gw.web_url()  # port 0: the dashboard's own pick, so no other process can hold it
         with httpx.Client(base_url=base, timeout=10) as web:
             assert web.get("/api/health").status_code == 200  # sets the CSRF cookie
             r = web.post(

@@ -22,7 +22,6 @@ import paho.mqtt.client as mqtt
 
 from bench.chaos import _kicked_clients
 from gateway.devices import DeviceRegistry
-from gateway.mosquitto import free_port
 from tests.support.e2e import GatewayProc, wait_for
 from tests.support.gateway_core import Box, new_event_id
 
@@ -52,20 +51,27 @@ def _once(url: str, client_id: str, login: str | None, password: str | None, pub
 
 
 def test_hostile_box_and_lan_client_against_the_managed_broker(tmp_path, prefix):
-    port, local = free_port(LAN), free_port()
     gw = GatewayProc(
         tmp_path / "gw",
         "",
         prefix,
         extra={
-            "broker": {"listen_host": LAN, "listen_port": port, "local_port": local}
+            # port 0: the gateway picks both ports and says where in broker.json (a port picked here
+            # could be taken by another test worker's process before the gateway binds it)
+            "broker": {"listen_host": LAN, "listen_port": 0, "local_port": 0}
         },  # anonymous: default
     )
     reg = DeviceRegistry(gw.data_dir)
     victim_pw = reg.add("victim").password
     stolen_pw = reg.add("hostile").password
     gw.start()
-    url, local_url = f"mqtt://{LAN}:{port}", f"mqtt://127.0.0.1:{local}"
+    try:
+        live = gw.broker_address()
+    except BaseException:
+        gw.kill()
+        raise
+    url, local_url = live["url"], live["local_url"]
+    assert url.startswith(f"mqtt://{LAN}:")
     victim = Box(url, prefix, "victim", username="victim", password=victim_pw)
     try:
         wait_for(lambda: gw.health().get("broker", {}).get("connected"), 30, what="the gateway connected")

@@ -24,7 +24,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from PIL import Image
 
-from gateway.mosquitto import free_port
 from tests.support.e2e import GatewayProc, audit_data_folder, wait_for
 from tests.support.gateway_core import Box, make_jpeg
 
@@ -182,13 +181,12 @@ class Publisher:
 
 @pytest.fixture
 def gateway(tmp_path, mosquitto, prefix):
-    port = free_port()
     gw = GatewayProc(
         tmp_path / "gw",
         mosquitto.url,
         prefix,
         extra={
-            "web": {"enabled": True, "port": port},
+            "web": {"enabled": True, "port": 0},  # its own pick, read back from web.json
             "devices": {"registration_required": True},
             "ingest": {"reassembly_timeout_s": 2.0},
         },
@@ -197,11 +195,11 @@ def gateway(tmp_path, mosquitto, prefix):
         r = gw.cli("device", "add", d)
         assert r.returncode == 0, r.stderr
     gw.start()
-    gw.web = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)  # type: ignore[attr-defined]
     try:
-        yield gw
+        with httpx.Client(base_url=gw.web_url(), timeout=10) as web:
+            gw.web = web  # type: ignore[attr-defined]
+            yield gw
     finally:
-        gw.web.close()  # type: ignore[attr-defined]
         gw.kill()
 
 
@@ -294,6 +292,7 @@ def test_replay_corpus_gateway_survives_counts_each_and_still_stores(gateway, mo
     # it again, and keeps what it stored.
     gw.kill()
     gw.start()
+    gw.web.base_url = gw.web_url()  # the new run's dashboard picked its own port
     wait_for(
         lambda: gw.web.get("/api/health").json()["rejected"] == {"bad_json": 1}, 30, 0.1, "the retained junk"
     )

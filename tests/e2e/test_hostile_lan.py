@@ -14,7 +14,6 @@ import socket
 import httpx
 import pytest
 
-from gateway.mosquitto import free_port
 from gateway.web.auth import set_password
 from tests.support.e2e import GatewayProc, wait_for
 from tests.support.gateway_core import Box, make_jpeg, new_event_id
@@ -27,20 +26,20 @@ IDLE_CONNECTIONS = 600
 
 @pytest.fixture
 def gateway(tmp_path, mosquitto, prefix, request):
-    port = free_port()
     login = getattr(request, "param", None) == "login"
     gw = GatewayProc(
         tmp_path / "gw",
         mosquitto.url,
         prefix,
-        extra={"web": {"enabled": True, "port": port, "idle_timeout_s": 3.0, "require_login": login}},
+        extra={"web": {"enabled": True, "port": 0, "idle_timeout_s": 3.0, "require_login": login}},
         nofile=NOFILE,
     )
     if login:  # what `parcelbox web set-password` writes
         set_password(gw.data_dir / "web" / "password", PASSWORD)
     gw.start()
-    gw.web_port = port  # type: ignore[attr-defined]
     try:
+        # port 0: the dashboard's own pick, read from web.json (no window for another process to take it)
+        gw.web_port = int(gw.web_url().rsplit(":", 1)[1])  # type: ignore[attr-defined]
         yield gw
     finally:
         gw.kill()

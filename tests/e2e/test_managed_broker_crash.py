@@ -39,22 +39,34 @@ def _gone(pid: int) -> bool:
 
 
 def test_sigkill_of_the_gateway_takes_its_broker_down_and_the_restart_keeps_the_port(tmp_path, prefix):
-    port = free_port()
-    gw = GatewayProc(
-        tmp_path / "gw",
-        "",  # the gateway's own broker
-        prefix,
-        extra={
-            "broker": {
-                "listen_host": "127.0.0.1",
-                "listen_port": port,
-                "local_port": free_port(),
-                "allow_anonymous": False,
-            }
-        },  # fmt: skip
-    )
-    password = DeviceRegistry(gw.data_dir).add("box-1").password
-    gw.start()
+    def gateway(port: int) -> GatewayProc:
+        return GatewayProc(
+            tmp_path / "gw",
+            "",  # the gateway's own broker
+            prefix,
+            extra={
+                "broker": {
+                    "listen_host": "127.0.0.1",
+                    "listen_port": port,  # fixed, as a box is flashed with it
+                    "local_port": 0,
+                    "allow_anonymous": False,
+                }
+            },  # fmt: skip
+        )
+
+    password = DeviceRegistry(tmp_path / "gw" / "data").add("box-1").password
+    # The port must be known before the gateway starts (it is the "flashed" one). Another test worker's
+    # process can take it between the pick and the gateway's bind; the gateway then moves, as it should,
+    # and says so in broker.json: pick again rather than test the restart on a port we did not choose.
+    for _ in range(3):  # bounded
+        port = free_port()
+        gw = gateway(port)
+        gw.start()
+        if gw.broker_address()["port"] == port:
+            break
+        assert gw.stop() == 0
+    else:
+        raise AssertionError("three picked ports were taken before the gateway bound them")
     box = Box(f"mqtt://127.0.0.1:{port}", prefix, "box-1", username="box-1", password=password)
     try:
         for _ in range(3):
@@ -68,7 +80,10 @@ def test_sigkill_of_the_gateway_takes_its_broker_down_and_the_restart_keeps_the_
         live = gw.data_dir / "broker.json"
         import json
 
-        assert json.loads(live.read_text())["port"] == port  # where the box was flashed to connect
+        assert json.loads(live.read_text())["port"] == port, (  # where the box was flashed to connect
+            f"the restarted gateway moved off port {port}; if its log says the port was in use, another "
+            "process took it while no gateway ran:\n" + gw.tail()
+        )
         assert len(_brokers(gw.data_dir) - {broker_pid}) == 1
         # the box (paho's own reconnect) is acked again on the same address
         wait_for(box.c.is_connected, 30, what="the box to reconnect to the same address")

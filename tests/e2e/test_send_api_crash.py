@@ -9,10 +9,9 @@ import subprocess
 import sys
 import urllib.request
 
-from gateway.mosquitto import free_port
 from tests.support.e2e import ROOT, GatewayProc, clean_env, wait_for
 from tests.support.gateway_core import make_jpeg
-from tests.support.servers import HttpSink
+from tests.support.servers import HttpSink, reserve_port
 
 
 def _token(gw: GatewayProc) -> str:
@@ -43,22 +42,25 @@ def _call(
 
 
 def test_a_queued_message_survives_sigkill_and_is_delivered_once(tmp_path, mosquitto, prefix):
-    web_port, hook_port = free_port(), free_port()
+    # The receiver's port is bound here and kept (connects are refused: the receiver is "down") until
+    # the receiver serves on that very socket; the dashboard picks its own port, read from web.json.
+    hook_sock = reserve_port()
+    hook_port = hook_sock.getsockname()[1]
     gw = GatewayProc(
         tmp_path / "gw",
         mosquitto.url,
         prefix,
         extra={
-            "web": {"enabled": True, "port": web_port},
+            "web": {"enabled": True, "port": 0},
             "notify.webhook": {"url": f"http://127.0.0.1:{hook_port}/hook", "signing_key": "k"},
             "notify.folder": {"enabled": False},
         },
     )
     token = _token(gw)
-    base = f"http://127.0.0.1:{web_port}"
     gw.start()
     hook = None
     try:
+        base = gw.web_url()
         wait_for(
             lambda: _call(f"{base}/api/alerts/msg0000000000000000", token)[0] == 404, what="the web server"
         )
@@ -79,11 +81,13 @@ def test_a_queued_message_survives_sigkill_and_is_delivered_once(tmp_path, mosqu
         [aid] = doc["alerts"]
         gw.kill()  # the receiver was down: nothing delivered yet, the entry only on disk
 
-        hook = HttpSink().start(hook_port)
+        hook = HttpSink().start(hook_sock)
         gw.start()
+        base = gw.web_url()  # each run picks its own dashboard port
         wait_for(lambda: _call(f"{base}/api/alerts/{aid}", token)[1].get("state") == "sent", what="sent")
         gw.stop()
         gw.start()  # a clean restart after delivery sends nothing again
+        base = gw.web_url()
         wait_for(lambda: _call(f"{base}/api/alerts/{aid}", token)[0] == 200, what="the web server again")
         gw.stop()
         delivered = [r for r in hook.to("/hook") if r.headers.get("X-Parcelbox-Delivery") == aid]
@@ -95,3 +99,5 @@ def test_a_queued_message_survives_sigkill_and_is_delivered_once(tmp_path, mosqu
             gw.kill()
         if hook is not None:
             hook.stop()
+        else:
+            hook_sock.close()

@@ -189,6 +189,35 @@ class GatewayProc:
     def health(self) -> dict[str, Any]:
         return self.snapshot().get("health", {})
 
+    def _live(self, name: str) -> dict[str, Any] | None:
+        """`<data>/<name>` when this run of the gateway wrote it (its pid), else None."""
+        try:
+            doc = json.loads((self.data_dir / name).read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) and doc.get("pid") == self.pid else None
+
+    def web_url(self, timeout: float = 30.0) -> str:
+        """Where this run's dashboard really listens, from `<data>/web.json` (gateway/web/server.py).
+
+        Tests configure `[web] port = 0` and ask here: a port picked by the test and bound later by
+        the gateway can be taken by another test worker's process in between (the dashboard then
+        moves, and the test would knock on the wrong door).
+        """
+        from gateway.web.server import WEB_FILE
+
+        doc = wait_for(lambda: self._live(WEB_FILE), timeout, what=f"{WEB_FILE} of gateway pid {self.pid}")
+        return str(doc["url"])
+
+    def broker_address(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Where this run's managed broker really listens, from `<data>/broker.json` (gateway/broker.py):
+        `port` (the box listener), `url` and `local_url`."""
+        from gateway.broker import BROKER_FILE
+
+        return wait_for(
+            lambda: self._live(BROKER_FILE), timeout, what=f"{BROKER_FILE} of gateway pid {self.pid}"
+        )
+
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run a `parcelbox` subcommand against this gateway's config."""
         return subprocess.run(

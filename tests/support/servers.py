@@ -4,20 +4,22 @@
 statuses scripted for it (then 200), records every request, and a path can be held
 (`hold(path)`) until the test releases it - a "slow service" without sleeps. `SmtpSink`
 is aiosmtpd's real SMTP server (`aiosmtpd.controller.Controller`, aiosmtpd 1.4.6).
+
+Both listen on a socket bound here and kept: picking a free port, closing it and binding it again
+later leaves a window in which another test worker's process can take the port.
 """
 
 from __future__ import annotations
 
 import email
 import http.server
+import socket
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from typing import Any
-
-from gateway.mosquitto import free_port
 
 
 @dataclass
@@ -28,6 +30,14 @@ class Request:
     body: bytes
 
 
+def reserve_port(host: str = "127.0.0.1") -> socket.socket:
+    """A TCP socket bound to a free port on `host` and not listening: the port is ours (connects to it
+    are refused, as to a service that is down) until the socket is closed or handed to `HttpSink.start`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    return sock
+
+
 @dataclass
 class HttpSink:
     statuses: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
@@ -36,7 +46,8 @@ class HttpSink:
     arrived: threading.Condition = field(default_factory=threading.Condition)
     server: Any = None
 
-    def start(self, port: int = 0) -> HttpSink:
+    def start(self, sock: socket.socket | None = None) -> HttpSink:
+        """Serve on a free loopback port, or on `sock` (bound by `reserve_port()`, not yet listening)."""
         sink = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -60,7 +71,16 @@ class HttpSink:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if sock is None:
+            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        else:  # the reserved socket: bound all along, so no other process took its port meanwhile
+            self.server = http.server.ThreadingHTTPServer(
+                sock.getsockname(), Handler, bind_and_activate=False
+            )
+            self.server.socket.close()
+            self.server.socket = sock
+            self.server.server_address = sock.getsockname()
+            self.server.server_activate()  # listen()
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
@@ -100,7 +120,9 @@ class SmtpSink:
         self.messages: list[tuple[str, list[str], EmailMessage]] = []
         self.logins: list[str] = []
         self.arrived = threading.Condition()
-        self.port = free_port()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))  # kept and handed to the server: no window to lose the port in
+        self.port: int = self.sock.getsockname()[1]
         sink = self
 
         class Handler:
@@ -124,7 +146,15 @@ class SmtpSink:
         extra: dict[str, Any] = {}
         if login is not None:
             extra = {"authenticator": authenticator, "auth_require_tls": False}
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **extra)
+        bound = self.sock
+
+        class OnBoundSocket(Controller):  # type: ignore[misc]
+            """aiosmtpd 1.4.6 `InetMixin._create_server` binds host:port itself; serve our socket."""
+
+            def _create_server(self) -> Any:
+                return self.loop.create_server(self._factory_invoker, sock=bound, ssl=self.ssl_context)
+
+        self.controller = OnBoundSocket(Handler(), hostname="127.0.0.1", port=self.port, **extra)
         self.controller.start()
 
     def wait_for(self, count: int = 1, timeout: float = 30.0) -> list[tuple[str, list[str], EmailMessage]]:
