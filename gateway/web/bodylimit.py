@@ -11,13 +11,12 @@ server stops reading the rest instead of draining it.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.web.guard import SECURITY_HEADERS
+from gateway.web.guard import json_reply
 
 # Every dashboard route takes small JSON or a login form; none uploads anything.
 DEFAULT_LIMIT = 8 * 1024
@@ -128,18 +127,5 @@ class BodyLimit:
 
 
 async def refuse(send: Send, status: int, error: str, detail: str) -> None:
-    data = json.dumps({"error": error, "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                (b"cache-control", b"no-store"),
-                (b"connection", b"close"),
-                *SECURITY_HEADERS,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
+    """The JSON error, then the connection closes (the rest of the body is not read)."""
+    await json_reply(send, status, {"error": error, "detail": detail}, [(b"connection", b"close")])

@@ -145,7 +145,7 @@ class Guard:
         method: str = scope["method"]
         if not self._host_ok(headers):
             self._count("bad_host")
-            await _plain(send, 400, {"error": "bad_host", "detail": "this Host name is not served here"})
+            await json_reply(send, 400, {"error": "bad_host", "detail": "this Host name is not served here"})
             return
 
         token = bearer(headers)
@@ -155,7 +155,7 @@ class Guard:
         client = scope.get("client") or ("", 0)
         if path in TOKEN_REQUIRED_BEYOND_LOOPBACK and not is_loopback(str(client[0])):
             self._count("token_required")
-            await _plain(
+            await json_reply(
                 send,
                 401,
                 {"error": "token_required", "detail": "send an API token: Authorization: Bearer ..."},
@@ -172,7 +172,7 @@ class Guard:
                     target = path if path.startswith("/") and not path.startswith("//") else "/"
                     await _redirect(send, "/login?next=" + _quote(target))
                 else:
-                    await _plain(send, 401, {"error": "login_required", "detail": "log in first"})
+                    await json_reply(send, 401, {"error": "login_required", "detail": "log in first"})
                 return
             expected = session["csrf"] if session else cookies.get(CSRF_COOKIE) or ""
         else:
@@ -181,13 +181,13 @@ class Guard:
         if method not in SAFE_METHODS:
             if not self._same_origin(headers):
                 self._count("csrf_origin")
-                await _plain(send, 403, {"error": "csrf", "detail": "cross-site request refused"})
+                await json_reply(send, 403, {"error": "csrf", "detail": "cross-site request refused"})
                 return
             if path not in PUBLIC_PATHS:  # the login form checks its own field
                 given = headers.get(CSRF_HEADER, "")
                 if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
                     self._count("csrf_token")
-                    await _plain(send, 403, {"error": "csrf", "detail": "missing or wrong CSRF token"})
+                    await json_reply(send, 403, {"error": "csrf", "detail": "missing or wrong CSRF token"})
                     return
 
         scope.setdefault("state", {})
@@ -223,11 +223,11 @@ class Guard:
         info = self.tokens.check(token) if self.tokens is not None and path.startswith("/api/") else None
         if info is None:
             self._count("bad_token")
-            await _plain(send, 401, {"error": "bad_token", "detail": "unknown or revoked API token"})
+            await json_reply(send, 401, {"error": "bad_token", "detail": "unknown or revoked API token"})
             return
         if not scope_allows(info.scope, method, path):
             self._count("token_scope")
-            await _plain(
+            await json_reply(
                 send,
                 403,
                 {"error": "insufficient_scope", "detail": f"a {info.scope!r} token may not {method} {path}"},
@@ -238,7 +238,7 @@ class Guard:
             if wait > 0:
                 self._count("token_rate_limited")
                 secs = str(max(1, int(wait + 0.999)))
-                await _plain(
+                await json_reply(
                     send,
                     429,
                     {"error": "rate_limited", "detail": f"token {info.name!r}: too many requests"},
@@ -260,9 +260,10 @@ def _quote(s: str) -> str:
     return quote(s, safe="/")
 
 
-async def _plain(
+async def json_reply(
     send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
+    """A small JSON answer sent straight from middleware (before or instead of the app), uncached."""
     data = json.dumps(body).encode()
     await send(
         {
