@@ -62,6 +62,48 @@ def rhash(recipient: str) -> str:
     return hashlib.sha256(recipient.encode()).hexdigest()[:8]
 
 
+def pending(
+    entry_id: str,
+    kind: str,
+    device: str,
+    notifier: str,
+    recipient: str,
+    *,
+    event_ids: Sequence[str],
+    now: float,
+    due: float,
+    ts: float,
+    device_name: str,
+    caption: str,
+    has_photo: bool,
+    alert_state: dict[str, Any],
+) -> PlannedAlert:
+    """A new outbox entry, not tried yet: the one place its bookkeeping fields start (the alert rules
+    here and the send API, gateway/sendqueue.py, both make theirs with it)."""
+    return PlannedAlert(
+        id=entry_id,
+        kind=kind,
+        device=device,
+        event_ids=list(event_ids),
+        notifier=notifier,
+        recipient=recipient,
+        state="pending",
+        attempts=0,
+        created_at=now,
+        next_attempt_at=due,
+        sent_at=None,
+        last_error=None,
+        message_id=None,
+        receipt=None,
+        receipt_at=None,
+        ts=ts,
+        device_name=device_name,
+        caption=caption,
+        has_photo=has_photo,
+        alert_state=alert_state,
+    )
+
+
 def plan(
     box: Mapping[str, Any],
     kind: str,
@@ -101,31 +143,23 @@ def plan(
         if note:
             caption = f"{caption} {note}"
         for r in sink.recipients:
-            out.append(
-                PlannedAlert(
-                    id=f"{stem}_{sink.name}_{rhash(r)}",
-                    kind=kind,
-                    device=device,
-                    event_ids=list(event_ids),
-                    notifier=sink.name,
-                    recipient=r,
-                    state="pending",
-                    attempts=0,
-                    created_at=now,
-                    next_attempt_at=due,
-                    sent_at=None,
-                    last_error=None,
-                    message_id=None,
-                    receipt=None,
-                    receipt_at=None,
-                    ts=ts,
-                    device_name=name,
-                    caption=caption,
-                    has_photo=has_photo,
-                    alert_state={"waiting": box.get("waiting", 0)},
-                    language=language,
-                )
+            entry = pending(
+                f"{stem}_{sink.name}_{rhash(r)}",
+                kind,
+                device,
+                sink.name,
+                r,
+                event_ids=event_ids,
+                now=now,
+                due=due,
+                ts=ts,
+                device_name=name,
+                caption=caption,
+                has_photo=has_photo,
+                alert_state={"waiting": box.get("waiting", 0)},
             )
+            entry["language"] = language
+            out.append(entry)
     return out
 
 

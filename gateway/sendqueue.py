@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.alerts import PlannedAlert, rhash
+from gateway.alerts import PlannedAlert, pending, rhash
 from gateway.health import Counters
 from gateway.notify.base import Notifier
 from gateway.outbox import _public
@@ -129,32 +129,23 @@ class SendQueue:
             if recipient is not None:  # a test to one recipient (the dashboard's "Send test")
                 recipients = [recipient]
             for r in recipients:
-                # The shape gateway/alerts.py plans (PlannedAlert), with a photo of its own instead of an event's.
-                out.append(
-                    {
-                        "id": f"{msg_id}_{sink}_{rhash(r)}",
-                        "kind": "message",
-                        "device": device,
-                        "event_ids": [],
-                        "notifier": sink,
-                        "recipient": r,
-                        "state": "pending",
-                        "attempts": 0,
-                        "created_at": now,
-                        "next_attempt_at": now,
-                        "sent_at": None,
-                        "last_error": None,
-                        "message_id": None,
-                        "receipt": None,
-                        "receipt_at": None,
-                        "ts": now,
-                        "device_name": name,
-                        "caption": caption,
-                        "has_photo": False,
-                        "photo_file": photo_file,
-                        "alert_state": {},
-                    }
+                entry = pending(
+                    f"{msg_id}_{sink}_{rhash(r)}",
+                    "message",
+                    device,
+                    sink,
+                    r,
+                    event_ids=(),
+                    now=now,
+                    due=now,
+                    ts=now,
+                    device_name=name,
+                    caption=caption,
+                    has_photo=False,
+                    alert_state={},
                 )
+                entry["photo_file"] = photo_file  # its own photo, instead of an event's
+                out.append(entry)
         if not out:
             raise BadRequest("no_recipients", f"{', '.join(sinks)}: no recipient configured for this message")
         if processed is not None and photo_file is not None:
