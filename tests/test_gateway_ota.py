@@ -289,3 +289,26 @@ def test_checkout_firmware_is_built_once_and_again_when_a_file_changes(tmp_path)
         with pytest.raises(manifest.UpdateRefused, match="does not build"):
             cf.get()
     assert len(builds) == 3
+
+
+def test_a_gateway_killed_right_after_a_chunk_went_out_still_counts_it(tmp_path):
+    """Field: `device update` printed no "app.py ... sent" line after the gateway died mid-transfer.
+    The file's last chunk had gone out but the progress write after it had not happened; the box,
+    having the chunk, never asked again, so the file never showed as sent."""
+    srv, sent, offer = _server(tmp_path)
+    sent.msgs.clear()
+
+    class Killed(BaseException):
+        pass
+
+    def publish_then_die(t: str, p: bytes, retain: bool) -> None:
+        sent.msgs.append((t, p, retain))
+        raise Killed  # SIGKILL between the chunk leaving and anything after it
+
+    srv._publish = publish_then_die
+    need = {"v": 1, "op": "need", "id": offer["id"], "f": 1, "o": 4096, "n": 904}
+    with pytest.raises(Killed):
+        srv.on_reply("box-1", json.dumps(need).encode())
+    assert len(sent.msgs) == 1  # the box got the chunk
+    prog = pending.read_progress(tmp_path / "ota", "box-1")
+    assert prog["sent"] == {"main.py": 5000} and prog["bytes"] == 5000

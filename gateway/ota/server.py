@@ -161,9 +161,8 @@ class OtaServer:
             cache[sha] = data
         part = data[o : o + n]
         header = {"v": 1, "id": offer["id"], "f": f, "o": o, "sha": hashlib.sha256(part).hexdigest()}
-        self._publish(
-            topic(self.prefix, device, "ota_data"), json.dumps(header).encode() + b"\n" + part, False
-        )
+        # Progress is written before the chunk goes out: a gateway killed between the two would
+        # otherwise never count a file's last chunk, since the box, having it, never asks again.
         sent = prog.setdefault("sent", {})
         if o + n > sent.get(name, 0):
             prog["bytes"] = prog.get("bytes", 0) + (o + n - sent.get(name, 0))
@@ -171,6 +170,9 @@ class OtaServer:
         prog["chunks"] = prog.get("chunks", 0) + 1
         prog["state"] = "receiving"
         pending.write_progress(self.root, device, prog)
+        self._publish(
+            topic(self.prefix, device, "ota_data"), json.dumps(header).encode() + b"\n" + part, False
+        )
         self._changed(device)  # progress for the dashboard and Home Assistant (the listener dedups)
 
     def _finish(self, device: str, prog: dict, state: str, reason: str | None) -> None:
