@@ -1,0 +1,35 @@
+"""One polling loop for the tests' `wait_for`/`wait_until` helpers.
+
+A condition that reads a counter, a JSON field or a topic that is not there yet raises `LookupError`
+(KeyError, IndexError): that means "not yet", not a failure. A plain `d["k"] == 1` flaked when the
+poll came between the reply going out and its counter being created; every helper now waits through
+it and names the last such error if time runs out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def poll(
+    pred: Callable[[], Any],
+    timeout: float,
+    interval: float,
+    what: str,
+    error: type[Exception] = TimeoutError,
+) -> Any:
+    """Call `pred` until it returns something truthy (returned); `error` naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    last: LookupError | None = None
+    while True:
+        try:
+            v = pred()
+        except LookupError as e:
+            v, last = None, e
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            more = f" (last: {last!r})" if last is not None else ""
+            raise error(f"timed out after {timeout:.0f} s waiting for {what}{more}")
+        time.sleep(interval)
