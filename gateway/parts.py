@@ -2,11 +2,12 @@
 
 `build_parts(config, ...)` makes the parts `gateway.service.GatewayService` orchestrates (commands,
 over-the-air updates, the registry watch, the storage monitor, WhatsApp's link state, notices, the
-send queue, the ingest pipeline) and hands each its collaborators as keyword arguments, so the order
-they depend on each other in is written once, here. What exists only once the gateway has started
-(the store, the MQTT link, the outbox dispatcher) reaches the parts through the service's callables
-(`open_store`, `publish`, `running`, `dispatcher`). Those made at `start()`, once the store is open,
-are made here too (`purge_runner`, `outbox_dispatcher`, `mqtt_link`); the service only says when.
+send queue, the ingest pipeline, the ticker) and hands each its collaborators as keyword arguments,
+so the order they depend on each other in is written once, here. What exists only once the gateway
+has started (the store, the MQTT link, the outbox dispatcher, the purge runner, our own broker)
+reaches the parts through the service's callables (`open_store`, `publish`, `running`,
+`dispatcher`, `purges`, `broker`). The parts made at `start()`, once the store is open, are made here
+too (`purge_runner`, `outbox_dispatcher`, `mqtt_link`); the service only says when.
 
 The service keeps each part as an attribute of its own (`service.commands`, `service.pipeline`, ...):
 tests, the web app and the Home Assistant bridge reach them there.
@@ -37,9 +38,11 @@ from gateway.protocol import Limits
 from gateway.purge import QUEUE_KEY as PURGE_QUEUE
 from gateway.purge import Purger, PurgeRunner
 from gateway.registry_watch import RegistryWatch
+from gateway.retention import apply_retention
 from gateway.sendqueue import SendQueue
 from gateway.status import StorageMonitor
 from gateway.store import Store
+from gateway.ticker import Ticker
 from gateway.whatsapp.state import LinkState
 
 
@@ -62,6 +65,7 @@ class Parts:
     photo_settings: PhotoSettings
     send_queue: SendQueue
     pipeline: IngestPipeline
+    ticker: Ticker
 
 
 def build_parts(
@@ -81,6 +85,9 @@ def build_parts(
     running: Callable[[], bool],
     dispatcher: Callable[[], OutboxDispatcher | None],
     known_boxes: Callable[[], set[str]],
+    purges: Callable[[], PurgeRunner | None],
+    broker: Callable[[], Any],
+    write_status: Callable[[], None],
 ) -> Parts:
     """The parts, each given what it uses. `notifiers` is the service's own dict (filled until `start()`)."""
     prefix = config.broker.prefix
@@ -158,6 +165,18 @@ def build_parts(
         on_ota_status=updates.server.on_status,
         on_ota_reply=updates.server.on_reply,
     )
+    ticker = Ticker(
+        pipeline=pipeline,
+        commands=commands,
+        notices=notices,
+        ota=updates.server,
+        registry_watch=registry_watch,
+        clock=clock,
+        purges=purges,
+        broker=broker,
+        retention=lambda now: apply_retention(open_store(), data_dir, config, now),
+        write_status=write_status,
+    )
     return Parts(
         commands=commands,
         updates=updates,
@@ -168,6 +187,7 @@ def build_parts(
         photo_settings=photo_settings,
         send_queue=send_queue,
         pipeline=pipeline,
+        ticker=ticker,
     )
 
 
@@ -189,18 +209,17 @@ def outbox_dispatcher(
     config: Config,
     store: Store,
     notifiers: dict[str, Notifier],
+    send_queue: SendQueue,
     *,
     bus: Bus,
-    photo_path: Callable[[str, str], Path | None],
-    attachment_path: Callable[[str], Path | None],
     clock: Callable[[], float],
 ) -> OutboxDispatcher:
     return OutboxDispatcher(
         store,
         notifiers,
         bus=bus,
-        photo_path=photo_path,
-        attachment_path=attachment_path,
+        photo_path=lambda d, e: store.photo_path(d, e, "alert"),  # an event's photo with its caption
+        attachment_path=send_queue.photo_path,  # a photo sent with the send API
         clock=clock,
         **asdict(config.outbox),  # backoff, dead_after_s, poll_s: the dispatcher's own names
     )

@@ -1,21 +1,22 @@
-"""The running gateway: ingest worker, photo pool, store, alert outbox, box health.
+"""The running gateway: its parts started and stopped in order, and the port they answer.
 
 `GatewayService(config)` implements `gateway.ports.GatewayPort` and publishes on
-`gateway.bus.Bus`. Lifecycle: `start()` takes the data-folder lock, opens the
-store, starts the managed broker when no `broker.url` is set, the photo pool, the
-ingest worker, the outbox dispatcher and the MQTT link, then every extra
-component (`gateway.app.build_components`). `stop()` stops the components, drains
-received messages and photos in progress (acking what gets stored), finishes the
+`gateway.bus.Bus`. Its parts are built by `gateway.parts` (the composition root) and kept as
+attributes (`service.pipeline`, `service.commands`, ...); each port call goes to the part that owns
+it. Lifecycle: `start()` takes the data-folder lock, opens the store, starts the managed broker when
+no `broker.url` is set, the photo pool, the ingest worker, the outbox dispatcher, the MQTT link and
+the ticker, then every extra component (`gateway.app.build_components`). `stop()` stops the
+components, drains received messages and photos in progress (acking what gets stored), finishes the
 send in flight, writes a last status snapshot and releases everything.
 
 Threads: paho's network thread only makes cheap checks and enqueues, on one bounded
 sub-queue per box served in turn (`gateway.fairqueue`); one ingest worker
 (`gateway.pipeline`) does all decoding, reassembly, store writes and acks (so the
-store has a single writer for events and box records) and runs `tick`; the photo
-pool runs `gateway.photos.process_photo`; each notifier has a sending thread
-(`gateway.outbox`). The rules for box state and alerts are pure functions
-(`gateway.boxes`, `gateway.alerts`) that the pipeline and `gateway.notices` apply; the device
-registry's changes are noticed by `gateway.registry_watch`.
+store has a single writer for events and box records) and runs the periodic work the ticker
+thread queues (`gateway.ticker`, `tick`); the photo pool runs `gateway.photos.process_photo`; each
+notifier has a sending thread (`gateway.outbox`). The rules for box state and alerts are pure
+functions (`gateway.boxes`, `gateway.alerts`) that the pipeline and `gateway.notices` apply; the
+device registry's changes are noticed by `gateway.registry_watch`.
 """
 
 from __future__ import annotations
@@ -52,10 +53,8 @@ from gateway.ports import (
 from gateway.privatedir import ensure_private_dir
 from gateway.protocol import Limits
 from gateway.purge import PurgeRunner
-from gateway.retention import apply_retention
 from gateway.status import STATUS_FILE, health_report, status_snapshot
 from gateway.store import Store
-from gateway.ticker import Ticker
 
 log = logging.getLogger("gateway")
 
@@ -120,6 +119,9 @@ class GatewayService:
             running=lambda: self.link is not None,
             dispatcher=lambda: self.dispatcher,
             known_boxes=lambda: {d["device"] for d in self.list_devices()},
+            purges=lambda: self.purges,
+            broker=lambda: self.broker,
+            write_status=self.write_status,
         )
         self.commands = parts.commands
         self.updates = parts.updates
@@ -131,6 +133,7 @@ class GatewayService:
         self.photo_settings = parts.photo_settings
         self.send_queue = parts.send_queue
         self.pipeline = parts.pipeline
+        self.ticker = parts.ticker  # gateway/ticker.py: the periodic work, on the ingest worker
         # GatewayPort's optional actions (the web app and the HA bridge look them up with getattr),
         # answered by the parts themselves.
         self.queue_message = self.send_queue.queue_message  # POST /api/notify
@@ -140,14 +143,6 @@ class GatewayService:
         self.firmware_status = self.updates.firmware_status
         self.offer_update = self.updates.offer_update
         self.storage_state = self.storage_monitor.state  # the HA bridge, when it starts
-        self.ticker = Ticker(  # gateway/ticker.py: the periodic work, on the ingest worker
-            parts,
-            clock=clock,
-            purges=lambda: self.purges,
-            broker=lambda: self.broker,
-            retention=lambda now: apply_retention(self._open_store(), self.data_dir, self.config, now),
-            write_status=self.write_status,
-        )
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -191,13 +186,7 @@ class GatewayService:
         self.registry_watch.poll()  # the registry as it is now: changes from here on go on the bus
         self.pipeline.start(self.store, self.config.photos.workers or max(1, os.cpu_count() or 1))
         self.dispatcher = outbox_dispatcher(
-            self.config,
-            self.store,
-            self.notifiers,
-            bus=self.bus,
-            photo_path=lambda d, e: self.photo_path(d, e, "alert"),
-            attachment_path=self.send_queue.photo_path,
-            clock=self.clock,
+            self.config, self.store, self.notifiers, self.send_queue, bus=self.bus, clock=self.clock
         )
         self.dispatcher.start()
         self.link = mqtt_link(

@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.parts import Parts
-from gateway.pipeline import Call
+from gateway.commands import Commands
+from gateway.notices import Notices
+from gateway.ota.server import OtaServer
+from gateway.pipeline import Call, IngestPipeline
 from gateway.purge import PurgeRunner
+from gateway.registry_watch import RegistryWatch
 
 RETENTION_EVERY_S = 3600.0
 
@@ -25,15 +28,23 @@ RETENTION_EVERY_S = 3600.0
 class Ticker:
     def __init__(
         self,
-        parts: Parts,
         *,
+        pipeline: IngestPipeline,
+        commands: Commands,
+        notices: Notices,
+        ota: OtaServer,
+        registry_watch: RegistryWatch,
         clock: Callable[[], float],
         purges: Callable[[], PurgeRunner | None],  # made at start, with the store
         broker: Callable[[], Any],  # gateway.broker.ManagedBroker when we run our own, else None
         retention: Callable[[float], None],  # gateway/retention.py, at this time
         write_status: Callable[[], None],
     ) -> None:
-        self.parts = parts
+        self.pipeline = pipeline
+        self.commands = commands
+        self.notices = notices
+        self.ota = ota
+        self.registry_watch = registry_watch
         self.clock = clock
         self.purges = purges
         self.broker = broker
@@ -54,7 +65,7 @@ class Ticker:
 
     def _loop(self) -> None:
         """Once a second: a turn (on the worker); every 2 s the status snapshot."""
-        queue = self.parts.pipeline.queue
+        queue = self.pipeline.queue
         last_status = 0.0
         while not self._stopping.wait(1.0):
             queue.put_control(Call(self.run))
@@ -66,21 +77,20 @@ class Ticker:
     def tick(self, now: float | None = None) -> None:
         """One turn at `now` (the service clock when None), on the worker: called from another thread
         while the gateway runs, it is queued there and returns once it has run (raising what it raised)."""
-        self.parts.pipeline.call(lambda: self.run(now))
+        self.pipeline.call(lambda: self.run(now))
 
     def run(self, now: float | None = None) -> None:
         """One turn, on this thread (the worker's)."""
         now = self.clock() if now is None else now
-        p = self.parts
-        p.pipeline.expire()
-        p.commands.expire()
-        p.notices.check_offline(now)
-        p.notices.check_whatsapp(now)
-        p.updates.server.tick()
+        self.pipeline.expire()
+        self.commands.expire()
+        self.notices.check_offline(now)
+        self.notices.check_whatsapp(now)
+        self.ota.tick()
         purges = self.purges()
         if purges is not None:
             purges.poll()
-        p.registry_watch.poll()
+        self.registry_watch.poll()
         broker = self.broker()
         if broker is not None:
             broker.refresh()  # `parcelbox device add/remove` took effect: reload credentials
