@@ -1,5 +1,5 @@
 """Cost of the gateway's durable write for one event: the event, its outbox entry and its box's new
-record, with the real `gateway.store.Store` on the real disk, as `GatewayService._store_event` does it.
+record, with the real `gateway.store.Store` on the real disk, as `IngestPipeline._store_event` does it.
 
 A store whose `add_event` takes the box record (`device=`, issue 17) writes all three in one journal
 line (one fsync); an older store needs `add_event` and then `put_device` (two lines, two fsyncs).

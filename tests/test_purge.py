@@ -348,7 +348,7 @@ def test_purge_runner_queues_one_slice_at_a_time_between_boxes_messages(tmp_path
     q = FairQueue(max_messages=100, device_max_messages=1, device_max_bytes=1 << 20)
     counters = Counters()
 
-    def submit(step) -> bool:  # what GatewayService._run_on_worker does with its ingest queue
+    def submit(step) -> bool:  # what gateway.parts.purge_runner does: IngestPipeline.submit
         return all(box != purging.QUEUE_KEY for box, _ in q.put(purging.QUEUE_KEY, step, 0))
 
     runner = purging.PurgeRunner(purging.Purger(store, data, time.time), submit=submit, counters=counters)
