@@ -46,7 +46,6 @@ import copy
 import functools
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -1373,16 +1372,6 @@ class Store:
             for doc in self._outbox_for_read(part).values():
                 counts[doc["state"]] = counts.get(doc["state"], 0) + 1
         self._outbox_counts = counts
-
-    def disk_usage(self) -> dict[str, int]:
-        total = 0
-        for root, _, files in os.walk(self.data_dir):
-            for f in files:
-                try:
-                    total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    pass
-        return {"bytes": total}
 
     def integrity(self) -> dict[str, int]:
         """Damage found and writes refused since start, and the files kept in quarantine (ever)."""
