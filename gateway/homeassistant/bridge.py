@@ -2,15 +2,12 @@
 
 It has its own MQTT connection, whose last will marks the gateway `offline` for Home Assistant.
 Bus handlers (called on the publisher's thread) and paho callbacks (on paho's network thread) only
-record what needs doing (`pending`); one worker thread does every read from the gateway and every
-publish. This module is the I/O: connecting, subscribing, threads, reading the gateway, publishing.
-What to publish and whether to act is decided by pure modules beside it, each tested by tables:
-
-- `discovery`: every topic and payload (configs, states, the update entity, removal);
-- `messages`: which messages show the gateway and a box, in order; `image`: the photo entities' JPEGs;
-- `pending`: the coalesced to-do list; `inbound`: what an MQTT or bus message is;
-- `commands`: whether a button press or install is acted on; `roster`: which boxes to show or clear as
-  the device registry changes, across restarts.
+record what needs doing (`pending`, after `inbound` sorted the message); one worker thread takes it
+all at once and hands it to `publisher`, which does every read from the gateway and every publish.
+This module is the plumbing: connection, subscriptions, threads, lifecycle. The decisions are pure
+modules beside it, each tested by tables: `sync` (the steps of a turn), `messages` and `discovery`
+(what is published), `image` (which photo bytes), `commands` (whether a press or install is acted on),
+`roster` (which boxes to show or clear as the device registry changes, across restarts).
 
 What it publishes and why is in docs/homeassistant.md.
 """
@@ -40,16 +37,14 @@ from gateway.bus import (
 )
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant import inbound
-from gateway.homeassistant import messages as m
 from gateway.homeassistant.clear import clear_device, make_client
-from gateway.homeassistant.commands import Refusal, install_refusal, press_refusal
 from gateway.homeassistant.discovery import HAConfig
 from gateway.homeassistant.image import PhotoLedger, shrink_jpeg
-from gateway.homeassistant.pending import Batch, PendingWork
-from gateway.homeassistant.roster import Roster, Saved, parse_saved
+from gateway.homeassistant.pending import PendingWork
+from gateway.homeassistant.publisher import Publisher
+from gateway.homeassistant.roster import Roster
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id
-from gateway.storage import atomic_write_bytes
 
 __all__ = ["HAConfig", "HomeAssistantBridge", "clear_device", "make_client", "shrink_jpeg"]
 
@@ -126,11 +121,6 @@ class HomeAssistantBridge:
         self._probe: str | None = None  # sync probe in flight: the retained images are not all in yet
         self._probe_at = 0.0
         self._sub_mid: int | None = None
-        # Worker-only state.
-        self._published: dict[str, bytes] = {}  # topic -> payload last published this session
-        self._battery_seen: set[str] = set()
-        self._known: set[str] = set()
-        self._last_press: dict[str, float] = {}
         self._retry_at = 0.0
         self._backoff = 1.0
 
@@ -138,6 +128,21 @@ class HomeAssistantBridge:
         self._counters_lock = threading.Lock()  # bumped from the bus, paho and worker threads
         self._unsubscribe: list[Callable[[], None]] = []
         self._worker: threading.Thread | None = None
+        self._turns = Publisher(  # everything the worker thread does with a batch
+            port,
+            self.cfg,
+            send=self._send,
+            lock=self._lock,
+            pending=self._pending,
+            roster=self._roster,
+            photos=self._photos,
+            ha_online=lambda: self._ha_online,
+            count=self._count,
+            logger=self.log,
+            clock=clock,
+            registry=registry,
+            state_path=self._state_path,
+        )
 
     def _new_client(self, addr: BrokerAddress) -> mqtt.Client:
         c = make_client(addr, self._client_id)
@@ -178,9 +183,8 @@ class HomeAssistantBridge:
         self._client = self._new_client(addr)
         if self._registry is not None:
             try:
-                self._load_registry_state()
+                self._turns.load_registry()
             except Exception as exc:  # an unreadable registry must not stop the gateway from starting
-                self._registry_seen = None
                 self._count("registry_errors")
                 self.log.warning("homeassistant: not following device removals (registry: %s)", exc)
         bus = self.port.bus
@@ -249,6 +253,16 @@ class HomeAssistantBridge:
             out: dict[str, Any] = dict(self.counters)
         out["connected"] = self.connected
         return out
+
+    @property
+    def _registry_seen(self) -> set[str] | None:
+        """The registered boxes as last seen (None: the registry has not been readable yet)."""
+        return self._roster.registered
+
+    def _send(self, topic: str, payload: bytes, retain: bool) -> bool:
+        """Hand a message to paho (QoS 1); False when it could not (lost connection: on_connect
+        schedules a full resync, which repeats it)."""
+        return self._client.publish(topic, payload, qos=1, retain=retain).rc == mqtt.MQTT_ERR_SUCCESS
 
     def _count(self, key: str) -> None:
         with self._counters_lock:
@@ -446,12 +460,12 @@ class HomeAssistantBridge:
                     self._probe = None
                     self._pending.full_resync()
             if self._registry is not None and self._roster.registered is None:
-                self._retry_registry()
+                self._turns.retry_registry()
             with self._lock:
                 batch = self._pending.take()
                 self._busy = True
             try:
-                self._apply(batch)
+                self._turns.turn(batch)
                 self._backoff = 1.0
             except Exception as exc:  # a failing port or disk must not kill the worker
                 self._count("errors")
@@ -468,266 +482,3 @@ class HomeAssistantBridge:
                     self._idle.notify_all()
         with self._idle:
             self._idle.notify_all()
-
-    def _apply(self, batch: Batch) -> None:
-        self._process(batch)
-        for device in sorted(batch.firmware - set(batch.installs)):
-            if device in self._known:
-                self._publish_update(device, force=False)
-        for device, payload in batch.installs.items():
-            self._install(device, payload)
-        if batch.whatsapp is not None and not batch.resync:  # a resync already sent it
-            self._publish_all(m.whatsapp_messages(self.cfg, batch.whatsapp), force=False)
-        if batch.storage is not None:
-            self._publish(*m.storage_message(self.cfg, batch.storage), force=batch.resync)
-
-    def _load_registry_state(self) -> None:
-        """Registry snapshot at start, compared with the one saved last time: boxes removed while the
-        gateway was down are cleared now."""
-        assert self._registry is not None
-        registry = [(c.device, getattr(c, "name", None)) for c in self._registry.list()]
-        saved: Saved | None = None
-        if self._state_path is not None:
-            try:
-                saved = parse_saved(self._state_path.read_bytes())
-            except FileNotFoundError:
-                saved = Saved()
-            except (OSError, ValueError) as exc:
-                self.log.warning("homeassistant: ignoring unreadable %s: %s", self._state_path, exc)
-                self._count("state_file_errors")
-                saved = Saved()
-        removed_offline = self._roster.load(registry, saved)
-        if saved is not None:
-            with self._lock:
-                self._pending.remove_all(removed_offline)
-            self._save_registry_state()
-
-    def _save_registry_state(self) -> None:
-        body = self._roster.body()
-        if self._state_path is None or body is None:
-            return
-        try:
-            atomic_write_bytes(self._state_path, body, make_parent=True)
-        except OSError as exc:
-            self._count("state_file_errors")
-            self.log.warning("homeassistant: cannot write %s: %s", self._state_path, exc)
-
-    def _retry_registry(self) -> None:
-        """The registry was unreadable at start: read it once it is readable, to clear the boxes removed
-        while the gateway was down. Changes while running come from the bus (DEVICE_REMOVED,
-        DEVICE_REGISTERED, published by the service): the bridge never watches devices.json itself."""
-        try:
-            self._load_registry_state()
-            self.log.info("homeassistant: device registry readable again")
-        except Exception:
-            self._count("registry_errors")
-
-    def _process(self, batch: Batch) -> None:
-        devices, images, presses = batch.devices, batch.images, batch.presses
-        for device in sorted(batch.removals):
-            self._roster.removed.add(device)
-            self._clear(device)
-            devices.pop(device, None)
-            presses.pop(device, None)
-            for key in [k for k in images if k[0] == device]:
-                del images[key]
-        self._roster.restore(batch.restores)
-        for device in batch.restores:
-            devices.setdefault(device, None)
-            # Its images were cleared with it: send the last photos again, or both image entities
-            # stay "unknown" until the box's next photo.
-            for kind in d.IMAGE_KINDS:
-                eid = self._latest_event_with_photo(device, kind)
-                if eid:
-                    images.setdefault((device, kind), eid)
-        tombstones = self._roster.tombstones
-        if (batch.full or batch.ha_birth) and tombstones:
-            # Home Assistant may have been down when these boxes were removed: remove them again. After
-            # its birth message it is listening, so that removal is the one it sees.
-            for device in sorted(tombstones):
-                self._send_removal(device)
-            if batch.ha_birth:
-                self.log.info("homeassistant: removal of %s confirmed", ", ".join(sorted(tombstones)))
-                tombstones.clear()
-        if batch.removals or batch.restores or batch.ha_birth:
-            self._save_registry_state()
-        if batch.resync:
-            records = self._list_devices()
-            with self._lock:
-                whatsapp = self._pending.whatsapp
-            self._publish_all(m.gateway_messages(self.cfg, whatsapp), force=True)
-            current = {r["device"] for r in records}
-            for gone in sorted(self._known - current):
-                # Removed from the gateway while we were running: take it out of Home Assistant too.
-                self._clear(gone)
-            for rec in records:
-                self._publish_box(rec, force=True)
-                devices.pop(rec["device"], None)
-            if batch.full:
-                self._photos.sent.clear()
-                for rec in records:
-                    for kind in d.IMAGE_KINDS:
-                        if (rec["device"], kind) not in images:
-                            eid = self._latest_event_with_photo(rec["device"], kind)
-                            if eid:
-                                images[(rec["device"], kind)] = eid
-        if devices:
-            fresh: dict[str, dict[str, Any]] | None = None
-            for device, box in sorted(devices.items()):
-                if device in self._roster.removed:
-                    self._count("skipped.removed_device")
-                    continue
-                if box is None:
-                    if fresh is None:
-                        fresh = {r["device"]: dict(r) for r in self._list_devices()}
-                    box = fresh.get(device)
-                    if box is None:
-                        self._count("skipped.unknown_device")
-                        continue
-                self._publish_box(box, force=False)
-        for (device, kind), eid in sorted(images.items()):
-            if device in self._known:
-                self._publish_image(device, kind, eid)
-        for device, payload in presses.items():
-            self._press(device, payload)
-
-    # --- worker helpers -----------------------------------------------------------------------------------------
-
-    def _list_devices(self) -> list[dict[str, Any]]:
-        return self._roster.listed(self.port.list_devices())
-
-    def _shown(self) -> set[str]:
-        return {r["device"] for r in self._list_devices()}
-
-    def _publish(self, topic: str, payload: bytes, *, force: bool, retain: bool = True) -> None:
-        if not force and self._published.get(topic) == payload:
-            return
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            # Lost connection: on_connect schedules a full resync, which repeats this.
-            self._count("publish_failed")
-            self._published.pop(topic, None)
-            return
-        self._published[topic] = payload
-        self._count("published")
-
-    def _publish_all(self, msgs: list[m.Message], *, force: bool) -> None:
-        for topic, payload in msgs:
-            self._publish(topic, payload, force=force)
-
-    def _publish_box(self, rec: dict[str, Any], *, force: bool) -> None:
-        device = rec["device"]
-        if rec.get("battery_mv") is not None:
-            self._battery_seen.add(device)  # the battery sensor stays once seen
-        self._publish_all(
-            m.box_messages(self.cfg, rec, with_battery=device in self._battery_seen), force=force
-        )
-        self._publish_update(device, force=force)
-        self._known.add(device)
-
-    def _publish_update(self, device: str, *, force: bool) -> None:
-        status = getattr(self.port, "firmware_status", None)
-        if callable(status):  # a gateway without over-the-air updates: the entity stays unknown
-            self._publish(*m.update_message(self.cfg, device, status(device)), force=force)
-
-    def _install(self, device: str, payload: bytes) -> None:
-        """Home Assistant's install action: the offer `parcelbox device update DEVICE` makes."""
-        offer = getattr(self.port, "offer_update", None)
-        refused = install_refusal(payload, device, self._shown, supported=callable(offer))
-        if refused is not None or offer is None:
-            self._reject("install", device, refused or Refusal("unsupported", ""))
-            return
-        try:
-            sent = offer(device)
-        except Exception as exc:  # UpdateRefused says why (no OTA firmware, no room, already running)
-            self._reject("install", device, Refusal("refused", str(exc)))
-            self._publish_update(device, force=True)  # Home Assistant's "installing" spinner stops
-            return
-        self._count("installs.sent")
-        self.log.info("homeassistant: update %s queued for %s", sent.get("id"), device)
-        self._publish_update(device, force=False)
-
-    def _press(self, device: str, payload: bytes) -> None:
-        now = self._clock()
-        refused = press_refusal(
-            payload,
-            device,
-            self._shown,
-            now=now,
-            last_press=self._last_press.get(device),
-            min_interval_s=self.cfg.snapshot_min_interval_s,
-        )
-        if refused is not None:
-            self._reject("press", device, refused)
-            return
-        self._last_press[device] = now
-        try:
-            cmd_id = self.port.send_command(device, "snapshot")
-        except Exception as exc:
-            self._count("presses.failed")
-            self.log.warning("homeassistant: snapshot command for %s failed: %s", device, exc)
-            return
-        self._count("presses.sent")
-        self.log.info("homeassistant: snapshot requested for %s (command %s)", device, cmd_id)
-
-    def _reject(self, what: str, device: str, refused: Refusal) -> None:
-        self._count(f"{what}_rejected.{refused.reason}")
-        action = "snapshot button" if what == "press" else "install"
-        self.log.warning(
-            "homeassistant: %s for %s ignored: %s (%s)", action, device, refused.reason, refused.detail
-        )
-
-    def _latest_event_with_photo(self, device: str, kind: str) -> str | None:
-        for ev in self.port.list_events(device=device, type=kind, limit=5):
-            if ev.get("photo"):
-                return ev["id"]
-        return None
-
-    def _publish_image(self, device: str, kind: str, eid: str) -> None:
-        key = (device, kind)
-        if self._photos.is_sent(key, eid):
-            return
-        data = self._image_bytes(device, eid)
-        if data is None:
-            self._count("image_missing")
-            self.log.warning("homeassistant: no photo file for %s event %s; image not updated", device, eid)
-            return
-        with self._lock:
-            send = self._photos.to_send(key, data)
-        if send:
-            topic = d.image_topic(self.cfg, device, kind)
-            self._publish(topic, data, force=True)
-            self._published.pop(topic, None)  # keep big payloads out of memory
-        self._photos.sent[key] = eid
-        self._count(f"images.{kind}" if send else "images_unchanged")
-
-    def _image_bytes(self, device: str, eid: str) -> bytes | None:
-        """The alert copy as is (already compressed); from the original, a copy no larger than an alert copy."""
-        alert = self.port.photo_path(device, eid, "alert")
-        if alert is not None:
-            try:
-                return Path(alert).read_bytes()
-            except OSError as exc:
-                self.log.warning("homeassistant: cannot read %s: %s", alert, exc)
-        original = self.port.photo_path(device, eid, "original")
-        if original is None:
-            return None
-        try:
-            return shrink_jpeg(Path(original).read_bytes(), self.cfg.image_max_px)
-        except (OSError, ValueError) as exc:
-            self.log.warning("homeassistant: cannot make an image from %s: %s", original, exc)
-            return None
-
-    def _clear(self, device: str) -> None:
-        self._send_removal(device)
-        self._roster.cleared(device, ha_online=self._ha_online)
-        with self._lock:
-            self._photos.forget_box(device)
-        self._known.discard(device)
-        self._battery_seen.discard(device)
-        self._count("removed")
-
-    def _send_removal(self, device: str) -> None:
-        for topic, payload, retain in d.removal_messages(self.cfg, device):
-            self._publish(topic, payload, force=True, retain=retain)
-            self._published.pop(topic, None)
