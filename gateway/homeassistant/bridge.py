@@ -21,7 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -42,7 +42,7 @@ from gateway.homeassistant.discovery import HAConfig
 from gateway.homeassistant.image import PhotoLedger, shrink_jpeg
 from gateway.homeassistant.pending import PendingWork
 from gateway.homeassistant.publisher import Publisher
-from gateway.homeassistant.roster import Roster
+from gateway.homeassistant.roster import RegistryLike, Roster
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id
 
@@ -55,14 +55,6 @@ _MAX_BACKOFF_S = 30.0
 # The sync probe normally returns within milliseconds; a broker that silently drops our publishes to it
 # (an ACL without write access there) must not keep Home Assistant from being told anything.
 _PROBE_TIMEOUT_S = 5.0
-
-
-class RegistryLike(Protocol):
-    """What the bridge needs of `gateway.devices.DeviceRegistry`."""
-
-    def mtime(self) -> float: ...
-
-    def list(self) -> list[Any]: ...
 
 
 class HomeAssistantBridge:
@@ -160,18 +152,9 @@ class HomeAssistantBridge:
     @classmethod
     def for_service(cls, service: Any, ha: HAConfig) -> HomeAssistantBridge:
         """The bridge as a `parcelbox run` component: the gateway's broker, login and device registry."""
-        from gateway.homeassistant.component import service_broker
+        from gateway.homeassistant.component import bridge_for_service
 
-        data_dir = getattr(service, "data_dir", None)
-        bridge = cls(
-            service,
-            lambda: service_broker(service),
-            ha,
-            registry=getattr(service, "registry", None),
-            state_path=Path(data_dir) / "homeassistant.json" if data_dir else None,
-        )
-        bridge.summary = f"home assistant  discovery on {ha.prefix}/, states on {ha.base}/"
-        return bridge
+        return bridge_for_service(cls, service, ha)
 
     # --- lifecycle -------------------------------------------------------------------------------------
 

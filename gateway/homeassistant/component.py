@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 from gateway.brokeraddr import BrokerAddress, parse_broker_url
@@ -40,6 +41,21 @@ def service_broker(service: Any) -> BrokerAddress:
     return parse_broker_url(
         service.broker_url or broker.url, broker.username or None, broker.password or None
     )
+
+
+def bridge_for_service(cls: type[HomeAssistantBridge], service: Any, ha: HAConfig) -> HomeAssistantBridge:
+    """`HomeAssistantBridge.for_service`: the gateway's broker and login (`service_broker`, resolved at
+    start), its device registry, and `<data>/homeassistant.json` for the roster's state."""
+    data_dir = getattr(service, "data_dir", None)
+    bridge = cls(
+        service,
+        lambda: service_broker(service),
+        ha,
+        registry=getattr(service, "registry", None),
+        state_path=Path(data_dir) / "homeassistant.json" if data_dir else None,
+    )
+    bridge.summary = f"home assistant  discovery on {ha.prefix}/, states on {ha.base}/"
+    return bridge
 
 
 def homeassistant_component(service: Any, config: Any) -> HomeAssistantBridge | None:

@@ -22,7 +22,7 @@ from gateway.homeassistant.commands import Refusal, install_refusal, press_refus
 from gateway.homeassistant.discovery import HAConfig
 from gateway.homeassistant.image import PhotoLedger, shrink_jpeg
 from gateway.homeassistant.pending import Batch, PendingWork
-from gateway.homeassistant.roster import Roster, Saved, parse_saved
+from gateway.homeassistant.roster import RegistryLike, Roster, Saved, parse_saved
 from gateway.ports import GatewayPort
 from gateway.storage import atomic_write_bytes
 
@@ -47,7 +47,7 @@ class Publisher:
         count: Callable[[str], None],
         logger: logging.Logger,
         clock: Callable[[], float],
-        registry: Any = None,
+        registry: RegistryLike | None = None,
         state_path: Path | None = None,
     ) -> None:
         self.port = port

@@ -12,11 +12,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.protocol import valid_device_id
 
 STATE_VERSION = 1
+
+
+class RegistryLike(Protocol):
+    """What the bridge needs of `gateway.devices.DeviceRegistry`."""
+
+    def mtime(self) -> float: ...
+
+    def list(self) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
