@@ -1,7 +1,8 @@
 """The Home Assistant bridge's decisions, table by table, without a broker: what a worker turn publishes
 and clears (`sync`), the coalesced to-do list (`pending`), what an incoming message is (`inbound`),
 whether a button press or install is acted on (`commands`), which boxes to show across restarts
-(`roster`), the order of a box's messages (`messages`) and the photo entities' bytes (`image`).
+(`roster`), the order of a box's messages (`messages`) and the photo entities' bytes (`image`); and a
+whole worker turn (`publisher`) against the in-memory gateway, publishing into a list.
 
 The bridge itself, against a real Mosquitto, is tests/test_homeassistant*.py.
 """
@@ -11,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import threading
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -22,7 +26,9 @@ from gateway.homeassistant.commands import Refusal, install_refusal, press_refus
 from gateway.homeassistant.discovery import HAConfig
 from gateway.homeassistant.image import PhotoLedger, shrink_jpeg
 from gateway.homeassistant.pending import Batch, PendingWork
+from gateway.homeassistant.publisher import Publisher
 from gateway.homeassistant.roster import Roster, Saved, parse_saved
+from tests.support.ha_gateway import MemoryPort
 
 CFG = HAConfig(prefix="ha", protocol_prefix="pb", gateway_id="gw")
 
@@ -62,7 +68,9 @@ def run_turn(
         return (photos or {}).get((device, kind))
 
     steps = list(
-        sync.plan_turn(batch, roster, announced, ha_online=ha_online, boxes=boxes, latest_photo=latest_photo)
+        sync.plan_turn(
+            batch, roster, announced, ha_online=lambda: ha_online, boxes=boxes, latest_photo=latest_photo
+        )
     )
     return steps, roster, announced, reads
 
@@ -516,3 +524,70 @@ def test_a_photo_the_broker_already_holds_is_not_sent_again() -> None:
     assert ledger.is_sent(key, "e1") and not ledger.is_sent(key, "e0")
     ledger.forget_box("box-1")
     assert ledger.retained == {} and ledger.sent == {("box-2", "delivery"): "e2"}
+
+
+# --- publisher: a whole turn against the in-memory gateway, publishing into a list ---------------------------
+
+
+class Sent:
+    """Stands in for paho's publish: records (topic, payload, retain); `ok` False plays a lost connection."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, bytes, bool]] = []
+        self.ok = True
+
+    def __call__(self, topic: str, payload: bytes, retain: bool) -> bool:
+        if self.ok:
+            self.log.append((topic, payload, retain))
+        return self.ok
+
+
+def make_publisher(tmp_path, **kw: Any) -> tuple[Publisher, Sent, MemoryPort, Counter[str]]:
+    port, sent, counts = MemoryPort(tmp_path / "photos"), Sent(), Counter[str]()
+    pub = Publisher(
+        port,
+        CFG,
+        send=sent,
+        lock=threading.Lock(),
+        pending=PendingWork(),
+        roster=Roster(),
+        photos=PhotoLedger(),
+        ha_online=lambda: True,
+        count=lambda key: counts.update([key]),
+        logger=logging.getLogger("test"),
+        clock=lambda: 100.0,
+        **kw,
+    )
+    return pub, sent, port, counts
+
+
+def test_a_turn_publishes_a_box_once_and_only_what_changed_after(tmp_path) -> None:
+    pub, sent, port, counts = make_publisher(tmp_path)
+    box = port.add_device("box-1")
+    pub.turn(Batch(devices={"box-1": dict(box)}))
+    assert sent.log == [(t, p, True) for t, p in messages.box_messages(CFG, box, with_battery=False)]
+    sent.log.clear()
+    pub.turn(Batch(devices={"box-1": dict(box)}))
+    assert sent.log == [] and counts["published"] == len(messages.box_messages(CFG, box, with_battery=False))
+    pub.turn(Batch(devices={"box-1": {**box, "lid_open": True}}))
+    assert [t for t, _, _ in sent.log] == [d.state_topic(CFG, "box-1")]
+
+
+def test_a_lost_connection_is_counted_and_the_message_sent_again_later(tmp_path) -> None:
+    pub, sent, port, counts = make_publisher(tmp_path)
+    box = port.add_device("box-1")
+    sent.ok = False
+    pub.turn(Batch(devices={"box-1": dict(box)}))
+    assert counts["publish_failed"] > 0 and counts["published"] == 0
+    sent.ok = True
+    pub.turn(Batch(devices={"box-1": dict(box)}))
+    assert len(sent.log) == len(messages.box_messages(CFG, box, with_battery=False))
+
+
+def test_a_press_becomes_one_snapshot_command_and_a_second_too_soon_is_refused(tmp_path) -> None:
+    pub, _sent, port, counts = make_publisher(tmp_path)
+    port.add_device("box-1")
+    pub.turn(Batch(presses={"box-1": b"PRESS"}))
+    pub.turn(Batch(presses={"box-1": b"PRESS"}))  # the clock stands still: too soon
+    assert port.commands == [("box-1", "snapshot", None)]
+    assert counts["presses.sent"] == 1 and counts["press_rejected.too_soon"] == 1

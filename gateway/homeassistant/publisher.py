@@ -129,7 +129,7 @@ class Publisher:
             batch,
             self._roster,
             self.known,
-            ha_online=self._ha_online(),
+            ha_online=self._ha_online,
             boxes=self._list_devices,
             latest_photo=self._latest_event_with_photo,
         )

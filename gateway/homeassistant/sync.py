@@ -107,20 +107,21 @@ def plan_turn(
     roster: Roster,
     announced: set[str],
     *,
-    ha_online: bool | None,
+    ha_online: Callable[[], bool | None],
     boxes: Callable[[], list[dict[str, Any]]],
     latest_photo: Callable[[str, str], str | None],
 ) -> Iterator[Step]:
     """The steps of one worker turn for `batch` (whose devices, images and presses it consumes).
 
     `roster` and `announced` (the boxes Home Assistant was given this session) are updated as the steps
-    are yielded; `ha_online` is what Home Assistant last said of itself; `boxes()` lists the boxes Home
+    are yielded; `ha_online()` is what Home Assistant last said of itself (asked at each clearing: it
+    may change during a turn); `boxes()` lists the boxes Home
     Assistant should show (`Roster.listed` over the gateway's records); `latest_photo(device, kind)` is
     the id of the box's latest event of that kind with a photo, or None."""
     devices, images, presses = batch.devices, batch.images, batch.presses
 
     def clear(device: str) -> ClearBox:
-        roster.cleared(device, ha_online=ha_online)
+        roster.cleared(device, ha_online=ha_online())
         announced.discard(device)
         return ClearBox(device)
 
