@@ -989,14 +989,17 @@ class Store:
             for r, oid in zip(records, ids, strict=True):
                 self._index_outbox(part, oid, dict(r))
 
-    def update_outbox(self, alert_id: str, **fields: Any) -> dict[str, Any] | None:
-        """Change an outbox entry durably; returns the new record."""
+    def update_outbox(
+        self, alert_id: str, *, if_state: tuple[str, ...] | None = None, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Change an outbox entry durably; returns the new record. With `if_state`, only an entry in
+        one of those states changes (else None): a check and a write no other thread comes between."""
         with self._lock:
             loc = self._outbox_index.get(alert_id)
             if loc is None:
                 return None
             old = self._db(loc[0]).table(OUTBOX).get(doc_id=loc[1])
-            if old is None:
+            if old is None or (if_state is not None and old.get("state") not in if_state):
                 return None
             self._commit(loc[0], {"up": alert_id, "doc_id": loc[1], "f": fields})
             new = {**old, **fields}
