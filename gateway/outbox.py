@@ -327,14 +327,16 @@ class OutboxDispatcher:
         return n
 
     def retry(self, alert_id: str) -> bool:
-        rec = self.store.get_outbox(alert_id)
-        if rec is None or rec["state"] not in ("failed", "dead"):
-            return False
         now = self.clock()
         # retried_at restarts the dead-letter clock without rewriting when the alert was created.
-        new = self.store.update_outbox(alert_id, state="pending", next_attempt_at=now, retried_at=now)
-        if new is not None:
-            self.bus.publish(OUTBOX_CHANGED, _public(new))
+        # The state is checked in the write itself: a send that succeeded after a separate read would
+        # otherwise be made pending again, and go out twice.
+        new = self.store.update_outbox(
+            alert_id, if_state=("failed", "dead"), state="pending", next_attempt_at=now, retried_at=now
+        )
+        if new is None:
+            return False
+        self.bus.publish(OUTBOX_CHANGED, _public(new))
         self.wake()
         return True
 

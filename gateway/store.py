@@ -465,6 +465,7 @@ class Store:
         events = data.setdefault(EVENTS, {})
         outbox = data.setdefault(OUTBOX, {})
         keys = {d["key"] for d in events.values()}
+        in_file = set(keys)  # events the file had before this replay (see the burst merge below)
         outbox_ids = {d["id"]: doc_id for doc_id, d in outbox.items()}
         for e in entries:
             if "box" in e and self._merge_box(e["box"]):
@@ -474,6 +475,7 @@ class Store:
                 # here too, or a later line re-adding the same record would be skipped.
                 gone_keys, gone_ids = _remove_box_docs(data, e)
                 keys -= gone_keys
+                in_file -= gone_keys
                 for oid in gone_ids:
                     outbox_ids.pop(oid, None)
                 continue
@@ -486,10 +488,13 @@ class Store:
                     oid = str(_next_id(outbox))
                     outbox[oid] = o
                     outbox_ids[o["id"]] = oid
-            # A burst merge applies with its event only: if the file has the event already, it has the
+            # A burst merge is skipped when the file had its event before this replay: then it has the
             # merge too (both were in memory at the rewrite), and a later merge into the same alert
-            # (a longer `event_ids`) may be in it as well, which this older one must not undo.
-            for u in e.get("ups", ()) if new_event else ():
+            # (a longer `event_ids`) may be in it as well, which this older one must not undo. A line
+            # repeating an event of an earlier journal line is applied in order all the same: the
+            # earlier one may be an append the store saw fail but could not cut off (a failing card),
+            # whose merge the store never made; the later lines are the ones it did make.
+            for u in e.get("ups", ()) if "ev" in e and e["ev"]["key"] not in in_file else ():
                 if u["up"] in outbox_ids:
                     outbox[outbox_ids[u["up"]]].update(u["f"])
             if "up" in e and e["up"] in outbox_ids:
@@ -989,14 +994,17 @@ class Store:
             for r, oid in zip(records, ids, strict=True):
                 self._index_outbox(part, oid, dict(r))
 
-    def update_outbox(self, alert_id: str, **fields: Any) -> dict[str, Any] | None:
-        """Change an outbox entry durably; returns the new record."""
+    def update_outbox(
+        self, alert_id: str, *, if_state: tuple[str, ...] | None = None, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Change an outbox entry durably; returns the new record. With `if_state`, only an entry in
+        one of those states changes (else None): a check and a write no other thread comes between."""
         with self._lock:
             loc = self._outbox_index.get(alert_id)
             if loc is None:
                 return None
             old = self._db(loc[0]).table(OUTBOX).get(doc_id=loc[1])
-            if old is None:
+            if old is None or (if_state is not None and old.get("state") not in if_state):
                 return None
             self._commit(loc[0], {"up": alert_id, "doc_id": loc[1], "f": fields})
             new = {**old, **fields}

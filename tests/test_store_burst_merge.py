@@ -246,3 +246,33 @@ def test_a_damaged_change_list_quarantines_its_line_and_nothing_else(tmp_path):
         assert s2.integrity()["journal_damaged"] == 1
     finally:
         s2.close()
+
+
+def test_a_line_the_card_could_not_take_back_does_not_cost_a_later_merge(tmp_path, monkeypatch):
+    """A failing card: the event's line is written, its fsync fails, and cutting it off fails too
+    (`Journal.cut_failures`). The store treats the event as not stored (the box sends it again), but the
+    line stays in the journal. Every merge the store made after it must come back at the next open:
+    the event sent again joins the burst once more, and the alert names all three deliveries."""
+    s1, aid = _burst(tmp_path)
+    e1, e2, e3 = "abcdefgh-000001", "abcdefgh-000002", "abcdefgh-000003"
+
+    def eio(*_a: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(storage_mod.os, "fsync", eio)
+    monkeypatch.setattr(storage_mod.os, "ftruncate", eio)
+    with pytest.raises(OSError):
+        s1.add_event(_event(e2, T0 + 5), [], outbox_updates=[(aid, _joined(e1, e2))])
+    monkeypatch.undo()
+    assert not s1.has_event("box-1", e2)
+    assert [e["ev"]["id"] for e in _lines(_journal(tmp_path, s1))] == [e1, e2]  # the line is still there
+    assert s1.add_event(_event(e3, T0 + 6), [], outbox_updates=[(aid, _joined(e1, e3))])
+    assert s1.add_event(_event(e2, T0 + 7), [], outbox_updates=[(aid, _joined(e1, e3, e2))])
+    assert s1.get_outbox(aid)["event_ids"] == [e1, e3, e2]
+    s2 = Store(tmp_path)  # the restart (s1 abandoned, as after a power cut)
+    try:
+        assert s2.has_event("box-1", e2) and s2.has_event("box-1", e3)
+        assert s2.get_outbox(aid)["event_ids"] == [e1, e3, e2]
+        assert [o["event_ids"] for o in s2.open_outbox()] == [[e1, e3, e2]]
+    finally:
+        s2.close()
