@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ def make_jpeg(path: Path, size: tuple[int, int], seed: int, quality: int = 85) -
     """A photo-like JPEG (gradient plus texture, so it does not compress to nothing)."""
     w, h = size
     im = Image.linear_gradient("L").resize((w, h)).convert("RGB")
-    noise = Image.effect_noise((w, h), 40 + seed).convert("RGB")
+    # Seeded texture (Image.effect_noise draws from the C library's unseeded rand(): other bytes every run).
+    noise = Image.frombytes("L", (w, h), random.Random(seed).randbytes(w * h)).convert("RGB")
     im = Image.blend(im, noise, 0.35)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality)
