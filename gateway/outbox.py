@@ -204,7 +204,17 @@ class OutboxDispatcher:
         t = threading.Thread(target=run, name=f"outbox-{notifier.name}-lane", daemon=True)
         with self._lanes_lock:
             self._lanes[key] = t
-        t.start()
+        try:
+            t.start()
+        except RuntimeError:  # "can't start new thread": the entry stays due, unclaimed, for the next pass
+            with self._lanes_lock:
+                self._lanes.pop(key, None)
+            self.store.release_outbox(rec["id"])
+            log.exception(
+                "outbox %s: no thread for the send of %s; it waits for the next pass",
+                notifier.name,
+                rec["id"],
+            )
 
     def _alert(self, rec: dict[str, Any]) -> Alert:
         photo = None

@@ -390,3 +390,28 @@ def test_a_retry_never_reopens_an_alert_whose_send_just_succeeded(store, monkeyp
     assert store.get_outbox("a1_remote")["state"] == "sent"
     d._pass("remote")
     assert [a.id for a in sink.sent] == ["a1_remote", "a1_remote"]  # the failed try and the send: once
+
+
+def test_a_lane_that_cannot_get_a_thread_leaves_its_entry_unclaimed_and_due(store, monkeypatch, caplog):
+    """A parallel sink's send runs on a thread per recipient. When none can be started ("can't start
+    new thread"), the entry stays claimed for good before this fix: no burst could join it until a
+    later send of it. Now it is released at once and sent on the next pass."""
+    clock = Clock()
+    sink = ScriptedSink()
+    sink.parallel_recipients = True  # type: ignore[attr-defined]
+    store.add_outbox([entry(1, clock.t)], clock.t)
+    d, _ = make(store, sink, clock)
+    real_start = __import__("threading").Thread.start
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr("threading.Thread.start", no_thread)
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        d._pass("remote")
+    assert sink.sent == [] and "no thread for the send" in caplog.text
+    assert [o["id"] for o in store.mergeable_outbox(clock.t)] == ["a1_remote"]  # unclaimed: a burst may join
+    monkeypatch.setattr("threading.Thread.start", real_start)
+    d._pass("remote")
+    assert d.wait_lanes(10)
+    assert [a.id for a in sink.sent] == ["a1_remote"]
