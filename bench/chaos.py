@@ -579,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if broker is not None:
             broker.kill()
+            broker.release_port()
     print()
     where = "the gateway's managed broker" if plan.managed_broker else "an external broker"
     print(f"chaos run: {plan.boxes} boxes x {plan.deliveries} deliveries, seed {plan.seed}, {where}")

@@ -357,6 +357,7 @@ class ManagedMosquitto:
     def stop(self) -> None:
         clear_live_address(self.data_dir)
         self.mosquitto.stop()
+        self.mosquitto.release_port()  # held across the supervisor's restarts; the gateway is done now
 
 
 class ManagedAmqtt:
@@ -483,6 +484,7 @@ def start_managed_broker(config: Config, registry: DeviceRegistry) -> ManagedBro
                 broker.start()
                 break
             except PortTaken as exc:
+                broker.mosquitto.release_port()  # whichever of its ports it held: we move off them
                 if attempt == 2:
                     raise
                 log.warning("%s; choosing the broker's ports again", exc)
