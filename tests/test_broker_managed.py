@@ -125,6 +125,42 @@ def test_amqtt_fallback_serves_events(tmp_path, prefix, caplog):
         svc.stop()
 
 
+def test_a_port_taken_between_the_check_and_amqtts_bind_moves_the_fallback_broker(
+    tmp_path, prefix, monkeypatch
+):
+    """The amqtt fallback's port was free when chosen and taken before amqtt bound it (another program,
+    a parallel test worker). Old code: "amqtt broker failed to start", and the gateway exited."""
+    pytest.importorskip("amqtt")
+    import socket
+
+    from gateway import broker as broker_mod
+
+    with socket.socket() as squatter:  # took the port after the check
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        taken = squatter.getsockname()[1]
+        monkeypatch.setattr(broker_mod, "_port_free", lambda host, port: True)  # the check saw it free
+        cfg = _managed(
+            tmp_path, prefix, PARCELBOX_BROKER_PREFER="amqtt", PARCELBOX_BROKER_LISTEN_PORT=str(taken)
+        )
+        svc = GatewayService(cfg)
+        try:
+            svc.start()
+            assert svc.broker.kind == "amqtt" and svc.wait_connected(15)
+            port = int(svc.broker.listen.rsplit(":", 1)[1])
+            assert port not in (taken, 0)
+            assert json.loads((tmp_path / "data" / "broker.json").read_text())["url"] == svc.broker.url
+            box = Box(svc.broker.url, prefix, "box1")
+            try:
+                eid = new_event_id()
+                box.send(eid, None)
+                assert box.wait_ack(eid, timeout=30)["ok"]
+            finally:
+                box.close()
+        finally:
+            svc.stop()
+
+
 def test_the_amqtt_fallback_never_listens_on_the_lan(tmp_path, prefix):
     """Item 12: amqtt has no logins, client-id binding or ACL here, so it stays on 127.0.0.1 whatever
     listen_host says (the old code bound it to every interface, anonymous)."""
