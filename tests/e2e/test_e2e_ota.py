@@ -251,9 +251,11 @@ def test_a_box_reset_in_the_middle_of_a_transfer_resumes_where_its_files_end(box
     cli = _update(gw, new)
     try:
         _step_until(box, lambda: _progress(gw).get("chunks", 0) >= 5, what="the transfer to start")
+        asked_again = box.app.updater.counters["need_retries"]
         box.reboot()  # power cycle: RAM gone, the staged files stay
         _step_until(box, lambda: cli.poll() is not None, timeout=120, what="the update command to end")
         out, err = cli.communicate()
+        asked_again += box.app.updater.counters["need_retries"]
     finally:
         if cli.poll() is None:
             cli.kill()
@@ -263,4 +265,8 @@ def test_a_box_reset_in_the_middle_of_a_transfer_resumes_where_its_files_end(box
     prog = _progress(gw)
     files = {p.name: p.stat().st_size for p in new.glob("*.py")}
     wanted = files["app.py"] + files["extra_mod.py"]
-    assert prog["bytes"] == wanted and prog["chunks"] <= wanted // 4096 + 4, prog  # at most a chunk again
+    # Each chunk once, and again at most the one in flight at the reset and one per need the box asked
+    # again: a need unanswered for 5 virtual seconds (half a real second or so at the test's
+    # stepping) is asked again, and a gateway slowed by a loaded machine then serves that chunk twice.
+    assert prog["bytes"] == wanted, prog
+    assert prog["chunks"] <= wanted // 4096 + 4 + asked_again, (prog, asked_again)
