@@ -261,8 +261,8 @@ def build(
 
 
 def start_watchdog(machine, timeout_ms, log=log):
-    """machine.WDT(timeout), or None without one. When boot.py already started one for an update's
-    trial and this MicroPython (< 1.21) cannot reconfigure it, feed that one instead."""
+    """machine.WDT(timeout), or None without one. Every release reconfigures the one task watchdog,
+    boot.py's trial one included; should WDT() raise while that one runs, feed it instead."""
     if not hasattr(machine, "WDT"):
         return None
     try:

@@ -306,8 +306,8 @@ def boot_hook(os_mod, machine, root="/", quiet_marker="/noapp", wdt_ms=120000, l
     no watchdog); else at_boot(), and for a set on trial a watchdog, so a new main.py that never
     gets as far as starting its own (a syntax error drops to the REPL) still resets the board and
     the boot count rolls it back. main.py's WDT(timeout=wdt_s) then reconfigures it (MicroPython
-    >= 1.21: esp_task_wdt_reconfigure) or, on older builds, feeds BOOT_WDT. Returns the trial
-    state or None."""
+    >= 1.21: esp_task_wdt_reconfigure; 1.20 and older: esp_task_wdt_init, in whole seconds).
+    Returns the trial state or None."""
     try:
         os_mod.stat(quiet_marker)
         return None
@@ -320,9 +320,9 @@ def boot_hook(os_mod, machine, root="/", quiet_marker="/noapp", wdt_ms=120000, l
     return st
 
 
-# The watchdog boot_hook started for a trial. Before MicroPython 1.21 (ESP-IDF 4) a second
-# machine.WDT() raises (esp_task_wdt_init: ESP_ERR_INVALID_STATE) instead of reconfiguring, so
-# main.py then feeds this one (ports/esp32/machine_wdt.c, v1.20 vs v1.21).
+# The watchdog boot_hook started for a trial. Should a second machine.WDT() ever raise instead of
+# reconfiguring it (no release seen does: ports/esp32/machine_wdt.c v1.20 and v1.25), main.py
+# feeds this one.
 BOOT_WDT = None
 
 

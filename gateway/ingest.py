@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # (topic, payload, received at, retained): `retained` marks a copy the broker replays from its
 # retained store because we (re)subscribed, said by the box at some earlier, unknown time.
 Deliver = Callable[[str, bytes, float, bool], None]
-# (reason, detail, where): how the service counts and logs a rejected message (GatewayService._reject).
+# (reason, detail, where): how a rejected message is counted and logged (gateway.health.Rejections).
 Reject = Callable[[str, str, str], None]
 
 

@@ -125,6 +125,7 @@ class OutboxDispatcher:
             except OSError:
                 break  # still no room; try again next pass
             del unrecorded[alert_id]
+            self.store.release_outbox(alert_id)  # its attempt is on record now: merges see it
             log.info("alert %s: its %s state is written now", alert_id, fields["state"])
             if new is not None:
                 self.bus.publish(OUTBOX_CHANGED, _public(new))
@@ -138,17 +139,17 @@ class OutboxDispatcher:
             if (rec.get("next_attempt_at") or 0) > now:
                 continue
             parallel = bool(getattr(notifier, "parallel_recipients", False))
-            if parallel:
-                if self._lane_busy(name, rec["recipient"]):
-                    continue  # this recipient's previous send is still running; others go on
-                # The list above may predate a lane that just finished this very entry: re-read it.
-                fresh = self.store.get_outbox(rec["id"])
-                if fresh is None or fresh["state"] not in ("pending", "failed"):
-                    continue
-                if (fresh.get("next_attempt_at") or 0) > now:
-                    continue
-                rec = fresh
+            if parallel and self._lane_busy(name, rec["recipient"]):
+                continue  # this recipient's previous send is still running; others go on
+            # The list above may be stale: a lane may have finished this very entry, or a grouped
+            # delivery joined it (the burst merge) while an earlier send of this pass ran. Send the
+            # record as it is now, claimed: from here until its result is written no merge changes it.
+            claimed = self.store.claim_outbox(rec["id"], now)
+            if claimed is None:
+                continue
+            rec = claimed
             if limiter.try_acquire(self._rate_key(name, rec["recipient"]), now) > 0:
+                self.store.release_outbox(rec["id"])
                 continue  # rate limited: not a failure, the entry just waits its turn
             if parallel:
                 self._start_lane(notifier, rec)
@@ -225,6 +226,16 @@ class OutboxDispatcher:
         )
 
     def _send(self, notifier: Notifier, rec: dict[str, Any]) -> None:
+        """Send a claimed entry (`Store.claim_outbox`), write the result, and release it; a result
+        that could not be written keeps it claimed until it is (`_pass`): it was tried, so no burst
+        may join it."""
+        try:
+            self._send_and_record(notifier, rec)
+        finally:
+            if rec["id"] not in self._unrecorded[notifier.name]:
+                self.store.release_outbox(rec["id"])
+
+    def _send_and_record(self, notifier: Notifier, rec: dict[str, Any]) -> None:
         try:
             result = notifier.send(self._alert(rec))
         except Exception as exc:  # the contract says sinks return failures; be safe anyway
@@ -316,14 +327,16 @@ class OutboxDispatcher:
         return n
 
     def retry(self, alert_id: str) -> bool:
-        rec = self.store.get_outbox(alert_id)
-        if rec is None or rec["state"] not in ("failed", "dead"):
-            return False
         now = self.clock()
         # retried_at restarts the dead-letter clock without rewriting when the alert was created.
-        new = self.store.update_outbox(alert_id, state="pending", next_attempt_at=now, retried_at=now)
-        if new is not None:
-            self.bus.publish(OUTBOX_CHANGED, _public(new))
+        # The state is checked in the write itself: a send that succeeded after a separate read would
+        # otherwise be made pending again, and go out twice.
+        new = self.store.update_outbox(
+            alert_id, if_state=("failed", "dead"), state="pending", next_attempt_at=now, retried_at=now
+        )
+        if new is None:
+            return False
+        self.bus.publish(OUTBOX_CHANGED, _public(new))
         self.wake()
         return True
 

@@ -522,14 +522,17 @@ class IngestPipeline:
         cfg = self.config.alerts
         dev = boxes.apply_event(self.box(device), record)
         outbox = alerts.plan_event(dev, record, sinks=self.notices.sinks(device), cfg=cfg, now=self.clock())
-        if cfg.group_window_s > 0 and any(o["kind"] == "delivery" for o in outbox):
-            outbox, updates = alerts.merge_into_burst(outbox, self.store.open_outbox(), cfg=cfg)
-            # Before the event: a crash in between leaves the grouped alert naming an event that is not
-            # stored yet, and the box (not acked) sends it again; merging it again does not repeat it.
-            for alert_id, fields in updates:
-                self.store.update_outbox(alert_id, **fields)
+        grouped = cfg.group_window_s > 0 and any(o["kind"] == "delivery" for o in outbox)
+        updates: list[alerts.Update] = []
         try:
-            added = self.store.add_event(record, outbox, device=dev)  # one durable write: event + box
+            # One hold of the store from reading the burst to writing the event: no send of the alert
+            # joined can start in between (the dispatcher claims it under the same lock).
+            with self.store.exclusive():
+                if grouped:
+                    mergeable = self.store.mergeable_outbox(received_at)
+                    outbox, updates = alerts.merge_into_burst(outbox, mergeable, cfg=cfg)
+                # One durable write: the event, its new alerts, its changes to the burst's alert, the box.
+                added = self.store.add_event(record, outbox, device=dev, outbox_updates=updates)
         except OSError as exc:
             # No ack and no nack: a nack with retry makes the box re-send at once, photo and all,
             # into the same full disk. Without an answer it re-sends after its ack timeout, backing off.
@@ -543,6 +546,10 @@ class IngestPipeline:
             self.bus.publish(DEVICE_CHANGED, dict(boxes.public(dev)))
             for o in outbox:
                 self.bus.publish(OUTBOX_CHANGED, _public(dict(o)))
+            for alert_id, _fields in updates:
+                joined = self.store.get_outbox(alert_id)
+                if joined is not None:
+                    self.bus.publish(OUTBOX_CHANGED, _public(joined))
             if outbox:
                 self.notices.wake()
         self._ack(device, event.id)  # only now: record and photo are on disk

@@ -24,7 +24,9 @@ O(log n + page size) plus reading the page's own records, whatever the filters a
 
 An event, its outbox entries and its box's new record (`add_event(..., device=...)`) are one journal
 line, one fsync: after a crash all of them exist or none does; so are alerts that belong to no event
-and the box record that marks them planned (`add_outbox(..., device=...)`). The box record is in that events
+and the box record that marks them planned (`add_outbox(..., device=...)`). A grouped delivery's changes to
+the alert it joins (`add_event(..., outbox_updates=...)`, the burst merge) ride in the event's line too,
+and are applied only with a newly stored event. The box record is in that events
 journal until boxes.json is next rewritten, so an events journal is emptied only after boxes.json
 (`_durable_flush`); on open, a box record in any journal newer (by revision, `BOX_REV`) than
 boxes.json's wins.
@@ -44,7 +46,6 @@ import copy
 import functools
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -175,15 +176,26 @@ def _valid_entry(e: dict[str, Any]) -> bool:
         and isinstance(e["box"]["dev"].get(BOX_REV), int)
     ):
         return False
+    if "ups" in e and not (
+        "ev" in e
+        and isinstance(e["ups"], list)
+        and all(isinstance(u, dict) and _valid_update(u) for u in e["ups"])
+    ):
+        return False  # an event's changes to open alerts (`add_event(outbox_updates=...)`) come with it
     if "up" in e:
-        f = e.get("f")
-        return (
-            isinstance(e["up"], str)
-            and isinstance(e.get("doc_id"), int)
-            and isinstance(f, dict)
-            and f.get("state", "pending") in OUTBOX_STATES
-        )
+        return _valid_update(e)
     return True
+
+
+def _valid_update(u: dict[str, Any]) -> bool:
+    """`{"up": alert id, "doc_id": n, "f": {fields}}`: a change to one outbox entry."""
+    f = u.get("f")
+    return (
+        isinstance(u.get("up"), str)
+        and isinstance(u.get("doc_id"), int)
+        and isinstance(f, dict)
+        and f.get("state", "pending") in OUTBOX_STATES
+    )
 
 
 def _valid_purged_entry(e: dict[str, Any]) -> bool:
@@ -324,6 +336,7 @@ class Store:
         self._latest_segment: dict[str, str] = {}  # period -> the segment new records go to
         self._part_docs: dict[str, int] = {}  # latest segments only: records in the file
         self._open_outbox: dict[str, dict[str, Any]] = {}  # pending/failed entries, by id
+        self._in_flight: set[str] = set()  # open entries a dispatcher is sending (`claim_outbox`)
         self._outbox_counts: dict[str, int] = dict.fromkeys(OUTBOX_STATES, 0)
         self._devices: dict[str, dict[str, Any]] = {}
         self._devices_db: TinyDB | None = None
@@ -452,6 +465,7 @@ class Store:
         events = data.setdefault(EVENTS, {})
         outbox = data.setdefault(OUTBOX, {})
         keys = {d["key"] for d in events.values()}
+        in_file = set(keys)  # events the file had before this replay (see the burst merge below)
         outbox_ids = {d["id"]: doc_id for doc_id, d in outbox.items()}
         for e in entries:
             if "box" in e and self._merge_box(e["box"]):
@@ -461,10 +475,12 @@ class Store:
                 # here too, or a later line re-adding the same record would be skipped.
                 gone_keys, gone_ids = _remove_box_docs(data, e)
                 keys -= gone_keys
+                in_file -= gone_keys
                 for oid in gone_ids:
                     outbox_ids.pop(oid, None)
                 continue
-            if "ev" in e and e["ev"]["key"] not in keys:
+            new_event = "ev" in e and e["ev"]["key"] not in keys
+            if new_event:
                 events[str(_next_id(events))] = e["ev"]
                 keys.add(e["ev"]["key"])
             for o in e.get("ob", ()):
@@ -472,6 +488,15 @@ class Store:
                     oid = str(_next_id(outbox))
                     outbox[oid] = o
                     outbox_ids[o["id"]] = oid
+            # A burst merge is skipped when the file had its event before this replay: then it has the
+            # merge too (both were in memory at the rewrite), and a later merge into the same alert
+            # (a longer `event_ids`) may be in it as well, which this older one must not undo. A line
+            # repeating an event of an earlier journal line is applied in order all the same: the
+            # earlier one may be an append the store saw fail but could not cut off (a failing card),
+            # whose merge the store never made; the later lines are the ones it did make.
+            for u in e.get("ups", ()) if "ev" in e and e["ev"]["key"] not in in_file else ():
+                if u["up"] in outbox_ids:
+                    outbox[outbox_ids[u["up"]]].update(u["f"])
             if "up" in e and e["up"] in outbox_ids:
                 outbox[outbox_ids[e["up"]]].update(e["f"])
         storage.write(data)  # buffered (set at open): durable through _durable_flush below
@@ -514,6 +539,8 @@ class Store:
             oid = _next_id(outbox)
             outbox[str(oid)] = o
             out_ids.append(oid)
+        for u in entry.get("ups", ()):
+            outbox[str(u["doc_id"])].update(u["f"])
         if "up" in entry:
             outbox[str(entry["doc_id"])].update(entry["f"])
         if "rm" in entry:
@@ -767,12 +794,21 @@ class Store:
         record: EventRecord,
         outbox: Iterable[OutboxRecord] = (),
         device: dict[str, Any] | None = None,
+        outbox_updates: Iterable[tuple[str, dict[str, Any]]] = (),
     ) -> bool:
-        """Store an event, its outbox entries and (`device`) its box's new record in one durable write
-        (one journal line, one fsync): after a crash all of them exist or none does. False if already
-        stored (then nothing is written, the box record neither)."""
+        """Store an event, its outbox entries, (`device`) its box's new record and (`outbox_updates`,
+        (alert id, fields) pairs: the burst merge, gateway.alerts.merge_into_burst) its changes to open
+        alerts in one durable write (one journal line, one fsync): after a crash all of them exist or
+        none does. False if already stored (then nothing is written: box record and alerts stay as
+        they are).
+
+        Each updated alert must be one of `mergeable_outbox(record["received_at"])`: open, not being
+        sent, and in the file this event goes to (a line is replayed into its own file only). Plan the
+        updates and call this inside one `exclusive()` block, so no send starts in between; an update
+        that does not qualify raises StoreError and nothing is written."""
         key = event_key(record["device"], record["id"])
         outbox = list(outbox)
+        updates = [(aid, dict(f)) for aid, f in outbox_updates]
         if device is not None and device.get("device") != record["device"]:
             raise StoreError(
                 f"box record {device.get('device')!r} given with an event of {record['device']!r}"
@@ -782,6 +818,10 @@ class Store:
                 return False
             part = self.part_for(record["received_at"])
             entry: dict[str, Any] = {"ev": {**record, "key": key}, "ob": [dict(o) for o in outbox]}
+            if updates:
+                entry["ups"] = [
+                    {"up": aid, "doc_id": self._mergeable_doc_id(aid, part), "f": f} for aid, f in updates
+                ]
             if device is not None:
                 entry["box"] = self._new_box_record(device)
             doc_id, out_ids = self._commit(part, entry)
@@ -790,6 +830,9 @@ class Store:
             self._timeline.add(entry_for(record))
             for o, oid in zip(outbox, out_ids, strict=True):
                 self._index_outbox(part, oid, dict(o))
+            for aid, f in updates:
+                old = self._open_outbox[aid]
+                self._outbox_changed(aid, old, {**old, **f})
         if record["photo"] is None:
             # An earlier attempt may have written this event's photo files and crashed before its
             # record; if the box then dropped the photo (full spool) they would belong to nothing.
@@ -951,25 +994,79 @@ class Store:
             for r, oid in zip(records, ids, strict=True):
                 self._index_outbox(part, oid, dict(r))
 
-    def update_outbox(self, alert_id: str, **fields: Any) -> dict[str, Any] | None:
-        """Change an outbox entry durably; returns the new record."""
+    def update_outbox(
+        self, alert_id: str, *, if_state: tuple[str, ...] | None = None, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Change an outbox entry durably; returns the new record. With `if_state`, only an entry in
+        one of those states changes (else None): a check and a write no other thread comes between."""
         with self._lock:
             loc = self._outbox_index.get(alert_id)
             if loc is None:
                 return None
             old = self._db(loc[0]).table(OUTBOX).get(doc_id=loc[1])
-            if old is None:
+            if old is None or (if_state is not None and old.get("state") not in if_state):
                 return None
             self._commit(loc[0], {"up": alert_id, "doc_id": loc[1], "f": fields})
             new = {**old, **fields}
-            if old["state"] != new["state"]:
-                self._outbox_counts[old["state"]] -= 1
-                self._outbox_counts[new["state"]] = self._outbox_counts.get(new["state"], 0) + 1
-            if new["state"] in OPEN_OUTBOX_STATES:
-                self._open_outbox[alert_id] = new
-            else:
-                self._open_outbox.pop(alert_id, None)
+            self._outbox_changed(alert_id, old, new)
             return new
+
+    def _outbox_changed(self, alert_id: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Counts and the open list after a (durable) change of one entry."""
+        if old["state"] != new["state"]:
+            self._outbox_counts[old["state"]] -= 1
+            self._outbox_counts[new["state"]] = self._outbox_counts.get(new["state"], 0) + 1
+        if new["state"] in OPEN_OUTBOX_STATES:
+            self._open_outbox[alert_id] = new
+        else:
+            self._open_outbox.pop(alert_id, None)
+
+    def exclusive(self) -> threading.RLock:
+        """`with store.exclusive():` no other thread reads or writes the store (nor claims an alert
+        for sending, `claim_outbox`) until the block ends. For a write planned from what was just read:
+        the burst merge reads `mergeable_outbox`, plans, and writes with `add_event`. Keep it short:
+        ingest and the dispatchers wait."""
+        return self._lock
+
+    def claim_outbox(self, alert_id: str, now: float) -> dict[str, Any] | None:
+        """Take an open entry for sending: its current record if it is pending or failed and due at
+        `now`, else None. Until `release_outbox` (after its result is written) it is in flight: no
+        burst merge changes it (`mergeable_outbox`), so what is sent is what the record says was sent.
+        In memory only: after a restart nothing is in flight."""
+        with self._lock:
+            rec = self._open_outbox.get(alert_id)
+            if rec is None or (rec.get("next_attempt_at") or 0) > now:
+                return None
+            self._in_flight.add(alert_id)
+            return dict(rec)
+
+    def release_outbox(self, alert_id: str) -> None:
+        """The send `claim_outbox` allowed is over (its result written, or it never started)."""
+        with self._lock:
+            self._in_flight.discard(alert_id)
+
+    def mergeable_outbox(self, received_at: float) -> list[dict[str, Any]]:
+        """The open entries an event received at `received_at` may change in its own journal line
+        (`add_event(outbox_updates=...)`): not in flight, and stored in the file that event goes to.
+        Oldest first. An alert in an older file (the segment rolled over, a new month began) is left
+        alone: a grouped delivery then starts a new alert."""
+        with self._lock:
+            part = self.part_for(received_at)
+            rows = [
+                dict(r)
+                for aid, r in self._open_outbox.items()
+                if aid not in self._in_flight and self._outbox_index.get(aid, ("",))[0] == part
+            ]
+        return sorted(rows, key=lambda r: r["created_at"])
+
+    def _mergeable_doc_id(self, alert_id: str, part: str) -> int:
+        """The doc id of an alert an event's line may change (see `mergeable_outbox`), or StoreError."""
+        loc = self._outbox_index.get(alert_id)
+        if alert_id not in self._open_outbox or alert_id in self._in_flight or loc is None or loc[0] != part:
+            raise StoreError(
+                f"alert {alert_id!r} cannot change with this event (not open, in flight, or in another file)"
+            )
+        return loc[1]
 
     def get_outbox(self, alert_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -1283,16 +1380,6 @@ class Store:
             for doc in self._outbox_for_read(part).values():
                 counts[doc["state"]] = counts.get(doc["state"], 0) + 1
         self._outbox_counts = counts
-
-    def disk_usage(self) -> dict[str, int]:
-        total = 0
-        for root, _, files in os.walk(self.data_dir):
-            for f in files:
-                try:
-                    total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    pass
-        return {"bytes": total}
 
     def integrity(self) -> dict[str, int]:
         """Damage found and writes refused since start, and the files kept in quarantine (ever)."""

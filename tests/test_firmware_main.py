@@ -577,10 +577,10 @@ def test_build_under_micropython_defaults_to_the_boards_time_module(micropython,
     assert lines[-1] == "stepped"
 
 
-class _OldIdfMachine(Machine):
-    """MicroPython < 1.21 (ESP-IDF 4): a second WDT() fails with ESP_ERR_INVALID_STATE (0x103) when
-    boot.py already started the trial watchdog (ports/esp32/machine_wdt.c at v1.20.0, as
-    tests/mp/fw_ota_cases.py's OldMachine)."""
+class _RefusingWdtMachine(Machine):
+    """Fault injection, not a MicroPython release: WDT() raises OSError(ESP_ERR_INVALID_STATE) (no
+    release seen does: v1.20 reconfigures through esp_task_wdt_init, v1.21+ through
+    esp_task_wdt_reconfigure), so main keeps boot.py's trial watchdog and says so in its log."""
 
     def WDT(self, id=0, timeout=5000):
         raise OSError(259)
@@ -608,7 +608,7 @@ def test_build_logs_every_line_through_the_log_it_is_given(tmp_path, monkeypatch
     # No SDCard on the fake board (as on a build without one): the mount fails, the spool moves to flash.
     app, parts = main.build(
         _sim_cfg(tmp_path, "box-l", spool_dir="/sd/spool"),
-        _OldIdfMachine(clock=clock),
+        _RefusingWdtMachine(clock=clock),
         network_module(fake_net.WLAN(clock, ap=("sim", "sim"))),
         PahoMQTTClient,
         None,

@@ -16,6 +16,7 @@ from gateway import cli
 from gateway.ota import manifest, pending
 from gateway.ota.server import OtaServer
 from gateway.protocol import ProtocolError, decode_status
+from tests.support.fullfs import fill, tmpfs
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
 
@@ -312,3 +313,18 @@ def test_a_gateway_killed_right_after_a_chunk_went_out_still_counts_it(tmp_path)
     assert len(sent.msgs) == 1  # the box got the chunk
     prog = pending.read_progress(tmp_path / "ota", "box-1")
     assert prog["sent"] == {"main.py": 5000} and prog["bytes"] == 5000
+
+
+def test_a_chunk_goes_out_even_when_its_progress_cannot_be_written(tmp_path):
+    """Progress is written before the chunk (above), but it is only what `device update` shows: at a
+    full disk the box still gets its chunk (the update goes on, as it did when the chunk went first),
+    and the write error still reaches the worker, which counts and warns about it."""
+    with tmpfs(tmp_path / "ota"):
+        srv, sent, offer = _server(tmp_path)
+        sent.msgs.clear()
+        fill(tmp_path / "ota")
+        need = {"v": 1, "op": "need", "id": offer["id"], "f": 1, "o": 4096, "n": 904}
+        with pytest.raises(OSError):
+            srv.on_reply("box-1", json.dumps(need).encode())
+        [(t, p, retain)] = sent.msgs
+        assert t == "pfx/box-1/ota/data" and not retain and p.partition(b"\n")[2] == b"m" * 904

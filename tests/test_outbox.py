@@ -236,6 +236,8 @@ def test_a_send_that_cannot_be_recorded_at_a_full_disk_is_not_sent_again(store, 
         d._pass("remote")
         clock.t += 60
     assert [a.id for a in sink.sent] == ["a1_remote", "a2_remote"]  # each once, however many passes
+    # Tried, results not on record: both stay claimed, so no grouped delivery may join them.
+    assert store.mergeable_outbox(clock.t) == []
     monkeypatch.setattr(store, "update_outbox", real_update)  # room again
     d._pass("remote")
     assert store.get_outbox("a1_remote")["state"] == "sent"
@@ -342,3 +344,49 @@ def test_whatsapp_limit_counts_one_number_however_it_is_spelled(store, tmp_path)
     assert store.outbox_counts()["sent"] == 4
     # A recipient that is no number keeps a window of its own (and is dead-lettered by the send).
     assert notifier.rate_key("not a number") == "not a number"
+
+
+def test_an_entry_is_claimed_while_its_send_runs_and_released_after(store):
+    """While the sink sends an entry no burst may join it (`Store.mergeable_outbox` leaves it out);
+    once its result is written it is released, and a failed one is open (and mergeable) again."""
+    clock = Clock()
+    seen: list[list[str]] = []
+
+    class Watching(ScriptedSink):
+        def send(self, alert: Alert) -> SendResult:
+            seen.append([o["id"] for o in store.mergeable_outbox(clock.t)])
+            return super().send(alert)
+
+    store.add_outbox([entry(1, clock.t), entry(2, clock.t)], clock.t)
+    d, _ = make(store, Watching(results=[SendResult(False, "down"), SendResult(True)]), clock)
+    assert d._pass("remote")
+    # a1 in flight while it was sent; while a2 was, a1 (failed, released) was open again
+    assert seen == [["a2_remote"], ["a1_remote"]]
+    assert [o["id"] for o in store.mergeable_outbox(clock.t)] == ["a1_remote"]  # a2 sent: not open
+    assert store.claim_outbox("a1_remote", clock.t) is None  # not due yet (backoff): not claimed
+
+
+def test_a_retry_never_reopens_an_alert_whose_send_just_succeeded(store, monkeypatch):
+    """The dashboard's Retry on a failed alert whose backoff just ran out: the dispatcher's thread can
+    send it and write `sent` after retry saw "failed" and before retry's own write. That write must
+    not make the sent alert pending again, or it goes out twice."""
+    clock = Clock()
+    sink = ScriptedSink(results=[SendResult(False, "down")])
+    store.add_outbox([entry(1, clock.t)], clock.t)
+    d, _ = make(store, sink, clock)
+    d._pass("remote")
+    assert store.get_outbox("a1_remote")["state"] == "failed"
+    clock.t = store.get_outbox("a1_remote")["next_attempt_at"]  # due again
+    real_update = store.update_outbox
+
+    def the_dispatcher_comes_first(alert_id: str, **fields):
+        if fields.get("state") == "pending":  # retry's write, once it has decided to retry
+            monkeypatch.setattr(store, "update_outbox", real_update)
+            d._pass("remote")  # the dispatcher's thread got there first: sent, written
+        return real_update(alert_id, **fields)
+
+    monkeypatch.setattr(store, "update_outbox", the_dispatcher_comes_first)
+    assert d.retry("a1_remote") is False  # sent meanwhile: nothing to retry
+    assert store.get_outbox("a1_remote")["state"] == "sent"
+    d._pass("remote")
+    assert [a.id for a in sink.sent] == ["a1_remote", "a1_remote"]  # the failed try and the send: once

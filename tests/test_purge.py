@@ -131,11 +131,11 @@ def test_store_purge_removes_one_box_from_open_and_closed_segments(tmp_path):
     ids = _fill(data)
     store = Store(data, segment_records=SEGMENT)
     try:
-        open_before = list(store._dbs)
+        open_before = store.stats().open_partitions
         removed = store.purge_device("box-1", time.time())
         # The two open segments are still the ones open: closed segments were rewritten from disk,
         # never reopened for writing (which would have evicted and compacted the open ones).
-        assert list(store._dbs) == open_before
+        assert store.stats().open_partitions == open_before
         assert store.list_events(device="box-1") == [] and store.get_event("box-1", ids["box-1"][0]) is None
         assert store.event_count() == len(ids["box-2"])
     finally:
@@ -348,7 +348,7 @@ def test_purge_runner_queues_one_slice_at_a_time_between_boxes_messages(tmp_path
     q = FairQueue(max_messages=100, device_max_messages=1, device_max_bytes=1 << 20)
     counters = Counters()
 
-    def submit(step) -> bool:  # what GatewayService._run_on_worker does with its ingest queue
+    def submit(step) -> bool:  # what gateway.parts.purge_runner does: IngestPipeline.submit
         return all(box != purging.QUEUE_KEY for box, _ in q.put(purging.QUEUE_KEY, step, 0))
 
     runner = purging.PurgeRunner(purging.Purger(store, data, time.time), submit=submit, counters=counters)

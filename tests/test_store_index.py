@@ -10,12 +10,15 @@ reopening it from disk, and after retention deleted old month files.
 from __future__ import annotations
 
 import calendar
+import errno
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import gateway.storage as storage_mod
 from gateway.event_index import EventIndex, entry_for
 from gateway.store import Store
 
@@ -370,29 +373,34 @@ def test_reading_a_file_with_another_layout_or_a_crash_journal(tmp_path, monkeyp
     s2 = Store(tmp_path)
     try:
         check_store(s2, events, rng, 40)
-        # A crash-left journal on a closed month: append a line as the store would have, by hand.
-        t = min(e["ts"] for e in events)
-        rec = {
-            **events[0],
-            "id": "jour0001",
-            "ts": t,
-            "received_at": t,
-            "key": events[0]["device"] + "/jour0001",
-        }
-        s2._close_part(s2.part_for(t))
-        with open(tmp_path / "db" / (s2.part_for(t) + ".journal"), "a") as f:
-            f.write(json.dumps({"ev": rec, "ob": []}) + "\n")
-        s2._read_cache.clear()
-        s2._record_cache.clear()
-        check_store(s2, events, rng, 20)  # that month is opened (journal replayed), not read stale
-        assert s2.part_for(t) in s2._dbs
-        # the index learns of the journal-only event on reopen, as after a real crash
+        # A closed month whose file is stale and whose journal holds the newest lines: its rewrite
+        # failed when it was closed (a full disk), so the journal was kept.
+        t, last = min(e["ts"] for e in events), max(e["ts"] for e in events)
+        old_month = s2.part_for(t)
+        rec = {**events[0], "id": "jour0001", "ts": t, "received_at": t}
+        now = {**events[0], "id": "jour0002", "ts": last, "received_at": last}
+        real_write = storage_mod.atomic_write_bytes
+
+        def old_month_full(path: Path, data: bytes, **kw: Any) -> None:
+            if path.name == old_month:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_write(path, data, **kw)
+
+        monkeypatch.setattr(storage_mod, "atomic_write_bytes", old_month_full)
+        assert s2.add_event(dict(rec))  # into the old month: opened for writing, journal line
+        assert s2.add_event(dict(now))  # the newest month opens; the old one closes, not rewritten
+        monkeypatch.setattr(storage_mod, "atomic_write_bytes", real_write)
+        assert old_month not in s2.stats().open_partitions
+        assert (tmp_path / "db" / (old_month + ".journal")).stat().st_size
+        check_store(
+            s2, events + [rec, now], rng, 20
+        )  # that month is opened (journal replayed), not read stale
+        assert old_month in s2.stats().open_partitions
     finally:
         s2.close()
     s3 = Store(tmp_path)
     try:
-        rec.pop("key")
-        check_store(s3, events + [rec], rng, 40)
+        check_store(s3, events + [rec, now], rng, 40)
     finally:
         s3.close()
 

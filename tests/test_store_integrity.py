@@ -49,10 +49,11 @@ def test_short_write_then_enospc_leaves_no_partial_line(tmp_path, no_compaction,
     s = Store(tmp_path)
     s.add_event(ev("box1", "event0001", NOV))
     real_write = os.write
-    journal_fd = s._journals["events-2026-11.json"]._fd
+    journal = (tmp_path / JOURNAL).stat()
 
     def short_then_full(fd, data):
-        if fd == journal_fd:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (journal.st_dev, journal.st_ino):  # the journal's own file
             monkeypatch.setattr(os, "write", real_write)  # only this one append fails
             real_write(fd, bytes(data[: len(data) // 2]))
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -365,10 +366,12 @@ def test_damaged_closed_month_read_for_the_timeline_does_not_break_the_api(tmp_p
     s.close()
     s = Store(tmp_path)
     month = tmp_path / "db" / "events-2026-11.json"
-    s._close_part("events-2026-11.json")  # as if evicted: timeline reads go to the file
+    s.add_event(ev("box1", "event0002", NOV + 31 * 86_400))  # December and January open for writing:
+    s.add_event(ev("box1", "event0003", NOV + 62 * 86_400))  # November is closed, read from its file
+    assert "events-2026-11.json" not in s.stats().open_partitions
     month.write_bytes(month.read_bytes()[:-3] + b"\xff\xfe")  # damaged while the gateway runs
     try:
-        assert [e["id"] for e in s.list_events()] == ["event0001"]
+        assert [e["id"] for e in s.list_events()] == ["event0003", "event0002", "event0001"]
     finally:
         s.close()
 

@@ -155,7 +155,7 @@ def test_unclean_reopen_replays_a_segment_that_exists_only_as_its_journal(tmp_pa
         assert s2.has_event("box1", "late0001") and s2.get_outbox("alate0001")["state"] == "pending"
         assert records_in(seg2) == 2
         assert s2.add_event(ev("box1", "late0002", NOV + 200))
-        assert s2._event_index["box1/late0002"][0] == "events-2026-11.2.json"
+        assert s2.partition_of("box1", "late0002") == "events-2026-11.2.json"
     finally:
         s2.close()
         s.close()

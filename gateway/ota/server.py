@@ -169,10 +169,14 @@ class OtaServer:
             sent[name] = o + n
         prog["chunks"] = prog.get("chunks", 0) + 1
         prog["state"] = "receiving"
-        pending.write_progress(self.root, device, prog)
-        self._publish(
-            topic(self.prefix, device, "ota_data"), json.dumps(header).encode() + b"\n" + part, False
-        )
+        try:
+            pending.write_progress(self.root, device, prog)
+        finally:
+            # Even when that write fails (full disk; the worker counts and warns about the error):
+            # progress is only what `device update` shows, the chunk is what the box needs to go on.
+            self._publish(
+                topic(self.prefix, device, "ota_data"), json.dumps(header).encode() + b"\n" + part, False
+            )
         self._changed(device)  # progress for the dashboard and Home Assistant (the listener dedups)
 
     def _finish(self, device: str, prog: dict, state: str, reason: str | None) -> None:

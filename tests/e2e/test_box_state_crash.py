@@ -56,3 +56,58 @@ def test_sigkill_right_after_the_event_line_keeps_the_box_state(tmp_path, mosqui
         assert dev["waiting"] == 2, dev
     finally:
         store.close()
+
+
+def _stored_and_named(store: Store, device: str) -> tuple[set[str], list[list[str]]]:
+    """The box's stored events, and the event ids each of its delivery alerts names."""
+    stored = {e["id"] for e in store.list_events(device=device, limit=1000)}
+    named = [o["event_ids"] for o in store.list_outbox(limit=1000) if o["kind"] == "delivery"]
+    return stored, named
+
+
+def test_sigkill_right_after_a_grouped_event_line_keeps_alert_and_event_together(tmp_path, mosquitto, prefix):
+    """Grouping on: the second delivery joins the first one's alert. The gateway dies right after the
+    first journal line naming the second event reaches the disk. The burst's alert may name only stored
+    events; after the restart the box re-sends, gets its ack, and the alert names both, once each.
+
+    Fails on the old code: the change to the alert was its own line, written before the event's line,
+    so the kill left the open alert naming an event the gateway did not have."""
+    first, second = new_event_id(), new_event_id()
+    gw = GatewayProc(
+        tmp_path / "gw",
+        mosquitto.url,
+        prefix,
+        extra={"alerts": {"group_window_s": 3600.0}},  # the alert waits: nothing is sent during the test
+        env={"PYTHONPATH": str(FAULTS), "PB_TEST_KILL_AFTER_EVENT": second},
+    )
+    box = Box(mosquitto.url, prefix, "burstbox")
+    try:
+        gw.start()
+        box.send(first, None)
+        assert box.wait_ack(first, 30)["ok"]
+        box.send(second, None)  # joins the burst; the process dies after the first line naming it
+        assert gw.proc is not None
+        assert gw.proc.wait(30) == -signal.SIGKILL
+        store = Store(gw.data_dir)  # what the restart finds
+        try:
+            stored, named = _stored_and_named(store, "burstbox")
+            assert len(named) == 1 and set(named[0]) <= stored, (named, stored)
+        finally:
+            store.close()
+        gw.env = {}
+        gw.start()
+        box.send(second, None)  # the box's spool: no ack came, so it sends the event again
+        ack = box.wait_ack(second, 30)
+        assert ack["ok"], ack
+        wait_for(lambda: gw.health().get("events_total") == 2, 30, what="both events counted")
+        assert gw.stop() == 0
+    finally:
+        box.close()
+        gw.kill()
+    store = Store(gw.data_dir)
+    try:
+        stored, named = _stored_and_named(store, "burstbox")
+        assert stored == {first, second}
+        assert named == [[first, second]]
+    finally:
+        store.close()

@@ -14,9 +14,9 @@ import otaboot
 import protocol
 
 try:
-    from tools.sim.board import Machine  # CPython
+    from tools.sim.board import Machine, MachineV120  # CPython
 except ImportError:
-    from board import Machine  # MicroPython: tools/sim is mounted at /sim
+    from board import Machine, MachineV120  # MicroPython: tools/sim is mounted at /sim
 
 
 class PowerCut(BaseException):
@@ -535,10 +535,28 @@ def case_boot_hook_quiet_window_and_trial_watchdog(base):
     assert otaboot.boot_hook(os, m, base, base + "/noapp", log=quiet) is None and m.wdt.starts == 1
 
 
-class OldMachine(Machine):
-    """MicroPython < 1.21 (ESP-IDF 4): WDT() calls esp_task_wdt_init, which fails the second
-    time with ESP_ERR_INVALID_STATE (0x103) (ports/esp32/machine_wdt.c at v1.20.0). The one
-    version difference tools/sim/board.Machine (v1.25.0) does not model."""
+def case_main_reconfigures_the_trial_watchdog_on_micropython_1_20(base):
+    """v1.20 (ESP-IDF 4) has no esp_task_wdt_reconfigure, but its WDT() calls esp_task_wdt_init,
+    which reconfigures a running task watchdog: main.py's WDT() takes over boot.py's, in whole
+    seconds (tools/sim/board.MachineV120)."""
+    import main
+
+    install(base, OLD)
+    fl = flash(base, Power())
+    transfer(ota.Updater(fl, "0.1.0", quiet), offer_for(NEW))
+    m = MachineV120()
+    otaboot.boot_hook(os, m, base, base + "/noapp", log=quiet)
+    assert m.wdt.timeout_ms == 120000
+    wdt = main.start_watchdog(m, 60500, quiet)
+    assert wdt is m.wdt is otaboot.BOOT_WDT and wdt.timeout_ms == 60000 and wdt.starts == 2
+    otaboot.BOOT_WDT = None
+
+
+class RefusingWdtMachine(Machine):
+    """Fault injection, not a MicroPython release: every WDT() after the first raises
+    OSError(ESP_ERR_INVALID_STATE). No release seen does this (v1.20 reconfigures through
+    esp_task_wdt_init, v1.21+ through esp_task_wdt_reconfigure); main.start_watchdog still keeps
+    feeding boot.py's trial watchdog if one ever does."""
 
     def WDT(self, id=0, timeout=5000):
         if self.wdt is not None:
@@ -546,13 +564,13 @@ class OldMachine(Machine):
         return Machine.WDT(self, id, timeout)
 
 
-def case_main_keeps_the_trial_watchdog_on_an_old_micropython(base):
+def case_main_keeps_the_trial_watchdog_when_a_second_wdt_is_refused(base):
     import main
 
     install(base, OLD)
     fl = flash(base, Power())
     transfer(ota.Updater(fl, "0.1.0", quiet), offer_for(NEW))
-    m = OldMachine()
+    m = RefusingWdtMachine()
     otaboot.boot_hook(os, m, base, base + "/noapp", log=quiet)
     wdt = main.start_watchdog(m, 60000, quiet)
     assert wdt is m.wdt and wdt.timeout_ms == 120000  # boot.py's, fed by the app

@@ -13,10 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.support.polling import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTO_SUFFIXES = {"original": ".jpg", "alert": ".alert.jpg", "thumb": ".thumb.jpg"}
@@ -29,14 +30,7 @@ def clean_env() -> dict[str, str]:
 
 def wait_for(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "it") -> Any:
     """Poll `pred` until it returns something truthy; TimeoutError naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return poll(pred, timeout, interval, what)
 
 
 def _toml_value(v: Any) -> str:

@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 from PIL import Image
 
 from gateway.config import Config, load_config
+from tests.support.polling import poll
 
 
 def make_jpeg(width: int = 640, height: int = 480, seed: int = 0, quality: int = 85) -> bytes:
@@ -193,10 +194,4 @@ def gateway_config(data_dir: Path, url: str, prefix: str, **env: str) -> Config:
 
 
 def wait_for(pred, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
+    return poll(pred, timeout, interval, what)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from tests.support.mqtt import client
+from tests.support.polling import poll
 
 
 class FakeHomeAssistant:
@@ -123,13 +123,10 @@ class FakeHomeAssistant:
         ).wait_for_publish(5)
 
     def wait(self, pred, timeout: float = 15.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not pred():
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"fake Home Assistant: timed out waiting for {what}; devices {self.devices()}"
-                )
-            time.sleep(0.02)
+        try:
+            poll(pred, timeout, 0.02, what, AssertionError)
+        except AssertionError as e:
+            raise AssertionError(f"fake Home Assistant: {e}; devices {self.devices()}") from None
 
     # --- discovery (paho's thread) -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.whatsapp.settings import WhatsAppSettings
 from gateway.whatsapp.supervisor import WhatsAppSupervisor
+from tests.support.polling import poll
 
 
 class FakeWhatsApp:
@@ -115,13 +116,7 @@ def wait_state(
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return poll(cond, timeout, 0.05, what, AssertionError)
 
 
 @contextlib.contextmanager

@@ -297,6 +297,23 @@ class Machine:
         raise DeepSleep(ms, self.esp32.ext0, self.esp32.pad_hold)
 
 
+class MachineV120(Machine):
+    """`machine` as MicroPython v1.20.0, the last ESP-IDF 4 release, differs in its watchdog
+    (ports/esp32/machine_wdt.c at v1.20.0; ESP-IDF v4.4 components/esp_system/task_wdt.c): WDT()
+    divides the timeout into whole seconds (`timeout / 1000`, so under 1000 ms is
+    ValueError("WDT timeout too short")) and calls esp_task_wdt_init, which on a running task
+    watchdog reconfigures it and returns ESP_OK; esp_task_wdt_add's "already subscribed" error is
+    ignored. So a second WDT() reconfigures, as on v1.25.0, in whole seconds."""
+
+    def WDT(self, id=0, timeout=5000) -> SimWdt:
+        if id != 0:
+            raise ValueError()
+        seconds = timeout // 1000
+        if seconds <= 0:
+            raise ValueError("WDT timeout too short")
+        return Machine.WDT(self, id, seconds * 1000)
+
+
 def network_module(wlan: "Any") -> "Any":
     """The `network` module build() reads: `WLAN(STA_IF)` gives `wlan`, STAT_* as on the ESP32."""
 
