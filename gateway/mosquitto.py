@@ -65,7 +65,10 @@ def hold_port(host: str, port: int = 0) -> socket.socket | None:
     that such a socket holds, while a plain bind() and the ports the kernel hands out (bind to port 0,
     a client's outgoing connection) leave it alone. So a broker's port stays ours while the broker is
     down between a stop and the next start; without this another process could take it in that gap.
+    Linux only: BSD and macOS refuse the listener's bind beside such a socket (None there: no hold).
     """
+    if not sys.platform.startswith("linux"):
+        return None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     try:
