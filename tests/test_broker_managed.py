@@ -552,27 +552,24 @@ def test_a_broker_left_over_by_a_dead_gateway_is_stopped_and_its_port_reused(tmp
     holding the port; the next gateway stops that broker (pid file + /proc check) and keeps the port."""
     import os
 
-    from gateway.mosquitto import free_port, leftover_pid
+    from gateway.mosquitto import hold_port, leftover_pid
 
-    # A fixed port, as boxes are flashed with. Another test worker's process can take it between the
-    # pick and the bind; the broker then moves (as it should): pick again, the test is about the restart.
-    for _ in range(3):  # bounded
-        picked = free_port(LAN)
-        cfg = _lan(
-            tmp_path,
-            prefix,
-            PARCELBOX_BROKER_ALLOW_ANONYMOUS="false",
-            PARCELBOX_BROKER_LISTEN_PORT=str(picked),
-        )
-        first = GatewayService(cfg)
-        if first.registry.get("box-a") is None:
-            first.registry.add("box-a")
-        first.start()
-        if first.broker.listen == f"{LAN}:{picked}":
-            break
-        first.stop()
-    else:
-        raise AssertionError("three picked ports were taken before the broker bound them")
+    # A fixed port, as boxes are flashed with, held by the test all along (a bound socket that never
+    # listens; Mosquitto listens beside it): no other process can take it before the first start or
+    # between the old broker's end and the second start.
+    hold = hold_port(LAN)
+    assert hold is not None
+    picked = hold.getsockname()[1]
+    cfg = _lan(
+        tmp_path,
+        prefix,
+        PARCELBOX_BROKER_ALLOW_ANONYMOUS="false",
+        PARCELBOX_BROKER_LISTEN_PORT=str(picked),
+    )
+    first = GatewayService(cfg)
+    first.registry.add("box-a")
+    first.start()
+    assert first.broker.listen == f"{LAN}:{picked}"
     a = first.registry.get("box-a")
     assert a is not None
     assert first.wait_connected(10)
@@ -598,6 +595,7 @@ def test_a_broker_left_over_by_a_dead_gateway_is_stopped_and_its_port_reused(tmp
             box.close()
     finally:
         second.stop()
+        hold.close()
 
 
 def test_a_pid_file_naming_another_process_is_not_trusted(tmp_path):
