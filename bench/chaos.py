@@ -45,6 +45,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -245,12 +246,20 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
     fake_dir = workdir / "fakewa"
     (fake_dir / "inbox").mkdir(parents=True, exist_ok=True)
     managed: dict[str, Any] = {}
+    holds: list[socket.socket] = []
     if plan.managed_broker:
-        from gateway.mosquitto import free_port
+        from gateway.mosquitto import hold_port
 
         # Fixed ports, as a user's boxes are flashed with: a restarted gateway must come back on them.
-        managed = {"listen_host": "127.0.0.1", "listen_port": free_port(), "local_port": free_port(),
-                   "allow_anonymous": False}  # fmt: skip
+        # Held by this process for the whole run (bound, never listening; Mosquitto listens beside):
+        # picked and let go, another process could take one while no gateway runs after a kill.
+        for _ in range(2):
+            h = hold_port("127.0.0.1")
+            if h is None:
+                raise RuntimeError("no free loopback port to hold")
+            holds.append(h)
+        managed = {"listen_host": "127.0.0.1", "listen_port": holds[0].getsockname()[1],
+                   "local_port": holds[1].getsockname()[1], "allow_anonymous": False}  # fmt: skip
     gw = GatewayProc(
         workdir / "gw",
         "" if plan.managed_broker else broker.url,
@@ -278,6 +287,8 @@ def run_chaos(workdir: Path, broker: Any, prefix: str, plan: ChaosPlan, echo: bo
     finally:
         if plan.disk_fulls:
             unmount(gw.data_dir)
+        for h in holds:
+            h.close()
 
 
 def _run_chaos(
@@ -579,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if broker is not None:
             broker.kill()
+            broker.release_port()
     print()
     where = "the gateway's managed broker" if plan.managed_broker else "an external broker"
     print(f"chaos run: {plan.boxes} boxes x {plan.deliveries} deliveries, seed {plan.seed}, {where}")

@@ -116,6 +116,7 @@ def main() -> int:
         finally:
             svc.stop()
             broker.stop()
+            broker.release_port()
     rows = []
     for case, runs in results.items():
         r0 = runs[0]

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -357,6 +358,7 @@ class ManagedMosquitto:
     def stop(self) -> None:
         clear_live_address(self.data_dir)
         self.mosquitto.stop()
+        self.mosquitto.release_port()  # held across the supervisor's restarts; the gateway is done now
 
 
 class ManagedAmqtt:
@@ -378,6 +380,28 @@ class ManagedAmqtt:
         self._error: BaseException | None = None
 
     def start(self) -> None:
+        """Listen on the chosen port or, if another process took it since `_choose_port` found it free,
+        on a port the kernel picks at amqtt's bind, which nothing can take first (this used to stop the
+        gateway). Where it listens is then in `listen`, `url` and broker.json."""
+        try:
+            self._start_on(self.port)
+        except PortTaken as exc:
+            log.warning("%s; the amqtt broker listens on a free port instead", exc)
+            self._start_on(0)
+        bound = self._bound_port()
+        if bound and bound != self.port:
+            self.port = bound
+            self.listen = f"{self.host}:{bound}"
+            self.url = self.local_url = f"mqtt://{_client_host(self.host)}:{bound}"
+
+    def _bound_port(self) -> int | None:
+        """The port amqtt's listener really holds (asked for 0: the kernel picked it)."""
+        try:
+            return int(self._broker._servers["default"].instance.sockets[0].getsockname()[1])
+        except (AttributeError, KeyError, IndexError, TypeError):  # amqtt internals moved: keep ours
+            return None
+
+    def _start_on(self, port: int) -> None:
         from amqtt.broker import Broker
 
         # amqtt logs every session step at INFO (and its `transitions` state machine every state
@@ -386,7 +410,7 @@ class ManagedAmqtt:
             logging.getLogger(name).setLevel(logging.WARNING)
         ready = threading.Event()
         cfg = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
 
@@ -399,19 +423,24 @@ class ManagedAmqtt:
                 loop.run_until_complete(broker.start())
             except BaseException as exc:  # reported to start()
                 self._error = exc
+                loop.close()
                 ready.set()
                 return
             ready.set()
             loop.run_forever()
             loop.close()
 
+        self._error = None
         self._thread = threading.Thread(target=run, name="amqtt", daemon=True)
         self._thread.start()
         ready.wait(15)
         if self._error is not None:
+            self._broker = self._loop = None
+            if _address_in_use(self._error):
+                raise PortTaken(f"{self.host}:{port} is taken by another process")
             raise RuntimeError(f"amqtt broker failed to start: {self._error}")
         if not ready.is_set():
-            raise RuntimeError(f"amqtt broker did not open {self.listen}")
+            raise RuntimeError(f"amqtt broker did not open {self.host}:{port}")
         # No connect-and-close probe of the port here (as for Mosquitto): `Broker.start()` returns once
         # its listener is bound, and amqtt logs a probe that sends no CONNECT as an ERROR.
 
@@ -436,6 +465,17 @@ class ManagedAmqtt:
 
 
 ManagedBroker = ManagedMosquitto | ManagedAmqtt
+
+
+def _address_in_use(exc: BaseException | None) -> bool:
+    """Whether `exc` or what it was raised from is EADDRINUSE (amqtt wraps the OSError in BrokerError)."""
+    for _ in range(10):  # bounded: a cause chain is short
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _choose_port(host: str, wanted: int, what: str, avoid: int = 0) -> int:
@@ -483,6 +523,7 @@ def start_managed_broker(config: Config, registry: DeviceRegistry) -> ManagedBro
                 broker.start()
                 break
             except PortTaken as exc:
+                broker.mosquitto.release_port()  # whichever of its ports it held: we move off them
                 if attempt == 2:
                     raise
                 log.warning("%s; choosing the broker's ports again", exc)

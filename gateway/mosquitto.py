@@ -58,6 +58,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def hold_port(host: str, port: int = 0) -> socket.socket | None:
+    """Reserve `host:port` (0: a free port) with a bound socket that never listens; None if it is taken.
+
+    With SO_REUSEADDR on both sides Linux lets a listener (Mosquitto sets it) bind and listen on a port
+    that such a socket holds, while a plain bind() and the ports the kernel hands out (bind to port 0,
+    a client's outgoing connection) leave it alone. So a broker's port stays ours while the broker is
+    down between a stop and the next start; without this another process could take it in that gap.
+    Linux only: BSD and macOS refuse the listener's bind beside such a socket (None there: no hold).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
 def wait_for_port(host: str, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -209,7 +231,9 @@ class Mosquitto:
     """One Mosquitto process with its config and persistence in `data_dir`.
 
     The port is picked once (a free loopback port unless given) and kept across
-    restarts, so clients reconnect to the same address like they would in life.
+    restarts, so clients reconnect to the same address like they would in life. From the first start
+    this object holds its listeners' ports (`hold_port`) until `release_port()`, so no other process
+    can take them while the broker is stopped or being restarted.
     """
 
     def __init__(
@@ -253,6 +277,7 @@ class Mosquitto:
         self.conf_path = self.data_dir / CONF_FILE
         self.log_path = self.data_dir / "mosquitto.log"
         self.pid_path = self.data_dir / PID_FILE
+        self._holds: dict[tuple[str, int], socket.socket] = {}  # (host, port) -> hold_port() socket
 
     @property
     def url(self) -> str:
@@ -306,6 +331,7 @@ class Mosquitto:
             except PortTaken:
                 if not self._may_move or attempt == 2:
                     raise
+                self.release_port()
                 self.port = free_port(self.host)
                 continue
             self._may_move = False
@@ -314,6 +340,7 @@ class Mosquitto:
     def _start_once(self, timeout: float) -> None:
         if self.running():
             return
+        self._hold_ports()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self.config_text())
         try:
@@ -358,14 +385,32 @@ class Mosquitto:
         self.kill()
         raise BrokerError(f"mosquitto did not open {self.host}:{self.port} within {timeout}s")
 
-    def _extra_ports(self) -> list[int]:
-        """The ports of the `listener <port> [host]` blocks after the first."""
-        ports = []
+    def _hold_ports(self) -> None:
+        """Hold each listener's port not held yet. One another process holds already is left alone:
+        Mosquitto then fails to bind it and `_start_once` says PortTaken, as without holds."""
+        for host, port in [(self.host, self.port), *self._extra_listeners()]:
+            if (host, port) not in self._holds:
+                s = hold_port(host, port)
+                if s is not None:
+                    self._holds[(host, port)] = s
+
+    def release_port(self) -> None:
+        """Give the ports back (the broker is done for good, or moves): another process may take them."""
+        for s in self._holds.values():
+            s.close()
+        self._holds.clear()
+
+    def _extra_listeners(self) -> list[tuple[str, int]]:
+        """(host, port) of the `listener <port> [host]` blocks after the first ("" host: every address)."""
+        out = []
         for line in self.extra_listeners:
             parts = line.split()
             if len(parts) >= 2 and parts[0] == "listener" and parts[1].isdigit():
-                ports.append(int(parts[1]))
-        return ports
+                out.append((parts[2] if len(parts) >= 3 else "", int(parts[1])))
+        return out
+
+    def _extra_ports(self) -> list[int]:
+        return [port for _host, port in self._extra_listeners()]
 
     def _log_since(self, offset: int) -> str:
         try:

@@ -23,7 +23,8 @@ if str(FIRMWARE_DIR) not in sys.path:
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A Mosquitto on a free 127.0.0.1 port with persistence in tmp_path.
 
-    Tests may call .stop() / .kill() / .start() / .restart(hard=True) on it.
+    Tests may call .stop() / .kill() / .start() / .restart(hard=True) on it: the port stays held by
+    this process in between (Mosquitto.release_port), so a restart never finds it taken.
     """
     if not find_mosquitto():
         pytest.fail(
@@ -35,6 +36,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.kill()
+        broker.release_port()
 
 
 @pytest.fixture

@@ -73,6 +73,7 @@ def test_a_port_taken_by_another_listener_is_never_passed_off_as_the_broker(tmp_
         with pytest.raises(PortTaken):
             broker.start()
         assert not broker.running()
+        broker.release_port()
     finally:
         squatter.close()
 
@@ -94,6 +95,7 @@ def test_a_picked_port_taken_before_the_bind_moves_to_another(tmp_path, monkeypa
         assert broker.port != taken and broker.running()
     finally:
         broker.kill()
+        broker.release_port()
         squatter.close()
 
 
@@ -110,5 +112,34 @@ def test_up_only_once_every_listener_is_open(tmp_path):
         with pytest.raises(PortTaken):
             broker.start()
         assert not broker.running()
+        broker.release_port()
     finally:
         squatter.close()
+
+
+def test_a_stopped_brokers_port_cannot_be_taken_before_it_starts_again(mosquitto, prefix):
+    """CI flake: a test stopped its broker and started it again on the same port, and another worker's
+    process (a plain bind, or a client's outgoing connection: both draw from the same ports) had taken
+    the port in between, so the start failed with PortTaken. Old code: the bind below succeeded."""
+    port = mosquitto.port
+    for stop in (mosquitto.kill, mosquitto.stop):
+        stop()
+        other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # another process, no SO_REUSEADDR
+        try:
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
+        finally:
+            other.close()
+        mosquitto.start()
+        assert mosquitto.port == port and mosquitto.running()
+        col = Collector(mosquitto.url, f"{prefix}/#")  # our broker answers there, nothing else
+        col.close()
+
+
+def test_a_released_port_is_free_again(tmp_path):
+    broker = Mosquitto(tmp_path / "b")
+    broker.start()
+    broker.kill()
+    broker.release_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind(("127.0.0.1", broker.port))

@@ -153,6 +153,7 @@ def test_broker_refuses_the_boxs_credentials(env, tmp_path, capsys):
             code, _, err = run(bad, capsys)
     finally:
         broker.kill()
+        broker.release_port()
     assert code == 1
     assert f"broker: broker at 127.0.0.1:{broker.port} refused the box's credentials" in err
     assert "parcelbox device add" in err

@@ -35,10 +35,17 @@ def _firmware_copy(tmp_path: Path, name: str, version: str, extra: dict[str, str
     return d
 
 
+# The trial a new set (or config) has to be confirmed in. The box counts it in virtual time, which the
+# test's stepping runs ~10x faster than real time: 30 s would be ~3 real seconds for the gateway to
+# answer the box's status, and a gateway stalled that long on a loaded machine (a slow fsync) got a
+# good update rolled back. Only a test about an unconfirmed trial uses the 30 s minimum.
+TRIAL_S = "300"
+
+
 def _update(gw: GatewayProc, fw: Path, *more: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "gateway", "device", "--config", str(gw.config), "update", "box-1", "--no-compile",
-         "--firmware-dir", str(fw), "--trial-s", "30", "--wait", "120", *more],
+         "--firmware-dir", str(fw), "--trial-s", TRIAL_S, "--wait", "120", *more],
         cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -176,7 +183,7 @@ def test_a_set_that_raises_on_import_is_rolled_back_and_reported(box_and_gateway
 
 
 def _config_update(
-    gw: GatewayProc, box: SimulatedBox, tmp_path: Path, name: str, **change
+    gw: GatewayProc, box: SimulatedBox, tmp_path: Path, name: str, trial_s: str = TRIAL_S, **change
 ) -> tuple[int, str]:
     cfg = json.loads((tmp_path / "flash" / "config.json").read_text())
     for k, v in change.items():
@@ -188,7 +195,7 @@ def _config_update(
     f.write_text(json.dumps(cfg))
     cli = subprocess.Popen(
         [sys.executable, "-m", "gateway", "device", "--config", str(gw.config), "update", "box-1",
-         "--config-file", str(f), "--trial-s", "30", "--wait", "120"],
+         "--config-file", str(f), "--trial-s", trial_s, "--wait", "120"],
         cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -205,7 +212,7 @@ def test_a_config_with_a_wrong_wifi_password_is_rolled_back(box_and_gateway):
     rc, out = _config_update(gw, box, tmp_path, "good.json", debounce_ms=60)
     assert rc == 0 and "box-1 config updated" in out, out
     assert box.cfg["debounce_ms"] == 60
-    rc, out = _config_update(gw, box, tmp_path, "bad.json", wifi_password="not-the-password")
+    rc, out = _config_update(gw, box, tmp_path, "bad.json", trial_s="30", wifi_password="not-the-password")
     assert rc == 1, out
     assert "box-1 config update failed and was rolled back: no Wi-Fi within 30 s" in out, out
     assert any("wifi: join failed: wrong_password" in line for line in box.lines)
@@ -251,9 +258,11 @@ def test_a_box_reset_in_the_middle_of_a_transfer_resumes_where_its_files_end(box
     cli = _update(gw, new)
     try:
         _step_until(box, lambda: _progress(gw).get("chunks", 0) >= 5, what="the transfer to start")
+        asked_again = box.app.updater.counters["need_retries"]
         box.reboot()  # power cycle: RAM gone, the staged files stay
         _step_until(box, lambda: cli.poll() is not None, timeout=120, what="the update command to end")
         out, err = cli.communicate()
+        asked_again += box.app.updater.counters["need_retries"]
     finally:
         if cli.poll() is None:
             cli.kill()
@@ -263,4 +272,8 @@ def test_a_box_reset_in_the_middle_of_a_transfer_resumes_where_its_files_end(box
     prog = _progress(gw)
     files = {p.name: p.stat().st_size for p in new.glob("*.py")}
     wanted = files["app.py"] + files["extra_mod.py"]
-    assert prog["bytes"] == wanted and prog["chunks"] <= wanted // 4096 + 4, prog  # at most a chunk again
+    # Each chunk once, and again at most the one in flight at the reset and one per need the box asked
+    # again: a need unanswered for 5 virtual seconds (half a real second or so at the test's
+    # stepping) is asked again, and a gateway slowed by a loaded machine then serves that chunk twice.
+    assert prog["bytes"] == wanted, prog
+    assert prog["chunks"] <= wanted // 4096 + 4 + asked_again, (prog, asked_again)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -41,7 +42,8 @@ def _once(url: str, client_id: str, login: str | None, password: str | None, pub
     c.connect(u.hostname, u.port, keepalive=10)
     if publish is not None:
         c.publish(*publish, qos=1, retain=True)
-    for _ in range(60):  # bounded: 60 x 0.05 s
+    deadline = time.monotonic() + 30  # bounded; each loop returns as soon as the broker answers
+    while time.monotonic() < deadline:
         c.loop(0.05)
         if "refused" in out or "dropped" in out or (out and (publish is None or "acked" in out)):
             break

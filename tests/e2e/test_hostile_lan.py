@@ -84,7 +84,9 @@ def test_idle_connections_cannot_starve_ingest_or_the_dashboard(gateway, mosquit
             conns = h["web"]["connections"]
             assert conns["max"] == NOFILE // 4 and conns["open"] <= conns["max"]
             closed = conns["evicted"] + conns["refused"] + conns["timed_out"]
-            assert conns["evicted"] > 0 and closed >= IDLE_CONNECTIONS - conns["max"]
+            # Of the connections that were made (a connect refused under load never reached the
+            # gateway), all but the ones it may keep were closed by it.
+            assert conns["evicted"] > 0 and closed >= len(socks) - conns["max"]
             assert c.get(f"/api/events/box1/{eid}").status_code == 200
     finally:
         for s in socks:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from gateway.devices import DeviceRegistry
-from gateway.mosquitto import free_port
+from gateway.mosquitto import hold_port
 from tests.support.e2e import GatewayProc, wait_for
 from tests.support.gateway_core import Box, new_event_id
 
@@ -55,18 +55,16 @@ def test_sigkill_of_the_gateway_takes_its_broker_down_and_the_restart_keeps_the_
         )
 
     password = DeviceRegistry(tmp_path / "gw" / "data").add("box-1").password
-    # The port must be known before the gateway starts (it is the "flashed" one). Another test worker's
-    # process can take it between the pick and the gateway's bind; the gateway then moves, as it should,
-    # and says so in broker.json: pick again rather than test the restart on a port we did not choose.
-    for _ in range(3):  # bounded
-        port = free_port()
-        gw = gateway(port)
-        gw.start()
-        if gw.broker_address()["port"] == port:
-            break
-        assert gw.stop() == 0
-    else:
-        raise AssertionError("three picked ports were taken before the gateway bound them")
+    # The port must be known before the gateway starts (it is the "flashed" one). This test holds it
+    # (a bound socket that never listens, which Mosquitto can still listen beside) for its whole run:
+    # another test worker's process can then take it neither before the first start nor while no
+    # gateway runs between the SIGKILL and the restart (that lost the port: the gateway moved).
+    hold = hold_port("127.0.0.1")
+    assert hold is not None
+    port = hold.getsockname()[1]
+    gw = gateway(port)
+    gw.start()
+    assert gw.broker_address()["port"] == port, gw.tail()
     box = Box(f"mqtt://127.0.0.1:{port}", prefix, "box-1", username="box-1", password=password)
     try:
         for _ in range(3):
@@ -96,3 +94,4 @@ def test_sigkill_of_the_gateway_takes_its_broker_down_and_the_restart_keeps_the_
     finally:
         box.close()
         gw.kill()
+        hold.close()
