@@ -896,7 +896,7 @@ def test_unreadable_registry_does_not_stop_the_bridge(mosquitto, port, cfg, mirr
         assert bridge.health()["registry_errors"] >= 1
         registry.broken = False
         deadline = time.monotonic() + 10
-        while bridge._registry_seen is None and time.monotonic() < deadline:
+        while bridge._roster.registered is None and time.monotonic() < deadline:
             time.sleep(0.05)
         registry.set({"box-1"})
         port.bus.publish(DEVICE_REMOVED, {"device": "box-2", "registered": ["box-1"]})

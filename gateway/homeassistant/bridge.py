@@ -237,11 +237,6 @@ class HomeAssistantBridge:
         out["connected"] = self.connected
         return out
 
-    @property
-    def _registry_seen(self) -> set[str] | None:
-        """The registered boxes as last seen (None: the registry has not been readable yet)."""
-        return self._roster.registered
-
     def _send(self, topic: str, payload: bytes, retain: bool) -> bool:
         """Hand a message to paho (QoS 1); False when it could not (lost connection: on_connect
         schedules a full resync, which repeats it)."""
