@@ -29,7 +29,7 @@ from PIL import Image
 from gateway.bus import DEVICE_CHANGED, DEVICE_REGISTERED, DEVICE_REMOVED, EVENT_STORED
 from gateway.homeassistant import HAConfig, HomeAssistantBridge, clear_device
 from gateway.homeassistant import discovery as d
-from gateway.homeassistant.bridge import shrink_jpeg
+from gateway.homeassistant.image import shrink_jpeg
 from tests.support import ha_gateway as has
 from tests.support.ha_gateway import (
     FakeRegistry,

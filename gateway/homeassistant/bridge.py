@@ -37,16 +37,16 @@ from gateway.bus import (
 )
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant import inbound
-from gateway.homeassistant.clear import clear_device, make_client
+from gateway.homeassistant.clear import make_client
 from gateway.homeassistant.discovery import HAConfig
-from gateway.homeassistant.image import PhotoLedger, shrink_jpeg
+from gateway.homeassistant.image import PhotoLedger
 from gateway.homeassistant.pending import PendingWork
 from gateway.homeassistant.publisher import Publisher
 from gateway.homeassistant.roster import RegistryLike, Roster
 from gateway.ports import GatewayPort
 from gateway.protocol import valid_device_id
 
-__all__ = ["HAConfig", "HomeAssistantBridge", "clear_device", "make_client", "shrink_jpeg"]
+__all__ = ["HAConfig", "HomeAssistantBridge"]
 
 log = logging.getLogger(__name__)
 
