@@ -130,10 +130,10 @@ class RegistryChange:
 def bus_registry_change(data: Any) -> RegistryChange | None:
     """A DEVICE_REMOVED / DEVICE_REGISTERED message (gateway.registry_watch), or None when malformed.
     Invalid ids in its `registered` list are left out."""
-    device = data.get("device") if isinstance(data, dict) else None
-    if not isinstance(device, str) or not valid_device_id(device):
+    device = bus_device(data)
+    if device is None:
         return None
     registered = data.get("registered")
     if not isinstance(registered, list):
         return RegistryChange(device, None)
-    return RegistryChange(device, {x for x in registered if isinstance(x, str) and valid_device_id(x)})
+    return RegistryChange(device, {x for x in registered if valid_device_id(x)})
