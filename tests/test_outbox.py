@@ -11,6 +11,7 @@ from gateway.notify.base import Alert, RateLimit, SendResult
 from gateway.outbox import OutboxDispatcher, backoff_s
 from gateway.ratelimit import SendLimiter
 from gateway.store import Store
+from gateway.whatsapp.supervisor import SendOutcome
 
 
 class Clock:
@@ -262,24 +263,26 @@ def test_a_held_channel_waits_quietly(store, caplog):
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+class WhatsAppSender:
+    """The WhatsApp supervisor's send(), every send delivered; a true edge (the WhatsApp servers)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, to: str, text: str, image: bytes | None = None) -> SendOutcome:
+        self.sent.append(to)
+        return SendOutcome(ok=True, message_id=f"m{len(self.sent)}")
+
+
 def test_a_whatsapp_send_is_booked_once_on_the_dispatchers_clock(store, tmp_path):
     """Issue 17: the dispatcher and the WhatsApp notifier both booked each send, on different clocks
     (the dispatcher's injected one, the notifier's time.monotonic). A send the dispatcher allowed a
     minute later was refused by the notifier ("rate limited") and counted as a failed attempt."""
     from gateway.notify.whatsapp import WhatsAppNotifier
     from gateway.whatsapp.settings import WhatsAppSettings
-    from gateway.whatsapp.supervisor import SendOutcome
-
-    class Sender:  # the supervisor's send(); a true edge (the WhatsApp servers)
-        def __init__(self) -> None:
-            self.sent: list[str] = []
-
-        def send(self, to: str, text: str, image: bytes | None = None) -> SendOutcome:
-            self.sent.append(to)
-            return SendOutcome(ok=True, message_id=f"m{len(self.sent)}")
 
     clock = Clock()
-    sender = Sender()
+    sender = WhatsAppSender()
     settings = WhatsAppSettings(
         session_dir=tmp_path / "wa",
         recipients=["+628111111111"],
@@ -308,18 +311,9 @@ def test_whatsapp_limit_counts_one_number_however_it_is_spelled(store, tmp_path)
     window of their own: twice the rate WhatsApp tolerates for that number. Keyed on the JID now."""
     from gateway.notify.whatsapp import WhatsAppNotifier
     from gateway.whatsapp.settings import WhatsAppSettings
-    from gateway.whatsapp.supervisor import SendOutcome
-
-    class Sender:  # the supervisor's send(); a true edge (the WhatsApp servers)
-        def __init__(self) -> None:
-            self.sent: list[str] = []
-
-        def send(self, to: str, text: str, image: bytes | None = None) -> SendOutcome:
-            self.sent.append(to)
-            return SendOutcome(ok=True, message_id=f"m{len(self.sent)}")
 
     clock = Clock()
-    sender = Sender()
+    sender = WhatsAppSender()
     spellings = ["+62 812-3456-789", "628123456789", "+62 (812) 3456.789"]
     settings = WhatsAppSettings(
         session_dir=tmp_path / "wa", recipients=spellings, rate_per_minute=1, rate_per_minute_overall=0

@@ -8,24 +8,11 @@ import calendar
 
 from gateway.framing import scan_lines
 from gateway.store import PURGED_JOURNAL, Store
+from tests.support.store_faults import event_record
 
 
 def _t(y: int, m: int, d: int) -> float:
     return float(calendar.timegm((y, m, d, 12, 0, 0)))
-
-
-def _event(device: str, eid: str, when: float) -> dict:
-    return {
-        "device": device,
-        "id": eid,
-        "type": "delivery",
-        "ts": when,
-        "received_at": when,
-        "seq": 1,
-        "sensors": {"lid": "closed"},
-        "photo": None,
-        "cmd": None,
-    }
 
 
 def test_tombstones_go_when_retention_would_have_deleted_their_events(tmp_path):
@@ -33,9 +20,9 @@ def test_tombstones_go_when_retention_would_have_deleted_their_events(tmp_path):
     old_ids = [f"oldevent-{i:06d}" for i in range(3)]
     new_ids = [f"newevent-{i:06d}" for i in range(2)]
     for eid in old_ids:
-        assert s.add_event(_event("box-old", eid, _t(2025, 11, 10)))
+        assert s.add_event(event_record("box-old", eid, _t(2025, 11, 10)))
     for eid in new_ids:
-        assert s.add_event(_event("box-new", eid, _t(2026, 11, 10)))
+        assert s.add_event(event_record("box-new", eid, _t(2026, 11, 10)))
     s.purge_device("box-old", _t(2025, 11, 20))  # a year ago
     s.purge_device("box-new", _t(2026, 11, 20))  # two weeks ago
     now = _t(2026, 12, 6)
@@ -48,7 +35,7 @@ def test_tombstones_go_when_retention_would_have_deleted_their_events(tmp_path):
     assert not any(s.has_event("box-old", e) for e in old_ids)
     assert all(s.has_event("box-new", e) for e in new_ids)
     s.purge_device("box-new", _t(2026, 12, 1))  # nothing new to purge: no line
-    assert s.add_event(_event("box-third", "thirdevt-000001", _t(2026, 12, 2)))
+    assert s.add_event(event_record("box-third", "thirdevt-000001", _t(2026, 12, 2)))
     s.purge_device("box-third", _t(2026, 12, 3))  # appended to the rewritten journal
     s.close()
     lines = scan_lines((tmp_path / "db" / PURGED_JOURNAL).read_bytes())
@@ -61,7 +48,7 @@ def test_tombstones_go_when_retention_would_have_deleted_their_events(tmp_path):
         assert s2.has_event("box-third", "thirdevt-000001")
         assert s2.integrity()["journal_damaged"] == 0
         # a re-sent event of the first box is new history now, as an unpurged event past retention is
-        assert s2.add_event(_event("box-old", old_ids[0], _t(2025, 11, 10)))
+        assert s2.add_event(event_record("box-old", old_ids[0], _t(2025, 11, 10)))
     finally:
         s2.close()
 
@@ -69,7 +56,7 @@ def test_tombstones_go_when_retention_would_have_deleted_their_events(tmp_path):
 def test_a_tombstone_stays_while_its_month_is_within_retention(tmp_path):
     s = Store(tmp_path)
     try:
-        assert s.add_event(_event("box-1", "someevnt-000001", _t(2026, 10, 30)))
+        assert s.add_event(event_record("box-1", "someevnt-000001", _t(2026, 10, 30)))
         s.purge_device("box-1", _t(2026, 10, 31))
         # 30 days after the end of October: October's partition is exactly at the cutoff's edge - 1 s
         now = calendar.timegm((2026, 11, 1, 0, 0, 0)) + 30 * 86_400 - 1

@@ -10,35 +10,20 @@ reached the disk is there, as after a SIGKILL) and its folder opened again.
 
 from __future__ import annotations
 
-import errno
 import json
 from typing import Any
 
 import pytest
 
-import gateway.storage as storage_mod
 from gateway.app import build_notifiers
 from gateway.pipeline import Received
 from gateway.service import GatewayService
 from gateway.store import COMPACT_EVERY, JOURNAL_SUFFIX, Store, blank_device
 from tests.support.gateway_core import gateway_config
+from tests.support.store_faults import Killed, appends_fail, die_after_append
 
 T0 = 1_795_000_000.0  # 2026-11-17, mid-month
 PREFIX = "pbtest"
-
-
-class Killed(BaseException):
-    """The process dies here: nothing after this point runs (not an Exception, so nothing catches it)."""
-
-
-def _die_after_first_append(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_append = storage_mod.Journal.append
-
-    def append_then_die(self: storage_mod.Journal, entry: dict[str, Any]) -> None:
-        real_append(self, entry)
-        raise Killed
-
-    monkeypatch.setattr(storage_mod.Journal, "append", append_then_die)
 
 
 def _planned(store: Store, kind: str) -> list[dict[str, Any]]:
@@ -66,7 +51,7 @@ def test_an_offline_alert_and_its_mark_survive_a_kill_right_after_the_first_writ
     s1 = Store(data)
     s1.put_device(dict(blank_device("box1")) | {"online": False, "offline_since": T0, "last_seen": T0})
     svc = _service(tmp_path, s1, PARCELBOX_ALERTS_OFFLINE_AFTER_S="3600")
-    _die_after_first_append(monkeypatch)
+    die_after_append(monkeypatch)
     with pytest.raises(Killed):
         svc.tick(T0 + 3601)
     monkeypatch.undo()
@@ -89,7 +74,7 @@ def test_a_low_battery_alert_and_its_mark_survive_a_kill_right_after_the_first_w
     s1 = Store(data)
     svc = _service(tmp_path, s1, PARCELBOX_ALERTS_LOW_BATTERY_MV="3500")
     status = json.dumps({"v": 1, "online": True, "fw": "0.1.0", "battery_mv": 3300}).encode()
-    _die_after_first_append(monkeypatch)
+    die_after_append(monkeypatch)
     with pytest.raises(Killed):
         svc.pipeline.run(Received(f"{PREFIX}/box1/status", status, T0))
     monkeypatch.undo()
@@ -141,11 +126,7 @@ def _offline_alert(device: str, alert_id: str, t: float) -> dict[str, Any]:
 def test_a_failed_write_leaves_neither_the_alerts_nor_the_mark(tmp_path, monkeypatch):
     s1 = Store(tmp_path)
     s1.put_device(dict(blank_device("box1")))
-
-    def no_space(self: storage_mod.Journal, entry: dict[str, Any]) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(storage_mod.Journal, "append", no_space)
+    appends_fail(monkeypatch)
     with pytest.raises(OSError):
         s1.add_outbox(
             [_offline_alert("box1", "a1", T0)], T0, device={**s1.get_device("box1"), "offline_alerted": True}

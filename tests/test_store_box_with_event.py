@@ -19,27 +19,10 @@ import pytest
 import gateway.storage as storage_mod
 from gateway.framing import scan_lines
 from gateway.store import BOX_REV, COMPACT_EVERY, JOURNAL_SUFFIX, Store, StoreError, blank_device
+from tests.support.store_faults import Killed, appends_fail, die_after_append, event_record
 
 T0 = 1_795_000_000.0  # 2026-11-17, mid-month
 BIG_SEGMENTS = 10_000  # one segment file for the month: every line below goes to the same journal
-
-
-class Killed(BaseException):
-    """The process dies here: nothing after this point runs (not an Exception, so nothing catches it)."""
-
-
-def _event(device: str, eid: str, t: float, etype: str = "delivery") -> dict[str, Any]:
-    return {
-        "device": device,
-        "id": eid,
-        "type": etype,
-        "ts": t,
-        "received_at": t,
-        "seq": 1,
-        "sensors": {"lid": "closed"},
-        "photo": None,
-        "cmd": None,
-    }
 
 
 def _box_after(store: Store, device: str, eid: str, t: float, **fields: Any) -> dict[str, Any]:
@@ -51,7 +34,7 @@ def _box_after(store: Store, device: str, eid: str, t: float, **fields: Any) -> 
 
 def _store_with_box(store: Store, device: str, eid: str, t: float, waiting: int) -> bool:
     return store.add_event(
-        _event(device, eid, t), [], device=_box_after(store, device, eid, t, waiting=waiting)
+        event_record(device, eid, t), [], device=_box_after(store, device, eid, t, waiting=waiting)
     )
 
 
@@ -67,14 +50,7 @@ def test_the_box_record_is_in_the_events_own_line_and_survives_a_kill_right_afte
     append (`put_device`), which this kill never lets happen."""
     s1 = Store(tmp_path)
     _store_with_box(s1, "box-1", "abcdefgh-000001", T0, waiting=1)
-    real_append = storage_mod.Journal.append
-
-    def append_then_die(self: storage_mod.Journal, entry: dict[str, Any]) -> None:
-        real_append(self, entry)
-        if entry.get("ev", {}).get("id") == "abcdefgh-000002":
-            raise Killed
-
-    monkeypatch.setattr(storage_mod.Journal, "append", append_then_die)
+    die_after_append(monkeypatch, lambda entry: entry.get("ev", {}).get("id") == "abcdefgh-000002")
     with pytest.raises(Killed):
         _store_with_box(s1, "box-1", "abcdefgh-000002", T0 + 60, waiting=2)
     monkeypatch.undo()
@@ -101,11 +77,7 @@ def test_a_failed_event_write_leaves_the_box_record_unchanged(tmp_path, monkeypa
     """One line: if the event is not stored, neither is the box record (in memory or on disk)."""
     s1 = Store(tmp_path)
     _store_with_box(s1, "box-1", "abcdefgh-000001", T0, waiting=1)
-
-    def no_space(self: storage_mod.Journal, entry: dict[str, Any]) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(storage_mod.Journal, "append", no_space)
+    appends_fail(monkeypatch)
     with pytest.raises(OSError):
         _store_with_box(s1, "box-1", "abcdefgh-000002", T0 + 60, waiting=2)
     monkeypatch.undo()
@@ -251,7 +223,7 @@ def test_a_data_folder_from_before_box_revisions_still_loads(tmp_path):
     journal.append({"doc_id": 2, "dev": dict(blank_device("box-two"))})
     journal.close()
     s0 = Store(tmp_path)
-    s0.add_event(_event("box-old", "abcdefgh-000001", T0))  # an old-style line: no box record
+    s0.add_event(event_record("box-old", "abcdefgh-000001", T0))  # an old-style line: no box record
     # crash: s0 is abandoned, the month's journal is not compacted
     s1 = Store(tmp_path)
     assert s1.get_device("box-old")["waiting"] == 5
@@ -271,7 +243,7 @@ def test_a_box_record_of_another_box_is_refused(tmp_path):
     s = Store(tmp_path)
     try:
         with pytest.raises(StoreError):
-            s.add_event(_event("box-1", "abcdefgh-000001", T0), [], device=dict(blank_device("box-2")))
+            s.add_event(event_record("box-1", "abcdefgh-000001", T0), [], device=dict(blank_device("box-2")))
         assert not s.has_event("box-1", "abcdefgh-000001")
     finally:
         s.close()

@@ -19,26 +19,13 @@ import pytest
 import gateway.storage as storage_mod
 from gateway.framing import scan_lines
 from gateway.store import JOURNAL_SUFFIX, Store, StoreError
+from tests.support.store_faults import Killed, appends_fail, die_after_append, event_record
 
 T0 = 1_795_000_000.0  # 2026-11-17, mid-month
 
 
-class Killed(BaseException):
-    """The process dies here: nothing after this point runs (not an Exception, so nothing catches it)."""
-
-
 def _event(eid: str, t: float, device: str = "box-1") -> dict[str, Any]:
-    return {
-        "device": device,
-        "id": eid,
-        "type": "delivery",
-        "ts": t,
-        "received_at": t,
-        "seq": 1,
-        "sensors": {"lid": "closed"},
-        "photo": None,
-        "cmd": None,
-    }
+    return event_record(device, eid, t)
 
 
 def _alert(eid: str, t: float, device: str = "box-1") -> dict[str, Any]:
@@ -87,14 +74,7 @@ def test_the_change_to_the_burst_is_in_the_events_line_and_survives_a_kill_after
     """The process dies as soon as the first line naming the second event is on disk: after the
     restart the event is stored and the alert names it, or (see the next test) neither."""
     s1, aid = _burst(tmp_path)
-    real_append = storage_mod.Journal.append
-
-    def append_then_die(self: storage_mod.Journal, entry: dict[str, Any]) -> None:
-        real_append(self, entry)
-        if "abcdefgh-000002" in repr(entry):
-            raise Killed
-
-    monkeypatch.setattr(storage_mod.Journal, "append", append_then_die)
+    die_after_append(monkeypatch, lambda entry: "abcdefgh-000002" in repr(entry))
     with pytest.raises(Killed):
         s1.add_event(
             _event("abcdefgh-000002", T0 + 5),
@@ -116,11 +96,7 @@ def test_the_change_to_the_burst_is_in_the_events_line_and_survives_a_kill_after
 
 def test_a_failed_write_changes_neither_the_event_nor_the_burst(tmp_path, monkeypatch):
     s1, aid = _burst(tmp_path)
-
-    def no_space(self: storage_mod.Journal, entry: dict[str, Any]) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(storage_mod.Journal, "append", no_space)
+    appends_fail(monkeypatch)
     with pytest.raises(OSError):
         s1.add_event(
             _event("abcdefgh-000002", T0 + 5),

@@ -20,6 +20,27 @@ from tests.support.gateway_core import Box, new_event_id
 FAULTS = Path(__file__).resolve().parents[1] / "support" / "faults"
 
 
+def _killed_at_second_event(gw: GatewayProc, box: Box, first: str, second: str) -> None:
+    """Start the gateway (its fault hook armed for `second`), store `first`, send `second`: the gateway dies."""
+    gw.start()
+    box.send(first, None)
+    assert box.wait_ack(first, 30)["ok"]
+    box.send(second, None)  # the process dies once the first journal line naming it is on disk
+    assert gw.proc is not None
+    assert gw.proc.wait(30) == -signal.SIGKILL
+
+
+def _restarted_and_resent(gw: GatewayProc, box: Box, second: str) -> None:
+    """Restart without the hook; the box re-sends `second` (no ack came) and gets its ack; both events count."""
+    gw.env = {}
+    gw.start()
+    box.send(second, None)  # the box's spool: no ack came, so it sends the event again
+    ack = box.wait_ack(second, 30)
+    assert ack["ok"], ack
+    wait_for(lambda: gw.health().get("events_total") == 2, 30, what="both events counted")
+    assert gw.stop() == 0
+
+
 def test_sigkill_right_after_the_event_line_keeps_the_box_state(tmp_path, mosquitto, prefix):
     first, second = new_event_id(), new_event_id()
     gw = GatewayProc(
@@ -30,20 +51,9 @@ def test_sigkill_right_after_the_event_line_keeps_the_box_state(tmp_path, mosqui
     )
     box = Box(mosquitto.url, prefix, "killbox")
     try:
-        gw.start()
-        box.send(first, None)
-        assert box.wait_ack(first, 30)["ok"]
-        box.send(second, None)  # stored, then the process dies before anything else
-        assert gw.proc is not None
-        assert gw.proc.wait(30) == -signal.SIGKILL
+        _killed_at_second_event(gw, box, first, second)
         assert "Traceback" not in gw.tail(200)
-        gw.env = {}
-        gw.start()
-        box.send(second, None)  # the box's spool: no ack came, so it sends the event again
-        ack = box.wait_ack(second, 30)
-        assert ack["ok"], ack
-        wait_for(lambda: gw.health().get("events_total") == 2, 30, what="both events counted")
-        assert gw.stop() == 0
+        _restarted_and_resent(gw, box, second)
     finally:
         box.close()
         gw.kill()
@@ -82,25 +92,15 @@ def test_sigkill_right_after_a_grouped_event_line_keeps_alert_and_event_together
     )
     box = Box(mosquitto.url, prefix, "burstbox")
     try:
-        gw.start()
-        box.send(first, None)
-        assert box.wait_ack(first, 30)["ok"]
-        box.send(second, None)  # joins the burst; the process dies after the first line naming it
-        assert gw.proc is not None
-        assert gw.proc.wait(30) == -signal.SIGKILL
+        # the second event joins the burst; the gateway dies after the first line naming it
+        _killed_at_second_event(gw, box, first, second)
         store = Store(gw.data_dir)  # what the restart finds
         try:
             stored, named = _stored_and_named(store, "burstbox")
             assert len(named) == 1 and set(named[0]) <= stored, (named, stored)
         finally:
             store.close()
-        gw.env = {}
-        gw.start()
-        box.send(second, None)  # the box's spool: no ack came, so it sends the event again
-        ack = box.wait_ack(second, 30)
-        assert ack["ok"], ack
-        wait_for(lambda: gw.health().get("events_total") == 2, 30, what="both events counted")
-        assert gw.stop() == 0
+        _restarted_and_resent(gw, box, second)
     finally:
         box.close()
         gw.kill()

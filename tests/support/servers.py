@@ -120,8 +120,7 @@ class SmtpSink:
         self.messages: list[tuple[str, list[str], EmailMessage]] = []
         self.logins: list[str] = []
         self.arrived = threading.Condition()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))  # kept and handed to the server: no window to lose the port in
+        self.sock = reserve_port()  # kept and handed to the server: no window to lose the port in
         self.port: int = self.sock.getsockname()[1]
         sink = self
 

@@ -156,11 +156,9 @@ def gateway_with_fake_whatsapp(
     from gateway.whatsapp.component import WhatsAppComponent
 
     fast = {"rate_per_minute": 1000, "rate_per_minute_overall": 1000}
-    settings = fake_settings(tmp_path, **{**fast, **settings_overrides})
-    fake = FakeWhatsApp(settings.fake_dir)
+    settings, fake = paired_fake(tmp_path, **{**fast, **settings_overrides})
     if script:
         fake.script(**script)
-    pair_fake(settings)
     svc = GatewayService(cfg, notifiers=list(notifiers))
     comp = WhatsAppComponent(svc, settings)
     svc.add_notifier(comp.notifier)
