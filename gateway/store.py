@@ -1045,17 +1045,20 @@ class Store:
         with self._lock:
             self._in_flight.discard(alert_id)
 
-    def mergeable_outbox(self, received_at: float) -> list[dict[str, Any]]:
+    def mergeable_outbox(self, received_at: float, device: str | None = None) -> list[dict[str, Any]]:
         """The open entries an event received at `received_at` may change in its own journal line
-        (`add_event(outbox_updates=...)`): not in flight, and stored in the file that event goes to.
-        Oldest first. An alert in an older file (the segment rolled over, a new month began) is left
-        alone: a grouped delivery then starts a new alert."""
+        (`add_event(outbox_updates=...)`): not in flight, and stored in the file that event goes to;
+        with `device`, only that box's (a burst joins its own box's alert only). Oldest first. An alert
+        in an older file (the segment rolled over, a new month began) is left alone: a grouped delivery
+        then starts a new alert."""
         with self._lock:
             part = self.part_for(received_at)
             rows = [
                 dict(r)
                 for aid, r in self._open_outbox.items()
-                if aid not in self._in_flight and self._outbox_index.get(aid, ("",))[0] == part
+                if (device is None or r.get("device") == device)
+                and aid not in self._in_flight
+                and self._outbox_index.get(aid, ("",))[0] == part
             ]
         return sorted(rows, key=lambda r: r["created_at"])
 
