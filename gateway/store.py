@@ -59,7 +59,6 @@ from typing import Any, cast
 from tinydb import TinyDB
 
 from gateway.event_index import Entry, EventIndex, entry_for
-from gateway.framing import HEADER, encode_line
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir, remove_stale_temp_files
@@ -1361,10 +1360,7 @@ class Store:
             return 0
         journal = self._purged_journal
         try:
-            journal.quarantine()
-            journal.close()  # reopened by the next append, on the new file
-            data = HEADER + b"".join(encode_line(e) for e in keep) if keep else b""
-            atomic_write_bytes(journal.path, data, mode=0o644)
+            journal.replace(keep)
         except OSError as exc:
             self._problems["write_errors"] += 1
             log.warning("%s: could not drop expired tombstones (%s); kept", journal.path.name, exc)
