@@ -529,7 +529,9 @@ class IngestPipeline:
             # joined can start in between (the dispatcher claims it under the same lock).
             with self.store.exclusive():
                 if grouped:
-                    mergeable = self.store.mergeable_outbox(received_at)
+                    # Only this box's: copied and sorted under the store's lock, the whole open
+                    # outbox (thousands while a sink is down) would hold up ingest and the senders.
+                    mergeable = self.store.mergeable_outbox(received_at, device)
                     outbox, updates = alerts.merge_into_burst(outbox, mergeable, cfg=cfg)
                 # One durable write: the event, its new alerts, its changes to the burst's alert, the box.
                 added = self.store.add_event(record, outbox, device=dev, outbox_updates=updates)

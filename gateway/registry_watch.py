@@ -44,9 +44,10 @@ class RegistryWatch:
         # (mtime read, registered box -> its name at `device add`, removed box -> when)
         self._seen: tuple[float, dict[str, str], dict[str, float]] = (_NOT_READ, {}, {})
 
-    def view(self) -> tuple[set[str], dict[str, float]]:
-        """(registered boxes, removed box -> when), re-read only when devices.json changed; a change
-        after the first read is published on the bus. Raises what reading a damaged file raises."""
+    def _refresh(self) -> None:
+        """Re-read devices.json when it changed (by mtime); a change after the first read is published
+        on the bus. Raises what reading a damaged file raises. Runs at every look (`poll`), so it builds
+        nothing when the file is unchanged: the looks read `_seen` themselves."""
         mtime = self.registry.mtime()
         if mtime != self._seen[0]:
             first = self._seen[0] == _NOT_READ
@@ -59,13 +60,12 @@ class RegistryWatch:
                     self.bus.publish(DEVICE_REMOVED, {"device": device, "registered": sorted(now)})
                 for device in sorted(now - before):
                     self.bus.publish(DEVICE_REGISTERED, {"device": device, "registered": sorted(now)})
-        return set(self._seen[1]), self._seen[2]
 
     def poll(self) -> None:
         """Look for a change (start, every tick, every look of the pipeline); never raises on a damaged
         file: it is counted and logged, and the registry as last read well stays in force."""
         try:
-            self.view()
+            self._refresh()
         except (OSError, ValueError, TypeError) as exc:  # hand-edited or damaged
             self.counters.inc("registry_errors")
             if self.throttle.allow("registry")[0]:

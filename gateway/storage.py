@@ -372,6 +372,15 @@ class Journal:
         self._needs_newline = False
         self.entries_since_reset = 0
 
+    def replace(self, entries: list[dict[str, Any]]) -> None:
+        """Rewrite the journal atomically to hold `entries` only (a journal that is never reset drops
+        lines that expired). Damaged bytes are quarantined first, as by `reset`; raises OSError
+        leaving the journal as it was."""
+        self.quarantine()
+        self.close()  # reopened by the next append, on the new file
+        data = HEADER + b"".join(encode_line(e) for e in entries) if entries else b""
+        atomic_write_bytes(self.path, data, mode=0o644)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

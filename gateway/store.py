@@ -59,7 +59,6 @@ from typing import Any, cast
 from tinydb import TinyDB
 
 from gateway.event_index import Entry, EventIndex, entry_for
-from gateway.framing import HEADER, encode_line
 from gateway.ports import DeviceRecord, EventRecord, OutboxRecord, PhotoVariant
 from gateway.protocol import valid_device_id, valid_msg_id
 from gateway.storage import AtomicJSONStorage, Journal, atomic_write_bytes, fsync_dir, remove_stale_temp_files
@@ -1045,17 +1044,20 @@ class Store:
         with self._lock:
             self._in_flight.discard(alert_id)
 
-    def mergeable_outbox(self, received_at: float) -> list[dict[str, Any]]:
+    def mergeable_outbox(self, received_at: float, device: str | None = None) -> list[dict[str, Any]]:
         """The open entries an event received at `received_at` may change in its own journal line
-        (`add_event(outbox_updates=...)`): not in flight, and stored in the file that event goes to.
-        Oldest first. An alert in an older file (the segment rolled over, a new month began) is left
-        alone: a grouped delivery then starts a new alert."""
+        (`add_event(outbox_updates=...)`): not in flight, and stored in the file that event goes to;
+        with `device`, only that box's (a burst joins its own box's alert only). Oldest first. An alert
+        in an older file (the segment rolled over, a new month began) is left alone: a grouped delivery
+        then starts a new alert."""
         with self._lock:
             part = self.part_for(received_at)
             rows = [
                 dict(r)
                 for aid, r in self._open_outbox.items()
-                if aid not in self._in_flight and self._outbox_index.get(aid, ("",))[0] == part
+                if (device is None or r.get("device") == device)
+                and aid not in self._in_flight
+                and self._outbox_index.get(aid, ("",))[0] == part
             ]
         return sorted(rows, key=lambda r: r["created_at"])
 
@@ -1358,10 +1360,7 @@ class Store:
             return 0
         journal = self._purged_journal
         try:
-            journal.quarantine()
-            journal.close()  # reopened by the next append, on the new file
-            data = HEADER + b"".join(encode_line(e) for e in keep) if keep else b""
-            atomic_write_bytes(journal.path, data, mode=0o644)
+            journal.replace(keep)
         except OSError as exc:
             self._problems["write_errors"] += 1
             log.warning("%s: could not drop expired tombstones (%s); kept", journal.path.name, exc)

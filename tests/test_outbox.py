@@ -409,3 +409,22 @@ def test_a_lane_that_cannot_get_a_thread_leaves_its_entry_unclaimed_and_due(stor
     d._pass("remote")
     assert d.wait_lanes(10)
     assert [a.id for a in sink.sent] == ["a1_remote"]
+
+
+def test_a_failing_rate_key_limits_the_recipient_under_its_own_spelling(store, caplog):
+    """A notifier's `rate_key` that raises (its bug) must not stop the pass or the send: the recipient
+    is limited under the configured string instead, and the failure is logged (OutboxDispatcher._rate_key)."""
+
+    class BrokenKey(ScriptedSink):
+        def rate_key(self, recipient: str) -> str:
+            raise ValueError(f"cannot parse {recipient}")
+
+    clock = Clock()
+    sink = BrokenKey(rate_limit=RateLimit(per_recipient=(1, 60.0)))
+    store.add_outbox([entry(1, clock.t - 1), entry(2, clock.t)], clock.t)
+    d, _ = make(store, sink, clock)
+    with caplog.at_level(logging.ERROR, logger="gateway.outbox"):
+        d._pass("remote")
+    assert [a.id for a in sink.sent] == ["a1_remote"]  # sent; the second waits for r1's window
+    assert store.get_outbox("a2_remote")["state"] == "pending"
+    assert "rate key of 'r1' failed" in caplog.text

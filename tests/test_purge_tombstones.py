@@ -66,3 +66,55 @@ def test_a_tombstone_stays_while_its_month_is_within_retention(tmp_path):
         assert not s.has_event("box-1", "someevnt-000001")
     finally:
         s.close()
+
+
+def _purged_once(tmp_path):
+    s = Store(tmp_path)
+    assert s.add_event(_event("box-old", "oldevent-000001", _t(2025, 11, 10)))
+    s.purge_device("box-old", _t(2025, 11, 20))
+    return s
+
+
+def test_a_failed_rewrite_of_the_tombstones_forgets_nothing(tmp_path, monkeypatch):
+    """Dropping expired tombstones rewrites purged.journal; when that write fails (a full disk) every
+    tombstone stays, in memory and on disk, and the failure is counted."""
+    import gateway.storage
+    import gateway.store
+
+    s = _purged_once(tmp_path)
+    real = gateway.storage.atomic_write_bytes
+
+    def failing(path, data, **kw):
+        if path.name == PURGED_JOURNAL:
+            raise OSError(28, "No space left on device")
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(gateway.storage, "atomic_write_bytes", failing)
+    monkeypatch.setattr(gateway.store, "atomic_write_bytes", failing)
+    try:
+        assert s.apply_retention(_t(2026, 12, 6), 365, 0).get("tombstones", 0) == 0
+        assert s.has_event("box-old", "oldevent-000001")  # still remembered: a re-send is a duplicate
+        assert s.integrity()["write_errors"] >= 1
+    finally:
+        s.close()
+    monkeypatch.undo()
+    s2 = Store(tmp_path)
+    try:
+        assert s2.has_event("box-old", "oldevent-000001")
+    finally:
+        s2.close()
+
+
+def test_damaged_bytes_in_the_tombstones_are_quarantined_before_the_rewrite(tmp_path):
+    _purged_once(tmp_path).close()
+    journal = tmp_path / "db" / PURGED_JOURNAL
+    with journal.open("ab") as f:
+        f.write(b"\x00garbage that is no line\n")
+    s = Store(tmp_path)
+    try:
+        assert s.apply_retention(_t(2026, 12, 6), 365, 0)["tombstones"] == 1
+    finally:
+        s.close()
+    assert scan_lines(journal.read_bytes()).entries == []
+    kept = list((tmp_path / "db" / "quarantine").glob(PURGED_JOURNAL + "*"))
+    assert kept and b"garbage that is no line" in b"".join(p.read_bytes() for p in kept)

@@ -252,3 +252,22 @@ def test_a_line_the_card_could_not_take_back_does_not_cost_a_later_merge(tmp_pat
         assert [o["event_ids"] for o in s2.open_outbox()] == [[e1, e3, e2]]
     finally:
         s2.close()
+
+
+def test_mergeable_outbox_of_one_box_leaves_the_others_out(tmp_path):
+    """The pipeline asks for the event's own box only (`mergeable_outbox(t, device)`): a burst joins an
+    alert of its own box, and the rest of the open outbox is not copied and sorted under the lock."""
+    s = Store(tmp_path)
+    try:
+        for n, device in enumerate(("box-1", "box-2", "box-1")):
+            eid = f"abcdefgh-00000{n + 1}"
+            assert s.add_event(_event(eid, T0 + n, device), [_alert(eid, T0 + n, device)])
+        ids = {device: [o["id"] for o in s.mergeable_outbox(T0 + 5, device)] for device in ("box-1", "box-2")}
+        assert ids == {
+            "box-1": ["box-1_abcdefgh-000001_folder_00000000", "box-1_abcdefgh-000003_folder_00000000"],
+            "box-2": ["box-2_abcdefgh-000002_folder_00000000"],
+        }
+        assert s.mergeable_outbox(T0 + 5, "box-3") == []
+        assert len(s.mergeable_outbox(T0 + 5)) == 3  # without a box: every open entry, as before
+    finally:
+        s.close()

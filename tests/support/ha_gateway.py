@@ -264,7 +264,7 @@ def all_configs_present(mirror: Mirror, cfg: HAConfig, devices: dict[str, bool])
 class FakeRegistry:
     """The two calls the bridge makes on `gateway.devices.DeviceRegistry`. With `bus`, `set` also
     publishes what the running service publishes when it notices the change (gateway.registry_watch's
-    `RegistryWatch.view`): DEVICE_REMOVED / DEVICE_REGISTERED with the whole registered list."""
+    `RegistryWatch._refresh`): DEVICE_REMOVED / DEVICE_REGISTERED with the whole registered list."""
 
     def __init__(self, devices: set[str], bus: Any = None) -> None:
         self.devices = set(devices)
