@@ -70,7 +70,7 @@ def test_a_tombstone_stays_while_its_month_is_within_retention(tmp_path):
 
 def _purged_once(tmp_path):
     s = Store(tmp_path)
-    assert s.add_event(_event("box-old", "oldevent-000001", _t(2025, 11, 10)))
+    assert s.add_event(event_record("box-old", "oldevent-000001", _t(2025, 11, 10)))
     s.purge_device("box-old", _t(2025, 11, 20))
     return s
 
