@@ -33,13 +33,13 @@ from gateway.homeassistant.image import shrink_jpeg
 from tests.support import ha_gateway as has
 from tests.support.ha_gateway import (
     FakeRegistry,
-    MemoryPort,
     Mirror,
     all_configs_present,
-    make_jpeg,
+    memory_port,
     publish_birth,
 )
 from tests.support.mqtt import client
+from tests.support.web import make_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,7 +219,7 @@ cfg, port, mirror, bridge = has.cfg, has.port, has.mirror, has.bridge
 
 
 def test_every_discovery_payload_follows_home_assistant_docs(cfg):
-    port = MemoryPort(Path("/nonexistent"))
+    port = memory_port(Path("/nonexistent"))
     mains = port.add_device("front-door", name="Front door")
     battery = port.add_device("gate-2", battery_mv=3910, fw="0.2.1")
     seen_ids: set[str] = set()
@@ -385,7 +385,8 @@ def test_state_topics_never_overlap_the_box_protocol(cfg):
 
 
 def test_shrink_jpeg_makes_a_small_copy(tmp_path):
-    data = make_jpeg(tmp_path / "big.jpg", (2000, 1500), 1)
+    make_jpeg(tmp_path / "big.jpg", (2000, 1500), "big")
+    data = (tmp_path / "big.jpg").read_bytes()
     out = shrink_jpeg(data, 640)
     with Image.open(io.BytesIO(out)) as im:
         assert im.format == "JPEG" and max(im.size) == 640
@@ -448,7 +449,7 @@ def test_delivery_pickup_and_snapshot(mosquitto, port, cfg, mirror, bridge):
     port.update("front-door", lid_open=True)
     mirror.wait(lambda: mirror.json(st_topic)["lid_open"] is True, what="lid open")
     port.update("front-door", lid_open=False)
-    ev1 = port.event("front-door", "delivery")
+    ev1 = port.add_event("front-door", "delivery")
     mirror.wait(lambda: mirror.json(st_topic)["waiting"] == 1, what="one waiting")
     st = mirror.json(st_topic)
     assert st["package"] is True and st["lid_open"] is False
@@ -462,13 +463,13 @@ def test_delivery_pickup_and_snapshot(mosquitto, port, cfg, mirror, bridge):
     assert len(data) <= len(alert1) < ev1["photo"]["size"]
 
     # A second delivery replaces the image and counts up.
-    ev2 = port.event("front-door", "delivery")
+    ev2 = port.add_event("front-door", "delivery")
     alert2 = port.photo_path("front-door", ev2["id"], "alert").read_bytes()
     mirror.wait(lambda: mirror.json(st_topic)["waiting"] == 2, what="two waiting")
     mirror.wait(lambda: mirror.payload(img_delivery) == alert2, what="second delivery image")
 
     # Pickup: count back to zero, occupancy off; the last delivery photo stays.
-    port.event("front-door", "pickup", photo=False)
+    port.add_event("front-door", "pickup", photo=False)
     mirror.wait(lambda: mirror.json(st_topic)["waiting"] == 0, what="picked up")
     assert mirror.json(st_topic)["package"] is False
     assert mirror.payload(img_delivery) == alert2
@@ -480,11 +481,11 @@ def test_delivery_pickup_and_snapshot(mosquitto, port, cfg, mirror, bridge):
         deadline = time.monotonic() + 10
         while not port.commands and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert port.commands == [("front-door", "snapshot", None)]
+        assert [c[1:] for c in port.commands] == [("front-door", "snapshot", None)]
     finally:
         ha.disconnect()
         ha.loop_stop()
-    snap = port.event("front-door", "snapshot", cmd="cmd-00000001")
+    snap = port.add_event("front-door", "snapshot", cmd=port.commands[0][0])
     alert_snap = port.photo_path("front-door", snap["id"], "alert").read_bytes()
     mirror.wait(lambda: mirror.payload(img_snapshot) == alert_snap, what="snapshot image")
     assert mirror.payload(img_delivery) == alert2  # the snapshot does not replace the delivery photo
@@ -507,7 +508,7 @@ def test_image_falls_back_to_a_small_copy_of_the_original(mosquitto, port, cfg, 
     port.add_device("box-1")
     bridge.start()
     assert bridge.wait_idle()
-    ev = port.event("box-1", "delivery", alert=False)  # the pipeline kept no alert copy
+    ev = port.add_event("box-1", "delivery", alert=False)  # the pipeline kept no alert copy
     assert port.photo_path("box-1", ev["id"], "alert") is None
     original = port.photo_path("box-1", ev["id"], "original").read_bytes()
     topic = d.image_topic(cfg, "box-1", "delivery")
@@ -545,7 +546,7 @@ def test_button_presses_are_checked(mosquitto, port, cfg, bridge):
     finally:
         ha.disconnect()
         ha.loop_stop()
-    assert port.commands == [("box-1", "snapshot", None)]
+    assert [c[1:] for c in port.commands] == [("box-1", "snapshot", None)]
     h = bridge.health()
     assert h["press_rejected.bad_payload"] == 1
     assert h["press_rejected.unknown_device"] == 1
@@ -654,9 +655,9 @@ def test_stop_and_crash_mark_the_gateway_offline(mosquitto, port, cfg, mirror, t
         import sys, time
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from tests.support.ha_gateway import MemoryPort
+        from tests.support.ha_gateway import memory_port
         from gateway.homeassistant import HAConfig, HomeAssistantBridge
-        port = MemoryPort(Path({str(tmp_path / "child")!r}))
+        port = memory_port(Path({str(tmp_path / "child")!r}))
         port.add_device("box-1")
         cfg = HAConfig(prefix={cfg.prefix!r}, protocol_prefix={cfg.protocol_prefix!r}, gateway_id="gw-test")
         b = HomeAssistantBridge(port, {mosquitto.url!r}, cfg)
@@ -693,8 +694,8 @@ def test_removing_a_box_clears_it_from_home_assistant(mosquitto, port, cfg, mirr
     port.add_device("box-2")
     bridge.start()
     mirror.wait(lambda: all_configs_present(mirror, cfg, {"box-1": True, "box-2": False}), what="configs")
-    port.event("box-1", "delivery")
-    port.event("box-1", "snapshot")
+    port.add_event("box-1", "delivery")
+    port.add_event("box-1", "snapshot")
     mirror.wait(
         lambda: (
             d.image_topic(cfg, "box-1", "snapshot") in mirror.latest
@@ -750,7 +751,7 @@ def test_box_gone_from_the_gateway_is_cleared_on_resync(mosquitto, port, cfg, mi
 
 def test_broker_losing_its_retained_messages_gets_everything_again(mosquitto, port, cfg, bridge):
     port.add_device("box-1")
-    port.event("box-1", "delivery")
+    port.add_event("box-1", "delivery")
     bridge.start()
     assert bridge.wait_idle()
     mosquitto.kill()

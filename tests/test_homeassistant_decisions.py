@@ -28,7 +28,8 @@ from gateway.homeassistant.image import PhotoLedger, shrink_jpeg
 from gateway.homeassistant.pending import Batch, PendingWork
 from gateway.homeassistant.publisher import Publisher
 from gateway.homeassistant.roster import Roster, Saved, parse_saved
-from tests.support.ha_gateway import MemoryPort
+from tests.support.ha_gateway import memory_port
+from tests.support.web import MemoryPort
 
 CFG = HAConfig(prefix="ha", protocol_prefix="pb", gateway_id="gw")
 
@@ -543,7 +544,8 @@ class Sent:
 
 
 def make_publisher(tmp_path, **kw: Any) -> tuple[Publisher, Sent, MemoryPort, Counter[str]]:
-    port, sent, counts = MemoryPort(tmp_path / "photos"), Sent(), Counter[str]()
+    port, sent, counts = memory_port(tmp_path / "photos"), Sent(), Counter[str]()
+    port.firmware_status = None  # type: ignore[assignment]  # a gateway without over-the-air updates
     pub = Publisher(
         port,
         CFG,
@@ -589,5 +591,5 @@ def test_a_press_becomes_one_snapshot_command_and_a_second_too_soon_is_refused(t
     port.add_device("box-1")
     pub.turn(Batch(presses={"box-1": b"PRESS"}))
     pub.turn(Batch(presses={"box-1": b"PRESS"}))  # the clock stands still: too soon
-    assert port.commands == [("box-1", "snapshot", None)]
+    assert [c[1:] for c in port.commands] == [("box-1", "snapshot", None)]
     assert counts["presses.sent"] == 1 and counts["press_rejected.too_soon"] == 1

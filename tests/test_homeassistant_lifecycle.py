@@ -91,8 +91,8 @@ def test_removal_while_the_gateway_and_home_assistant_are_down_reaches_it_later(
 def test_reregistered_box_gets_its_last_photos_back(mosquitto, port, cfg, mirror):
     """Item 13: old code left both image entities empty ("unknown") after a box came back."""
     port.add_device("box-1")
-    delivery = port.event("box-1", "delivery")
-    snapshot = port.event("box-1", "snapshot", cmd="cmd-00000001")
+    delivery = port.add_event("box-1", "delivery")
+    snapshot = port.add_event("box-1", "snapshot", cmd="cmd-00000001")
     registry = FakeRegistry({"box-1"}, bus=port.bus)
     bridge = HomeAssistantBridge(port, mosquitto.url, cfg, registry=registry)
     bridge.start()
@@ -115,7 +115,7 @@ def test_restarts_and_reconnects_do_not_resend_unchanged_photos(mosquitto, port,
     """Item 14: every message on an image topic is a state change in Home Assistant (an automation on
     the image fires); old code re-sent every photo at each start and reconnect."""
     port.add_device("box-1")
-    ev = port.event("box-1", "delivery")
+    ev = port.add_event("box-1", "delivery")
     ha.start()
     uid = f"{d.box_identifier(cfg, 'box-1')}_delivery_photo"
     topic = d.image_topic(cfg, "box-1", "delivery")
@@ -136,7 +136,7 @@ def test_restarts_and_reconnects_do_not_resend_unchanged_photos(mosquitto, port,
     bridge.start()
     try:
         assert bridge.wait_idle()
-        ev2 = port.event("box-1", "delivery")
+        ev2 = port.add_event("box-1", "delivery")
         want = port.photo_path("box-1", ev2["id"], "alert").read_bytes()
         mirror.wait(lambda: mirror.payload(topic) == want, what="new photo")
         ha.wait(lambda: ha.image_updates[uid] == 2, what="the new photo in Home Assistant")
@@ -185,7 +185,7 @@ def test_a_probe_that_never_returns_does_not_keep_home_assistant_uninformed(mosq
             return None
 
     port.add_device("box-1")
-    port.event("box-1", "delivery")
+    port.add_event("box-1", "delivery")
     bridge = Deaf(port, mosquitto.url, cfg)
     bridge.start()
     try:

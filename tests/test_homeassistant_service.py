@@ -143,7 +143,7 @@ def test_cli_device_remove_clears_the_box_from_home_assistant(
     mosquitto, prefix, tmp_path, monkeypatch, capsys
 ):
     from gateway.cli import main
-    from tests.support.ha_gateway import MemoryPort
+    from tests.support.ha_gateway import memory_port
 
     monkeypatch.setenv("PARCELBOX_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PARCELBOX_BROKER_URL", mosquitto.url)
@@ -153,7 +153,7 @@ def test_cli_device_remove_clears_the_box_from_home_assistant(
     assert main(["device", "add", "gate"]) == 0
     # What a running gateway announced (same defaults as the CLI's config).
     ha = HAConfig(protocol_prefix=prefix)
-    port = MemoryPort(tmp_path / "photos")
+    port = memory_port(tmp_path / "photos")
     port.add_device("shed")
     port.add_device("gate")
     bridge = HomeAssistantBridge(port, mosquitto.url, ha)

@@ -3,9 +3,9 @@ install action, which becomes the same offer `parcelbox device update` makes (ga
 
 The bridge runs against a real Mosquitto; Home Assistant is the stand-in written from its source
 (tests/support/homeassistant.py: MQTT discovery, update.mqtt's state handling, UpdateEntity.state);
-templates and states are what Home Assistant would compute. The gateway is the in-memory port of
-tests/test_homeassistant.py plus the service's two OTA methods, built on the same functions the
-service calls, with a real `<data>/ota` folder.
+templates and states are what Home Assistant would compute. The gateway is the one in-memory port
+(tests/support/web.py), whose two OTA methods are built on the same functions the service calls, with
+a real `<data>/ota` folder.
 """
 
 from __future__ import annotations
@@ -19,40 +19,24 @@ import pytest
 from gateway.bus import OTA_CHANGED
 from gateway.homeassistant import HAConfig
 from gateway.homeassistant import discovery as d
-from gateway.ota import offers, pending
-from gateway.ota.manifest import Manifest, from_board_files
+from gateway.ota import pending
+from gateway.ota.manifest import from_board_files
 from tests.support import ha_gateway as has
-from tests.support.ha_gateway import MemoryPort
 from tests.support.homeassistant import FakeHomeAssistant
+from tests.support.web import MemoryPort
 from tests.test_homeassistant import check_discovery
 
 CHECKOUT = from_board_files("0.3.0", [("/main.py", b"print('main')\n" * 40), ("/app.py", b"x = 1\n" * 900)])
 OLD_SET = "ab" * 32
 
 
-class OtaPort(MemoryPort):
-    """MemoryPort plus `firmware_status` / `offer_update` as GatewayService has them."""
-
-    def __init__(self, root: Path, manifest: Manifest = CHECKOUT) -> None:
-        super().__init__(root / "photos")
-        self.ota_root = pending.ota_root(root)
-        self.boxes: dict[str, dict[str, Any]] = {}  # what OtaServer.boxes holds: the boxes' reports
-        self.firmware = offers.CheckoutFirmware(root / "firmware", build=lambda _p: manifest)
-
-    def firmware_status(self, device: str) -> dict[str, Any]:
-        return offers.firmware_status(self.ota_root, device, self.boxes.get(device), self.firmware)
-
-    def offer_update(self, device: str) -> dict[str, Any]:
-        known = device in self.devices
-        return offers.offer_checked(self.ota_root, device, self.boxes.get(device), known, self.firmware)
-
-
 cfg, bridge = has.cfg, has.bridge  # the shared fixtures (tests/support/ha_gateway.py)
 
 
 @pytest.fixture
-def port(tmp_path: Path) -> OtaPort:
-    return OtaPort(tmp_path)
+def port(tmp_path: Path) -> MemoryPort:
+    # port.boxes is what OtaServer.boxes holds (the boxes' reports); this checkout's firmware is 0.3.0.
+    return has.memory_port(tmp_path / "photos", checkout=CHECKOUT)
 
 
 @pytest.fixture

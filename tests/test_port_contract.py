@@ -3,8 +3,8 @@ real Mosquitto, a box publishing protocol v1) and against the in-memory fake the
 (tests/support/web.py MemoryPort). What the fake answers is what the real one answers, so a test
 written against the fake says something about the gateway.
 
-The dashboard and WhatsApp-command tests use this fake. Left for later (issue 17): the Home Assistant
-tests' own small port (tests/test_homeassistant.py MemoryPort) still exists beside it.
+It is the one in-memory GatewayPort (issue 17): the dashboard, WhatsApp-command and Home Assistant
+tests all use it (the Home Assistant tests through tests/support/ha_gateway.py `memory_port`).
 """
 
 from __future__ import annotations

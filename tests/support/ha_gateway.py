@@ -1,173 +1,36 @@
 """The in-memory gateway and the MQTT mirror the Home Assistant tests share, and their fixtures.
 
-`MemoryPort` plays the gateway (the `GatewayPort` contract the bridge reads: devices, events, photo
-files) and a box; `Mirror` keeps everything published under a filter; `FakeRegistry` is the part of
-`gateway.devices.DeviceRegistry` the bridge uses. The fixtures (`cfg`, `port`, `mirror`, `bridge`, stopped
+`memory_port` sets up the one in-memory `GatewayPort` (tests/support/web.py) to play the gateway the
+bridge reads (devices, events, photo files) and a box; `Mirror` keeps everything published under a
+filter; `FakeRegistry` is the part of `gateway.devices.DeviceRegistry` the bridge uses. The fixtures (`cfg`, `port`, `mirror`, `bridge`, stopped
 at teardown) are taken into a test module by name: `cfg, port = has.cfg, has.port`.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
-from gateway.bus import DEVICE_CHANGED, DEVICE_REGISTERED, DEVICE_REMOVED, EVENT_STORED, Bus
+from gateway.bus import DEVICE_REGISTERED, DEVICE_REMOVED
 from gateway.homeassistant import HAConfig, HomeAssistantBridge
 from gateway.homeassistant import discovery as d
 from tests.support.mqtt import Collector, client
+from tests.support.web import MemoryPort
 
-# --- an in-memory gateway (the GatewayPort contract) --------------------------------------------------------
-
-
-def make_jpeg(path: Path, size: tuple[int, int], seed: int, quality: int = 85) -> bytes:
-    """A photo-like JPEG (gradient plus texture, so it does not compress to nothing)."""
-    w, h = size
-    im = Image.linear_gradient("L").resize((w, h)).convert("RGB")
-    # Seeded texture (Image.effect_noise draws from the C library's unseeded rand(): other bytes every run).
-    noise = Image.frombytes("L", (w, h), random.Random(seed).randbytes(w * h)).convert("RGB")
-    im = Image.blend(im, noise, 0.35)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
-    return buf.getvalue()
+# --- the gateway: the one in-memory GatewayPort ------------------------------------------------------------
 
 
-class MemoryPort:
-    """A small in-memory `GatewayPort`: devices, events and photo files, plus helpers that play a box."""
-
-    def __init__(self, root: Path) -> None:
-        self.bus = Bus()
-        self.root = root
-        self.devices: dict[str, dict[str, Any]] = {}
-        self.events: list[dict[str, Any]] = []
-        self.commands: list[tuple[str, str, dict[str, Any] | None]] = []
-        self.fail_list_devices = 0  # make list_devices raise this many times
-        self._n = 0
-        self._lock = threading.Lock()
-
-    # GatewayPort ---------------------------------------------------------------------
-    def list_devices(self) -> list[dict[str, Any]]:
-        with self._lock:
-            if self.fail_list_devices:
-                self.fail_list_devices -= 1
-                raise RuntimeError("store is busy (simulated)")
-            return [dict(r) for r in self.devices.values()]
-
-    def list_events(self, *, device=None, type=None, since=None, until=None, before=None, limit=50):
-        with self._lock:
-            rows = [
-                e
-                for e in self.events
-                if (device is None or e["device"] == device) and (type is None or e["type"] == type)
-            ]
-        return [dict(e) for e in reversed(rows)][:limit]
-
-    def get_event(self, device: str, event_id: str):
-        return next((dict(e) for e in self.events if e["device"] == device and e["id"] == event_id), None)
-
-    def photo_path(self, device: str, event_id: str, variant: str) -> Path | None:
-        suffix = {"original": ".jpg", "alert": ".alert.jpg", "thumb": ".thumb.jpg"}[variant]
-        p = self.root / device / f"{event_id}{suffix}"
-        return p if p.exists() else None
-
-    def health(self) -> dict[str, Any]:
-        return {}
-
-    def list_outbox(self, state=None, limit=100) -> list:
-        return []
-
-    def retry_alert(self, alert_id: str) -> bool:
-        return False
-
-    def send_command(self, device: str, cmd: str, args: dict[str, Any] | None = None) -> str:
-        with self._lock:
-            self.commands.append((device, cmd, args))
-            return f"cmd-{len(self.commands):08d}"
-
-    def command_result(self, cmd_id: str):
-        return None
-
-    def whatsapp_state(self):
-        return {"state": "disabled"}
-
-    # playing a box -----------------------------------------------------------------------
-    def add_device(self, device: str, **fields: Any) -> dict[str, Any]:
-        rec = {
-            "device": device,
-            "name": fields.pop("name", device.replace("-", " ").title()),
-            "online": True,
-            "last_seen": time.time(),
-            "fw": "0.1.0",
-            "rssi": -61,
-            "battery_mv": None,
-            "heap_free": 81234,
-            "uptime_s": 10,
-            "spooled": 0,
-            "waiting": 0,
-            "lid_open": False,
-            "last_delivery_ts": None,
-            "last_event_id": None,
-        }
-        rec.update(fields)
-        with self._lock:
-            self.devices[device] = rec
-        self.bus.publish(DEVICE_CHANGED, dict(rec))
-        return rec
-
-    def update(self, device: str, **fields: Any) -> None:
-        with self._lock:
-            self.devices[device].update(fields)
-            rec = dict(self.devices[device])
-        self.bus.publish(DEVICE_CHANGED, rec)
-
-    def event(
-        self, device: str, type: str, *, photo: bool = True, alert: bool = True, cmd: str | None = None
-    ) -> dict[str, Any]:
-        self._n += 1
-        eid = f"{device.replace('-', '')[:8]:0<8}-{self._n:06d}"
-        info = None
-        if photo:
-            original = make_jpeg(self.root / device / f"{eid}.jpg", (1600, 1200), self._n)
-            if alert:
-                copy = make_jpeg(self.root / device / f"{eid}.alert.jpg", (1280, 960), self._n, quality=70)
-                assert len(copy) < len(original)
-            make_jpeg(self.root / device / f"{eid}.thumb.jpg", (320, 240), self._n, quality=60)
-            info = {"size": len(original), "sha256": "0" * 64, "width": 1600, "height": 1200}
-        ts = time.time()
-        ev = {
-            "device": device,
-            "id": eid,
-            "type": type,
-            "ts": ts,
-            "received_at": ts,
-            "seq": self._n,
-            "sensors": {},
-            "photo": info,
-            "cmd": cmd,
-        }
-        with self._lock:
-            self.events.append(ev)
-            rec = self.devices[device]
-            rec["last_event_id"] = eid
-            if type == "delivery":
-                rec["waiting"] += 1
-                rec["last_delivery_ts"] = ts
-            elif type == "pickup":
-                rec["waiting"] = 0
-            rec = dict(rec)
-        # The real service publishes the stored event, then the changed device.
-        self.bus.publish(EVENT_STORED, dict(ev))
-        self.bus.publish(DEVICE_CHANGED, rec)
-        return ev
+def memory_port(root: Path, **kw: Any) -> MemoryPort:
+    """The in-memory gateway (tests/support/web.py `MemoryPort`, checked against the real one by
+    tests/test_port_contract.py) as these tests play a box: the box never answers a command by itself
+    (a test plays the answer, `add_event(..., cmd=...)`), a box is mains powered unless told
+    (`battery_mv=...`), and photos are the camera's size (1600x1200) so the bridge has one to shrink."""
+    opts: dict[str, Any] = {"box_answers": False, "photo_size": (1600, 1200)}
+    return MemoryPort(root, **{**opts, "device_defaults": {"battery_mv": None}, **kw})
 
 
 # --- MQTT observation helpers ----------------------------------------------------------------------------------
@@ -219,7 +82,7 @@ def cfg(prefix: str) -> HAConfig:
 
 @pytest.fixture
 def port(tmp_path: Path) -> MemoryPort:
-    return MemoryPort(tmp_path / "photos")
+    return memory_port(tmp_path / "photos")
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
-"""An in-memory `GatewayPort` for dashboard tests, with real photo files on disk.
+"""The in-memory `GatewayPort` (gateway/ports.py) every test that needs a gateway uses: the dashboard,
+WhatsApp commands and Home Assistant tests (tests/support/ha_gateway.py sets it up as those play a box).
+tests/test_port_contract.py checks it answers what the real gateway answers.
 
-It behaves like the gateway as the dashboard sees it: records in memory (sorted
+It behaves like the gateway as its readers see it: records in memory (sorted
 newest first, keyset pagination), photos as real JPEG files under a folder,
 every change published on a real `Bus`. `send_command` can answer like a box
 would (a snapshot event with a photo, then the command result), from a thread,
@@ -22,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from gateway import bus as busmod
 from gateway.ota import offers, pending
-from gateway.ota.manifest import from_board_files
+from gateway.ota.manifest import Manifest, from_board_files
 from gateway.protocol import valid_device_id, valid_msg_id
 
 _counter = itertools.count(1)
@@ -58,7 +60,15 @@ class MemoryPort:
     """A complete in-memory GatewayPort (see gateway/ports.py)."""
 
     def __init__(
-        self, photo_dir: Path, *, box_answers: bool = True, answer_delay: float = 0.2, answer: str = "photo"
+        self,
+        photo_dir: Path,
+        *,
+        box_answers: bool = True,
+        answer_delay: float = 0.2,
+        answer: str = "photo",
+        photo_size: tuple[int, int] = (800, 600),
+        device_defaults: dict[str, Any] | None = None,
+        checkout: Manifest = CHECKOUT,
     ) -> None:
         self.bus = busmod.Bus()
         self.photo_dir = photo_dir
@@ -67,6 +77,10 @@ class MemoryPort:
         self.box_answers = box_answers and answer != "silent"
         self.answer = answer
         self.answer_delay = answer_delay
+        # The original's size; the alert copy is 4/5 of it and the thumbnail 1/5 (800x600: 640x480, 160x120).
+        self.photo_size = photo_size
+        self.device_defaults = dict(device_defaults or {})  # over add_device's defaults (e.g. no battery)
+        self.fail_list_devices = 0  # list_devices raises this many times (a busy store)
         self._lock = threading.RLock()
         self._keys: list[tuple[float, int, str]] = []  # ascending (ts, seq, id) as the store; newest last
         self._events: dict[tuple[float, str], dict[str, Any]] = {}
@@ -87,7 +101,7 @@ class MemoryPort:
         # boxes[device] is what a box reported of its firmware (OtaServer.boxes).
         self.ota_root = pending.ota_root(photo_dir.parent / f"{photo_dir.name}-data")
         self.boxes: dict[str, dict[str, Any]] = {}
-        self.firmware = offers.CheckoutFirmware(photo_dir / "no-firmware", build=lambda _p: CHECKOUT)
+        self.firmware = offers.CheckoutFirmware(photo_dir / "no-firmware", build=lambda _p: checkout)
         # Like the real service: the WhatsApp supervisor's state arrives on the bus.
         self.bus.subscribe(self._on_whatsapp_state, busmod.WHATSAPP_STATE)
 
@@ -114,6 +128,7 @@ class MemoryPort:
             "lid_open": False,
             "last_delivery_ts": None,
             "last_event_id": None,
+            **self.device_defaults,
         }
         ota_set = kw.pop("ota_set", None)  # the box's running set: it can be updated over the air
         flash_free = kw.pop("flash_free", 900_000)
@@ -126,6 +141,14 @@ class MemoryPort:
         self.bus.publish(busmod.DEVICE_CHANGED, dict(rec))
         return rec
 
+    def update(self, device: str, **fields: Any) -> dict[str, Any]:
+        """A status from the box: the record changes and DEVICE_CHANGED says so, as the service does."""
+        with self._lock:
+            self.devices[device].update(fields)
+            rec = dict(self.devices[device])
+        self.bus.publish(busmod.DEVICE_CHANGED, dict(rec))
+        return rec
+
     def add_event(
         self,
         device: str,
@@ -134,30 +157,36 @@ class MemoryPort:
         ts: float | None = None,
         event_id: str | None = None,
         photo: bool = True,
+        alert: bool = True,
         cmd: str | None = None,
         publish: bool = True,
         sensors: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         eid = event_id or new_id()
         ts = time.time() if ts is None else ts
+        seq = next(_counter)
         info = None
         if photo:
             base = self.photo_dir / device / eid
-            size = make_jpeg(base.with_suffix(".jpg"), (800, 600), f"{device} {type}")
-            make_jpeg(base.with_suffix(".alert.jpg"), (640, 480), f"{device} {type}")
-            make_jpeg(base.with_suffix(".thumb.jpg"), (160, 120), type)
+            w, h = self.photo_size
+            label = f"{device} {type} #{seq}"  # the number makes every event's photo its own bytes
+            size = make_jpeg(base.with_suffix(".jpg"), (w, h), label)
+            variants = [("original", ".jpg"), ("thumb", ".thumb.jpg")]
+            make_jpeg(base.with_suffix(".thumb.jpg"), (w // 5, h // 5), type)
+            if alert:  # without: the pipeline kept no alert copy (a reader falls back to the original)
+                make_jpeg(base.with_suffix(".alert.jpg"), (w * 4 // 5, h * 4 // 5), label)
+                variants.append(("alert", ".alert.jpg"))
             with self._lock:
-                self._photos[(device, eid, "original")] = base.with_suffix(".jpg")
-                self._photos[(device, eid, "alert")] = base.with_suffix(".alert.jpg")
-                self._photos[(device, eid, "thumb")] = base.with_suffix(".thumb.jpg")
-            info = {"size": size, "sha256": "0" * 64, "width": 800, "height": 600}
+                for variant, suffix in variants:
+                    self._photos[(device, eid, variant)] = base.with_suffix(suffix)
+            info = {"size": size, "sha256": "0" * 64, "width": w, "height": h}
         rec = {
             "device": device,
             "id": eid,
             "type": type,
             "ts": ts,
             "received_at": ts,
-            "seq": next(_counter),
+            "seq": seq,
             "sensors": sensors
             if sensors is not None
             else {"lid": "closed", "occupancy": 1 if type == "delivery" else 0},
@@ -252,6 +281,9 @@ class MemoryPort:
 
     def list_devices(self) -> list[dict[str, Any]]:
         with self._lock:
+            if self.fail_list_devices:
+                self.fail_list_devices -= 1
+                raise RuntimeError("store is busy (simulated)")
             return [dict(d) for d in sorted(self.devices.values(), key=lambda d: d["device"])]
 
     def health(self) -> dict[str, Any]:
